@@ -1,0 +1,60 @@
+//! The CPU reference backend: ndarray matrices, each op delegating to its `crate::nn` module.
+//! Matrix products go through matrixmultiply with its threading feature; elementwise work through rayon.
+
+use super::{AttentionMask, AttentionShape, Backend};
+use crate::nn;
+use ndarray::{Array2, Axis, concatenate, s};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    type Tensor = Array2<f32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn upload(&self, host: Array2<f32>) -> Array2<f32> {
+        host
+    }
+    fn download(&self, t: &Array2<f32>) -> Array2<f32> {
+        t.clone()
+    }
+    fn dims(&self, t: &Array2<f32>) -> (usize, usize) {
+        t.dim()
+    }
+    fn embedding(&self, table: &Array2<f32>, ids: &[u32]) -> Array2<f32> {
+        nn::embedding::embedding(table.view(), ids)
+    }
+    fn linear(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: Option<&Array2<f32>>) -> Array2<f32> {
+        nn::linear::linear(x.view(), weight.view(), bias.map(|b| b.row(0)))
+    }
+    fn add(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+        a + b
+    }
+    fn rms_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, eps: f32) -> Array2<f32> {
+        nn::rms_norm::rms_norm(x.view(), weight.row(0), eps)
+    }
+    fn rope(&self, x: &Array2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
+        nn::rope::rope(x.view(), heads, head_dim, positions, inv_freq)
+    }
+    fn causal_attention(
+        &self,
+        q: &Array2<f32>,
+        k: &Array2<f32>,
+        v: &Array2<f32>,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> Array2<f32> {
+        nn::attention::causal_attention(q.view(), k.view(), v.view(), shape, mask)
+    }
+    fn swiglu(&self, gate: &Array2<f32>, up: &Array2<f32>) -> Array2<f32> {
+        nn::mlp::swiglu(gate.view(), up.view())
+    }
+    fn concat_rows(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+        concatenate(Axis(0), &[a.view(), b.view()]).expect("concat_rows: column counts differ")
+    }
+    fn slice_rows(&self, t: &Array2<f32>, start: usize, end: usize) -> Array2<f32> {
+        t.slice(s![start..end, ..]).to_owned()
+    }
+}

@@ -1,0 +1,52 @@
+//! The Backend seam (DESIGN §2.3): the primitive ops every model is written against.
+//!
+//! A model file calls only these methods, so the same model runs on the CPU reference path ([`cpu::Cpu`],
+//! readable ndarray code from `crate::nn`) and on the GPU (the `cuda` feature), and property tests can run one
+//! op on both and compare. Tensors are row-major 2-D `[rows, cols]` f32 matrices; a vector is a `[1, n]` row.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use crate::nn::attention::{AttentionMask, AttentionShape};
+use ndarray::Array2;
+
+// ANCHOR: backend_trait
+pub trait Backend: Sync {
+    type Tensor: Clone + Send + Sync;
+
+    fn name(&self) -> &'static str;
+    /// Host matrix → backend tensor.
+    fn upload(&self, host: Array2<f32>) -> Self::Tensor;
+    /// Backend tensor → host matrix.
+    fn download(&self, t: &Self::Tensor) -> Array2<f32>;
+    /// (rows, cols)
+    fn dims(&self, t: &Self::Tensor) -> (usize, usize);
+
+    /// table: [V, H], ids: [T] → [T, H]
+    fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Self::Tensor;
+    /// x: [T, in], weight: [out, in], bias: [1, out] → x·Wᵀ + b: [T, out]
+    fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Self::Tensor;
+    /// a + b, same shapes
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// x: [T, H], weight: [1, H] → RMSNorm(x)·w
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
+    /// x: [T, heads·d] rotated at `positions` with the inverse frequencies ω (len d/2)
+    fn rope(&self, x: &Self::Tensor, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Self::Tensor;
+    /// q: [Tq, H·d], k, v: [Tk, KV·d] → [Tq, H·d]
+    fn causal_attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> Self::Tensor;
+    /// silu(gate) ⊙ up, both [T, I]
+    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// [a; b] stacked by rows (the KV cache grows this way)
+    fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// rows start..end
+    fn slice_rows(&self, t: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
+}
+// ANCHOR_END: backend_trait

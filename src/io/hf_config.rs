@@ -1,0 +1,198 @@
+//! `config.json`: reading it, and the pieces every architecture shares (RoPE parameters, special token ids).
+//!
+//! transformers changed the RoPE fields between major versions. Older files carry `rope_theta` and an optional
+//! `rope_scaling: {"type" | "rope_type": "linear", "factor": f}`; transformers 5 writes
+//! `rope_parameters: {"rope_type": "default" | "linear", "rope_theta": θ, "factor": f}`. We accept both and
+//! resolve them into one [`RopeSpec`].
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// A parsed `config.json` with its path, so every error can name the file and the field.
+pub struct HfConfig {
+    pub path: PathBuf,
+    pub json: Map<String, Value>,
+}
+
+impl HfConfig {
+    pub fn read(model_dir: &Path) -> Result<Self> {
+        let path = model_dir.join("config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow!("{}:{}:{}: not valid JSON ({e})", path.display(), e.line(), e.column())
+        })?;
+        match value {
+            Value::Object(json) => Ok(HfConfig { path, json }),
+            _ => bail!("{}: expected a JSON object", path.display()),
+        }
+    }
+
+    fn err(&self, field: &str, problem: &str) -> anyhow::Error {
+        anyhow!("{}: field `{field}` {problem}", self.path.display())
+    }
+
+    /// The `model_type` field (every transformers config has it).
+    pub fn model_type(&self) -> Result<String> {
+        self.opt_str("model_type")?.ok_or_else(|| self.err("model_type", "is missing"))
+    }
+
+    pub fn usize(&self, field: &str) -> Result<usize> {
+        self.opt_usize(field)?.ok_or_else(|| self.err(field, "is missing"))
+    }
+
+    pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.err(field, &format!("must be a non-negative integer, got {v}"))),
+        }
+    }
+
+    pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(field, &format!("must be a number, got {v}"))),
+        }
+    }
+
+    pub fn opt_bool(&self, field: &str) -> Result<Option<bool>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.err(field, &format!("must be true or false, got {v}"))),
+        }
+    }
+
+    pub fn opt_str(&self, field: &str) -> Result<Option<String>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| self.err(field, &format!("must be a string, got {v}"))),
+        }
+    }
+
+    /// A token id field that may be an integer or a list of integers (`eos_token_id: [128001, 128009]`).
+    pub fn token_ids(&self, field: &str) -> Result<Vec<u32>> {
+        token_ids_of(self.json.get(field)).ok_or_else(|| self.err(field, "must be an integer or a list of integers"))
+    }
+
+    /// RoPE in either the transformers-4 or the transformers-5 form.
+    pub fn rope(&self, default_theta: f64) -> Result<RopeSpec> {
+        if let Some(params) = self.json.get("rope_parameters").filter(|v| !v.is_null()) {
+            let params = params.as_object().ok_or_else(|| self.err("rope_parameters", "must be an object"))?;
+            let theta = match params.get("rope_theta") {
+                Some(v) => v.as_f64().ok_or_else(|| self.err("rope_parameters.rope_theta", "must be a number"))?,
+                None => self.opt_f64("rope_theta")?.unwrap_or(default_theta),
+            };
+            return self.rope_from_params(theta, params, "rope_parameters");
+        }
+        let theta = self.opt_f64("rope_theta")?.unwrap_or(default_theta);
+        match self.json.get("rope_scaling") {
+            None | Some(Value::Null) => Ok(RopeSpec { theta, scaling: RopeScaling::None }),
+            Some(Value::Object(params)) => self.rope_from_params(theta, params, "rope_scaling"),
+            Some(_) => Err(self.err("rope_scaling", "must be an object or null")),
+        }
+    }
+
+    fn rope_from_params(&self, theta: f64, params: &Map<String, Value>, field: &str) -> Result<RopeSpec> {
+        let kind = params
+            .get("rope_type")
+            .or_else(|| params.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => {
+                let factor = params
+                    .get("factor")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| self.err(&format!("{field}.factor"), "must be a number for linear scaling"))?;
+                if factor <= 0.0 {
+                    return Err(self.err(&format!("{field}.factor"), "must be positive"));
+                }
+                RopeScaling::Linear { factor }
+            }
+            other => {
+                return Err(self.err(
+                    &format!("{field}.rope_type"),
+                    &format!("is `{other}`, which is not supported yet (supported: default, linear)"),
+                ));
+            }
+        };
+        if let Some(p) = params.get("partial_rotary_factor").and_then(Value::as_f64) {
+            if p != 1.0 {
+                return Err(self.err(&format!("{field}.partial_rotary_factor"), "other than 1.0 is not supported for this architecture"));
+            }
+        }
+        Ok(RopeSpec { theta, scaling })
+    }
+}
+
+fn token_ids_of(value: Option<&Value>) -> Option<Vec<u32>> {
+    match value {
+        None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]),
+        Some(Value::Array(items)) => items.iter().map(|v| v.as_u64().map(|n| n as u32)).collect(),
+        Some(_) => None,
+    }
+}
+
+/// Rotary position embedding parameters, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeSpec {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (equivalently, every inverse frequency divided by it).
+    Linear { factor: f64 },
+}
+
+/// The end-of-sequence ids generation stops at: `generation_config.json` wins over `config.json`,
+/// as in transformers' `generate`.
+pub fn generation_eos_ids(model_dir: &Path, config: &HfConfig) -> Result<Vec<u32>> {
+    let path = model_dir.join("generation_config.json");
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if let Some(ids) = token_ids_of(json.get("eos_token_id")).filter(|ids| !ids.is_empty()) {
+            return Ok(ids);
+        }
+    }
+    config.token_ids("eos_token_id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> HfConfig {
+        HfConfig { path: "config.json".into(), json: serde_json::from_str(json).unwrap() }
+    }
+
+    #[test]
+    fn both_rope_forms_resolve_to_the_same_spec() {
+        let v4 = config(r#"{"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 2.0}}"#);
+        let v4b = config(r#"{"rope_theta": 500.0, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}"#);
+        let v5 = config(r#"{"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}}"#);
+        let want = RopeSpec { theta: 500.0, scaling: RopeScaling::Linear { factor: 2.0 } };
+        assert_eq!(v4.rope(1e4).unwrap(), want);
+        assert_eq!(v4b.rope(1e4).unwrap(), want);
+        assert_eq!(v5.rope(1e4).unwrap(), want);
+        assert_eq!(config("{}").rope(1e4).unwrap(), RopeSpec { theta: 1e4, scaling: RopeScaling::None });
+    }
+
+    #[test]
+    fn unsupported_rope_type_names_the_field() {
+        let err = config(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#).rope(1e4).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.rope_type") && err.contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn token_ids_accept_int_or_list() {
+        assert_eq!(config(r#"{"eos_token_id": 2}"#).token_ids("eos_token_id").unwrap(), vec![2]);
+        assert_eq!(config(r#"{"eos_token_id": [2, 7]}"#).token_ids("eos_token_id").unwrap(), vec![2, 7]);
+        assert!(config(r#"{"eos_token_id": "x"}"#).token_ids("eos_token_id").is_err());
+    }
+}

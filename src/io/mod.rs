@@ -1,0 +1,20 @@
+//! Reading and writing the files the Hugging Face ecosystem uses.
+pub mod hf_config;
+pub mod safetensors;
+pub mod tokenizer;
+
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Write a file atomically: into a temporary sibling, then rename over the target.
+/// A crash or an error never leaves a half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: cannot move the finished file into place", path.display())
+    })
+}

@@ -1,0 +1,93 @@
+//! `tokenizer.json` through the Hugging Face `tokenizers` crate (no network features: built from local files).
+
+use anyhow::{Result, anyhow};
+use std::path::{Path, PathBuf};
+
+pub struct Tokenizer {
+    pub path: PathBuf,
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Load `dir/tokenizer.json` (or a `tokenizer.json` path given directly).
+    pub fn load(path: &Path) -> Result<Self> {
+        let path = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
+        if !path.is_file() {
+            return Err(anyhow!("{}: no such file (a tokenizer.json is needed to work with text)", path.display()));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        Ok(Tokenizer { path, inner })
+    }
+
+    /// Encode `text`. With `add_special_tokens` the tokenizer's post-processor runs (a Llama tokenizer adds
+    /// its BOS), as `tokenizer(text)` does in transformers; added tokens (`<s>`, `<|im_start|>`) are always matched.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The same ids as [`Tokenizer::encode`], without computing offsets (the data pipeline's hot path).
+    pub fn encode_fast(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Vocabulary size without the added tokens: what transformers calls `tokenizer.vocab_size`.
+    pub fn base_vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(false)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| anyhow!("{}: cannot decode: {e}", self.path.display()))
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The added tokens flagged special, sorted by id.
+    pub fn special_tokens(&self) -> Vec<(u32, String)> {
+        let mut specials: Vec<(u32, String)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        specials.sort();
+        specials
+    }
+
+    /// One line for `info`: the model kind, vocabulary and special tokens.
+    pub fn summary(&self) -> String {
+        let kind = match self.inner.get_model() {
+            tokenizers::ModelWrapper::BPE(_) => "BPE",
+            tokenizers::ModelWrapper::WordPiece(_) => "WordPiece",
+            tokenizers::ModelWrapper::WordLevel(_) => "WordLevel",
+            tokenizers::ModelWrapper::Unigram(_) => "Unigram",
+        };
+        let specials: Vec<String> = self.special_tokens().iter().take(8).map(|(id, t)| format!("{t}={id}")).collect();
+        let more = self.special_tokens().len().saturating_sub(8);
+        format!(
+            "{kind}, {} tokens (incl. added), special: [{}{}]",
+            self.vocab_size(),
+            specials.join(", "),
+            if more > 0 { format!(", … {more} more") } else { String::new() }
+        )
+    }
+}

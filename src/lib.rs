@@ -1,0 +1,9 @@
+//! mftcoder — multi-task fine-tuning of code LLMs, written from first principles.
+//!
+//! The crate map, one line per module:
+pub mod backend; // the Backend seam: the primitive ops a model is written against (CPU: ndarray; CUDA: cudarc)
+pub mod infer; // generation with a KV cache, sampling, the MFTCoder chat template
+pub mod io; // safetensors (mmap, sharded), config.json helpers, tokenizer.json
+pub mod models; // one file per architecture, written once against the Backend seam
+pub mod nn; // building blocks on the CPU reference path: the math, the forward, the tests
+pub mod rng; // a small seeded generator so runs are reproducible bit for bit

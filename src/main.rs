@@ -1,0 +1,196 @@
+//! `mftcoder`: the command-line tool. A thin layer over the library: parse arguments, call, report.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use mftcoder::backend::Backend;
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::infer::{chat_template, generate};
+use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
+use mftcoder::io::tokenizer::Tokenizer;
+use mftcoder::models::{self, llama::Logits};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mftcoder", version, about = "Multi-task fine-tuning of code LLMs, from first principles")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model over a sequence and write its logits to a safetensors file.
+    Forward(ForwardArgs),
+    /// Continue a prompt (greedy by default), with a KV cache.
+    Generate(GenerateArgs),
+    /// Describe a model directory: architecture, parameters, dtypes, tokenizer.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// Comma-separated token ids, e.g. `1,2,3`.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "text", required_unless_present = "text")]
+    ids: Vec<u32>,
+    /// Text, encoded with the model's tokenizer.json (special tokens added as `tokenizer(text)` does).
+    #[arg(long)]
+    text: Option<String>,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    /// Hugging Face model directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Output safetensors file: `logits` f32 [T, vocab] and `input_ids` i64 [T].
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (encoded with the model's tokenizer).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    ids: Vec<u32>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Wrap the prompt in the MFTCoder chat template (`<s>human\n{prompt}\n<s>bot\n`), no special tokens added.
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// Sample at this temperature instead of decoding greedily (0 = greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print `{"prompt_ids": [...], "generated_ids": [...], "text": "..."}` instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[arg(long)]
+    model: PathBuf,
+}
+
+fn main() -> ExitCode {
+    // A bug must still read as one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("mftcoder: internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Forward(args) => forward(args),
+        Command::Generate(args) => generate_cmd(args),
+        Command::Info(args) => info(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn forward(args: ForwardArgs) -> Result<()> {
+    let cpu = Cpu;
+    let ids = match &args.input.text {
+        Some(text) => Tokenizer::load(&args.model)?.encode(text, true)?,
+        None => args.input.ids.clone(),
+    };
+    let model = models::load_causal_lm(&cpu, &args.model)?;
+    let logits = cpu.download(&model.forward(&cpu, &ids, None, Logits::All)?);
+    let (t, v) = logits.dim();
+    let logits: Vec<f32> = logits.iter().copied().collect();
+    let ids_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    save(&args.out, &[OwnedTensor::f32("logits", &[t, v], &logits), OwnedTensor::i64("input_ids", &[t], &ids_i64)])?;
+    eprintln!("wrote logits [{t}, {v}] to {}", args.out.display());
+    Ok(())
+}
+
+fn generate_cmd(args: GenerateArgs) -> Result<()> {
+    let cpu = Cpu;
+    let (tokenizer, prompt_ids) = match &args.prompt {
+        Some(prompt) => {
+            let tok = Tokenizer::load(&args.model).context("text prompts need the model's tokenizer")?;
+            let ids = if args.chat {
+                tok.encode(&chat_template::single_turn_prompt(prompt), false)? // MFTCoder: add_special_tokens=False
+            } else {
+                tok.encode(prompt, true)?
+            };
+            (Some(tok), ids)
+        }
+        None => (Tokenizer::load(&args.model).ok(), args.ids.clone()),
+    };
+    if prompt_ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let config = HfConfig::read(&args.model)?;
+    let eos = generation_eos_ids(&args.model, &config)?;
+    let model = models::load_causal_lm(&cpu, &args.model)?;
+    let decoding = match args.temperature {
+        Some(t) if t > 0.0 => generate::Decoding::Sample { temperature: t, top_p: args.top_p, seed: args.seed },
+        _ => generate::Decoding::Greedy,
+    };
+    let generated = generate::generate(&model, &cpu, &prompt_ids, args.max_new_tokens, &decoding, &eos)?;
+    let text = match &tokenizer {
+        Some(tok) => tok.decode(&generated, true)?,
+        None => String::new(),
+    };
+    if args.json {
+        let out = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": generated, "text": text});
+        println!("{out}");
+    } else if tokenizer.is_some() {
+        println!("{text}");
+    } else {
+        println!("{}", generated.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let config = HfConfig::read(&args.model)?;
+    let model_type = config.model_type()?;
+    let store = WeightStore::open(&args.model)?;
+    let mut params = 0usize;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    for name in store.names() {
+        let info = store.info(name)?;
+        params += info.shape.iter().product::<usize>();
+        *dtypes.entry(format!("{:?}", info.dtype)).or_default() += 1;
+    }
+    let arch = config.json.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("?");
+    println!("model:        {}", args.model.display());
+    println!("architecture: {arch} (model_type `{model_type}`)");
+    if model_type == "llama" {
+        let c = models::llama::LlamaConfig::from_hf(&config)?;
+        println!(
+            "shape:        {} layers, hidden {}, MLP {}, {} heads × {} (KV heads {}), vocab {}",
+            c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim,
+            c.num_key_value_heads, c.vocab_size
+        );
+        println!("rope:         θ = {}, scaling {:?}; tied embeddings: {}", c.rope.theta, c.rope.scaling, c.tie_word_embeddings);
+    }
+    println!("parameters:   {params} ({:.2} M) in {} tensors, {}", params as f64 / 1e6, dtypes.values().sum::<usize>(), store.describe());
+    let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
+    println!("dtypes:       {}", dtypes.join(", "));
+    match Tokenizer::load(&args.model) {
+        Ok(tok) => println!("tokenizer:    {}", tok.summary()),
+        Err(e) => println!("tokenizer:    none ({e:#})"),
+    }
+    Ok(())
+}

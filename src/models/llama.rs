@@ -1,0 +1,285 @@
+//! Llama (and the checkpoints that share its layout: Llama-2, CodeLlama, DeepSeek-Coder v1, SmolLM2, …).
+//!
+//! Pre-norm decoder: for each layer
+//!   h = x + o_proj(attention(rope(q_proj(n₁(x))), rope(k_proj(n₁(x))), v_proj(n₁(x))))
+//!   x = h + down_proj(silu(gate_proj(n₂(h))) ⊙ up_proj(n₂(h)))
+//! then the final norm and the output head (the embedding matrix itself when `tie_word_embeddings`).
+
+use crate::backend::{AttentionMask, AttentionShape, Backend};
+use crate::io::hf_config::{HfConfig, RopeSpec};
+use crate::io::safetensors::WeightStore;
+use crate::nn::rope::inverse_frequencies;
+use anyhow::{Result, bail};
+use ndarray::Array2;
+
+/// `config.json` of a Llama checkpoint, resolved (defaults as `LlamaConfig` in transformers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope: RopeSpec,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub tie_word_embeddings: bool,
+    pub max_position_embeddings: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl LlamaConfig {
+    pub fn from_hf(cfg: &HfConfig) -> Result<Self> {
+        let path = cfg.path.display();
+        let hidden_size = cfg.usize("hidden_size")?;
+        let heads = cfg.usize("num_attention_heads")?;
+        let kv_heads = cfg.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            bail!("{path}: field `num_key_value_heads` ({kv_heads}) must divide `num_attention_heads` ({heads})");
+        }
+        let head_dim = match cfg.opt_usize("head_dim")? {
+            Some(d) => d,
+            None if hidden_size % heads == 0 => hidden_size / heads,
+            None => bail!("{path}: field `hidden_size` ({hidden_size}) is not a multiple of `num_attention_heads` ({heads}) and `head_dim` is not given"),
+        };
+        if head_dim % 2 != 0 {
+            bail!("{path}: field `head_dim` ({head_dim}) must be even for rotary embeddings");
+        }
+        let act = cfg.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into());
+        if act != "silu" {
+            bail!("{path}: field `hidden_act` is `{act}`; Llama supports `silu`");
+        }
+        if let Some(tp) = cfg.opt_usize("pretraining_tp")?.filter(|&tp| tp != 1) {
+            bail!("{path}: field `pretraining_tp` is {tp}; only 1 is supported");
+        }
+        Ok(LlamaConfig {
+            vocab_size: cfg.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: cfg.usize("intermediate_size")?,
+            num_hidden_layers: cfg.usize("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            rope: cfg.rope(10_000.0)?,
+            attention_bias: cfg.opt_bool("attention_bias")?.unwrap_or(false),
+            mlp_bias: cfg.opt_bool("mlp_bias")?.unwrap_or(false),
+            tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
+            eos_token_ids: cfg.token_ids("eos_token_id")?,
+        })
+    }
+
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        }
+    }
+}
+
+/// A linear layer's parameters on a backend: weight [out, in], optional bias [1, out].
+pub struct Linear<B: Backend> {
+    pub weight: B::Tensor,
+    pub bias: Option<B::Tensor>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn load(b: &B, store: &WeightStore, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let weight = b.upload(store.matrix(&format!("{prefix}.weight"), out, inp)?);
+        let bias = if bias { Some(b.upload(row(store, &format!("{prefix}.bias"), out)?)) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
+        b.linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// A vector parameter as a [1, n] row.
+fn row(store: &WeightStore, name: &str, len: usize) -> Result<Array2<f32>> {
+    Ok(store.vector(name, len)?.insert_axis(ndarray::Axis(0)))
+}
+
+pub struct LlamaLayer<B: Backend> {
+    pub input_layernorm: B::Tensor,
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub post_attention_layernorm: B::Tensor,
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    pub embed_tokens: B::Tensor,
+    pub layers: Vec<LlamaLayer<B>>,
+    pub norm: B::Tensor,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<B::Tensor>,
+    pub inv_freq: Vec<f32>,
+}
+
+/// Keys and values of every layer for the positions seen so far.
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(B::Tensor, B::Tensor)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0 }
+    }
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Which rows of logits to compute: all (scoring, training) or the last (generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
+}
+
+impl<B: Backend> Llama<B> {
+    // ANCHOR: llama_load
+    pub fn load(b: &B, store: &WeightStore, config: LlamaConfig) -> Result<Self> {
+        let c = &config;
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(LlamaLayer {
+                input_layernorm: b.upload(row(store, &format!("{p}.input_layernorm.weight"), h)?),
+                q_proj: Linear::load(b, store, &format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
+                k_proj: Linear::load(b, store, &format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
+                v_proj: Linear::load(b, store, &format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
+                o_proj: Linear::load(b, store, &format!("{p}.self_attn.o_proj"), h, q_out, c.attention_bias)?,
+                post_attention_layernorm: b.upload(row(store, &format!("{p}.post_attention_layernorm.weight"), h)?),
+                gate_proj: Linear::load(b, store, &format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
+                up_proj: Linear::load(b, store, &format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
+                down_proj: Linear::load(b, store, &format!("{p}.mlp.down_proj"), h, i, c.mlp_bias)?,
+            });
+        }
+        // Tied checkpoints usually omit lm_head.weight; transformers ties even when it is present.
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(b.upload(store.matrix("lm_head.weight", c.vocab_size, h)?))
+        };
+        Ok(Llama {
+            embed_tokens: b.upload(store.matrix("model.embed_tokens.weight", c.vocab_size, h)?),
+            norm: b.upload(row(store, "model.norm.weight", h)?),
+            lm_head,
+            layers,
+            inv_freq: inverse_frequencies(&c.rope, d),
+            config,
+        })
+    }
+    // ANCHOR_END: llama_load
+
+    /// A model with seeded random weights (N(0, 0.02²) matrices, unit norms, zero biases), for benchmarks and
+    /// tests that need a shape rather than a checkpoint.
+    pub fn random(b: &B, config: LlamaConfig, seed: u64) -> Self {
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut matrix = |rows: usize, cols: usize| {
+            b.upload(Array2::from_shape_fn((rows, cols), |_| (rng.normal() * 0.02) as f32))
+        };
+        let c = &config;
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let ones = |n: usize| b.upload(Array2::ones((1, n)));
+        let zeros = |n: usize, on: bool| on.then(|| b.upload(Array2::zeros((1, n))));
+        let mut layers = Vec::new();
+        for _ in 0..c.num_hidden_layers {
+            layers.push(LlamaLayer {
+                input_layernorm: ones(h),
+                q_proj: Linear { weight: matrix(q_out, h), bias: zeros(q_out, c.attention_bias) },
+                k_proj: Linear { weight: matrix(kv_out, h), bias: zeros(kv_out, c.attention_bias) },
+                v_proj: Linear { weight: matrix(kv_out, h), bias: zeros(kv_out, c.attention_bias) },
+                o_proj: Linear { weight: matrix(h, q_out), bias: zeros(h, c.attention_bias) },
+                post_attention_layernorm: ones(h),
+                gate_proj: Linear { weight: matrix(i, h), bias: zeros(i, c.mlp_bias) },
+                up_proj: Linear { weight: matrix(i, h), bias: zeros(i, c.mlp_bias) },
+                down_proj: Linear { weight: matrix(h, i), bias: zeros(h, c.mlp_bias) },
+            });
+        }
+        let embed_tokens = matrix(c.vocab_size, h);
+        let lm_head = (!c.tie_word_embeddings).then(|| matrix(c.vocab_size, h));
+        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), config }
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    // ANCHOR: llama_forward
+    /// ids: [T] → logits [T, vocab] (or [1, vocab] with `Logits::Last`). With a cache, the ids continue the
+    /// cached positions and their keys/values are appended to it.
+    pub fn forward(&self, b: &B, ids: &[u32], mut cache: Option<&mut KvCache<B>>, which: Logits) -> Result<B::Tensor> {
+        let c = &self.config;
+        if ids.is_empty() {
+            bail!("forward: no input tokens");
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            bail!("forward: token id {bad} is outside the vocabulary (vocab_size {})", c.vocab_size);
+        }
+        let start = cache.as_ref().map_or(0, |kv| kv.len);
+        let positions: Vec<usize> = (start..start + ids.len()).collect();
+        let shape = c.attention_shape();
+        let eps = c.rms_norm_eps;
+
+        let mut x = b.embedding(&self.embed_tokens, ids); // [T, H]
+        for (l, layer) in self.layers.iter().enumerate() {
+            // attention block
+            let h = b.rms_norm(&x, &layer.input_layernorm, eps);
+            let q = b.rope(&layer.q_proj.forward(b, &h), shape.n_heads, shape.head_dim, &positions, &self.inv_freq);
+            let k = b.rope(&layer.k_proj.forward(b, &h), shape.n_kv_heads, shape.head_dim, &positions, &self.inv_freq);
+            let v = layer.v_proj.forward(b, &h);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(kv) => {
+                    let (k, v) = match kv.layers[l].take() {
+                        Some((k_past, v_past)) => (b.concat_rows(&k_past, &k), b.concat_rows(&v_past, &v)),
+                        None => (k, v),
+                    };
+                    kv.layers[l] = Some((k.clone(), v.clone()));
+                    (k, v)
+                }
+                None => (k, v),
+            };
+            let mask = AttentionMask { q_offset: start, segment_ids: None };
+            let attn = b.causal_attention(&q, &k, &v, &shape, &mask); // [T, heads·d]
+            x = b.add(&x, &layer.o_proj.forward(b, &attn));
+
+            // MLP block
+            let h = b.rms_norm(&x, &layer.post_attention_layernorm, eps);
+            let gated = b.swiglu(&layer.gate_proj.forward(b, &h), &layer.up_proj.forward(b, &h));
+            x = b.add(&x, &layer.down_proj.forward(b, &gated));
+        }
+        if let Some(kv) = cache {
+            kv.len += ids.len();
+        }
+        if which == Logits::Last {
+            x = b.slice_rows(&x, ids.len() - 1, ids.len());
+        }
+        let x = b.rms_norm(&x, &self.norm, eps);
+        Ok(b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)) // [T, vocab]
+    }
+    // ANCHOR_END: llama_forward
+}

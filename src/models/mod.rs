@@ -1,0 +1,30 @@
+//! One file per architecture. Each maps `config.json` and the checkpoint's tensor names onto the shared
+//! blocks of the Backend seam and holds only what is special about it.
+pub mod llama;
+
+use crate::backend::Backend;
+use crate::io::hf_config::HfConfig;
+use crate::io::safetensors::WeightStore;
+use anyhow::{Result, bail};
+use std::path::Path;
+
+/// The `model_type` values this build can run.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama"];
+
+/// Load a Hugging Face model directory (config.json + safetensors) onto a backend.
+pub fn load_causal_lm<B: Backend>(backend: &B, model_dir: &Path) -> Result<llama::Llama<B>> {
+    let config = HfConfig::read(model_dir)?;
+    let model_type = config.model_type()?;
+    match model_type.as_str() {
+        "llama" => {
+            let cfg = llama::LlamaConfig::from_hf(&config)?;
+            let store = WeightStore::open(model_dir)?;
+            llama::Llama::load(backend, &store, cfg)
+        }
+        other => bail!(
+            "{}: field `model_type` is `{other}`, which is not supported (supported: {})",
+            config.path.display(),
+            SUPPORTED_MODEL_TYPES.join(", ")
+        ),
+    }
+}

@@ -1,0 +1,108 @@
+//! Rotary position embedding (Su et al., 2021) in Llama's half-split layout.
+//!
+//! A head vector x ∈ ℝᵈ is split into halves x₁ = x[..d/2], x₂ = x[d/2..]. Pair i (x₁ᵢ, x₂ᵢ) is rotated by the
+//! angle p·ωᵢ at position p, with ωᵢ = θ^(−2i/d):
+//!
+//!   y₁ = x₁·cos − x₂·sin,   y₂ = x₂·cos + x₁·sin      (transformers: `q·cos + rotate_half(q)·sin`)
+//!
+//! Linear scaling ("position interpolation") divides every ωᵢ by a factor. Like transformers we compute ωᵢ and
+//! the angles in f32, so long positions round the same way.
+
+use crate::io::hf_config::{RopeScaling, RopeSpec};
+use ndarray::{Array2, ArrayView2, Axis, Zip};
+
+// ANCHOR: inv_freq
+/// ωᵢ for i in 0..d/2, computed the way transformers does (f32 pow, then reciprocal, then scaling).
+pub fn inverse_frequencies(spec: &RopeSpec, head_dim: usize) -> Vec<f32> {
+    let base = spec.theta as f32;
+    (0..head_dim / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / head_dim as f32;
+            let inv = 1.0 / base.powf(exponent);
+            match spec.scaling {
+                RopeScaling::None => inv,
+                RopeScaling::Linear { factor } => inv / factor as f32,
+            }
+        })
+        .collect()
+}
+// ANCHOR_END: inv_freq
+
+// ANCHOR: rope_forward
+/// x: [T, heads·d] (head h in columns h·d..(h+1)·d), positions: [T] → rotated copy of x.
+pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
+    assert_eq!(x.ncols(), heads * head_dim, "rope: width {} is not heads·head_dim = {heads}·{head_dim}", x.ncols());
+    assert_eq!(x.nrows(), positions.len(), "rope: one position per row");
+    let half = head_dim / 2;
+    let mut y = Array2::zeros(x.raw_dim());
+    Zip::from(y.axis_iter_mut(Axis(0))).and(x.axis_iter(Axis(0))).and(positions).par_for_each(|mut y_row, x_row, &p| {
+        let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+            .iter()
+            .map(|&w| {
+                let angle = p as f32 * w;
+                (angle.cos(), angle.sin())
+            })
+            .unzip();
+        for h in 0..heads {
+            let base = h * head_dim;
+            for i in 0..half {
+                let (x1, x2) = (x_row[base + i], x_row[base + half + i]);
+                y_row[base + i] = x1 * cos[i] - x2 * sin[i];
+                y_row[base + half + i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    });
+    y
+}
+// ANCHOR_END: rope_forward
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn spec() -> RopeSpec {
+        RopeSpec { theta: 10_000.0, scaling: RopeScaling::None }
+    }
+
+    #[test]
+    fn position_zero_is_the_identity_and_norms_are_preserved() {
+        let x = Array2::from_shape_fn((3, 8), |(t, c)| (t * 8 + c) as f32 * 0.1 - 1.0);
+        let w = inverse_frequencies(&spec(), 4);
+        let y = rope(x.view(), 2, 4, &[0, 5, 77], &w);
+        assert_eq!(y.row(0), x.row(0));
+        for t in 0..3 {
+            for h in 0..2 {
+                for i in 0..2 {
+                    let (a, b) = (x[[t, h * 4 + i]], x[[t, h * 4 + 2 + i]]);
+                    let (c, d) = (y[[t, h * 4 + i]], y[[t, h * 4 + 2 + i]]);
+                    assert!(((a * a + b * b) - (c * c + d * d)).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn relative_positions_give_the_same_dot_product() {
+        // ⟨R(p)q, R(p')k⟩ depends only on p − p': the property attention relies on.
+        let q = Array2::from_shape_fn((1, 8), |(_, c)| (c as f32 * 0.37).sin());
+        let k = Array2::from_shape_fn((1, 8), |(_, c)| (c as f32 * 0.91).cos());
+        let w = inverse_frequencies(&spec(), 8);
+        let dot = |pq: usize, pk: usize| {
+            let a = rope(q.view(), 1, 8, &[pq], &w);
+            let b = rope(k.view(), 1, 8, &[pk], &w);
+            (&a * &b).sum()
+        };
+        assert!((dot(3, 1) - dot(10, 8)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn linear_scaling_divides_the_frequencies() {
+        let plain = inverse_frequencies(&spec(), 8);
+        let scaled = inverse_frequencies(&RopeSpec { theta: 10_000.0, scaling: RopeScaling::Linear { factor: 4.0 } }, 8);
+        for (p, s) in plain.iter().zip(&scaled) {
+            assert_eq!(*s, p / 4.0);
+        }
+        assert_eq!(plain[0], 1.0);
+    }
+}

@@ -1,0 +1,208 @@
+//! The command-line contract: `forward`, `generate --json`, `info`, and one-line errors with exit code 2.
+
+use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mftcoder"))
+}
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama").join(case)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mftcoder-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit code 2, exactly one line on stderr, no panic text, containing every `needle`.
+fn assert_clean_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+}
+
+#[test]
+fn forward_writes_logits_and_ids_matching_the_golden() {
+    let case = fixture("mqa_headdim_linear");
+    let golden = WeightStore::open(&case.join("golden.safetensors")).unwrap();
+    let ids: Vec<String> = golden.tensor_i64("input_ids").unwrap().iter().map(i64::to_string).collect();
+    let out_path = scratch("forward").join("logits.safetensors");
+    let out = bin()
+        .args(["forward", "--model", case.to_str().unwrap(), "--ids", &ids.join(","), "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = WeightStore::open(&out_path).unwrap();
+    let want = golden.tensor_f32("logits").unwrap();
+    let got = written.tensor_f32("logits").unwrap();
+    assert_eq!(got.shape(), want.shape());
+    let diff = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-4, "max |Δ| {diff}");
+    assert_eq!(written.info("input_ids").unwrap().dtype, safetensors::Dtype::I64);
+    assert_eq!(written.tensor_i64("input_ids").unwrap(), golden.tensor_i64("input_ids").unwrap());
+}
+
+#[test]
+fn forward_accepts_text() {
+    let case = fixture("gqa_tied");
+    let golden = WeightStore::open(&case.join("golden.safetensors")).unwrap();
+    let text = golden.metadata().unwrap()["text"].clone();
+    let out_path = scratch("forward-text").join("logits.safetensors");
+    let out = bin()
+        .args(["forward", "--model", case.to_str().unwrap(), "--text", &text, "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = WeightStore::open(&out_path).unwrap();
+    assert_eq!(written.tensor_i64("input_ids").unwrap(), golden.tensor_i64("text_ids").unwrap());
+}
+
+#[test]
+fn generate_json_matches_the_greedy_golden() {
+    for case in ["gqa_tied", "odd_sizes_bf16_bias"] {
+        let dir = fixture(case);
+        let golden = WeightStore::open(&dir.join("golden.safetensors")).unwrap();
+        let prompt: Vec<String> = golden.tensor_i64("greedy_prompt_ids").unwrap().iter().map(i64::to_string).collect();
+        let out = bin()
+            .args(["generate", "--model", dir.to_str().unwrap(), "--ids", &prompt.join(","), "--max-new-tokens", "24", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let generated: Vec<i64> = json["generated_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(generated, golden.tensor_i64("greedy_ids").unwrap(), "{case}");
+        let prompt_ids: Vec<i64> = json["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(prompt_ids, golden.tensor_i64("greedy_prompt_ids").unwrap());
+        assert!(json["text"].is_string());
+    }
+}
+
+#[test]
+fn generate_with_sampling_is_reproducible_for_a_seed() {
+    let dir = fixture("gqa_tied");
+    let run = |seed: &str| {
+        let out = bin()
+            .args(["generate", "--model", dir.to_str().unwrap(), "--prompt", "def add(a, b):", "--chat", "--max-new-tokens", "12",
+                   "--temperature", "1.0", "--top-p", "0.9", "--seed", seed, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["generated_ids"].clone()
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"), "different seeds gave identical samples (possible, but vanishingly unlikely)");
+}
+
+#[test]
+fn info_describes_the_model() {
+    let out = bin().args(["info", "--model", fixture("gqa_tied").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["LlamaForCausalLM", "parameters:", "F32", "BPE", "KV heads 2", "tied embeddings: true"] {
+        assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+    }
+}
+
+#[test]
+fn missing_model_directory_is_one_line() {
+    let out_path = scratch("missing").join("x.safetensors");
+    let out = bin()
+        .args(["forward", "--model", "/nonexistent/model", "--ids", "1,2", "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["/nonexistent/model"]);
+    assert!(!out_path.exists(), "no partial output");
+}
+
+/// Copy a fixture model, then rewrite its weights through `edit`.
+fn broken_copy(name: &str, edit: impl FnOnce(&mut Vec<OwnedTensor>)) -> PathBuf {
+    let src = fixture("odd_sizes_bf16_bias");
+    let dir = scratch(name);
+    for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let store = WeightStore::open(&src).unwrap();
+    let mut tensors: Vec<OwnedTensor> = store
+        .names()
+        .map(|n| {
+            let t = store.tensor_f32(n).unwrap();
+            OwnedTensor::f32(n, t.shape(), &t.iter().copied().collect::<Vec<_>>())
+        })
+        .collect();
+    edit(&mut tensors);
+    save(&dir.join("model.safetensors"), &tensors).unwrap();
+    dir
+}
+
+fn forward_on(dir: &Path) -> (Output, PathBuf) {
+    let out_path = dir.join("logits.safetensors");
+    let out = bin()
+        .args(["forward", "--model", dir.to_str().unwrap(), "--ids", "1,5,9", "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (out, out_path)
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let dir = broken_copy("missing-tensor", |ts| ts.retain(|t| t.name != name));
+    let (out, out_path) = forward_on(&dir);
+    assert_clean_error(&out, &[name, "model.safetensors", "not found"]);
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let name = "model.layers.0.self_attn.k_proj.weight";
+    let dir = broken_copy("wrong-shape", |ts| {
+        let t = ts.iter_mut().find(|t| t.name == name).unwrap();
+        t.shape = vec![t.shape[1], t.shape[0]];
+    });
+    let (out, _) = forward_on(&dir);
+    assert_clean_error(&out, &[name, "shape"]);
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let name = "model.norm.weight";
+    let dir = broken_copy("bad-dtype", |ts| {
+        let t = ts.iter_mut().find(|t| t.name == name).unwrap();
+        t.dtype = safetensors::Dtype::I32;
+    });
+    let (out, _) = forward_on(&dir);
+    assert_clean_error(&out, &[name, "I32", "unsupported dtype"]);
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let dir = broken_copy("bad-arch", |_| {});
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"llama\"", "\"gpt2\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let (out, _) = forward_on(&dir);
+    assert_clean_error(&out, &["config.json", "model_type", "gpt2", "supported: llama"]);
+}
+
+#[test]
+fn out_of_vocabulary_id_is_an_error() {
+    let out_path = scratch("oov").join("x.safetensors");
+    let out = bin()
+        .args(["forward", "--model", fixture("gqa_tied").to_str().unwrap(), "--ids", "1,999999", "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["999999", "vocab"]);
+}
