@@ -69,6 +69,7 @@ def convert(gguf: Path, out: Path) -> None:
 
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)  # a local path; meaningless elsewhere
     cfg["dtype"] = "float32"
     cfg["architectures"] = ["LlamaForCausalLM"]
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

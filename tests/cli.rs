@@ -168,7 +168,7 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn wrong_shape_is_named() {
-    let name = "model.layers.0.self_attn.k_proj.weight";
+    let name = "model.layers.0.mlp.gate_proj.weight";
     let dir = broken_copy("wrong-shape", |ts| {
         let t = ts.iter_mut().find(|t| t.name == name).unwrap();
         t.shape = vec![t.shape[1], t.shape[0]];
