@@ -2,6 +2,7 @@
 //!
 //! The crate map, one line per module:
 pub mod backend; // the Backend seam: the primitive ops a model is written against (CPU: ndarray; CUDA: cudarc)
+pub mod data; // MFTCoder's jsonl formats, templates, loss masks, packing, blending, .bin/.idx
 pub mod infer; // generation with a KV cache, sampling, the MFTCoder chat template
 pub mod io; // safetensors (mmap, sharded), config.json helpers, tokenizer.json
 pub mod models; // one file per architecture, written once against the Backend seam

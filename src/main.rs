@@ -28,6 +28,10 @@ enum Command {
     Generate(GenerateArgs),
     /// Describe a model directory: architecture, parameters, dtypes, tokenizer.
     Info(InfoArgs),
+    /// Show the training samples of MFTCoder jsonl data: ids, loss mask and segments, one JSON line each.
+    Encode(mftcoder::data::cli::EncodeArgs),
+    /// Tokenize a jsonl directory into Megatron `PREFIX_input_ids.bin/.idx` (MMIDIDX v1).
+    Tokenize(mftcoder::data::cli::TokenizeArgs),
 }
 
 #[derive(Args)]
@@ -96,6 +100,8 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward(args),
         Command::Generate(args) => generate_cmd(args),
         Command::Info(args) => info(args),
+        Command::Encode(args) => mftcoder::data::cli::encode(args),
+        Command::Tokenize(args) => mftcoder::data::cli::tokenize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,7 +48,8 @@ impl DataSplit {
 // ANCHOR: blend
 /// Megatron's greedy blending: for position `s`, pick the task whose share is furthest behind its weight,
 /// `argmax_k (w_k · max(s, 1) − used_k)` (the first on ties), and take that task's next sample.
-/// Returns `(task, sample index within the task)` for each of `size` positions.
+/// Returns `(task, sample index within the task)` for each of `size` positions. Tasks of weight 0 are never
+/// picked (Megatron's rule would pick one on a tie at error 0, and MFTCoder then indexes an empty task).
 pub fn blending_indices(weights: &[f64], size: usize) -> Vec<(usize, usize)> {
     let mut used = vec![0usize; weights.len()];
     let mut out = Vec::with_capacity(size);
@@ -56,7 +57,7 @@ pub fn blending_indices(weights: &[f64], size: usize) -> Vec<(usize, usize)> {
         let s_f = (s as f64).max(1.0);
         let mut best = 0;
         let mut best_err = f64::NEG_INFINITY;
-        for (k, &w) in weights.iter().enumerate() {
+        for (k, &w) in weights.iter().enumerate().filter(|(_, w)| **w > 0.0) {
             let err = w * s_f - used[k] as f64;
             if err > best_err {
                 best_err = err;
@@ -80,11 +81,9 @@ pub fn blend_by_count(counts: &[usize]) -> Vec<(usize, usize)> {
     let weights: Vec<f64> = counts.iter().map(|&n| n as f64 / total as f64).collect();
     let mut order = blending_indices(&weights, total);
     // The greedy rule cannot overdraw a task (used_k ≤ w_k·(N−1)+1 ≤ n_k), but rounding must never index out
-    // of range: fold as MFTCoder's `i % len` would.
+    // of range: fold as MFTCoder's `i % len` would (a picked task has weight > 0, so it is not empty).
     for (task, i) in order.iter_mut() {
-        if *i >= counts[*task] {
-            *i %= counts[*task].max(1);
-        }
+        *i %= counts[*task];
     }
     order
 }

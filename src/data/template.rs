@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn markers_override_and_modes_parse() {
-        let m = RoleMarkers::from_json(r#"{"system":"### System:\n","user":"### Instruction:\n","assistant":"### Response:\n"}"#).unwrap();
+        let m = RoleMarkers::from_json(r####"{"system":"### System:\n","user":"### Instruction:\n","assistant":"### Response:\n"}"####).unwrap();
         let r = parse_line(br#"{"prompt":"P","answer":"A"}"#).unwrap();
         let s = segments(&r, &m, TokenizeMode::Sft).unwrap();
         assert_eq!(s[0].text, "### Instruction:\nP\n### Response:\n");

@@ -10,7 +10,8 @@
 //! the unnormalised output are rescaled by exp(m_old − m_new) (Milakov & Gimelshein 2018; FlashAttention).
 //! The largest temporary is one Q_BLOCK × K_BLOCK score tile per worker.
 
-use ndarray::{Array1, Array2, ArrayView2, s};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip, s};
 use rayon::prelude::*;
 
 pub const Q_BLOCK: usize = 64;
@@ -45,21 +46,27 @@ pub fn causal_attention(
     shape: &AttentionShape,
     mask: &AttentionMask,
 ) -> Array2<f32> {
+    causal_attention_with_lse(q, k, v, shape, mask).0
+}
+
+/// The forward kernel. Besides the output it returns, per query row and head, the log-sum-exp of the visible
+/// scores, lse = m + ln l — all the backward needs to recompute the probabilities P = exp(s − lse).
+/// q: [Tq, H·d], k, v: [Tk, KV·d] → (out [Tq, H·d], lse [Tq, H])
+pub fn causal_attention_with_lse(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    shape: &AttentionShape,
+    mask: &AttentionMask,
+) -> (Array2<f32>, Array2<f32>) {
+    check_shapes(q, k, v, shape, mask);
     let AttentionShape { n_heads, n_kv_heads, head_dim: d, .. } = *shape;
-    let (tq, tk) = (q.nrows(), k.nrows());
-    assert_eq!(q.ncols(), n_heads * d, "attention: q width");
-    assert_eq!(k.ncols(), n_kv_heads * d, "attention: k width");
-    assert_eq!(v.dim(), k.dim(), "attention: k and v differ");
-    assert!(mask.q_offset + tq <= tk, "attention: queries run past the keys");
-    assert!(n_heads % n_kv_heads == 0, "attention: heads must be a multiple of KV heads");
-    if let Some(seg) = mask.segment_ids {
-        assert_eq!(seg.len(), tk, "attention: one segment id per key");
-    }
+    let tq = q.nrows();
     let group = n_heads / n_kv_heads;
     let q_blocks = tq.div_ceil(Q_BLOCK);
 
-    // One task per (head, query block); each returns its [rows, d] slice of the output.
-    let tiles: Vec<(usize, usize, Array2<f32>)> = (0..n_heads * q_blocks)
+    // One task per (head, query block); each returns its [rows, d] slice of the output and its [rows] of lse.
+    let tiles: Vec<(usize, usize, Array2<f32>, Array1<f32>)> = (0..n_heads * q_blocks)
         .into_par_iter()
         .map(|task| {
             let (h, qb) = (task / q_blocks, task % q_blocks);
@@ -68,20 +75,39 @@ pub fn causal_attention(
             let q_tile = q.slice(s![rows.clone(), h * d..(h + 1) * d]);
             let k_head = k.slice(s![.., g * d..(g + 1) * d]);
             let v_head = v.slice(s![.., g * d..(g + 1) * d]);
-            let out = attend_tile(q_tile, k_head, v_head, rows.start, shape.scale, mask);
-            (h, rows.start, out)
+            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, shape.scale, mask);
+            (h, rows.start, out, lse)
         })
         .collect();
 
     let mut out = Array2::zeros((tq, n_heads * d));
-    for (h, row0, tile) in tiles {
+    let mut lse = Array2::zeros((tq, n_heads));
+    for (h, row0, tile, tile_lse) in tiles {
         out.slice_mut(s![row0..row0 + tile.nrows(), h * d..(h + 1) * d]).assign(&tile);
+        lse.slice_mut(s![row0..row0 + tile.nrows(), h]).assign(&tile_lse);
     }
-    out
+    (out, lse)
+}
+
+fn check_shapes(q: ArrayView2<f32>, k: ArrayView2<f32>, v: ArrayView2<f32>, shape: &AttentionShape, mask: &AttentionMask) {
+    let AttentionShape { n_heads, n_kv_heads, head_dim: d, .. } = *shape;
+    assert_eq!(q.ncols(), n_heads * d, "attention: q width");
+    assert_eq!(k.ncols(), n_kv_heads * d, "attention: k width");
+    assert_eq!(v.dim(), k.dim(), "attention: k and v differ");
+    assert!(mask.q_offset + q.nrows() <= k.nrows(), "attention: queries run past the keys");
+    assert!(n_heads % n_kv_heads == 0, "attention: heads must be a multiple of KV heads");
+    if let Some(seg) = mask.segment_ids {
+        assert_eq!(seg.len(), k.nrows(), "attention: one segment id per key");
+    }
+}
+
+/// Whether query row `position` (a key position) may see key `key`: causal, and within its segment.
+fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
+    key <= position && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
 }
 
 /// One query tile of one head against all the keys it may see, with the online softmax.
-/// q_tile: [rows, d] starting at query row `row0`; k_head, v_head: [Tk, d] → [rows, d]
+/// q_tile: [rows, d] starting at query row `row0`; k_head, v_head: [Tk, d] → (out [rows, d], lse [rows])
 fn attend_tile(
     q_tile: ArrayView2<f32>,
     k_head: ArrayView2<f32>,
@@ -89,7 +115,7 @@ fn attend_tile(
     row0: usize,
     scale: f32,
     mask: &AttentionMask,
-) -> Array2<f32> {
+) -> (Array2<f32>, Array1<f32>) {
     let rows = q_tile.nrows();
     let mut running_max = Array1::from_elem(rows, f32::NEG_INFINITY);
     let mut running_sum = Array1::<f32>::zeros(rows);
@@ -102,9 +128,7 @@ fn attend_tile(
         for (r, mut score_row) in scores.rows_mut().into_iter().enumerate() {
             let position = mask.q_offset + row0 + r;
             for (c, s) in score_row.iter_mut().enumerate() {
-                let key = k0 + c;
-                let visible = key <= position && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position]);
-                *s = if visible { *s * scale } else { f32::NEG_INFINITY };
+                *s = if visible(mask, position, k0 + c) { *s * scale } else { f32::NEG_INFINITY };
             }
             let block_max = score_row.fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let new_max = running_max[r].max(block_max);
@@ -123,9 +147,131 @@ fn attend_tile(
     for (mut row, &l) in acc.rows_mut().into_iter().zip(&running_sum) {
         row.mapv_inplace(|a| a / l);
     }
-    acc
+    // Every query sees at least its own key, so l > 0 and lse is finite.
+    let lse = Zip::from(&running_max).and(&running_sum).map_collect(|&m, &l| m + l.ln());
+    (acc, lse)
 }
 // ANCHOR_END: attention_forward
+
+// ANCHOR: attention_backward
+/// FlashAttention-2's backward (Dao 2023), per head. With P = softmax(S), S = q·kᵀ·scale, O = P·V:
+///
+///   dV = Pᵀ·dO,   dP = dO·Vᵀ,   dS = P ∘ (dP − D)  with  Dᵢ = Σⱼ Pᵢⱼ·dPᵢⱼ = rowsum(dO ∘ O)ᵢ,
+///   dQ = dS·K·scale,   dK = dSᵀ·Q·scale
+///
+/// (the softmax Jacobian: ∂L/∂sᵢⱼ = pᵢⱼ·(∂L/∂pᵢⱼ − Σₖ pᵢₖ·∂L/∂pᵢₖ)). P is never stored: each
+/// Q_BLOCK × K_BLOCK tile is recomputed as exp(S·scale − lse) from the forward's lse, so memory stays O(T) per
+/// head. Key blocks are the outer loop (their dK, dV tiles accumulate in place) and query blocks the inner one.
+/// Rayon runs one task per query head; with GQA the dK, dV of a KV head are the sum over its group of query
+/// heads, added in head order so the result does not depend on the thread count.
+///
+/// dout, q, out: [Tq, H·d], k, v: [Tk, KV·d], lse: [Tq, H] → (dq [Tq, H·d], dk [Tk, KV·d], dv [Tk, KV·d])
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_backward(
+    dout: ArrayView2<f32>,
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    out: ArrayView2<f32>,
+    lse: ArrayView2<f32>,
+    shape: &AttentionShape,
+    mask: &AttentionMask,
+) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+    check_shapes(q, k, v, shape, mask);
+    assert_eq!(dout.dim(), q.dim(), "attention_backward: dout shape");
+    assert_eq!(out.dim(), q.dim(), "attention_backward: out shape");
+    assert_eq!(lse.dim(), (q.nrows(), shape.n_heads), "attention_backward: lse shape");
+    let AttentionShape { n_heads, n_kv_heads, head_dim: d, scale } = *shape;
+    let group = n_heads / n_kv_heads;
+    let cols = |h: usize| h * d..(h + 1) * d;
+
+    let per_head: Vec<(Array2<f32>, Array2<f32>, Array2<f32>)> = (0..n_heads)
+        .into_par_iter()
+        .map(|h| {
+            let g = h / group;
+            head_backward(
+                dout.slice(s![.., cols(h)]),
+                q.slice(s![.., cols(h)]),
+                k.slice(s![.., cols(g)]),
+                v.slice(s![.., cols(g)]),
+                out.slice(s![.., cols(h)]),
+                lse.column(h),
+                scale,
+                mask,
+            )
+        })
+        .collect();
+
+    let mut dq = Array2::zeros(q.raw_dim());
+    let mut dk = Array2::zeros(k.raw_dim());
+    let mut dv = Array2::zeros(v.raw_dim());
+    for (h, (dq_h, dk_h, dv_h)) in per_head.into_iter().enumerate() {
+        let g = h / group;
+        dq.slice_mut(s![.., cols(h)]).assign(&dq_h);
+        let mut dk_g = dk.slice_mut(s![.., cols(g)]);
+        dk_g += &dk_h;
+        let mut dv_g = dv.slice_mut(s![.., cols(g)]);
+        dv_g += &dv_h;
+    }
+    (dq, dk, dv)
+}
+
+/// One query head against its KV head. do_h, q_h, o_h: [Tq, d], k_h, v_h: [Tk, d], lse_h: [Tq]
+/// → (dq [Tq, d], dk [Tk, d], dv [Tk, d]); keys no query can see get zero gradient.
+#[allow(clippy::too_many_arguments)]
+fn head_backward(
+    do_h: ArrayView2<f32>,
+    q_h: ArrayView2<f32>,
+    k_h: ArrayView2<f32>,
+    v_h: ArrayView2<f32>,
+    o_h: ArrayView2<f32>,
+    lse_h: ArrayView1<f32>,
+    scale: f32,
+    mask: &AttentionMask,
+) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+    let (tq, d) = q_h.dim();
+    let tk = k_h.nrows();
+    // D = rowsum(dO ∘ O): [Tq]
+    let delta: Array1<f32> = Zip::from(do_h.rows())
+        .and(o_h.rows())
+        .map_collect(|a, b| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32);
+    let mut dq = Array2::<f32>::zeros((tq, d));
+    let mut dk = Array2::<f32>::zeros((tk, d));
+    let mut dv = Array2::<f32>::zeros((tk, d));
+    let last_visible_key = mask.q_offset + tq - 1;
+
+    for k0 in (0..=last_visible_key).step_by(K_BLOCK) {
+        let k1 = (k0 + K_BLOCK).min(last_visible_key + 1);
+        let (k_blk, v_blk) = (k_h.slice(s![k0..k1, ..]), v_h.slice(s![k0..k1, ..])); // [kb, d]
+        // Causality: query row i sees key k0 only if q_offset + i ≥ k0; earlier query blocks are skipped.
+        let first_block = k0.saturating_sub(mask.q_offset) / Q_BLOCK;
+        for r0 in (first_block * Q_BLOCK..tq).step_by(Q_BLOCK) {
+            let r1 = (r0 + Q_BLOCK).min(tq);
+            let (q_tile, do_tile) = (q_h.slice(s![r0..r1, ..]), do_h.slice(s![r0..r1, ..])); // [qb, d]
+            // P = exp(S·scale − lse), zero where masked: [qb, kb]
+            let mut p = q_tile.dot(&k_blk.t());
+            for (r, mut p_row) in p.rows_mut().into_iter().enumerate() {
+                let position = mask.q_offset + r0 + r;
+                let row_lse = lse_h[r0 + r];
+                for (c, x) in p_row.iter_mut().enumerate() {
+                    *x = if visible(mask, position, k0 + c) { (*x * scale - row_lse).exp() } else { 0.0 };
+                }
+            }
+            // dV += Pᵀ·dO: [kb, d]
+            general_mat_mul(1.0, &p.t(), &do_tile, 1.0, &mut dv.slice_mut(s![k0..k1, ..]));
+            // dS = P ∘ (dO·Vᵀ − D): [qb, kb]
+            let mut ds = do_tile.dot(&v_blk.t());
+            Zip::from(ds.rows_mut()).and(p.rows()).and(delta.slice(s![r0..r1])).for_each(|mut ds_row, p_row, &dr| {
+                Zip::from(&mut ds_row).and(&p_row).for_each(|x, &pv| *x = pv * (*x - dr));
+            });
+            // dQ += dS·K·scale: [qb, d];  dK += dSᵀ·Q·scale: [kb, d]
+            general_mat_mul(scale, &ds, &k_blk, 1.0, &mut dq.slice_mut(s![r0..r1, ..]));
+            general_mat_mul(scale, &ds.t(), &q_tile, 1.0, &mut dk.slice_mut(s![k0..k1, ..]));
+        }
+    }
+    (dq, dk, dv)
+}
+// ANCHOR_END: attention_backward
 
 /// The textbook version that materialises the full score matrix: the reference the tiled kernel is tested
 /// against (and a readable statement of what it computes).
@@ -168,12 +314,9 @@ pub fn naive_causal_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::grad_check::{check, random, weighted_sum};
     use crate::rng::Rng;
     use proptest::prelude::*;
-
-    fn random(rows: usize, cols: usize, rng: &mut Rng) -> Array2<f32> {
-        Array2::from_shape_fn((rows, cols), |_| rng.normal() as f32)
-    }
 
     fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -203,6 +346,127 @@ mod tests {
             let tiled = causal_attention(q.view(), k.view(), v.view(), &shape, &mask);
             let naive = naive_causal_attention(q.view(), k.view(), v.view(), &shape, &mask);
             prop_assert!(max_abs_diff(&tiled, &naive) < 1e-5, "max diff {}", max_abs_diff(&tiled, &naive));
+        }
+    }
+
+    /// Segments of random length 1..max_len covering `tk` keys, as packing produces.
+    fn random_segments(tk: usize, max_len: u64, rng: &mut Rng) -> Vec<u32> {
+        let mut segments = Vec::with_capacity(tk);
+        let mut id = 0;
+        while segments.len() < tk {
+            let len = 1 + rng.below(max_len) as usize;
+            segments.extend(std::iter::repeat_n(id, len.min(tk - segments.len())));
+            id += 1;
+        }
+        segments
+    }
+
+    /// The textbook backward over the full probability matrix, in f64: the reference for the tiled kernel.
+    fn naive_backward(
+        dout: &Array2<f32>,
+        q: &Array2<f32>,
+        k: &Array2<f32>,
+        v: &Array2<f32>,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        let d = shape.head_dim;
+        let group = shape.n_heads / shape.n_kv_heads;
+        let scale = shape.scale as f64;
+        let mut dq = Array2::<f64>::zeros(q.raw_dim());
+        let mut dk = Array2::<f64>::zeros(k.raw_dim());
+        let mut dv = Array2::<f64>::zeros(v.raw_dim());
+        for h in 0..shape.n_heads {
+            let g = h / group;
+            for i in 0..q.nrows() {
+                let position = mask.q_offset + i;
+                let keys: Vec<usize> = (0..=position).filter(|&j| visible(mask, position, j)).collect();
+                let dot = |a: &Array2<f32>, ra: usize, ca: usize, b: &Array2<f32>, rb: usize, cb: usize| -> f64 {
+                    (0..d).map(|c| a[[ra, ca * d + c]] as f64 * b[[rb, cb * d + c]] as f64).sum()
+                };
+                let scores: Vec<f64> = keys.iter().map(|&j| dot(q, i, h, k, j, g) * scale).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / total).collect();
+                let dp: Vec<f64> = keys.iter().map(|&j| dot(dout, i, h, v, j, g)).collect();
+                let big_d: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for (n, &j) in keys.iter().enumerate() {
+                    let ds = p[n] * (dp[n] - big_d);
+                    for c in 0..d {
+                        dq[[i, h * d + c]] += ds * k[[j, g * d + c]] as f64 * scale;
+                        dk[[j, g * d + c]] += ds * q[[i, h * d + c]] as f64 * scale;
+                        dv[[j, g * d + c]] += p[n] * dout[[i, h * d + c]] as f64;
+                    }
+                }
+            }
+        }
+        (dq.mapv(|x| x as f32), dk.mapv(|x| x as f32), dv.mapv(|x| x as f32))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn backward_matches_finite_differences(tq in 1usize..6, extra_keys in 0usize..4, kv in 1usize..3,
+                                               group in 1usize..3, half in 1usize..3, packed in any::<bool>(),
+                                               seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let d = 2 * half;
+            let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+            let tk = tq + extra_keys;
+            let q = random(tq, shape.n_heads * d, &mut rng);
+            let k = random(tk, kv * d, &mut rng);
+            let v = random(tk, kv * d, &mut rng);
+            let segments = random_segments(tk, 4, &mut rng);
+            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()) };
+            let r = random(tq, shape.n_heads * d, &mut rng);
+            let (out, lse) = causal_attention_with_lse(q.view(), k.view(), v.view(), &shape, &mask);
+            let (dq, dk, dv) = causal_attention_backward(r.view(), q.view(), k.view(), v.view(), out.view(), lse.view(),
+                                                         &shape, &mask);
+            let objective = |q: &Array2<f32>, k: &Array2<f32>, v: &Array2<f32>| {
+                weighted_sum(&causal_attention(q.view(), k.view(), v.view(), &shape, &mask), &r)
+            };
+            check("dq", &q, &dq, |x| objective(x, &k, &v)).map_err(TestCaseError::fail)?;
+            check("dk", &k, &dk, |x| objective(&q, x, &v)).map_err(TestCaseError::fail)?;
+            check("dv", &v, &dv, |x| objective(&q, &k, x)).map_err(TestCaseError::fail)?;
+        }
+
+        /// Shapes that cross the Q_BLOCK and K_BLOCK tile edges, against the f64 naive backward.
+        #[test]
+        fn tiled_backward_equals_naive(tq in 1usize..150, extra_keys in 0usize..140, kv in 1usize..3,
+                                       group in 1usize..3, d in 1usize..5, packed in any::<bool>(),
+                                       seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d * 2,
+                                         scale: 1.0 / ((d * 2) as f32).sqrt() };
+            let tk = tq + extra_keys;
+            let q = random(tq, shape.n_heads * shape.head_dim, &mut rng);
+            let k = random(tk, kv * shape.head_dim, &mut rng);
+            let v = random(tk, kv * shape.head_dim, &mut rng);
+            let dout = random(tq, shape.n_heads * shape.head_dim, &mut rng);
+            let segments = random_segments(tk, 40, &mut rng);
+            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()) };
+            let (out, lse) = causal_attention_with_lse(q.view(), k.view(), v.view(), &shape, &mask);
+            let got = causal_attention_backward(dout.view(), q.view(), k.view(), v.view(), out.view(), lse.view(),
+                                                &shape, &mask);
+            let want = naive_backward(&dout, &q, &k, &v, &shape, &mask);
+            for (name, g, w) in [("dq", &got.0, &want.0), ("dk", &got.1, &want.1), ("dv", &got.2, &want.2)] {
+                let scale = w.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+                let diff = max_abs_diff(g, w);
+                prop_assert!(diff <= 1e-5 * scale, "{}: max |Δ| {} (max |grad| {})", name, diff, scale);
+            }
+        }
+    }
+
+    #[test]
+    fn lse_is_the_log_normaliser() {
+        // one head, d = 1, scale 1: lse of row i = ln Σ_{j≤i} exp(q_i·k_j)
+        let shape = AttentionShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
+        let q = Array2::from_shape_vec((3, 1), vec![0.5f32, -1.0, 2.0]).unwrap();
+        let k = Array2::from_shape_vec((3, 1), vec![1.0f32, 2.0, -0.5]).unwrap();
+        let (_, lse) = causal_attention_with_lse(q.view(), k.view(), k.view(), &shape, &AttentionMask::default());
+        for i in 0..3 {
+            let want = (0..=i).map(|j| (q[[i, 0]] as f64 * k[[j, 0]] as f64).exp()).sum::<f64>().ln();
+            assert!((lse[[i, 0]] as f64 - want).abs() < 1e-6, "row {i}: {} vs {want}", lse[[i, 0]]);
         }
     }
 

@@ -15,9 +15,44 @@ pub fn swiglu(gate: ArrayView2<f32>, up: ArrayView2<f32>) -> Array2<f32> {
 }
 // ANCHOR_END: swiglu_forward
 
+// ANCHOR: swiglu_backward
+/// out = silu(g)·u with silu(g) = g·σ(g) and silu′(g) = σ(g)·(1 + g·(1 − σ(g))):
+///
+///   ∂L/∂u = dy·silu(g),   ∂L/∂g = dy·u·silu′(g)
+///
+/// dy, gate, up: [T, I] → (dgate, dup), both [T, I].
+pub fn swiglu_backward(dy: ArrayView2<f32>, gate: ArrayView2<f32>, up: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
+    assert_eq!(dy.dim(), gate.dim(), "swiglu_backward: dy and gate differ");
+    assert_eq!(gate.dim(), up.dim(), "swiglu_backward: gate and up differ");
+    let mut dgate = Array2::zeros(gate.raw_dim());
+    let mut dup = Array2::zeros(gate.raw_dim());
+    Zip::from(&mut dgate).and(&mut dup).and(&dy).and(&gate).and(&up).par_for_each(|dg, du, &d, &g, &u| {
+        let sigma = 1.0 / (1.0 + (-g).exp());
+        *du = d * g * sigma;
+        *dg = d * u * sigma * (1.0 + g * (1.0 - sigma));
+    });
+    (dgate, dup)
+}
+// ANCHOR_END: swiglu_backward
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::grad_check::{check, random, weighted_sum};
+    use crate::rng::Rng;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn backward_matches_finite_differences(t in 1usize..6, i in 1usize..9, seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let (gate, up, r) = (random(t, i, &mut rng), random(t, i, &mut rng), random(t, i, &mut rng));
+            let (dgate, dup) = swiglu_backward(r.view(), gate.view(), up.view());
+            check("dgate", &gate, &dgate, |g| weighted_sum(&swiglu(g.view(), up.view()), &r)).map_err(TestCaseError::fail)?;
+            check("dup", &up, &dup, |u| weighted_sum(&swiglu(gate.view(), u.view()), &r)).map_err(TestCaseError::fail)?;
+        }
+    }
 
     #[test]
     fn silu_values() {

@@ -56,10 +56,57 @@ pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usiz
 }
 // ANCHOR_END: rope_forward
 
+// ANCHOR: rope_backward
+/// RoPE is a rotation Rᵢ(θ) of each pair, linear in x, so ∂L/∂x = Rᵢ(θ)ᵀ·dy = Rᵢ(−θ)·dy:
+///
+///   dx₁ = dy₁·cos + dy₂·sin,   dx₂ = dy₂·cos − dy₁·sin
+///
+/// dy: [T, heads·d], positions: [T] → dx: [T, heads·d]. Nothing is cached: the angles are recomputed.
+pub fn rope_backward(dy: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
+    assert_eq!(dy.ncols(), heads * head_dim, "rope_backward: width {} is not heads·head_dim = {heads}·{head_dim}", dy.ncols());
+    assert_eq!(dy.nrows(), positions.len(), "rope_backward: one position per row");
+    let half = head_dim / 2;
+    let mut dx = Array2::zeros(dy.raw_dim());
+    Zip::from(dx.axis_iter_mut(Axis(0))).and(dy.axis_iter(Axis(0))).and(positions).par_for_each(|mut dx_row, dy_row, &p| {
+        for (i, &w) in inv_freq.iter().enumerate().take(half) {
+            let angle = p as f32 * w; // the same f32 angle as the forward
+            let (cos, sin) = (angle.cos(), angle.sin());
+            for h in 0..heads {
+                let base = h * head_dim;
+                let (d1, d2) = (dy_row[base + i], dy_row[base + half + i]);
+                dx_row[base + i] = d1 * cos + d2 * sin;
+                dx_row[base + half + i] = d2 * cos - d1 * sin;
+            }
+        }
+    });
+    dx
+}
+// ANCHOR_END: rope_backward
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::grad_check::{check, random, weighted_sum};
+    use crate::rng::Rng;
     use ndarray::Array2;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn backward_matches_finite_differences(t in 1usize..6, heads in 1usize..4, half in 1usize..5,
+                                               offset in 0usize..3000, seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let d = 2 * half;
+            let w = inverse_frequencies(&spec(), d);
+            let positions: Vec<usize> = (0..t).map(|i| offset + 7 * i).collect();
+            let x = random(t, heads * d, &mut rng);
+            let r = random(t, heads * d, &mut rng);
+            let dx = rope_backward(r.view(), heads, d, &positions, &w);
+            check("dx", &x, &dx, |x| weighted_sum(&rope(x.view(), heads, d, &positions, &w), &r))
+                .map_err(TestCaseError::fail)?;
+        }
+    }
 
     fn spec() -> RopeSpec {
         RopeSpec { theta: 10_000.0, scaling: RopeScaling::None }
