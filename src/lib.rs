@@ -4,7 +4,9 @@
 pub mod backend; // the Backend seam: the primitive ops a model is written against (CPU: ndarray; CUDA: cudarc)
 pub mod data; // MFTCoder's jsonl formats, templates, loss masks, packing, blending, .bin/.idx
 pub mod infer; // generation with a KV cache, sampling, the MFTCoder chat template
+pub mod loss; // next-token cross-entropy; (later) MFTCoder's multi-task weightings, CoBa, DPO
 pub mod io; // safetensors (mmap, sharded), config.json helpers, tokenizer.json
 pub mod models; // one file per architecture, written once against the Backend seam
 pub mod nn; // building blocks on the CPU reference path: the math, the forward, the tests
 pub mod rng; // a small seeded generator so runs are reproducible bit for bit
+pub mod train; // optimizer, schedules, the trainer

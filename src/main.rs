@@ -8,7 +8,8 @@ use mftcoder::infer::{chat_template, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
 use mftcoder::io::tokenizer::Tokenizer;
-use mftcoder::models::{self, llama::Logits};
+use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+use mftcoder::models::{self, llama::{Logits, Sequence, hf_shape}};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,10 @@ struct ForwardArgs {
     /// Output safetensors file: `logits` f32 [T, vocab] and `input_ids` i64 [T].
     #[arg(long)]
     out: PathBuf,
+    /// Also run the backward pass of transformers' loss convention (labels = input ids, mean over the T−1
+    /// predictions) and write `loss` f32 [1] and `grad.<parameter name>` for every parameter.
+    #[arg(long)]
+    backward: bool,
 }
 
 #[derive(Args)]
@@ -119,11 +124,31 @@ fn forward(args: ForwardArgs) -> Result<()> {
         None => args.input.ids.clone(),
     };
     let model = models::load_causal_lm(&cpu, &args.model)?;
-    let logits = cpu.download(&model.forward(&cpu, &ids, None, Logits::All)?);
+    let ids_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let mut tensors = vec![OwnedTensor::i64("input_ids", &[ids.len()], &ids_i64)];
+    let logits = if args.backward {
+        if ids.len() < 2 {
+            bail!("--backward needs at least two tokens (one prediction)");
+        }
+        let positions: Vec<usize> = (0..ids.len()).collect();
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
+        let (targets, weights) = next_token_targets(&ids, None, None);
+        let result = mean_token_loss(&model, &cpu, seq, &targets, &weights)?;
+        tensors.push(OwnedTensor::f32("loss", &[1], &[result.loss as f32]));
+        for (name, grad) in &result.grads {
+            let grad = cpu.download(grad);
+            let values: Vec<f32> = grad.iter().copied().collect();
+            tensors.push(OwnedTensor::f32(&format!("grad.{name}"), &hf_shape(name, grad.dim()), &values));
+        }
+        eprintln!("loss {:.6} over {} predictions; {} parameter gradients", result.loss, ids.len() - 1, result.grads.len());
+        cpu.download(&result.logits)
+    } else {
+        cpu.download(&model.forward(&cpu, &ids, None, Logits::All)?)
+    };
     let (t, v) = logits.dim();
     let logits: Vec<f32> = logits.iter().copied().collect();
-    let ids_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    save(&args.out, &[OwnedTensor::f32("logits", &[t, v], &logits), OwnedTensor::i64("input_ids", &[t], &ids_i64)])?;
+    tensors.push(OwnedTensor::f32("logits", &[t, v], &logits));
+    save(&args.out, &tensors)?;
     eprintln!("wrote logits [{t}, {v}] to {}", args.out.display());
     Ok(())
 }

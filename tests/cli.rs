@@ -206,3 +206,25 @@ fn out_of_vocabulary_id_is_an_error() {
         .unwrap();
     assert_clean_error(&out, &["999999", "vocab"]);
 }
+
+#[test]
+fn forward_backward_dumps_loss_and_every_gradient() {
+    let case = fixture("gqa_tied");
+    let golden = WeightStore::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama_grads/gqa_tied.safetensors")).unwrap();
+    let ids: Vec<String> = golden.tensor_i64("input_ids").unwrap().iter().map(i64::to_string).collect();
+    let out_path = scratch("backward").join("grads.safetensors");
+    let out = bin()
+        .args(["forward", "--model", case.to_str().unwrap(), "--ids", &ids.join(","), "--backward", "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = WeightStore::open(&out_path).unwrap();
+    let loss = written.tensor_f32("loss").unwrap()[[0]];
+    assert!((loss - golden.tensor_f32("loss").unwrap()[[0]]).abs() < 1e-5);
+    let grad_names: Vec<&str> = written.names().filter(|n| n.starts_with("grad.")).collect();
+    let golden_names: Vec<&str> = golden.names().filter(|n| n.starts_with("grad.")).collect();
+    assert_eq!(grad_names, golden_names);
+    let g = written.tensor_f32("grad.model.norm.weight").unwrap();
+    assert_eq!(g.shape(), golden.tensor_f32("grad.model.norm.weight").unwrap().shape());
+    assert!(written.contains("logits") && written.contains("input_ids"));
+}

@@ -57,4 +57,59 @@ impl Backend for Cpu {
     fn slice_rows(&self, t: &Array2<f32>, start: usize, end: usize) -> Array2<f32> {
         t.slice(s![start..end, ..]).to_owned()
     }
+
+    fn causal_attention_with_lse(
+        &self,
+        q: &Array2<f32>,
+        k: &Array2<f32>,
+        v: &Array2<f32>,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (Array2<f32>, Array2<f32>) {
+        nn::attention::causal_attention_with_lse(q.view(), k.view(), v.view(), shape, mask)
+    }
+    fn causal_attention_backward(
+        &self,
+        dout: &Array2<f32>,
+        q: &Array2<f32>,
+        k: &Array2<f32>,
+        v: &Array2<f32>,
+        out: &Array2<f32>,
+        lse: &Array2<f32>,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        nn::attention::causal_attention_backward(dout.view(), q.view(), k.view(), v.view(), out.view(), lse.view(), shape, mask)
+    }
+    fn linear_backward(
+        &self,
+        dy: &Array2<f32>,
+        x: &Array2<f32>,
+        weight: &Array2<f32>,
+        weight_grad: bool,
+        bias_grad: bool,
+    ) -> (Array2<f32>, Option<Array2<f32>>, Option<Array2<f32>>) {
+        let g = nn::linear::linear_backward(dy.view(), x.view(), weight.view(), weight_grad, bias_grad);
+        (g.dx, g.dweight, g.dbias.map(|b| b.insert_axis(Axis(0))))
+    }
+    fn rms_norm_backward(&self, dy: &Array2<f32>, x: &Array2<f32>, weight: &Array2<f32>, eps: f32) -> (Array2<f32>, Array2<f32>) {
+        let (dx, dw) = nn::rms_norm::rms_norm_backward(dy.view(), x.view(), weight.row(0), eps);
+        (dx, dw.insert_axis(Axis(0)))
+    }
+    fn rope_backward(&self, dy: &Array2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
+        nn::rope::rope_backward(dy.view(), heads, head_dim, positions, inv_freq)
+    }
+    fn swiglu_backward(&self, dy: &Array2<f32>, gate: &Array2<f32>, up: &Array2<f32>) -> (Array2<f32>, Array2<f32>) {
+        nn::mlp::swiglu_backward(dy.view(), gate.view(), up.view())
+    }
+    fn embedding_backward(&self, dy: &Array2<f32>, ids: &[u32], vocab: usize) -> Array2<f32> {
+        nn::embedding::embedding_backward(dy.view(), ids, vocab)
+    }
+    fn cross_entropy(&self, logits: &Array2<f32>, targets: &[u32], weights: &[f32]) -> (Vec<f32>, Array2<f32>) {
+        let ce = nn::cross_entropy::cross_entropy(logits.view(), targets, weights);
+        (ce.losses.to_vec(), ce.dlogits)
+    }
+    fn add_assign(&self, a: &mut Array2<f32>, b: &Array2<f32>) {
+        *a += b;
+    }
 }

@@ -48,5 +48,51 @@ pub trait Backend: Sync {
     fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// rows start..end
     fn slice_rows(&self, t: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
+
+    // ---- training: each backward mirrors the forward above it ----
+
+    /// Attention that also returns lse [Tq, H] = log Σⱼ exp(sᵢⱼ), all its backward needs besides q, k, v, out.
+    fn causal_attention_with_lse(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (Self::Tensor, Self::Tensor);
+    /// → (dq, dk, dv)
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_backward(
+        &self,
+        dout: &Self::Tensor,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        out: &Self::Tensor,
+        lse: &Self::Tensor,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
+    /// dy: [T, out] → (dx [T, in], dW [out, in] if `weight_grad`, db [1, out] if `bias_grad`)
+    fn linear_backward(
+        &self,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        weight_grad: bool,
+        bias_grad: bool,
+    ) -> (Self::Tensor, Option<Self::Tensor>, Option<Self::Tensor>);
+    /// → (dx [T, H], dweight [1, H])
+    fn rms_norm_backward(&self, dy: &Self::Tensor, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> (Self::Tensor, Self::Tensor);
+    fn rope_backward(&self, dy: &Self::Tensor, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Self::Tensor;
+    /// → (dgate, dup)
+    fn swiglu_backward(&self, dy: &Self::Tensor, gate: &Self::Tensor, up: &Self::Tensor) -> (Self::Tensor, Self::Tensor);
+    /// dy: [T, H] → dtable [vocab, H] (repeated ids accumulate)
+    fn embedding_backward(&self, dy: &Self::Tensor, ids: &[u32], vocab: usize) -> Self::Tensor;
+    /// Fused softmax + cross-entropy: per-row losses ℓₜ (on the host: they drive logging and loss weighting)
+    /// and dlogits = wₜ·(softmax(zₜ) − onehot(yₜ)).
+    fn cross_entropy(&self, logits: &Self::Tensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, Self::Tensor);
+    /// a += b
+    fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor);
 }
 // ANCHOR_END: backend_trait

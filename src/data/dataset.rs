@@ -204,7 +204,9 @@ pub fn load_tasks(tokenizer: &Tokenizer, cfg: &DataConfig) -> Result<(Vec<Task>,
             })?;
             stats.records += records;
         }
-        windower.finish(&mut windows);
+        if !cfg.mftcoder_quirks {
+            windower.finish(&mut windows); // MFTCoder carries the buffer into the next task, and loses it at the end
+        }
         stats.dropped = windower.dropped - dropped0;
         stats.truncated = windower.truncated - truncated0;
         stats.samples = windows.len();

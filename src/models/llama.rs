@@ -283,3 +283,197 @@ impl<B: Backend> Llama<B> {
     }
     // ANCHOR_END: llama_forward
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Training: the forward that keeps what the backward needs, and the backward beside it.
+// ---------------------------------------------------------------------------------------------------------
+
+/// One training row: tokens, their positions (restarting per packed document) and, for packed rows, the
+/// document each token belongs to (attention never crosses documents).
+#[derive(Clone, Copy, Debug)]
+pub struct Sequence<'a> {
+    pub ids: &'a [u32],
+    pub positions: &'a [usize],
+    pub segment_ids: Option<&'a [u32]>,
+}
+
+/// What one layer's backward needs from its forward.
+pub struct LayerCache<B: Backend> {
+    x: B::Tensor,        // [T, H] residual stream entering the layer
+    h_attn: B::Tensor,   // [T, H] input_layernorm(x)
+    q: B::Tensor,        // [T, heads·d] after RoPE
+    k: B::Tensor,        // [T, kv·d] after RoPE
+    v: B::Tensor,        // [T, kv·d]
+    attn: B::Tensor,     // [T, heads·d] attention output (before o_proj)
+    lse: B::Tensor,      // [T, heads]
+    x_mid: B::Tensor,    // [T, H] residual stream after the attention block
+    h_mlp: B::Tensor,    // [T, H] post_attention_layernorm(x_mid)
+    gate: B::Tensor,     // [T, I]
+    up: B::Tensor,       // [T, I]
+    gated: B::Tensor,    // [T, I] silu(gate)·up
+}
+
+pub struct TrainCache<'a, B: Backend> {
+    seq: Sequence<'a>,
+    layers: Vec<LayerCache<B>>,
+    x_final: B::Tensor, // [T, H] before the final norm
+    h_final: B::Tensor, // [T, H] after it: the head's input
+}
+
+/// Parameter gradients by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), in the backend's
+/// layout (vectors as [1, n] rows).
+pub type Gradients<B> = std::collections::BTreeMap<String, <B as Backend>::Tensor>;
+
+impl<B: Backend> Llama<B> {
+    // ANCHOR: llama_forward_train
+    /// Logits [T, vocab] and the cache for [`Llama::backward`].
+    pub fn forward_train<'a>(&self, b: &B, seq: Sequence<'a>) -> Result<(B::Tensor, TrainCache<'a, B>)> {
+        let c = &self.config;
+        if seq.ids.is_empty() || seq.positions.len() != seq.ids.len() || seq.segment_ids.is_some_and(|s| s.len() != seq.ids.len()) {
+            bail!("forward_train: need one position (and segment id) per token");
+        }
+        if let Some(&bad) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            bail!("forward_train: token id {bad} is outside the vocabulary (vocab_size {})", c.vocab_size);
+        }
+        let (shape, eps, pos) = (c.attention_shape(), c.rms_norm_eps, seq.positions);
+        let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids };
+        let mut x = b.embedding(&self.embed_tokens, seq.ids);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
+            let q = b.rope(&layer.q_proj.forward(b, &h_attn), shape.n_heads, shape.head_dim, pos, &self.inv_freq);
+            let k = b.rope(&layer.k_proj.forward(b, &h_attn), shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
+            let v = layer.v_proj.forward(b, &h_attn);
+            let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+            let x_mid = b.add(&x, &layer.o_proj.forward(b, &attn));
+            let h_mlp = b.rms_norm(&x_mid, &layer.post_attention_layernorm, eps);
+            let gate = layer.gate_proj.forward(b, &h_mlp);
+            let up = layer.up_proj.forward(b, &h_mlp);
+            let gated = b.swiglu(&gate, &up);
+            let x_out = b.add(&x_mid, &layer.down_proj.forward(b, &gated));
+            layers.push(LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated });
+            x = x_out;
+        }
+        let h_final = b.rms_norm(&x, &self.norm, eps);
+        let logits = b.linear(&h_final, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None);
+        Ok((logits, TrainCache { seq, layers, x_final: x, h_final }))
+    }
+    // ANCHOR_END: llama_forward_train
+
+    // ANCHOR: llama_backward
+    /// dlogits [T, vocab] → the gradient of every parameter. Walks the forward in reverse; `dx` is the gradient
+    /// of the residual stream, which each block adds to (the residual connection copies it through).
+    pub fn backward(&self, b: &B, cache: TrainCache<'_, B>, dlogits: &B::Tensor) -> Gradients<B> {
+        let c = &self.config;
+        let (shape, eps, pos) = (c.attention_shape(), c.rms_norm_eps, cache.seq.positions);
+        let mask = AttentionMask { q_offset: 0, segment_ids: cache.seq.segment_ids };
+        let mut grads = Gradients::<B>::new();
+        let mut put = |name: String, g: Option<B::Tensor>| {
+            if let Some(g) = g {
+                grads.insert(name, g);
+            }
+        };
+
+        // head and final norm
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let (dh_final, dhead, _) = b.linear_backward(dlogits, &cache.h_final, head, true, false);
+        let (mut dx, dnorm) = b.rms_norm_backward(&dh_final, &cache.x_final, &self.norm, eps);
+        put("model.norm.weight".into(), Some(dnorm));
+        let mut dembed_from_head = None;
+        if c.tie_word_embeddings {
+            dembed_from_head = dhead;
+        } else {
+            put("lm_head.weight".into(), dhead);
+        }
+
+        for (l, (layer, lc)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
+            let p = format!("model.layers.{l}");
+            // MLP block: x_out = x_mid + down(silu(gate(h)) · up(h)), h = n₂(x_mid)
+            let (dgated, dw, db) = linear_bwd(b, &dx, &lc.gated, &layer.down_proj);
+            put(format!("{p}.mlp.down_proj.weight"), dw);
+            put(format!("{p}.mlp.down_proj.bias"), db);
+            let (dgate, dup) = b.swiglu_backward(&dgated, &lc.gate, &lc.up);
+            let (mut dh, dw, db) = linear_bwd(b, &dgate, &lc.h_mlp, &layer.gate_proj);
+            put(format!("{p}.mlp.gate_proj.weight"), dw);
+            put(format!("{p}.mlp.gate_proj.bias"), db);
+            let (dh_up, dw, db) = linear_bwd(b, &dup, &lc.h_mlp, &layer.up_proj);
+            put(format!("{p}.mlp.up_proj.weight"), dw);
+            put(format!("{p}.mlp.up_proj.bias"), db);
+            b.add_assign(&mut dh, &dh_up);
+            let (dx_mid, dnorm) = b.rms_norm_backward(&dh, &lc.x_mid, &layer.post_attention_layernorm, eps);
+            put(format!("{p}.post_attention_layernorm.weight"), Some(dnorm));
+            b.add_assign(&mut dx, &dx_mid); // dx is now ∂L/∂x_mid
+
+            // attention block: x_mid = x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = n₁(x)
+            let (dattn, dw, db) = linear_bwd(b, &dx, &lc.attn, &layer.o_proj);
+            put(format!("{p}.self_attn.o_proj.weight"), dw);
+            put(format!("{p}.self_attn.o_proj.bias"), db);
+            let (dq, dk, dv) = b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
+            let dq = b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq);
+            let dk = b.rope_backward(&dk, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
+            let (mut dh, dw, db) = linear_bwd(b, &dq, &lc.h_attn, &layer.q_proj);
+            put(format!("{p}.self_attn.q_proj.weight"), dw);
+            put(format!("{p}.self_attn.q_proj.bias"), db);
+            for (dproj, proj, name) in [(&dk, &layer.k_proj, "k_proj"), (&dv, &layer.v_proj, "v_proj")] {
+                let (dh_part, dw, db) = linear_bwd(b, dproj, &lc.h_attn, proj);
+                put(format!("{p}.self_attn.{name}.weight"), dw);
+                put(format!("{p}.self_attn.{name}.bias"), db);
+                b.add_assign(&mut dh, &dh_part);
+            }
+            let (dx_in, dnorm) = b.rms_norm_backward(&dh, &lc.x, &layer.input_layernorm, eps);
+            put(format!("{p}.input_layernorm.weight"), Some(dnorm));
+            b.add_assign(&mut dx, &dx_in); // dx is now ∂L/∂x entering layer l
+        }
+
+        let mut dembed = b.embedding_backward(&dx, cache.seq.ids, c.vocab_size);
+        if let Some(dhead) = dembed_from_head {
+            b.add_assign(&mut dembed, &dhead); // tied: the table is also the output head
+        }
+        put("model.embed_tokens.weight".into(), Some(dembed));
+        grads
+    }
+    // ANCHOR_END: llama_backward
+
+    /// Every parameter with its Hugging Face name, in a fixed order (embedding, layers, norm, head).
+    pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        let mut out: Vec<(String, &mut B::Tensor)> = vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), &mut layer.input_layernorm));
+            let linears = [
+                ("self_attn.q_proj", &mut layer.q_proj),
+                ("self_attn.k_proj", &mut layer.k_proj),
+                ("self_attn.v_proj", &mut layer.v_proj),
+                ("self_attn.o_proj", &mut layer.o_proj),
+            ];
+            for (name, lin) in linears {
+                out.push((format!("{p}.{name}.weight"), &mut lin.weight));
+                if let Some(bias) = lin.bias.as_mut() {
+                    out.push((format!("{p}.{name}.bias"), bias));
+                }
+            }
+            out.push((format!("{p}.post_attention_layernorm.weight"), &mut layer.post_attention_layernorm));
+            for (name, lin) in [("mlp.gate_proj", &mut layer.gate_proj), ("mlp.up_proj", &mut layer.up_proj), ("mlp.down_proj", &mut layer.down_proj)] {
+                out.push((format!("{p}.{name}.weight"), &mut lin.weight));
+                if let Some(bias) = lin.bias.as_mut() {
+                    out.push((format!("{p}.{name}.bias"), bias));
+                }
+            }
+        }
+        out.push(("model.norm.weight".into(), &mut self.norm));
+        if let Some(head) = self.lm_head.as_mut() {
+            out.push(("lm_head.weight".into(), head));
+        }
+        out
+    }
+}
+
+/// The shape a parameter has in a Hugging Face checkpoint: norms and biases are vectors there, [1, n] rows here.
+pub fn hf_shape(name: &str, (rows, cols): (usize, usize)) -> Vec<usize> {
+    if rows == 1 && (name.ends_with("norm.weight") || name.ends_with(".bias")) { vec![cols] } else { vec![rows, cols] }
+}
+
+/// A linear layer's backward with its parameter gradients (weight always, bias when the layer has one).
+fn linear_bwd<B: Backend>(b: &B, dy: &B::Tensor, x: &B::Tensor, lin: &Linear<B>) -> (B::Tensor, Option<B::Tensor>, Option<B::Tensor>) {
+    b.linear_backward(dy, x, &lin.weight, true, lin.bias.is_some())
+}

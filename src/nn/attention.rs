@@ -404,7 +404,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn backward_matches_finite_differences(tq in 1usize..6, extra_keys in 0usize..4, kv in 1usize..3,
                                                group in 1usize..3, half in 1usize..3, packed in any::<bool>(),

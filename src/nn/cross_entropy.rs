@@ -61,7 +61,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn gradient_matches_finite_differences(t in 1usize..6, v in 2usize..12, seed in any::<u64>()) {
             let mut rng = Rng::new(seed);

@@ -132,7 +132,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn backward_matches_finite_differences(n in 1usize..6, d_in in 1usize..7, d_out in 1usize..7,
                                                seed in any::<u64>()) {

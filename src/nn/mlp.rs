@@ -43,7 +43,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn backward_matches_finite_differences(t in 1usize..6, i in 1usize..9, seed in any::<u64>()) {
             let mut rng = Rng::new(seed);

@@ -92,7 +92,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn backward_matches_finite_differences(t in 1usize..6, heads in 1usize..4, half in 1usize..5,
                                                offset in 0usize..3000, seed in any::<u64>()) {

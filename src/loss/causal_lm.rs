@@ -1,0 +1,80 @@
+//! Next-token prediction: the language-model loss every fine-tuning mode starts from.
+//!
+//! Token t predicts token t+1 of the same document. With a loss mask m (1 on supervised targets):
+//!
+//!   L = Σₜ mₜ·ℓₜ / Σₜ mₜ,    ℓₜ = −log p(yₜ | x≤ₜ)
+//!
+//! With labels = input ids and no mask this is transformers' `model(ids, labels=ids).loss` (mean over T−1).
+
+use crate::backend::Backend;
+use crate::models::llama::{Gradients, Llama, Sequence};
+use anyhow::{Result, bail};
+
+// ANCHOR: next_token_targets
+/// targets[t] = ids[t+1] inside a document; the last token of each document (and of the row) predicts nothing
+/// (weight 0). `loss_mask[t]`, if given, is the weight of predicting ids[t+1]... as MFTCoder stores it: aligned
+/// with the *target* token, so target t uses `loss_mask[t + 1]`.
+pub fn next_token_targets(ids: &[u32], segment_ids: Option<&[u32]>, loss_mask: Option<&[f32]>) -> (Vec<u32>, Vec<f32>) {
+    let n = ids.len();
+    let mut targets = vec![0u32; n];
+    let mut weights = vec![0f32; n];
+    for t in 0..n.saturating_sub(1) {
+        let same_document = segment_ids.is_none_or(|s| s[t] == s[t + 1]);
+        if same_document {
+            targets[t] = ids[t + 1];
+            weights[t] = loss_mask.map_or(1.0, |m| m[t + 1]);
+        }
+    }
+    (targets, weights)
+}
+// ANCHOR_END: next_token_targets
+
+/// The result of one forward + backward.
+pub struct LossAndGrads<B: Backend> {
+    /// Σ mₜ·ℓₜ / Σ mₜ
+    pub loss: f64,
+    /// ℓₜ for every row (0-weight rows included)
+    pub token_losses: Vec<f32>,
+    /// Σ mₜ
+    pub supervised: f64,
+    pub grads: Gradients<B>,
+    /// [T, vocab]
+    pub logits: B::Tensor,
+}
+
+// ANCHOR: mean_token_loss
+/// Forward, masked mean cross-entropy, backward.
+pub fn mean_token_loss<B: Backend>(
+    model: &Llama<B>,
+    b: &B,
+    seq: Sequence<'_>,
+    targets: &[u32],
+    weights: &[f32],
+) -> Result<LossAndGrads<B>> {
+    let supervised: f64 = weights.iter().map(|&w| w as f64).sum();
+    if supervised <= 0.0 {
+        bail!("no supervised token in this batch (every loss-mask weight is 0)");
+    }
+    let (logits, cache) = model.forward_train(b, seq)?;
+    // d(Σ m·ℓ / N)/dlogits = (m/N)·(softmax − onehot): fold the 1/N into the weights
+    let scaled: Vec<f32> = weights.iter().map(|&w| (w as f64 / supervised) as f32).collect();
+    let (token_losses, dlogits) = b.cross_entropy(&logits, targets, &scaled);
+    let loss = token_losses.iter().zip(weights).map(|(&l, &w)| l as f64 * w as f64).sum::<f64>() / supervised;
+    let grads = model.backward(b, cache, &dlogits);
+    Ok(LossAndGrads { loss, token_losses, supervised, grads, logits })
+}
+// ANCHOR_END: mean_token_loss
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_stay_inside_documents() {
+        let (t, w) = next_token_targets(&[5, 6, 7, 8, 9], Some(&[0, 0, 0, 1, 1]), None);
+        assert_eq!(t, vec![6, 7, 0, 9, 0]);
+        assert_eq!(w, vec![1.0, 1.0, 0.0, 1.0, 0.0]);
+        let (_, w) = next_token_targets(&[5, 6, 7], None, Some(&[0.0, 0.0, 1.0]));
+        assert_eq!(w, vec![0.0, 1.0, 0.0]);
+    }
+}
