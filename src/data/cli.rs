@@ -47,6 +47,16 @@ pub struct EncodeArgs {
     pub out: Option<PathBuf>,
 }
 
+/// One line of `encode`'s output, keys in this order.
+#[derive(serde::Serialize)]
+struct SampleLine<'a> {
+    task: &'a str,
+    task_id: usize,
+    input_ids: &'a [u32],
+    loss_mask: &'a [u8],
+    segment_ids: &'a [u32],
+}
+
 /// Print one JSON object per training sample (stdout or `--out`), then a per-task summary on stderr.
 pub fn encode(args: EncodeArgs) -> Result<()> {
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
@@ -67,11 +77,14 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
         for task in &tasks {
             for s in &task.samples {
                 let win = if args.unpadded { s.window.clone() } else { s.window.padded(l, pad_id) };
-                let line = serde_json::json!({
-                    "task": task.name, "task_id": task.id,
-                    "input_ids": win.ids, "loss_mask": win.loss_mask, "segment_ids": win.segment_ids,
-                });
-                writeln!(w, "{line}")?;
+                let line = SampleLine {
+                    task: &task.name,
+                    task_id: task.id,
+                    input_ids: &win.ids,
+                    loss_mask: &win.loss_mask,
+                    segment_ids: &win.segment_ids,
+                };
+                writeln!(w, "{}", serde_json::to_string(&line)?)?;
             }
         }
         w.flush()?;

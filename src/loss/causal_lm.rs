@@ -35,7 +35,7 @@ pub struct LossAndGrads<B: Backend> {
     pub loss: f64,
     /// ℓₜ for every row (0-weight rows included)
     pub token_losses: Vec<f32>,
-    /// Σ mₜ
+    /// Σ mₜ (the number of tokens with a non-zero coefficient for `weighted_token_loss`)
     pub supervised: f64,
     pub grads: Gradients<B>,
     /// [T, vocab]
@@ -43,7 +43,20 @@ pub struct LossAndGrads<B: Backend> {
 }
 
 // ANCHOR: mean_token_loss
-/// Forward, masked mean cross-entropy, backward.
+/// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward.
+pub fn weighted_token_loss<B: Backend>(model: &Llama<B>, b: &B, seq: Sequence<'_>, targets: &[u32], coefficients: &[f32]) -> Result<LossAndGrads<B>> {
+    let (logits, cache) = model.forward_train(b, seq)?;
+    let (token_losses, dlogits) = b.cross_entropy(&logits, targets, coefficients); // dL/dlogits = c·(softmax − onehot)
+    let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>();
+    if !loss.is_finite() {
+        bail!("the loss is {loss} (not finite)");
+    }
+    let grads = model.backward(b, cache, &dlogits);
+    let supervised = coefficients.iter().filter(|&&c| c != 0.0).count() as f64;
+    Ok(LossAndGrads { loss, token_losses, supervised, grads, logits })
+}
+
+/// Masked mean cross-entropy: coefficients mₜ / Σ m (MFTCoder's case1; transformers' loss without a mask).
 pub fn mean_token_loss<B: Backend>(
     model: &Llama<B>,
     b: &B,
@@ -55,13 +68,10 @@ pub fn mean_token_loss<B: Backend>(
     if supervised <= 0.0 {
         bail!("no supervised token in this batch (every loss-mask weight is 0)");
     }
-    let (logits, cache) = model.forward_train(b, seq)?;
-    // d(Σ m·ℓ / N)/dlogits = (m/N)·(softmax − onehot): fold the 1/N into the weights
-    let scaled: Vec<f32> = weights.iter().map(|&w| (w as f64 / supervised) as f32).collect();
-    let (token_losses, dlogits) = b.cross_entropy(&logits, targets, &scaled);
-    let loss = token_losses.iter().zip(weights).map(|(&l, &w)| l as f64 * w as f64).sum::<f64>() / supervised;
-    let grads = model.backward(b, cache, &dlogits);
-    Ok(LossAndGrads { loss, token_losses, supervised, grads, logits })
+    let coefficients: Vec<f32> = weights.iter().map(|&w| (w as f64 / supervised) as f32).collect();
+    let mut result = weighted_token_loss(model, b, seq, targets, &coefficients)?;
+    result.supervised = supervised;
+    Ok(result)
 }
 // ANCHOR_END: mean_token_loss
 
