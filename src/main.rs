@@ -4,6 +4,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
+use mftcoder::config::TrainConfig;
+use mftcoder::train::trainer;
 use mftcoder::infer::{chat_template, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
@@ -33,6 +35,20 @@ enum Command {
     Encode(mftcoder::data::cli::EncodeArgs),
     /// Tokenize a jsonl directory into Megatron `PREFIX_input_ids.bin/.idx` (MMIDIDX v1).
     Tokenize(mftcoder::data::cli::TokenizeArgs),
+    /// Fine-tune on MFTCoder jsonl tasks (full parameters when `peft_type` is null), from an MFTCoder config.
+    Train(TrainArgs),
+    /// Continued pre-training (full parameters) on `.bin/.idx` prefixes or jsonl, from an MFTCoder config.
+    Pretrain(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// JSON config with MFTCoder's field names (`MftTrainArgs` / `MptTrainArgs`).
+    #[arg(long)]
+    config: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -107,6 +123,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Encode(args) => mftcoder::data::cli::encode(args),
         Command::Tokenize(args) => mftcoder::data::cli::tokenize(args),
+        Command::Train(args) => train_cmd(args, false),
+        Command::Pretrain(args) => train_cmd(args, true),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,6 +240,30 @@ fn info(args: InfoArgs) -> Result<()> {
     match Tokenizer::load(&args.model) {
         Ok(tok) => println!("tokenizer:    {}", tok.summary()),
         Err(e) => println!("tokenizer:    none ({e:#})"),
+    }
+    Ok(())
+}
+
+fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
+    let loaded = TrainConfig::from_file(&args.config)?;
+    for notice in &loaded.notices {
+        eprintln!("note: {notice}");
+    }
+    let mut cfg = loaded.config;
+    if pretrain {
+        cfg.peft_type = None; // continued pre-training trains every parameter (MptTrainArgs has no PEFT fields)
+    }
+    let report = trainer::train(&Cpu, &cfg, trainer::RunOptions { quiet: args.quiet })?;
+    eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
+    if let Some(last) = report.evaluations.last() {
+        eprintln!("{:<24} {:>12} {:>12}", "task", "valid loss", "perplexity");
+        for (name, loss) in &last.task_loss {
+            match loss {
+                Some(l) => eprintln!("{name:<24} {l:>12.4} {:>12.3}", l.exp()),
+                None => eprintln!("{name:<24} {:>12} {:>12}", "-", "-"),
+            }
+        }
+        eprintln!("{:<24} {:>12.4} {:>12.3}", "(overall)", last.eval_loss, last.perplexity);
     }
     Ok(())
 }

@@ -284,7 +284,7 @@ mod tests {
             assert_eq!(r.dtype, dtype);
             assert_eq!((0..r.len()).map(|i| r.get(i)).collect::<Vec<_>>(), docs);
             assert_eq!(r.doc_idx, vec![0, 1, 2, 3, 4]);
-            assert_eq!(r.pointers, vec![0, 3, 3, 5].iter().map(|&p| p * dtype.size() as i64).collect::<Vec<_>>());
+            assert_eq!(r.pointers, [0, 3, 3, 5].iter().map(|&p| p * dtype.size() as i64).collect::<Vec<_>>());
             assert_eq!(r.get_range(2, 1, 1), vec![7]);
         }
         let mut w = IndexedWriter::create(&dir.join("small"), TokenDtype::U16).unwrap();

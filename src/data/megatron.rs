@@ -12,7 +12,7 @@ use std::ops::Range;
 /// `round(fraction · n)` (Python rounds half to even), then shift them so the last is exactly `n`.
 pub fn split_documents(split: [f64; 3], n: usize) -> Result<[Range<usize>; 3]> {
     let sum: f64 = split.iter().sum();
-    if !(sum > 0.0) {
+    if sum.is_nan() || sum <= 0.0 {
         bail!("data_split: the three numbers must not all be 0");
     }
     let mut idx = [0i64; 4];

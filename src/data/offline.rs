@@ -102,7 +102,7 @@ pub fn tokenize_to_bin(
             let bytes = std::fs::read(file).map_err(|e| anyhow!("{}: cannot read: {e}", file.display()))?;
             let lines: Vec<(usize, &[u8])> = jsonl_lines(&bytes).collect();
             for chunk in lines.chunks(2048) {
-                let docs: Vec<(usize, Result<Option<Vec<u32>>, String>)> =
+                let docs: Vec<(usize, LineResult)> =
                     chunk.par_iter().map(|&(n, line)| (n, encode_line(tokenizer, line, eos))).collect();
                 for (n, doc) in docs {
                     match doc {
@@ -132,7 +132,10 @@ pub fn tokenize_to_bin(
     Ok(stats)
 }
 
-fn encode_line(tokenizer: &Tokenizer, line: &[u8], eos: u32) -> Result<Option<Vec<u32>>, String> {
+/// One line's document ids; `None` for a record that yields none; `Err` says what is wrong with the line.
+type LineResult = Result<Option<Vec<u32>>, String>;
+
+fn encode_line(tokenizer: &Tokenizer, line: &[u8], eos: u32) -> LineResult {
     let text = std::str::from_utf8(line).map_err(|e| format!("not valid UTF-8 (byte {})", e.valid_up_to()))?;
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let Some(texts) = document_texts(&value)? else { return Ok(None) };

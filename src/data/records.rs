@@ -1,9 +1,8 @@
 //! MFTCoder's jsonl record schemas: one JSON object per line, recognised by its keys.
 //!
-//! Detection order (first match wins, as `UniformEncoder.encode` does):
-//! 1. `prompt`+`answer` 2. `prompt`+`response` 3. `input`+`output` 4. `instruction`+`output`
-//! 5. `instruction`+`response` 6. `question`+`response` 7. `question`+`answer` 8. `query`+`answer`
-//! 9. `chat_rounds` (non-empty) 10. `text`.
+//! Detection order (first match wins, as `UniformEncoder.encode` does): `prompt`+`answer`,
+//! `prompt`+`response`, `input`+`output`, `instruction`+`output`, `instruction`+`response`,
+//! `question`+`response`, `question`+`answer`, `query`+`answer`, then `chat_rounds` (non-empty), then `text`.
 //! Pair schemas may carry a `system` string. Preference records `{"chosen": rounds, "rejected": rounds}`
 //! (for DPO) are recognised before all of these. Other keys (`id`, `data_name`, …) are ignored.
 //!
@@ -138,11 +137,8 @@ pub fn parse_object(map: &Map<String, Value>) -> Result<Record, RecordError> {
         }
     }
     match map.get("chat_rounds") {
-        Some(Value::Array(a)) if a.is_empty() => {
-            if !map.contains_key("text") {
-                return err("`chat_rounds` is empty");
-            }
-        }
+        Some(Value::Array(a)) if a.is_empty() && !map.contains_key("text") => return err("`chat_rounds` is empty"),
+        Some(Value::Array(a)) if a.is_empty() => {}
         Some(v) => return Ok(Record::Chat(parse_rounds(v, "chat_rounds")?)),
         None => {}
     }
@@ -318,7 +314,7 @@ mod tests {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|i| Value::from(i)),
+            any::<i64>().prop_map(Value::from),
             "[a-z \\n\u{a0}\u{202f}]{0,6}".prop_map(Value::String),
             proptest::sample::select(&WORDS[..]).prop_map(|w| Value::String(w.to_string())),
         ];

@@ -9,6 +9,9 @@
 //! `Q_BLOCK` rows and keys in blocks of `K_BLOCK`; after each key block the running max m, the running sum l and
 //! the unnormalised output are rescaled by exp(m_old − m_new) (Milakov & Gimelshein 2018; FlashAttention).
 //! The largest temporary is one Q_BLOCK × K_BLOCK score tile per worker.
+//!
+//! The forward also returns lse = m + ln l per query row and head; the backward (FlashAttention-2) uses it to
+//! recompute each probability tile instead of storing the T×T matrix.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip, s};

@@ -67,7 +67,7 @@ pub(crate) mod grad_check {
             let an = analytic.as_slice_memory_order().expect("contiguous")[i] as f64;
             let diff = (fd - an).abs();
             let ratio = diff / (ATOL + RTOL * fd.abs().max(an.abs()));
-            if !(ratio <= 1.0) {
+            if ratio.is_nan() || ratio > 1.0 {
                 return Err(format!("{name}[{i}]: finite difference {fd:.6} vs analytic {an:.6} (|Δ| = {diff:.2e})"));
             }
             worst_ratio = worst_ratio.max(ratio);

@@ -1,3 +1,5 @@
-//! Training: the optimizer, the learning-rate schedules and (later) the trainer that drives them.
+//! Training: the optimizer, the learning-rate schedules, checkpoints and the trainer that drives them.
+pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,510 @@
+//! The training loop: micro-batches, gradient accumulation, clipping, AdamW on a schedule, evaluation,
+//! early stopping, checkpoints with `saving_limit`, exact resume, metrics and a progress bar.
+//!
+//! One optimizer step = `gradient_accumulation_steps` micro-batches of `per_device_train_batch_size` samples;
+//! each micro-batch's loss (the configured MFTCoder mode) is back-propagated, the gradients are averaged over the
+//! micro-batches, clipped to `gradient_clipping` by global norm, and AdamW takes a step at the scheduled rate.
+//! Data order per epoch is a seeded permutation, so `(epoch, step in epoch)` is the whole data position and a
+//! resumed run sees exactly the batches an uninterrupted one would.
+
+use crate::backend::Backend;
+use crate::config::TrainConfig;
+use crate::data::{self, Batch, CollateOptions, DataConfig, IndexedDataset, MultiTaskDataset, PaddingMode};
+use crate::io::tokenizer::Tokenizer;
+use crate::loss::causal_lm::weighted_token_loss;
+use crate::loss::mft::{LossMode, coefficients, task_losses};
+use crate::models::llama::{Gradients, Llama, Sequence};
+use crate::models::load_causal_lm;
+use crate::rng::Rng;
+use crate::train::checkpoint::{self, TrainerState};
+use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::train::schedule::{LrSchedule, learning_rate};
+use anyhow::{Context, Result, anyhow, bail};
+use ndarray::Array2;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where batches come from: MFTCoder's jsonl tasks, or Megatron `.bin/.idx` corpora (continued pre-training).
+pub enum TrainData {
+    Sft(MultiTaskDataset),
+    Corpus(Corpus),
+}
+
+/// Continued pre-training data: one task per `.bin/.idx` prefix, Megatron's sample index over each.
+pub struct Corpus {
+    pub names: Vec<String>,
+    sets: Vec<(IndexedDataset, data::megatron::SampleIndex, data::megatron::SampleIndex)>,
+    order: Vec<(usize, usize)>,
+    seq_length: usize,
+}
+
+impl Corpus {
+    pub fn open(prefixes: &[PathBuf], seq_length: usize, split: [f64; 3], seed: u32) -> Result<Self> {
+        let mut sets = Vec::new();
+        let mut names = Vec::new();
+        for prefix in prefixes {
+            let ds = IndexedDataset::open(prefix)?;
+            let [train, valid, _] = data::megatron::split_documents(split, ds.len())?;
+            let train = data::megatron::SampleIndex::build(&ds.sizes, train, seq_length, 1, seed)?;
+            let valid = data::megatron::SampleIndex::build(&ds.sizes, valid, seq_length, 1, seed)?;
+            names.push(prefix.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            sets.push((ds, train, valid));
+        }
+        let counts: Vec<usize> = sets.iter().map(|(_, t, _)| t.len()).collect();
+        Ok(Corpus { names, order: data::blend_by_count(&counts), sets, seq_length })
+    }
+
+    fn batch(&self, samples: &[(usize, Vec<u32>)]) -> Batch {
+        let t = self.seq_length;
+        let b = samples.len();
+        let mut batch = Batch {
+            input_ids: Array2::zeros((b, t)),
+            labels: Array2::zeros((b, t)),
+            loss_mask: Array2::ones((b, t)),
+            segment_ids: Array2::ones((b, t)),
+            position_ids: Array2::from_shape_fn((b, t), |(_, j)| j as u32),
+            task_ids: samples.iter().map(|(k, _)| *k).collect(),
+        };
+        for (r, (_, tokens)) in samples.iter().enumerate() {
+            for j in 0..t {
+                batch.input_ids[[r, j]] = tokens[j];
+                batch.labels[[r, j]] = tokens[j + 1];
+            }
+        }
+        batch
+    }
+}
+
+impl TrainData {
+    pub fn task_names(&self) -> &[String] {
+        match self {
+            TrainData::Sft(d) => &d.task_names,
+            TrainData::Corpus(c) => &c.names,
+        }
+    }
+
+    pub fn train_len(&self) -> usize {
+        match self {
+            TrainData::Sft(d) => d.train_len(),
+            TrainData::Corpus(c) => c.order.len(),
+        }
+    }
+
+    pub fn train_batch(&self, indices: &[usize], opts: CollateOptions) -> Batch {
+        match self {
+            TrainData::Sft(d) => d.train_batch(indices, opts),
+            TrainData::Corpus(c) => {
+                let samples: Vec<(usize, Vec<u32>)> = indices
+                    .iter()
+                    .map(|&i| {
+                        let (k, j) = c.order[i];
+                        (k, c.sets[k].1.sample(&c.sets[k].0, j))
+                    })
+                    .collect();
+                c.batch(&samples)
+            }
+        }
+    }
+
+    pub fn valid_batches(&self, k: usize, batch_size: usize, opts: CollateOptions) -> Vec<Batch> {
+        match self {
+            TrainData::Sft(d) => d.valid_batches(k, batch_size, opts),
+            TrainData::Corpus(c) => {
+                let (ds, _, valid) = &c.sets[k];
+                let idx: Vec<usize> = (0..valid.len()).collect();
+                idx.chunks(batch_size.max(1)).map(|ch| c.batch(&ch.iter().map(|&j| (k, valid.sample(ds, j))).collect::<Vec<_>>())).collect()
+            }
+        }
+    }
+
+    fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut order: Vec<usize> = (0..self.train_len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        order
+    }
+}
+
+/// A batch laid out as one sequence for the model: rows become documents (segments) that never attend to
+/// each other, positions restart per row (and per packed sample inside a row).
+pub struct FlatBatch {
+    pub ids: Vec<u32>,
+    pub positions: Vec<usize>,
+    pub segment_ids: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub loss_mask: Vec<f32>,
+    pub row_len: usize,
+    pub task_ids: Vec<usize>,
+}
+
+pub fn flatten(batch: &Batch) -> FlatBatch {
+    let (rows, t) = batch.input_ids.dim();
+    let mut segment_ids = Vec::with_capacity(rows * t);
+    for r in 0..rows {
+        segment_ids.extend(batch.segment_ids.row(r).iter().map(|&s| ((r as u32) << 16) | (s & 0xFFFF)));
+    }
+    FlatBatch {
+        ids: batch.input_ids.iter().copied().collect(),
+        positions: batch.position_ids.iter().map(|&p| p as usize).collect(),
+        segment_ids,
+        targets: batch.labels.iter().copied().collect(),
+        loss_mask: batch.loss_mask.iter().copied().collect(),
+        row_len: t,
+        task_ids: batch.task_ids.clone(),
+    }
+}
+
+/// Per-task validation loss and the overall loss of the configured mode.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Evaluation {
+    pub step: usize,
+    pub eval_loss: f64,
+    pub perplexity: f64,
+    pub task_loss: Vec<(String, Option<f64>)>,
+}
+
+pub struct TrainReport {
+    pub completed_steps: usize,
+    pub final_checkpoint: PathBuf,
+    pub last_train_loss: Option<f64>,
+    pub evaluations: Vec<Evaluation>,
+    pub task_names: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// No progress bar (tests, scripts).
+    pub quiet: bool,
+}
+
+fn collate_options(cfg: &TrainConfig) -> CollateOptions {
+    CollateOptions { dynamic_padding: cfg.use_dynamic_padding, isolate_samples: true, sst_pack_trim: false }
+}
+
+/// Load the data a config names.
+pub fn load_data(cfg: &TrainConfig, tokenizer: &Tokenizer) -> Result<TrainData> {
+    let paths: Vec<PathBuf> = cfg.data_paths.iter().map(PathBuf::from).collect();
+    let split: data::DataSplit = cfg.data_split.parse().map_err(|e| anyhow!("field `data_split`: {e}"))?;
+    if cfg.load_raw_dataset {
+        let role_markers = match &cfg.role_markers {
+            Some(v) => Some(data::RoleMarkers::from_json(&v.to_string()).context("field `role_markers`")?),
+            None => None,
+        };
+        let dc = DataConfig {
+            data_paths: paths,
+            seq_length: cfg.seq_length,
+            padding_mode: cfg.padding_mode.parse::<PaddingMode>().map_err(|e| anyhow!("field `padding_mode`: {e}"))?,
+            tokenize_mode: cfg.tokenize_mode.parse().map_err(|e| anyhow!("field `tokenize_mode`: {e}"))?,
+            role_markers,
+            data_split: split,
+            seed: cfg.seed as u32,
+            overlong: if cfg.truncate { data::Overlong::Truncate } else { data::Overlong::Drop },
+            skip_bad_records: cfg.skip_bad_records,
+            mftcoder_quirks: false,
+        };
+        Ok(TrainData::Sft(MultiTaskDataset::build(tokenizer, &dc)?))
+    } else {
+        let fractions = [split.train, split.valid, split.test];
+        Ok(TrainData::Corpus(Corpus::open(&paths, cfg.seq_length, fractions, cfg.seed as u32)?))
+    }
+}
+
+/// One optimizer step's accumulated numbers.
+struct StepResult {
+    loss: f64,
+    task_loss: Vec<Option<f64>>,
+    tokens: usize,
+    grad_norm: f64,
+}
+
+pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
+    if let Some(p) = &cfg.peft_type {
+        bail!("field `peft_type` is `{p}`: LoRA/QLoRA training is not available yet; set `\"peft_type\": null` for full fine-tuning");
+    }
+    let out = &cfg.output_dir;
+    checkpoint::check_writable(out)?;
+    let mode: LossMode = cfg.weighted_loss_mode.parse()?;
+    let schedule: LrSchedule = cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
+
+    let base = &cfg.pretrained_model_path;
+    let tokenizer = Tokenizer::load(base)?;
+    let data = load_data(cfg, &tokenizer)?;
+    let names = data.task_names().to_vec();
+    let task_weights = match &cfg.task_weights {
+        Some(w) if w.len() != names.len() => bail!("field `task_weights` has {} entries for {} tasks", w.len(), names.len()),
+        Some(w) => w.clone(),
+        None => vec![1.0; names.len()],
+    };
+    let micro = cfg.per_device_train_batch_size;
+    let per_step = micro * cfg.gradient_accumulation_steps;
+    let steps_per_epoch = data.train_len() / per_step;
+    if steps_per_epoch == 0 {
+        bail!("{} training samples are fewer than one optimizer step needs ({micro} × {} accumulation)", data.train_len(), cfg.gradient_accumulation_steps);
+    }
+    let total_steps = cfg.max_train_steps.unwrap_or(cfg.num_train_epochs * steps_per_epoch);
+    let warmup = cfg.warmup_steps(total_steps);
+
+    // resume: an explicit checkpoint, or output_dir/latest
+    let resume_dir = match &cfg.resume_from_checkpoint {
+        Some(dir) => Some(dir.clone()),
+        None if cfg.auto_resume => checkpoint::read_latest(out)?,
+        None => None,
+    };
+    let mut model: Llama<B> = load_causal_lm(b, resume_dir.as_deref().unwrap_or(base))?;
+    let param_names: Vec<String> = model.named_parameters_mut().into_iter().map(|(n, _)| n).collect();
+    let shapes: Vec<(usize, usize)> = model.named_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
+    let adam = AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() };
+    let mut opt = AdamW::new(adam, &shapes);
+    let mut state = TrainerState {
+        completed_steps: 0,
+        epoch: 0,
+        step_in_epoch: 0,
+        rng_state: Rng::new(cfg.seed).state(),
+        lr: 0.0,
+        best_eval_loss: None,
+        best_step: None,
+        stall: 0,
+        total_steps,
+    };
+    if let Some(dir) = &resume_dir {
+        state = checkpoint::load_training_state(dir, &param_names, &mut opt)?;
+        if state.total_steps != total_steps {
+            bail!("{}: the checkpoint planned {} steps, this config plans {total_steps}; resume with the same config", dir.display(), state.total_steps);
+        }
+        eprintln!("resuming from {} at step {}", dir.display(), state.completed_steps);
+    }
+    let _rng = Rng::from_state(state.rng_state); // no dropout yet; carried so resumed runs keep the stream
+    let metrics_path = out.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, state.completed_steps)?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)
+        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+
+    let progress = progress_bar(total_steps, state.completed_steps, opts.quiet);
+    let collate = collate_options(cfg);
+    let mut evaluations = Vec::new();
+    let mut last_train_loss = None;
+    let mut last_checkpoint: Option<PathBuf> = resume_dir.clone();
+    let started = Instant::now();
+    let mut tokens_seen = 0usize;
+    let epochs = total_steps.div_ceil(steps_per_epoch);
+
+    'epochs: while state.epoch < epochs {
+        let order = data.epoch_order(cfg.seed, state.epoch as u64);
+        while state.step_in_epoch < steps_per_epoch {
+            if state.completed_steps >= total_steps {
+                break 'epochs;
+            }
+            let step = state.completed_steps;
+            let lr = learning_rate(schedule, cfg.learning_rate, cfg.min_lr, step, warmup, total_steps);
+            let first = state.step_in_epoch * per_step;
+            let result = optimizer_step(b, &mut model, &mut opt, &data, &order[first..first + per_step], micro, mode, &task_weights, collate, cfg, lr, &param_names)
+                .with_context(|| format!("step {}", step + 1))?;
+            state.completed_steps += 1;
+            state.step_in_epoch += 1;
+            state.lr = lr;
+            tokens_seen += result.tokens;
+            last_train_loss = Some(result.loss);
+            let elapsed = started.elapsed().as_secs_f64();
+            let task_json: serde_json::Map<String, serde_json::Value> =
+                names.iter().zip(&result.task_loss).filter_map(|(n, l)| l.map(|l| (n.clone(), l.into()))).collect();
+            writeln!(metrics, "{}", serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
+                "loss": result.loss, "task_loss": task_json, "grad_norm": result.grad_norm, "tokens": result.tokens,
+                "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed}))?;
+            metrics.flush()?;
+            progress.set_position(state.completed_steps as u64);
+            progress.set_message(format!("loss {:.4} | {} | {:.0} tok/s", result.loss, task_summary(&names, &result.task_loss), tokens_seen as f64 / elapsed.max(1e-9)));
+
+            let c = state.completed_steps;
+            let mut stop = false;
+            if cfg.evaluation_steps > 0 && c % cfg.evaluation_steps == 0 {
+                let ev = evaluate(b, &model, &data, cfg, mode, &task_weights, c)?;
+                writeln!(metrics, "{}", serde_json::json!({"step": c, "eval_loss": ev.eval_loss, "perplexity": ev.perplexity,
+                    "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()}))?;
+                metrics.flush()?;
+                if state.best_eval_loss.is_none_or(|best| ev.eval_loss <= best) {
+                    state.best_eval_loss = Some(ev.eval_loss);
+                    state.best_step = Some(c);
+                    state.stall = 0;
+                } else {
+                    state.stall += 1;
+                }
+                stop = cfg.early_stopping && state.stall >= cfg.early_stopping_stall_num;
+                evaluations.push(ev);
+            }
+            let epoch_done = state.step_in_epoch == steps_per_epoch;
+            if epoch_done {
+                state.epoch += 1;
+                state.step_in_epoch = 0;
+            }
+            let finished = stop || state.completed_steps >= total_steps;
+            if (cfg.checkpointing_steps > 0 && c % cfg.checkpointing_steps == 0) || finished {
+                let dir = out.join(format!("step_{c}"));
+                checkpoint::save_checkpoint(b, &dir, base, &mut model, &opt, &state)?;
+                checkpoint::write_latest(out, &dir, lr)?;
+                let limit = cfg.saving_limit.unwrap_or(2).max(1);
+                checkpoint::enforce_saving_limit(out, limit, state.best_step, c)?;
+                last_checkpoint = Some(dir);
+            }
+            if stop {
+                progress.println(format!("early stopping at step {c}: no improvement in {} evaluations", state.stall));
+                break 'epochs;
+            }
+            if epoch_done {
+                continue 'epochs; // the next epoch has its own order
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let final_checkpoint = last_checkpoint.ok_or_else(|| anyhow!("no step was trained (the run was already complete)"))?;
+    Ok(TrainReport { completed_steps: state.completed_steps, final_checkpoint, last_train_loss, evaluations, task_names: names })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
+    b: &B,
+    model: &mut Llama<B>,
+    opt: &mut AdamW,
+    data: &TrainData,
+    indices: &[usize],
+    micro: usize,
+    mode: LossMode,
+    task_weights: &[f64],
+    collate: CollateOptions,
+    cfg: &TrainConfig,
+    lr: f64,
+    param_names: &[String],
+) -> Result<StepResult> {
+    let n_micro = indices.len() / micro;
+    let mut acc: Option<Gradients<B>> = None;
+    let (mut loss_sum, mut tokens) = (0.0, 0usize);
+    let (mut task_sum, mut task_n) = (vec![0.0; task_weights.len()], vec![0usize; task_weights.len()]);
+    for chunk in indices.chunks(micro) {
+        let batch = data.train_batch(chunk, collate);
+        let flat = flatten(&batch);
+        if flat.ids.is_empty() {
+            continue;
+        }
+        let coeffs = coefficients(mode, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights);
+        let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
+        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs)?;
+        loss_sum += r.loss;
+        tokens += flat.ids.len();
+        for (k, l) in task_losses(&r.token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len()).into_iter().enumerate() {
+            if let Some(l) = l {
+                task_sum[k] += l;
+                task_n[k] += 1;
+            }
+        }
+        match acc.as_mut() {
+            None => acc = Some(r.grads),
+            Some(acc) => {
+                for (name, g) in r.grads {
+                    b.add_assign(acc.get_mut(&name).expect("same parameters every micro-batch"), &g);
+                }
+            }
+        }
+    }
+    let mut grads = acc.ok_or_else(|| anyhow!("every micro-batch of this step was empty"))?;
+    let scale = 1.0 / n_micro as f32;
+    for g in grads.values_mut() {
+        g.mapv_inplace(|v| v * scale);
+    }
+    // a non-finite gradient stops the run, naming the first offending tensor in parameter order
+    for name in param_names {
+        if let Some(g) = grads.get(name) {
+            if g.iter().any(|v| !v.is_finite()) {
+                bail!("the gradient of `{name}` is not finite (loss {:.6}); the last good checkpoint is kept", loss_sum / n_micro as f64);
+            }
+        }
+    }
+    let mut grad_refs: Vec<&mut Array2<f32>> = grads.values_mut().collect();
+    let grad_norm = if cfg.gradient_clipping > 0.0 {
+        clip_grad_norm(&mut grad_refs, cfg.gradient_clipping as f32) as f64
+    } else {
+        clip_grad_norm(&mut grad_refs, f32::INFINITY) as f64
+    };
+    let mut params = model.named_parameters_mut();
+    let grad_list: Vec<&Array2<f32>> = params.iter().map(|(n, _)| &grads[n]).collect();
+    let mut param_refs: Vec<&mut Array2<f32>> = params.iter_mut().map(|(_, p)| &mut **p).collect();
+    let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
+    opt.step(&mut param_refs, &grad_list, lr as f32, &decay);
+    let task_loss = task_sum.iter().zip(&task_n).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
+    Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm })
+}
+
+/// MFTCoder's evaluation: every validation batch of every task; `eval_loss` is the mean batch loss of the
+/// configured mode, each task's loss the mean of its batch token-means, perplexity = exp(eval_loss).
+pub fn evaluate<B: Backend<Tensor = Array2<f32>>>(
+    b: &B,
+    model: &Llama<B>,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    mode: LossMode,
+    task_weights: &[f64],
+    step: usize,
+) -> Result<Evaluation> {
+    let names = data.task_names();
+    let (mut batch_losses, mut task_loss) = (Vec::new(), Vec::new());
+    for k in 0..names.len() {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for batch in data.valid_batches(k, cfg.per_device_eval_batch_size, collate_options(cfg)) {
+            let flat = flatten(&batch);
+            if flat.ids.is_empty() || flat.loss_mask.iter().all(|&m| m == 0.0) {
+                continue;
+            }
+            let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
+            let (logits, _) = model.forward_train(b, seq)?;
+            let zeros = vec![0.0f32; flat.ids.len()];
+            let (token_losses, _) = b.cross_entropy(&logits, &flat.targets, &zeros);
+            let coeffs = coefficients(mode, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights);
+            batch_losses.push(token_losses.iter().zip(&coeffs).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>());
+            if let Some(l) = task_losses(&token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, names.len())[k] {
+                sum += l;
+                n += 1;
+            }
+        }
+        task_loss.push((names[k].clone(), (n > 0).then(|| sum / n as f64)));
+    }
+    if batch_losses.is_empty() {
+        bail!("evaluation: no validation sample (raise the validation share of `data_split` or set `evaluation_steps` to 0)");
+    }
+    let eval_loss = batch_losses.iter().sum::<f64>() / batch_losses.len() as f64;
+    Ok(Evaluation { step, eval_loss, perplexity: eval_loss.exp(), task_loss })
+}
+
+fn task_summary(names: &[String], losses: &[Option<f64>]) -> String {
+    names.iter().zip(losses).filter_map(|(n, l)| l.map(|l| format!("{n} {l:.3}"))).collect::<Vec<_>>().join(" ")
+}
+
+fn progress_bar(total: usize, done: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_position(done as u64);
+    bar
+}
+
+/// On resume, drop metric lines of steps after the checkpoint (they will be recomputed identically).
+fn truncate_metrics(path: &Path, completed: usize) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= completed))
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    crate::io::write_atomic(path, body.as_bytes())
+}
