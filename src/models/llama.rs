@@ -128,6 +128,9 @@ pub struct Llama<B: Backend> {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<B::Tensor>,
     pub inv_freq: Vec<f32>,
+    /// Activation checkpointing: `forward_train` keeps only each layer's input and `backward` recomputes the
+    /// rest of the layer, trading one extra forward for memory (see `TrainCache::activation_bytes`).
+    pub recompute_activations: bool,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -189,6 +192,7 @@ impl<B: Backend> Llama<B> {
             lm_head,
             layers,
             inv_freq: inverse_frequencies(&c.rope, d),
+            recompute_activations: false,
             config,
         })
     }
@@ -222,7 +226,7 @@ impl<B: Backend> Llama<B> {
         }
         let embed_tokens = matrix(c.vocab_size, h);
         let lm_head = (!c.tie_word_embeddings).then(|| matrix(c.vocab_size, h));
-        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), config }
+        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), recompute_activations: false, config }
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
@@ -313,15 +317,43 @@ pub struct LayerCache<B: Backend> {
     gated: B::Tensor,    // [T, I] silu(gate)·up
 }
 
+/// A layer's saved activations: all of them, or only its input (recomputed in the backward).
+enum Saved<B: Backend> {
+    Everything(LayerCache<B>),
+    InputOnly(B::Tensor),
+}
+
 pub struct TrainCache<'a, B: Backend> {
     seq: Sequence<'a>,
-    layers: Vec<LayerCache<B>>,
+    layers: Vec<Saved<B>>,
     x_final: B::Tensor, // [T, H] before the final norm
     h_final: B::Tensor, // [T, H] after it: the head's input
 }
 
 /// Parameter gradients by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), in the backend's
 /// layout (vectors as [1, n] rows).
+impl<B: Backend> TrainCache<'_, B> {
+    /// Bytes of activations held for the backward (f32), the number activation checkpointing shrinks.
+    pub fn activation_bytes(&self, b: &B) -> usize {
+        let size = |t: &B::Tensor| {
+            let (r, c) = b.dims(t);
+            r * c * 4
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|saved| match saved {
+                Saved::InputOnly(x) => size(x),
+                Saved::Everything(lc) => [&lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &lc.x_mid, &lc.h_mlp, &lc.gate, &lc.up, &lc.gated]
+                    .into_iter()
+                    .map(size)
+                    .sum(),
+            })
+            .sum();
+        layers + size(&self.x_final) + size(&self.h_final)
+    }
+}
+
 pub type Gradients<B> = std::collections::BTreeMap<String, <B as Backend>::Tensor>;
 
 impl<B: Backend> Llama<B> {
@@ -335,28 +367,34 @@ impl<B: Backend> Llama<B> {
         if let Some(&bad) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
             bail!("forward_train: token id {bad} is outside the vocabulary (vocab_size {})", c.vocab_size);
         }
-        let (shape, eps, pos) = (c.attention_shape(), c.rms_norm_eps, seq.positions);
-        let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids };
         let mut x = b.embedding(&self.embed_tokens, seq.ids);
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
-            let q = b.rope(&layer.q_proj.forward(b, &h_attn), shape.n_heads, shape.head_dim, pos, &self.inv_freq);
-            let k = b.rope(&layer.k_proj.forward(b, &h_attn), shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
-            let v = layer.v_proj.forward(b, &h_attn);
-            let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
-            let x_mid = b.add(&x, &layer.o_proj.forward(b, &attn));
-            let h_mlp = b.rms_norm(&x_mid, &layer.post_attention_layernorm, eps);
-            let gate = layer.gate_proj.forward(b, &h_mlp);
-            let up = layer.up_proj.forward(b, &h_mlp);
-            let gated = b.swiglu(&gate, &up);
-            let x_out = b.add(&x_mid, &layer.down_proj.forward(b, &gated));
-            layers.push(LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated });
+            let (x_out, cache) = self.layer_forward(b, layer, x, seq);
+            layers.push(if self.recompute_activations { Saved::InputOnly(cache.x) } else { Saved::Everything(cache) });
             x = x_out;
         }
-        let h_final = b.rms_norm(&x, &self.norm, eps);
+        let h_final = b.rms_norm(&x, &self.norm, c.rms_norm_eps);
         let logits = b.linear(&h_final, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None);
         Ok((logits, TrainCache { seq, layers, x_final: x, h_final }))
+    }
+
+    /// One decoder layer, returning its output and everything its backward needs.
+    fn layer_forward(&self, b: &B, layer: &LlamaLayer<B>, x: B::Tensor, seq: Sequence<'_>) -> (B::Tensor, LayerCache<B>) {
+        let (shape, eps, pos) = (self.config.attention_shape(), self.config.rms_norm_eps, seq.positions);
+        let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids };
+        let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
+        let q = b.rope(&layer.q_proj.forward(b, &h_attn), shape.n_heads, shape.head_dim, pos, &self.inv_freq);
+        let k = b.rope(&layer.k_proj.forward(b, &h_attn), shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
+        let v = layer.v_proj.forward(b, &h_attn);
+        let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+        let x_mid = b.add(&x, &layer.o_proj.forward(b, &attn));
+        let h_mlp = b.rms_norm(&x_mid, &layer.post_attention_layernorm, eps);
+        let gate = layer.gate_proj.forward(b, &h_mlp);
+        let up = layer.up_proj.forward(b, &h_mlp);
+        let gated = b.swiglu(&gate, &up);
+        let x_out = b.add(&x_mid, &layer.down_proj.forward(b, &gated));
+        (x_out, LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated })
     }
     // ANCHOR_END: llama_forward_train
 
@@ -386,8 +424,13 @@ impl<B: Backend> Llama<B> {
             put("lm_head.weight".into(), dhead);
         }
 
-        for (l, (layer, lc)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
+        let seq = cache.seq;
+        for (l, (layer, saved)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
             let p = format!("model.layers.{l}");
+            let lc = match saved {
+                Saved::Everything(lc) => lc,
+                Saved::InputOnly(x) => self.layer_forward(b, layer, x, seq).1, // activation checkpointing
+            };
             // MLP block: x_out = x_mid + down(silu(gate(h)) · up(h)), h = n₂(x_mid)
             let (dgated, dw, db) = linear_bwd(b, &dx, &lc.gated, &layer.down_proj);
             put(format!("{p}.mlp.down_proj.weight"), dw);

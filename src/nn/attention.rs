@@ -67,6 +67,7 @@ pub fn causal_attention_with_lse(
     let tq = q.nrows();
     let group = n_heads / n_kv_heads;
     let q_blocks = tq.div_ceil(Q_BLOCK);
+    let spans = SegmentSpans::of(mask);
 
     // One task per (head, query block); each returns its [rows, d] slice of the output and its [rows] of lse.
     let tiles: Vec<(usize, usize, Array2<f32>, Array1<f32>)> = (0..n_heads * q_blocks)
@@ -78,7 +79,9 @@ pub fn causal_attention_with_lse(
             let q_tile = q.slice(s![rows.clone(), h * d..(h + 1) * d]);
             let k_head = k.slice(s![.., g * d..(g + 1) * d]);
             let v_head = v.slice(s![.., g * d..(g + 1) * d]);
-            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, shape.scale, mask);
+            // packed rows: no key before the first query's segment is visible to any query of the tile
+            let first_key = spans.as_ref().map_or(0, |sp| sp.start[mask.q_offset + rows.start]);
+            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, first_key, shape.scale, mask);
             (h, rows.start, out, lse)
         })
         .collect();
@@ -104,18 +107,52 @@ fn check_shapes(q: ArrayView2<f32>, k: ArrayView2<f32>, v: ArrayView2<f32>, shap
     }
 }
 
+/// Where each position's segment starts and ends, when every segment is one contiguous run (as packing
+/// produces). Tiles then skip the key blocks of other documents instead of computing and masking them, so a
+/// batch packed into one long row costs what its documents cost on their own.
+struct SegmentSpans {
+    start: Vec<usize>,
+    end: Vec<usize>,
+}
+
+impl SegmentSpans {
+    fn of(mask: &AttentionMask) -> Option<Self> {
+        let seg = mask.segment_ids?;
+        let n = seg.len();
+        let (mut start, mut end) = (vec![0; n], vec![0; n]);
+        let mut seen = std::collections::HashSet::new();
+        let mut i = 0;
+        while i < n {
+            let mut j = i;
+            while j + 1 < n && seg[j + 1] == seg[i] {
+                j += 1;
+            }
+            if !seen.insert(seg[i]) {
+                return None; // a segment id used by two separate runs: fall back to masking only
+            }
+            start[i..=j].fill(i);
+            end[i..=j].fill(j);
+            i = j + 1;
+        }
+        Some(SegmentSpans { start, end })
+    }
+}
+
 /// Whether query row `position` (a key position) may see key `key`: causal, and within its segment.
 fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
     key <= position && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
 }
 
 /// One query tile of one head against all the keys it may see, with the online softmax.
-/// q_tile: [rows, d] starting at query row `row0`; k_head, v_head: [Tk, d] → (out [rows, d], lse [rows])
+/// q_tile: [rows, d] starting at query row `row0`; k_head, v_head: [Tk, d] → (out [rows, d], lse [rows]).
+/// Keys before `first_key` are known to be invisible to every row of the tile.
+#[allow(clippy::too_many_arguments)]
 fn attend_tile(
     q_tile: ArrayView2<f32>,
     k_head: ArrayView2<f32>,
     v_head: ArrayView2<f32>,
     row0: usize,
+    first_key: usize,
     scale: f32,
     mask: &AttentionMask,
 ) -> (Array2<f32>, Array1<f32>) {
@@ -125,7 +162,7 @@ fn attend_tile(
     let mut acc = Array2::<f32>::zeros((rows, q_tile.ncols()));
     let last_visible_key = mask.q_offset + row0 + rows - 1; // causal: nothing past the last query's position
 
-    for k0 in (0..=last_visible_key).step_by(K_BLOCK) {
+    for k0 in (first_key..=last_visible_key).step_by(K_BLOCK) {
         let k1 = (k0 + K_BLOCK).min(last_visible_key + 1);
         let mut scores = q_tile.dot(&k_head.slice(s![k0..k1, ..]).t()); // [rows, k1-k0]
         for (r, mut score_row) in scores.rows_mut().into_iter().enumerate() {
@@ -187,6 +224,7 @@ pub fn causal_attention_backward(
     let AttentionShape { n_heads, n_kv_heads, head_dim: d, scale } = *shape;
     let group = n_heads / n_kv_heads;
     let cols = |h: usize| h * d..(h + 1) * d;
+    let spans = SegmentSpans::of(mask);
 
     let per_head: Vec<(Array2<f32>, Array2<f32>, Array2<f32>)> = (0..n_heads)
         .into_par_iter()
@@ -201,6 +239,7 @@ pub fn causal_attention_backward(
                 lse.column(h),
                 scale,
                 mask,
+                spans.as_ref(),
             )
         })
         .collect();
@@ -231,6 +270,7 @@ fn head_backward(
     lse_h: ArrayView1<f32>,
     scale: f32,
     mask: &AttentionMask,
+    spans: Option<&SegmentSpans>,
 ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
     let (tq, d) = q_h.dim();
     let tk = k_h.nrows();
@@ -248,7 +288,9 @@ fn head_backward(
         let (k_blk, v_blk) = (k_h.slice(s![k0..k1, ..]), v_h.slice(s![k0..k1, ..])); // [kb, d]
         // Causality: query row i sees key k0 only if q_offset + i ≥ k0; earlier query blocks are skipped.
         let first_block = k0.saturating_sub(mask.q_offset) / Q_BLOCK;
-        for r0 in (first_block * Q_BLOCK..tq).step_by(Q_BLOCK) {
+        // Packed rows: no query past the end of the last key's segment sees this block.
+        let query_end = spans.map_or(tq, |sp| (sp.end[k1 - 1] + 1).saturating_sub(mask.q_offset).min(tq));
+        for r0 in (first_block * Q_BLOCK..query_end).step_by(Q_BLOCK) {
             let r1 = (r0 + Q_BLOCK).min(tq);
             let (q_tile, do_tile) = (q_h.slice(s![r0..r1, ..]), do_h.slice(s![r0..r1, ..])); // [qb, d]
             // P = exp(S·scale − lse), zero where masked: [qb, kb]

@@ -254,6 +254,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         None => None,
     };
     let mut model: Llama<B> = load_causal_lm(b, resume_dir.as_deref().unwrap_or(base))?;
+    model.recompute_activations = cfg.activation_checkpointing;
     let param_names: Vec<String> = model.named_parameters_mut().into_iter().map(|(n, _)| n).collect();
     let shapes: Vec<(usize, usize)> = model.named_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
     let adam = AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() };
