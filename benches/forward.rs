@@ -34,6 +34,7 @@ fn forward(c: &mut Criterion) {
     let model = Llama::random(&Cpu, bench_config(), 0);
     let mut rng = mftcoder::rng::Rng::new(0);
     let ids: Vec<u32> = (0..seq).map(|_| rng.below(8192) as u32).collect();
+    mftcoder::runtime::tune_allocator();
     let mut group = c.benchmark_group("llama_forward");
     group.throughput(Throughput::Elements(seq as u64));
     group.sample_size(20);

@@ -9,5 +9,6 @@ pub mod loss; // next-token cross-entropy; (later) MFTCoder's multi-task weighti
 pub mod io; // safetensors (mmap, sharded), config.json helpers, tokenizer.json
 pub mod models; // one file per architecture, written once against the Backend seam
 pub mod nn; // building blocks on the CPU reference path: the math, the forward, the tests
+pub mod runtime; // process-wide settings (allocator tuning for training)
 pub mod rng; // a small seeded generator so runs are reproducible bit for bit
 pub mod train; // optimizer, schedules, the trainer

@@ -116,6 +116,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("mftcoder: internal error: {info}");
     }));
+    mftcoder::runtime::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(args) => forward(args),

@@ -5,6 +5,7 @@ use super::{AttentionMask, AttentionShape, Backend};
 use crate::nn;
 use ndarray::{Array2, Axis, concatenate, s};
 
+// ANCHOR: cpu_backend
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
@@ -29,6 +30,7 @@ impl Backend for Cpu {
     fn linear(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: Option<&Array2<f32>>) -> Array2<f32> {
         nn::linear::linear(x.view(), weight.view(), bias.map(|b| b.row(0)))
     }
+    // ANCHOR_END: cpu_backend
     fn add(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         a + b
     }

@@ -52,6 +52,7 @@ pub fn generate<B: Backend>(
 }
 // ANCHOR_END: generate
 
+// ANCHOR: argmax
 pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
@@ -61,6 +62,7 @@ pub fn argmax(values: &[f32]) -> u32 {
     }
     best as u32
 }
+// ANCHOR_END: argmax
 
 // ANCHOR: sample
 /// Temperature + nucleus (top-p) sampling.

@@ -74,6 +74,7 @@ impl HfConfig {
         token_ids_of(self.json.get(field)).ok_or_else(|| self.err(field, "must be an integer or a list of integers"))
     }
 
+    // ANCHOR: rope_spec
     /// RoPE in either the transformers-4 or the transformers-5 form.
     pub fn rope(&self, default_theta: f64) -> Result<RopeSpec> {
         if let Some(params) = self.json.get("rope_parameters").filter(|v| !v.is_null()) {
@@ -91,6 +92,7 @@ impl HfConfig {
             Some(_) => Err(self.err("rope_scaling", "must be an object or null")),
         }
     }
+    // ANCHOR_END: rope_spec
 
     fn rope_from_params(&self, theta: f64, params: &Map<String, Value>, field: &str) -> Result<RopeSpec> {
         let kind = params

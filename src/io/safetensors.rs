@@ -27,6 +27,7 @@ pub struct TensorInfo {
 }
 
 impl WeightStore {
+    // ANCHOR: weight_store_open
     /// Open `dir/model.safetensors`, or every shard listed in `dir/model.safetensors.index.json`,
     /// or a single `.safetensors` file given directly.
     pub fn open(path: &Path) -> Result<Self> {
@@ -44,6 +45,7 @@ impl WeightStore {
             bail!("{}: no such file or directory", path.display())
         }
     }
+    // ANCHOR_END: weight_store_open
 
     fn open_sharded(dir: &Path, index: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index).with_context(|| format!("{}: cannot read", index.display()))?;
@@ -71,6 +73,7 @@ impl WeightStore {
         Ok(store)
     }
 
+    // ANCHOR: weight_store_add_file
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
         // SAFETY: the map is read-only; a checkpoint rewritten underneath a running process is outside our contract.
@@ -87,6 +90,7 @@ impl WeightStore {
         self.files.push((path.to_path_buf(), mmap));
         Ok(())
     }
+    // ANCHOR_END: weight_store_add_file
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.location.keys().map(String::as_str)
@@ -149,6 +153,7 @@ impl WeightStore {
         Ok(meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default())
     }
 
+    // ANCHOR: weight_store_matrix
     /// A matrix of exactly `[rows, cols]`; any other shape is an error naming the tensor.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
         let t = self.tensor_f32(name)?;
@@ -157,6 +162,7 @@ impl WeightStore {
         }
         Ok(t.into_dimensionality()?)
     }
+    // ANCHOR_END: weight_store_matrix
 
     /// A vector of exactly `[len]`.
     pub fn vector(&self, name: &str, len: usize) -> Result<Array1<f32>> {
@@ -168,6 +174,7 @@ impl WeightStore {
     }
 }
 
+// ANCHOR: bytes_to_f32
 /// Little-endian F32 / BF16 / F16 bytes to f32 values. bf16 and f16 widen exactly.
 pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
@@ -177,6 +184,7 @@ pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
         other => bail!("unsupported dtype {other:?} (supported: F32, BF16, F16)"),
     })
 }
+// ANCHOR_END: bytes_to_f32
 
 /// One tensor to write: a name, a dtype, a shape and little-endian bytes.
 pub struct OwnedTensor {

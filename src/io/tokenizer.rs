@@ -19,6 +19,7 @@ impl Tokenizer {
         Ok(Tokenizer { path, inner })
     }
 
+    // ANCHOR: tokenizer_encode
     /// Encode `text`. With `add_special_tokens` the tokenizer's post-processor runs (a Llama tokenizer adds
     /// its BOS), as `tokenizer(text)` does in transformers; added tokens (`<s>`, `<|im_start|>`) are always matched.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -28,6 +29,7 @@ impl Tokenizer {
             .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
         Ok(encoding.get_ids().to_vec())
     }
+    // ANCHOR_END: tokenizer_encode
 
     /// The same ids as [`Tokenizer::encode`], without computing offsets (the data pipeline's hot path).
     pub fn encode_fast(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

@@ -33,6 +33,7 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    // ANCHOR: llama_config
     pub fn from_hf(cfg: &HfConfig) -> Result<Self> {
         let path = cfg.path.display();
         let hidden_size = cfg.usize("hidden_size")?;
@@ -74,6 +75,7 @@ impl LlamaConfig {
             eos_token_ids: cfg.token_ids("eos_token_id")?,
         })
     }
+    // ANCHOR_END: llama_config
 
     pub fn attention_shape(&self) -> AttentionShape {
         AttentionShape {
@@ -133,6 +135,7 @@ pub struct Llama<B: Backend> {
     pub recompute_activations: bool,
 }
 
+// ANCHOR: kv_cache
 /// Keys and values of every layer for the positions seen so far.
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<(B::Tensor, B::Tensor)>>,
@@ -151,6 +154,7 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 }
+// ANCHOR_END: kv_cache
 
 /// Which rows of logits to compute: all (scoring, training) or the last (generation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +296,7 @@ impl<B: Backend> Llama<B> {
 // Training: the forward that keeps what the backward needs, and the backward beside it.
 // ---------------------------------------------------------------------------------------------------------
 
+// ANCHOR: train_sequence
 /// One training row: tokens, their positions (restarting per packed document) and, for packed rows, the
 /// document each token belongs to (attention never crosses documents).
 #[derive(Clone, Copy, Debug)]
@@ -300,7 +305,9 @@ pub struct Sequence<'a> {
     pub positions: &'a [usize],
     pub segment_ids: Option<&'a [u32]>,
 }
+// ANCHOR_END: train_sequence
 
+// ANCHOR: train_cache
 /// What one layer's backward needs from its forward.
 pub struct LayerCache<B: Backend> {
     x: B::Tensor,        // [T, H] residual stream entering the layer
@@ -329,6 +336,7 @@ pub struct TrainCache<'a, B: Backend> {
     x_final: B::Tensor, // [T, H] before the final norm
     h_final: B::Tensor, // [T, H] after it: the head's input
 }
+// ANCHOR_END: train_cache
 
 /// Parameter gradients by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`), in the backend's
 /// layout (vectors as [1, n] rows).

@@ -13,13 +13,15 @@
 //! The forward also returns lse = m + ln l per query row and head; the backward (FlashAttention-2) uses it to
 //! recompute each probability tile instead of storing the T×T matrix.
 
-use ndarray::linalg::general_mat_mul;
+use super::fastmath;
+use super::matmul::{matmul, matmul_into, scaled_matmul_into};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip, s};
 use rayon::prelude::*;
 
 pub const Q_BLOCK: usize = 64;
 pub const K_BLOCK: usize = 128;
 
+// ANCHOR: attention_mask
 /// The head layout of one attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
@@ -39,6 +41,7 @@ pub struct AttentionMask<'a> {
     /// Packed batches: one segment id per key position; a query only sees keys of its own segment.
     pub segment_ids: Option<&'a [u32]>,
 }
+// ANCHOR_END: attention_mask
 
 // ANCHOR: attention_forward
 /// q: [Tq, H·d], k, v: [Tk, KV·d] → [Tq, H·d]
@@ -52,6 +55,7 @@ pub fn causal_attention(
     causal_attention_with_lse(q, k, v, shape, mask).0
 }
 
+// ANCHOR: attention_tasks
 /// The forward kernel. Besides the output it returns, per query row and head, the log-sum-exp of the visible
 /// scores, lse = m + ln l — all the backward needs to recompute the probabilities P = exp(s − lse).
 /// q: [Tq, H·d], k, v: [Tk, KV·d] → (out [Tq, H·d], lse [Tq, H])
@@ -94,6 +98,7 @@ pub fn causal_attention_with_lse(
     }
     (out, lse)
 }
+// ANCHOR_END: attention_tasks
 
 fn check_shapes(q: ArrayView2<f32>, k: ArrayView2<f32>, v: ArrayView2<f32>, shape: &AttentionShape, mask: &AttentionMask) {
     let AttentionShape { n_heads, n_kv_heads, head_dim: d, .. } = *shape;
@@ -107,6 +112,7 @@ fn check_shapes(q: ArrayView2<f32>, k: ArrayView2<f32>, v: ArrayView2<f32>, shap
     }
 }
 
+// ANCHOR: segment_spans
 /// Where each position's segment starts and ends, when every segment is one contiguous run (as packing
 /// produces). Tiles then skip the key blocks of other documents instead of computing and masking them, so a
 /// batch packed into one long row costs what its documents cost on their own.
@@ -137,12 +143,14 @@ impl SegmentSpans {
         Some(SegmentSpans { start, end })
     }
 }
+// ANCHOR_END: segment_spans
 
 /// Whether query row `position` (a key position) may see key `key`: causal, and within its segment.
 fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
     key <= position && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
 }
 
+// ANCHOR: attend_tile
 /// One query tile of one head against all the keys it may see, with the online softmax.
 /// q_tile: [rows, d] starting at query row `row0`; k_head, v_head: [Tk, d] → (out [rows, d], lse [rows]).
 /// Keys before `first_key` are known to be invisible to every row of the tile.
@@ -164,7 +172,7 @@ fn attend_tile(
 
     for k0 in (first_key..=last_visible_key).step_by(K_BLOCK) {
         let k1 = (k0 + K_BLOCK).min(last_visible_key + 1);
-        let mut scores = q_tile.dot(&k_head.slice(s![k0..k1, ..]).t()); // [rows, k1-k0]
+        let mut scores = matmul(q_tile, k_head.slice(s![k0..k1, ..]).t()); // [rows, k1-k0]
         for (r, mut score_row) in scores.rows_mut().into_iter().enumerate() {
             let position = mask.q_offset + row0 + r;
             for (c, s) in score_row.iter_mut().enumerate() {
@@ -177,12 +185,12 @@ fn attend_tile(
                 continue;
             }
             let correction = (running_max[r] - new_max).exp(); // exp(−∞) = 0 on the first visible block
-            score_row.mapv_inplace(|s| (s - new_max).exp());
+            score_row.mapv_inplace(|s| fastmath::exp(s - new_max));
             running_sum[r] = running_sum[r] * correction + score_row.sum();
             running_max[r] = new_max;
             acc.row_mut(r).mapv_inplace(|a| a * correction);
         }
-        acc += &scores.dot(&v_head.slice(s![k0..k1, ..])); // [rows, d]
+        matmul_into(scores.view(), v_head.slice(s![k0..k1, ..]), 1.0, acc.view_mut()); // acc += P·V: [rows, d]
     }
     for (mut row, &l) in acc.rows_mut().into_iter().zip(&running_sum) {
         row.mapv_inplace(|a| a / l);
@@ -191,6 +199,7 @@ fn attend_tile(
     let lse = Zip::from(&running_max).and(&running_sum).map_collect(|&m, &l| m + l.ln());
     (acc, lse)
 }
+// ANCHOR_END: attend_tile
 // ANCHOR_END: attention_forward
 
 // ANCHOR: attention_backward
@@ -294,30 +303,31 @@ fn head_backward(
             let r1 = (r0 + Q_BLOCK).min(tq);
             let (q_tile, do_tile) = (q_h.slice(s![r0..r1, ..]), do_h.slice(s![r0..r1, ..])); // [qb, d]
             // P = exp(S·scale − lse), zero where masked: [qb, kb]
-            let mut p = q_tile.dot(&k_blk.t());
+            let mut p = matmul(q_tile, k_blk.t());
             for (r, mut p_row) in p.rows_mut().into_iter().enumerate() {
                 let position = mask.q_offset + r0 + r;
                 let row_lse = lse_h[r0 + r];
                 for (c, x) in p_row.iter_mut().enumerate() {
-                    *x = if visible(mask, position, k0 + c) { (*x * scale - row_lse).exp() } else { 0.0 };
+                    *x = if visible(mask, position, k0 + c) { fastmath::exp(*x * scale - row_lse) } else { 0.0 };
                 }
             }
             // dV += Pᵀ·dO: [kb, d]
-            general_mat_mul(1.0, &p.t(), &do_tile, 1.0, &mut dv.slice_mut(s![k0..k1, ..]));
+            matmul_into(p.t(), do_tile, 1.0, dv.slice_mut(s![k0..k1, ..]));
             // dS = P ∘ (dO·Vᵀ − D): [qb, kb]
-            let mut ds = do_tile.dot(&v_blk.t());
+            let mut ds = matmul(do_tile, v_blk.t());
             Zip::from(ds.rows_mut()).and(p.rows()).and(delta.slice(s![r0..r1])).for_each(|mut ds_row, p_row, &dr| {
                 Zip::from(&mut ds_row).and(&p_row).for_each(|x, &pv| *x = pv * (*x - dr));
             });
             // dQ += dS·K·scale: [qb, d];  dK += dSᵀ·Q·scale: [kb, d]
-            general_mat_mul(scale, &ds, &k_blk, 1.0, &mut dq.slice_mut(s![r0..r1, ..]));
-            general_mat_mul(scale, &ds.t(), &q_tile, 1.0, &mut dk.slice_mut(s![k0..k1, ..]));
+            scaled_matmul_into(ds.view(), k_blk, scale, 1.0, dq.slice_mut(s![r0..r1, ..]));
+            scaled_matmul_into(ds.t(), q_tile, scale, 1.0, dk.slice_mut(s![k0..k1, ..]));
         }
     }
     (dq, dk, dv)
 }
 // ANCHOR_END: attention_backward
 
+// ANCHOR: naive_attention
 /// The textbook version that materialises the full score matrix: the reference the tiled kernel is tested
 /// against (and a readable statement of what it computes).
 pub fn naive_causal_attention(
@@ -355,6 +365,7 @@ pub fn naive_causal_attention(
     }
     out
 }
+// ANCHOR_END: naive_attention
 
 #[cfg(test)]
 mod tests {

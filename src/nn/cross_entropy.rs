@@ -8,6 +8,7 @@
 //! last writes the gradient straight into dlogits. Fusing matters because the logits are the largest activation
 //! of a language model ([T, V] with V ≈ 32k–150k).
 
+use super::fastmath;
 use ndarray::{Array1, Array2, ArrayView2, Zip};
 
 /// Per-token losses and the gradient of Σₜ weightₜ·ℓₜ with respect to the logits.
@@ -37,14 +38,31 @@ pub fn cross_entropy(logits: ArrayView2<f32>, targets: &[u32], weights: &[f32]) 
     let mut dlogits = Array2::zeros((rows, vocab));
     Zip::from(&mut losses).and(dlogits.rows_mut()).and(logits.rows()).and(targets).and(weights).par_for_each(
         |loss, mut grad, z, &y, &w| {
-            let max = z.fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let sum: f64 = z.iter().map(|&v| (v as f64 - max).exp()).sum();
-            let lse = max + sum.ln();
+            let z_copy;
+            let z = match z.as_slice() {
+                Some(contiguous) => contiguous,
+                None => {
+                    z_copy = z.to_vec();
+                    &z_copy
+                }
+            };
+            let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            // Σ exp(z − max): exponentials in f32 (vectorised), the sum in f64 over 16 lanes
+            let mut lanes = [0.0f64; 16];
+            for chunk in z.chunks(16) {
+                for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                    *lane += fastmath::exp(v - max) as f64;
+                }
+            }
+            let lse = max as f64 + lanes.iter().sum::<f64>().ln();
             *loss = (lse - z[y as usize] as f64) as f32;
             if w != 0.0 {
-                let w = w as f64;
-                Zip::from(&mut grad).and(&z).for_each(|g, &v| *g = (w * (v as f64 - lse).exp()) as f32);
-                grad[y as usize] = (w * ((z[y as usize] as f64 - lse).exp() - 1.0)) as f32;
+                let lse = lse as f32;
+                let grad = grad.as_slice_mut().expect("fresh rows are contiguous");
+                for (g, &v) in grad.iter_mut().zip(z) {
+                    *g = w * fastmath::exp(v - lse);
+                }
+                grad[y as usize] -= w;
             }
         },
     );

@@ -1,5 +1,6 @@
 //! Linear layer in PyTorch's convention: `y = x · Wᵀ + b`, with the weight stored `[out, in]`.
 
+use super::matmul::matmul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 // ANCHOR: linear_forward
@@ -8,7 +9,7 @@ pub fn linear(x: ArrayView2<f32>, weight: ArrayView2<f32>, bias: Option<ArrayVie
     let mut y = if x.nrows() <= GEMV_ROWS && weight.is_standard_layout() {
         gemv_rows(x, weight)
     } else {
-        x.dot(&weight.t()) // matrixmultiply reads the transposed view through its strides; no copy
+        matmul(x, weight.t()) // the transposed view is read through its strides; no copy
     };
     if let Some(b) = bias {
         y += &b.insert_axis(Axis(0));
@@ -17,6 +18,7 @@ pub fn linear(x: ArrayView2<f32>, weight: ArrayView2<f32>, bias: Option<ArrayVie
 }
 // ANCHOR_END: linear_forward
 
+// ANCHOR: gemv_rows
 /// Up to this many rows (decoding, short prompts) go through [`gemv_rows`] instead of a packed GEMM.
 const GEMV_ROWS: usize = 16;
 
@@ -58,6 +60,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+// ANCHOR_END: gemv_rows
 // ANCHOR_END: linear_forward
 
 /// What `linear_backward` returns; the parameter gradients are `None` when they were not asked for.
@@ -87,8 +90,8 @@ pub fn linear_backward(
     assert_eq!(dy.nrows(), x.nrows(), "linear_backward: dy and x rows");
     assert_eq!(dy.ncols(), weight.nrows(), "linear_backward: dy width is not the weight's out");
     assert_eq!(x.ncols(), weight.ncols(), "linear_backward: x width is not the weight's in");
-    let dx = dy.dot(&weight); // [n, out]·[out, in]
-    let dweight = weight_grad.then(|| dy.t().dot(&x)); // [out, n]·[n, in]
+    let dx = matmul(dy, weight); // [n, out]·[out, in]
+    let dweight = weight_grad.then(|| matmul(dy.t(), x)); // [out, n]·[n, in]
     // The bias gradient sums over every row (T·B of them): accumulate in f64.
     let dbias = bias_grad.then(|| {
         let mut acc = vec![0.0f64; dy.ncols()];

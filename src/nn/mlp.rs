@@ -3,7 +3,7 @@
 use ndarray::{Array2, ArrayView2, Zip};
 
 pub fn silu(z: f32) -> f32 {
-    z / (1.0 + (-z).exp())
+    z / (1.0 + super::fastmath::exp(-z))
 }
 
 // ANCHOR: swiglu_forward
@@ -27,7 +27,7 @@ pub fn swiglu_backward(dy: ArrayView2<f32>, gate: ArrayView2<f32>, up: ArrayView
     let mut dgate = Array2::zeros(gate.raw_dim());
     let mut dup = Array2::zeros(gate.raw_dim());
     Zip::from(&mut dgate).and(&mut dup).and(&dy).and(&gate).and(&up).par_for_each(|dg, du, &d, &g, &u| {
-        let sigma = 1.0 / (1.0 + (-g).exp());
+        let sigma = 1.0 / (1.0 + super::fastmath::exp(-g));
         *du = d * g * sigma;
         *dg = d * u * sigma * (1.0 + g * (1.0 - sigma));
     });

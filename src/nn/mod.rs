@@ -3,11 +3,14 @@
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod fastmath;
 pub mod linear;
+pub mod matmul;
 pub mod mlp;
 pub mod rms_norm;
 pub mod rope;
 
+// ANCHOR: grad_check
 /// Finite-difference checking shared by the backward tests of every block.
 ///
 /// For a forward `y = f(x)` and a fixed random `R` shaped like `y`, the scalar objective is `L(x) = Σ y ∘ R`
@@ -79,3 +82,4 @@ pub(crate) mod grad_check {
         Ok((worst_ratio, worst_abs))
     }
 }
+// ANCHOR_END: grad_check

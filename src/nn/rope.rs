@@ -28,21 +28,48 @@ pub fn inverse_frequencies(spec: &RopeSpec, head_dim: usize) -> Vec<f32> {
 }
 // ANCHOR_END: inv_freq
 
+/// cos and sin of every angle p·ωᵢ a call needs, computed once per call rather than once per row: a packed
+/// batch repeats the same few hundred positions across its rows (and trigonometry is not cheap).
+struct RotationTable {
+    first: usize,
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RotationTable {
+    fn new(positions: &[usize], inv_freq: &[f32]) -> Self {
+        let first = positions.iter().copied().min().unwrap_or(0);
+        let last = positions.iter().copied().max().unwrap_or(0);
+        let half = inv_freq.len();
+        let n = last - first + 1;
+        let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+        for p in first..=last {
+            for &w in inv_freq {
+                let angle = p as f32 * w;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        RotationTable { first, half, cos, sin }
+    }
+
+    fn row(&self, p: usize) -> (&[f32], &[f32]) {
+        let at = (p - self.first) * self.half;
+        (&self.cos[at..at + self.half], &self.sin[at..at + self.half])
+    }
+}
+
 // ANCHOR: rope_forward
 /// x: [T, heads·d] (head h in columns h·d..(h+1)·d), positions: [T] → rotated copy of x.
 pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
     assert_eq!(x.ncols(), heads * head_dim, "rope: width {} is not heads·head_dim = {heads}·{head_dim}", x.ncols());
     assert_eq!(x.nrows(), positions.len(), "rope: one position per row");
     let half = head_dim / 2;
+    let table = RotationTable::new(positions, inv_freq);
     let mut y = Array2::zeros(x.raw_dim());
     Zip::from(y.axis_iter_mut(Axis(0))).and(x.axis_iter(Axis(0))).and(positions).par_for_each(|mut y_row, x_row, &p| {
-        let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-            .iter()
-            .map(|&w| {
-                let angle = p as f32 * w;
-                (angle.cos(), angle.sin())
-            })
-            .unzip();
+        let (cos, sin) = table.row(p);
         for h in 0..heads {
             let base = h * head_dim;
             for i in 0..half {
@@ -66,11 +93,12 @@ pub fn rope_backward(dy: ArrayView2<f32>, heads: usize, head_dim: usize, positio
     assert_eq!(dy.ncols(), heads * head_dim, "rope_backward: width {} is not heads·head_dim = {heads}·{head_dim}", dy.ncols());
     assert_eq!(dy.nrows(), positions.len(), "rope_backward: one position per row");
     let half = head_dim / 2;
+    let table = RotationTable::new(positions, inv_freq);
     let mut dx = Array2::zeros(dy.raw_dim());
     Zip::from(dx.axis_iter_mut(Axis(0))).and(dy.axis_iter(Axis(0))).and(positions).par_for_each(|mut dx_row, dy_row, &p| {
-        for (i, &w) in inv_freq.iter().enumerate().take(half) {
-            let angle = p as f32 * w; // the same f32 angle as the forward
-            let (cos, sin) = (angle.cos(), angle.sin());
+        let (cos, sin) = table.row(p); // the same f32 angles as the forward
+        for i in 0..half {
+            let (cos, sin) = (cos[i], sin[i]);
             for h in 0..heads {
                 let base = h * head_dim;
                 let (d1, d2) = (dy_row[base + i], dy_row[base + half + i]);

@@ -1,0 +1,71 @@
+//! One full-parameter training step on the CPU reference path: forward, masked cross-entropy, the
+//! hand-written backward, global-norm clipping and AdamW. The same step is timed in PyTorch by
+//! `benches/train_torch.py`; `benches/compare.sh` runs both and prints the ratio.
+//!
+//! Shape (≈ 15.7 M parameters): vocab 8192, hidden 384, MLP 1024, 6 layers, 6 heads (2 KV heads), untied;
+//! batch 4 × seq 256 (the four rows are packed into one 1024-token sequence with block-diagonal attention).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::io::hf_config::{RopeScaling, RopeSpec};
+use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+use mftcoder::models::llama::{Llama, LlamaConfig, Sequence};
+use mftcoder::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use ndarray::Array2;
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 8192,
+        hidden_size: 384,
+        intermediate_size: 1024,
+        num_hidden_layers: 6,
+        num_attention_heads: 6,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        rms_norm_eps: 1e-6,
+        rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None },
+        attention_bias: false,
+        mlp_bias: false,
+        tie_word_embeddings: false,
+        max_position_embeddings: 2048,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    }
+}
+
+fn train_step(c: &mut Criterion) {
+    let (batch, seq) = (4usize, 256usize);
+    let mut model = Llama::random(&Cpu, config(), 0);
+    model.recompute_activations = std::env::var("BENCH_RECOMPUTE").is_ok();
+    let mut rng = mftcoder::rng::Rng::new(0);
+    let ids: Vec<u32> = (0..batch * seq).map(|_| rng.below(8192) as u32).collect();
+    let positions: Vec<usize> = (0..batch * seq).map(|i| i % seq).collect();
+    let segments: Vec<u32> = (0..batch * seq).map(|i| (i / seq) as u32).collect();
+    let (targets, weights) = next_token_targets(&ids, Some(&segments), None);
+    let shapes: Vec<(usize, usize)> = model.named_parameters_mut().iter().map(|(_, p)| p.dim()).collect();
+    let names: Vec<String> = model.named_parameters_mut().into_iter().map(|(n, _)| n).collect();
+    let mut opt = AdamW::new(AdamWConfig::default(), &shapes);
+    let params: usize = shapes.iter().map(|(r, c)| r * c).sum();
+    eprintln!("train_step bench: {:.1} M parameters, {batch} × {seq} tokens", params as f64 / 1e6);
+
+    mftcoder::runtime::tune_allocator();
+    let mut group = c.benchmark_group("llama_train_step");
+    group.throughput(Throughput::Elements((batch * seq) as u64));
+    group.sample_size(10);
+    group.bench_function("16M_b4_seq256", |bench| {
+        bench.iter(|| {
+            let s = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
+            let mut r = mean_token_loss(&model, &Cpu, s, &targets, &weights).unwrap();
+            let mut grads: Vec<Array2<f32>> = names.iter().map(|n| r.grads.remove(n).expect("every parameter")).collect();
+            clip_grad_norm(&mut grads.iter_mut().collect::<Vec<_>>(), 1.0);
+            let mut named = model.named_parameters_mut();
+            let mut params: Vec<&mut Array2<f32>> = named.iter_mut().map(|(_, p)| &mut **p).collect();
+            opt.step(&mut params, &grads.iter().collect::<Vec<_>>(), 1e-4, &vec![true; grads.len()]);
+            r.loss
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
