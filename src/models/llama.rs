@@ -95,7 +95,7 @@ pub struct Linear<B: Backend> {
 
 impl<B: Backend> Linear<B> {
     fn load(b: &B, store: &WeightStore, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        let weight = b.upload(store.matrix(&format!("{prefix}.weight"), out, inp)?);
+        let weight = b.upload_weight(store.matrix(&format!("{prefix}.weight"), out, inp)?);
         let bias = if bias { Some(b.upload(row(store, &format!("{prefix}.bias"), out)?)) } else { None };
         Ok(Linear { weight, bias })
     }
@@ -188,10 +188,14 @@ impl<B: Backend> Llama<B> {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(b.upload(store.matrix("lm_head.weight", c.vocab_size, h)?))
+            Some(b.upload_weight(store.matrix("lm_head.weight", c.vocab_size, h)?))
         };
         Ok(Llama {
-            embed_tokens: b.upload(store.matrix("model.embed_tokens.weight", c.vocab_size, h)?),
+            embed_tokens: {
+                let table = store.matrix("model.embed_tokens.weight", c.vocab_size, h)?;
+                // tied: the table is also the output head's W
+                if c.tie_word_embeddings { b.upload_weight(table) } else { b.upload(table) }
+            },
             norm: b.upload(row(store, "model.norm.weight", h)?),
             lm_head,
             layers,
@@ -206,8 +210,10 @@ impl<B: Backend> Llama<B> {
     /// tests that need a shape rather than a checkpoint.
     pub fn random(b: &B, config: LlamaConfig, seed: u64) -> Self {
         let mut rng = crate::rng::Rng::new(seed);
-        let mut matrix = |rows: usize, cols: usize| {
-            b.upload(Array2::from_shape_fn((rows, cols), |_| (rng.normal() * 0.02) as f32))
+        // `as_weight`: the matrix is the W of a linear layer (see `Backend::upload_weight`)
+        let mut random = |rows: usize, cols: usize, as_weight: bool| {
+            let m = Array2::from_shape_fn((rows, cols), |_| (rng.normal() * 0.02) as f32);
+            if as_weight { b.upload_weight(m) } else { b.upload(m) }
         };
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
@@ -218,18 +224,18 @@ impl<B: Backend> Llama<B> {
         for _ in 0..c.num_hidden_layers {
             layers.push(LlamaLayer {
                 input_layernorm: ones(h),
-                q_proj: Linear { weight: matrix(q_out, h), bias: zeros(q_out, c.attention_bias) },
-                k_proj: Linear { weight: matrix(kv_out, h), bias: zeros(kv_out, c.attention_bias) },
-                v_proj: Linear { weight: matrix(kv_out, h), bias: zeros(kv_out, c.attention_bias) },
-                o_proj: Linear { weight: matrix(h, q_out), bias: zeros(h, c.attention_bias) },
+                q_proj: Linear { weight: random(q_out, h, true), bias: zeros(q_out, c.attention_bias) },
+                k_proj: Linear { weight: random(kv_out, h, true), bias: zeros(kv_out, c.attention_bias) },
+                v_proj: Linear { weight: random(kv_out, h, true), bias: zeros(kv_out, c.attention_bias) },
+                o_proj: Linear { weight: random(h, q_out, true), bias: zeros(h, c.attention_bias) },
                 post_attention_layernorm: ones(h),
-                gate_proj: Linear { weight: matrix(i, h), bias: zeros(i, c.mlp_bias) },
-                up_proj: Linear { weight: matrix(i, h), bias: zeros(i, c.mlp_bias) },
-                down_proj: Linear { weight: matrix(h, i), bias: zeros(h, c.mlp_bias) },
+                gate_proj: Linear { weight: random(i, h, true), bias: zeros(i, c.mlp_bias) },
+                up_proj: Linear { weight: random(i, h, true), bias: zeros(i, c.mlp_bias) },
+                down_proj: Linear { weight: random(h, i, true), bias: zeros(h, c.mlp_bias) },
             });
         }
-        let embed_tokens = matrix(c.vocab_size, h);
-        let lm_head = (!c.tie_word_embeddings).then(|| matrix(c.vocab_size, h));
+        let embed_tokens = random(c.vocab_size, h, c.tie_word_embeddings);
+        let lm_head = (!c.tie_word_embeddings).then(|| random(c.vocab_size, h, true));
         Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), recompute_activations: false, config }
     }
 

@@ -83,9 +83,7 @@ pub fn causal_attention_with_lse(
             let q_tile = q.slice(s![rows.clone(), h * d..(h + 1) * d]);
             let k_head = k.slice(s![.., g * d..(g + 1) * d]);
             let v_head = v.slice(s![.., g * d..(g + 1) * d]);
-            // packed rows: no key before the first query's segment is visible to any query of the tile
-            let first_key = spans.as_ref().map_or(0, |sp| sp.start[mask.q_offset + rows.start]);
-            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, first_key, shape.scale, mask);
+            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, shape.scale, mask, spans.as_ref());
             (h, rows.start, out, lse)
         })
         .collect();
@@ -145,6 +143,35 @@ impl SegmentSpans {
 }
 // ANCHOR_END: segment_spans
 
+/// Scale the scores of one query row over keys k0.. in place and set the invisible ones to −∞; returns the
+/// visible span as indices into `row`. With contiguous segments (or none) the visible keys are one range,
+/// [segment start, position], so whole runs are filled without a per-key test.
+fn mask_row(row: &mut [f32], k0: usize, position: usize, scale: f32, mask: &AttentionMask, spans: Option<&SegmentSpans>) -> (usize, usize) {
+    let k1 = k0 + row.len();
+    let range = match (mask.segment_ids, spans) {
+        (None, _) => Some((0, position + 1)),
+        (Some(_), Some(sp)) => Some((sp.start[position], position + 1)),
+        (Some(_), None) => None, // a segment split into several runs: test each key
+    };
+    match range {
+        Some((first, end)) => {
+            let lo = first.clamp(k0, k1) - k0;
+            let hi = end.clamp(k0, k1) - k0;
+            let hi = hi.max(lo);
+            row[..lo].fill(f32::NEG_INFINITY);
+            row[lo..hi].iter_mut().for_each(|s| *s *= scale);
+            row[hi..].fill(f32::NEG_INFINITY);
+            (lo, hi)
+        }
+        None => {
+            for (c, s) in row.iter_mut().enumerate() {
+                *s = if visible(mask, position, k0 + c) { *s * scale } else { f32::NEG_INFINITY };
+            }
+            (0, row.len())
+        }
+    }
+}
+
 /// Whether query row `position` (a key position) may see key `key`: causal, and within its segment.
 fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
     key <= position && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
@@ -153,17 +180,18 @@ fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
 // ANCHOR: attend_tile
 /// One query tile of one head against all the keys it may see, with the online softmax.
 /// q_tile: [rows, d] starting at query row `row0`; k_head, v_head: [Tk, d] → (out [rows, d], lse [rows]).
-/// Keys before `first_key` are known to be invisible to every row of the tile.
-#[allow(clippy::too_many_arguments)]
+/// With contiguous segments, key blocks before the first row's segment are skipped altogether.
 fn attend_tile(
     q_tile: ArrayView2<f32>,
     k_head: ArrayView2<f32>,
     v_head: ArrayView2<f32>,
     row0: usize,
-    first_key: usize,
     scale: f32,
     mask: &AttentionMask,
+    spans: Option<&SegmentSpans>,
 ) -> (Array2<f32>, Array1<f32>) {
+    // packed rows: no key before the first query's segment is visible to any query of the tile
+    let first_key = spans.map_or(0, |sp| sp.start[mask.q_offset + row0]);
     let rows = q_tile.nrows();
     let mut running_max = Array1::from_elem(rows, f32::NEG_INFINITY);
     let mut running_sum = Array1::<f32>::zeros(rows);
@@ -175,20 +203,21 @@ fn attend_tile(
         let mut scores = matmul(q_tile, k_head.slice(s![k0..k1, ..]).t()); // [rows, k1-k0]
         for (r, mut score_row) in scores.rows_mut().into_iter().enumerate() {
             let position = mask.q_offset + row0 + r;
-            for (c, s) in score_row.iter_mut().enumerate() {
-                *s = if visible(mask, position, k0 + c) { *s * scale } else { f32::NEG_INFINITY };
-            }
-            let block_max = score_row.fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let row = score_row.as_slice_mut().expect("a fresh score tile is contiguous");
+            let (lo, hi) = mask_row(row, k0, position, scale, mask, spans); // visible: row[lo..hi]
+            let block_max = row[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let new_max = running_max[r].max(block_max);
             if new_max == f32::NEG_INFINITY {
-                score_row.fill(0.0); // nothing visible yet in this row
+                row.fill(0.0); // nothing visible yet in this row
                 continue;
             }
-            let correction = (running_max[r] - new_max).exp(); // exp(−∞) = 0 on the first visible block
-            score_row.mapv_inplace(|s| fastmath::exp(s - new_max));
-            running_sum[r] = running_sum[r] * correction + score_row.sum();
+            let correction = fastmath::exp(running_max[r] - new_max); // exp(−∞) = 0 on the first visible block
+            row.iter_mut().for_each(|s| *s = fastmath::exp(*s - new_max)); // masked: exp(−∞) = 0
+            running_sum[r] = running_sum[r] * correction + row[lo..hi].iter().sum::<f32>();
             running_max[r] = new_max;
-            acc.row_mut(r).mapv_inplace(|a| a * correction);
+            if correction != 1.0 {
+                acc.row_mut(r).mapv_inplace(|a| a * correction);
+            }
         }
         matmul_into(scores.view(), v_head.slice(s![k0..k1, ..]), 1.0, acc.view_mut()); // acc += P·V: [rows, d]
     }
@@ -307,9 +336,9 @@ fn head_backward(
             for (r, mut p_row) in p.rows_mut().into_iter().enumerate() {
                 let position = mask.q_offset + r0 + r;
                 let row_lse = lse_h[r0 + r];
-                for (c, x) in p_row.iter_mut().enumerate() {
-                    *x = if visible(mask, position, k0 + c) { fastmath::exp(*x * scale - row_lse) } else { 0.0 };
-                }
+                let row = p_row.as_slice_mut().expect("a fresh tile is contiguous");
+                mask_row(row, k0, position, scale, mask, spans); // masked keys become −∞, so exp gives 0
+                row.iter_mut().for_each(|x| *x = fastmath::exp(*x - row_lse));
             }
             // dV += Pᵀ·dO: [kb, d]
             matmul_into(p.t(), do_tile, 1.0, dv.slice_mut(s![k0..k1, ..]));

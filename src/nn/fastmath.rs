@@ -12,7 +12,9 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75; // ln 2 split in two so n·LN2_HI is exact for |n| < 2¹²
     const LN2_LO: f32 = 1.428_606_8e-6;
     let clamped = x.clamp(-87.3, 88.7);
-    let n = (clamped * LOG2E).round();
+    // round to nearest by adding and subtracting 1.5·2²³ (exact for |v| < 2²²): no libm call, so it vectorises
+    const ROUND: f32 = 12_582_912.0;
+    let n = (clamped * LOG2E + ROUND) - ROUND;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));

@@ -1,13 +1,15 @@
 //! Linear layer in PyTorch's convention: `y = x · Wᵀ + b`, with the weight stored `[out, in]`.
 
 use super::matmul::matmul;
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, ShapeBuilder};
 
 // ANCHOR: linear_forward
 /// x: [n, in], weight: [out, in], bias: [out] → y: [n, out]
 pub fn linear(x: ArrayView2<f32>, weight: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Array2<f32> {
     let mut y = if x.nrows() <= GEMV_ROWS && weight.is_standard_layout() {
         gemv_rows(x, weight)
+    } else if x.nrows() <= GEMV_ROWS && weight.t().is_standard_layout() {
+        gemv_rows_transposed(x, weight.t())
     } else {
         matmul(x, weight.t()) // the transposed view is read through its strides; no copy
     };
@@ -45,6 +47,48 @@ fn gemv_rows(x: ArrayView2<f32>, weight: ArrayView2<f32>) -> Array2<f32> {
             }
         });
     y.reversed_axes().as_standard_layout().into_owned()
+}
+
+/// The same for a weight stored column-major (Wᵀ row-major, [in, out]): y[r, :] = Σᵢ x[r, i]·Wᵀ[i, :], each
+/// thread accumulating a contiguous band of outputs while the weight streams through once.
+fn gemv_rows_transposed(x: ArrayView2<f32>, weight_t: ArrayView2<f32>) -> Array2<f32> {
+    use rayon::prelude::*;
+    const BAND: usize = 512;
+    let (n, out) = (x.nrows(), weight_t.ncols());
+    let wt = weight_t.as_slice().expect("standard layout");
+    let mut y = Array2::<f32>::zeros((n, out));
+    let bands: Vec<(usize, Vec<f32>)> = (0..out.div_ceil(BAND))
+        .into_par_iter()
+        .map(|band| {
+            let (o0, o1) = (band * BAND, ((band + 1) * BAND).min(out));
+            let mut acc = vec![0.0f32; n * (o1 - o0)];
+            for (i, w_row) in wt.chunks_exact(out).enumerate() {
+                let w = &w_row[o0..o1];
+                for (r, acc_r) in acc.chunks_exact_mut(o1 - o0).enumerate() {
+                    let xi = x[[r, i]];
+                    acc_r.iter_mut().zip(w).for_each(|(a, &wv)| *a += xi * wv);
+                }
+            }
+            (o0, acc)
+        })
+        .collect();
+    for (o0, acc) in bands {
+        let width = acc.len() / n;
+        for r in 0..n {
+            y.row_mut(r).as_slice_mut().expect("fresh array")[o0..o0 + width].copy_from_slice(&acc[r * width..(r + 1) * width]);
+        }
+    }
+    y
+}
+
+/// A copy of `w` ([out, in]) stored column-major: the same logical matrix, laid out as Wᵀ row-major.
+pub fn column_major(w: Array2<f32>) -> Array2<f32> {
+    if w.t().is_standard_layout() {
+        return w;
+    }
+    let mut out = Array2::zeros(w.raw_dim().f());
+    out.assign(&w);
+    out
 }
 
 /// A dot product with 16 independent accumulators, so the compiler can keep them in vector registers
@@ -91,7 +135,12 @@ pub fn linear_backward(
     assert_eq!(dy.ncols(), weight.nrows(), "linear_backward: dy width is not the weight's out");
     assert_eq!(x.ncols(), weight.ncols(), "linear_backward: x width is not the weight's in");
     let dx = matmul(dy, weight); // [n, out]·[out, in]
-    let dweight = weight_grad.then(|| matmul(dy.t(), x)); // [out, n]·[n, in]
+    // [out, n]·[n, in]; for a column-major weight computed as (xᵀ·dy)ᵀ so the gradient shares its layout
+    let dweight = weight_grad.then(|| if weight.t().is_standard_layout() && !weight.is_standard_layout() {
+        matmul(x.t(), dy).reversed_axes()
+    } else {
+        matmul(dy.t(), x)
+    });
     // The bias gradient sums over every row (T·B of them): accumulate in f64.
     let dbias = bias_grad.then(|| {
         let mut acc = vec![0.0f64; dy.ncols()];
@@ -123,6 +172,24 @@ mod tests {
         let diff = fast.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-5, "{diff}");
         assert_eq!(fast.dim(), (3, 300));
+    }
+
+    #[test]
+    fn a_column_major_weight_gives_the_same_results() {
+        for rows in [3usize, 40] {
+            let x = Array2::from_shape_fn((rows, 37), |(i, j)| ((i * 31 + j * 7) % 13) as f32 * 0.1 - 0.6);
+            let w = Array2::from_shape_fn((700, 37), |(i, j)| ((i * 5 + j * 11) % 17) as f32 * 0.05 - 0.4);
+            let dy = Array2::from_shape_fn((rows, 700), |(i, j)| ((i * 3 + j) % 7) as f32 * 0.1 - 0.3);
+            let wc = column_major(w.clone());
+            assert!(wc.t().is_standard_layout() && wc == w);
+            let close = |a: &Array2<f32>, b: &Array2<f32>| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max) < 1e-4;
+            assert!(close(&linear(x.view(), wc.view(), None), &linear(x.view(), w.view(), None)));
+            let (gc, g) = (linear_backward(dy.view(), x.view(), wc.view(), true, true), linear_backward(dy.view(), x.view(), w.view(), true, true));
+            assert!(close(&gc.dx, &g.dx));
+            let (dwc, dw) = (gc.dweight.unwrap(), g.dweight.unwrap());
+            assert!(close(&dwc, &dw));
+            assert_eq!(dwc.strides(), wc.strides(), "the gradient shares the weight's layout");
+        }
     }
 
     #[test]

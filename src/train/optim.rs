@@ -142,7 +142,18 @@ impl AdamW {
             assert_eq!(g.dim(), p.dim(), "AdamW::step: gradient {i} is not shaped like its parameter");
             let k = StepScalars { decay_factor: if decay[i] { scalars.decay_factor } else { 1.0 }, ..scalars };
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            match (p.as_slice_mut(), g.as_slice(), m.as_slice_mut(), v.as_slice_mut()) {
+            // keep the moments in the parameter's memory layout (a column-major weight, say), so the four
+            // arrays can be walked as flat slices in the same order
+            for moment in [&mut *m, &mut *v] {
+                if moment.strides() != p.strides() {
+                    let mut same_layout = p.clone();
+                    same_layout.assign(moment);
+                    *moment = same_layout;
+                }
+            }
+            let same_order = g.strides() == p.strides();
+            let flat_g = if same_order { g.as_slice_memory_order() } else { None };
+            match (p.as_slice_memory_order_mut(), flat_g, m.as_slice_memory_order_mut(), v.as_slice_memory_order_mut()) {
                 (Some(p), Some(g), Some(m), Some(v)) => p
                     .par_chunks_mut(CHUNK)
                     .zip(g.par_chunks(CHUNK))
@@ -172,7 +183,7 @@ fn sum_squares(x: &[f32]) -> f64 {
 
 /// ‖g‖₂ of one tensor: f64 sums over fixed chunks in parallel, added in order (independent of thread count).
 fn tensor_norm(g: &Array2<f32>) -> f32 {
-    let sum = match g.as_slice() {
+    let sum = match g.as_slice_memory_order() {
         Some(s) => s.par_chunks(CHUNK).map(sum_squares).collect::<Vec<f64>>().into_iter().sum::<f64>(),
         None => g.iter().map(|&x| x as f64 * x as f64).sum(),
     };
