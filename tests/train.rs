@@ -177,3 +177,38 @@ fn unknown_config_field_is_named_with_a_suggestion() {
     assert_eq!(run.status.code(), Some(2), "{err}");
     assert!(err.contains("per_device_train_batchsize") && err.contains("per_device_train_batch_size") && err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn continued_pretraining_on_tokenized_shards_lowers_the_loss() {
+    let dir = scratch("pretrain");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let mut lines = String::new();
+    for i in 0..120 {
+        let text = format!("def f{i}(x):\n    return x * {} + {}\n", i % 7, i % 5);
+        lines += &serde_json::json!({"text": text}).to_string();
+        lines.push('\n');
+    }
+    std::fs::write(docs.join("corpus.jsonl"), lines).unwrap();
+    let prefix = dir.join("code");
+    let run = bin()
+        .args(["tokenize", "--tokenizer", fixture_model().to_str().unwrap(), "--data", docs.to_str().unwrap(), "--out", prefix.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = dir.join("out");
+    let cfg = serde_json::json!({
+        "data_paths": [prefix], "output_dir": out, "pretrained_model_path": fixture_model(), "load_raw_dataset": false,
+        "tokenize_mode": "pretrain", "seq_length": 32, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
+        "learning_rate": 1e-3, "min_lr": 1e-5, "num_train_epochs": 3, "data_split": "90,10,0", "checkpointing_steps": 1000,
+        "evaluation_steps": 10, "num_warmup_steps": 2, "early_stopping": false, "activation_checkpointing": true
+    });
+    let cfg_path = dir.join("pretrain.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let run = bin().args(["pretrain", "--config", cfg_path.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+    assert!(evals.len() >= 2, "{evals:?}");
+    assert!(evals.last().unwrap() < &(evals[0] - 0.5), "validation loss {evals:?} did not fall");
+    assert!(metric_lines(&out).iter().any(|m| m["task_loss"]["code"].is_number()), "the corpus is the task `code`");
+}

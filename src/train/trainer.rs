@@ -44,7 +44,10 @@ impl Corpus {
         let mut sets = Vec::new();
         let mut names = Vec::new();
         for prefix in prefixes {
-            let ds = IndexedDataset::open(prefix)?;
+            // MFTCoder's bin path: `data_paths` name prefixes; the token ids live in `{prefix}_input_ids.bin/.idx`
+            let mut ids_prefix = prefix.as_os_str().to_owned();
+            ids_prefix.push("_input_ids");
+            let ds = IndexedDataset::open(Path::new(&ids_prefix))?;
             let [train, valid, _] = data::megatron::split_documents(split, ds.len())?;
             let train = data::megatron::SampleIndex::build(&ds.sizes, train, seq_length, 1, seed)?;
             let valid = data::megatron::SampleIndex::build(&ds.sizes, valid, seq_length, 1, seed)?;
