@@ -47,6 +47,7 @@ pub fn model_tensors<B: Backend>(b: &B, model: &mut Llama<B>) -> Vec<OwnedTensor
         .collect()
 }
 
+// ANCHOR: save_checkpoint
 /// Write `dir` (e.g. `output_dir/step_40`) atomically.
 pub fn save_checkpoint<B: Backend>(
     b: &B,
@@ -87,6 +88,7 @@ pub fn save_checkpoint<B: Backend>(
     std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot move the checkpoint into place", dir.display()))?;
     Ok(())
 }
+// ANCHOR_END: save_checkpoint
 
 /// `output_dir/latest`: `{"latest_ckpt": dir, "lr": lr}` as MFTCoder writes it.
 pub fn write_latest(output_dir: &Path, checkpoint: &Path, lr: f64) -> Result<()> {

@@ -143,6 +143,7 @@ pub struct FlatBatch {
     pub task_ids: Vec<usize>,
 }
 
+// ANCHOR: flatten
 pub fn flatten(batch: &Batch) -> FlatBatch {
     let (rows, t) = batch.input_ids.dim();
     let mut segment_ids = Vec::with_capacity(rows * t);
@@ -159,6 +160,7 @@ pub fn flatten(batch: &Batch) -> FlatBatch {
         task_ids: batch.task_ids.clone(),
     }
 }
+// ANCHOR_END: flatten
 
 /// Per-task validation loss and the overall loss of the configured mode.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -366,6 +368,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     Ok(TrainReport { completed_steps: state.completed_steps, final_checkpoint, last_train_loss, evaluations, task_names: names })
 }
 
+// ANCHOR: optimizer_step
 #[allow(clippy::too_many_arguments)]
 fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
     b: &B,
@@ -438,6 +441,7 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
     let task_loss = task_sum.iter().zip(&task_n).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
     Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm })
 }
+// ANCHOR_END: optimizer_step
 
 /// MFTCoder's evaluation: every validation batch of every task; `eval_loss` is the mean batch loss of the
 /// configured mode, each task's loss the mean of its batch token-means, perplexity = exp(eval_loss).
