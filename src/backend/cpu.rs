@@ -117,4 +117,10 @@ impl Backend for Cpu {
     fn add_assign(&self, a: &mut Array2<f32>, b: &Array2<f32>) {
         *a += b;
     }
+    fn add_scaled(&self, a: &mut Array2<f32>, b: &Array2<f32>, s: f32) {
+        a.scaled_add(s, b);
+    }
+    fn scale(&self, t: &Array2<f32>, s: f32) -> Array2<f32> {
+        t * s
+    }
 }

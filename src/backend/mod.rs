@@ -100,5 +100,9 @@ pub trait Backend: Sync {
     fn cross_entropy(&self, logits: &Self::Tensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, Self::Tensor);
     /// a += b
     fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor);
+    /// a += s·b
+    fn add_scaled(&self, a: &mut Self::Tensor, b: &Self::Tensor, s: f32);
+    /// s·t
+    fn scale(&self, t: &Self::Tensor, s: f32) -> Self::Tensor;
 }
 // ANCHOR_END: backend_trait

@@ -87,22 +87,13 @@ impl LlamaConfig {
     }
 }
 
-/// A linear layer's parameters on a backend: weight [out, in], optional bias [1, out].
-pub struct Linear<B: Backend> {
-    pub weight: B::Tensor,
-    pub bias: Option<B::Tensor>,
-}
+pub use super::layers::{Gradients, Linear, Lora};
 
-impl<B: Backend> Linear<B> {
-    fn load(b: &B, store: &WeightStore, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        let weight = b.upload_weight(store.matrix(&format!("{prefix}.weight"), out, inp)?);
-        let bias = if bias { Some(b.upload(row(store, &format!("{prefix}.bias"), out)?)) } else { None };
-        Ok(Linear { weight, bias })
-    }
-
-    pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
-        b.linear(x, &self.weight, self.bias.as_ref())
-    }
+/// Load `prefix.weight` [out, in] (and `prefix.bias` [out]) as a linear layer.
+fn load_linear<B: Backend>(b: &B, store: &WeightStore, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
+    let weight = b.upload_weight(store.matrix(&format!("{prefix}.weight"), out, inp)?);
+    let bias = if bias { Some(b.upload(row(store, &format!("{prefix}.bias"), out)?)) } else { None };
+    Ok(Linear::new(weight, bias))
 }
 
 /// A vector parameter as a [1, n] row.
@@ -133,6 +124,9 @@ pub struct Llama<B: Backend> {
     /// Activation checkpointing: `forward_train` keeps only each layer's input and `backward` recomputes the
     /// rest of the layer, trading one extra forward for memory (see `TrainCache::activation_bytes`).
     pub recompute_activations: bool,
+    /// LoRA training: the base weights, biases, norms and embeddings are frozen; only adapters get gradients
+    /// (and the frozen matrices compute no weight gradient at all).
+    pub frozen_base: bool,
 }
 
 // ANCHOR: kv_cache
@@ -174,14 +168,14 @@ impl<B: Backend> Llama<B> {
             let p = format!("model.layers.{l}");
             layers.push(LlamaLayer {
                 input_layernorm: b.upload(row(store, &format!("{p}.input_layernorm.weight"), h)?),
-                q_proj: Linear::load(b, store, &format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
-                k_proj: Linear::load(b, store, &format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
-                v_proj: Linear::load(b, store, &format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
-                o_proj: Linear::load(b, store, &format!("{p}.self_attn.o_proj"), h, q_out, c.attention_bias)?,
+                q_proj: load_linear(b, store, &format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
+                k_proj: load_linear(b, store, &format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
+                v_proj: load_linear(b, store, &format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
+                o_proj: load_linear(b, store, &format!("{p}.self_attn.o_proj"), h, q_out, c.attention_bias)?,
                 post_attention_layernorm: b.upload(row(store, &format!("{p}.post_attention_layernorm.weight"), h)?),
-                gate_proj: Linear::load(b, store, &format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
-                up_proj: Linear::load(b, store, &format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
-                down_proj: Linear::load(b, store, &format!("{p}.mlp.down_proj"), h, i, c.mlp_bias)?,
+                gate_proj: load_linear(b, store, &format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
+                up_proj: load_linear(b, store, &format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
+                down_proj: load_linear(b, store, &format!("{p}.mlp.down_proj"), h, i, c.mlp_bias)?,
             });
         }
         // Tied checkpoints usually omit lm_head.weight; transformers ties even when it is present.
@@ -201,6 +195,7 @@ impl<B: Backend> Llama<B> {
             layers,
             inv_freq: inverse_frequencies(&c.rope, d),
             recompute_activations: false,
+            frozen_base: false,
             config,
         })
     }
@@ -224,19 +219,19 @@ impl<B: Backend> Llama<B> {
         for _ in 0..c.num_hidden_layers {
             layers.push(LlamaLayer {
                 input_layernorm: ones(h),
-                q_proj: Linear { weight: random(q_out, h, true), bias: zeros(q_out, c.attention_bias) },
-                k_proj: Linear { weight: random(kv_out, h, true), bias: zeros(kv_out, c.attention_bias) },
-                v_proj: Linear { weight: random(kv_out, h, true), bias: zeros(kv_out, c.attention_bias) },
-                o_proj: Linear { weight: random(h, q_out, true), bias: zeros(h, c.attention_bias) },
+                q_proj: Linear::new(random(q_out, h, true), zeros(q_out, c.attention_bias)),
+                k_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.attention_bias)),
+                v_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.attention_bias)),
+                o_proj: Linear::new(random(h, q_out, true), zeros(h, c.attention_bias)),
                 post_attention_layernorm: ones(h),
-                gate_proj: Linear { weight: random(i, h, true), bias: zeros(i, c.mlp_bias) },
-                up_proj: Linear { weight: random(i, h, true), bias: zeros(i, c.mlp_bias) },
-                down_proj: Linear { weight: random(h, i, true), bias: zeros(h, c.mlp_bias) },
+                gate_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
+                up_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
+                down_proj: Linear::new(random(h, i, true), zeros(h, c.mlp_bias)),
             });
         }
         let embed_tokens = random(c.vocab_size, h, c.tie_word_embeddings);
         let lm_head = (!c.tie_word_embeddings).then(|| random(c.vocab_size, h, true));
-        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), recompute_activations: false, config }
+        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), recompute_activations: false, frozen_base: false, config }
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
@@ -328,6 +323,7 @@ pub struct LayerCache<B: Backend> {
     gate: B::Tensor,     // [T, I]
     up: B::Tensor,       // [T, I]
     gated: B::Tensor,    // [T, I] silu(gate)·up
+    lora_h: [Option<B::Tensor>; 7], // x·Aᵀ of each adapted projection, in the order q, k, v, o, gate, up, down
 }
 
 /// A layer's saved activations: all of them, or only its input (recomputed in the backward).
@@ -360,6 +356,7 @@ impl<B: Backend> TrainCache<'_, B> {
                 Saved::InputOnly(x) => size(x),
                 Saved::Everything(lc) => [&lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &lc.x_mid, &lc.h_mlp, &lc.gate, &lc.up, &lc.gated]
                     .into_iter()
+                    .chain(lc.lora_h.iter().flatten())
                     .map(size)
                     .sum(),
             })
@@ -368,7 +365,6 @@ impl<B: Backend> TrainCache<'_, B> {
     }
 }
 
-pub type Gradients<B> = std::collections::BTreeMap<String, <B as Backend>::Tensor>;
 
 impl<B: Backend> Llama<B> {
     // ANCHOR: llama_forward_train
@@ -398,17 +394,22 @@ impl<B: Backend> Llama<B> {
         let (shape, eps, pos) = (self.config.attention_shape(), self.config.rms_norm_eps, seq.positions);
         let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids };
         let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
-        let q = b.rope(&layer.q_proj.forward(b, &h_attn), shape.n_heads, shape.head_dim, pos, &self.inv_freq);
-        let k = b.rope(&layer.k_proj.forward(b, &h_attn), shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
-        let v = layer.v_proj.forward(b, &h_attn);
+        let (q, hq) = layer.q_proj.forward_train(b, &h_attn);
+        let (k, hk) = layer.k_proj.forward_train(b, &h_attn);
+        let (v, hv) = layer.v_proj.forward_train(b, &h_attn);
+        let q = b.rope(&q, shape.n_heads, shape.head_dim, pos, &self.inv_freq);
+        let k = b.rope(&k, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
-        let x_mid = b.add(&x, &layer.o_proj.forward(b, &attn));
+        let (o, ho) = layer.o_proj.forward_train(b, &attn);
+        let x_mid = b.add(&x, &o);
         let h_mlp = b.rms_norm(&x_mid, &layer.post_attention_layernorm, eps);
-        let gate = layer.gate_proj.forward(b, &h_mlp);
-        let up = layer.up_proj.forward(b, &h_mlp);
+        let (gate, hg) = layer.gate_proj.forward_train(b, &h_mlp);
+        let (up, hu) = layer.up_proj.forward_train(b, &h_mlp);
         let gated = b.swiglu(&gate, &up);
-        let x_out = b.add(&x_mid, &layer.down_proj.forward(b, &gated));
-        (x_out, LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated })
+        let (down, hd) = layer.down_proj.forward_train(b, &gated);
+        let x_out = b.add(&x_mid, &down);
+        let lora_h = [hq, hk, hv, ho, hg, hu, hd];
+        (x_out, LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated, lora_h })
     }
     // ANCHOR_END: llama_forward_train
 
@@ -419,23 +420,24 @@ impl<B: Backend> Llama<B> {
         let c = &self.config;
         let (shape, eps, pos) = (c.attention_shape(), c.rms_norm_eps, cache.seq.positions);
         let mask = AttentionMask { q_offset: 0, segment_ids: cache.seq.segment_ids };
+        let train_base = !self.frozen_base;
         let mut grads = Gradients::<B>::new();
-        let mut put = |name: String, g: Option<B::Tensor>| {
-            if let Some(g) = g {
+        let put_base = |grads: &mut Gradients<B>, name: String, g: Option<B::Tensor>| {
+            if let (true, Some(g)) = (train_base, g) {
                 grads.insert(name, g);
             }
         };
 
         // head and final norm
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let (dh_final, dhead, _) = b.linear_backward(dlogits, &cache.h_final, head, true, false);
+        let (dh_final, dhead, _) = b.linear_backward(dlogits, &cache.h_final, head, train_base, false);
         let (mut dx, dnorm) = b.rms_norm_backward(&dh_final, &cache.x_final, &self.norm, eps);
-        put("model.norm.weight".into(), Some(dnorm));
+        put_base(&mut grads, "model.norm.weight".into(), Some(dnorm));
         let mut dembed_from_head = None;
         if c.tie_word_embeddings {
             dembed_from_head = dhead;
         } else {
-            put("lm_head.weight".into(), dhead);
+            put_base(&mut grads, "lm_head.weight".into(), dhead);
         }
 
         let seq = cache.seq;
@@ -445,48 +447,39 @@ impl<B: Backend> Llama<B> {
                 Saved::Everything(lc) => lc,
                 Saved::InputOnly(x) => self.layer_forward(b, layer, x, seq).1, // activation checkpointing
             };
+            let [hq, hk, hv, ho, hg, hu, hd] = &lc.lora_h;
             // MLP block: x_out = x_mid + down(silu(gate(h)) · up(h)), h = n₂(x_mid)
-            let (dgated, dw, db) = linear_bwd(b, &dx, &lc.gated, &layer.down_proj);
-            put(format!("{p}.mlp.down_proj.weight"), dw);
-            put(format!("{p}.mlp.down_proj.bias"), db);
+            let dgated = layer.down_proj.backward(b, &dx, &lc.gated, hd.as_ref(), train_base, &format!("{p}.mlp.down_proj"), &mut grads);
             let (dgate, dup) = b.swiglu_backward(&dgated, &lc.gate, &lc.up);
-            let (mut dh, dw, db) = linear_bwd(b, &dgate, &lc.h_mlp, &layer.gate_proj);
-            put(format!("{p}.mlp.gate_proj.weight"), dw);
-            put(format!("{p}.mlp.gate_proj.bias"), db);
-            let (dh_up, dw, db) = linear_bwd(b, &dup, &lc.h_mlp, &layer.up_proj);
-            put(format!("{p}.mlp.up_proj.weight"), dw);
-            put(format!("{p}.mlp.up_proj.bias"), db);
+            let mut dh = layer.gate_proj.backward(b, &dgate, &lc.h_mlp, hg.as_ref(), train_base, &format!("{p}.mlp.gate_proj"), &mut grads);
+            let dh_up = layer.up_proj.backward(b, &dup, &lc.h_mlp, hu.as_ref(), train_base, &format!("{p}.mlp.up_proj"), &mut grads);
             b.add_assign(&mut dh, &dh_up);
             let (dx_mid, dnorm) = b.rms_norm_backward(&dh, &lc.x_mid, &layer.post_attention_layernorm, eps);
-            put(format!("{p}.post_attention_layernorm.weight"), Some(dnorm));
+            put_base(&mut grads, format!("{p}.post_attention_layernorm.weight"), Some(dnorm));
             b.add_assign(&mut dx, &dx_mid); // dx is now ∂L/∂x_mid
 
             // attention block: x_mid = x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = n₁(x)
-            let (dattn, dw, db) = linear_bwd(b, &dx, &lc.attn, &layer.o_proj);
-            put(format!("{p}.self_attn.o_proj.weight"), dw);
-            put(format!("{p}.self_attn.o_proj.bias"), db);
+            let dattn = layer.o_proj.backward(b, &dx, &lc.attn, ho.as_ref(), train_base, &format!("{p}.self_attn.o_proj"), &mut grads);
             let (dq, dk, dv) = b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
             let dq = b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq);
             let dk = b.rope_backward(&dk, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
-            let (mut dh, dw, db) = linear_bwd(b, &dq, &lc.h_attn, &layer.q_proj);
-            put(format!("{p}.self_attn.q_proj.weight"), dw);
-            put(format!("{p}.self_attn.q_proj.bias"), db);
-            for (dproj, proj, name) in [(&dk, &layer.k_proj, "k_proj"), (&dv, &layer.v_proj, "v_proj")] {
-                let (dh_part, dw, db) = linear_bwd(b, dproj, &lc.h_attn, proj);
-                put(format!("{p}.self_attn.{name}.weight"), dw);
-                put(format!("{p}.self_attn.{name}.bias"), db);
+            let mut dh = layer.q_proj.backward(b, &dq, &lc.h_attn, hq.as_ref(), train_base, &format!("{p}.self_attn.q_proj"), &mut grads);
+            for (dproj, proj, h, name) in [(&dk, &layer.k_proj, hk, "k_proj"), (&dv, &layer.v_proj, hv, "v_proj")] {
+                let dh_part = proj.backward(b, dproj, &lc.h_attn, h.as_ref(), train_base, &format!("{p}.self_attn.{name}"), &mut grads);
                 b.add_assign(&mut dh, &dh_part);
             }
             let (dx_in, dnorm) = b.rms_norm_backward(&dh, &lc.x, &layer.input_layernorm, eps);
-            put(format!("{p}.input_layernorm.weight"), Some(dnorm));
+            put_base(&mut grads, format!("{p}.input_layernorm.weight"), Some(dnorm));
             b.add_assign(&mut dx, &dx_in); // dx is now ∂L/∂x entering layer l
         }
 
-        let mut dembed = b.embedding_backward(&dx, cache.seq.ids, c.vocab_size);
-        if let Some(dhead) = dembed_from_head {
-            b.add_assign(&mut dembed, &dhead); // tied: the table is also the output head
+        if train_base {
+            let mut dembed = b.embedding_backward(&dx, cache.seq.ids, c.vocab_size);
+            if let Some(dhead) = dembed_from_head {
+                b.add_assign(&mut dembed, &dhead); // tied: the table is also the output head
+            }
+            grads.insert("model.embed_tokens.weight".into(), dembed);
         }
-        put("model.embed_tokens.weight".into(), Some(dembed));
         grads
     }
     // ANCHOR_END: llama_backward
@@ -530,7 +523,3 @@ pub fn hf_shape(name: &str, (rows, cols): (usize, usize)) -> Vec<usize> {
     if rows == 1 && (name.ends_with("norm.weight") || name.ends_with(".bias")) { vec![cols] } else { vec![rows, cols] }
 }
 
-/// A linear layer's backward with its parameter gradients (weight always, bias when the layer has one).
-fn linear_bwd<B: Backend>(b: &B, dy: &B::Tensor, x: &B::Tensor, lin: &Linear<B>) -> (B::Tensor, Option<B::Tensor>, Option<B::Tensor>) {
-    b.linear_backward(dy, x, &lin.weight, true, lin.bias.is_some())
-}

@@ -1,5 +1,6 @@
 //! One file per architecture. Each maps `config.json` and the checkpoint's tensor names onto the shared
 //! blocks of the Backend seam and holds only what is special about it.
+pub mod layers;
 pub mod llama;
 
 use crate::backend::Backend;

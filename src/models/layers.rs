@@ -1,0 +1,74 @@
+//! Layers the architectures share, written against the Backend seam: the linear layer, with its optional
+//! LoRA adapter, forward and backward side by side.
+
+use crate::backend::Backend;
+use std::collections::BTreeMap;
+
+/// Parameter gradients by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`; LoRA factors as
+/// `….q_proj.lora_A` / `….q_proj.lora_B`), in the backend's layout (vectors as [1, n] rows).
+pub type Gradients<B> = BTreeMap<String, <B as Backend>::Tensor>;
+
+/// A low-rank update of a frozen linear layer (Hu et al., 2021): y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ,
+/// A: [r, in], B: [out, r], s = α/r (or α/√r with rsLoRA).
+pub struct Lora<B: Backend> {
+    pub a: B::Tensor,
+    pub b: B::Tensor,
+    pub scaling: f32,
+}
+
+/// A linear layer's parameters: weight [out, in], optional bias [1, out], optional LoRA adapter.
+pub struct Linear<B: Backend> {
+    pub weight: B::Tensor,
+    pub bias: Option<B::Tensor>,
+    pub lora: Option<Lora<B>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(weight: B::Tensor, bias: Option<B::Tensor>) -> Self {
+        Linear { weight, bias, lora: None }
+    }
+
+    // ANCHOR: linear_layer_forward
+    /// x: [T, in] → y: [T, out] (inference).
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
+        self.forward_train(b, x).0
+    }
+
+    /// y and, with an adapter, h = x·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
+    pub fn forward_train(&self, b: &B, x: &B::Tensor) -> (B::Tensor, Option<B::Tensor>) {
+        let mut y = b.linear(x, &self.weight, self.bias.as_ref());
+        let Some(lora) = &self.lora else { return (y, None) };
+        let h = b.linear(x, &lora.a, None); // [T, r]
+        b.add_scaled(&mut y, &b.linear(&h, &lora.b, None), lora.scaling); // y += s·h·Bᵀ
+        (y, Some(h))
+    }
+    // ANCHOR_END: linear_layer_forward
+
+    // ANCHOR: linear_layer_backward
+    /// dy: [T, out], x: [T, in] (the forward's input), h: the forward's x·Aᵀ → dx: [T, in]; parameter gradients
+    /// go into `grads` under `name` (the layer's HF path). A frozen base (`train_base = false`, LoRA training)
+    /// computes no dW at all — only the activation gradient flows through it.
+    ///
+    /// With d = s·dy:  ∂L/∂B = dᵀ·h,  ∂L/∂h = d·B,  ∂L/∂A = (∂L/∂h)ᵀ·x,  dx += (∂L/∂h)·A.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(&self, b: &B, dy: &B::Tensor, x: &B::Tensor, h: Option<&B::Tensor>, train_base: bool, name: &str, grads: &mut Gradients<B>) -> B::Tensor {
+        let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight, train_base, train_base && self.bias.is_some());
+        if let Some(dw) = dw {
+            grads.insert(format!("{name}.weight"), dw);
+        }
+        if let Some(db) = db {
+            grads.insert(format!("{name}.bias"), db);
+        }
+        if let Some(lora) = &self.lora {
+            let h = h.expect("the LoRA forward cached h = x·Aᵀ");
+            let d = b.scale(dy, lora.scaling);
+            let (dh, db_lora, _) = b.linear_backward(&d, h, &lora.b, true, false); // [T, r], [out, r]
+            let (dx_lora, da, _) = b.linear_backward(&dh, x, &lora.a, true, false); // [T, in], [r, in]
+            b.add_assign(&mut dx, &dx_lora);
+            grads.insert(format!("{name}.lora_A"), da.expect("asked for"));
+            grads.insert(format!("{name}.lora_B"), db_lora.expect("asked for"));
+        }
+        dx
+    }
+    // ANCHOR_END: linear_layer_backward
+}
