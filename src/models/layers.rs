@@ -21,11 +21,13 @@ pub struct Linear<B: Backend> {
     pub weight: B::Tensor,
     pub bias: Option<B::Tensor>,
     pub lora: Option<Lora<B>>,
+    /// Train the bias even while the base is frozen (PEFT's `bias: "lora_only"` / `"all"`).
+    pub train_bias: bool,
 }
 
 impl<B: Backend> Linear<B> {
     pub fn new(weight: B::Tensor, bias: Option<B::Tensor>) -> Self {
-        Linear { weight, bias, lora: None }
+        Linear { weight, bias, lora: None, train_bias: false }
     }
 
     // ANCHOR: linear_layer_forward
@@ -52,7 +54,8 @@ impl<B: Backend> Linear<B> {
     /// With d = s·dy:  ∂L/∂B = dᵀ·h,  ∂L/∂h = d·B,  ∂L/∂A = (∂L/∂h)ᵀ·x,  dx += (∂L/∂h)·A.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(&self, b: &B, dy: &B::Tensor, x: &B::Tensor, h: Option<&B::Tensor>, train_base: bool, name: &str, grads: &mut Gradients<B>) -> B::Tensor {
-        let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight, train_base, train_base && self.bias.is_some());
+        let train_bias = (train_base || self.train_bias) && self.bias.is_some();
+        let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight, train_base, train_bias);
         if let Some(dw) = dw {
             grads.insert(format!("{name}.weight"), dw);
         }

@@ -484,6 +484,42 @@ impl<B: Backend> Llama<B> {
     }
     // ANCHOR_END: llama_backward
 
+    /// Every linear layer of the decoder with its HF module path (`model.layers.3.self_attn.q_proj`), in layer
+    /// order; the output head is not among them (PEFT's `all-linear` leaves it out too).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
+        let mut out = Vec::new();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut layer.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut layer.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut layer.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut layer.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut layer.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut layer.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut layer.down_proj));
+        }
+        out
+    }
+
+    /// The parameters the optimizer updates, named as in [`Gradients`]: every parameter for full fine-tuning,
+    /// only the LoRA factors (`….lora_A`, `….lora_B`) when the base is frozen.
+    pub fn trainable_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        if !self.frozen_base {
+            return self.named_parameters_mut();
+        }
+        let mut out = Vec::new();
+        for (path, linear) in self.linears_mut() {
+            if let Some(lora) = linear.lora.as_mut() {
+                out.push((format!("{path}.lora_A"), &mut lora.a));
+                out.push((format!("{path}.lora_B"), &mut lora.b));
+            }
+            if let (true, Some(bias)) = (linear.train_bias, linear.bias.as_mut()) {
+                out.push((format!("{path}.bias"), bias));
+            }
+        }
+        out
+    }
+
     /// Every parameter with its Hugging Face name, in a fixed order (embedding, layers, norm, head).
     pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
         let mut out: Vec<(String, &mut B::Tensor)> = vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];

@@ -1,0 +1,52 @@
+//! A LoRA adapter written by PEFT 0.21.2, attached to our Llama: logits, loss and every adapter gradient
+//! against PEFT's (`fixtures/generate.py --only lora`). Tolerances: logits ≤ 1e-4, loss ≤ 1e-5, gradients
+//! ≤ 1e-3 of each tensor's largest magnitude. The frozen base gets no gradient at all.
+
+use mftcoder::backend::Backend;
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::io::safetensors::WeightStore;
+use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+use mftcoder::models::llama::{Logits, Sequence, hf_shape};
+use mftcoder::models::load_causal_lm;
+use mftcoder::peft::Adapter;
+use mftcoder::peft::attach::attach_adapter;
+use std::path::Path;
+
+#[test]
+fn peft_adapters_give_peft_logits_and_gradients() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for case in ["gqa_tied", "odd_sizes_bf16_bias"] {
+        let golden = WeightStore::open(&root.join(format!("lora/{case}/golden.safetensors"))).unwrap();
+        let adapter = Adapter::load(&root.join(format!("lora/{case}/adapter"))).unwrap();
+        let mut model = load_causal_lm(&Cpu, &root.join("llama").join(case)).unwrap();
+        attach_adapter(&mut model, &Cpu, &adapter).unwrap();
+        let ids: Vec<u32> = golden.tensor_i64("input_ids").unwrap().into_iter().map(|i| i as u32).collect();
+
+        let logits = Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap());
+        let want = golden.tensor_f32("logits").unwrap();
+        let diff = logits.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-4, "{case}: max |Δlogits| {diff}");
+
+        let positions: Vec<usize> = (0..ids.len()).collect();
+        let (targets, weights) = next_token_targets(&ids, None, None);
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
+        let r = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();
+        let want_loss = golden.tensor_f32("loss").unwrap()[[0]] as f64;
+        assert!((r.loss - want_loss).abs() <= 1e-5, "{case}: loss {} vs {want_loss}", r.loss);
+
+        let mut got: Vec<&str> = r.grads.keys().map(String::as_str).collect();
+        got.sort();
+        let wanted: Vec<&str> = golden.names().filter_map(|n| n.strip_prefix("grad.")).collect();
+        assert_eq!(got, wanted, "{case}: only adapter (and trained bias) gradients, exactly PEFT's set");
+        let mut worst = 0.0f32;
+        for (name, g) in &r.grads {
+            let w = golden.tensor_f32(&format!("grad.{name}")).unwrap();
+            assert_eq!(hf_shape(name, g.dim()), w.shape(), "{name}");
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let d = g.iter().zip(w.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(d <= 1e-3, "{case}: {name}: relative error {d:.2e}");
+            worst = worst.max(d);
+        }
+        eprintln!("{case}: logits Δ {diff:.2e}, {} adapter gradients, worst relative error {worst:.2e}", r.grads.len());
+    }
+}
