@@ -13,7 +13,7 @@ use mftcoder::io::tokenizer::Tokenizer;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::models::{self, llama::{Logits, Sequence, hf_shape}};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -39,6 +39,8 @@ enum Command {
     Train(TrainArgs),
     /// Continued pre-training (full parameters) on `.bin/.idx` prefixes or jsonl, from an MFTCoder config.
     Pretrain(TrainArgs),
+    /// Quantize a model's linear weights to 4 bits (NF4/FP4), saved as transformers + bitsandbytes save them.
+    Quantize(mftcoder::quant::cli::QuantizeArgs),
 }
 
 #[derive(Args)]
@@ -68,6 +70,9 @@ struct ForwardArgs {
     model: PathBuf,
     #[command(flatten)]
     input: InputArgs,
+    /// A LoRA adapter directory (PEFT format: adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Output safetensors file: `logits` f32 [T, vocab] and `input_ids` i64 [T].
     #[arg(long)]
     out: PathBuf,
@@ -81,6 +86,9 @@ struct ForwardArgs {
 struct GenerateArgs {
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (PEFT format).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Prompt text (encoded with the model's tokenizer).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     prompt: Option<String>,
@@ -126,6 +134,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => mftcoder::data::cli::tokenize(args),
         Command::Train(args) => train_cmd(args, false),
         Command::Pretrain(args) => train_cmd(args, true),
+        Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,7 +151,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
         Some(text) => Tokenizer::load(&args.model)?.encode(text, true)?,
         None => args.input.ids.clone(),
     };
-    let model = models::load_causal_lm(&cpu, &args.model)?;
+    let model = load_model(&cpu, &args.model, args.adapter.as_deref())?;
     let ids_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let mut tensors = vec![OwnedTensor::i64("input_ids", &[ids.len()], &ids_i64)];
     let logits = if args.backward {
@@ -172,6 +181,16 @@ fn forward(args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
+/// A model directory, with a PEFT LoRA adapter attached when one is given.
+fn load_model(cpu: &Cpu, model: &Path, adapter: Option<&Path>) -> Result<models::llama::Llama<Cpu>> {
+    let mut llama = models::load_causal_lm(cpu, model)?;
+    if let Some(dir) = adapter {
+        let adapter = mftcoder::peft::Adapter::load(dir)?;
+        mftcoder::peft::attach::attach_adapter(&mut llama, cpu, &adapter).with_context(|| format!("{}", dir.display()))?;
+    }
+    Ok(llama)
+}
+
 fn generate_cmd(args: GenerateArgs) -> Result<()> {
     let cpu = Cpu;
     let (tokenizer, prompt_ids) = match &args.prompt {
@@ -191,7 +210,7 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
     }
     let config = HfConfig::read(&args.model)?;
     let eos = generation_eos_ids(&args.model, &config)?;
-    let model = models::load_causal_lm(&cpu, &args.model)?;
+    let model = load_model(&cpu, &args.model, args.adapter.as_deref())?;
     let decoding = match args.temperature {
         Some(t) if t > 0.0 => generate::Decoding::Sample { temperature: t, top_p: args.top_p, seed: args.seed },
         _ => generate::Decoding::Greedy,

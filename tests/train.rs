@@ -212,3 +212,30 @@ fn continued_pretraining_on_tokenized_shards_lowers_the_loss() {
     assert!(evals.last().unwrap() < &(evals[0] - 0.5), "validation loss {evals:?} did not fall");
     assert!(metric_lines(&out).iter().any(|m| m["task_loss"]["code"].is_number()), "the corpus is the task `code`");
 }
+
+#[test]
+fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
+    let dir = scratch("lora");
+    let out = dir.join("out");
+    let cfg = write_config(&dir, &out, serde_json::json!({"peft_type": "lora", "lora_rank": 8, "lora_alpha": 16,
+        "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 4}));
+    let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("LoRA: r = 8"), "{err}");
+    let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+    assert!(evals.last().unwrap() < &(evals[0] - 0.3), "validation loss {evals:?} did not fall enough");
+    let latest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
+    let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
+    assert!(!ckpt.join("model.safetensors").exists(), "a LoRA checkpoint holds the adapter only");
+    let adapter = mftcoder::peft::Adapter::load(&ckpt).unwrap();
+    assert_eq!(adapter.tensors.len(), 2 * 7, "all-linear on 2 layers");
+    // the adapter changes the model, and forward --adapter reads it
+    let logits = dir.join("logits.safetensors");
+    let run = bin()
+        .args(["forward", "--model", fixture_model().to_str().unwrap(), "--adapter", ckpt.to_str().unwrap(), "--ids", "1,5,9,12",
+               "--out", logits.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}

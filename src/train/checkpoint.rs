@@ -7,6 +7,8 @@ use crate::backend::Backend;
 use crate::io::safetensors::{OwnedTensor, WeightStore, save};
 use crate::io::write_atomic;
 use crate::models::llama::{Llama, hf_shape};
+use crate::peft::LoraConfig;
+use crate::peft::attach::extract_adapter;
 use crate::train::optim::AdamW;
 use anyhow::{Context, Result, anyhow, bail};
 use ndarray::Array2;
@@ -56,6 +58,7 @@ pub fn save_checkpoint<B: Backend>(
     model: &mut Llama<B>,
     opt: &AdamW,
     state: &TrainerState,
+    lora: Option<&LoraConfig>,
 ) -> Result<()> {
     let parent = dir.parent().context("checkpoint directory has no parent")?;
     let name = dir.file_name().context("checkpoint directory has no name")?.to_string_lossy().into_owned();
@@ -63,12 +66,19 @@ pub fn save_checkpoint<B: Backend>(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
 
-    let names: Vec<String> = model.named_parameters_mut().into_iter().map(|(n, _)| n).collect();
-    save(&tmp.join("model.safetensors"), &model_tensors(b, model))?;
-    for file in MODEL_SIDE_FILES {
-        let src = base_model_dir.join(file);
-        if src.is_file() {
-            std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy into the checkpoint", src.display()))?;
+    let names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
+    match lora {
+        // LoRA: the checkpoint is a PEFT adapter directory, as MFTCoder writes it
+        Some(config) => extract_adapter(model, b, config).save(&tmp, &base_model_dir.to_string_lossy())?,
+        // full parameters: an HF model directory
+        None => {
+            save(&tmp.join("model.safetensors"), &model_tensors(b, model))?;
+            for file in MODEL_SIDE_FILES {
+                let src = base_model_dir.join(file);
+                if src.is_file() {
+                    std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy into the checkpoint", src.display()))?;
+                }
+            }
         }
     }
     let mut moments = Vec::with_capacity(2 * names.len());

@@ -15,6 +15,8 @@ use crate::loss::causal_lm::weighted_token_loss;
 use crate::loss::mft::{LossMode, coefficients, task_losses};
 use crate::models::llama::{Gradients, Llama, Sequence};
 use crate::models::load_causal_lm;
+use crate::peft::attach::{attach_adapter, init_adapters};
+use crate::peft::{Adapter, LoraBias, LoraConfig, TargetModules};
 use crate::rng::Rng;
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
@@ -185,6 +187,34 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
+/// The LoRA settings of a config (`peft_type: "lora"`), MFTCoder's way: `target_modules` null means
+/// `all-linear`, and the adapted layers' biases train with them (`bias: "lora_only"`).
+pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
+    match cfg.peft_type.as_deref() {
+        None => Ok(None),
+        Some("lora") => {
+            let target_modules = match &cfg.target_modules {
+                None | Some(serde_json::Value::Null) => TargetModules::AllLinear,
+                Some(serde_json::Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
+                Some(serde_json::Value::String(s)) => TargetModules::Names(crate::config::parse_bracket_list(s)),
+                Some(serde_json::Value::Array(items)) => TargetModules::Names(
+                    items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("field `target_modules`: entries must be strings"))).collect::<Result<_>>()?,
+                ),
+                Some(other) => bail!("field `target_modules` must be a list of names, \"all-linear\" or null, got {other}"),
+            };
+            Ok(Some(LoraConfig {
+                r: cfg.lora_rank,
+                lora_alpha: cfg.lora_alpha,
+                lora_dropout: cfg.lora_dropout,
+                use_rslora: false,
+                bias: LoraBias::LoraOnly,
+                target_modules,
+            }))
+        }
+        Some(other) => bail!("field `peft_type` is `{other}`: QLoRA training is not available yet; use \"lora\" or null"),
+    }
+}
+
 fn collate_options(cfg: &TrainConfig) -> CollateOptions {
     CollateOptions { dynamic_padding: cfg.use_dynamic_padding, isolate_samples: true, sst_pack_trim: false }
 }
@@ -226,9 +256,7 @@ struct StepResult {
 }
 
 pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
-    if let Some(p) = &cfg.peft_type {
-        bail!("field `peft_type` is `{p}`: LoRA/QLoRA training is not available yet; set `\"peft_type\": null` for full fine-tuning");
-    }
+    let lora = lora_config(cfg)?;
     let out = &cfg.output_dir;
     checkpoint::check_writable(out)?;
     let mode: LossMode = cfg.weighted_loss_mode.parse()?;
@@ -258,10 +286,24 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         None if cfg.auto_resume => checkpoint::read_latest(out)?,
         None => None,
     };
-    let mut model: Llama<B> = load_causal_lm(b, resume_dir.as_deref().unwrap_or(base))?;
+    // full parameters resume from the checkpoint's weights; LoRA from the base plus the checkpoint's adapter
+    let weights_dir = if lora.is_some() { base.as_path() } else { resume_dir.as_deref().unwrap_or(base) };
+    let mut model: Llama<B> = load_causal_lm(b, weights_dir)?;
     model.recompute_activations = cfg.activation_checkpointing;
-    let param_names: Vec<String> = model.named_parameters_mut().into_iter().map(|(n, _)| n).collect();
-    let shapes: Vec<(usize, usize)> = model.named_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
+    if let Some(lora) = &lora {
+        match &resume_dir {
+            Some(dir) => attach_adapter(&mut model, b, &Adapter::load(dir)?)?,
+            None => {
+                let n = init_adapters(&mut model, b, lora, &mut Rng::new(cfg.seed))?;
+                eprintln!("LoRA: r = {}, α = {}, {n} adapted layers, base frozen", lora.r, lora.lora_alpha);
+            }
+        }
+        if lora.lora_dropout > 0.0 {
+            eprintln!("note: `lora_dropout` {} is not applied yet (adapters train without dropout)", lora.lora_dropout);
+        }
+    }
+    let param_names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
+    let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
     let adam = AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() };
     let mut opt = AdamW::new(adam, &shapes);
     let mut state = TrainerState {
@@ -348,7 +390,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
             let finished = stop || state.completed_steps >= total_steps;
             if (cfg.checkpointing_steps > 0 && c % cfg.checkpointing_steps == 0) || finished {
                 let dir = out.join(format!("step_{c}"));
-                checkpoint::save_checkpoint(b, &dir, base, &mut model, &opt, &state)?;
+                checkpoint::save_checkpoint(b, &dir, base, &mut model, &opt, &state, lora.as_ref())?;
                 checkpoint::write_latest(out, &dir, lr)?;
                 let limit = cfg.saving_limit.unwrap_or(2).max(1);
                 checkpoint::enforce_saving_limit(out, limit, state.best_step, c)?;
@@ -433,7 +475,7 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
     } else {
         clip_grad_norm(&mut grad_refs, f32::INFINITY) as f64
     };
-    let mut params = model.named_parameters_mut();
+    let mut params = model.trainable_parameters_mut();
     let grad_list: Vec<&Array2<f32>> = params.iter().map(|(n, _)| &grads[n]).collect();
     let mut param_refs: Vec<&mut Array2<f32>> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
