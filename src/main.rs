@@ -35,12 +35,30 @@ enum Command {
     Encode(mftcoder::data::cli::EncodeArgs),
     /// Tokenize a jsonl directory into Megatron `PREFIX_input_ids.bin/.idx` (MMIDIDX v1).
     Tokenize(mftcoder::data::cli::TokenizeArgs),
+    /// Fold a LoRA adapter into its base model and write a plain Hugging Face model directory.
+    Merge(MergeArgs),
     /// Fine-tune on MFTCoder jsonl tasks (full parameters when `peft_type` is null), from an MFTCoder config.
     Train(TrainArgs),
     /// Continued pre-training (full parameters) on `.bin/.idx` prefixes or jsonl, from an MFTCoder config.
     Pretrain(TrainArgs),
     /// Quantize a model's linear weights to 4 bits (NF4/FP4), saved as transformers + bitsandbytes save them.
     Quantize(mftcoder::quant::cli::QuantizeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The base model directory the adapter was trained on.
+    #[arg(long)]
+    base: PathBuf,
+    /// The adapter directory (PEFT format).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The output directory (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// Largest shard (e.g. `5GB`, `200MB`, `100KB`); bigger models are split with a `model.safetensors.index.json`.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    max_shard_size: usize,
 }
 
 #[derive(Args)]
@@ -132,6 +150,10 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Encode(args) => mftcoder::data::cli::encode(args),
         Command::Tokenize(args) => mftcoder::data::cli::tokenize(args),
+        Command::Merge(args) => {
+            mftcoder::peft::merge::merge_into_directory(&args.base, &args.adapter, &args.out, args.max_shard_size)
+                .map(|n| eprintln!("merged {n} matrices into {}", args.out.display()))
+        }
         Command::Train(args) => train_cmd(args, false),
         Command::Pretrain(args) => train_cmd(args, true),
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
@@ -286,4 +308,19 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
         eprintln!("{:<24} {:>12.4} {:>12.3}", "(overall)", last.eval_loss, last.perplexity);
     }
     Ok(())
+}
+
+/// "5GB", "200MB", "100KB" or a plain byte count (decimal units, as transformers' `max_shard_size`).
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let value: f64 = number.trim().parse().map_err(|_| format!("`{s}` is not a size like 5GB or 200MB"))?;
+    let scale = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => return Err(format!("`{s}`: unit must be B, KB, MB or GB")),
+    };
+    Ok((value * scale) as usize)
 }

@@ -50,3 +50,32 @@ fn peft_adapters_give_peft_logits_and_gradients() {
         eprintln!("{case}: logits Δ {diff:.2e}, {} adapter gradients, worst relative error {worst:.2e}", r.grads.len());
     }
 }
+
+#[test]
+fn merged_model_directory_gives_the_adapted_logits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    for (case, shard) in [("gqa_tied", "100KB"), ("odd_sizes_bf16_bias", "5GB")] {
+        let out = std::env::temp_dir().join(format!("mftcoder-merge-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder"))
+            .args(["merge", "--base", root.join("llama").join(case).to_str().unwrap(), "--adapter",
+                   root.join(format!("lora/{case}/adapter")).to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-shard-size", shard])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(out.join("model.safetensors.index.json").is_file(), shard == "100KB", "sharding follows --max-shard-size");
+        assert!(out.join("tokenizer.json").is_file() && out.join("config.json").is_file());
+        let golden = WeightStore::open(&root.join(format!("lora/{case}/golden.safetensors"))).unwrap();
+        let ids: Vec<u32> = golden.tensor_i64("input_ids").unwrap().into_iter().map(|i| i as u32).collect();
+        let merged = load_causal_lm(&Cpu, &out).unwrap();
+        let logits = Cpu.download(&merged.forward(&Cpu, &ids, None, Logits::All).unwrap());
+        let tol = 1e-4; // merged weights are written in f32 (even from a bf16 base)
+        for key in ["merged_logits", "logits"] {
+            let want = golden.tensor_f32(key).unwrap();
+            let diff = logits.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            eprintln!("{case}: merged vs PEFT {key}: max |Δ| {diff:.2e}");
+            assert!(diff <= tol, "{case}: merged logits vs {key}: {diff}");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -3,6 +3,7 @@
 pub mod adapter_io;
 pub mod attach;
 pub mod lora;
+pub mod merge;
 
 pub use adapter_io::Adapter;
 pub use lora::{LoraBias, LoraConfig, TargetModules};
