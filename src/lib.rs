@@ -9,6 +9,8 @@ pub mod loss; // next-token cross-entropy; (later) MFTCoder's multi-task weighti
 pub mod io; // safetensors (mmap, sharded), config.json helpers, tokenizer.json
 pub mod models; // one file per architecture, written once against the Backend seam
 pub mod nn; // building blocks on the CPU reference path: the math, the forward, the tests
+pub mod peft; // LoRA: math, init, merge, PEFT adapter files
+pub mod quant; // NF4/FP4 4-bit quantization, bit-identical to bitsandbytes
 pub mod runtime; // process-wide settings (allocator tuning for training)
 pub mod rng; // a small seeded generator so runs are reproducible bit for bit
 pub mod train; // optimizer, schedules, the trainer

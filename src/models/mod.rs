@@ -19,7 +19,7 @@ pub fn load_causal_lm<B: Backend>(backend: &B, model_dir: &Path) -> Result<llama
     match model_type.as_str() {
         "llama" => {
             let cfg = llama::LlamaConfig::from_hf(&config)?;
-            let store = WeightStore::open(model_dir)?;
+            let store: WeightStore = crate::quant::checkpoint::open_weights(model_dir)?; // 4-bit (bnb) weights come dequantized
             llama::Llama::load(backend, &store, cfg)
         }
         other => bail!(

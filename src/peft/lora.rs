@@ -189,6 +189,7 @@ mod tests {
     use super::*;
     use crate::nn::grad_check::{check, random, weighted_sum};
     use crate::nn::linear::{column_major, linear};
+    use crate::rng::Rng;
     use proptest::prelude::*;
 
     fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
