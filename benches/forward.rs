@@ -5,28 +5,11 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::io::hf_config::{RopeScaling, RopeSpec};
 use mftcoder::models::llama::{Llama, LlamaConfig, Logits};
 use std::hint::black_box;
 
-pub fn bench_config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 8192,
-        hidden_size: 512,
-        intermediate_size: 1536,
-        num_hidden_layers: 8,
-        num_attention_heads: 8,
-        num_key_value_heads: 4,
-        head_dim: 64,
-        rms_norm_eps: 1e-6,
-        rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None },
-        attention_bias: false,
-        mlp_bias: false,
-        tie_word_embeddings: false,
-        max_position_embeddings: 2048,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-    }
+fn bench_config() -> LlamaConfig {
+    LlamaConfig::with_shape(8192, 512, 1536, 8, 8, 4)
 }
 
 fn forward(c: &mut Criterion) {

@@ -7,7 +7,6 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::io::hf_config::{RopeScaling, RopeSpec};
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::models::llama::{Llama, LlamaConfig, Sequence};
 use mftcoder::peft::attach::init_adapters;
@@ -16,23 +15,7 @@ use mftcoder::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use ndarray::Array2;
 
 fn config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 8192,
-        hidden_size: 384,
-        intermediate_size: 1024,
-        num_hidden_layers: 6,
-        num_attention_heads: 6,
-        num_key_value_heads: 2,
-        head_dim: 64,
-        rms_norm_eps: 1e-6,
-        rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None },
-        attention_bias: false,
-        mlp_bias: false,
-        tie_word_embeddings: false,
-        max_position_embeddings: 2048,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-    }
+    LlamaConfig::with_shape(8192, 384, 1024, 6, 6, 2)
 }
 
 fn train_step(c: &mut Criterion) {

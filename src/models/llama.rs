@@ -77,6 +77,28 @@ impl LlamaConfig {
     }
     // ANCHOR_END: llama_config
 
+    /// A config of the given shape with transformers' `LlamaConfig` defaults for everything else
+    /// (θ = 10⁴, ε = 10⁻⁶, untied, no biases, head_dim = hidden/heads): for tests and benchmarks.
+    pub fn with_shape(vocab_size: usize, hidden_size: usize, intermediate_size: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
+        LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: hidden_size / heads,
+            rms_norm_eps: 1e-6,
+            rope: RopeSpec { theta: 10_000.0, scaling: crate::io::hf_config::RopeScaling::None },
+            attention_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: false,
+            max_position_embeddings: 2048,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+        }
+    }
+
     pub fn attention_shape(&self) -> AttentionShape {
         AttentionShape {
             n_heads: self.num_attention_heads,
