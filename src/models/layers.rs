@@ -2,6 +2,9 @@
 //! LoRA adapter, forward and backward side by side.
 
 use crate::backend::Backend;
+use crate::quant::{QuantType, Quantized4bit};
+use anyhow::Result;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Parameter gradients by Hugging Face name (`model.layers.0.self_attn.q_proj.weight`; LoRA factors as
@@ -16,9 +19,18 @@ pub struct Lora<B: Backend> {
     pub scaling: f32,
 }
 
+/// Where a linear layer's W lives.
+pub enum Weight<B: Backend> {
+    /// A backend tensor [out, in].
+    Dense(B::Tensor),
+    /// 4-bit blocks (NF4/FP4, bitsandbytes' layout), dequantized into a temporary at every use and never kept
+    /// in full precision: QLoRA's frozen base.
+    Packed(Quantized4bit),
+}
+
 /// A linear layer's parameters: weight [out, in], optional bias [1, out], optional LoRA adapter.
 pub struct Linear<B: Backend> {
-    pub weight: B::Tensor,
+    pub weight: Weight<B>,
     pub bias: Option<B::Tensor>,
     pub lora: Option<Lora<B>>,
     /// Train the bias even while the base is frozen (PEFT's `bias: "lora_only"` / `"all"`).
@@ -27,7 +39,32 @@ pub struct Linear<B: Backend> {
 
 impl<B: Backend> Linear<B> {
     pub fn new(weight: B::Tensor, bias: Option<B::Tensor>) -> Self {
-        Linear { weight, bias, lora: None, train_bias: false }
+        Linear { weight: Weight::Dense(weight), bias, lora: None, train_bias: false }
+    }
+
+    /// (out, in)
+    pub fn dims(&self, b: &B) -> (usize, usize) {
+        match &self.weight {
+            Weight::Dense(w) => b.dims(w),
+            Weight::Packed(q) => (q.shape[0], q.shape[1]),
+        }
+    }
+
+    /// W for one product: the tensor itself, or a dequantized temporary for a packed weight.
+    fn weight_tensor(&self, b: &B) -> Cow<'_, B::Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Cow::Borrowed(w),
+            Weight::Packed(q) => Cow::Owned(b.upload_weight(q.dequantize())),
+        }
+    }
+
+    /// Replace a dense W by its 4-bit blocks (bitsandbytes' quantization, optionally double-quantized).
+    pub fn quantize(&mut self, b: &B, quant_type: QuantType, double_quant: bool) -> Result<()> {
+        if let Weight::Dense(w) = &self.weight {
+            let host = b.download(w);
+            self.weight = Weight::Packed(Quantized4bit::quantize(host.view(), quant_type, double_quant)?);
+        }
+        Ok(())
     }
 
     // ANCHOR: linear_layer_forward
@@ -38,7 +75,7 @@ impl<B: Backend> Linear<B> {
 
     /// y and, with an adapter, h = x·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
     pub fn forward_train(&self, b: &B, x: &B::Tensor) -> (B::Tensor, Option<B::Tensor>) {
-        let mut y = b.linear(x, &self.weight, self.bias.as_ref());
+        let mut y = b.linear(x, &self.weight_tensor(b), self.bias.as_ref());
         let Some(lora) = &self.lora else { return (y, None) };
         let h = b.linear(x, &lora.a, None); // [T, r]
         b.add_scaled(&mut y, &b.linear(&h, &lora.b, None), lora.scaling); // y += s·h·Bᵀ
@@ -55,7 +92,8 @@ impl<B: Backend> Linear<B> {
     #[allow(clippy::too_many_arguments)]
     pub fn backward(&self, b: &B, dy: &B::Tensor, x: &B::Tensor, h: Option<&B::Tensor>, train_base: bool, name: &str, grads: &mut Gradients<B>) -> B::Tensor {
         let train_bias = (train_base || self.train_bias) && self.bias.is_some();
-        let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight, train_base, train_bias);
+        let train_weight = train_base && matches!(self.weight, Weight::Dense(_)); // 4-bit bases are always frozen
+        let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight_tensor(b), train_weight, train_bias);
         if let Some(dw) = dw {
             grads.insert(format!("{name}.weight"), dw);
         }

@@ -109,7 +109,7 @@ impl LlamaConfig {
     }
 }
 
-pub use super::layers::{Gradients, Linear, Lora};
+pub use super::layers::{Gradients, Linear, Lora, Weight};
 
 /// Load `prefix.weight` [out, in] (and `prefix.bias` [out]) as a linear layer.
 fn load_linear<B: Backend>(b: &B, store: &WeightStore, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
@@ -555,14 +555,18 @@ impl<B: Backend> Llama<B> {
                 ("self_attn.o_proj", &mut layer.o_proj),
             ];
             for (name, lin) in linears {
-                out.push((format!("{p}.{name}.weight"), &mut lin.weight));
+                if let Weight::Dense(w) = &mut lin.weight {
+                    out.push((format!("{p}.{name}.weight"), w));
+                }
                 if let Some(bias) = lin.bias.as_mut() {
                     out.push((format!("{p}.{name}.bias"), bias));
                 }
             }
             out.push((format!("{p}.post_attention_layernorm.weight"), &mut layer.post_attention_layernorm));
             for (name, lin) in [("mlp.gate_proj", &mut layer.gate_proj), ("mlp.up_proj", &mut layer.up_proj), ("mlp.down_proj", &mut layer.down_proj)] {
-                out.push((format!("{p}.{name}.weight"), &mut lin.weight));
+                if let Weight::Dense(w) = &mut lin.weight {
+                    out.push((format!("{p}.{name}.weight"), w));
+                }
                 if let Some(bias) = lin.bias.as_mut() {
                     out.push((format!("{p}.{name}.bias"), bias));
                 }

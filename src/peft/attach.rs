@@ -22,7 +22,7 @@ pub fn init_adapters<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraConfi
         if !config.target_modules.matches(&path) {
             continue;
         }
-        let (out, inp) = b.dims(&linear.weight);
+        let (out, inp) = linear.dims(b);
         let a = init_lora_a(config.r, inp, rng);
         linear.lora = Some(Lora { a: b.upload_weight(a), b: b.upload_weight(Array2::zeros((out, config.r))), scaling });
         adapted += 1;
@@ -42,7 +42,7 @@ pub fn attach_adapter<B: Backend>(model: &mut Llama<B>, b: &B, adapter: &Adapter
     let mut remaining: BTreeMap<&str, _> = adapter.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut biases: BTreeMap<&str, _> = adapter.biases.iter().map(|(k, v)| (k.as_str(), v)).collect();
     for (path, linear) in model.linears_mut() {
-        let (out, inp) = b.dims(&linear.weight);
+        let (out, inp) = linear.dims(b);
         if let Some((a, bm)) = remaining.remove(path.as_str()) {
             if a.dim() != (adapter.config.r, inp) || bm.dim() != (out, adapter.config.r) {
                 bail!(

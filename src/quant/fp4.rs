@@ -4,9 +4,11 @@
 //! 0.0625, then exponent/mantissa pairs), and the whole table is divided by its largest magnitude, 12, in f32
 //! (`get_4bit_type("fp4")`). Unlike NF4 the codes are not sorted, so bitsandbytes' torch backend sorts them
 //! (`argsort`), finds the nearest sorted entry with midpoints exactly as for NF4, and maps the position back to
-//! the bit pattern. `+0` (0b0000) sorts ahead of `-0` (0b1000), so zero always encodes as 0b0000.
+//! the bit pattern. Python writes the table as `[0, 0.0625, …, -0, -0.0625, …]`, and `-0` is the *integer*
+//! zero, so 0b1000 is +0.0 as well. `argsort` puts 0b0000 ahead of 0b1000: zero and negative values up to
+//! the midpoint encode as 0b0000, tiny positive values (0, 0.0026] as 0b1000. Both decode to +0.
 
-/// The raw FP4 values, by bit pattern, before normalisation.
+/// The raw FP4 values, by bit pattern, before normalisation (0b1000 is +0: bitsandbytes writes the integer `-0`).
 const RAW: [f32; 16] = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, 0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0];
 
 // ANCHOR: fp4_code
@@ -21,7 +23,7 @@ pub const CODE: [f32; 16] = {
     c
 };
 
-/// The codes in ascending order of value, as `torch.argsort` returns them (`+0` before `-0`).
+/// The codes in ascending order of value, as `torch.argsort` returns them (0b0000 before the tied 0b1000).
 pub const ORDER: [u8; 16] = [11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3];
 // ANCHOR_END: fp4_code
 
@@ -58,12 +60,13 @@ mod tests {
     }
 
     #[test]
-    fn codes_encode_to_themselves_zero_to_positive_zero() {
+    fn codes_encode_to_themselves_and_ties_go_down() {
         for (i, &c) in CODE.iter().enumerate() {
-            let want = if i == 8 { 0 } else { i as u8 }; // -0 == +0, and +0 sorts first
+            let want = if i == 8 { 0 } else { i as u8 }; // 0b1000 is also 0.0, and 0b0000 sorts first
             assert_eq!(encode(c), want, "code {i}");
         }
         assert_eq!(encode(-0.0), 0);
+        assert_eq!(encode(f32::MIN_POSITIVE), 8); // above the zero-zero midpoint: the second zero
         // On a midpoint: the lower of the two sorted neighbours.
         for (r, &t) in THRESHOLDS.iter().enumerate() {
             assert_eq!(encode(t), ORDER[r]);

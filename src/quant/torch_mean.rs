@@ -28,45 +28,45 @@ fn ceil_log2(x: usize) -> usize {
     if x <= 2 { 1 } else { (usize::BITS - (x - 1).leading_zeros()) as usize }
 }
 
+/// Four W-lane accumulators side by side, one per row.
+type Rows<const W: usize> = [[f32; W]; ILP];
+
+fn add_rows<const W: usize>(dst: &mut Rows<W>, src: &Rows<W>) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        d.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    }
+}
+
 /// `multi_row_sum`: `size` steps; step `i` adds `item(i, k)` (a W-lane value) into row `k < 4`.
-fn multi_row_sum<const W: usize>(size: usize, item: impl Fn(usize, usize) -> [f32; W]) -> [[f32; W]; ILP] {
+fn multi_row_sum<const W: usize>(size: usize, item: impl Fn(usize, usize) -> [f32; W]) -> Rows<W> {
     let level_power = 4.max(ceil_log2(size) / LEVELS);
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;
-    let mut acc = [[[0.0f32; W]; ILP]; LEVELS];
-    let add = |dst: &mut [f32; W], src: &[f32; W]| dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+    let zero = [[0.0f32; W]; ILP];
+    let mut acc = [zero; LEVELS];
     let mut i = 0;
     while i + level_step <= size {
         for _ in 0..level_step {
-            for k in 0..ILP {
-                add(&mut acc[0][k], &item(i, k));
-            }
+            add_rows(&mut acc[0], &std::array::from_fn(|k| item(i, k)));
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; W];
-            }
+            let lower = std::mem::replace(&mut acc[j - 1], zero);
+            add_rows(&mut acc[j], &lower);
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
             }
         }
     }
     while i < size {
-        for k in 0..ILP {
-            add(&mut acc[0][k], &item(i, k));
-        }
+        add_rows(&mut acc[0], &std::array::from_fn(|k| item(i, k)));
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..ILP {
-            let upper = acc[j][k];
-            add(&mut acc[0][k], &upper);
-        }
+    let (first, upper) = acc.split_at_mut(1);
+    for level in upper.iter() {
+        add_rows(&mut first[0], level);
     }
-    acc[0]
+    first[0]
 }
 
 /// `row_sum`: `n` W-lane items, summed as a (-1, 4) array of rows, leftovers into row 0, then rows folded.

@@ -15,6 +15,8 @@ use crate::loss::causal_lm::weighted_token_loss;
 use crate::loss::mft::{LossMode, coefficients, task_losses};
 use crate::models::llama::{Gradients, Llama, Sequence};
 use crate::models::load_causal_lm;
+use crate::models::llama::Weight;
+use crate::quant::QuantType;
 use crate::peft::attach::{attach_adapter, init_adapters};
 use crate::peft::{Adapter, LoraBias, LoraConfig, TargetModules};
 use crate::rng::Rng;
@@ -192,7 +194,7 @@ pub struct RunOptions {
 pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
     match cfg.peft_type.as_deref() {
         None => Ok(None),
-        Some("lora") => {
+        Some("lora" | "qlora") => {
             let target_modules = match &cfg.target_modules {
                 None | Some(serde_json::Value::Null) => TargetModules::AllLinear,
                 Some(serde_json::Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
@@ -211,7 +213,7 @@ pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
                 target_modules,
             }))
         }
-        Some(other) => bail!("field `peft_type` is `{other}`: QLoRA training is not available yet; use \"lora\" or null"),
+        Some(other) => bail!("field `peft_type` is `{other}`; allowed: \"lora\", \"qlora\" or null"),
     }
 }
 
@@ -290,6 +292,18 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     let weights_dir = if lora.is_some() { base.as_path() } else { resume_dir.as_deref().unwrap_or(base) };
     let mut model: Llama<B> = load_causal_lm(b, weights_dir)?;
     model.recompute_activations = cfg.activation_checkpointing;
+    if cfg.peft_type.as_deref() == Some("qlora") {
+        // QLoRA (MFTCoder §5): every decoder linear layer held as NF4 with double quantization, dequantized per use
+        let (mut packed_bytes, mut params) = (0usize, 0usize);
+        for (_, linear) in model.linears_mut() {
+            linear.quantize(b, QuantType::Nf4, true)?;
+            if let Weight::Packed(q) = &linear.weight {
+                packed_bytes += (q.bits_per_param() * q.numel() as f64 / 8.0) as usize;
+                params += q.numel();
+            }
+        }
+        eprintln!("QLoRA: {params} base weights in NF4 + double quantization, {:.3} bits each", packed_bytes as f64 * 8.0 / params as f64);
+    }
     if let Some(lora) = &lora {
         match &resume_dir {
             Some(dir) => attach_adapter(&mut model, b, &Adapter::load(dir)?)?,
