@@ -239,3 +239,17 @@ fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
+
+#[test]
+fn qlora_fine_tune_keeps_the_base_in_four_bits_and_lowers_the_loss() {
+    let dir = scratch("qlora");
+    let out = dir.join("out");
+    let cfg = write_config(&dir, &out, serde_json::json!({"peft_type": "qlora", "lora_rank": 8, "lora_alpha": 16,
+        "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 3}));
+    let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("QLoRA:") && err.contains("bits each"), "{err}");
+    let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+    assert!(evals.last().unwrap() < &(evals[0] - 0.3), "validation loss {evals:?} did not fall enough");
+}
