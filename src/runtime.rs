@@ -15,3 +15,21 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Resident memory of this process in bytes (Linux: `VmRSS` of /proc/self/status), for the metrics log.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Hand memory freed in bulk (e.g. full-precision weights just replaced by 4-bit blocks) back to the kernel,
+/// which [`tune_allocator`] otherwise keeps for reuse.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -2,3 +2,4 @@
 //! with respect to the logits.
 pub mod causal_lm;
 pub mod mft;
+pub mod coba;

@@ -303,6 +303,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
             }
         }
         eprintln!("QLoRA: {params} base weights in NF4 + double quantization, {:.3} bits each", packed_bytes as f64 * 8.0 / params as f64);
+        crate::runtime::release_free_memory(); // the f32 copies are gone; give their pages back
     }
     if let Some(lora) = &lora {
         match &resume_dir {
@@ -374,7 +375,8 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
                 names.iter().zip(&result.task_loss).filter_map(|(n, l)| l.map(|l| (n.clone(), l.into()))).collect();
             writeln!(metrics, "{}", serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
                 "loss": result.loss, "task_loss": task_json, "grad_norm": result.grad_norm, "tokens": result.tokens,
-                "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed}))?;
+                "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed,
+                "rss_mib": crate::runtime::resident_bytes().map(|b| b as f64 / (1 << 20) as f64)}))?;
             metrics.flush()?;
             progress.set_position(state.completed_steps as u64);
             progress.set_message(format!("loss {:.4} | {} | {:.0} tok/s", result.loss, task_summary(&names, &result.task_loss), tokens_seen as f64 / elapsed.max(1e-9)));
