@@ -123,4 +123,7 @@ impl Backend for Cpu {
     fn scale(&self, t: &Array2<f32>, s: f32) -> Array2<f32> {
         t * s
     }
+    fn mul(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+        a * b
+    }
 }

@@ -104,5 +104,7 @@ pub trait Backend: Sync {
     fn add_scaled(&self, a: &mut Self::Tensor, b: &Self::Tensor, s: f32);
     /// s·t
     fn scale(&self, t: &Self::Tensor, s: f32) -> Self::Tensor;
+    /// a ∘ b (element-wise)
+    fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
 }
 // ANCHOR_END: backend_trait

@@ -17,6 +17,14 @@ pub struct Lora<B: Backend> {
     pub a: B::Tensor,
     pub b: B::Tensor,
     pub scaling: f32,
+    /// Dropout probability on the adapter's input while training (PEFT's `lora_dropout`).
+    pub dropout: f32,
+}
+
+/// The dropout mask of one adapter for one forward: entries 0 with probability p, else 1/(1−p), drawn from
+/// a seed so the backward (and an activation-checkpointing recompute) sees exactly the same mask.
+fn dropout_mask<B: Backend>(b: &B, rows: usize, cols: usize, p: f32, seed: u64) -> B::Tensor {
+    b.upload(crate::peft::lora::dropout_mask(rows, cols, p as f64, &mut crate::rng::Rng::new(seed)))
 }
 
 /// Where a linear layer's W lives.
@@ -70,14 +78,24 @@ impl<B: Backend> Linear<B> {
     // ANCHOR: linear_layer_forward
     /// x: [T, in] → y: [T, out] (inference).
     pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
-        self.forward_train(b, x).0
+        self.forward_train(b, x, None).0
     }
 
-    /// y and, with an adapter, h = x·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
-    pub fn forward_train(&self, b: &B, x: &B::Tensor) -> (B::Tensor, Option<B::Tensor>) {
+    /// y and, with an adapter, h = x̃·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
+    /// `dropout_seed` (training only) turns on the adapter's dropout: x̃ = x ∘ m, m drawn from the seed.
+    pub fn forward_train(&self, b: &B, x: &B::Tensor, dropout_seed: Option<u64>) -> (B::Tensor, Option<B::Tensor>) {
         let mut y = b.linear(x, &self.weight_tensor(b), self.bias.as_ref());
         let Some(lora) = &self.lora else { return (y, None) };
-        let h = b.linear(x, &lora.a, None); // [T, r]
+        let dropped;
+        let x_in = match dropout_seed.filter(|_| lora.dropout > 0.0) {
+            Some(seed) => {
+                let (rows, cols) = b.dims(x);
+                dropped = b.mul(x, &dropout_mask(b, rows, cols, lora.dropout, seed));
+                &dropped
+            }
+            None => x,
+        };
+        let h = b.linear(x_in, &lora.a, None); // [T, r]
         b.add_scaled(&mut y, &b.linear(&h, &lora.b, None), lora.scaling); // y += s·h·Bᵀ
         (y, Some(h))
     }
@@ -90,7 +108,17 @@ impl<B: Backend> Linear<B> {
     ///
     /// With d = s·dy:  ∂L/∂B = dᵀ·h,  ∂L/∂h = d·B,  ∂L/∂A = (∂L/∂h)ᵀ·x,  dx += (∂L/∂h)·A.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(&self, b: &B, dy: &B::Tensor, x: &B::Tensor, h: Option<&B::Tensor>, train_base: bool, name: &str, grads: &mut Gradients<B>) -> B::Tensor {
+    pub fn backward(
+        &self,
+        b: &B,
+        dy: &B::Tensor,
+        x: &B::Tensor,
+        h: Option<&B::Tensor>,
+        train_base: bool,
+        dropout_seed: Option<u64>,
+        name: &str,
+        grads: &mut Gradients<B>,
+    ) -> B::Tensor {
         let train_bias = (train_base || self.train_bias) && self.bias.is_some();
         let train_weight = train_base && matches!(self.weight, Weight::Dense(_)); // 4-bit bases are always frozen
         let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight_tensor(b), train_weight, train_bias);
@@ -104,9 +132,21 @@ impl<B: Backend> Linear<B> {
             let h = h.expect("the LoRA forward cached h = x·Aᵀ");
             let d = b.scale(dy, lora.scaling);
             let (dh, db_lora, _) = b.linear_backward(&d, h, &lora.b, true, false); // [T, r], [out, r]
-            let (dx_lora, da, _) = b.linear_backward(&dh, x, &lora.a, true, false); // [T, in], [r, in]
-            b.add_assign(&mut dx, &dx_lora);
-            grads.insert(format!("{name}.lora_A"), da.expect("asked for"));
+            match dropout_seed.filter(|_| lora.dropout > 0.0) {
+                Some(seed) => {
+                    // the same mask as the forward: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
+                    let (rows, cols) = b.dims(x);
+                    let mask = dropout_mask(b, rows, cols, lora.dropout, seed);
+                    let (dx_dropped, da, _) = b.linear_backward(&dh, &b.mul(x, &mask), &lora.a, true, false);
+                    b.add_assign(&mut dx, &b.mul(&dx_dropped, &mask));
+                    grads.insert(format!("{name}.lora_A"), da.expect("asked for"));
+                }
+                None => {
+                    let (dx_lora, da, _) = b.linear_backward(&dh, x, &lora.a, true, false); // [T, in], [r, in]
+                    b.add_assign(&mut dx, &dx_lora);
+                    grads.insert(format!("{name}.lora_A"), da.expect("asked for"));
+                }
+            }
             grads.insert(format!("{name}.lora_B"), db_lora.expect("asked for"));
         }
         dx

@@ -149,6 +149,8 @@ pub struct Llama<B: Backend> {
     /// LoRA training: the base weights, biases, norms and embeddings are frozen; only adapters get gradients
     /// (and the frozen matrices compute no weight gradient at all).
     pub frozen_base: bool,
+    /// Set by the trainer for each micro-batch to turn on LoRA dropout; `None` (inference, evaluation) = off.
+    pub dropout_seed: Option<u64>,
 }
 
 // ANCHOR: kv_cache
@@ -218,6 +220,7 @@ impl<B: Backend> Llama<B> {
             inv_freq: inverse_frequencies(&c.rope, d),
             recompute_activations: false,
             frozen_base: false,
+            dropout_seed: None,
             config,
         })
     }
@@ -253,7 +256,7 @@ impl<B: Backend> Llama<B> {
         }
         let embed_tokens = random(c.vocab_size, h, c.tie_word_embeddings);
         let lm_head = (!c.tie_word_embeddings).then(|| random(c.vocab_size, h, true));
-        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), recompute_activations: false, frozen_base: false, config }
+        Llama { embed_tokens, layers, norm: ones(h), lm_head, inv_freq: inverse_frequencies(&c.rope, d), recompute_activations: false, frozen_base: false, dropout_seed: None, config }
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
@@ -401,8 +404,8 @@ impl<B: Backend> Llama<B> {
         }
         let mut x = b.embedding(&self.embed_tokens, seq.ids);
         let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (x_out, cache) = self.layer_forward(b, layer, x, seq);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (x_out, cache) = self.layer_forward(b, l, layer, x, seq);
             layers.push(if self.recompute_activations { Saved::InputOnly(cache.x) } else { Saved::Everything(cache) });
             x = x_out;
         }
@@ -412,23 +415,24 @@ impl<B: Backend> Llama<B> {
     }
 
     /// One decoder layer, returning its output and everything its backward needs.
-    fn layer_forward(&self, b: &B, layer: &LlamaLayer<B>, x: B::Tensor, seq: Sequence<'_>) -> (B::Tensor, LayerCache<B>) {
+    fn layer_forward(&self, b: &B, l: usize, layer: &LlamaLayer<B>, x: B::Tensor, seq: Sequence<'_>) -> (B::Tensor, LayerCache<B>) {
+        let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
         let (shape, eps, pos) = (self.config.attention_shape(), self.config.rms_norm_eps, seq.positions);
         let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids };
         let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
-        let (q, hq) = layer.q_proj.forward_train(b, &h_attn);
-        let (k, hk) = layer.k_proj.forward_train(b, &h_attn);
-        let (v, hv) = layer.v_proj.forward_train(b, &h_attn);
+        let (q, hq) = layer.q_proj.forward_train(b, &h_attn, seed(0));
+        let (k, hk) = layer.k_proj.forward_train(b, &h_attn, seed(1));
+        let (v, hv) = layer.v_proj.forward_train(b, &h_attn, seed(2));
         let q = b.rope(&q, shape.n_heads, shape.head_dim, pos, &self.inv_freq);
         let k = b.rope(&k, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
-        let (o, ho) = layer.o_proj.forward_train(b, &attn);
+        let (o, ho) = layer.o_proj.forward_train(b, &attn, seed(3));
         let x_mid = b.add(&x, &o);
         let h_mlp = b.rms_norm(&x_mid, &layer.post_attention_layernorm, eps);
-        let (gate, hg) = layer.gate_proj.forward_train(b, &h_mlp);
-        let (up, hu) = layer.up_proj.forward_train(b, &h_mlp);
+        let (gate, hg) = layer.gate_proj.forward_train(b, &h_mlp, seed(4));
+        let (up, hu) = layer.up_proj.forward_train(b, &h_mlp, seed(5));
         let gated = b.swiglu(&gate, &up);
-        let (down, hd) = layer.down_proj.forward_train(b, &gated);
+        let (down, hd) = layer.down_proj.forward_train(b, &gated, seed(6));
         let x_out = b.add(&x_mid, &down);
         let lora_h = [hq, hk, hv, ho, hg, hu, hd];
         (x_out, LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated, lora_h })
@@ -465,29 +469,30 @@ impl<B: Backend> Llama<B> {
         let seq = cache.seq;
         for (l, (layer, saved)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
             let p = format!("model.layers.{l}");
+            let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
             let lc = match saved {
                 Saved::Everything(lc) => lc,
-                Saved::InputOnly(x) => self.layer_forward(b, layer, x, seq).1, // activation checkpointing
+                Saved::InputOnly(x) => self.layer_forward(b, l, layer, x, seq).1, // activation checkpointing
             };
             let [hq, hk, hv, ho, hg, hu, hd] = &lc.lora_h;
             // MLP block: x_out = x_mid + down(silu(gate(h)) · up(h)), h = n₂(x_mid)
-            let dgated = layer.down_proj.backward(b, &dx, &lc.gated, hd.as_ref(), train_base, &format!("{p}.mlp.down_proj"), &mut grads);
+            let dgated = layer.down_proj.backward(b, &dx, &lc.gated, hd.as_ref(), train_base, seed(6), &format!("{p}.mlp.down_proj"), &mut grads);
             let (dgate, dup) = b.swiglu_backward(&dgated, &lc.gate, &lc.up);
-            let mut dh = layer.gate_proj.backward(b, &dgate, &lc.h_mlp, hg.as_ref(), train_base, &format!("{p}.mlp.gate_proj"), &mut grads);
-            let dh_up = layer.up_proj.backward(b, &dup, &lc.h_mlp, hu.as_ref(), train_base, &format!("{p}.mlp.up_proj"), &mut grads);
+            let mut dh = layer.gate_proj.backward(b, &dgate, &lc.h_mlp, hg.as_ref(), train_base, seed(4), &format!("{p}.mlp.gate_proj"), &mut grads);
+            let dh_up = layer.up_proj.backward(b, &dup, &lc.h_mlp, hu.as_ref(), train_base, seed(5), &format!("{p}.mlp.up_proj"), &mut grads);
             b.add_assign(&mut dh, &dh_up);
             let (dx_mid, dnorm) = b.rms_norm_backward(&dh, &lc.x_mid, &layer.post_attention_layernorm, eps);
             put_base(&mut grads, format!("{p}.post_attention_layernorm.weight"), Some(dnorm));
             b.add_assign(&mut dx, &dx_mid); // dx is now ∂L/∂x_mid
 
             // attention block: x_mid = x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = n₁(x)
-            let dattn = layer.o_proj.backward(b, &dx, &lc.attn, ho.as_ref(), train_base, &format!("{p}.self_attn.o_proj"), &mut grads);
+            let dattn = layer.o_proj.backward(b, &dx, &lc.attn, ho.as_ref(), train_base, seed(3), &format!("{p}.self_attn.o_proj"), &mut grads);
             let (dq, dk, dv) = b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
             let dq = b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq);
             let dk = b.rope_backward(&dk, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq);
-            let mut dh = layer.q_proj.backward(b, &dq, &lc.h_attn, hq.as_ref(), train_base, &format!("{p}.self_attn.q_proj"), &mut grads);
-            for (dproj, proj, h, name) in [(&dk, &layer.k_proj, hk, "k_proj"), (&dv, &layer.v_proj, hv, "v_proj")] {
-                let dh_part = proj.backward(b, dproj, &lc.h_attn, h.as_ref(), train_base, &format!("{p}.self_attn.{name}"), &mut grads);
+            let mut dh = layer.q_proj.backward(b, &dq, &lc.h_attn, hq.as_ref(), train_base, seed(0), &format!("{p}.self_attn.q_proj"), &mut grads);
+            for (dproj, proj, h, name, idx) in [(&dk, &layer.k_proj, hk, "k_proj", 1), (&dv, &layer.v_proj, hv, "v_proj", 2)] {
+                let dh_part = proj.backward(b, dproj, &lc.h_attn, h.as_ref(), train_base, seed(idx), &format!("{p}.self_attn.{name}"), &mut grads);
                 b.add_assign(&mut dh, &dh_part);
             }
             let (dx_in, dnorm) = b.rms_norm_backward(&dh, &lc.x, &layer.input_layernorm, eps);
@@ -578,6 +583,12 @@ impl<B: Backend> Llama<B> {
         }
         out
     }
+}
+
+/// The dropout seed of projection `proj` (0–6: q, k, v, o, gate, up, down) of layer `layer` for one forward.
+fn dropout_seed_for(seed: u64, layer: usize, proj: u64) -> u64 {
+    let mut r = crate::rng::Rng::new(seed ^ ((layer as u64) << 8 | proj).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    r.next_u64()
 }
 
 /// The shape a parameter has in a Hugging Face checkpoint: norms and biases are vectors there, [1, n] rows here.

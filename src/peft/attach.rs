@@ -24,7 +24,7 @@ pub fn init_adapters<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraConfi
         }
         let (out, inp) = linear.dims(b);
         let a = init_lora_a(config.r, inp, rng);
-        linear.lora = Some(Lora { a: b.upload_weight(a), b: b.upload_weight(Array2::zeros((out, config.r))), scaling });
+        linear.lora = Some(Lora { a: b.upload_weight(a), b: b.upload_weight(Array2::zeros((out, config.r))), scaling, dropout: config.lora_dropout as f32 });
         adapted += 1;
     }
     if adapted == 0 {
@@ -52,7 +52,7 @@ pub fn attach_adapter<B: Backend>(model: &mut Llama<B>, b: &B, adapter: &Adapter
                     adapter.config.r
                 );
             }
-            linear.lora = Some(Lora { a: b.upload_weight(a.clone()), b: b.upload_weight(bm.clone()), scaling });
+            linear.lora = Some(Lora { a: b.upload_weight(a.clone()), b: b.upload_weight(bm.clone()), scaling, dropout: adapter.config.lora_dropout as f32 });
         }
         if let Some(bias) = biases.remove(path.as_str()) {
             if bias.len() != out {

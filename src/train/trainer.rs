@@ -313,9 +313,6 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
                 eprintln!("LoRA: r = {}, α = {}, {n} adapted layers, base frozen", lora.r, lora.lora_alpha);
             }
         }
-        if lora.lora_dropout > 0.0 {
-            eprintln!("note: `lora_dropout` {} is not applied yet (adapters train without dropout)", lora.lora_dropout);
-        }
     }
     let param_names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
@@ -339,7 +336,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         }
         eprintln!("resuming from {} at step {}", dir.display(), state.completed_steps);
     }
-    let _rng = Rng::from_state(state.rng_state); // no dropout yet; carried so resumed runs keep the stream
+    let mut rng = Rng::from_state(state.rng_state); // LoRA dropout masks; checkpointed so a resumed run draws the same
     let metrics_path = out.join("metrics.jsonl");
     truncate_metrics(&metrics_path, state.completed_steps)?;
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)
@@ -363,10 +360,11 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
             let step = state.completed_steps;
             let lr = learning_rate(schedule, cfg.learning_rate, cfg.min_lr, step, warmup, total_steps);
             let first = state.step_in_epoch * per_step;
-            let result = optimizer_step(b, &mut model, &mut opt, &data, &order[first..first + per_step], micro, mode, &task_weights, collate, cfg, lr, &param_names)
+            let result = optimizer_step(b, &mut model, &mut opt, &data, &order[first..first + per_step], micro, mode, &task_weights, collate, cfg, lr, &param_names, &mut rng)
                 .with_context(|| format!("step {}", step + 1))?;
             state.completed_steps += 1;
             state.step_in_epoch += 1;
+            state.rng_state = rng.state();
             state.lr = lr;
             tokens_seen += result.tokens;
             last_train_loss = Some(result.loss);
@@ -441,6 +439,7 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
     cfg: &TrainConfig,
     lr: f64,
     param_names: &[String],
+    rng: &mut Rng,
 ) -> Result<StepResult> {
     let n_micro = indices.len() / micro;
     let mut acc: Option<Gradients<B>> = None;
@@ -454,7 +453,10 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
         }
         let coeffs = coefficients(mode, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights);
         let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
-        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs)?;
+        model.dropout_seed = Some(rng.next_u64()); // LoRA dropout for this micro-batch (no effect without adapters)
+        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs);
+        model.dropout_seed = None; // evaluation and inference run without dropout
+        let r = r?;
         loss_sum += r.loss;
         tokens += flat.ids.len();
         for (k, l) in task_losses(&r.token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len()).into_iter().enumerate() {
