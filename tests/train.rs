@@ -253,3 +253,55 @@ fn qlora_fine_tune_keeps_the_base_in_four_bits_and_lowers_the_loss() {
     let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
     assert!(evals.last().unwrap() < &(evals[0] - 0.3), "validation loss {evals:?} did not fall enough");
 }
+
+#[test]
+fn coba_moves_weight_toward_the_task_that_converges_more_slowly() {
+    let dir = scratch("coba");
+    let (easy, hard) = (dir.join("data/easy"), dir.join("data/hard"));
+    std::fs::create_dir_all(&easy).unwrap();
+    std::fs::create_dir_all(&hard).unwrap();
+    let mut state = 99u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let (mut e, mut h) = (String::new(), String::new());
+    for i in 0..60 {
+        // easy: the answer is always the same; hard: reverse a word, a rule that takes longer to learn
+        e += &serde_json::json!({"prompt": format!("ping {i}"), "answer": "pong"}).to_string();
+        e.push('\n');
+        let word: String = (0..5).map(|_| (b'a' + (next() % 6) as u8) as char).collect();
+        let reversed: String = word.chars().rev().collect();
+        h += &serde_json::json!({"prompt": format!("reverse('{word}')"), "answer": format!("'{reversed}'")}).to_string();
+        h.push('\n');
+    }
+    std::fs::write(easy.join("train.jsonl"), e).unwrap();
+    std::fs::write(hard.join("train.jsonl"), h).unwrap();
+    let out = dir.join("out");
+    let cfg = serde_json::json!({
+        "data_paths": [easy, hard], "output_dir": out, "pretrained_model_path": fixture_model(), "peft_type": null,
+        "weighted_loss_mode": "coba", "coba_warmup_steps": 4, "coba_history_length": 8, "coba_tau": 5, "coba_update_interval": 1,
+        "coba_sample_valid_num": 3,
+        "seq_length": 32, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4, "learning_rate": 2e-3,
+        "num_train_epochs": 4, "data_split": "60,40,0", "checkpointing_steps": 1000, "evaluation_steps": 0, "num_warmup_steps": 2
+    });
+    let cfg_path = dir.join("coba.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let run = bin().args(["train", "--config", cfg_path.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let weights: Vec<(f64, f64)> = metric_lines(&out)
+        .iter()
+        .filter_map(|m| Some((m["task_weights"]["easy"].as_f64()?, m["task_weights"]["hard"].as_f64()?)))
+        .collect();
+    assert!(weights.len() > 20);
+    assert_eq!(weights[0], (1.0, 1.0), "uniform before CoBa's warm-up ends");
+    // At CoBa's first update (the end of its warm-up, step 4) the easy task's validation loss has dropped fast
+    // and the reversal task's slowly: the slower-converging task gets the larger weight. Later, once the easy task
+    // has flattened out, it is the one "falling slowest" and weight moves back to it — CoBa balances convergence
+    // slopes, not difficulty — so the test checks the first update, and that the weights keep moving.
+    let first_update = weights[4];
+    eprintln!("CoBa weights (easy, hard): first update {first_update:?}, last {:?}", weights.last().unwrap());
+    assert!(first_update.1 > first_update.0, "the slower-converging task should get more weight: {first_update:?}");
+    assert!(weights[4..].iter().all(|(e, h)| (e + h - 1.0).abs() < 1e-9), "CoBa's weights are a softmax");
+    assert!(weights[4..].windows(2).filter(|w| w[0] != w[1]).count() > 10, "the weights should move as the curves do");
+}

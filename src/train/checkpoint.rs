@@ -30,6 +30,9 @@ pub struct TrainerState {
     pub stall: usize,
     /// The total number of optimizer steps planned (a resumed run must plan the same).
     pub total_steps: usize,
+    /// CoBa's histories and weights (`weighted_loss_mode: "coba"`).
+    #[serde(default)]
+    pub coba: Option<crate::loss::coba::CobaState>,
 }
 
 /// Files copied from the base model into every full-parameter checkpoint, so it is a loadable HF directory.

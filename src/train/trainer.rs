@@ -12,6 +12,7 @@ use crate::config::TrainConfig;
 use crate::data::{self, Batch, CollateOptions, DataConfig, IndexedDataset, MultiTaskDataset, PaddingMode};
 use crate::io::tokenizer::Tokenizer;
 use crate::loss::causal_lm::weighted_token_loss;
+use crate::loss::coba::{CobaConfig, CobaState, mean_of_samples};
 use crate::loss::mft::{LossMode, coefficients, task_losses};
 use crate::models::llama::{Gradients, Llama, Sequence};
 use crate::models::load_causal_lm;
@@ -328,6 +329,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         best_step: None,
         stall: 0,
         total_steps,
+        coba: None,
     };
     if let Some(dir) = &resume_dir {
         state = checkpoint::load_training_state(dir, &param_names, &mut opt)?;
@@ -342,6 +344,21 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
 
+    if cfg.weighted_loss_mode == "coba" && state.coba.is_none() {
+        // CoBa measures each task's validation loss relative to where it started: evaluate once before step 0
+        let config = CobaConfig {
+            warmup_steps: cfg.coba_warmup_steps,
+            history_length: cfg.coba_history_length,
+            tau: cfg.coba_tau,
+            update_interval: cfg.coba_update_interval.max(1),
+            sample_valid_num: cfg.coba_sample_valid_num.max(1),
+            clamp_divergence: true,
+        };
+        let mut coba = CobaState::new(names.len(), config);
+        let initial = evaluate(b, &model, &data, cfg, mode, &task_weights, 0)?;
+        coba.set_initial_losses(&initial.task_loss.iter().map(|(_, l)| *l).collect::<Vec<_>>());
+        state.coba = Some(coba);
+    }
     let progress = progress_bar(total_steps, state.completed_steps, opts.quiet);
     let collate = collate_options(cfg);
     let mut evaluations = Vec::new();
@@ -360,8 +377,19 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
             let step = state.completed_steps;
             let lr = learning_rate(schedule, cfg.learning_rate, cfg.min_lr, step, warmup, total_steps);
             let first = state.step_in_epoch * per_step;
-            let result = optimizer_step(b, &mut model, &mut opt, &data, &order[first..first + per_step], micro, mode, &task_weights, collate, cfg, lr, &param_names, &mut rng)
+            let step_weights = match state.coba.as_mut() {
+                Some(coba) => coba.weights(step), // case3 with CoBa's weights
+                None => task_weights.clone(),
+            };
+            let result = optimizer_step(b, &mut model, &mut opt, &data, &order[first..first + per_step], micro, mode, &step_weights, collate, cfg, lr, &param_names, &mut rng)
                 .with_context(|| format!("step {}", step + 1))?;
+            if let Some(coba) = state.coba.as_mut() {
+                if coba.wants_validation(step) {
+                    let samples: Vec<Vec<Option<f64>>> =
+                        (0..coba.config.sample_valid_num).map(|_| sample_validation(b, &model, &data, cfg, &mut rng)).collect::<Result<_>>()?;
+                    coba.record_validation(step, &mean_of_samples(&samples));
+                }
+            }
             state.completed_steps += 1;
             state.step_in_epoch += 1;
             state.rng_state = rng.state();
@@ -374,7 +402,8 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
             writeln!(metrics, "{}", serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
                 "loss": result.loss, "task_loss": task_json, "grad_norm": result.grad_norm, "tokens": result.tokens,
                 "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed,
-                "rss_mib": crate::runtime::resident_bytes().map(|b| b as f64 / (1 << 20) as f64)}))?;
+                "rss_mib": crate::runtime::resident_bytes().map(|b| b as f64 / (1 << 20) as f64),
+                "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()}))?;
             metrics.flush()?;
             progress.set_position(state.completed_steps as u64);
             progress.set_message(format!("loss {:.4} | {} | {:.0} tok/s", result.loss, task_summary(&names, &result.task_loss), tokens_seen as f64 / elapsed.max(1e-9)));
@@ -541,6 +570,29 @@ pub fn evaluate<B: Backend<Tensor = Array2<f32>>>(
     }
     let eval_loss = batch_losses.iter().sum::<f64>() / batch_losses.len() as f64;
     Ok(Evaluation { step, eval_loss, perplexity: eval_loss.exp(), task_loss })
+}
+
+/// One random validation batch per task and its token-mean loss (CoBa's `sample_valid_batch`).
+fn sample_validation<B: Backend<Tensor = Array2<f32>>>(b: &B, model: &Llama<B>, data: &TrainData, cfg: &TrainConfig, rng: &mut Rng) -> Result<Vec<Option<f64>>> {
+    let names = data.task_names();
+    let mut losses = Vec::with_capacity(names.len());
+    for k in 0..names.len() {
+        let batches = data.valid_batches(k, cfg.per_device_eval_batch_size, collate_options(cfg));
+        if batches.is_empty() {
+            losses.push(None);
+            continue;
+        }
+        let flat = flatten(&batches[rng.below(batches.len() as u64) as usize]);
+        if flat.ids.is_empty() || flat.loss_mask.iter().all(|&m| m == 0.0) {
+            losses.push(None);
+            continue;
+        }
+        let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
+        let (logits, _) = model.forward_train(b, seq)?;
+        let (token_losses, _) = b.cross_entropy(&logits, &flat.targets, &vec![0.0; flat.ids.len()]);
+        losses.push(task_losses(&token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, names.len())[k]);
+    }
+    Ok(losses)
 }
 
 fn task_summary(names: &[String], losses: &[Option<f64>]) -> String {
