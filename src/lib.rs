@@ -3,6 +3,7 @@
 //! The crate map, one line per module:
 pub mod backend; // the Backend seam: the primitive ops a model is written against (CPU: ndarray; CUDA: cudarc)
 pub mod config; // training configs with MFTCoder's field names and defaults
+pub mod demo; // `mftcoder demo`: pre-train, multi-task LoRA with CoBa, merge, answer — on a fresh machine
 pub mod data; // MFTCoder's jsonl formats, templates, loss masks, packing, blending, .bin/.idx
 pub mod infer; // generation with a KV cache, sampling, the MFTCoder chat template
 pub mod loss; // next-token cross-entropy; (later) MFTCoder's multi-task weightings, CoBa, DPO

@@ -25,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole mission on an embedded default: pre-train a small code model, fine-tune it on three tasks
+    /// with LoRA and CoBa, merge, and answer one prompt per task.
+    Demo(mftcoder::demo::DemoArgs),
     /// Run a model over a sequence and write its logits to a safetensors file.
     Forward(ForwardArgs),
     /// Continue a prompt (greedy by default), with a KV cache.
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
     mftcoder::runtime::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => mftcoder::demo::run(args),
         Command::Forward(args) => forward(args),
         Command::Generate(args) => generate_cmd(args),
         Command::Info(args) => info(args),
