@@ -27,6 +27,7 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
+// ANCHOR: demo_tasks
 /// The three tasks: (name, prompt, answer) for an operation `op` ∈ {add, sub, mul} and a number n.
 fn task_example(task: usize, op: &str, n: usize) -> (String, String) {
     let (verb, sym, apply): (&str, &str, fn(i64, i64) -> i64) = match op {
@@ -44,6 +45,7 @@ fn task_example(task: usize, op: &str, n: usize) -> (String, String) {
 }
 
 const TASKS: [&str; 3] = ["write_function", "explain_code", "unit_test"];
+// ANCHOR_END: demo_tasks
 
 fn write_jsonl(path: &Path, lines: &[serde_json::Value]) -> Result<()> {
     std::fs::create_dir_all(path.parent().expect("a file path"))?;
@@ -121,6 +123,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         paths.push(path);
     }
 
+    // ANCHOR: demo_finetune
     // 4. multi-task LoRA fine-tune with CoBa
     let finetune_cfg = config_from_json(serde_json::json!({
         "data_paths": paths, "output_dir": out.join("finetune"), "pretrained_model_path": pretrained,
@@ -136,6 +139,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for ((name, a), (_, b)) in first.task_loss.iter().zip(&last.task_loss) {
         println!("        {name:<16} {:.3} → {:.3}", a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN));
     }
+    // ANCHOR_END: demo_finetune
 
     // 5. merge, then one answer per task from the merged model
     let merged = out.join("merged");
