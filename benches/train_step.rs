@@ -26,7 +26,14 @@ fn train_step(c: &mut Criterion) {
     bench_step(&mut group, "16M_b4_seq256", Llama::random(&Cpu, config(), 0));
     // LoRA r = 16 on all seven projections of every layer, base frozen (no weight gradients for it)
     let mut lora = Llama::random(&Cpu, config(), 0);
-    let lora_config = LoraConfig { r: 16, lora_alpha: 32.0, lora_dropout: 0.0, use_rslora: false, bias: LoraBias::None, target_modules: TargetModules::AllLinear };
+    let lora_config = LoraConfig {
+        r: 16,
+        lora_alpha: 32.0,
+        lora_dropout: 0.0,
+        use_rslora: false,
+        bias: LoraBias::None,
+        target_modules: TargetModules::AllLinear,
+    };
     init_adapters(&mut lora, &Cpu, &lora_config, &mut mftcoder::rng::Rng::new(1)).unwrap();
     bench_step(&mut group, "16M_b4_seq256_lora_r16", lora);
     group.finish();
@@ -35,7 +42,11 @@ fn train_step(c: &mut Criterion) {
 const BATCH: usize = 4;
 const SEQ: usize = 256;
 
-fn bench_step(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, mut model: Llama<Cpu>) {
+fn bench_step(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut model: Llama<Cpu>,
+) {
     model.recompute_activations = std::env::var("BENCH_RECOMPUTE").is_ok();
     let mut rng = mftcoder::rng::Rng::new(0);
     let ids: Vec<u32> = (0..BATCH * SEQ).map(|_| rng.below(8192) as u32).collect();
@@ -51,7 +62,8 @@ fn bench_step(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::
         bench.iter(|| {
             let s = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
             let mut r = mean_token_loss(&model, &Cpu, s, &targets, &weights).unwrap();
-            let mut grads: Vec<Array2<f32>> = names.iter().map(|n| r.grads.remove(n).expect("every trainable parameter")).collect();
+            let mut grads: Vec<Array2<f32>> =
+                names.iter().map(|n| r.grads.remove(n).expect("every trainable parameter")).collect();
             clip_grad_norm(&mut grads.iter_mut().collect::<Vec<_>>(), 1.0);
             let mut named = model.trainable_parameters_mut();
             let mut params: Vec<&mut Array2<f32>> = named.iter_mut().map(|(_, p)| &mut **p).collect();

@@ -157,15 +157,57 @@ const IGNORED_FIELDS: &[&str] = &[
 
 /// Every field `TrainConfig` reads, for the unknown-field check.
 const KNOWN_FIELDS: &[&str] = &[
-    "data_paths", "output_dir", "tb_dir", "pretrained_model_path", "model_type", "load_raw_dataset", "task_weights",
-    "data_split", "padding_mode", "tokenize_mode", "weighted_loss_mode", "peft_type", "quantization", "lora_rank",
-    "lora_alpha", "lora_dropout", "target_modules", "per_device_train_batch_size", "per_device_eval_batch_size",
-    "learning_rate", "min_lr", "weight_decay", "gradient_accumulation_steps", "lr_scheduler_type", "num_warmup_steps",
-    "num_train_epochs", "seed", "seq_length", "resume_from_checkpoint", "auto_resume", "log_interval",
-    "checkpointing_steps", "evaluation_steps", "max_train_steps", "epoch_checkpointing", "shuffle_before_split",
-    "early_stopping", "early_stopping_stall_num", "saving_limit", "use_dynamic_padding", "coba_warmup_steps",
-    "coba_history_length", "coba_tau", "coba_update_interval", "coba_sample_valid_num", "role_markers",
-    "save_transformers_model", "gradient_clipping", "activation_checkpointing", "skip_bad_records", "truncate",
+    "data_paths",
+    "output_dir",
+    "tb_dir",
+    "pretrained_model_path",
+    "model_type",
+    "load_raw_dataset",
+    "task_weights",
+    "data_split",
+    "padding_mode",
+    "tokenize_mode",
+    "weighted_loss_mode",
+    "peft_type",
+    "quantization",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "learning_rate",
+    "min_lr",
+    "weight_decay",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "num_warmup_steps",
+    "num_train_epochs",
+    "seed",
+    "seq_length",
+    "resume_from_checkpoint",
+    "auto_resume",
+    "log_interval",
+    "checkpointing_steps",
+    "evaluation_steps",
+    "max_train_steps",
+    "epoch_checkpointing",
+    "shuffle_before_split",
+    "early_stopping",
+    "early_stopping_stall_num",
+    "saving_limit",
+    "use_dynamic_padding",
+    "coba_warmup_steps",
+    "coba_history_length",
+    "coba_tau",
+    "coba_update_interval",
+    "coba_sample_valid_num",
+    "role_markers",
+    "save_transformers_model",
+    "gradient_clipping",
+    "activation_checkpointing",
+    "skip_bad_records",
+    "truncate",
 ];
 
 /// A parsed config and the notices to show the user.
@@ -181,7 +223,8 @@ impl TrainConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<LoadedConfig> {
-        let value: Value = serde_json::from_str(text).map_err(|e| anyhow!("line {}: not valid JSON ({e})", e.line()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| anyhow!("line {}: not valid JSON ({e})", e.line()))?;
         let Value::Object(mut map) = value else { bail!("a config must be a JSON object") };
         let mut notices = Vec::new();
         for key in map.keys().cloned().collect::<Vec<_>>() {
@@ -214,7 +257,11 @@ impl TrainConfig {
         one_of("weighted_loss_mode", &self.weighted_loss_mode, &["case1", "case2", "case3", "case4", "coba"])?;
         one_of("padding_mode", &self.padding_mode, &["padding", "pack", "concat"])?;
         one_of("tokenize_mode", &self.tokenize_mode, &["sft", "pretrain", "sst"])?;
-        one_of("lr_scheduler_type", &self.lr_scheduler_type, &["linear", "cosine", "constant", "constant_with_warmup"])?;
+        one_of(
+            "lr_scheduler_type",
+            &self.lr_scheduler_type,
+            &["linear", "cosine", "constant", "constant_with_warmup"],
+        )?;
         if let Some(p) = &self.peft_type {
             one_of("peft_type", p, &["lora", "qlora"])?;
         }
@@ -257,7 +304,11 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         Value::String(s) => Ok(parse_bracket_list(&s)),
         Value::Array(items) => items
             .into_iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| serde::de::Error::custom("`data_paths` entries must be strings")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| serde::de::Error::custom("`data_paths` entries must be strings"))
+            })
             .collect(),
         _ => Err(serde::de::Error::custom("`data_paths` must be a string \"[a,b]\" or an array of strings")),
     }
@@ -267,7 +318,11 @@ fn opt_number_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<
     let bad = || serde::de::Error::custom("`task_weights` must be \"[w1,w2]\", an array of numbers, or null");
     match Value::deserialize(d)? {
         Value::Null => Ok(None),
-        Value::String(s) => parse_bracket_list(&s).iter().map(|x| x.parse::<f64>().map_err(|_| bad())).collect::<Result<_, _>>().map(Some),
+        Value::String(s) => parse_bracket_list(&s)
+            .iter()
+            .map(|x| x.parse::<f64>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()
+            .map(Some),
         Value::Array(items) => items.iter().map(|v| v.as_f64().ok_or_else(bad)).collect::<Result<_, _>>().map(Some),
         _ => Err(bad()),
     }
@@ -276,7 +331,11 @@ fn opt_number_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<
 pub fn parse_bracket_list(s: &str) -> Vec<String> {
     let s = s.trim();
     let inner = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
-    inner.split(',').map(|p| p.trim().trim_matches(|c| c == '"' || c == '\'').to_string()).filter(|p| !p.is_empty()).collect()
+    inner
+        .split(',')
+        .map(|p| p.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn nearest_field(key: &str) -> &'static str {
@@ -297,7 +356,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,18 +371,31 @@ mod tests {
         assert_eq!(a.weighted_loss_mode, "case3");
         assert_eq!(a.lora_rank, 96);
         assert_eq!(a.peft_type.as_deref(), Some("qlora"));
-        let c = TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "task_weights": "[1,2.5]", "peft_type": null, {BASE}}}"#)).unwrap().config;
+        let c = TrainConfig::from_json_str(&format!(
+            r#"{{"data_paths": "[x]", "task_weights": "[1,2.5]", "peft_type": null, {BASE}}}"#
+        ))
+        .unwrap()
+        .config;
         assert_eq!(c.task_weights, Some(vec![1.0, 2.5]));
         assert_eq!(c.peft_type, None);
     }
 
     #[test]
     fn unknown_fields_suggest_the_nearest_and_cluster_fields_are_noticed() {
-        let err = TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "learning_rat": 1e-4, {BASE}}}"#)).err().unwrap().to_string();
+        let err = TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "learning_rat": 1e-4, {BASE}}}"#))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("`learning_rat`") && err.contains("did you mean `learning_rate`"), "{err}");
-        let ok = TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "distributed_type": "deepspeed", {BASE}}}"#)).unwrap();
+        let ok =
+            TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "distributed_type": "deepspeed", {BASE}}}"#))
+                .unwrap();
         assert_eq!(ok.notices.len(), 1);
-        let bad = TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "weighted_loss_mode": "case9", {BASE}}}"#)).err().unwrap().to_string();
+        let bad =
+            TrainConfig::from_json_str(&format!(r#"{{"data_paths": "[x]", "weighted_loss_mode": "case9", {BASE}}}"#))
+                .err()
+                .unwrap()
+                .to_string();
         assert!(bad.contains("weighted_loss_mode") && bad.contains("case3"), "{bad}");
         let missing = TrainConfig::from_json_str(r#"{"data_paths": "[x]"}"#).err().unwrap().to_string();
         assert!(missing.contains("output_dir"), "{missing}");

@@ -38,7 +38,9 @@ fn task_example(task: usize, op: &str, n: usize) -> (String, String) {
     let name = format!("{op}_{n}");
     let body = format!("def {name}(x):\n    return x {sym} {n}");
     match task {
-        0 => (format!("Write a Python function {name} that {verb} {n}{}.", if op == "mul" { "" } else { " to x" }), body),
+        0 => {
+            (format!("Write a Python function {name} that {verb} {n}{}.", if op == "mul" { "" } else { " to x" }), body)
+        }
         1 => (format!("Explain this code:\n{body}"), format!("{name} returns x {sym} {n}.")),
         _ => (format!("Write a unit test for {name}."), format!("assert {name}(2) == {}", apply(2, n as i64))),
     }
@@ -82,7 +84,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     write_atomic(&base.join("config.json"), serde_json::to_string_pretty(&hf_config)?.as_bytes())?;
     write_atomic(&base.join("generation_config.json"), br#"{"bos_token_id": 1, "eos_token_id": 2}"#)?;
     crate::io::safetensors::save(&base.join("model.safetensors"), &model_tensors(&cpu, &mut model))?;
-    println!("[1/5] a {:.1} M-parameter Llama with a {}-token BPE in {}", param_count(&config) as f64 / 1e6, config.vocab_size, base.display());
+    println!(
+        "[1/5] a {:.1} M-parameter Llama with a {}-token BPE in {}",
+        param_count(&config) as f64 / 1e6,
+        config.vocab_size,
+        base.display()
+    );
 
     // 2. continued pre-training on generated Python, through the offline tokenizer and .bin/.idx shards
     let mut corpus = Vec::new();
@@ -106,7 +113,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }))?;
     let report = trainer::train(&cpu, &pretrain_cfg, RunOptions::default())?;
     let pretrained = report.final_checkpoint;
-    println!("[2/5] pre-trained {} steps (loss {:.3}) → {}", report.completed_steps, report.last_train_loss.unwrap_or(f64::NAN), pretrained.display());
+    println!(
+        "[2/5] pre-trained {} steps (loss {:.3}) → {}",
+        report.completed_steps,
+        report.last_train_loss.unwrap_or(f64::NAN),
+        pretrained.display()
+    );
 
     // 3. three code tasks, one directory each
     let mut paths = Vec::new();
@@ -134,8 +146,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "evaluation_steps": 25, "checkpointing_steps": 50, "saving_limit": 2, "early_stopping": false
     }))?;
     let report = trainer::train(&cpu, &finetune_cfg, RunOptions::default())?;
-    let (first, last) = (report.evaluations.first().context("no evaluation ran")?, report.evaluations.last().expect("non-empty"));
-    println!("[3/5] LoRA + CoBa fine-tune: {} steps; validation loss per task (step {} → step {}):", report.completed_steps, first.step, last.step);
+    let (first, last) =
+        (report.evaluations.first().context("no evaluation ran")?, report.evaluations.last().expect("non-empty"));
+    println!(
+        "[3/5] LoRA + CoBa fine-tune: {} steps; validation loss per task (step {} → step {}):",
+        report.completed_steps, first.step, last.step
+    );
     for ((name, a), (_, b)) in first.task_loss.iter().zip(&last.task_loss) {
         println!("        {name:<16} {:.3} → {:.3}", a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN));
     }
@@ -154,7 +170,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let ids = tokenizer.encode(&chat_template::single_turn_prompt(&prompt), false)?;
         let generated = generate::generate(&model, &cpu, &ids, 40, &generate::Decoding::Greedy, &[2])?;
         let answer = tokenizer.decode(&generated, true)?;
-        println!("  [{name}] {}\n    → {}\n    (reference: {})", prompt.replace('\n', "\n      "), answer.trim_end().replace('\n', "\n      "), expected.replace('\n', "\\n"));
+        println!(
+            "  [{name}] {}\n    → {}\n    (reference: {})",
+            prompt.replace('\n', "\n      "),
+            answer.trim_end().replace('\n', "\n      "),
+            expected.replace('\n', "\\n")
+        );
     }
     println!(
         "done in {:.0} s. Adapter: {}  metrics: {}  merged model: {}",

@@ -5,13 +5,16 @@ use clap::{Args, Parser, Subcommand};
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::config::TrainConfig;
-use mftcoder::train::trainer;
 use mftcoder::infer::{chat_template, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
 use mftcoder::io::tokenizer::Tokenizer;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::{self, llama::{Logits, Sequence, hf_shape}};
+use mftcoder::models::{
+    self,
+    llama::{Logits, Sequence, hf_shape},
+};
+use mftcoder::train::trainer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -194,7 +197,12 @@ fn forward(args: ForwardArgs) -> Result<()> {
             let values: Vec<f32> = grad.iter().copied().collect();
             tensors.push(OwnedTensor::f32(&format!("grad.{name}"), &hf_shape(name, grad.dim()), &values));
         }
-        eprintln!("loss {:.6} over {} predictions; {} parameter gradients", result.loss, ids.len() - 1, result.grads.len());
+        eprintln!(
+            "loss {:.6} over {} predictions; {} parameter gradients",
+            result.loss,
+            ids.len() - 1,
+            result.grads.len()
+        );
         cpu.download(&result.logits)
     } else {
         cpu.download(&model.forward(&cpu, &ids, None, Logits::All)?)
@@ -212,7 +220,8 @@ fn load_model(cpu: &Cpu, model: &Path, adapter: Option<&Path>) -> Result<models:
     let mut llama = models::load_causal_lm(cpu, model)?;
     if let Some(dir) = adapter {
         let adapter = mftcoder::peft::Adapter::load(dir)?;
-        mftcoder::peft::attach::attach_adapter(&mut llama, cpu, &adapter).with_context(|| format!("{}", dir.display()))?;
+        mftcoder::peft::attach::attach_adapter(&mut llama, cpu, &adapter)
+            .with_context(|| format!("{}", dir.display()))?;
     }
     Ok(llama)
 }
@@ -275,12 +284,25 @@ fn info(args: InfoArgs) -> Result<()> {
         let c = models::llama::LlamaConfig::from_hf(&config)?;
         println!(
             "shape:        {} layers, hidden {}, MLP {}, {} heads × {} (KV heads {}), vocab {}",
-            c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim,
-            c.num_key_value_heads, c.vocab_size
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_attention_heads,
+            c.head_dim,
+            c.num_key_value_heads,
+            c.vocab_size
         );
-        println!("rope:         θ = {}, scaling {:?}; tied embeddings: {}", c.rope.theta, c.rope.scaling, c.tie_word_embeddings);
+        println!(
+            "rope:         θ = {}, scaling {:?}; tied embeddings: {}",
+            c.rope.theta, c.rope.scaling, c.tie_word_embeddings
+        );
     }
-    println!("parameters:   {params} ({:.2} M) in {} tensors, {}", params as f64 / 1e6, dtypes.values().sum::<usize>(), store.describe());
+    println!(
+        "parameters:   {params} ({:.2} M) in {} tensors, {}",
+        params as f64 / 1e6,
+        dtypes.values().sum::<usize>(),
+        store.describe()
+    );
     let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
     println!("dtypes:       {}", dtypes.join(", "));
     match Tokenizer::load(&args.model) {

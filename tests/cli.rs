@@ -41,7 +41,15 @@ fn forward_writes_logits_and_ids_matching_the_golden() {
     let ids: Vec<String> = golden.tensor_i64("input_ids").unwrap().iter().map(i64::to_string).collect();
     let out_path = scratch("forward").join("logits.safetensors");
     let out = bin()
-        .args(["forward", "--model", case.to_str().unwrap(), "--ids", &ids.join(","), "--out", out_path.to_str().unwrap()])
+        .args([
+            "forward",
+            "--model",
+            case.to_str().unwrap(),
+            "--ids",
+            &ids.join(","),
+            "--out",
+            out_path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -77,12 +85,22 @@ fn generate_json_matches_the_greedy_golden() {
         let golden = WeightStore::open(&dir.join("golden.safetensors")).unwrap();
         let prompt: Vec<String> = golden.tensor_i64("greedy_prompt_ids").unwrap().iter().map(i64::to_string).collect();
         let out = bin()
-            .args(["generate", "--model", dir.to_str().unwrap(), "--ids", &prompt.join(","), "--max-new-tokens", "24", "--json"])
+            .args([
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--ids",
+                &prompt.join(","),
+                "--max-new-tokens",
+                "24",
+                "--json",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let generated: Vec<i64> = json["generated_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let generated: Vec<i64> =
+            json["generated_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(generated, golden.tensor_i64("greedy_ids").unwrap(), "{case}");
         let prompt_ids: Vec<i64> = json["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(prompt_ids, golden.tensor_i64("greedy_prompt_ids").unwrap());
@@ -95,8 +113,23 @@ fn generate_with_sampling_is_reproducible_for_a_seed() {
     let dir = fixture("gqa_tied");
     let run = |seed: &str| {
         let out = bin()
-            .args(["generate", "--model", dir.to_str().unwrap(), "--prompt", "def add(a, b):", "--chat", "--max-new-tokens", "12",
-                   "--temperature", "1.0", "--top-p", "0.9", "--seed", seed, "--json"])
+            .args([
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt",
+                "def add(a, b):",
+                "--chat",
+                "--max-new-tokens",
+                "12",
+                "--temperature",
+                "1.0",
+                "--top-p",
+                "0.9",
+                "--seed",
+                seed,
+                "--json",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -201,7 +234,15 @@ fn unsupported_architecture_is_named() {
 fn out_of_vocabulary_id_is_an_error() {
     let out_path = scratch("oov").join("x.safetensors");
     let out = bin()
-        .args(["forward", "--model", fixture("gqa_tied").to_str().unwrap(), "--ids", "1,999999", "--out", out_path.to_str().unwrap()])
+        .args([
+            "forward",
+            "--model",
+            fixture("gqa_tied").to_str().unwrap(),
+            "--ids",
+            "1,999999",
+            "--out",
+            out_path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_clean_error(&out, &["999999", "vocab"]);
@@ -210,11 +251,22 @@ fn out_of_vocabulary_id_is_an_error() {
 #[test]
 fn forward_backward_dumps_loss_and_every_gradient() {
     let case = fixture("gqa_tied");
-    let golden = WeightStore::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama_grads/gqa_tied.safetensors")).unwrap();
+    let golden =
+        WeightStore::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama_grads/gqa_tied.safetensors"))
+            .unwrap();
     let ids: Vec<String> = golden.tensor_i64("input_ids").unwrap().iter().map(i64::to_string).collect();
     let out_path = scratch("backward").join("grads.safetensors");
     let out = bin()
-        .args(["forward", "--model", case.to_str().unwrap(), "--ids", &ids.join(","), "--backward", "--out", out_path.to_str().unwrap()])
+        .args([
+            "forward",
+            "--model",
+            case.to_str().unwrap(),
+            "--ids",
+            &ids.join(","),
+            "--backward",
+            "--out",
+            out_path.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -30,7 +30,12 @@ fn floats(v: &Value) -> Vec<f64> {
 
 fn samples(g: &Value) -> Vec<Vec<Option<f64>>> {
     // MFTCoder reports an absent task as loss 0
-    g["samples"].as_array().unwrap().iter().map(|r| floats(r).into_iter().map(|v| (v != 0.0).then_some(v)).collect()).collect()
+    g["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| floats(r).into_iter().map(|v| (v != 0.0).then_some(v)).collect())
+        .collect()
 }
 
 /// Drive our CoBa through the golden's steps: weights per step and the updates.
@@ -60,7 +65,10 @@ fn replay(g: &Value, clamp: bool) -> (Vec<Vec<f64>>, Vec<CobaUpdate>) {
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| if x.is_nan() || y.is_nan() { f64::INFINITY } else { (x - y).abs() }).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if x.is_nan() || y.is_nan() { f64::INFINITY } else { (x - y).abs() })
+        .fold(0.0, f64::max)
 }
 
 /// The worst difference between one of our updates and MFTCoder's over slopes, scores, DF and weights.

@@ -36,13 +36,26 @@ fn golden_tiny() -> Value {
 #[test]
 fn encode_prints_one_json_object_per_sample_matching_the_goldens() {
     let g = golden_tiny();
-    let data: Vec<String> = g["task_paths"].as_array().unwrap().iter().map(|p| s(&root().join(p.as_str().unwrap())).to_string()).collect();
+    let data: Vec<String> =
+        g["task_paths"].as_array().unwrap().iter().map(|p| s(&root().join(p.as_str().unwrap())).to_string()).collect();
     let seq = g["seq_length"].to_string();
-    let out = mftcoder(&["encode", "--tokenizer", s(&tiny()), "--data", &data.join(","), "--seq-length", &seq, "--padding-mode", "pack"]);
+    let out = mftcoder(&[
+        "encode",
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        &data.join(","),
+        "--seq-length",
+        &seq,
+        "--padding-mode",
+        "pack",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let want = g["samples"]["pack"]["fixed"].as_array().unwrap();
-    let want: Vec<(usize, &Value)> = want.iter().enumerate().flat_map(|(k, t)| t.as_array().unwrap().iter().map(move |x| (k, x))).collect();
+    let want: Vec<(usize, &Value)> =
+        want.iter().enumerate().flat_map(|(k, t)| t.as_array().unwrap().iter().map(move |x| (k, x))).collect();
     assert_eq!(lines.len(), want.len());
     let l = g["seq_length"].as_u64().unwrap() as usize + 1;
     let eos = g["eos_id"].as_u64().unwrap();
@@ -61,7 +74,10 @@ fn encode_prints_one_json_object_per_sample_matching_the_goldens() {
     assert_eq!(lines[0]["task"], "chat");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().filter(|l| l.starts_with("task ")).count(), 3, "{stderr}");
-    assert!(stderr.contains("task text.jsonl (id 2)") && stderr.contains("supervised") && stderr.contains("dropped"), "{stderr}");
+    assert!(
+        stderr.contains("task text.jsonl (id 2)") && stderr.contains("supervised") && stderr.contains("dropped"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -71,8 +87,18 @@ fn encode_writes_atomically_and_reports_bad_records_with_file_and_line() {
     std::fs::write(&good, "{\"prompt\":\"p\",\"answer\":\"a\"}\n").unwrap();
     let out_file = dir.join("samples.jsonl");
     let out = mftcoder(&[
-        "encode", "--tokenizer", s(&tiny()), "--data", s(&good), "--seq-length", "16", "--unpadded", "--out", s(&out_file),
-        "--role-markers", r#"{"system":"S:","user":"U:","assistant":"A:"}"#,
+        "encode",
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        s(&good),
+        "--seq-length",
+        "16",
+        "--unpadded",
+        "--out",
+        s(&out_file),
+        "--role-markers",
+        r#"{"system":"S:","user":"U:","assistant":"A:"}"#,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty());
@@ -83,20 +109,33 @@ fn encode_writes_atomically_and_reports_bad_records_with_file_and_line() {
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"text\":\"fine\"}\n{\"chat_rounds\":[{\"role\":\"bot\",\"content\":\"a\"}]}\n").unwrap();
     let out_bad = dir.join("never.jsonl");
-    let out = mftcoder(&["encode", "--tokenizer", s(&tiny()), "--data", s(&bad), "--seq-length", "16", "--out", s(&out_bad)]);
+    let out =
+        mftcoder(&["encode", "--tokenizer", s(&tiny()), "--data", s(&bad), "--seq-length", "16", "--out", s(&out_bad)]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with(&format!("error: {}:2: chat_rounds[0]: conversation roles must alternate", bad.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: {}:2: chat_rounds[0]: conversation roles must alternate", bad.display())),
+        "{stderr}"
+    );
     assert!(!out_bad.exists(), "no partial output");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3, "no temporary file left");
 
-    let out = mftcoder(&["encode", "--tokenizer", s(&tiny()), "--data", s(&bad), "--seq-length", "16", "--skip-bad-records"]);
+    let out =
+        mftcoder(&["encode", "--tokenizer", s(&tiny()), "--data", s(&bad), "--seq-length", "16", "--skip-bad-records"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
     assert!(String::from_utf8(out.stderr).unwrap().contains("1 bad records skipped"));
 
-    let out = mftcoder(&["encode", "--tokenizer", s(&tiny()), "--data", &format!("{},{}", s(&good), s(&dir.join("x/other.jsonl"))), "--seq-length", "16"]);
+    let out = mftcoder(&[
+        "encode",
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        &format!("{},{}", s(&good), s(&dir.join("x/other.jsonl"))),
+        "--seq-length",
+        "16",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("no such file"));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -105,7 +144,15 @@ fn encode_writes_atomically_and_reports_bad_records_with_file_and_line() {
 #[test]
 fn tokenize_writes_mmididx_that_reads_back_identically() {
     let dir = temp("tokenize");
-    let out = mftcoder(&["tokenize", "--tokenizer", s(&tiny()), "--data", s(&root().join("fixtures/data/pretrain")), "--out", s(&dir.join("corpus"))]);
+    let out = mftcoder(&[
+        "tokenize",
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        s(&root().join("fixtures/data/pretrain")),
+        "--out",
+        s(&dir.join("corpus")),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("tokens/s"), "{stderr}");
@@ -125,7 +172,17 @@ fn tokenize_writes_mmididx_that_reads_back_identically() {
     let bad = dir.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("x.jsonl"), "{\"text\":\"a\"}\nnot json\n").unwrap();
-    let out = mftcoder(&["tokenize", "--tokenizer", s(&tiny()), "--data", s(&bad), "--out", s(&dir.join("b")), "--threads", "1"]);
+    let out = mftcoder(&[
+        "tokenize",
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        s(&bad),
+        "--out",
+        s(&dir.join("b")),
+        "--threads",
+        "1",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with(&format!("error: {}:2: invalid JSON", bad.join("x.jsonl").display())), "{stderr}");

@@ -7,8 +7,8 @@
 use mftcoder::data::megatron::{SampleIndex, split_documents};
 use mftcoder::data::offline::tokenize_to_bin;
 use mftcoder::data::{
-    CollateOptions, DataConfig, Encoder, IndexedDataset, MultiTaskDataset, PaddingMode, RoleMarkers, TokenizeMode, load_tasks,
-    parse_line, resolve_eos,
+    CollateOptions, DataConfig, Encoder, IndexedDataset, MultiTaskDataset, PaddingMode, RoleMarkers, TokenizeMode,
+    load_tasks, parse_line, resolve_eos,
 };
 use mftcoder::io::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -53,7 +53,10 @@ fn check(name: &str) -> bool {
     let g = golden(name);
     let dir = root().join(g["tokenizer_dir"].as_str().unwrap());
     if !dir.join("tokenizer.json").is_file() {
-        eprintln!("skipping the {name} data goldens: {}/tokenizer.json is absent (run fixtures/fetch.sh)", dir.display());
+        eprintln!(
+            "skipping the {name} data goldens: {}/tokenizer.json is absent (run fixtures/fetch.sh)",
+            dir.display()
+        );
         return false;
     }
     let tok = Tokenizer::load(&dir).unwrap();
@@ -115,8 +118,12 @@ fn check(name: &str) -> bool {
         let want: Vec<_> = perm.iter().map(|&p| &ordered[k][p]).collect();
         assert_eq!(got, want, "{name}: shuffled order of task {k}");
     }
-    let blend: Vec<(usize, usize)> =
-        split["blend"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize)).collect();
+    let blend: Vec<(usize, usize)> = split["blend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize))
+        .collect();
     assert_eq!(ds.train_order, blend, "{name}: blended order");
     let batch = ds.train_batch(&[0, 1, 2, 3], CollateOptions { isolate_samples: false, ..Default::default() });
     let c = &g["collate_first4"];
@@ -124,7 +131,8 @@ fn check(name: &str) -> bool {
     let arr_rows = |a: &ndarray::Array2<u32>| a.rows().into_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
     assert_eq!(arr_rows(&batch.input_ids), rows(&c["input_ids"]), "{name}: collated input_ids");
     assert_eq!(arr_rows(&batch.labels), rows(&c["labels"]), "{name}: collated labels");
-    let mask: Vec<Vec<u32>> = batch.loss_mask.rows().into_iter().map(|r| r.iter().map(|&x| x as u32).collect()).collect();
+    let mask: Vec<Vec<u32>> =
+        batch.loss_mask.rows().into_iter().map(|r| r.iter().map(|&x| x as u32).collect()).collect();
     assert_eq!(mask, rows(&c["loss_mask"]), "{name}: collated loss_mask");
 
     // 4. Offline tokenization: the .bin/.idx bytes of the Python writer, and the Megatron sample index.
@@ -146,7 +154,12 @@ fn check(name: &str) -> bool {
     let index = SampleIndex::build(&data.sizes, r[0].clone(), seq, 1, cfg.seed).unwrap();
     let m = &off["megatron_train"];
     assert_eq!(index.doc_idx, u32s(&m["doc_idx"]), "{name}: doc_idx");
-    let sample_idx: Vec<(u32, u32)> = m["sample_idx"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_u64().unwrap() as u32)).collect();
+    let sample_idx: Vec<(u32, u32)> = m["sample_idx"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_u64().unwrap() as u32))
+        .collect();
     assert_eq!(index.sample_idx, sample_idx, "{name}: sample_idx");
     assert_eq!(index.shuffle_idx, u32s(&m["shuffle_idx"]), "{name}: shuffle_idx");
     // Every sample is seq_length + 1 consecutive tokens of the shuffled document stream.
@@ -193,7 +206,8 @@ fn golden_numpy_shuffle_blend_and_split() {
         let want = usizes(want);
         let (head, checksum) = want.split_at(want.len() - 1);
         assert_eq!(&p[..head.len()], head, "RandomState({seed}).shuffle(arange({n}))");
-        let sum = p.iter().enumerate().fold(0u128, |acc, (i, &x)| (acc + (i as u128) * (x as u128)) % ((1u128 << 61) - 1));
+        let sum =
+            p.iter().enumerate().fold(0u128, |acc, (i, &x)| (acc + (i as u128) * (x as u128)) % ((1u128 << 61) - 1));
         assert_eq!(sum as usize, checksum[0], "checksum of RandomState({seed}).shuffle(arange({n}))");
     }
     for (key, want) in g["blend_tasks"].as_object().unwrap() {
@@ -224,11 +238,25 @@ fn goldens_exercise_what_they_claim() {
             f.lines().nth(r[1].as_u64().unwrap() as usize - 1).unwrap().to_string()
         })
         .collect();
-    for key in ["\"system\"", "\"prompt\"", "\"response\"", "\"input\"", "\"instruction\"", "\"question\"", "\"query\"", "\"text\"", "\"gpt\"", "\u{a0}", "\u{202f}", "🎉"] {
+    for key in [
+        "\"system\"",
+        "\"prompt\"",
+        "\"response\"",
+        "\"input\"",
+        "\"instruction\"",
+        "\"question\"",
+        "\"query\"",
+        "\"text\"",
+        "\"gpt\"",
+        "\u{a0}",
+        "\u{202f}",
+        "🎉",
+    ] {
         assert!(texts.iter().any(|t| t.contains(key)), "no fixture record contains {key}");
     }
     let samples = &g["samples"];
-    let count = |k: &str, v: &str| samples[k][v].as_array().unwrap().iter().map(|t| t.as_array().unwrap().len()).sum::<usize>();
+    let count =
+        |k: &str, v: &str| samples[k][v].as_array().unwrap().iter().map(|t| t.as_array().unwrap().len()).sum::<usize>();
     assert!(count("padding", "fixed") < sft.len(), "some records are longer than seq_length and dropped");
     assert!(count("pack", "fixed") > count("pack", "mftcoder"), "the flushed packs differ from MFTCoder's");
     assert!(count("concat", "fixed") > count("concat", "mftcoder"));

@@ -40,12 +40,22 @@ fn compare_grads(case: &Path, golden: &WeightStore, prefix: &str, grads: &mftcod
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
         let diff = grad.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         let rel = diff / scale;
-        assert!(rel <= 1e-3, "{}: {name}: max |Δgrad| {diff:.3e} is {rel:.2e} of the tensor's max {scale:.3e}", case.display());
+        assert!(
+            rel <= 1e-3,
+            "{}: {name}: max |Δgrad| {diff:.3e} is {rel:.2e} of the tensor's max {scale:.3e}",
+            case.display()
+        );
         if rel > worst.0 {
             worst = (rel, name.clone());
         }
     }
-    eprintln!("{} {prefix}: {} gradients, worst relative error {:.2e} ({})", case.display(), grads.len(), worst.0, worst.1);
+    eprintln!(
+        "{} {prefix}: {} gradients, worst relative error {:.2e} ({})",
+        case.display(),
+        grads.len(),
+        worst.0,
+        worst.1
+    );
 }
 
 #[test]
@@ -67,13 +77,11 @@ fn gradients_match_pytorch_autograd() {
 fn packed_documents_do_not_see_each_other() {
     for (case, golden) in cases() {
         let ids = ids_u32(golden.tensor_i64("packed.input_ids").unwrap());
-        let segments: Vec<u32> = golden.tensor_i64("packed.segment_ids").unwrap().into_iter().map(|s| s as u32).collect();
+        let segments: Vec<u32> =
+            golden.tensor_i64("packed.segment_ids").unwrap().into_iter().map(|s| s as u32).collect();
         // positions restart at each document
-        let positions: Vec<usize> = segments
-            .iter()
-            .enumerate()
-            .map(|(t, &s)| t - segments.iter().position(|&x| x == s).unwrap())
-            .collect();
+        let positions: Vec<usize> =
+            segments.iter().enumerate().map(|(t, &s)| t - segments.iter().position(|&x| x == s).unwrap()).collect();
         let model = load_causal_lm(&Cpu, &case).unwrap();
         let (targets, weights) = next_token_targets(&ids, Some(&segments), None);
         let seq = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
@@ -125,10 +133,20 @@ fn ten_adamw_steps_match_pytorch() {
                 worst = worst.max(d);
                 assert!(d <= 1e-4, "{} {prefix} step {step}: loss {got} vs {w}", case.display());
                 let n = norms[step];
-                assert!((n - want_norms[step] as f64).abs() <= 1e-3 * n.max(1.0), "{} {prefix} step {step}: grad norm {n} vs {}", case.display(), want_norms[step]);
+                assert!(
+                    (n - want_norms[step] as f64).abs() <= 1e-3 * n.max(1.0),
+                    "{} {prefix} step {step}: grad norm {n} vs {}",
+                    case.display(),
+                    want_norms[step]
+                );
             }
             assert!((last - want_last).abs() <= 1e-4, "{} {prefix}: final loss {last} vs {want_last}", case.display());
-            eprintln!("{} {prefix}: losses {:.5} → {last:.5}, worst |Δloss| {worst:.2e}, final Δ {:.2e}", case.display(), losses[0], (last - want_last).abs());
+            eprintln!(
+                "{} {prefix}: losses {:.5} → {last:.5}, worst |Δloss| {worst:.2e}, final Δ {:.2e}",
+                case.display(),
+                losses[0],
+                (last - want_last).abs()
+            );
         }
     }
 }

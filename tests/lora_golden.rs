@@ -46,7 +46,15 @@ fn names(v: &[&str]) -> Vec<String> {
 }
 
 fn cases() -> Vec<Case> {
-    let all_linear = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+    let all_linear = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
     vec![
         Case {
             name: "gqa_tied",
@@ -58,7 +66,9 @@ fn cases() -> Vec<Case> {
                 bias: LoraBias::None,
                 target_modules: TargetModules::Names(names(&["q_proj", "v_proj"])),
             },
-            modules: (0..2).flat_map(|l| ["q_proj", "v_proj"].map(|m| format!("model.layers.{l}.self_attn.{m}"))).collect(),
+            modules: (0..2)
+                .flat_map(|l| ["q_proj", "v_proj"].map(|m| format!("model.layers.{l}.self_attn.{m}")))
+                .collect(),
         },
         Case {
             name: "odd_sizes_bf16_bias",
@@ -69,7 +79,15 @@ fn cases() -> Vec<Case> {
                 use_rslora: true,
                 bias: LoraBias::LoraOnly,
                 // 21 adapted modules: PEFT condenses its expanded all-linear list to the leaf names
-                target_modules: TargetModules::Names(names(&["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"])),
+                target_modules: TargetModules::Names(names(&[
+                    "down_proj",
+                    "gate_proj",
+                    "k_proj",
+                    "o_proj",
+                    "q_proj",
+                    "up_proj",
+                    "v_proj",
+                ])),
             },
             modules: (0..3).flat_map(|l| all_linear.map(|m| format!("model.layers.{l}.{m}"))).collect(),
         },
@@ -132,9 +150,13 @@ fn peft_adapters_load_with_their_config_key_set_and_shapes() {
 }
 
 fn assert_same_adapter_files(ours: &Path, peft: &Path) {
-    let (a, b) = (std::fs::read_to_string(ours.join(CONFIG_NAME)).unwrap(), std::fs::read_to_string(peft.join(CONFIG_NAME)).unwrap());
+    let (a, b) = (
+        std::fs::read_to_string(ours.join(CONFIG_NAME)).unwrap(),
+        std::fs::read_to_string(peft.join(CONFIG_NAME)).unwrap(),
+    );
     assert_eq!(a, b, "{}: adapter_config.json differs from PEFT's", peft.display());
-    let (ours, theirs) = (WeightStore::open(&ours.join(WEIGHTS_NAME)).unwrap(), WeightStore::open(&peft.join(WEIGHTS_NAME)).unwrap());
+    let (ours, theirs) =
+        (WeightStore::open(&ours.join(WEIGHTS_NAME)).unwrap(), WeightStore::open(&peft.join(WEIGHTS_NAME)).unwrap());
     assert_eq!(ours.names().collect::<Vec<_>>(), theirs.names().collect::<Vec<_>>(), "{}: key set", peft.display());
     assert_eq!(ours.metadata().unwrap(), theirs.metadata().unwrap());
     for name in theirs.names() {
@@ -146,7 +168,8 @@ fn assert_same_adapter_files(ours: &Path, peft: &Path) {
 }
 
 fn peft_base_name(dir: &Path) -> String {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_NAME)).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_NAME)).unwrap()).unwrap();
     json["base_model_name_or_path"].as_str().unwrap().to_string()
 }
 
@@ -211,18 +234,19 @@ fn merged_weights_give_pefts_merged_logits() {
             let t = base.tensor_f32(name).unwrap();
             let shape = t.shape().to_vec();
             let module = name.rsplit_once('.').map_or(name, |(m, _)| m);
-            let values: Vec<f32> = if let (true, Some((a, b))) = (name.ends_with(".weight"), adapter.tensors.get(module)) {
-                let mut w: Array2<f32> = t.into_dimensionality().unwrap();
-                merge(&mut w, a.view(), b.view(), s);
-                n_merged += 1;
-                w.iter().copied().collect()
-            } else if let (true, Some(bias)) = (name.ends_with(".bias"), adapter.biases.get(module)) {
-                assert_eq!(shape, [bias.len()]);
-                n_biases += 1;
-                bias.to_vec()
-            } else {
-                t.iter().copied().collect()
-            };
+            let values: Vec<f32> =
+                if let (true, Some((a, b))) = (name.ends_with(".weight"), adapter.tensors.get(module)) {
+                    let mut w: Array2<f32> = t.into_dimensionality().unwrap();
+                    merge(&mut w, a.view(), b.view(), s);
+                    n_merged += 1;
+                    w.iter().copied().collect()
+                } else if let (true, Some(bias)) = (name.ends_with(".bias"), adapter.biases.get(module)) {
+                    assert_eq!(shape, [bias.len()]);
+                    n_biases += 1;
+                    bias.to_vec()
+                } else {
+                    t.iter().copied().collect()
+                };
             merged.push(OwnedTensor::f32(name, &shape, &values));
         }
         assert_eq!(n_merged, adapter.tensors.len());
@@ -242,12 +266,8 @@ fn merged_weights_give_pefts_merged_logits() {
         // the adapter must matter: the base model's logits (a prefix of its own golden) are far from these
         let base_golden = WeightStore::open(&base_dir.join("golden.safetensors")).unwrap();
         let base_logits: Array2<f32> = base_golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();
-        let moved = base_logits
-            .slice(s![..ids.len(), ..])
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let moved =
+            base_logits.slice(s![..ids.len(), ..]).iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         eprintln!("{}: max |Δ merged logits| = {diff:.2e} (the adapter moves them by up to {moved:.2e})", case.name);
         assert!(moved > 100.0 * LOGITS_ATOL, "{}: the adapter barely changes the logits ({moved})", case.name);
         assert!(diff <= LOGITS_ATOL, "{}: max |Δ merged logits| = {diff}", case.name);

@@ -58,12 +58,25 @@ fn merged_model_directory_gives_the_adapted_logits() {
         let out = std::env::temp_dir().join(format!("mftcoder-merge-{}-{case}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder"))
-            .args(["merge", "--base", root.join("llama").join(case).to_str().unwrap(), "--adapter",
-                   root.join(format!("lora/{case}/adapter")).to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-shard-size", shard])
+            .args([
+                "merge",
+                "--base",
+                root.join("llama").join(case).to_str().unwrap(),
+                "--adapter",
+                root.join(format!("lora/{case}/adapter")).to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--max-shard-size",
+                shard,
+            ])
             .output()
             .unwrap();
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        assert_eq!(out.join("model.safetensors.index.json").is_file(), shard == "100KB", "sharding follows --max-shard-size");
+        assert_eq!(
+            out.join("model.safetensors.index.json").is_file(),
+            shard == "100KB",
+            "sharding follows --max-shard-size"
+        );
         assert!(out.join("tokenizer.json").is_file() && out.join("config.json").is_file());
         let golden = WeightStore::open(&root.join(format!("lora/{case}/golden.safetensors"))).unwrap();
         let ids: Vec<u32> = golden.tensor_i64("input_ids").unwrap().into_iter().map(|i| i as u32).collect();
@@ -104,7 +117,14 @@ fn qlora_on_an_nf4_base_matches_peft_with_bitsandbytes() {
     assert!(diff <= 1e-4, "QLoRA logits vs PEFT+bitsandbytes: {diff}");
     let positions: Vec<usize> = (0..ids.len()).collect();
     let (targets, weights) = next_token_targets(&ids, None, None);
-    let r = mean_token_loss(&model, &Cpu, Sequence { ids: &ids, positions: &positions, segment_ids: None }, &targets, &weights).unwrap();
+    let r = mean_token_loss(
+        &model,
+        &Cpu,
+        Sequence { ids: &ids, positions: &positions, segment_ids: None },
+        &targets,
+        &weights,
+    )
+    .unwrap();
     assert!((r.loss - golden.tensor_f32("loss").unwrap()[[0]] as f64).abs() <= 1e-5);
     let wanted: Vec<&str> = golden.names().filter_map(|n| n.strip_prefix("grad.")).collect();
     let mut got: Vec<&str> = r.grads.keys().map(String::as_str).collect();
@@ -136,7 +156,8 @@ fn lora_dropout_gradients_match_finite_differences_and_survive_recomputation() {
     let positions: Vec<usize> = (0..ids.len()).collect();
     let (targets, weights) = next_token_targets(&ids, None, None);
     let loss_of = |m: &mftcoder::models::llama::Llama<Cpu>| {
-        mean_token_loss(m, &Cpu, Sequence { ids: &ids, positions: &positions, segment_ids: None }, &targets, &weights).unwrap()
+        mean_token_loss(m, &Cpu, Sequence { ids: &ids, positions: &positions, segment_ids: None }, &targets, &weights)
+            .unwrap()
     };
     let clean = loss_of(&model).loss;
     model.dropout_seed = Some(11);
@@ -162,7 +183,10 @@ fn lora_dropout_gradients_match_finite_differences_and_survive_recomputation() {
             l
         };
         let numeric = ((at(eps) - at(-eps)) / (2.0 * eps as f64)) as f32;
-        assert!((numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(), "{which}{idx:?}: analytic {analytic} vs numeric {numeric}");
+        assert!(
+            (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
+            "{which}{idx:?}: analytic {analytic} vs numeric {numeric}"
+        );
     }
     model.recompute_activations = true;
     let recomputed = loss_of(&model);

@@ -64,7 +64,11 @@ fn guarded_by_hand(batch: &Batch, mode: LossMode, w: &[f64]) -> f64 {
         .enumerate()
         .map(|(b, &k)| {
             let r = b * batch.row_len..(b + 1) * batch.row_len;
-            let s = batch.token_losses[r.clone()].iter().zip(&batch.mask[r.clone()]).map(|(&l, &m)| l as f64 * m as f64).sum();
+            let s = batch.token_losses[r.clone()]
+                .iter()
+                .zip(&batch.mask[r.clone()])
+                .map(|(&l, &m)| l as f64 * m as f64)
+                .sum();
             (k, s, batch.mask[r].iter().map(|&m| m as f64).sum())
         })
         .collect();

@@ -42,7 +42,12 @@ fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) -> usize {
 }
 
 fn variants() -> [(&'static str, QuantType, bool); 4] {
-    [("nf4", QuantType::Nf4, false), ("nf4_dq", QuantType::Nf4, true), ("fp4", QuantType::Fp4, false), ("fp4_dq", QuantType::Fp4, true)]
+    [
+        ("nf4", QuantType::Nf4, false),
+        ("nf4_dq", QuantType::Nf4, true),
+        ("fp4", QuantType::Fp4, false),
+        ("fp4_dq", QuantType::Fp4, true),
+    ]
 }
 
 fn cases(store: &WeightStore) -> Vec<String> {
@@ -68,19 +73,33 @@ fn quantize_is_bit_identical_to_bitsandbytes() {
             codes += 2 * want_packed.len();
             assert_bits_eq(&format!("{p}.quant_map"), qt.code(), &floats(&g, &format!("{p}.quant_map")));
             match &q.absmax {
-                Absmax::Plain(a) => scales += assert_bits_eq(&format!("{p}.absmax"), a, &floats(&g, &format!("{p}.absmax"))),
+                Absmax::Plain(a) => {
+                    scales += assert_bits_eq(&format!("{p}.absmax"), a, &floats(&g, &format!("{p}.absmax")))
+                }
                 Absmax::Double(d) => {
                     assert_eq!(d.codes, bytes(&g, &format!("{p}.absmax")), "{p}: 8-bit absmax codes");
                     scales += d.codes.len();
-                    assert_bits_eq(&format!("{p}.nested_absmax"), &d.nested_absmax, &floats(&g, &format!("{p}.nested_absmax")));
-                    assert_bits_eq(&format!("{p}.nested_quant_map"), &d.nested_quant_map, &floats(&g, &format!("{p}.nested_quant_map")));
+                    assert_bits_eq(
+                        &format!("{p}.nested_absmax"),
+                        &d.nested_absmax,
+                        &floats(&g, &format!("{p}.nested_absmax")),
+                    );
+                    assert_bits_eq(
+                        &format!("{p}.nested_quant_map"),
+                        &d.nested_quant_map,
+                        &floats(&g, &format!("{p}.nested_quant_map")),
+                    );
                     assert_bits_eq(&format!("{p}.offset"), &[d.offset], &floats(&g, &format!("{p}.offset")));
                 }
             }
             assert_bits_eq(&format!("{p}.scales"), &q.scales(), &floats(&g, &format!("{p}.scales")));
             if g.contains(&format!("{p}.dequant")) {
                 let d = q.dequantize();
-                values += assert_bits_eq(&format!("{p}.dequant"), d.as_slice().unwrap(), &floats(&g, &format!("{p}.dequant")));
+                values += assert_bits_eq(
+                    &format!("{p}.dequant"),
+                    d.as_slice().unwrap(),
+                    &floats(&g, &format!("{p}.dequant")),
+                );
             }
         }
     }
@@ -183,10 +202,13 @@ fn quantize_cli_writes_what_transformers_saves() {
     assert!(status.success());
     let (got, want) = (WeightStore::open(&out).unwrap(), WeightStore::open(&want_dir).unwrap());
     let n = assert_same_tensors(&got, &want, None);
-    let same_file = std::fs::read(out.join("model.safetensors")).unwrap() == std::fs::read(want_dir.join("model.safetensors")).unwrap();
+    let same_file = std::fs::read(out.join("model.safetensors")).unwrap()
+        == std::fs::read(want_dir.join("model.safetensors")).unwrap();
     eprintln!("{n} tensors equal to transformers' save (whole file byte-identical: {same_file})");
     assert!(same_file, "model.safetensors differs from transformers' file (header layout)");
-    let config = |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap() };
+    let config = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap()
+    };
     assert_eq!(config(&out)["quantization_config"], config(&want_dir)["quantization_config"]);
     assert_eq!(config(&out)["dtype"], "float32");
     assert!(out.join("tokenizer.json").is_file() && out.join("generation_config.json").is_file());
@@ -200,7 +222,11 @@ fn fp4_without_double_quant_matches_transformers_too() {
     let opts = QuantOptions { blocksize: 64, double_quant: false, torch_threads: 2 };
     quantize_checkpoint(&fixtures().join("llama/odd_sizes_bf16_bias"), &out, QuantType::Fp4, opts).unwrap();
     let got = WeightStore::open(&out).unwrap();
-    let quantized: BTreeSet<String> = got.names().filter(|n| n.contains(".weight.") || got.info(n).unwrap().dtype == safetensors::Dtype::U8).map(str::to_string).collect();
+    let quantized: BTreeSet<String> = got
+        .names()
+        .filter(|n| n.contains(".weight.") || got.info(n).unwrap().dtype == safetensors::Dtype::U8)
+        .map(str::to_string)
+        .collect();
     let n = assert_same_tensors(&got, &want, Some(&quantized));
     assert_eq!(n, 21 * 4);
     std::fs::remove_dir_all(&out).unwrap();

@@ -32,8 +32,10 @@ fn write_tasks(dir: &Path) -> Vec<PathBuf> {
     let mut lines = String::new();
     for _ in 0..60 {
         let (a, b) = (next() % 100, next() % 100);
-        lines += &serde_json::json!({"chat_rounds": [{"role": "human", "content": format!("def f(): return {a} + {b}")},
-                                                     {"role": "bot", "content": format!("{}", a + b)}]}).to_string();
+        lines +=
+            &serde_json::json!({"chat_rounds": [{"role": "human", "content": format!("def f(): return {a} + {b}")},
+                                                     {"role": "bot", "content": format!("{}", a + b)}]})
+            .to_string();
         lines.push('\n');
     }
     std::fs::write(add.join("train.jsonl"), lines).unwrap();
@@ -41,7 +43,8 @@ fn write_tasks(dir: &Path) -> Vec<PathBuf> {
     for _ in 0..40 {
         let word: String = (0..6).map(|_| (b'a' + (next() % 6) as u8) as char).collect();
         let reversed: String = word.chars().rev().collect();
-        lines += &serde_json::json!({"prompt": format!("reverse('{word}')"), "answer": format!("'{reversed}'")}).to_string();
+        lines +=
+            &serde_json::json!({"prompt": format!("reverse('{word}')"), "answer": format!("'{reversed}'")}).to_string();
         lines.push('\n');
     }
     std::fs::write(rev.join("train.jsonl"), lines).unwrap();
@@ -83,7 +86,8 @@ fn full_fine_tune_lowers_every_task_loss_and_writes_loadable_checkpoints() {
     let cfg = write_config(&dir, &out, serde_json::json!({"num_train_epochs": 4, "saving_limit": 2}));
     let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let evals: Vec<serde_json::Value> = metric_lines(&out).into_iter().filter(|m| m.get("eval_loss").is_some()).collect();
+    let evals: Vec<serde_json::Value> =
+        metric_lines(&out).into_iter().filter(|m| m.get("eval_loss").is_some()).collect();
     assert!(evals.len() >= 3);
     let (first, last) = (&evals[0], evals.last().unwrap());
     for task in ["add", "reverse"] {
@@ -91,10 +95,15 @@ fn full_fine_tune_lowers_every_task_loss_and_writes_loadable_checkpoints() {
         assert!(b < a, "{task}: validation loss {a} → {b} did not fall");
     }
     // saving_limit 2: at most two step checkpoints stay (the best one may be kept besides the newest)
-    let steps: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("step_")).collect();
+    let steps: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step_"))
+        .collect();
     assert!(steps.len() <= 3, "{} checkpoints left", steps.len());
     // the final checkpoint is an HF model directory this crate (and transformers) loads
-    let latest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
     let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
     load_causal_lm(&Cpu, &ckpt).unwrap();
     assert!(ckpt.join("tokenizer.json").is_file() && ckpt.join("optimizer.safetensors").is_file());
@@ -115,7 +124,8 @@ fn a_run_killed_with_sigkill_resumes_bitwise_identically() {
     let dir_b = scratch("resume-b");
     let out_b = dir_b.join("out");
     let cfg_b = write_config(&dir_b, &out_b, extra);
-    let mut child = bin().args(["train", "--config", cfg_b.to_str().unwrap(), "--quiet"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        bin().args(["train", "--config", cfg_b.to_str().unwrap(), "--quiet"]).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
     let killed_at = loop {
         let step = metric_lines(&out_b).iter().filter_map(|m| m["step"].as_u64()).max().unwrap_or(0);
@@ -144,14 +154,22 @@ fn a_run_killed_with_sigkill_resumes_bitwise_identically() {
 fn exploding_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");
     let out = dir.join("out");
-    let cfg = write_config(&dir, &out, serde_json::json!({"learning_rate": 1e30, "min_lr": 0.0, "num_warmup_steps": 0,
-        "lr_scheduler_type": "constant", "checkpointing_steps": 1, "evaluation_steps": 0, "gradient_clipping": 0.0}));
+    let cfg = write_config(
+        &dir,
+        &out,
+        serde_json::json!({"learning_rate": 1e30, "min_lr": 0.0, "num_warmup_steps": 0,
+        "lr_scheduler_type": "constant", "checkpointing_steps": 1, "evaluation_steps": 0, "gradient_clipping": 0.0}),
+    );
     let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(err.contains("step ") && (err.contains("not finite") || err.contains("NaN") || err.contains("inf")), "{err}");
+    assert!(
+        err.contains("step ") && (err.contains("not finite") || err.contains("NaN") || err.contains("inf")),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    let latest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
     let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
     assert!(ckpt.join("model.safetensors").is_file(), "the last good checkpoint is gone");
 }
@@ -175,7 +193,12 @@ fn unknown_config_field_is_named_with_a_suggestion() {
     let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(err.contains("per_device_train_batchsize") && err.contains("per_device_train_batch_size") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("per_device_train_batchsize")
+            && err.contains("per_device_train_batch_size")
+            && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -192,7 +215,15 @@ fn continued_pretraining_on_tokenized_shards_lowers_the_loss() {
     std::fs::write(docs.join("corpus.jsonl"), lines).unwrap();
     let prefix = dir.join("code");
     let run = bin()
-        .args(["tokenize", "--tokenizer", fixture_model().to_str().unwrap(), "--data", docs.to_str().unwrap(), "--out", prefix.to_str().unwrap()])
+        .args([
+            "tokenize",
+            "--tokenizer",
+            fixture_model().to_str().unwrap(),
+            "--data",
+            docs.to_str().unwrap(),
+            "--out",
+            prefix.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -217,15 +248,20 @@ fn continued_pretraining_on_tokenized_shards_lowers_the_loss() {
 fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
     let dir = scratch("lora");
     let out = dir.join("out");
-    let cfg = write_config(&dir, &out, serde_json::json!({"peft_type": "lora", "lora_rank": 8, "lora_alpha": 16,
-        "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 4}));
+    let cfg = write_config(
+        &dir,
+        &out,
+        serde_json::json!({"peft_type": "lora", "lora_rank": 8, "lora_alpha": 16,
+        "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 4}),
+    );
     let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{err}");
     assert!(err.contains("LoRA: r = 8"), "{err}");
     let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
     assert!(evals.last().unwrap() < &(evals[0] - 0.3), "validation loss {evals:?} did not fall enough");
-    let latest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
+    let latest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
     let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
     assert!(!ckpt.join("model.safetensors").exists(), "a LoRA checkpoint holds the adapter only");
     let adapter = mftcoder::peft::Adapter::load(&ckpt).unwrap();
@@ -233,8 +269,17 @@ fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
     // the adapter changes the model, and forward --adapter reads it
     let logits = dir.join("logits.safetensors");
     let run = bin()
-        .args(["forward", "--model", fixture_model().to_str().unwrap(), "--adapter", ckpt.to_str().unwrap(), "--ids", "1,5,9,12",
-               "--out", logits.to_str().unwrap()])
+        .args([
+            "forward",
+            "--model",
+            fixture_model().to_str().unwrap(),
+            "--adapter",
+            ckpt.to_str().unwrap(),
+            "--ids",
+            "1,5,9,12",
+            "--out",
+            logits.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -244,8 +289,12 @@ fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
 fn qlora_fine_tune_keeps_the_base_in_four_bits_and_lowers_the_loss() {
     let dir = scratch("qlora");
     let out = dir.join("out");
-    let cfg = write_config(&dir, &out, serde_json::json!({"peft_type": "qlora", "lora_rank": 8, "lora_alpha": 16,
-        "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 3}));
+    let cfg = write_config(
+        &dir,
+        &out,
+        serde_json::json!({"peft_type": "qlora", "lora_rank": 8, "lora_alpha": 16,
+        "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 3}),
+    );
     let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{err}");
@@ -272,7 +321,8 @@ fn coba_moves_weight_toward_the_task_that_converges_more_slowly() {
         e.push('\n');
         let word: String = (0..5).map(|_| (b'a' + (next() % 6) as u8) as char).collect();
         let reversed: String = word.chars().rev().collect();
-        h += &serde_json::json!({"prompt": format!("reverse('{word}')"), "answer": format!("'{reversed}'")}).to_string();
+        h +=
+            &serde_json::json!({"prompt": format!("reverse('{word}')"), "answer": format!("'{reversed}'")}).to_string();
         h.push('\n');
     }
     std::fs::write(easy.join("train.jsonl"), e).unwrap();

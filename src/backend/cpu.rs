@@ -40,7 +40,14 @@ impl Backend for Cpu {
     fn rms_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, eps: f32) -> Array2<f32> {
         nn::rms_norm::rms_norm(x.view(), weight.row(0), eps)
     }
-    fn rope(&self, x: &Array2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
+    fn rope(
+        &self,
+        x: &Array2<f32>,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> Array2<f32> {
         nn::rope::rope(x.view(), heads, head_dim, positions, inv_freq)
     }
     fn causal_attention(
@@ -84,7 +91,16 @@ impl Backend for Cpu {
         shape: &AttentionShape,
         mask: &AttentionMask,
     ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
-        nn::attention::causal_attention_backward(dout.view(), q.view(), k.view(), v.view(), out.view(), lse.view(), shape, mask)
+        nn::attention::causal_attention_backward(
+            dout.view(),
+            q.view(),
+            k.view(),
+            v.view(),
+            out.view(),
+            lse.view(),
+            shape,
+            mask,
+        )
     }
     fn linear_backward(
         &self,
@@ -97,11 +113,24 @@ impl Backend for Cpu {
         let g = nn::linear::linear_backward(dy.view(), x.view(), weight.view(), weight_grad, bias_grad);
         (g.dx, g.dweight, g.dbias.map(|b| b.insert_axis(Axis(0))))
     }
-    fn rms_norm_backward(&self, dy: &Array2<f32>, x: &Array2<f32>, weight: &Array2<f32>, eps: f32) -> (Array2<f32>, Array2<f32>) {
+    fn rms_norm_backward(
+        &self,
+        dy: &Array2<f32>,
+        x: &Array2<f32>,
+        weight: &Array2<f32>,
+        eps: f32,
+    ) -> (Array2<f32>, Array2<f32>) {
         let (dx, dw) = nn::rms_norm::rms_norm_backward(dy.view(), x.view(), weight.row(0), eps);
         (dx, dw.insert_axis(Axis(0)))
     }
-    fn rope_backward(&self, dy: &Array2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
+    fn rope_backward(
+        &self,
+        dy: &Array2<f32>,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> Array2<f32> {
         nn::rope::rope_backward(dy.view(), heads, head_dim, positions, inv_freq)
     }
     fn swiglu_backward(&self, dy: &Array2<f32>, gate: &Array2<f32>, up: &Array2<f32>) -> (Array2<f32>, Array2<f32>) {

@@ -38,7 +38,14 @@ pub trait Backend: Sync {
     /// x: [T, H], weight: [1, H] → RMSNorm(x)·w
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// x: [T, heads·d] rotated at `positions` with the inverse frequencies ω (len d/2)
-    fn rope(&self, x: &Self::Tensor, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Self::Tensor;
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> Self::Tensor;
     /// q: [Tq, H·d], k, v: [Tk, KV·d] → [Tq, H·d]
     fn causal_attention(
         &self,
@@ -89,10 +96,28 @@ pub trait Backend: Sync {
         bias_grad: bool,
     ) -> (Self::Tensor, Option<Self::Tensor>, Option<Self::Tensor>);
     /// → (dx [T, H], dweight [1, H])
-    fn rms_norm_backward(&self, dy: &Self::Tensor, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> (Self::Tensor, Self::Tensor);
-    fn rope_backward(&self, dy: &Self::Tensor, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Self::Tensor;
+    fn rms_norm_backward(
+        &self,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> (Self::Tensor, Self::Tensor);
+    fn rope_backward(
+        &self,
+        dy: &Self::Tensor,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> Self::Tensor;
     /// → (dgate, dup)
-    fn swiglu_backward(&self, dy: &Self::Tensor, gate: &Self::Tensor, up: &Self::Tensor) -> (Self::Tensor, Self::Tensor);
+    fn swiglu_backward(
+        &self,
+        dy: &Self::Tensor,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor);
     /// dy: [T, H] → dtable [vocab, H] (repeated ids accumulate)
     fn embedding_backward(&self, dy: &Self::Tensor, ids: &[u32], vocab: usize) -> Self::Tensor;
     /// Fused softmax + cross-entropy: per-row losses ℓₜ (on the host: they drive logging and loss weighting)

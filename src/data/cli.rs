@@ -107,7 +107,9 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
             let stdout = std::io::stdout();
             match write_all(&mut BufWriter::new(stdout.lock())) {
                 // A closed pipe (`| head`) is not an error worth a message.
-                Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
                 r => r?,
             }
         }
@@ -116,7 +118,16 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
         let s = &t.stats;
         eprintln!(
             "task {} (id {}): {} records in {} files → {} samples, {} tokens, {} supervised; {} dropped (too long), {} truncated, {} bad records skipped",
-            t.name, t.id, s.records, s.files, s.samples, s.tokens, s.supervised_tokens, s.dropped, s.truncated, s.bad_records
+            t.name,
+            t.id,
+            s.records,
+            s.files,
+            s.samples,
+            s.tokens,
+            s.supervised_tokens,
+            s.dropped,
+            s.truncated,
+            s.bad_records
         );
     }
     Ok(())
@@ -144,10 +155,15 @@ pub struct TokenizeArgs {
 /// Offline tokenization into MMIDIDX v1 files, with a progress bar on a terminal and a summary on stderr.
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
     let tokenizer = Tokenizer::load(&args.tokenizer)?;
-    let run = || tokenize_to_bin(&tokenizer, &args.data, &args.out, args.skip_bad_records, std::io::stderr().is_terminal());
+    let run =
+        || tokenize_to_bin(&tokenizer, &args.data, &args.out, args.skip_bad_records, std::io::stderr().is_terminal());
     let start = Instant::now();
     let stats = match args.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build().context("cannot start threads")?.install(run)?,
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .context("cannot start threads")?
+            .install(run)?,
         None => run()?,
     };
     let secs = start.elapsed().as_secs_f64();

@@ -48,7 +48,8 @@ pub fn collate(samples: &[&Sample], seq_length: usize, pad_id: u32, opts: Collat
     let rows: Vec<_> = samples.iter().map(|s| s.window.padded(l, pad_id)).collect();
     // Index of the last supervised token of each row (0 when there is none).
     let last_one = |m: &[u8]| m.iter().rposition(|&x| x != 0).unwrap_or(0);
-    let max_pos = if opts.dynamic_padding { rows.iter().map(|r| last_one(&r.loss_mask)).max().unwrap_or(0) + 1 } else { l };
+    let max_pos =
+        if opts.dynamic_padding { rows.iter().map(|r| last_one(&r.loss_mask)).max().unwrap_or(0) + 1 } else { l };
     let end = if opts.sst_pack_trim { max_pos.saturating_sub(1) } else { max_pos }; // labels are [1, end)
     let t = end.saturating_sub(1);
     let b = rows.len();

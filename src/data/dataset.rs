@@ -178,7 +178,11 @@ pub fn load_tasks(tokenizer: &Tokenizer, cfg: &DataConfig) -> Result<(Vec<Task>,
     for p in &cfg.data_paths {
         let name = task_name(p)?;
         if let Some(other) = seen.insert(name.clone(), p) {
-            bail!("data_paths: `{}` and `{}` would both be task `{name}` (task names are the last path component)", other.display(), p.display());
+            bail!(
+                "data_paths: `{}` and `{}` would both be task `{name}` (task names are the last path component)",
+                other.display(),
+                p.display()
+            );
         }
     }
     let markers = cfg.role_markers.clone().unwrap_or_default();

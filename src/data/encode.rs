@@ -79,7 +79,8 @@ pub fn resolve_eos(tokenizer: &Tokenizer) -> Result<u32> {
             None => None,
         };
         if let Some(id) = id {
-            return u32::try_from(id).with_context(|| format!("{}: eos_token_id {id} is out of range", cfg_path.display()));
+            return u32::try_from(id)
+                .with_context(|| format!("{}: eos_token_id {id} is out of range", cfg_path.display()));
         }
         if let Some(Value::String(s)) = cfg.get("eos_token") {
             return token_named(s, &cfg_path);
@@ -112,7 +113,8 @@ mod tests {
         let enc = Encoder::new(&tok, RoleMarkers::default(), TokenizeMode::Sft).unwrap();
         let eos = tok.token_to_id("</s>").unwrap();
         assert_eq!(enc.eos_id, eos);
-        let r = parse_line(br#"{"chat_rounds":[{"role":"human","content":"hi"},{"role":"bot","content":"yes"}]}"#).unwrap();
+        let r =
+            parse_line(br#"{"chat_rounds":[{"role":"human","content":"hi"},{"role":"bot","content":"yes"}]}"#).unwrap();
         let e = enc.encode(&r).unwrap();
         let prompt = tok.encode("<s>human\nhi\n<s>bot\n", false).unwrap();
         let answer = tok.encode("yes\n", false).unwrap();

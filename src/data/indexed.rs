@@ -142,8 +142,10 @@ impl IndexedWriter {
         let idx = index_bytes(self.dtype, &self.sizes);
         let tmp_idx = tmp_path(&idx_path);
         std::fs::write(&tmp_idx, idx).with_context(|| format!("{}: cannot write", tmp_idx.display()))?;
-        std::fs::rename(&tmp_bin, &bin_path).with_context(|| format!("{}: cannot rename into place", bin_path.display()))?;
-        std::fs::rename(&tmp_idx, &idx_path).with_context(|| format!("{}: cannot rename into place", idx_path.display()))?;
+        std::fs::rename(&tmp_bin, &bin_path)
+            .with_context(|| format!("{}: cannot rename into place", bin_path.display()))?;
+        std::fs::rename(&tmp_idx, &idx_path)
+            .with_context(|| format!("{}: cannot rename into place", idx_path.display()))?;
         Ok((bin_path, idx_path))
     }
 
@@ -201,7 +203,8 @@ impl IndexedDataset {
         if u64_at(9) != 1 {
             bail!(at(&format!("version {} (only 1 is supported)", u64_at(9))));
         }
-        let dtype = TokenDtype::from_code(idx[17]).with_context(|| at(&format!("unsupported dtype code {}", idx[17])))?;
+        let dtype =
+            TokenDtype::from_code(idx[17]).with_context(|| at(&format!("unsupported dtype code {}", idx[17])))?;
         let (n, nd) = (u64_at(18) as usize, u64_at(26) as usize);
         let want = 34usize
             .checked_add(n.checked_mul(12).context(at("sequence count overflows"))?)
@@ -211,7 +214,8 @@ impl IndexedDataset {
             bail!(at(&format!("{} bytes, but {n} sequences and {nd} doc_idx entries need {want}", idx.len())));
         }
         let mut o = 34;
-        let sizes: Vec<i32> = (0..n).map(|i| i32::from_le_bytes(idx[o + 4 * i..o + 4 * i + 4].try_into().unwrap())).collect();
+        let sizes: Vec<i32> =
+            (0..n).map(|i| i32::from_le_bytes(idx[o + 4 * i..o + 4 * i + 4].try_into().unwrap())).collect();
         o += 4 * n;
         let read_i64s = |o: usize, k: usize| -> Vec<i64> {
             (0..k).map(|i| i64::from_le_bytes(idx[o + 8 * i..o + 8 * i + 8].try_into().unwrap())).collect()
@@ -221,11 +225,18 @@ impl IndexedDataset {
         let file = File::open(&bin_path).with_context(|| format!("{}: cannot open", bin_path.display()))?;
         let len = file.metadata()?.len();
         // SAFETY: the file is opened read-only; like every memory map it must not be truncated while mapped.
-        let bin = if len == 0 { None } else { Some(unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", bin_path.display()))?) };
+        let bin = if len == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", bin_path.display()))?)
+        };
         for i in 0..n {
             let end = pointers[i] as i128 + sizes[i] as i128 * dtype.size() as i128;
             if sizes[i] < 0 || pointers[i] < 0 || end > len as i128 {
-                bail!(at(&format!("sequence {i} (offset {}, {} tokens) lies outside the {len}-byte .bin", pointers[i], sizes[i])));
+                bail!(at(&format!(
+                    "sequence {i} (offset {}, {} tokens) lies outside the {len}-byte .bin",
+                    pointers[i], sizes[i]
+                )));
             }
         }
         Ok(IndexedDataset { dtype, sizes, pointers, doc_idx, bin })

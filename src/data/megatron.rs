@@ -43,7 +43,13 @@ impl SampleIndex {
     /// Build the index for `documents` of `data` (one generator `RandomState(seed)` shuffles the documents and
     /// then the samples, as `_build_index_mappings` does). Megatron's separate-last-epoch rule for
     /// `num_epochs > 1` is not reproduced: all epochs are shuffled together.
-    pub fn build(sizes: &[i32], documents: Range<usize>, seq_length: usize, num_epochs: usize, seed: u32) -> Result<Self> {
+    pub fn build(
+        sizes: &[i32],
+        documents: Range<usize>,
+        seq_length: usize,
+        num_epochs: usize,
+        seed: u32,
+    ) -> Result<Self> {
         if seq_length == 0 || num_epochs == 0 {
             bail!("seq_length and num_epochs must be positive");
         }
@@ -86,7 +92,13 @@ impl SampleIndex {
 // ANCHOR: sample_idx
 /// `build_sample_idx`: walk the document stream in steps of `seq_length` tokens; each sample needs
 /// `seq_length + 1` tokens, so it ends on the token where the next one starts.
-pub fn build_sample_idx(sizes: &[i32], doc_idx: &[u32], seq_length: usize, num_epochs: usize, tokens_per_epoch: usize) -> Vec<(u32, u32)> {
+pub fn build_sample_idx(
+    sizes: &[i32],
+    doc_idx: &[u32],
+    seq_length: usize,
+    num_epochs: usize,
+    tokens_per_epoch: usize,
+) -> Vec<(u32, u32)> {
     let num_samples = (num_epochs * tokens_per_epoch).saturating_sub(1) / seq_length;
     let mut out = Vec::with_capacity(num_samples + 1);
     let (mut doc_i, mut offset) = (0usize, 0i64);

@@ -54,7 +54,8 @@ pub fn document_texts(value: &Value) -> Result<Option<Vec<String>>, String> {
     let mut texts = Vec::new();
     let mut buf = String::new();
     for (i, round) in rounds.iter().enumerate() {
-        let (Some(Value::String(role)), Some(Value::String(content))) = (round.get("role"), round.get("content")) else {
+        let (Some(Value::String(role)), Some(Value::String(content))) = (round.get("role"), round.get("content"))
+        else {
             return Err(format!("chat_rounds[{i}] needs string `role` and `content`"));
         };
         match role.as_str() {
@@ -92,8 +93,10 @@ pub fn tokenize_to_bin(
     let total_bytes: u64 = files.iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
     let bar = if progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} tokenize [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({eta}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} tokenize [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut writer = IndexedWriter::create(&prefix, dtype)?;
     let mut stats = OfflineStats { files: files.len(), dtype_code: dtype.code(), ..Default::default() };
@@ -171,7 +174,11 @@ mod tests {
         let dir = temp_dir("offline");
         std::fs::create_dir_all(dir.join("in/z")).unwrap();
         std::fs::write(dir.join("in/a.jsonl"), "{\"text\":\"def f(): pass\"}\n{}\n{\"content\":\"x = 1\"}\n").unwrap();
-        std::fs::write(dir.join("in/z/b.jsonl"), "{\"chat_rounds\":[{\"role\":\"human\",\"content\":\"hi\"},{\"role\":\"bot\",\"content\":\"yo\"}]}\n").unwrap();
+        std::fs::write(
+            dir.join("in/z/b.jsonl"),
+            "{\"chat_rounds\":[{\"role\":\"human\",\"content\":\"hi\"},{\"role\":\"bot\",\"content\":\"yo\"}]}\n",
+        )
+        .unwrap();
         let tok = tiny_tokenizer();
         let eos = resolve_eos(&tok).unwrap();
         let stats = tokenize_to_bin(&tok, &dir.join("in"), &dir.join("out/code"), false, false).unwrap();

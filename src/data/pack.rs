@@ -228,7 +228,10 @@ mod tests {
         let recs = [rec(10, 3, 1), rec(20, 6, 1), rec(30, 5, 0)];
         let mut w = Windower::new(PaddingMode::Padding, 4, Overlong::Drop);
         let out = run(&mut w, &recs);
-        assert_eq!(out.iter().map(|w| w.ids.clone()).collect::<Vec<_>>(), vec![vec![10, 11, 12], vec![30, 31, 32, 33, 34]]);
+        assert_eq!(
+            out.iter().map(|w| w.ids.clone()).collect::<Vec<_>>(),
+            vec![vec![10, 11, 12], vec![30, 31, 32, 33, 34]]
+        );
         assert_eq!((w.dropped, w.truncated), (1, 0));
         let mut w = Windower::new(PaddingMode::Padding, 4, Overlong::Truncate);
         let out = run(&mut w, &recs);

@@ -159,7 +159,9 @@ pub fn parse_object(map: &Map<String, Value>) -> Result<Record, RecordError> {
 pub fn parse_rounds(value: &Value, field: &str) -> Result<Conversation, RecordError> {
     let rounds = match value {
         Value::Array(a) => a,
-        other => return err(format!("`{field}` must be an array of {{role, content}} objects, found {}", json_kind(other))),
+        other => {
+            return err(format!("`{field}` must be an array of {{role, content}} objects, found {}", json_kind(other)));
+        }
     };
     if rounds.is_empty() {
         return err(format!("`{field}` is empty"));
@@ -261,7 +263,10 @@ mod tests {
         let bad = [
             (r#"{"chat_rounds":[{"role":"bot","content":"a"}]}"#, "must alternate"),
             (r#"{"chat_rounds":[{"role":"human","content":"q"},{"role":"human","content":"q"}]}"#, "must alternate"),
-            (r#"{"chat_rounds":[{"role":"human","content":"q"},{"role":"system","content":"s"}]}"#, "only allowed as the first"),
+            (
+                r#"{"chat_rounds":[{"role":"human","content":"q"},{"role":"system","content":"s"}]}"#,
+                "only allowed as the first",
+            ),
             (r#"{"chat_rounds":[{"role":"robot","content":"q"}]}"#, "unknown role `robot`"),
             (r#"{"chat_rounds":[{"role":"human","content":3}]}"#, "content must be a string"),
             (r#"{"chat_rounds":[{"role":"human"}]}"#, "has no `content`"),
@@ -308,8 +313,22 @@ mod tests {
     /// JSON values built from the words the parser looks at, nested a few levels.
     fn arb_json() -> impl Strategy<Value = Value> {
         const WORDS: [&str; 16] = [
-            "chat_rounds", "role", "content", "text", "prompt", "answer", "system", "chosen", "rejected", "human",
-            "user", "bot", "assistant", "gpt", "input", "output",
+            "chat_rounds",
+            "role",
+            "content",
+            "text",
+            "prompt",
+            "answer",
+            "system",
+            "chosen",
+            "rejected",
+            "human",
+            "user",
+            "bot",
+            "assistant",
+            "gpt",
+            "input",
+            "output",
         ];
         let leaf = prop_oneof![
             Just(Value::Null),

@@ -121,9 +121,11 @@ fn chat_segments(c: &Conversation, m: &RoleMarkers, all: bool) -> Vec<Segment> {
     }
     for turn in &c.turns {
         match turn.role {
-            Role::User => {
-                segs.push(Segment::new(format!("{}{}{}", m.user, content_format(&turn.content), m.assistant), all, false))
-            }
+            Role::User => segs.push(Segment::new(
+                format!("{}{}{}", m.user, content_format(&turn.content), m.assistant),
+                all,
+                false,
+            )),
             Role::Assistant => {
                 segs.push(Segment::new(content_format(&turn.content), true, true));
                 segs.push(Segment::new("\n".into(), all, false));
@@ -178,13 +180,18 @@ mod tests {
 
     #[test]
     fn markers_override_and_modes_parse() {
-        let m = RoleMarkers::from_json(r####"{"system":"### System:\n","user":"### Instruction:\n","assistant":"### Response:\n"}"####).unwrap();
+        let m = RoleMarkers::from_json(
+            r####"{"system":"### System:\n","user":"### Instruction:\n","assistant":"### Response:\n"}"####,
+        )
+        .unwrap();
         let r = parse_line(br#"{"prompt":"P","answer":"A"}"#).unwrap();
         let s = segments(&r, &m, TokenizeMode::Sft).unwrap();
         assert_eq!(s[0].text, "### Instruction:\nP\n### Response:\n");
         assert!(RoleMarkers::from_json(r#"{"system":"s","user":"u"}"#).unwrap_err().to_string().contains("assistant"));
         assert!("sst".parse::<TokenizeMode>().is_err());
-        let pref = parse_line(br#"{"chosen":[{"role":"user","content":"q"}],"rejected":[{"role":"user","content":"q"}]}"#).unwrap();
+        let pref =
+            parse_line(br#"{"chosen":[{"role":"user","content":"q"}],"rejected":[{"role":"user","content":"q"}]}"#)
+                .unwrap();
         assert!(segments(&pref, &m, TokenizeMode::Sft).unwrap_err().to_string().contains("DPO"));
     }
 }

@@ -19,9 +19,8 @@ impl HfConfig {
     pub fn read(model_dir: &Path) -> Result<Self> {
         let path = model_dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| {
-            anyhow!("{}:{}:{}: not valid JSON ({e})", path.display(), e.line(), e.column())
-        })?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}:{}:{}: not valid JSON ({e})", path.display(), e.line(), e.column()))?;
         match value {
             Value::Object(json) => Ok(HfConfig { path, json }),
             _ => bail!("{}: expected a JSON object", path.display()),
@@ -44,7 +43,10 @@ impl HfConfig {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.json.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.err(field, &format!("must be a non-negative integer, got {v}"))),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(field, &format!("must be a non-negative integer, got {v}"))),
         }
     }
 
@@ -65,7 +67,10 @@ impl HfConfig {
     pub fn opt_str(&self, field: &str) -> Result<Option<String>> {
         match self.json.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_str().map(|s| Some(s.to_owned())).ok_or_else(|| self.err(field, &format!("must be a string, got {v}"))),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_owned()))
+                .ok_or_else(|| self.err(field, &format!("must be a string, got {v}"))),
         }
     }
 
@@ -95,11 +100,7 @@ impl HfConfig {
     // ANCHOR_END: rope_spec
 
     fn rope_from_params(&self, theta: f64, params: &Map<String, Value>, field: &str) -> Result<RopeSpec> {
-        let kind = params
-            .get("rope_type")
-            .or_else(|| params.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
         let scaling = match kind {
             "default" => RopeScaling::None,
             "linear" => {
@@ -121,7 +122,10 @@ impl HfConfig {
         };
         if let Some(p) = params.get("partial_rotary_factor").and_then(Value::as_f64) {
             if p != 1.0 {
-                return Err(self.err(&format!("{field}.partial_rotary_factor"), "other than 1.0 is not supported for this architecture"));
+                return Err(self.err(
+                    &format!("{field}.partial_rotary_factor"),
+                    "other than 1.0 is not supported for this architecture",
+                ));
             }
         }
         Ok(RopeSpec { theta, scaling })
@@ -148,7 +152,9 @@ pub struct RopeSpec {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (equivalently, every inverse frequency divided by it).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
 }
 
 /// The end-of-sequence ids generation stops at: `generation_config.json` wins over `config.json`,
@@ -187,7 +193,8 @@ mod tests {
 
     #[test]
     fn unsupported_rope_type_names_the_field() {
-        let err = config(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#).rope(1e4).unwrap_err().to_string();
+        let err =
+            config(r#"{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#).rope(1e4).unwrap_err().to_string();
         assert!(err.contains("rope_scaling.rope_type") && err.contains("yarn"), "{err}");
     }
 

@@ -77,7 +77,8 @@ impl WeightStore {
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
         // SAFETY: the map is read-only; a checkpoint rewritten underneath a running process is outside our contract.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map into memory", path.display()))?;
+        let mmap =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map into memory", path.display()))?;
         let parsed = SafeTensors::deserialize(&mmap)
             .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
         let file_index = self.files.len();
@@ -109,10 +110,7 @@ impl WeightStore {
     }
 
     fn view(&self, name: &str) -> Result<(&Path, safetensors::tensor::TensorView<'_>)> {
-        let &i = self
-            .location
-            .get(name)
-            .ok_or_else(|| anyhow!("{}: tensor `{name}` not found", self.describe()))?;
+        let &i = self.location.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` not found", self.describe()))?;
         let (path, mmap) = &self.files[i];
         let parsed = SafeTensors::deserialize(mmap).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let view = parsed.tensor(name).map_err(|e| anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
@@ -127,8 +125,8 @@ impl WeightStore {
     /// Any float tensor, converted to f32, with its own shape.
     pub fn tensor_f32(&self, name: &str) -> Result<ArrayD<f32>> {
         let (path, view) = self.view(name)?;
-        let data = bytes_to_f32(view.dtype(), view.data())
-            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let data =
+            bytes_to_f32(view.dtype(), view.data()).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
         Ok(ArrayD::from_shape_vec(IxDyn(view.shape()), data)?)
     }
 
@@ -138,8 +136,12 @@ impl WeightStore {
         let b = view.data();
         Ok(match view.dtype() {
             Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-            Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
-            Dtype::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
+            Dtype::I32 => {
+                b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()
+            }
+            Dtype::U32 => {
+                b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()
+            }
             Dtype::U16 => b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect(),
             Dtype::U8 => b.iter().map(|&v| v as i64).collect(),
             other => bail!("{}: tensor `{name}` has dtype {other:?}, expected an integer dtype", path.display()),

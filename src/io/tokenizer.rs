@@ -15,7 +15,8 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(anyhow!("{}: no such file (a tokenizer.json is needed to work with text)", path.display()));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         Ok(Tokenizer { path, inner })
     }
 

@@ -44,7 +44,13 @@ pub struct LossAndGrads<B: Backend> {
 
 // ANCHOR: mean_token_loss
 /// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward.
-pub fn weighted_token_loss<B: Backend>(model: &Llama<B>, b: &B, seq: Sequence<'_>, targets: &[u32], coefficients: &[f32]) -> Result<LossAndGrads<B>> {
+pub fn weighted_token_loss<B: Backend>(
+    model: &Llama<B>,
+    b: &B,
+    seq: Sequence<'_>,
+    targets: &[u32],
+    coefficients: &[f32],
+) -> Result<LossAndGrads<B>> {
     let (logits, cache) = model.forward_train(b, seq)?;
     let (token_losses, dlogits) = b.cross_entropy(&logits, targets, coefficients); // dL/dlogits = c·(softmax − onehot)
     let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>();

@@ -60,7 +60,14 @@ pub struct CobaConfig {
 
 impl Default for CobaConfig {
     fn default() -> Self {
-        CobaConfig { warmup_steps: 100, history_length: 200, tau: 5.0, update_interval: 1, sample_valid_num: 1, clamp_divergence: true }
+        CobaConfig {
+            warmup_steps: 100,
+            history_length: 200,
+            tau: 5.0,
+            update_interval: 1,
+            sample_valid_num: 1,
+            clamp_divergence: true,
+        }
     }
 }
 
@@ -108,7 +115,10 @@ pub struct CobaState {
 impl CobaState {
     pub fn new(n_tasks: usize, config: CobaConfig) -> Self {
         assert!(n_tasks > 0, "CoBa needs at least one task");
-        assert!(config.update_interval > 0 && config.history_length > 0, "coba_update_interval and coba_history_length must be ≥ 1");
+        assert!(
+            config.update_interval > 0 && config.history_length > 0,
+            "coba_update_interval and coba_history_length must be ≥ 1"
+        );
         CobaState {
             config,
             n_tasks,
@@ -146,7 +156,11 @@ impl CobaState {
         if !self.wants_validation(step) {
             return;
         }
-        let losses = task_losses.iter().zip(&self.initial).map(|(l, l0)| l.filter(|v| *v != 0.0 && v.is_finite()).map(|v| v / l0)).collect();
+        let losses = task_losses
+            .iter()
+            .zip(&self.initial)
+            .map(|(l, l0)| l.filter(|v| *v != 0.0 && v.is_finite()).map(|v| v / l0))
+            .collect();
         self.history.push(Sample { step, losses });
         let excess = self.history.len().saturating_sub(self.config.history_length);
         self.history.drain(..excess);
@@ -177,7 +191,8 @@ impl CobaState {
         let (k_tasks, cfg) = (self.n_tasks as f64, &self.config);
         // slopes over the last H samples (fixes 4, 5)
         let x: Vec<f64> = self.history.iter().map(|s| s.step as f64).collect();
-        let slopes: Vec<f64> = (0..self.n_tasks).map(|k| ols_slope(&x, self.history.iter().map(|s| s.losses[k]))).collect();
+        let slopes: Vec<f64> =
+            (0..self.n_tasks).map(|k| ols_slope(&x, self.history.iter().map(|s| s.losses[k]))).collect();
         let worst = self.history.iter().map(|s| s.losses.iter().flatten().copied().reduce(f64::max));
         let slope_max = ols_slope(&x, worst);
 
@@ -263,11 +278,22 @@ mod tests {
     use super::*;
 
     fn config(w: usize, h: usize, u: usize) -> CobaConfig {
-        CobaConfig { warmup_steps: w, history_length: h, tau: 5.0, update_interval: u, sample_valid_num: 1, clamp_divergence: true }
+        CobaConfig {
+            warmup_steps: w,
+            history_length: h,
+            tau: 5.0,
+            update_interval: u,
+            sample_valid_num: 1,
+            clamp_divergence: true,
+        }
     }
 
     /// Run `steps` steps on losses(c, k) and return the weights of every step.
-    fn run(state: &mut CobaState, steps: std::ops::Range<usize>, losses: impl Fn(usize, usize) -> f64) -> Vec<Vec<f64>> {
+    fn run(
+        state: &mut CobaState,
+        steps: std::ops::Range<usize>,
+        losses: impl Fn(usize, usize) -> f64,
+    ) -> Vec<Vec<f64>> {
         let k = state.n_tasks();
         if steps.start == 0 {
             state.set_initial_losses(&(0..k).map(|t| Some(losses(0, t))).collect::<Vec<_>>());
@@ -311,7 +337,9 @@ mod tests {
         let json = serde_json::to_string(&first).unwrap();
         let mut resumed: CobaState = serde_json::from_str(&json).unwrap();
         // serde_json parses floats to within an ulp (exact only with its `float_roundtrip` feature); a clone is exact
-        let close = |a: &[Vec<f64>], b: &[Vec<f64>]| a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() < 1e-12);
+        let close = |a: &[Vec<f64>], b: &[Vec<f64>]| {
+            a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| (x - y).abs() < 1e-12)
+        };
         assert!(close(&run(&mut resumed, 13..30, losses), &w[13..]));
         let mut cloned = first.clone();
         assert_eq!(run(&mut cloned, 13..30, losses), w[13..].to_vec());

@@ -41,7 +41,13 @@ impl std::str::FromStr for LossMode {
 // ANCHOR: mft_coefficients
 /// loss_mask: rows of equal length T (flattened [B·T]), task_ids: [B], task_weights: one per task (k < len).
 /// Returns c [B·T] with L = Σ c·ℓ.
-pub fn coefficients(mode: LossMode, loss_mask: &[f32], row_len: usize, task_ids: &[usize], task_weights: &[f64]) -> Vec<f32> {
+pub fn coefficients(
+    mode: LossMode,
+    loss_mask: &[f32],
+    row_len: usize,
+    task_ids: &[usize],
+    task_weights: &[f64],
+) -> Vec<f32> {
     let rows = task_ids.len();
     assert_eq!(loss_mask.len(), rows * row_len, "mft loss: mask is not [B, T]");
     let row_sum: Vec<f64> = loss_mask.chunks(row_len).map(|r| r.iter().map(|&m| m as f64).sum()).collect();
@@ -77,7 +83,13 @@ pub fn coefficients(mode: LossMode, loss_mask: &[f32], row_len: usize, task_ids:
 
 /// Each task's token-mean loss in this micro-batch, `None` where the task has no supervised token
 /// (MFTCoder's `task_loss`, used for logging, evaluation and CoBa).
-pub fn task_losses(token_losses: &[f32], loss_mask: &[f32], row_len: usize, task_ids: &[usize], n_tasks: usize) -> Vec<Option<f64>> {
+pub fn task_losses(
+    token_losses: &[f32],
+    loss_mask: &[f32],
+    row_len: usize,
+    task_ids: &[usize],
+    n_tasks: usize,
+) -> Vec<Option<f64>> {
     let mut sum = vec![0.0f64; n_tasks];
     let mut count = vec![0.0f64; n_tasks];
     for (b, &k) in task_ids.iter().enumerate() {

@@ -1,5 +1,5 @@
 //! Losses. Each returns the scalar, the per-token numbers the multi-task weighting needs, and the gradient
 //! with respect to the logits.
 pub mod causal_lm;
-pub mod mft;
 pub mod coba;
+pub mod mft;

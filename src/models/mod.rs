@@ -2,6 +2,7 @@
 //! blocks of the Backend seam and holds only what is special about it.
 pub mod layers;
 pub mod llama;
+pub mod llama_train;
 
 use crate::backend::Backend;
 use crate::io::hf_config::HfConfig;

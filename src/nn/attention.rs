@@ -98,7 +98,13 @@ pub fn causal_attention_with_lse(
 }
 // ANCHOR_END: attention_tasks
 
-fn check_shapes(q: ArrayView2<f32>, k: ArrayView2<f32>, v: ArrayView2<f32>, shape: &AttentionShape, mask: &AttentionMask) {
+fn check_shapes(
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    shape: &AttentionShape,
+    mask: &AttentionMask,
+) {
     let AttentionShape { n_heads, n_kv_heads, head_dim: d, .. } = *shape;
     assert_eq!(q.ncols(), n_heads * d, "attention: q width");
     assert_eq!(k.ncols(), n_kv_heads * d, "attention: k width");
@@ -146,7 +152,14 @@ impl SegmentSpans {
 /// Scale the scores of one query row over keys k0.. in place and set the invisible ones to −∞; returns the
 /// visible span as indices into `row`. With contiguous segments (or none) the visible keys are one range,
 /// [segment start, position], so whole runs are filled without a per-key test.
-fn mask_row(row: &mut [f32], k0: usize, position: usize, scale: f32, mask: &AttentionMask, spans: Option<&SegmentSpans>) -> (usize, usize) {
+fn mask_row(
+    row: &mut [f32],
+    k0: usize,
+    position: usize,
+    scale: f32,
+    mask: &AttentionMask,
+    spans: Option<&SegmentSpans>,
+) -> (usize, usize) {
     let k1 = k0 + row.len();
     let range = match (mask.segment_ids, spans) {
         (None, _) => Some((0, position + 1)),
@@ -373,9 +386,8 @@ pub fn naive_causal_attention(
         let g = h / group;
         for i in 0..q.nrows() {
             let position = mask.q_offset + i;
-            let visible: Vec<usize> = (0..=position)
-                .filter(|&j| mask.segment_ids.is_none_or(|seg| seg[j] == seg[position]))
-                .collect();
+            let visible: Vec<usize> =
+                (0..=position).filter(|&j| mask.segment_ids.is_none_or(|seg| seg[j] == seg[position])).collect();
             let scores: Vec<f64> = visible
                 .iter()
                 .map(|&j| {

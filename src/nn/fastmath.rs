@@ -17,7 +17,9 @@ pub fn exp(x: f32) -> f32 {
     let n = (clamped * LOG2E + ROUND) - ROUND;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
     let y = p * two_n;
     if x < -87.3 {

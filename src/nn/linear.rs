@@ -34,18 +34,14 @@ fn gemv_rows(x: ArrayView2<f32>, weight: ArrayView2<f32>) -> Array2<f32> {
     let inp = weight.ncols();
     let xs: Vec<Vec<f32>> = x.rows().into_iter().map(|r| r.to_vec()).collect();
     let mut y = Array2::<f32>::zeros((out, n)); // transposed while filling, so each task writes one contiguous chunk
-    y.as_slice_mut()
-        .expect("fresh array")
-        .par_chunks_mut(n * 256)
-        .enumerate()
-        .for_each(|(chunk, ys)| {
-            for (i, y_on) in ys.chunks_mut(n).enumerate() {
-                let row = &w[(chunk * 256 + i) * inp..(chunk * 256 + i + 1) * inp];
-                for (r, y) in y_on.iter_mut().enumerate() {
-                    *y = dot(row, &xs[r]);
-                }
+    y.as_slice_mut().expect("fresh array").par_chunks_mut(n * 256).enumerate().for_each(|(chunk, ys)| {
+        for (i, y_on) in ys.chunks_mut(n).enumerate() {
+            let row = &w[(chunk * 256 + i) * inp..(chunk * 256 + i + 1) * inp];
+            for (r, y) in y_on.iter_mut().enumerate() {
+                *y = dot(row, &xs[r]);
             }
-        });
+        }
+    });
     y.reversed_axes().as_standard_layout().into_owned()
 }
 
@@ -75,7 +71,8 @@ fn gemv_rows_transposed(x: ArrayView2<f32>, weight_t: ArrayView2<f32>) -> Array2
     for (o0, acc) in bands {
         let width = acc.len() / n;
         for r in 0..n {
-            y.row_mut(r).as_slice_mut().expect("fresh array")[o0..o0 + width].copy_from_slice(&acc[r * width..(r + 1) * width]);
+            y.row_mut(r).as_slice_mut().expect("fresh array")[o0..o0 + width]
+                .copy_from_slice(&acc[r * width..(r + 1) * width]);
         }
     }
     y
@@ -136,10 +133,12 @@ pub fn linear_backward(
     assert_eq!(x.ncols(), weight.ncols(), "linear_backward: x width is not the weight's in");
     let dx = matmul(dy, weight); // [n, out]·[out, in]
     // [out, n]·[n, in]; for a column-major weight computed as (xᵀ·dy)ᵀ so the gradient shares its layout
-    let dweight = weight_grad.then(|| if weight.t().is_standard_layout() && !weight.is_standard_layout() {
-        matmul(x.t(), dy).reversed_axes()
-    } else {
-        matmul(dy.t(), x)
+    let dweight = weight_grad.then(|| {
+        if weight.t().is_standard_layout() && !weight.is_standard_layout() {
+            matmul(x.t(), dy).reversed_axes()
+        } else {
+            matmul(dy.t(), x)
+        }
     });
     // The bias gradient sums over every row (T·B of them): accumulate in f64.
     let dbias = bias_grad.then(|| {
@@ -182,9 +181,14 @@ mod tests {
             let dy = Array2::from_shape_fn((rows, 700), |(i, j)| ((i * 3 + j) % 7) as f32 * 0.1 - 0.3);
             let wc = column_major(w.clone());
             assert!(wc.t().is_standard_layout() && wc == w);
-            let close = |a: &Array2<f32>, b: &Array2<f32>| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max) < 1e-4;
+            let close = |a: &Array2<f32>, b: &Array2<f32>| {
+                a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max) < 1e-4
+            };
             assert!(close(&linear(x.view(), wc.view(), None), &linear(x.view(), w.view(), None)));
-            let (gc, g) = (linear_backward(dy.view(), x.view(), wc.view(), true, true), linear_backward(dy.view(), x.view(), w.view(), true, true));
+            let (gc, g) = (
+                linear_backward(dy.view(), x.view(), wc.view(), true, true),
+                linear_backward(dy.view(), x.view(), w.view(), true, true),
+            );
             assert!(close(&gc.dx, &g.dx));
             let (dwc, dw) = (gc.dweight.unwrap(), g.dweight.unwrap());
             assert!(close(&dwc, &dw));

@@ -37,7 +37,12 @@ fn inverse_rms(x_row: ArrayView1<f32>, eps: f32) -> f32 {
 ///   ∂L/∂x = r·g − r³·x·(g·x)/H          (∂r/∂xⱼ = −r³·xⱼ/H)
 ///
 /// dy, x: [T, H], weight: [H] → (dx [T, H], dweight [H]). Only x is needed: r is recomputed per row.
-pub fn rms_norm_backward(dy: ArrayView2<f32>, x: ArrayView2<f32>, weight: ArrayView1<f32>, eps: f32) -> (Array2<f32>, Array1<f32>) {
+pub fn rms_norm_backward(
+    dy: ArrayView2<f32>,
+    x: ArrayView2<f32>,
+    weight: ArrayView1<f32>,
+    eps: f32,
+) -> (Array2<f32>, Array1<f32>) {
     assert_eq!(dy.dim(), x.dim(), "rms_norm_backward: dy and x differ");
     assert_eq!(x.ncols(), weight.len(), "rms_norm_backward: weight length");
     let hidden = x.ncols() as f64;
@@ -45,7 +50,8 @@ pub fn rms_norm_backward(dy: ArrayView2<f32>, x: ArrayView2<f32>, weight: ArrayV
     Zip::from(dx.rows_mut()).and(dy.rows()).and(x.rows()).par_for_each(|mut dx_row, dy_row, x_row| {
         let r = inverse_rms(x_row, eps);
         // g·x = Σⱼ dyⱼ·wⱼ·xⱼ, in f64
-        let gx: f64 = Zip::from(&dy_row).and(&weight).and(&x_row).fold(0.0, |acc, &d, &w, &v| acc + (d * w) as f64 * v as f64);
+        let gx: f64 =
+            Zip::from(&dy_row).and(&weight).and(&x_row).fold(0.0, |acc, &d, &w, &v| acc + (d * w) as f64 * v as f64);
         let c = (r as f64).powi(3) * gx / hidden; // r³·(g·x)/H
         Zip::from(&mut dx_row).and(&dy_row).and(&weight).and(&x_row).for_each(|o, &d, &w, &v| {
             *o = ((r * d * w) as f64 - c * v as f64) as f32;
@@ -108,7 +114,8 @@ mod tests {
         let (x, dy) = (random(130, 3, &mut rng), random(130, 3, &mut rng));
         let (_, dw) = rms_norm_backward(dy.view(), x.view(), array![1.0f32, 2.0, 3.0].view(), 1e-6);
         for j in 0..3 {
-            let want: f64 = (0..130).map(|t| dy[[t, j]] as f64 * (x[[t, j]] * inverse_rms(x.row(t), 1e-6)) as f64).sum();
+            let want: f64 =
+                (0..130).map(|t| dy[[t, j]] as f64 * (x[[t, j]] * inverse_rms(x.row(t), 1e-6)) as f64).sum();
             assert!((dw[j] as f64 - want).abs() < 1e-5, "{} vs {want}", dw[j]);
         }
     }

@@ -68,17 +68,19 @@ pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usiz
     let half = head_dim / 2;
     let table = RotationTable::new(positions, inv_freq);
     let mut y = Array2::zeros(x.raw_dim());
-    Zip::from(y.axis_iter_mut(Axis(0))).and(x.axis_iter(Axis(0))).and(positions).par_for_each(|mut y_row, x_row, &p| {
-        let (cos, sin) = table.row(p);
-        for h in 0..heads {
-            let base = h * head_dim;
-            for i in 0..half {
-                let (x1, x2) = (x_row[base + i], x_row[base + half + i]);
-                y_row[base + i] = x1 * cos[i] - x2 * sin[i];
-                y_row[base + half + i] = x2 * cos[i] + x1 * sin[i];
+    Zip::from(y.axis_iter_mut(Axis(0))).and(x.axis_iter(Axis(0))).and(positions).par_for_each(
+        |mut y_row, x_row, &p| {
+            let (cos, sin) = table.row(p);
+            for h in 0..heads {
+                let base = h * head_dim;
+                for i in 0..half {
+                    let (x1, x2) = (x_row[base + i], x_row[base + half + i]);
+                    y_row[base + i] = x1 * cos[i] - x2 * sin[i];
+                    y_row[base + half + i] = x2 * cos[i] + x1 * sin[i];
+                }
             }
-        }
-    });
+        },
+    );
     y
 }
 // ANCHOR_END: rope_forward
@@ -89,24 +91,37 @@ pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usiz
 ///   dx₁ = dy₁·cos + dy₂·sin,   dx₂ = dy₂·cos − dy₁·sin
 ///
 /// dy: [T, heads·d], positions: [T] → dx: [T, heads·d]. Nothing is cached: the angles are recomputed.
-pub fn rope_backward(dy: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
-    assert_eq!(dy.ncols(), heads * head_dim, "rope_backward: width {} is not heads·head_dim = {heads}·{head_dim}", dy.ncols());
+pub fn rope_backward(
+    dy: ArrayView2<f32>,
+    heads: usize,
+    head_dim: usize,
+    positions: &[usize],
+    inv_freq: &[f32],
+) -> Array2<f32> {
+    assert_eq!(
+        dy.ncols(),
+        heads * head_dim,
+        "rope_backward: width {} is not heads·head_dim = {heads}·{head_dim}",
+        dy.ncols()
+    );
     assert_eq!(dy.nrows(), positions.len(), "rope_backward: one position per row");
     let half = head_dim / 2;
     let table = RotationTable::new(positions, inv_freq);
     let mut dx = Array2::zeros(dy.raw_dim());
-    Zip::from(dx.axis_iter_mut(Axis(0))).and(dy.axis_iter(Axis(0))).and(positions).par_for_each(|mut dx_row, dy_row, &p| {
-        let (cos, sin) = table.row(p); // the same f32 angles as the forward
-        for i in 0..half {
-            let (cos, sin) = (cos[i], sin[i]);
-            for h in 0..heads {
-                let base = h * head_dim;
-                let (d1, d2) = (dy_row[base + i], dy_row[base + half + i]);
-                dx_row[base + i] = d1 * cos + d2 * sin;
-                dx_row[base + half + i] = d2 * cos - d1 * sin;
+    Zip::from(dx.axis_iter_mut(Axis(0))).and(dy.axis_iter(Axis(0))).and(positions).par_for_each(
+        |mut dx_row, dy_row, &p| {
+            let (cos, sin) = table.row(p); // the same f32 angles as the forward
+            for i in 0..half {
+                let (cos, sin) = (cos[i], sin[i]);
+                for h in 0..heads {
+                    let base = h * head_dim;
+                    let (d1, d2) = (dy_row[base + i], dy_row[base + half + i]);
+                    dx_row[base + i] = d1 * cos + d2 * sin;
+                    dx_row[base + half + i] = d2 * cos - d1 * sin;
+                }
             }
-        }
-    });
+        },
+    );
     dx
 }
 // ANCHOR_END: rope_backward
@@ -174,7 +189,8 @@ mod tests {
     #[test]
     fn linear_scaling_divides_the_frequencies() {
         let plain = inverse_frequencies(&spec(), 8);
-        let scaled = inverse_frequencies(&RopeSpec { theta: 10_000.0, scaling: RopeScaling::Linear { factor: 4.0 } }, 8);
+        let scaled =
+            inverse_frequencies(&RopeSpec { theta: 10_000.0, scaling: RopeScaling::Linear { factor: 4.0 } }, 8);
         for (p, s) in plain.iter().zip(&scaled) {
             assert_eq!(*s, p / 4.0);
         }

@@ -46,7 +46,8 @@ impl Adapter {
     /// Read `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
     pub fn load(dir: &Path) -> Result<Adapter> {
         let config_path = dir.join(CONFIG_NAME);
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
         let json: Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
         let config = config_from_json(&json).map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
@@ -85,10 +86,12 @@ impl Adapter {
         let _ = std::fs::remove_dir_all(&tmp);
         let written = (|| -> Result<()> {
             std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-            std::fs::write(tmp.join(WEIGHTS_NAME), &weights).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            std::fs::write(tmp.join(WEIGHTS_NAME), &weights)
+                .with_context(|| format!("{}: cannot write", tmp.display()))?;
             std::fs::write(tmp.join(CONFIG_NAME), config.as_bytes())
                 .with_context(|| format!("{}: cannot write", tmp.display()))?;
-            std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot move the finished adapter into place", dir.display()))
+            std::fs::rename(&tmp, dir)
+                .with_context(|| format!("{}: cannot move the finished adapter into place", dir.display()))
         })();
         if written.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -187,8 +190,16 @@ impl Adapter {
         let mut out = Vec::with_capacity(2 * self.tensors.len() + self.biases.len());
         for (module, (a, b)) in &self.tensors {
             let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
-            out.push(OwnedTensor::f32(&format!("{KEY_PREFIX}{module}.lora_A.weight"), a.shape(), a.as_slice().unwrap()));
-            out.push(OwnedTensor::f32(&format!("{KEY_PREFIX}{module}.lora_B.weight"), b.shape(), b.as_slice().unwrap()));
+            out.push(OwnedTensor::f32(
+                &format!("{KEY_PREFIX}{module}.lora_A.weight"),
+                a.shape(),
+                a.as_slice().unwrap(),
+            ));
+            out.push(OwnedTensor::f32(
+                &format!("{KEY_PREFIX}{module}.lora_B.weight"),
+                b.shape(),
+                b.as_slice().unwrap(),
+            ));
         }
         for (module, bias) in &self.biases {
             // PEFT's key: the bias of a wrapped layer lives in its `base_layer`
@@ -232,8 +243,16 @@ fn config_from_json(json: &Value) -> Result<LoraConfig> {
         }
     }
     for key in [
-        "alora_invocation_tokens", "arrow_config", "kasa_config", "monteclora_config", "use_bdlora", "velora_config",
-        "layer_replication", "modules_to_save", "target_parameters", "trainable_token_indices",
+        "alora_invocation_tokens",
+        "arrow_config",
+        "kasa_config",
+        "monteclora_config",
+        "use_bdlora",
+        "velora_config",
+        "layer_replication",
+        "modules_to_save",
+        "target_parameters",
+        "trainable_token_indices",
     ] {
         if let Some(v) = field(key).filter(|v| !is_empty(v) && *v != &Value::Bool(false)) {
             bail!("field `{key}` is {v}, which is not supported (only plain LoRA on linear layers)");
@@ -262,13 +281,18 @@ fn config_from_json(json: &Value) -> Result<LoraConfig> {
     };
     let r = match field("r") {
         None => 8,
-        Some(v) => v.as_u64().filter(|&r| r > 0).ok_or_else(|| anyhow!("field `r` is {v}, expected a positive integer"))?,
+        Some(v) => {
+            v.as_u64().filter(|&r| r > 0).ok_or_else(|| anyhow!("field `r` is {v}, expected a positive integer"))?
+        }
     } as usize;
     let lora_dropout = number("lora_dropout", 0.0)?;
     if !(0.0..1.0).contains(&lora_dropout) {
         bail!("field `lora_dropout` is {lora_dropout}, expected a probability in [0, 1)");
     }
-    let bias = match field("bias").map(|v| v.as_str().ok_or_else(|| anyhow!("field `bias` is {v}, expected a string"))).transpose()? {
+    let bias = match field("bias")
+        .map(|v| v.as_str().ok_or_else(|| anyhow!("field `bias` is {v}, expected a string")))
+        .transpose()?
+    {
         None | Some("none") => LoraBias::None,
         Some("lora_only") => LoraBias::LoraOnly,
         Some("all") => LoraBias::All,
@@ -282,7 +306,9 @@ fn config_from_json(json: &Value) -> Result<LoraConfig> {
         Some(Value::Array(items)) => TargetModules::Names(
             items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("field `target_modules`: {v} is not a string")))
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("field `target_modules`: {v} is not a string"))
+                })
                 .collect::<Result<_>>()?,
         ),
         Some(v) => bail!("field `target_modules` is {v}, expected a list of names or \"all-linear\""),
@@ -311,7 +337,11 @@ fn is_empty(v: &Value) -> bool {
 type LoraTensors = BTreeMap<String, (Array2<f32>, Array2<f32>)>;
 
 /// Split the file's keys into per-module A, B and biases, checking names, shapes and the rank.
-fn read_tensors(store: &WeightStore, config: &LoraConfig, path: &Path) -> Result<(LoraTensors, BTreeMap<String, Array1<f32>>)> {
+fn read_tensors(
+    store: &WeightStore,
+    config: &LoraConfig,
+    path: &Path,
+) -> Result<(LoraTensors, BTreeMap<String, Array1<f32>>)> {
     let mut a_of = BTreeMap::new();
     let mut b_of = BTreeMap::new();
     let mut biases = BTreeMap::new();
@@ -480,7 +510,9 @@ mod tests {
             let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
                 .unwrap()
                 .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().contains(&format!("adapter-{}-roundtrip", std::process::id())))
+                .filter(|e| {
+                    e.file_name().to_string_lossy().contains(&format!("adapter-{}-roundtrip", std::process::id()))
+                })
                 .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
                 .collect();
             assert!(leftovers.is_empty());
@@ -530,14 +562,26 @@ mod tests {
             (with("target_modules", json!(".*q_proj")), vec![], &["target_modules", "regular expression"]),
             (with("bias", json!("some")), vec![], &["bias", "lora_only"]),
             (ok(), vec![], &["adapter_model.safetensors", "missing"]),
-            (ok(), vec![OwnedTensor::f32("base_model.model.m.q_proj.lora_A.weight", &[2, 3], &[0.0; 6])],
-             &["adapter_model.safetensors", "m.q_proj.lora_A.weight", "lora_B"]),
-            (ok(), vec![OwnedTensor::f32("base_model.model.m.q_proj.lora_A.weight", &[3, 3], &[0.0; 9]), b()],
-             &["m.q_proj.lora_A.weight", "[3, 3]", "r = 2"]),
-            (ok(), vec![OwnedTensor::f32("base_model.model.m.q_proj.lora_magnitude_vector", &[4], &[0.0; 4])],
-             &["lora_magnitude_vector", "DoRA"]),
-            (ok(), vec![OwnedTensor::f32("base_model.model.m.q_proj.base_layer.bias", &[4], &[0.0; 4])],
-             &["base_layer.bias", "none"]),
+            (
+                ok(),
+                vec![OwnedTensor::f32("base_model.model.m.q_proj.lora_A.weight", &[2, 3], &[0.0; 6])],
+                &["adapter_model.safetensors", "m.q_proj.lora_A.weight", "lora_B"],
+            ),
+            (
+                ok(),
+                vec![OwnedTensor::f32("base_model.model.m.q_proj.lora_A.weight", &[3, 3], &[0.0; 9]), b()],
+                &["m.q_proj.lora_A.weight", "[3, 3]", "r = 2"],
+            ),
+            (
+                ok(),
+                vec![OwnedTensor::f32("base_model.model.m.q_proj.lora_magnitude_vector", &[4], &[0.0; 4])],
+                &["lora_magnitude_vector", "DoRA"],
+            ),
+            (
+                ok(),
+                vec![OwnedTensor::f32("base_model.model.m.q_proj.base_layer.bias", &[4], &[0.0; 4])],
+                &["base_layer.bias", "none"],
+            ),
         ];
         for (config, files, needles) in cases {
             let files: Vec<OwnedTensor> = if files.is_empty() && needles[0] != "adapter_model.safetensors" {
@@ -556,7 +600,12 @@ mod tests {
     #[test]
     fn minimal_targets_follow_peft_docstring_example() {
         let targets: BTreeSet<String> = (0..100)
-            .flat_map(|i| [format!("model.decoder.layers.{i}.self_attn.q_proj"), format!("model.decoder.layers.{i}.self_attn.v_proj")])
+            .flat_map(|i| {
+                [
+                    format!("model.decoder.layers.{i}.self_attn.q_proj"),
+                    format!("model.decoder.layers.{i}.self_attn.v_proj"),
+                ]
+            })
             .collect();
         let others: BTreeSet<String> = (0..100).map(|i| format!("model.encoder.layers.{i}.self_attn.k_proj")).collect();
         let got = find_minimal_target_modules(&targets, &others);

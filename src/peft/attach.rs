@@ -24,11 +24,18 @@ pub fn init_adapters<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraConfi
         }
         let (out, inp) = linear.dims(b);
         let a = init_lora_a(config.r, inp, rng);
-        linear.lora = Some(Lora { a: b.upload_weight(a), b: b.upload_weight(Array2::zeros((out, config.r))), scaling, dropout: config.lora_dropout as f32 });
+        linear.lora = Some(Lora {
+            a: b.upload_weight(a),
+            b: b.upload_weight(Array2::zeros((out, config.r))),
+            scaling,
+            dropout: config.lora_dropout as f32,
+        });
         adapted += 1;
     }
     if adapted == 0 {
-        bail!("`target_modules` matches no linear layer of this model (layers are named like `model.layers.0.self_attn.q_proj`)");
+        bail!(
+            "`target_modules` matches no linear layer of this model (layers are named like `model.layers.0.self_attn.q_proj`)"
+        );
     }
     set_bias_training(model, config.bias);
     model.frozen_base = true;
@@ -52,7 +59,12 @@ pub fn attach_adapter<B: Backend>(model: &mut Llama<B>, b: &B, adapter: &Adapter
                     adapter.config.r
                 );
             }
-            linear.lora = Some(Lora { a: b.upload_weight(a.clone()), b: b.upload_weight(bm.clone()), scaling, dropout: adapter.config.lora_dropout as f32 });
+            linear.lora = Some(Lora {
+                a: b.upload_weight(a.clone()),
+                b: b.upload_weight(bm.clone()),
+                scaling,
+                dropout: adapter.config.lora_dropout as f32,
+            });
         }
         if let Some(bias) = biases.remove(path.as_str()) {
             if bias.len() != out {
@@ -85,7 +97,10 @@ pub fn extract_adapter<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraCon
     let mut biases = BTreeMap::new();
     for (path, linear) in model.linears_mut() {
         if let Some(lora) = &linear.lora {
-            let (a, bm) = (b.download(&lora.a).as_standard_layout().into_owned(), b.download(&lora.b).as_standard_layout().into_owned());
+            let (a, bm) = (
+                b.download(&lora.a).as_standard_layout().into_owned(),
+                b.download(&lora.b).as_standard_layout().into_owned(),
+            );
             tensors.insert(path.clone(), (a, bm));
         }
         if let (true, Some(bias)) = (linear.train_bias, &linear.bias) {

@@ -114,7 +114,12 @@ pub fn init_lora_a(out_rank: usize, in_features: usize, rng: &mut Rng) -> Array2
 ///
 /// Dropout is not inside: for dropout pass x̃ = x ∘ m (m from [`dropout_mask`]) as `x`, and multiply the dx
 /// that [`lora_backward`] returns by the same m.
-pub fn lora_forward(x: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, scaling: f32) -> (Array2<f32>, Array2<f32>) {
+pub fn lora_forward(
+    x: ArrayView2<f32>,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    scaling: f32,
+) -> (Array2<f32>, Array2<f32>) {
     assert_eq!(x.ncols(), a.ncols(), "lora_forward: x width is not A's in");
     assert_eq!(b.ncols(), a.nrows(), "lora_forward: B's rank is not A's");
     let h = matmul(x, a.t()); // [n, in]·[in, r] → [n, r]

@@ -9,13 +9,24 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Files copied from the base directory so the merged one is complete.
-const SIDE_FILES: &[&str] =
-    &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
+const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
 
 // ANCHOR: merge_dirs
 /// Merge `adapter_dir` into `base_dir` and write `out_dir` (shards of at most `max_shard_bytes`, plus
 /// `model.safetensors.index.json` when there is more than one). Returns the number of merged matrices.
-pub fn merge_into_directory(base_dir: &Path, adapter_dir: &Path, out_dir: &Path, max_shard_bytes: usize) -> Result<usize> {
+pub fn merge_into_directory(
+    base_dir: &Path,
+    adapter_dir: &Path,
+    out_dir: &Path,
+    max_shard_bytes: usize,
+) -> Result<usize> {
     let store = WeightStore::open(base_dir)?;
     let adapter = Adapter::load(adapter_dir)?;
     let scaling = adapter.config.scaling() as f32;
@@ -26,9 +37,17 @@ pub fn merge_into_directory(base_dir: &Path, adapter_dir: &Path, out_dir: &Path,
         let module = name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias")).unwrap_or(name);
         let mut values = store.tensor_f32(name)?;
         if let (Some((a, b)), true) = (adapter.tensors.get(module), name.ends_with(".weight")) {
-            let mut w = values.into_dimensionality::<ndarray::Ix2>().with_context(|| format!("{}: tensor `{name}` is not a matrix", store.describe()))?;
+            let mut w = values
+                .into_dimensionality::<ndarray::Ix2>()
+                .with_context(|| format!("{}: tensor `{name}` is not a matrix", store.describe()))?;
             if w.dim() != (b.nrows(), a.ncols()) {
-                bail!("{}: `{name}` is {:?}, the adapter's B·A is [{}, {}]", adapter_dir.display(), w.dim(), b.nrows(), a.ncols());
+                bail!(
+                    "{}: `{name}` is {:?}, the adapter's B·A is [{}, {}]",
+                    adapter_dir.display(),
+                    w.dim(),
+                    b.nrows(),
+                    a.ncols()
+                );
             }
             merge(&mut w, a.view(), b.view(), scaling);
             merged += 1;
@@ -53,13 +72,22 @@ pub fn merge_into_directory(base_dir: &Path, adapter_dir: &Path, out_dir: &Path,
 
 /// Write tensors as `model.safetensors` or `model-0000i-of-0000n.safetensors` + index, copy the side files,
 /// all into a temporary sibling that is renamed into place at the end.
-pub fn write_model_directory(base_dir: &Path, out_dir: &Path, tensors: Vec<OwnedTensor>, max_shard_bytes: usize) -> Result<()> {
+pub fn write_model_directory(
+    base_dir: &Path,
+    out_dir: &Path,
+    tensors: Vec<OwnedTensor>,
+    max_shard_bytes: usize,
+) -> Result<()> {
     if out_dir.exists() {
         bail!("{}: already exists (choose a new output directory)", out_dir.display());
     }
     let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let tmp = parent.join(format!(".{}.partial-{}", out_dir.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        out_dir.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
@@ -98,7 +126,8 @@ pub fn write_model_directory(base_dir: &Path, out_dir: &Path, tensors: Vec<Owned
                 std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy", src.display()))?;
             }
         }
-        std::fs::rename(&tmp, out_dir).with_context(|| format!("{}: cannot move the finished model into place", out_dir.display()))
+        std::fs::rename(&tmp, out_dir)
+            .with_context(|| format!("{}: cannot move the finished model into place", out_dir.display()))
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -33,7 +33,15 @@ const COPIED_FILES: [&str; 9] = [
 
 /// Modules that are not `nn.Linear` layers, or that transformers keeps in full precision (the output head).
 const NOT_QUANTIZED: [&str; 9] = [
-    "lm_head", "embed_tokens", "embed_positions", "wte", "wpe", "embed_in", "embed_out", "word_embeddings", "output_layer",
+    "lm_head",
+    "embed_tokens",
+    "embed_positions",
+    "wte",
+    "wpe",
+    "embed_in",
+    "embed_out",
+    "word_embeddings",
+    "output_layer",
 ];
 
 // ANCHOR: is_quantized_linear
@@ -88,13 +96,21 @@ fn read_config(dir: &Path) -> Result<Map<String, Value>> {
 // ANCHOR: quantize_checkpoint
 /// Quantize every linear weight of `model_dir` into a new directory `out_dir` (which must not exist), written
 /// into a temporary sibling and renamed into place, so a failure leaves nothing behind.
-pub fn quantize_checkpoint(model_dir: &Path, out_dir: &Path, quant_type: QuantType, opts: QuantOptions) -> Result<QuantizeReport> {
+pub fn quantize_checkpoint(
+    model_dir: &Path,
+    out_dir: &Path,
+    quant_type: QuantType,
+    opts: QuantOptions,
+) -> Result<QuantizeReport> {
     if out_dir.exists() {
         bail!("{}: already exists; choose a new output directory", out_dir.display());
     }
     let mut config = read_config(model_dir)?;
     if config.contains_key("quantization_config") {
-        bail!("{}: field `quantization_config` is present; the model is already quantized", model_dir.join("config.json").display());
+        bail!(
+            "{}: field `quantization_config` is present; the model is already quantized",
+            model_dir.join("config.json").display()
+        );
     }
     let store = WeightStore::open(model_dir)?;
     let mut tensors = Vec::new();
@@ -134,14 +150,18 @@ pub fn quantize_checkpoint(model_dir: &Path, out_dir: &Path, quant_type: QuantTy
     let tmp = temp_sibling(out_dir)?;
     let written = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        std::fs::write(tmp.join("model.safetensors"), &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::write(tmp.join("config.json"), config_text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::write(tmp.join("model.safetensors"), &bytes)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::write(tmp.join("config.json"), config_text)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
         for f in COPIED_FILES {
             if model_dir.join(f).is_file() {
-                std::fs::copy(model_dir.join(f), tmp.join(f)).with_context(|| format!("{}: cannot copy", model_dir.join(f).display()))?;
+                std::fs::copy(model_dir.join(f), tmp.join(f))
+                    .with_context(|| format!("{}: cannot copy", model_dir.join(f).display()))?;
             }
         }
-        std::fs::rename(&tmp, out_dir).with_context(|| format!("{}: cannot move the finished directory into place", out_dir.display()))
+        std::fs::rename(&tmp, out_dir)
+            .with_context(|| format!("{}: cannot move the finished directory into place", out_dir.display()))
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -195,7 +215,8 @@ impl QuantizedStore {
     pub fn matrix(&self, name: &str) -> Result<Array2<f32>> {
         let t = self.tensor_f32(name)?;
         let shape = t.shape().to_vec();
-        t.into_dimensionality().map_err(|_| anyhow!("{}: tensor `{name}` has shape {shape:?}, expected a matrix", self.store.describe()))
+        t.into_dimensionality()
+            .map_err(|_| anyhow!("{}: tensor `{name}` has shape {shape:?}, expected a matrix", self.store.describe()))
     }
 }
 // ANCHOR_END: load_quantized_store

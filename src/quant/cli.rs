@@ -32,7 +32,8 @@ pub struct QuantizeArgs {
 
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
     let quant_type = QuantType::parse(&args.quant)?;
-    let mut opts = QuantOptions { blocksize: args.blocksize, double_quant: args.double_quant, ..QuantOptions::default() };
+    let mut opts =
+        QuantOptions { blocksize: args.blocksize, double_quant: args.double_quant, ..QuantOptions::default() };
     if let Some(t) = args.torch_threads {
         opts.torch_threads = t.max(1);
     }

@@ -132,10 +132,12 @@ pub fn from_store(store: &WeightStore, weight_name: &str) -> Result<Quantized4bi
     let state_name = quant_state_name(store, p)
         .ok_or_else(|| anyhow!("{}: no `{p}.{QUANT_STATE_KEY}nf4|fp4` tensor", store.describe()))?;
     let err = |what: &str| anyhow!("{}: tensor `{state_name}`: {what}", store.describe());
-    let json: Value = serde_json::from_slice(&bytes_of(store, &state_name)?).map_err(|e| err(&format!("not JSON ({e})")))?;
+    let json: Value =
+        serde_json::from_slice(&bytes_of(store, &state_name)?).map_err(|e| err(&format!("not JSON ({e})")))?;
     let field = |k: &str| json.get(k).filter(|v| !v.is_null()).ok_or_else(|| err(&format!("missing field `{k}`")));
-    let quant_type = QuantType::parse(field("quant_type")?.as_str().ok_or_else(|| err("`quant_type` is not a string"))?)
-        .map_err(|e| err(&e.to_string()))?;
+    let quant_type =
+        QuantType::parse(field("quant_type")?.as_str().ok_or_else(|| err("`quant_type` is not a string"))?)
+            .map_err(|e| err(&e.to_string()))?;
     let blocksize = field("blocksize")?.as_u64().ok_or_else(|| err("`blocksize` is not an integer"))? as usize;
     let dtype = field("dtype")?.as_str().ok_or_else(|| err("`dtype` is not a string"))?.to_string();
     let shape: Vec<usize> = field("shape")?
@@ -150,7 +152,12 @@ pub fn from_store(store: &WeightStore, weight_name: &str) -> Result<Quantized4bi
     let blocks = n.div_ceil(blocksize);
     let packed = bytes_of(store, p)?;
     if packed.len() != n.div_ceil(2) {
-        bail!("{}: tensor `{p}` holds {} bytes, expected {} for shape [{rows}, {cols}]", store.describe(), packed.len(), n.div_ceil(2));
+        bail!(
+            "{}: tensor `{p}` holds {} bytes, expected {} for shape [{rows}, {cols}]",
+            store.describe(),
+            packed.len(),
+            n.div_ceil(2)
+        );
     }
     let quant_map = f32_vec(store, &format!("{p}.quant_map"), 16)?;
     if quant_map[..] != quant_type.code()[..] {
@@ -184,7 +191,9 @@ pub fn quantized_weights(store: &WeightStore) -> Vec<String> {
 /// Whether `name` is one of the tensors that describe a quantized weight rather than a parameter.
 pub fn is_side_tensor(name: &str, quantized: &std::collections::BTreeSet<String>) -> bool {
     name.contains(&format!(".{QUANT_STATE_KEY}"))
-        || SIDE_SUFFIXES.iter().any(|s| name.strip_suffix(s).and_then(|w| w.strip_suffix('.')).is_some_and(|w| quantized.contains(w)))
+        || SIDE_SUFFIXES
+            .iter()
+            .any(|s| name.strip_suffix(s).and_then(|w| w.strip_suffix('.')).is_some_and(|w| quantized.contains(w)))
 }
 
 #[cfg(test)]
@@ -215,7 +224,13 @@ mod tests {
     #[test]
     fn side_tensors_are_recognised() {
         let q: std::collections::BTreeSet<String> = ["a.weight".to_string()].into();
-        for n in ["a.weight.absmax", "a.weight.quant_map", "a.weight.nested_absmax", "a.weight.nested_quant_map", "a.weight.quant_state.bitsandbytes__nf4"] {
+        for n in [
+            "a.weight.absmax",
+            "a.weight.quant_map",
+            "a.weight.nested_absmax",
+            "a.weight.nested_quant_map",
+            "a.weight.quant_state.bitsandbytes__nf4",
+        ] {
             assert!(is_side_tensor(n, &q), "{n}");
         }
         for n in ["a.weight", "a.bias", "b.weight.absmax"] {

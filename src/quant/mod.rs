@@ -14,8 +14,8 @@
 //! `max(absmax, 1e-38)` and stores that clamped value; scaled values are clamped to [-1, 1]; an odd element
 //! count pads the last low nibble with the code of 0.
 
-pub mod cli; // `mftcoder quantize`: arguments and the run function
 pub mod checkpoint; // whole checkpoints: write a bnb 4-bit model directory, read one back dequantized
+pub mod cli; // `mftcoder quantize`: arguments and the run function
 pub mod double_quant; // the 8-bit dynamic map and double quantization of the block absmax values
 pub mod format; // the tensors and quant_state JSON bitsandbytes saves per quantized weight
 pub mod fp4; // the FP4 codebook (1 sign, 2 exponent, 1 mantissa bit)
@@ -259,7 +259,11 @@ mod tests {
         bad[[1, 5]] = f32::NAN;
         let err = Quantized4bit::quantize(bad.view(), QuantType::Nf4, false).unwrap_err().to_string();
         assert!(err.contains("element 69"), "{err}");
-        let err = Quantized4bit::quantize_with(w.view(), QuantType::Nf4, QuantOptions { blocksize: 48, ..Default::default() });
+        let err = Quantized4bit::quantize_with(
+            w.view(),
+            QuantType::Nf4,
+            QuantOptions { blocksize: 48, ..Default::default() },
+        );
         assert!(err.unwrap_err().to_string().contains("blocksize 48"));
     }
 
@@ -276,8 +280,12 @@ mod tests {
     #[test]
     fn dequantize_into_matches_per_element_formula() {
         let w = sample(40, 100);
-        let q = Quantized4bit::quantize_with(w.view(), QuantType::Fp4, QuantOptions { blocksize: 32, ..Default::default() })
-            .unwrap();
+        let q = Quantized4bit::quantize_with(
+            w.view(),
+            QuantType::Fp4,
+            QuantOptions { blocksize: 32, ..Default::default() },
+        )
+        .unwrap();
         let d = q.dequantize();
         let s = q.scales();
         for (k, v) in d.iter().enumerate() {

@@ -79,7 +79,8 @@ pub fn save_checkpoint<B: Backend>(
             for file in MODEL_SIDE_FILES {
                 let src = base_model_dir.join(file);
                 if src.is_file() {
-                    std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy into the checkpoint", src.display()))?;
+                    std::fs::copy(&src, tmp.join(file))
+                        .with_context(|| format!("{}: cannot copy into the checkpoint", src.display()))?;
                 }
             }
         }
@@ -115,8 +116,12 @@ pub fn read_latest(output_dir: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let dir = json.get("latest_ckpt").and_then(|v| v.as_str()).ok_or_else(|| anyhow!("{}: no `latest_ckpt`", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let dir = json
+        .get("latest_ckpt")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow!("{}: no `latest_ckpt`", path.display()))?;
     Ok(Some(PathBuf::from(dir)))
 }
 
@@ -124,9 +129,12 @@ pub fn read_latest(output_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn load_training_state(dir: &Path, names: &[String], opt: &mut AdamW) -> Result<TrainerState> {
     let path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let state: TrainerState = serde_json::from_value(json["state"].clone()).with_context(|| format!("{}: field `state`", path.display()))?;
-    opt.step = json["optimizer_step"].as_u64().ok_or_else(|| anyhow!("{}: field `optimizer_step` missing", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let state: TrainerState =
+        serde_json::from_value(json["state"].clone()).with_context(|| format!("{}: field `state`", path.display()))?;
+    opt.step =
+        json["optimizer_step"].as_u64().ok_or_else(|| anyhow!("{}: field `optimizer_step` missing", path.display()))?;
     let store = WeightStore::open(&dir.join("optimizer.safetensors"))?;
     for (i, name) in names.iter().enumerate() {
         for (kind, slot) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
@@ -142,7 +150,9 @@ pub fn step_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(output_dir).with_context(|| format!("{}: cannot list", output_dir.display()))? {
         let path = entry?.path();
-        if let Some(step) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")).and_then(|s| s.parse().ok()) {
+        if let Some(step) =
+            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_")).and_then(|s| s.parse().ok())
+        {
             if path.is_dir() {
                 out.push((step, path));
             }
@@ -153,12 +163,18 @@ pub fn step_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 }
 
 /// MFTCoder's `saving_limit`: keep the newest `limit` step checkpoints, never deleting the best one.
-pub fn enforce_saving_limit(output_dir: &Path, limit: usize, best_step: Option<usize>, latest: usize) -> Result<Vec<PathBuf>> {
+pub fn enforce_saving_limit(
+    output_dir: &Path,
+    limit: usize,
+    best_step: Option<usize>,
+    latest: usize,
+) -> Result<Vec<PathBuf>> {
     let checkpoints = step_checkpoints(output_dir)?;
     let mut removed = Vec::new();
     let excess = checkpoints.len().saturating_sub(limit);
     for (step, path) in checkpoints.into_iter().filter(|(s, _)| Some(*s) != best_step && *s != latest).take(excess) {
-        std::fs::remove_dir_all(&path).with_context(|| format!("{}: cannot remove old checkpoint (step {step})", path.display()))?;
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("{}: cannot remove old checkpoint (step {step})", path.display()))?;
         removed.push(path);
     }
     Ok(removed)
@@ -166,9 +182,11 @@ pub fn enforce_saving_limit(output_dir: &Path, limit: usize, best_step: Option<u
 
 /// Fail before training if `output_dir` cannot be created or written.
 pub fn check_writable(output_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(output_dir).with_context(|| format!("{}: cannot create the output directory", output_dir.display()))?;
+    std::fs::create_dir_all(output_dir)
+        .with_context(|| format!("{}: cannot create the output directory", output_dir.display()))?;
     let probe = output_dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").with_context(|| format!("{}: the output directory is not writable", output_dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("{}: the output directory is not writable", output_dir.display()))?;
     std::fs::remove_file(&probe).ok();
     if !output_dir.is_dir() {
         bail!("{}: not a directory", output_dir.display());

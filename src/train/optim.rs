@@ -153,7 +153,8 @@ impl AdamW {
             }
             let same_order = g.strides() == p.strides();
             let flat_g = if same_order { g.as_slice_memory_order() } else { None };
-            match (p.as_slice_memory_order_mut(), flat_g, m.as_slice_memory_order_mut(), v.as_slice_memory_order_mut()) {
+            match (p.as_slice_memory_order_mut(), flat_g, m.as_slice_memory_order_mut(), v.as_slice_memory_order_mut())
+            {
                 (Some(p), Some(g), Some(m), Some(v)) => p
                     .par_chunks_mut(CHUNK)
                     .zip(g.par_chunks(CHUNK))

@@ -62,7 +62,14 @@ impl fmt::Display for LrSchedule {
 /// after `step` calls of `scheduler.step()`, floored at `min_lr` once at least one scheduler step was taken
 /// (MFTCoder applies the floor after each `scheduler.step()`, so step 0 keeps base·λ(0), which is 0 during a
 /// warm-up). With `min_lr = 0` this is exactly `get_scheduler(kind, opt, warmup_steps, total_steps)`.
-pub fn learning_rate(kind: LrSchedule, base_lr: f64, min_lr: f64, step: usize, warmup_steps: usize, total_steps: usize) -> f64 {
+pub fn learning_rate(
+    kind: LrSchedule,
+    base_lr: f64,
+    min_lr: f64,
+    step: usize,
+    warmup_steps: usize,
+    total_steps: usize,
+) -> f64 {
     let (s, w, n) = (step as f64, warmup_steps as f64, total_steps as f64);
     let warming_up = step < warmup_steps && kind != LrSchedule::Constant;
     let factor = if warming_up {

@@ -9,18 +9,19 @@
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{self, Batch, CollateOptions, DataConfig, IndexedDataset, MultiTaskDataset, PaddingMode};
+use crate::data::CollateOptions;
 use crate::io::tokenizer::Tokenizer;
 use crate::loss::causal_lm::weighted_token_loss;
 use crate::loss::coba::{CobaConfig, CobaState, mean_of_samples};
 use crate::loss::mft::{LossMode, coefficients, task_losses};
+use crate::models::llama::Weight;
 use crate::models::llama::{Gradients, Llama, Sequence};
 use crate::models::load_causal_lm;
-use crate::models::llama::Weight;
-use crate::quant::QuantType;
 use crate::peft::attach::{attach_adapter, init_adapters};
 use crate::peft::{Adapter, LoraBias, LoraConfig, TargetModules};
+use crate::quant::QuantType;
 use crate::rng::Rng;
+pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data};
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::train::schedule::{LrSchedule, learning_rate};
@@ -29,143 +30,6 @@ use ndarray::Array2;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Where batches come from: MFTCoder's jsonl tasks, or Megatron `.bin/.idx` corpora (continued pre-training).
-pub enum TrainData {
-    Sft(MultiTaskDataset),
-    Corpus(Corpus),
-}
-
-/// Continued pre-training data: one task per `.bin/.idx` prefix, Megatron's sample index over each.
-pub struct Corpus {
-    pub names: Vec<String>,
-    sets: Vec<(IndexedDataset, data::megatron::SampleIndex, data::megatron::SampleIndex)>,
-    order: Vec<(usize, usize)>,
-    seq_length: usize,
-}
-
-impl Corpus {
-    pub fn open(prefixes: &[PathBuf], seq_length: usize, split: [f64; 3], seed: u32) -> Result<Self> {
-        let mut sets = Vec::new();
-        let mut names = Vec::new();
-        for prefix in prefixes {
-            // MFTCoder's bin path: `data_paths` name prefixes; the token ids live in `{prefix}_input_ids.bin/.idx`
-            let mut ids_prefix = prefix.as_os_str().to_owned();
-            ids_prefix.push("_input_ids");
-            let ds = IndexedDataset::open(Path::new(&ids_prefix))?;
-            let [train, valid, _] = data::megatron::split_documents(split, ds.len())?;
-            let train = data::megatron::SampleIndex::build(&ds.sizes, train, seq_length, 1, seed)?;
-            let valid = data::megatron::SampleIndex::build(&ds.sizes, valid, seq_length, 1, seed)?;
-            names.push(prefix.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-            sets.push((ds, train, valid));
-        }
-        let counts: Vec<usize> = sets.iter().map(|(_, t, _)| t.len()).collect();
-        Ok(Corpus { names, order: data::blend_by_count(&counts), sets, seq_length })
-    }
-
-    fn batch(&self, samples: &[(usize, Vec<u32>)]) -> Batch {
-        let t = self.seq_length;
-        let b = samples.len();
-        let mut batch = Batch {
-            input_ids: Array2::zeros((b, t)),
-            labels: Array2::zeros((b, t)),
-            loss_mask: Array2::ones((b, t)),
-            segment_ids: Array2::ones((b, t)),
-            position_ids: Array2::from_shape_fn((b, t), |(_, j)| j as u32),
-            task_ids: samples.iter().map(|(k, _)| *k).collect(),
-        };
-        for (r, (_, tokens)) in samples.iter().enumerate() {
-            for j in 0..t {
-                batch.input_ids[[r, j]] = tokens[j];
-                batch.labels[[r, j]] = tokens[j + 1];
-            }
-        }
-        batch
-    }
-}
-
-impl TrainData {
-    pub fn task_names(&self) -> &[String] {
-        match self {
-            TrainData::Sft(d) => &d.task_names,
-            TrainData::Corpus(c) => &c.names,
-        }
-    }
-
-    pub fn train_len(&self) -> usize {
-        match self {
-            TrainData::Sft(d) => d.train_len(),
-            TrainData::Corpus(c) => c.order.len(),
-        }
-    }
-
-    pub fn train_batch(&self, indices: &[usize], opts: CollateOptions) -> Batch {
-        match self {
-            TrainData::Sft(d) => d.train_batch(indices, opts),
-            TrainData::Corpus(c) => {
-                let samples: Vec<(usize, Vec<u32>)> = indices
-                    .iter()
-                    .map(|&i| {
-                        let (k, j) = c.order[i];
-                        (k, c.sets[k].1.sample(&c.sets[k].0, j))
-                    })
-                    .collect();
-                c.batch(&samples)
-            }
-        }
-    }
-
-    pub fn valid_batches(&self, k: usize, batch_size: usize, opts: CollateOptions) -> Vec<Batch> {
-        match self {
-            TrainData::Sft(d) => d.valid_batches(k, batch_size, opts),
-            TrainData::Corpus(c) => {
-                let (ds, _, valid) = &c.sets[k];
-                let idx: Vec<usize> = (0..valid.len()).collect();
-                idx.chunks(batch_size.max(1)).map(|ch| c.batch(&ch.iter().map(|&j| (k, valid.sample(ds, j))).collect::<Vec<_>>())).collect()
-            }
-        }
-    }
-
-    fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
-        let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut order: Vec<usize> = (0..self.train_len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
-        }
-        order
-    }
-}
-
-/// A batch laid out as one sequence for the model: rows become documents (segments) that never attend to
-/// each other, positions restart per row (and per packed sample inside a row).
-pub struct FlatBatch {
-    pub ids: Vec<u32>,
-    pub positions: Vec<usize>,
-    pub segment_ids: Vec<u32>,
-    pub targets: Vec<u32>,
-    pub loss_mask: Vec<f32>,
-    pub row_len: usize,
-    pub task_ids: Vec<usize>,
-}
-
-// ANCHOR: flatten
-pub fn flatten(batch: &Batch) -> FlatBatch {
-    let (rows, t) = batch.input_ids.dim();
-    let mut segment_ids = Vec::with_capacity(rows * t);
-    for r in 0..rows {
-        segment_ids.extend(batch.segment_ids.row(r).iter().map(|&s| ((r as u32) << 16) | (s & 0xFFFF)));
-    }
-    FlatBatch {
-        ids: batch.input_ids.iter().copied().collect(),
-        positions: batch.position_ids.iter().map(|&p| p as usize).collect(),
-        segment_ids,
-        targets: batch.labels.iter().copied().collect(),
-        loss_mask: batch.loss_mask.iter().copied().collect(),
-        row_len: t,
-        task_ids: batch.task_ids.clone(),
-    }
-}
-// ANCHOR_END: flatten
 
 /// Per-task validation loss and the overall loss of the configured mode.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -201,9 +65,18 @@ pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
                 Some(serde_json::Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
                 Some(serde_json::Value::String(s)) => TargetModules::Names(crate::config::parse_bracket_list(s)),
                 Some(serde_json::Value::Array(items)) => TargetModules::Names(
-                    items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(|| anyhow!("field `target_modules`: entries must be strings"))).collect::<Result<_>>()?,
+                    items
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .ok_or_else(|| anyhow!("field `target_modules`: entries must be strings"))
+                        })
+                        .collect::<Result<_>>()?,
                 ),
-                Some(other) => bail!("field `target_modules` must be a list of names, \"all-linear\" or null, got {other}"),
+                Some(other) => {
+                    bail!("field `target_modules` must be a list of names, \"all-linear\" or null, got {other}")
+                }
             };
             Ok(Some(LoraConfig {
                 r: cfg.lora_rank,
@@ -222,34 +95,6 @@ fn collate_options(cfg: &TrainConfig) -> CollateOptions {
     CollateOptions { dynamic_padding: cfg.use_dynamic_padding, isolate_samples: true, sst_pack_trim: false }
 }
 
-/// Load the data a config names.
-pub fn load_data(cfg: &TrainConfig, tokenizer: &Tokenizer) -> Result<TrainData> {
-    let paths: Vec<PathBuf> = cfg.data_paths.iter().map(PathBuf::from).collect();
-    let split: data::DataSplit = cfg.data_split.parse().map_err(|e| anyhow!("field `data_split`: {e}"))?;
-    if cfg.load_raw_dataset {
-        let role_markers = match &cfg.role_markers {
-            Some(v) => Some(data::RoleMarkers::from_json(&v.to_string()).context("field `role_markers`")?),
-            None => None,
-        };
-        let dc = DataConfig {
-            data_paths: paths,
-            seq_length: cfg.seq_length,
-            padding_mode: cfg.padding_mode.parse::<PaddingMode>().map_err(|e| anyhow!("field `padding_mode`: {e}"))?,
-            tokenize_mode: cfg.tokenize_mode.parse().map_err(|e| anyhow!("field `tokenize_mode`: {e}"))?,
-            role_markers,
-            data_split: split,
-            seed: cfg.seed as u32,
-            overlong: if cfg.truncate { data::Overlong::Truncate } else { data::Overlong::Drop },
-            skip_bad_records: cfg.skip_bad_records,
-            mftcoder_quirks: false,
-        };
-        Ok(TrainData::Sft(MultiTaskDataset::build(tokenizer, &dc)?))
-    } else {
-        let fractions = [split.train, split.valid, split.test];
-        Ok(TrainData::Corpus(Corpus::open(&paths, cfg.seq_length, fractions, cfg.seed as u32)?))
-    }
-}
-
 /// One optimizer step's accumulated numbers.
 struct StepResult {
     loss: f64,
@@ -263,14 +108,17 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     let out = &cfg.output_dir;
     checkpoint::check_writable(out)?;
     let mode: LossMode = cfg.weighted_loss_mode.parse()?;
-    let schedule: LrSchedule = cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
+    let schedule: LrSchedule =
+        cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
 
     let base = &cfg.pretrained_model_path;
     let tokenizer = Tokenizer::load(base)?;
     let data = load_data(cfg, &tokenizer)?;
     let names = data.task_names().to_vec();
     let task_weights = match &cfg.task_weights {
-        Some(w) if w.len() != names.len() => bail!("field `task_weights` has {} entries for {} tasks", w.len(), names.len()),
+        Some(w) if w.len() != names.len() => {
+            bail!("field `task_weights` has {} entries for {} tasks", w.len(), names.len())
+        }
         Some(w) => w.clone(),
         None => vec![1.0; names.len()],
     };
@@ -278,7 +126,11 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     let per_step = micro * cfg.gradient_accumulation_steps;
     let steps_per_epoch = data.train_len() / per_step;
     if steps_per_epoch == 0 {
-        bail!("{} training samples are fewer than one optimizer step needs ({micro} × {} accumulation)", data.train_len(), cfg.gradient_accumulation_steps);
+        bail!(
+            "{} training samples are fewer than one optimizer step needs ({micro} × {} accumulation)",
+            data.train_len(),
+            cfg.gradient_accumulation_steps
+        );
     }
     let total_steps = cfg.max_train_steps.unwrap_or(cfg.num_train_epochs * steps_per_epoch);
     let warmup = cfg.warmup_steps(total_steps);
@@ -303,7 +155,10 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
                 params += q.numel();
             }
         }
-        eprintln!("QLoRA: {params} base weights in NF4 + double quantization, {:.3} bits each", packed_bytes as f64 * 8.0 / params as f64);
+        eprintln!(
+            "QLoRA: {params} base weights in NF4 + double quantization, {:.3} bits each",
+            packed_bytes as f64 * 8.0 / params as f64
+        );
         crate::runtime::release_free_memory(); // the f32 copies are gone; give their pages back
     }
     if let Some(lora) = &lora {
@@ -334,14 +189,21 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     if let Some(dir) = &resume_dir {
         state = checkpoint::load_training_state(dir, &param_names, &mut opt)?;
         if state.total_steps != total_steps {
-            bail!("{}: the checkpoint planned {} steps, this config plans {total_steps}; resume with the same config", dir.display(), state.total_steps);
+            bail!(
+                "{}: the checkpoint planned {} steps, this config plans {total_steps}; resume with the same config",
+                dir.display(),
+                state.total_steps
+            );
         }
         eprintln!("resuming from {} at step {}", dir.display(), state.completed_steps);
     }
     let mut rng = Rng::from_state(state.rng_state); // LoRA dropout masks; checkpointed so a resumed run draws the same
     let metrics_path = out.join("metrics.jsonl");
     truncate_metrics(&metrics_path, state.completed_steps)?;
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
 
     if cfg.weighted_loss_mode == "coba" && state.coba.is_none() {
@@ -381,12 +243,27 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
                 Some(coba) => coba.weights(step), // case3 with CoBa's weights
                 None => task_weights.clone(),
             };
-            let result = optimizer_step(b, &mut model, &mut opt, &data, &order[first..first + per_step], micro, mode, &step_weights, collate, cfg, lr, &param_names, &mut rng)
-                .with_context(|| format!("step {}", step + 1))?;
+            let result = optimizer_step(
+                b,
+                &mut model,
+                &mut opt,
+                &data,
+                &order[first..first + per_step],
+                micro,
+                mode,
+                &step_weights,
+                collate,
+                cfg,
+                lr,
+                &param_names,
+                &mut rng,
+            )
+            .with_context(|| format!("step {}", step + 1))?;
             if let Some(coba) = state.coba.as_mut() {
                 if coba.wants_validation(step) {
-                    let samples: Vec<Vec<Option<f64>>> =
-                        (0..coba.config.sample_valid_num).map(|_| sample_validation(b, &model, &data, cfg, &mut rng)).collect::<Result<_>>()?;
+                    let samples: Vec<Vec<Option<f64>>> = (0..coba.config.sample_valid_num)
+                        .map(|_| sample_validation(b, &model, &data, cfg, &mut rng))
+                        .collect::<Result<_>>()?;
                     coba.record_validation(step, &mean_of_samples(&samples));
                 }
             }
@@ -399,21 +276,34 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
             let elapsed = started.elapsed().as_secs_f64();
             let task_json: serde_json::Map<String, serde_json::Value> =
                 names.iter().zip(&result.task_loss).filter_map(|(n, l)| l.map(|l| (n.clone(), l.into()))).collect();
-            writeln!(metrics, "{}", serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
                 "loss": result.loss, "task_loss": task_json, "grad_norm": result.grad_norm, "tokens": result.tokens,
                 "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed,
                 "rss_mib": crate::runtime::resident_bytes().map(|b| b as f64 / (1 << 20) as f64),
-                "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()}))?;
+                "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()})
+            )?;
             metrics.flush()?;
             progress.set_position(state.completed_steps as u64);
-            progress.set_message(format!("loss {:.4} | {} | {:.0} tok/s", result.loss, task_summary(&names, &result.task_loss), tokens_seen as f64 / elapsed.max(1e-9)));
+            progress.set_message(format!(
+                "loss {:.4} | {} | {:.0} tok/s",
+                result.loss,
+                task_summary(&names, &result.task_loss),
+                tokens_seen as f64 / elapsed.max(1e-9)
+            ));
 
             let c = state.completed_steps;
             let mut stop = false;
             if cfg.evaluation_steps > 0 && c % cfg.evaluation_steps == 0 {
                 let ev = evaluate(b, &model, &data, cfg, mode, &task_weights, c)?;
-                writeln!(metrics, "{}", serde_json::json!({"step": c, "eval_loss": ev.eval_loss, "perplexity": ev.perplexity,
-                    "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()}))?;
+                writeln!(
+                    metrics,
+                    "{}",
+                    serde_json::json!({"step": c, "eval_loss": ev.eval_loss, "perplexity": ev.perplexity,
+                    "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()})
+                )?;
                 metrics.flush()?;
                 if state.best_eval_loss.is_none_or(|best| ev.eval_loss <= best) {
                     state.best_eval_loss = Some(ev.eval_loss);
@@ -449,8 +339,15 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         }
     }
     progress.finish_and_clear();
-    let final_checkpoint = last_checkpoint.ok_or_else(|| anyhow!("no step was trained (the run was already complete)"))?;
-    Ok(TrainReport { completed_steps: state.completed_steps, final_checkpoint, last_train_loss, evaluations, task_names: names })
+    let final_checkpoint =
+        last_checkpoint.ok_or_else(|| anyhow!("no step was trained (the run was already complete)"))?;
+    Ok(TrainReport {
+        completed_steps: state.completed_steps,
+        final_checkpoint,
+        last_train_loss,
+        evaluations,
+        task_names: names,
+    })
 }
 
 // ANCHOR: optimizer_step
@@ -488,7 +385,10 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
         let r = r?;
         loss_sum += r.loss;
         tokens += flat.ids.len();
-        for (k, l) in task_losses(&r.token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len()).into_iter().enumerate() {
+        for (k, l) in task_losses(&r.token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len())
+            .into_iter()
+            .enumerate()
+        {
             if let Some(l) = l {
                 task_sum[k] += l;
                 task_n[k] += 1;
@@ -512,7 +412,10 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
     for name in param_names {
         if let Some(g) = grads.get(name) {
             if g.iter().any(|v| !v.is_finite()) {
-                bail!("the gradient of `{name}` is not finite (loss {:.6}); the last good checkpoint is kept", loss_sum / n_micro as f64);
+                bail!(
+                    "the gradient of `{name}` is not finite (loss {:.6}); the last good checkpoint is kept",
+                    loss_sum / n_micro as f64
+                );
             }
         }
     }
@@ -566,14 +469,22 @@ pub fn evaluate<B: Backend<Tensor = Array2<f32>>>(
         task_loss.push((names[k].clone(), (n > 0).then(|| sum / n as f64)));
     }
     if batch_losses.is_empty() {
-        bail!("evaluation: no validation sample (raise the validation share of `data_split` or set `evaluation_steps` to 0)");
+        bail!(
+            "evaluation: no validation sample (raise the validation share of `data_split` or set `evaluation_steps` to 0)"
+        );
     }
     let eval_loss = batch_losses.iter().sum::<f64>() / batch_losses.len() as f64;
     Ok(Evaluation { step, eval_loss, perplexity: eval_loss.exp(), task_loss })
 }
 
 /// One random validation batch per task and its token-mean loss (CoBa's `sample_valid_batch`).
-fn sample_validation<B: Backend<Tensor = Array2<f32>>>(b: &B, model: &Llama<B>, data: &TrainData, cfg: &TrainConfig, rng: &mut Rng) -> Result<Vec<Option<f64>>> {
+fn sample_validation<B: Backend<Tensor = Array2<f32>>>(
+    b: &B,
+    model: &Llama<B>,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+) -> Result<Vec<Option<f64>>> {
     let names = data.task_names();
     let mut losses = Vec::with_capacity(names.len());
     for k in 0..names.len() {
@@ -620,7 +531,12 @@ fn truncate_metrics(path: &Path, completed: usize) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= completed))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= completed)
+        })
         .collect();
     let mut body = kept.join("\n");
     if !body.is_empty() {
