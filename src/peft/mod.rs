@@ -4,6 +4,7 @@ pub mod adapter_io;
 pub mod attach;
 pub mod lora;
 pub mod merge;
+pub mod target_modules;
 
 pub use adapter_io::Adapter;
 pub use lora::{LoraBias, LoraConfig, TargetModules};
