@@ -79,6 +79,7 @@ pub struct TrainConfig {
     pub truncate: bool,
 }
 
+// ANCHOR: train_config_defaults
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -136,6 +137,7 @@ impl Default for TrainConfig {
         }
     }
 }
+// ANCHOR_END: train_config_defaults
 
 /// Accepted for compatibility, with no effect on one machine (printed as a notice).
 const IGNORED_FIELDS: &[&str] = &[
