@@ -106,7 +106,7 @@ fn qlora_on_an_nf4_base_matches_peft_with_bitsandbytes() {
         let (out, inp) = linear.dims(&Cpu);
         dense_bytes += out * inp * 4;
         linear.quantize(&Cpu, QuantType::Nf4, true).unwrap();
-        let Weight::Packed(q) = &linear.weight else { panic!("not packed") };
+        let Weight::Packed(q, _) = &linear.weight else { panic!("not packed") };
         packed_bits += q.bits_per_param() * q.numel() as f64;
     }
     attach_adapter(&mut model, &Cpu, &adapter).unwrap();

@@ -3,6 +3,8 @@
 
 use super::{AttentionMask, AttentionShape, Backend};
 use crate::nn;
+use crate::quant::Quantized4bit;
+use crate::train::optim::{self, AdamWScalars};
 use ndarray::{Array2, Axis, concatenate, s};
 
 // ANCHOR: cpu_backend
@@ -11,6 +13,7 @@ pub struct Cpu;
 
 impl Backend for Cpu {
     type Tensor = Array2<f32>;
+    type Packed = ();
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -26,6 +29,13 @@ impl Backend for Cpu {
     }
     fn dims(&self, t: &Array2<f32>) -> (usize, usize) {
         t.dim()
+    }
+    fn zeros(&self, rows: usize, cols: usize) -> Array2<f32> {
+        Array2::zeros((rows, cols))
+    }
+    fn upload_4bit(&self, _q: &Quantized4bit) {}
+    fn dequantize_4bit(&self, host: &Quantized4bit, _packed: &()) -> Array2<f32> {
+        self.upload_weight(host.dequantize())
     }
     fn embedding(&self, table: &Array2<f32>, ids: &[u32]) -> Array2<f32> {
         nn::embedding::embedding(table.view(), ids)
@@ -154,5 +164,18 @@ impl Backend for Cpu {
     }
     fn mul(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         a * b
+    }
+    fn sum_squares(&self, t: &Array2<f32>) -> f64 {
+        optim::matrix_sum_squares(t)
+    }
+    fn adamw_update(
+        &self,
+        p: &mut Array2<f32>,
+        g: &Array2<f32>,
+        m: &mut Array2<f32>,
+        v: &mut Array2<f32>,
+        k: &AdamWScalars,
+    ) {
+        optim::adamw_update_matrix(p, g, m, v, k);
     }
 }

@@ -9,11 +9,16 @@ pub mod cpu;
 pub mod cuda;
 
 pub use crate::nn::attention::{AttentionMask, AttentionShape};
+use crate::quant::Quantized4bit;
+use crate::train::optim::AdamWScalars;
 use ndarray::Array2;
 
 // ANCHOR: backend_trait
 pub trait Backend: Sync {
     type Tensor: Clone + Send + Sync;
+    /// The backend's copy of a 4-bit matrix (QLoRA's frozen base). The CPU needs none (`()`): it reads the
+    /// host blocks; the GPU keeps the packed codes and scales in device memory.
+    type Packed: Send + Sync;
 
     fn name(&self) -> &'static str;
     /// Host matrix → backend tensor.
@@ -28,6 +33,13 @@ pub trait Backend: Sync {
     fn download(&self, t: &Self::Tensor) -> Array2<f32>;
     /// (rows, cols)
     fn dims(&self, t: &Self::Tensor) -> (usize, usize);
+    /// A [rows, cols] matrix of zeros.
+    fn zeros(&self, rows: usize, cols: usize) -> Self::Tensor;
+    /// Copy the blocks of a 4-bit matrix to where [`Backend::dequantize_4bit`] reads them.
+    fn upload_4bit(&self, q: &Quantized4bit) -> Self::Packed;
+    /// The dequantized W [out, in] of a 4-bit matrix, in the layout of `upload_weight`: a temporary for one
+    /// product, never kept.
+    fn dequantize_4bit(&self, host: &Quantized4bit, packed: &Self::Packed) -> Self::Tensor;
 
     /// table: [V, H], ids: [T] → [T, H]
     fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Self::Tensor;
@@ -131,5 +143,19 @@ pub trait Backend: Sync {
     fn scale(&self, t: &Self::Tensor, s: f32) -> Self::Tensor;
     /// a ∘ b (element-wise)
     fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+
+    // ---- the optimizer ----
+
+    /// Σ t² accumulated in f64 (global-norm clipping; not finite iff some entry is not).
+    fn sum_squares(&self, t: &Self::Tensor) -> f64;
+    /// One AdamW update of a parameter p with gradient g and moments m, v (see `train::optim`).
+    fn adamw_update(
+        &self,
+        p: &mut Self::Tensor,
+        g: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        k: &AdamWScalars,
+    );
 }
 // ANCHOR_END: backend_trait

@@ -32,8 +32,8 @@ pub enum Weight<B: Backend> {
     /// A backend tensor [out, in].
     Dense(B::Tensor),
     /// 4-bit blocks (NF4/FP4, bitsandbytes' layout), dequantized into a temporary at every use and never kept
-    /// in full precision: QLoRA's frozen base.
-    Packed(Quantized4bit),
+    /// in full precision: QLoRA's frozen base. The host blocks (what a checkpoint saves) and the backend's copy.
+    Packed(Quantized4bit, B::Packed),
 }
 
 /// A linear layer's parameters: weight [out, in], optional bias [1, out], optional LoRA adapter.
@@ -54,7 +54,7 @@ impl<B: Backend> Linear<B> {
     pub fn dims(&self, b: &B) -> (usize, usize) {
         match &self.weight {
             Weight::Dense(w) => b.dims(w),
-            Weight::Packed(q) => (q.shape[0], q.shape[1]),
+            Weight::Packed(q, _) => (q.shape[0], q.shape[1]),
         }
     }
 
@@ -62,7 +62,7 @@ impl<B: Backend> Linear<B> {
     fn weight_tensor(&self, b: &B) -> Cow<'_, B::Tensor> {
         match &self.weight {
             Weight::Dense(w) => Cow::Borrowed(w),
-            Weight::Packed(q) => Cow::Owned(b.upload_weight(q.dequantize())),
+            Weight::Packed(q, on_backend) => Cow::Owned(b.dequantize_4bit(q, on_backend)),
         }
     }
 
@@ -70,7 +70,9 @@ impl<B: Backend> Linear<B> {
     pub fn quantize(&mut self, b: &B, quant_type: QuantType, double_quant: bool) -> Result<()> {
         if let Weight::Dense(w) = &self.weight {
             let host = b.download(w);
-            self.weight = Weight::Packed(Quantized4bit::quantize(host.view(), quant_type, double_quant)?);
+            let q = Quantized4bit::quantize(host.view(), quant_type, double_quant)?;
+            let on_backend = b.upload_4bit(&q);
+            self.weight = Weight::Packed(q, on_backend);
         }
         Ok(())
     }

@@ -18,6 +18,7 @@
 //! `Trainer`, which exempts them). `step` takes a per-parameter `decay` flag so both conventions are possible;
 //! pass all `true` to train as MFTCoder does.
 
+use crate::backend::Backend;
 use ndarray::{Array2, Zip};
 use rayon::prelude::*;
 
@@ -38,16 +39,17 @@ impl Default for AdamWConfig {
     }
 }
 
-/// The optimizer state: one (m, v) pair per parameter and the shared step count.
+/// The optimizer state: one (m, v) pair per parameter and the shared step count. `T` is where the moments
+/// live: host matrices here, or a backend's tensors (the GPU keeps them on the device) via `new_on`/`step_on`.
 #[derive(Clone, Debug)]
-pub struct AdamW {
+pub struct AdamW<T = Array2<f32>> {
     pub config: AdamWConfig,
     /// Number of steps taken so far (torch's `state["step"]`).
     pub step: u64,
     /// First moments, one per parameter, shaped like it.
-    pub m: Vec<Array2<f32>>,
+    pub m: Vec<T>,
     /// Second moments, one per parameter, shaped like it.
-    pub v: Vec<Array2<f32>>,
+    pub v: Vec<T>,
 }
 
 /// A hyper-parameter given as f32, read as the decimal it prints as (0.9f32 → 0.9f64, not 0.899999976…).
@@ -56,22 +58,23 @@ fn as_decimal(x: f32) -> f64 {
     x.to_string().parse().expect("a printed f32 parses as f64")
 }
 
-/// The per-step scalars of the update, rounded to f32 the way torch hands them to its kernels.
-#[derive(Clone, Copy)]
-struct StepScalars {
-    decay_factor: f32, // 1 − lr·λ (exactly 1 when the parameter is not decayed: p·1 = p)
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
-    neg_step_size: f32, // −lr / (1 − β₁ᵗ)
+/// The per-step scalars of the update, rounded to f32 the way torch hands them to its kernels (and the
+/// arguments of the GPU's `adamw` kernel).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWScalars {
+    pub decay_factor: f32, // 1 − lr·λ (exactly 1 when the parameter is not decayed: p·1 = p)
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+    pub neg_step_size: f32, // −lr / (1 − β₁ᵗ)
 }
 
 // ANCHOR: adamw_update
 /// The update of one entry, in torch's order of operations.
 #[inline(always)]
-fn adamw_update(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, k: &StepScalars) {
+fn adamw_update(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, k: &AdamWScalars) {
     *p *= k.decay_factor; // param.mul_(1 − lr·λ)
     *m = k.one_minus_beta1.mul_add(g - *m, *m); // exp_avg.lerp_(g, 1 − β₁): its vector kernel is a fused m + w·(g − m)
     *v = (k.one_minus_beta2 * g).mul_add(g, *v * k.beta2); // exp_avg_sq.mul_(β₂).addcmul_(g, g, 1 − β₂), fused likewise
@@ -81,7 +84,7 @@ fn adamw_update(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, k: &StepScalars) 
 // ANCHOR_END: adamw_update
 
 #[inline(always)]
-fn adamw_update_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &StepScalars) {
+fn adamw_update_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWScalars) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         adamw_update(p, g, m, v, k);
     }
@@ -91,11 +94,11 @@ fn adamw_update_slices(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k
 /// them `mul_add` is a libm call (correct, but ~5× slower). The arithmetic, and so the result, is identical.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn adamw_update_slices_fma(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &StepScalars) {
+fn adamw_update_slices_fma(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWScalars) {
     adamw_update_slices(p, g, m, v, k);
 }
 
-fn adamw_update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &StepScalars) {
+fn adamw_update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWScalars) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function was compiled for (checked just above).
@@ -108,6 +111,56 @@ fn adamw_update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k:
 /// Entries per parallel task: fixed, though each entry's update is independent of the split anyway.
 const CHUNK: usize = 1 << 14;
 
+impl<T> AdamW<T> {
+    /// Count the step and return its scalars, in f64 as torch computes them in Python, then rounded to f32
+    /// where a kernel takes them.
+    fn next_scalars(&mut self, lr: f32) -> AdamWScalars {
+        self.step += 1;
+        let (lr, beta1, beta2) = (as_decimal(lr), as_decimal(self.config.beta1), as_decimal(self.config.beta2));
+        let (eps, weight_decay) = (as_decimal(self.config.eps) as f32, as_decimal(self.config.weight_decay));
+        let t = self.step as f64;
+        AdamWScalars {
+            decay_factor: (1.0 - lr * weight_decay) as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: (1.0 - beta2.powf(t)).powf(0.5) as f32,
+            eps,
+            neg_step_size: (-(lr / (1.0 - beta1.powf(t)))) as f32,
+        }
+    }
+
+    fn check_lists(&self, params: usize, grads: usize, decay: usize) {
+        assert_eq!(params, self.m.len(), "AdamW::step: {params} parameters, state for {}", self.m.len());
+        assert_eq!(grads, params, "AdamW::step: one gradient per parameter");
+        assert_eq!(decay, params, "AdamW::step: one decay flag per parameter");
+    }
+
+    /// Zero moments on a backend, for parameters of the given (rows, cols) shapes.
+    pub fn new_on<B: Backend<Tensor = T>>(b: &B, config: AdamWConfig, shapes: &[(usize, usize)]) -> Self {
+        let zeros = || shapes.iter().map(|&(r, c)| b.zeros(r, c)).collect::<Vec<_>>();
+        AdamW { config, step: 0, m: zeros(), v: zeros() }
+    }
+
+    /// [`AdamW::step`] on a backend: the same scalars, each tensor updated by `Backend::adamw_update` (on the
+    /// CPU exactly the host update below, so both entry points agree bit for bit).
+    pub fn step_on<B: Backend<Tensor = T>>(
+        &mut self,
+        b: &B,
+        params: &mut [&mut T],
+        grads: &[&T],
+        lr: f32,
+        decay: &[bool],
+    ) {
+        self.check_lists(params.len(), grads.len(), decay.len());
+        let scalars = self.next_scalars(lr);
+        for (i, (p, &g)) in params.iter_mut().zip(grads).enumerate() {
+            let k = AdamWScalars { decay_factor: if decay[i] { scalars.decay_factor } else { 1.0 }, ..scalars };
+            b.adamw_update(p, g, &mut self.m[i], &mut self.v[i], &k);
+        }
+    }
+}
+
 impl AdamW {
     /// Zero moments for parameters of the given (rows, cols) shapes.
     pub fn new(config: AdamWConfig, shapes: &[(usize, usize)]) -> Self {
@@ -119,54 +172,47 @@ impl AdamW {
     /// One update of every parameter with its gradient at learning rate `lr`; `decay[i]` says whether
     /// parameter i gets weight decay. params, grads, decay are parallel lists in the order of `new`'s shapes.
     pub fn step(&mut self, params: &mut [&mut Array2<f32>], grads: &[&Array2<f32>], lr: f32, decay: &[bool]) {
-        assert_eq!(params.len(), self.m.len(), "AdamW::step: {} parameters, state for {}", params.len(), self.m.len());
-        assert_eq!(grads.len(), params.len(), "AdamW::step: one gradient per parameter");
-        assert_eq!(decay.len(), params.len(), "AdamW::step: one decay flag per parameter");
-        self.step += 1;
-        let (lr, beta1, beta2) = (as_decimal(lr), as_decimal(self.config.beta1), as_decimal(self.config.beta2));
-        let (eps, weight_decay) = (as_decimal(self.config.eps) as f32, as_decimal(self.config.weight_decay));
-        // The scalars, in f64 as torch computes them in Python, then rounded to f32 where a kernel takes them.
-        let t = self.step as f64;
-        let scalars = StepScalars {
-            decay_factor: (1.0 - lr * weight_decay) as f32,
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction2_sqrt: (1.0 - beta2.powf(t)).powf(0.5) as f32,
-            eps,
-            neg_step_size: (-(lr / (1.0 - beta1.powf(t)))) as f32,
-        };
-
+        self.check_lists(params.len(), grads.len(), decay.len());
+        let scalars = self.next_scalars(lr);
         for (i, (p, &g)) in params.iter_mut().zip(grads).enumerate() {
-            assert_eq!(p.dim(), self.m[i].dim(), "AdamW::step: parameter {i} changed shape");
-            assert_eq!(g.dim(), p.dim(), "AdamW::step: gradient {i} is not shaped like its parameter");
-            let k = StepScalars { decay_factor: if decay[i] { scalars.decay_factor } else { 1.0 }, ..scalars };
-            let (m, v) = (&mut self.m[i], &mut self.v[i]);
-            // keep the moments in the parameter's memory layout (a column-major weight, say), so the four
-            // arrays can be walked as flat slices in the same order
-            for moment in [&mut *m, &mut *v] {
-                if moment.strides() != p.strides() {
-                    let mut same_layout = p.clone();
-                    same_layout.assign(moment);
-                    *moment = same_layout;
-                }
-            }
-            let same_order = g.strides() == p.strides();
-            let flat_g = if same_order { g.as_slice_memory_order() } else { None };
-            match (p.as_slice_memory_order_mut(), flat_g, m.as_slice_memory_order_mut(), v.as_slice_memory_order_mut())
-            {
-                (Some(p), Some(g), Some(m), Some(v)) => p
-                    .par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK))
-                    .zip(m.par_chunks_mut(CHUNK))
-                    .zip(v.par_chunks_mut(CHUNK))
-                    .for_each(|(((p, g), m), v)| adamw_update_chunk(p, g, m, v, &k)),
-                // a non-contiguous view: the same update, entry by entry
-                _ => Zip::from(&mut **p).and(g).and(m).and(v).par_for_each(|p, &g, m, v| adamw_update(p, g, m, v, &k)),
-            }
+            let k = AdamWScalars { decay_factor: if decay[i] { scalars.decay_factor } else { 1.0 }, ..scalars };
+            adamw_update_matrix(p, g, &mut self.m[i], &mut self.v[i], &k);
         }
     }
     // ANCHOR_END: adamw_step
+}
+
+/// One AdamW update of a host matrix and its moments, in parallel over fixed chunks.
+pub fn adamw_update_matrix(
+    p: &mut Array2<f32>,
+    g: &Array2<f32>,
+    m: &mut Array2<f32>,
+    v: &mut Array2<f32>,
+    k: &AdamWScalars,
+) {
+    assert_eq!(p.dim(), m.dim(), "AdamW::step: a parameter changed shape");
+    assert_eq!(g.dim(), p.dim(), "AdamW::step: a gradient is not shaped like its parameter");
+    // keep the moments in the parameter's memory layout (a column-major weight, say), so the four arrays can
+    // be walked as flat slices in the same order
+    for moment in [&mut *m, &mut *v] {
+        if moment.strides() != p.strides() {
+            let mut same_layout = p.clone();
+            same_layout.assign(moment);
+            *moment = same_layout;
+        }
+    }
+    let same_order = g.strides() == p.strides();
+    let flat_g = if same_order { g.as_slice_memory_order() } else { None };
+    match (p.as_slice_memory_order_mut(), flat_g, m.as_slice_memory_order_mut(), v.as_slice_memory_order_mut()) {
+        (Some(p), Some(g), Some(m), Some(v)) => p
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| adamw_update_chunk(p, g, m, v, k)),
+        // a non-contiguous view: the same update, entry by entry
+        _ => Zip::from(p).and(g).and(m).and(v).par_for_each(|p, &g, m, v| adamw_update(p, g, m, v, k)),
+    }
 }
 
 /// Σ x² in f64 over a slice: eight running sums (so the loop vectorises and stays deterministic), added at the end.
@@ -182,13 +228,17 @@ fn sum_squares(x: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// ‖g‖₂ of one tensor: f64 sums over fixed chunks in parallel, added in order (independent of thread count).
-fn tensor_norm(g: &Array2<f32>) -> f32 {
-    let sum = match g.as_slice_memory_order() {
+/// Σ g² of one matrix: f64 sums over fixed chunks in parallel, added in order (independent of thread count).
+pub fn matrix_sum_squares(g: &Array2<f32>) -> f64 {
+    match g.as_slice_memory_order() {
         Some(s) => s.par_chunks(CHUNK).map(sum_squares).collect::<Vec<f64>>().into_iter().sum::<f64>(),
         None => g.iter().map(|&x| x as f64 * x as f64).sum(),
-    };
-    sum.sqrt() as f32
+    }
+}
+
+/// ‖g‖₂ of one tensor, rounded to f32 as torch's per-tensor norm is.
+fn tensor_norm(g: &Array2<f32>) -> f32 {
+    matrix_sum_squares(g).sqrt() as f32
 }
 
 // ANCHOR: clip_grad_norm
@@ -213,6 +263,19 @@ pub fn clip_grad_norm(grads: &mut [&mut Array2<f32>], max_norm: f32) -> f32 {
     norm
 }
 // ANCHOR_END: clip_grad_norm
+
+/// [`clip_grad_norm`] on a backend's tensors: the same per-tensor f32 norms (each from `Backend::sum_squares`),
+/// the same coefficient, the same f32 scaling.
+pub fn clip_grad_norm_on<B: Backend>(b: &B, grads: &mut [&mut B::Tensor], max_norm: f32) -> f32 {
+    let norm = grads.iter().map(|g| (b.sum_squares(g).sqrt() as f32) as f64).map(|n| n * n).sum::<f64>().sqrt() as f32;
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in grads.iter_mut() {
+            **g = b.scale(g, coef);
+        }
+    }
+    norm
+}
 
 #[cfg(test)]
 mod tests {
@@ -252,7 +315,7 @@ mod tests {
         let mut draw = |n: usize, s: f64| (0..n).map(|_| (rng.normal() * s) as f32).collect::<Vec<f32>>();
         let (p0, g, m0, v0) = (draw(1000, 1.0), draw(1000, 0.3), draw(1000, 0.1), draw(1000, 0.1));
         let v0: Vec<f32> = v0.iter().map(|x| x * x).collect();
-        let k = StepScalars {
+        let k = AdamWScalars {
             decay_factor: 0.99,
             one_minus_beta1: 0.1,
             beta2: 0.999,

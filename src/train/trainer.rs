@@ -150,7 +150,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         let (mut packed_bytes, mut params) = (0usize, 0usize);
         for (_, linear) in model.linears_mut() {
             linear.quantize(b, QuantType::Nf4, true)?;
-            if let Weight::Packed(q) = &linear.weight {
+            if let Weight::Packed(q, _) = &linear.weight {
                 packed_bytes += (q.bits_per_param() * q.numel() as f64 / 8.0) as usize;
                 params += q.numel();
             }

@@ -1,11 +1,27 @@
-//! The CUDA backend (feature `cuda`), through cudarc.
+//! The CUDA backend (feature `cuda`), through cudarc: every [`Backend`] op on the GPU.
 //!
 //! cudarc loads libcuda, libnvrtc and libcublas when first used, so this module compiles and type-checks on a
-//! machine with no CUDA at all. So far it opens a device and reports cleanly when there is none; the kernels
-//! that implement the [`Backend`](super::Backend) ops on the GPU are the CUDA issue's work.
+//! machine with no CUDA at all. The kernels live in `kernels/*.cu`, one file per CPU module they mirror, and
+//! are compiled by NVRTC the first time a device is opened ([`kernels`]); matrix products go to cuBLAS
+//! ([`blas`]). Tensors are row-major f32 matrices in device memory, like the CPU path's, so an op can be run
+//! on both and compared (tests/cuda_vs_cpu.rs).
+//!
+//! Precision: [`Precision::F32`] is the reference (f32 everywhere, cuBLAS without TF32).
+//! [`Precision::Bf16`] is mixed precision: every matrix product reads its operands rounded to bf16 and
+//! accumulates in f32 on the tensor cores; parameters, their gradients, the AdamW moments and the
+//! element-wise ops stay f32 (the f32 master weights of mixed-precision training).
 
-use anyhow::{Result, anyhow};
-use cudarc::driver::CudaContext;
+pub mod blas;
+pub mod kernels;
+
+use super::{AttentionMask, AttentionShape, Backend};
+use crate::quant::{Absmax, Quantized4bit};
+use crate::train::optim::AdamWScalars;
+use anyhow::{Context, Result, anyhow};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use ndarray::Array2;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Open CUDA device `ordinal`, or say in one line why there is none.
@@ -14,7 +30,669 @@ pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(anyhow!("no CUDA device: the CUDA driver library (libcuda) is not installed on this machine"));
     }
-    CudaContext::new(ordinal).map_err(|e| anyhow!("CUDA device {ordinal}: {e:?}"))
+    // cudarc panics (rather than erring) on some driver failures: keep that to one line too
+    let opened = std::panic::catch_unwind(|| CudaContext::new(ordinal));
+    match opened {
+        Ok(Ok(ctx)) => Ok(ctx),
+        Ok(Err(e)) => Err(anyhow!("no CUDA device {ordinal}: {e:?}")),
+        Err(_) => Err(anyhow!("no CUDA device {ordinal}: the CUDA driver failed to initialise")),
+    }
+}
+
+/// How matrix products run (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(anyhow!("unknown precision `{other}` (allowed: f32, bf16)")),
+        }
+    }
+}
+
+/// A row-major f32 matrix in device memory.
+#[derive(Clone, Debug)]
+pub struct CudaTensor {
+    pub data: CudaSlice<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CudaTensor {
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A 4-bit matrix in device memory: packed codes and one f32 scale per block (double-quantized scales are
+/// decoded on the device, by `decode_double_quant`, when uploaded).
+pub struct CudaPacked {
+    packed: CudaSlice<u8>,
+    absmax: CudaSlice<f32>,
+    code: CudaSlice<f32>,
+}
+
+/// The GPU backend: one device, one stream, the compiled kernels and a cuBLAS handle.
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    pub precision: Precision,
+}
+
+/// Threads per block for element-wise kernels (grid-stride loops, so any grid size is correct).
+const THREADS: u32 = 256;
+/// Threads per block for one-block-per-row kernels (RMSNorm, cross-entropy).
+const ROW_THREADS: u32 = 256;
+/// Warps per block for one-warp-per-row kernels (attention).
+const WARPS_PER_BLOCK: u32 = 4;
+
+fn elementwise_grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn row_grid(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn warp_grid(warps: usize) -> LaunchConfig {
+    let blocks = warps.div_ceil(WARPS_PER_BLOCK as usize).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * WARPS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// GPU failures inside an op (out of memory, a driver error) end the run with this one line: the `Backend`
+/// ops return tensors, not `Result`s, as the CPU ops cannot fail.
+fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
+    eprintln!("error: CUDA {what}: {e:?}");
+    std::process::exit(3)
+}
+
+/// Launch kernel `name` with the arguments in the order of its C signature.
+macro_rules! launch {
+    ($cuda:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let name: &str = $name;
+        let cfg: LaunchConfig = $cfg;
+        let mut args = $cuda.stream.launch_builder($cuda.function(name));
+        $( args.arg($arg); )+
+        // SAFETY: each call site passes the argument list of the kernel it names, in order, with device
+        // buffers sized for the launch (checked by the shape asserts before it).
+        unsafe { args.launch(cfg) }.unwrap_or_else(|e| fail(name, e));
+    }};
+}
+
+fn int(n: usize, what: &str) -> i32 {
+    i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
+}
+
+impl Cuda {
+    /// Open device `ordinal` and compile the kernels for its architecture.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
+        let ctx = open_device(ordinal)?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("CUDA device {ordinal}: {e:?}"))?;
+        let stream = ctx.default_stream();
+        let mut functions = HashMap::new();
+        for ((file, ptx), &(_, _, names)) in
+            kernels::compiled(&format!("compute_{major}{minor}"))?.into_iter().zip(kernels::SOURCES)
+        {
+            let module = ctx.load_module(ptx).map_err(|e| anyhow!("loading {file}: {e:?}"))?;
+            for &name in names {
+                let f = module.load_function(name).map_err(|e| anyhow!("{file}: kernel `{name}`: {e:?}"))?;
+                functions.insert(name, f);
+            }
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+        Ok(Cuda { ctx, stream, blas, functions, precision })
+    }
+
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown CUDA device".into())
+    }
+
+    /// Bytes of device memory in use (total − free), for the benchmark's peak-memory column.
+    pub fn memory_used(&self) -> Result<usize> {
+        let (free, total) = self.ctx.mem_get_info().context("cuMemGetInfo")?;
+        Ok(total - free)
+    }
+
+    pub fn synchronize(&self) {
+        self.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
+    }
+
+    fn function(&self, name: &str) -> &CudaFunction {
+        self.functions.get(name).unwrap_or_else(|| fail("kernel lookup", format!("no kernel `{name}`")))
+    }
+
+    fn alloc(&self, n: usize) -> CudaSlice<f32> {
+        // SAFETY: every caller writes all n entries before anything reads them.
+        unsafe { self.stream.alloc::<f32>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e))
+    }
+
+    fn tensor(&self, rows: usize, cols: usize) -> CudaTensor {
+        CudaTensor { data: self.alloc(rows * cols), rows, cols }
+    }
+
+    fn to_device<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
+        self.stream.clone_htod(host).unwrap_or_else(|e| fail("copy to device", e))
+    }
+
+    fn to_host<T: cudarc::driver::DeviceRepr>(&self, dev: &CudaSlice<T>) -> Vec<T> {
+        self.stream.clone_dtoh(dev).unwrap_or_else(|e| fail("copy to host", e))
+    }
+
+    /// Segment ids of a packed batch on the device (None: no segments, the kernels get a null pointer).
+    fn segments(&self, mask: &AttentionMask) -> Option<CudaSlice<u32>> {
+        mask.segment_ids.map(|s| self.to_device(s))
+    }
+
+    fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) {
+        assert_eq!((a.rows, a.cols), (b.rows, b.cols), "{op}: shapes differ");
+    }
+
+    fn elementwise2(&self, name: &str, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
+        Self::same_shape(a, b, name);
+        let mut out = self.tensor(a.rows, a.cols);
+        let n = a.len() as i64;
+        launch!(self, name, elementwise_grid(a.len()), &mut out.data, &a.data, &b.data, &n);
+        out
+    }
+
+    /// Column sums of a [rows, cols] matrix → [1, cols].
+    fn column_sum(&self, x: &CudaTensor) -> CudaTensor {
+        let mut out = self.tensor(1, x.cols);
+        let (rows, cols) = (int(x.rows, "rows"), int(x.cols, "cols"));
+        let blocks = x.cols.div_ceil(THREADS as usize).max(1) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "column_sum", cfg, &mut out.data, &x.data, &rows, &cols);
+        out
+    }
+
+    fn rope_rotate(
+        &self,
+        x: &CudaTensor,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+        direction: f32,
+    ) -> CudaTensor {
+        assert_eq!(x.cols, heads * head_dim, "rope: columns ≠ heads · head_dim");
+        assert_eq!(positions.len(), x.rows, "rope: one position per row");
+        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let (pos, freq) = (self.to_device(&positions), self.to_device(inv_freq));
+        let mut y = self.tensor(x.rows, x.cols);
+        let (t, h, d) = (int(x.rows, "tokens"), int(heads, "heads"), int(head_dim, "head_dim"));
+        launch!(
+            self,
+            "rope",
+            elementwise_grid(x.rows * heads * head_dim / 2),
+            &mut y.data,
+            &x.data,
+            &pos,
+            &freq,
+            &t,
+            &h,
+            &d,
+            &direction
+        );
+        y
+    }
+}
+
+// ANCHOR: cuda_backend
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+    type Packed = CudaPacked;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn upload(&self, host: Array2<f32>) -> CudaTensor {
+        let (rows, cols) = host.dim();
+        let data = match host.as_slice() {
+            Some(s) => self.to_device(s),
+            None => self.to_device(&host.iter().copied().collect::<Vec<f32>>()), // row-major order
+        };
+        CudaTensor { data, rows, cols }
+    }
+    fn download(&self, t: &CudaTensor) -> Array2<f32> {
+        let mut v = self.to_host(&t.data);
+        v.truncate(t.len());
+        Array2::from_shape_vec((t.rows, t.cols), v).expect("rows·cols values")
+    }
+    fn dims(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+    fn zeros(&self, rows: usize, cols: usize) -> CudaTensor {
+        let data = self.stream.alloc_zeros::<f32>((rows * cols).max(1)).unwrap_or_else(|e| fail("alloc", e));
+        CudaTensor { data, rows, cols }
+    }
+    fn upload_4bit(&self, q: &Quantized4bit) -> CudaPacked {
+        let packed = self.to_device(&q.packed);
+        let code = self.to_device(q.quant_type.code());
+        let absmax = match &q.absmax {
+            Absmax::Plain(a) => self.to_device(a),
+            Absmax::Double(dq) => {
+                let codes = self.to_device(&dq.codes);
+                let nested = self.to_device(&dq.nested_absmax);
+                let map = self.to_device(&dq.nested_quant_map);
+                let mut absmax = self.alloc(dq.codes.len());
+                let blocks = int(dq.codes.len(), "blocks");
+                launch!(
+                    self,
+                    "decode_double_quant",
+                    elementwise_grid(dq.codes.len()),
+                    &mut absmax,
+                    &codes,
+                    &nested,
+                    &map,
+                    &dq.offset,
+                    &blocks
+                );
+                absmax
+            }
+        };
+        CudaPacked { packed, absmax, code }
+    }
+    fn dequantize_4bit(&self, host: &Quantized4bit, p: &CudaPacked) -> CudaTensor {
+        let [rows, cols] = host.shape;
+        let mut w = self.tensor(rows, cols);
+        let (n, blocksize) = ((rows * cols) as i64, int(host.blocksize, "blocksize"));
+        launch!(
+            self,
+            "dequantize_4bit",
+            elementwise_grid(rows * cols),
+            &mut w.data,
+            &p.packed,
+            &p.absmax,
+            &p.code,
+            &n,
+            &blocksize
+        );
+        w
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> CudaTensor {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            panic!("embedding: token id {bad} is outside the vocabulary of {}", table.rows);
+        }
+        let dev_ids = self.to_device(ids);
+        let mut out = self.tensor(ids.len(), table.cols);
+        let (t, h) = (int(ids.len(), "tokens"), int(table.cols, "hidden"));
+        launch!(
+            self,
+            "embedding",
+            elementwise_grid(ids.len() * table.cols),
+            &mut out.data,
+            &table.data,
+            &dev_ids,
+            &t,
+            &h
+        );
+        out
+    }
+    fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> CudaTensor {
+        assert_eq!(x.cols, weight.cols, "linear: x has {} columns, W has {} inputs", x.cols, weight.cols);
+        let mut y = self.tensor(x.rows, weight.rows);
+        // y[T, out] = x[T, in] · W[out, in]ᵀ
+        blas::matmul(self, x, false, weight, true, &mut y);
+        if let Some(b) = bias {
+            let (rows, cols) = (int(y.rows, "rows"), int(y.cols, "cols"));
+            launch!(self, "add_bias_rows", elementwise_grid(y.len()), &mut y.data, &b.data, &rows, &cols);
+        }
+        y
+    }
+    // ANCHOR_END: cuda_backend
+    fn add(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
+        self.elementwise2("add", a, b)
+    }
+    // ANCHOR: cuda_rms_norm
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> CudaTensor {
+        assert_eq!(weight.len(), x.cols, "rms_norm: weight length ≠ hidden size");
+        let mut y = self.tensor(x.rows, x.cols);
+        let hidden = int(x.cols, "hidden");
+        launch!(self, "rms_norm", row_grid(x.rows), &mut y.data, &x.data, &weight.data, &hidden, &eps);
+        y
+    }
+    // ANCHOR_END: cuda_rms_norm
+    fn rope(&self, x: &CudaTensor, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> CudaTensor {
+        self.rope_rotate(x, heads, head_dim, positions, inv_freq, 1.0)
+    }
+    fn causal_attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> CudaTensor {
+        self.causal_attention_with_lse(q, k, v, shape, mask).0
+    }
+    fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
+        self.elementwise2("swiglu", gate, up)
+    }
+    fn concat_rows(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
+        assert_eq!(a.cols, b.cols, "concat_rows: column counts differ");
+        let mut out = self.tensor(a.rows + b.rows, a.cols);
+        let (n_a, n_b) = (a.len() as i64, b.len() as i64);
+        launch!(self, "concat_rows", elementwise_grid(out.len()), &mut out.data, &a.data, &n_a, &b.data, &n_b);
+        out
+    }
+    fn slice_rows(&self, t: &CudaTensor, start: usize, end: usize) -> CudaTensor {
+        assert!(start <= end && end <= t.rows, "slice_rows: {start}..{end} of {} rows", t.rows);
+        let mut out = self.tensor(end - start, t.cols);
+        if end > start {
+            let src = t.data.slice(start * t.cols..end * t.cols);
+            self.stream
+                .memcpy_dtod(&src, &mut out.data.slice_mut(0..(end - start) * t.cols))
+                .unwrap_or_else(|e| fail("copy", e));
+        }
+        out
+    }
+
+    fn causal_attention_with_lse(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (CudaTensor, CudaTensor) {
+        check_attention(q, k, v, shape, mask);
+        let segments = self.segments(mask);
+        let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
+        let (tq, heads, kv) = (int(q.rows, "tq"), int(shape.n_heads, "heads"), int(shape.n_kv_heads, "kv_heads"));
+        let (d, offset) = (int(shape.head_dim, "head_dim"), int(mask.q_offset, "q_offset"));
+        let (seg, _seg_guard) = match &segments {
+            Some(s) => {
+                let (ptr, guard) = s.device_ptr(&self.stream);
+                (ptr, Some(guard))
+            }
+            None => (0u64, None), // a null `const unsigned int*`
+        };
+        launch!(
+            self,
+            "attention_forward",
+            warp_grid(q.rows * shape.n_heads),
+            &mut out.data,
+            &mut lse.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &seg,
+            &tq,
+            &heads,
+            &kv,
+            &d,
+            &offset,
+            &shape.scale
+        );
+        (out, lse)
+    }
+    fn causal_attention_backward(
+        &self,
+        dout: &CudaTensor,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        out: &CudaTensor,
+        lse: &CudaTensor,
+        shape: &AttentionShape,
+        mask: &AttentionMask,
+    ) -> (CudaTensor, CudaTensor, CudaTensor) {
+        check_attention(q, k, v, shape, mask);
+        let segments = self.segments(mask);
+        let (tq, tk) = (int(q.rows, "tq"), int(k.rows, "tk"));
+        let (heads, kv) = (int(shape.n_heads, "heads"), int(shape.n_kv_heads, "kv_heads"));
+        let (d, offset) = (int(shape.head_dim, "head_dim"), int(mask.q_offset, "q_offset"));
+        let (seg, _seg_guard) = match &segments {
+            Some(s) => {
+                let (ptr, guard) = s.device_ptr(&self.stream);
+                (ptr, Some(guard))
+            }
+            None => (0u64, None), // a null `const unsigned int*`
+        };
+        let mut delta = self.tensor(q.rows, shape.n_heads);
+        launch!(
+            self,
+            "attention_delta",
+            warp_grid(q.rows * shape.n_heads),
+            &mut delta.data,
+            &dout.data,
+            &out.data,
+            &tq,
+            &heads,
+            &d
+        );
+        let mut dq = self.tensor(q.rows, q.cols);
+        launch!(
+            self,
+            "attention_backward_dq",
+            warp_grid(q.rows * shape.n_heads),
+            &mut dq.data,
+            &dout.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &lse.data,
+            &delta.data,
+            &seg,
+            &tq,
+            &heads,
+            &kv,
+            &d,
+            &offset,
+            &shape.scale
+        );
+        let (mut dk, mut dv) = (self.tensor(k.rows, k.cols), self.tensor(v.rows, v.cols));
+        launch!(
+            self,
+            "attention_backward_dkdv",
+            warp_grid(k.rows * shape.n_kv_heads),
+            &mut dk.data,
+            &mut dv.data,
+            &dout.data,
+            &q.data,
+            &k.data,
+            &v.data,
+            &lse.data,
+            &delta.data,
+            &seg,
+            &tq,
+            &tk,
+            &heads,
+            &kv,
+            &d,
+            &offset,
+            &shape.scale
+        );
+        (dq, dk, dv)
+    }
+    fn linear_backward(
+        &self,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        weight_grad: bool,
+        bias_grad: bool,
+    ) -> (CudaTensor, Option<CudaTensor>, Option<CudaTensor>) {
+        assert_eq!((dy.rows, dy.cols), (x.rows, weight.rows), "linear_backward: dy is not [T, out]");
+        let mut dx = self.tensor(x.rows, x.cols);
+        blas::matmul(self, dy, false, weight, false, &mut dx); // dx[T, in] = dy[T, out] · W[out, in]
+        let dw = weight_grad.then(|| {
+            let mut dw = self.tensor(weight.rows, weight.cols);
+            blas::matmul(self, dy, true, x, false, &mut dw); // dW[out, in] = dyᵀ · x
+            dw
+        });
+        let db = bias_grad.then(|| self.column_sum(dy));
+        (dx, dw, db)
+    }
+    fn rms_norm_backward(
+        &self,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        Self::same_shape(dy, x, "rms_norm_backward");
+        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let hidden = int(x.cols, "hidden");
+        launch!(
+            self,
+            "rms_norm_backward",
+            row_grid(x.rows),
+            &mut dx.data,
+            &mut dw_rows.data,
+            &dy.data,
+            &x.data,
+            &weight.data,
+            &hidden,
+            &eps
+        );
+        (dx, self.column_sum(&dw_rows))
+    }
+    fn rope_backward(
+        &self,
+        dy: &CudaTensor,
+        heads: usize,
+        head_dim: usize,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> CudaTensor {
+        self.rope_rotate(dy, heads, head_dim, positions, inv_freq, -1.0)
+    }
+    fn swiglu_backward(&self, dy: &CudaTensor, gate: &CudaTensor, up: &CudaTensor) -> (CudaTensor, CudaTensor) {
+        Self::same_shape(gate, up, "swiglu_backward");
+        Self::same_shape(dy, gate, "swiglu_backward");
+        let (mut dgate, mut dup) = (self.tensor(gate.rows, gate.cols), self.tensor(up.rows, up.cols));
+        let n = gate.len() as i64;
+        launch!(
+            self,
+            "swiglu_backward",
+            elementwise_grid(gate.len()),
+            &mut dgate.data,
+            &mut dup.data,
+            &dy.data,
+            &gate.data,
+            &up.data,
+            &n
+        );
+        (dgate, dup)
+    }
+    fn embedding_backward(&self, dy: &CudaTensor, ids: &[u32], vocab: usize) -> CudaTensor {
+        assert_eq!(dy.rows, ids.len(), "embedding_backward: one id per row of dy");
+        let dev_ids = self.to_device(ids);
+        let mut dtable = self.zeros(vocab, dy.cols);
+        let (t, h) = (int(ids.len(), "tokens"), int(dy.cols, "hidden"));
+        launch!(self, "embedding_backward", elementwise_grid(dy.len()), &mut dtable.data, &dy.data, &dev_ids, &t, &h);
+        dtable
+    }
+    fn cross_entropy(&self, logits: &CudaTensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, CudaTensor) {
+        assert_eq!(targets.len(), logits.rows, "cross_entropy: one target per row of logits");
+        assert_eq!(weights.len(), logits.rows, "cross_entropy: one weight per row of logits");
+        if let Some(&bad) = targets.iter().find(|&&y| y as usize >= logits.cols) {
+            panic!("cross_entropy: target {bad} is outside the vocabulary of {}", logits.cols);
+        }
+        let (dev_targets, dev_weights) = (self.to_device(targets), self.to_device(weights));
+        let mut losses = self.alloc(logits.rows);
+        let mut dlogits = self.tensor(logits.rows, logits.cols);
+        let vocab = int(logits.cols, "vocab");
+        launch!(
+            self,
+            "cross_entropy",
+            row_grid(logits.rows),
+            &mut losses,
+            &mut dlogits.data,
+            &logits.data,
+            &dev_targets,
+            &dev_weights,
+            &vocab
+        );
+        let mut host = self.to_host(&losses);
+        host.truncate(logits.rows);
+        (host, dlogits)
+    }
+    fn add_assign(&self, a: &mut CudaTensor, b: &CudaTensor) {
+        self.add_scaled(a, b, 1.0);
+    }
+    fn add_scaled(&self, a: &mut CudaTensor, b: &CudaTensor, s: f32) {
+        Self::same_shape(a, b, "add_scaled");
+        let n = a.len() as i64;
+        launch!(self, "add_scaled", elementwise_grid(a.len()), &mut a.data, &b.data, &s, &n);
+    }
+    fn scale(&self, t: &CudaTensor, s: f32) -> CudaTensor {
+        let mut out = self.tensor(t.rows, t.cols);
+        let n = t.len() as i64;
+        launch!(self, "scale", elementwise_grid(t.len()), &mut out.data, &t.data, &s, &n);
+        out
+    }
+    fn mul(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
+        self.elementwise2("mul", a, b)
+    }
+
+    fn sum_squares(&self, t: &CudaTensor) -> f64 {
+        let n = t.len();
+        let blocks = n.div_ceil(THREADS as usize).clamp(1, 1024);
+        let mut partial = self.alloc(blocks);
+        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let n = n as i64;
+        launch!(self, "sum_squares", cfg, &mut partial, &t.data, &n);
+        self.to_host(&partial).iter().take(blocks).map(|&x| x as f64).sum()
+    }
+    fn adamw_update(
+        &self,
+        p: &mut CudaTensor,
+        g: &CudaTensor,
+        m: &mut CudaTensor,
+        v: &mut CudaTensor,
+        k: &AdamWScalars,
+    ) {
+        Self::same_shape(p, g, "adamw_update");
+        Self::same_shape(p, m, "adamw_update");
+        Self::same_shape(p, v, "adamw_update");
+        let n = p.len() as i64;
+        launch!(
+            self,
+            "adamw",
+            elementwise_grid(p.len()),
+            &mut p.data,
+            &g.data,
+            &mut m.data,
+            &mut v.data,
+            &n,
+            &k.decay_factor,
+            &k.one_minus_beta1,
+            &k.beta2,
+            &k.one_minus_beta2,
+            &k.bias_correction2_sqrt,
+            &k.eps,
+            &k.neg_step_size
+        );
+    }
+}
+
+fn check_attention(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) {
+    assert!(shape.head_dim <= 256, "attention: head_dim {} > 256, the kernels' limit", shape.head_dim);
+    assert!(
+        shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
+        "attention: heads not a multiple of KV heads"
+    );
+    assert_eq!(q.cols, shape.n_heads * shape.head_dim, "attention: q columns");
+    assert_eq!(k.cols, shape.n_kv_heads * shape.head_dim, "attention: k columns");
+    assert_eq!((v.rows, v.cols), (k.rows, k.cols), "attention: v not shaped like k");
+    assert_eq!(mask.q_offset + q.rows, k.rows, "attention: the last query must sit at the last key");
+    if let Some(s) = mask.segment_ids {
+        assert_eq!(s.len(), k.rows, "attention: one segment id per key");
+    }
 }
 
 #[cfg(test)]

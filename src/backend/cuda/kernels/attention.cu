@@ -1,0 +1,170 @@
+// Causal grouped-query attention with segment masks, forward and backward. CPU mirror: `nn::attention`.
+//
+// One warp per (query row, head); the head's d ≤ 256 values are spread over the 32 lanes (lane ℓ holds
+// elements ℓ, ℓ + 32, …), so a dot product is a per-lane partial sum and one `warp_sum`. Keys are visited in
+// order with the online softmax (running max m, running sum l, rescaled accumulator), so nothing of size
+// T×T is ever stored: memory is O(T), like the CPU path's tiles. The backward recomputes each probability
+// from the saved log-sum-exp (FlashAttention-2's scheme) and is split in two passes so that no two warps
+// ever add into the same gradient row: one over queries (dq), one over keys (dk, dv). Deterministic.
+//
+// Visibility: query i sits at position q_offset + i and sees key j iff j ≤ q_offset + i and, in a packed
+// batch, segment_ids[j] == segment_ids[q_offset + i] (segment_ids may be null).
+
+#define MAX_HEAD_DIM 256
+#define PER_LANE (MAX_HEAD_DIM / 32)
+
+__device__ __forceinline__ bool visible(const unsigned int* segment_ids, int query_pos, int key) {
+    return key <= query_pos && (segment_ids == nullptr || segment_ids[key] == segment_ids[query_pos]);
+}
+
+__device__ __forceinline__ void load_row(float* dst, const float* src, int d, int lane) {
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) {
+        const int idx = lane + 32 * e;
+        dst[e] = idx < d ? src[idx] : 0.0f;
+    }
+}
+
+__device__ __forceinline__ float dot_row(const float* mine, const float* other, int d, int lane) {
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) {
+        const int idx = lane + 32 * e;
+        if (idx < d) s = fmaf(mine[e], other[idx], s);
+    }
+    return warp_sum(s);
+}
+
+// ANCHOR: attention_forward_kernel
+// out: [tq, heads·d], lse: [tq, heads]
+extern "C" __global__ void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+                                             const unsigned int* segment_ids, int tq, int heads, int kv_heads, int d,
+                                             int q_offset, float scale) {
+    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= tq * heads) return;
+    const int i = warp / heads, h = warp % heads, g = h / (heads / kv_heads);
+    const long long q_stride = (long long)heads * d, kv_stride = (long long)kv_heads * d;
+    float qi[PER_LANE], acc[PER_LANE];
+    load_row(qi, q + i * q_stride + h * d, d, lane);
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
+    const int query_pos = q_offset + i;
+    float m = -INFINITY, l = 0.0f;
+    for (int j = 0; j <= query_pos; ++j) {
+        if (!visible(segment_ids, query_pos, j)) continue;
+        const float* kj = k + j * kv_stride + g * d;
+        const float* vj = v + j * kv_stride + g * d;
+        const float s = dot_row(qi, kj, d, lane) * scale;
+        const float m_new = fmaxf(m, s);
+        const float correction = expf(m - m_new), p = expf(s - m_new);  // exp(−∞) = 0 on the first key
+        l = l * correction + p;
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) {
+            const int idx = lane + 32 * e;
+            if (idx < d) acc[e] = fmaf(p, vj[idx], acc[e] * correction);
+        }
+        m = m_new;
+    }
+    float* oi = out + i * q_stride + h * d;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) {
+        const int idx = lane + 32 * e;
+        if (idx < d) oi[idx] = acc[e] / l;
+    }
+    if (lane == 0) lse[(long long)i * heads + h] = m + logf(l);
+}
+// ANCHOR_END: attention_forward_kernel
+
+// delta[i, h] = Σ_d dout·out, the row term of the softmax backward: ∂L/∂s_ij = p_ij·(dout_i·v_j − delta_i).
+extern "C" __global__ void attention_delta(float* delta, const float* dout, const float* out, int tq, int heads,
+                                           int d) {
+    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= tq * heads) return;
+    const long long at = (long long)warp * d;  // row i, head h of a [tq, heads·d] matrix
+    float mine[PER_LANE];
+    load_row(mine, dout + at, d, lane);
+    const float s = dot_row(mine, out + at, d, lane);
+    if (lane == 0) delta[warp] = s;
+}
+
+// dq_i = scale · Σ_j ds_ij·k_j, one warp per (query, head).
+extern "C" __global__ void attention_backward_dq(float* dq, const float* dout, const float* q, const float* k,
+                                                 const float* v, const float* lse, const float* delta,
+                                                 const unsigned int* segment_ids, int tq, int heads, int kv_heads,
+                                                 int d, int q_offset, float scale) {
+    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= tq * heads) return;
+    const int i = warp / heads, h = warp % heads, g = h / (heads / kv_heads);
+    const long long q_stride = (long long)heads * d, kv_stride = (long long)kv_heads * d;
+    float qi[PER_LANE], doi[PER_LANE], acc[PER_LANE];
+    load_row(qi, q + i * q_stride + h * d, d, lane);
+    load_row(doi, dout + i * q_stride + h * d, d, lane);
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
+    const float lse_i = lse[warp], delta_i = delta[warp];
+    const int query_pos = q_offset + i;
+    for (int j = 0; j <= query_pos; ++j) {
+        if (!visible(segment_ids, query_pos, j)) continue;
+        const float* kj = k + j * kv_stride + g * d;
+        const float p = expf(dot_row(qi, kj, d, lane) * scale - lse_i);
+        const float ds = p * (dot_row(doi, v + j * kv_stride + g * d, d, lane) - delta_i);
+#pragma unroll
+        for (int e = 0; e < PER_LANE; ++e) {
+            const int idx = lane + 32 * e;
+            if (idx < d) acc[e] = fmaf(ds, kj[idx], acc[e]);
+        }
+    }
+    float* dqi = dq + i * q_stride + h * d;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) {
+        const int idx = lane + 32 * e;
+        if (idx < d) dqi[idx] = acc[e] * scale;
+    }
+}
+
+// dk_j = scale · Σ_{h in group, i} ds_ij·q_i and dv_j = Σ p_ij·dout_i, one warp per (key, KV head): the sum
+// over the query heads that share this KV head (GQA) happens inside the warp, in order.
+extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const float* dout, const float* q,
+                                                   const float* k, const float* v, const float* lse,
+                                                   const float* delta, const unsigned int* segment_ids, int tq,
+                                                   int tk, int heads, int kv_heads, int d, int q_offset,
+                                                   float scale) {
+    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= tk * kv_heads) return;
+    const int j = warp / kv_heads, g = warp % kv_heads, group = heads / kv_heads;
+    const long long q_stride = (long long)heads * d, kv_stride = (long long)kv_heads * d;
+    float kj[PER_LANE], vj[PER_LANE], dk_acc[PER_LANE], dv_acc[PER_LANE];
+    load_row(kj, k + j * kv_stride + g * d, d, lane);
+    load_row(vj, v + j * kv_stride + g * d, d, lane);
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) dk_acc[e] = dv_acc[e] = 0.0f;
+    const int first_query = j > q_offset ? j - q_offset : 0;  // the first query that can see key j
+    for (int h = g * group; h < (g + 1) * group; ++h) {
+        for (int i = first_query; i < tq; ++i) {
+            if (!visible(segment_ids, q_offset + i, j)) continue;
+            const float* qi = q + i * q_stride + h * d;
+            const float* doi = dout + i * q_stride + h * d;
+            const long long ih = (long long)i * heads + h;
+            const float p = expf(dot_row(kj, qi, d, lane) * scale - lse[ih]);
+            const float ds = p * (dot_row(vj, doi, d, lane) - delta[ih]);
+#pragma unroll
+            for (int e = 0; e < PER_LANE; ++e) {
+                const int idx = lane + 32 * e;
+                if (idx < d) {
+                    dv_acc[e] = fmaf(p, doi[idx], dv_acc[e]);
+                    dk_acc[e] = fmaf(ds, qi[idx], dk_acc[e]);
+                }
+            }
+        }
+    }
+    float* dkj = dk + j * kv_stride + g * d;
+    float* dvj = dv + j * kv_stride + g * d;
+#pragma unroll
+    for (int e = 0; e < PER_LANE; ++e) {
+        const int idx = lane + 32 * e;
+        if (idx < d) {
+            dkj[idx] = dk_acc[e] * scale;
+            dvj[idx] = dv_acc[e];
+        }
+    }
+}

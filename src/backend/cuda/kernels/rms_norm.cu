@@ -1,0 +1,37 @@
+// RMSNorm, forward and backward: one block per row. CPU mirror: `nn::rms_norm`.
+//
+//   r = 1/√(mean(x²) + ε),  y = w ⊙ (x·r)
+//   g = dy ⊙ w,  ∂L/∂x = r·g − r³·x·(g·x)/H,  ∂L/∂w = Σ_rows dy ⊙ x·r
+
+// ANCHOR: rms_norm_kernel
+extern "C" __global__ void rms_norm(float* y, const float* x, const float* w, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const float* xr = x + (long long)blockIdx.x * hidden;
+    float* yr = y + (long long)blockIdx.x * hidden;
+    float sum_sq = 0.0f;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum_sq += xr[c] * xr[c];
+    const float r = rsqrtf(block_sum(sum_sq, scratch) / hidden + eps);
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) yr[c] = w[c] * (xr[c] * r);
+}
+// ANCHOR_END: rms_norm_kernel
+
+// dx, and dw_rows[t, c] = dy·x·r: the per-row terms of ∂L/∂w, summed over rows by `column_sum` afterwards
+// (deterministic, unlike atomics into one row).
+extern "C" __global__ void rms_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
+                                             const float* w, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const long long row = (long long)blockIdx.x * hidden;
+    const float *xr = x + row, *dyr = dy + row;
+    float sum_sq = 0.0f, g_dot_x = 0.0f;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        sum_sq += xr[c] * xr[c];
+        g_dot_x += dyr[c] * w[c] * xr[c];
+    }
+    const float r = rsqrtf(block_sum(sum_sq, scratch) / hidden + eps);
+    const float gx = block_sum(g_dot_x, scratch);
+    const float k = r * r * r * gx / hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        dx[row + c] = r * dyr[c] * w[c] - k * xr[c];
+        dw_rows[row + c] = dyr[c] * xr[c] * r;
+    }
+}
