@@ -11,6 +11,7 @@ use crate::io::write_atomic;
 use crate::models::llama::{Llama, LlamaConfig};
 use crate::peft::merge::merge_into_directory;
 use crate::train::checkpoint::model_tensors;
+use crate::train::plots;
 use crate::train::trainer::{self, RunOptions};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -177,13 +178,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
             expected.replace('\n', "\\n")
         );
     }
-    println!(
-        "done in {:.0} s. Adapter: {}  metrics: {}  merged model: {}",
-        started.elapsed().as_secs_f64(),
-        report.final_checkpoint.display(),
-        out.join("finetune/metrics.jsonl").display(),
-        merged.display()
-    );
+    let finetune = out.join("finetune");
+    let plots: Vec<String> = [plots::LOSS_PNG, plots::WEIGHTS_PNG, plots::LR_PNG]
+        .iter()
+        .map(|name| finetune.join(name))
+        .filter(|path| path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    println!("done in {:.0} s.", started.elapsed().as_secs_f64());
+    println!("  adapter:      {}", report.final_checkpoint.join("adapter_model.safetensors").display());
+    println!("  plots:        {}", plots.join("\n                "));
+    println!("  metrics:      {}", finetune.join("metrics.jsonl").display());
+    println!("  merged model: {}", merged.display());
     Ok(())
 }
 

@@ -107,6 +107,9 @@ fn full_fine_tune_lowers_every_task_loss_and_writes_loadable_checkpoints() {
     let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
     load_causal_lm(&Cpu, &ckpt).unwrap();
     assert!(ckpt.join("tokenizer.json").is_file() && ckpt.join("optimizer.safetensors").is_file());
+    // the plots sit beside the checkpoints; fixed task weights make no weights plot
+    assert!(out.join("loss.png").is_file() && out.join("lr.png").is_file());
+    assert!(!out.join("coba_weights.png").exists());
 }
 
 #[test]
@@ -354,4 +357,5 @@ fn coba_moves_weight_toward_the_task_that_converges_more_slowly() {
     assert!(first_update.1 > first_update.0, "the slower-converging task should get more weight: {first_update:?}");
     assert!(weights[4..].iter().all(|(e, h)| (e + h - 1.0).abs() < 1e-9), "CoBa's weights are a softmax");
     assert!(weights[4..].windows(2).filter(|w| w[0] != w[1]).count() > 10, "the weights should move as the curves do");
+    assert!(out.join("coba_weights.png").is_file(), "moving weights are plotted at the end of training");
 }

@@ -2,5 +2,6 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod optim;
+pub mod plots;
 pub mod schedule;
 pub mod trainer;

@@ -24,6 +24,7 @@ use crate::rng::Rng;
 pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data};
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::train::plots;
 use crate::train::schedule::{LrSchedule, learning_rate};
 use anyhow::{Context, Result, anyhow, bail};
 use ndarray::Array2;
@@ -305,6 +306,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
                     "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()})
                 )?;
                 metrics.flush()?;
+                plots::refresh(out, &progress); // loss, weights and lr PNGs beside the checkpoints
                 if state.best_eval_loss.is_none_or(|best| ev.eval_loss <= best) {
                     state.best_eval_loss = Some(ev.eval_loss);
                     state.best_step = Some(c);
@@ -339,6 +341,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         }
     }
     progress.finish_and_clear();
+    plots::refresh(out, &progress);
     let final_checkpoint =
         last_checkpoint.ok_or_else(|| anyhow!("no step was trained (the run was already complete)"))?;
     Ok(TrainReport {
