@@ -112,19 +112,25 @@ fn full_fine_tune_lowers_every_task_loss_and_writes_loadable_checkpoints() {
     assert!(!out.join("coba_weights.png").exists());
 }
 
-#[test]
-fn a_run_killed_with_sigkill_resumes_bitwise_identically() {
-    let extra = serde_json::json!({"num_train_epochs": 20, "max_train_steps": 240, "checkpointing_steps": 7,
-                                   "evaluation_steps": 50, "saving_limit": 3});
+/// Train with `extra` twice: straight through, and killed with SIGKILL once step `kill_after` is logged, then
+/// resumed. `files` of the final checkpoint `step_{steps}` must be bitwise identical in the two runs.
+fn assert_kill_and_resume_is_bitwise_identical(
+    name: &str,
+    extra: serde_json::Value,
+    steps: u64,
+    kill_after: u64,
+    files: &[&str],
+) {
+    assert_eq!(extra["max_train_steps"].as_u64(), Some(steps));
     // uninterrupted
-    let dir_a = scratch("resume-a");
+    let dir_a = scratch(&format!("{name}-a"));
     let out_a = dir_a.join("out");
     let cfg_a = write_config(&dir_a, &out_a, extra.clone());
     let run = bin().args(["train", "--config", cfg_a.to_str().unwrap(), "--quiet"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
-    // killed somewhere past step 60, then resumed
-    let dir_b = scratch("resume-b");
+    // killed somewhere past step `kill_after`, then resumed
+    let dir_b = scratch(&format!("{name}-b"));
     let out_b = dir_b.join("out");
     let cfg_b = write_config(&dir_b, &out_b, extra);
     let mut child =
@@ -132,25 +138,57 @@ fn a_run_killed_with_sigkill_resumes_bitwise_identically() {
     let t0 = Instant::now();
     let killed_at = loop {
         let step = metric_lines(&out_b).iter().filter_map(|m| m["step"].as_u64()).max().unwrap_or(0);
-        if step >= 60 || t0.elapsed() > Duration::from_secs(60) {
+        if step >= kill_after || t0.elapsed() > Duration::from_secs(60) {
             break step;
         }
         std::thread::sleep(Duration::from_millis(1));
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(killed_at < 240, "the run finished before it could be killed");
+    assert!(killed_at < steps, "the run finished before it could be killed");
     let run = bin().args(["train", "--config", cfg_b.to_str().unwrap(), "--quiet"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("resuming from"), "{stderr}");
 
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let a = std::fs::read(out_a.join("step_240").join(file)).unwrap();
-        let b = std::fs::read(out_b.join("step_240").join(file)).unwrap();
+    let last = format!("step_{steps}");
+    for file in files {
+        let a = std::fs::read(out_a.join(&last).join(file)).unwrap();
+        let b = std::fs::read(out_b.join(&last).join(file)).unwrap();
         assert!(a == b, "{file} differs between the uninterrupted and the resumed run (killed at step {killed_at})");
     }
-    eprintln!("killed at step {killed_at}; resumed run is bitwise identical");
+    eprintln!("{name}: killed at step {killed_at}; resumed run is bitwise identical");
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_bitwise_identically() {
+    let extra = serde_json::json!({"num_train_epochs": 20, "max_train_steps": 240, "checkpointing_steps": 7,
+                                   "evaluation_steps": 50, "saving_limit": 3});
+    assert_kill_and_resume_is_bitwise_identical(
+        "resume",
+        extra,
+        240,
+        60,
+        &["model.safetensors", "optimizer.safetensors"],
+    );
+}
+
+#[test]
+fn a_lora_run_with_dropout_killed_with_sigkill_resumes_bitwise_identically() {
+    // The dropout masks come from seeds drawn from the trainer's checkpointed random state, which CoBa's sampled
+    // validation batches draw from too; CoBa's histories are checkpointed as well.
+    let extra = serde_json::json!({"peft_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+                                   "learning_rate": 1e-2, "num_train_epochs": 20, "max_train_steps": 120,
+                                   "checkpointing_steps": 7, "evaluation_steps": 50, "saving_limit": 3,
+                                   "weighted_loss_mode": "coba", "coba_warmup_steps": 5, "coba_history_length": 8,
+                                   "coba_update_interval": 1, "coba_sample_valid_num": 2});
+    assert_kill_and_resume_is_bitwise_identical(
+        "lora-resume",
+        extra,
+        120,
+        40,
+        &["adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"],
+    );
 }
 
 #[test]
