@@ -77,6 +77,12 @@ pub struct TrainConfig {
     pub skip_bad_records: bool,
     /// Truncate over-long samples instead of dropping them.
     pub truncate: bool,
+    /// Where to train: `cpu` (the reference path) or `cuda` / `cuda:N` (the `cuda` feature); `--device`
+    /// on the command line overrides it.
+    pub device: String,
+    /// Matrix products on the GPU: `f32`, or `bf16` (mixed precision: bf16 operands, f32 accumulation,
+    /// f32 master weights and optimizer state).
+    pub precision: String,
 }
 
 // ANCHOR: train_config_defaults
@@ -134,6 +140,8 @@ impl Default for TrainConfig {
             activation_checkpointing: false,
             skip_bad_records: false,
             truncate: false,
+            device: "cpu".into(),
+            precision: "f32".into(),
         }
     }
 }
@@ -210,6 +218,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "activation_checkpointing",
     "skip_bad_records",
     "truncate",
+    "device",
+    "precision",
 ];
 
 /// A parsed config and the notices to show the user.

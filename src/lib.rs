@@ -2,6 +2,7 @@
 //!
 //! The crate map, one line per module:
 pub mod backend; // the Backend seam: the primitive ops a model is written against (CPU: ndarray; CUDA: cudarc)
+pub mod bench; // `mftcoder bench`: training-step throughput beside PyTorch's H200 figures
 pub mod config; // training configs with MFTCoder's field names and defaults
 pub mod data; // MFTCoder's jsonl formats, templates, loss masks, packing, blending, .bin/.idx
 pub mod demo; // `mftcoder demo`: pre-train, multi-task LoRA with CoBa, merge, answer — on a fresh machine

@@ -49,6 +49,16 @@ enum Command {
     Pretrain(TrainArgs),
     /// Quantize a model's linear weights to 4 bits (NF4/FP4), saved as transformers + bitsandbytes save them.
     Quantize(mftcoder::quant::cli::QuantizeArgs),
+    /// Training-step throughput on the PyTorch table's shapes (gpu.md), printed beside PyTorch's H200 figures.
+    Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    #[command(flatten)]
+    bench: mftcoder::bench::BenchArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -67,11 +77,47 @@ struct MergeArgs {
     max_shard_size: usize,
 }
 
+/// Where to run.
+#[derive(Args, Clone)]
+struct DeviceArgs {
+    /// `cpu` (the reference path) or `cuda` / `cuda:N` (a build with `--features cuda` and an NVIDIA GPU).
+    #[arg(long)]
+    device: Option<String>,
+    /// Matrix products on the GPU: `f32` or `bf16` (mixed precision, f32 accumulation and master weights).
+    #[arg(long)]
+    precision: Option<String>,
+}
+
+/// Run `$f(&backend, args…)` on the backend the device arguments name: the CPU, or (with the `cuda` feature)
+/// a GPU; a GPU asked of a build without the feature is a one-line error.
+macro_rules! on_backend {
+    ($device:expr, $precision:expr, $f:ident($($arg:expr),* $(,)?)) => {{
+        let device: mftcoder::backend::Device = $device.parse()?;
+        match device {
+            mftcoder::backend::Device::Cpu => $f(&Cpu, $($arg),*),
+            #[cfg(feature = "cuda")]
+            mftcoder::backend::Device::Cuda(ordinal) => {
+                let precision: mftcoder::backend::cuda::Precision = $precision.parse()?;
+                let gpu = mftcoder::backend::cuda::Cuda::new(ordinal, precision)?;
+                eprintln!("device: {} ({precision:?} matrix products)", gpu.device_name());
+                $f(&gpu, $($arg),*)
+            }
+            #[cfg(not(feature = "cuda"))]
+            mftcoder::backend::Device::Cuda(_) => {
+                let _ = &$precision;
+                bail!("this build has no GPU support: rebuild with `cargo build --release --features cuda`")
+            }
+        }
+    }};
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// JSON config with MFTCoder's field names (`MftTrainArgs` / `MptTrainArgs`).
     #[arg(long)]
     config: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -104,6 +150,8 @@ struct ForwardArgs {
     /// predictions) and write `loss` f32 [1] and `grad.<parameter name>` for every parameter.
     #[arg(long)]
     backward: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -135,6 +183,8 @@ struct GenerateArgs {
     /// Print `{"prompt_ids": [...], "generated_ids": [...], "text": "..."}` instead of the text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -148,6 +198,10 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("mftcoder: internal error: {info}");
     }));
+    // `mftcoder info | head`: a closed pipe ends the process quietly, as it does any Unix filter, instead of
+    // failing the next print
+    // SAFETY: restores the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     mftcoder::runtime::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -164,6 +218,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd(args, false),
         Command::Pretrain(args) => train_cmd(args, true),
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
+        Command::Bench(args) => bench_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,12 +230,16 @@ fn main() -> ExitCode {
 }
 
 fn forward(args: ForwardArgs) -> Result<()> {
-    let cpu = Cpu;
+    let d = args.device.clone();
+    on_backend!(d.device.as_deref().unwrap_or("cpu"), d.precision.as_deref().unwrap_or("f32"), forward_on(args))
+}
+
+fn forward_on<B: Backend>(b: &B, args: ForwardArgs) -> Result<()> {
     let ids = match &args.input.text {
         Some(text) => Tokenizer::load(&args.model)?.encode(text, true)?,
         None => args.input.ids.clone(),
     };
-    let model = load_model(&cpu, &args.model, args.adapter.as_deref())?;
+    let model = load_model(b, &args.model, args.adapter.as_deref())?;
     let ids_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let mut tensors = vec![OwnedTensor::i64("input_ids", &[ids.len()], &ids_i64)];
     let logits = if args.backward {
@@ -190,10 +249,10 @@ fn forward(args: ForwardArgs) -> Result<()> {
         let positions: Vec<usize> = (0..ids.len()).collect();
         let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
         let (targets, weights) = next_token_targets(&ids, None, None);
-        let result = mean_token_loss(&model, &cpu, seq, &targets, &weights)?;
+        let result = mean_token_loss(&model, b, seq, &targets, &weights)?;
         tensors.push(OwnedTensor::f32("loss", &[1], &[result.loss as f32]));
         for (name, grad) in &result.grads {
-            let grad = cpu.download(grad);
+            let grad = b.download(grad);
             let values: Vec<f32> = grad.iter().copied().collect();
             tensors.push(OwnedTensor::f32(&format!("grad.{name}"), &hf_shape(name, grad.dim()), &values));
         }
@@ -203,9 +262,9 @@ fn forward(args: ForwardArgs) -> Result<()> {
             ids.len() - 1,
             result.grads.len()
         );
-        cpu.download(&result.logits)
+        b.download(&result.logits)
     } else {
-        cpu.download(&model.forward(&cpu, &ids, None, Logits::All)?)
+        b.download(&model.forward(b, &ids, None, Logits::All)?)
     };
     let (t, v) = logits.dim();
     let logits: Vec<f32> = logits.iter().copied().collect();
@@ -216,18 +275,22 @@ fn forward(args: ForwardArgs) -> Result<()> {
 }
 
 /// A model directory, with a PEFT LoRA adapter attached when one is given.
-fn load_model(cpu: &Cpu, model: &Path, adapter: Option<&Path>) -> Result<models::llama::Llama<Cpu>> {
-    let mut llama = models::load_causal_lm(cpu, model)?;
+fn load_model<B: Backend>(b: &B, model: &Path, adapter: Option<&Path>) -> Result<models::llama::Llama<B>> {
+    let mut llama = models::load_causal_lm(b, model)?;
     if let Some(dir) = adapter {
         let adapter = mftcoder::peft::Adapter::load(dir)?;
-        mftcoder::peft::attach::attach_adapter(&mut llama, cpu, &adapter)
+        mftcoder::peft::attach::attach_adapter(&mut llama, b, &adapter)
             .with_context(|| format!("{}", dir.display()))?;
     }
     Ok(llama)
 }
 
 fn generate_cmd(args: GenerateArgs) -> Result<()> {
-    let cpu = Cpu;
+    let d = args.device.clone();
+    on_backend!(d.device.as_deref().unwrap_or("cpu"), d.precision.as_deref().unwrap_or("f32"), generate_on(args))
+}
+
+fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
     let (tokenizer, prompt_ids) = match &args.prompt {
         Some(prompt) => {
             let tok = Tokenizer::load(&args.model).context("text prompts need the model's tokenizer")?;
@@ -245,12 +308,12 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
     }
     let config = HfConfig::read(&args.model)?;
     let eos = generation_eos_ids(&args.model, &config)?;
-    let model = load_model(&cpu, &args.model, args.adapter.as_deref())?;
+    let model = load_model(b, &args.model, args.adapter.as_deref())?;
     let decoding = match args.temperature {
         Some(t) if t > 0.0 => generate::Decoding::Sample { temperature: t, top_p: args.top_p, seed: args.seed },
         _ => generate::Decoding::Greedy,
     };
-    let generated = generate::generate(&model, &cpu, &prompt_ids, args.max_new_tokens, &decoding, &eos)?;
+    let generated = generate::generate(&model, b, &prompt_ids, args.max_new_tokens, &decoding, &eos)?;
     let text = match &tokenizer {
         Some(tok) => tok.decode(&generated, true)?,
         None => String::new(),
@@ -321,7 +384,14 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
     if pretrain {
         cfg.peft_type = None; // continued pre-training trains every parameter (MptTrainArgs has no PEFT fields)
     }
-    let report = trainer::train(&Cpu, &cfg, trainer::RunOptions { quiet: args.quiet })?;
+    if let Some(device) = &args.device.device {
+        cfg.device = device.clone();
+    }
+    if let Some(precision) = &args.device.precision {
+        cfg.precision = precision.clone();
+    }
+    let options = trainer::RunOptions { quiet: args.quiet };
+    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), train_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
         eprintln!("{:<24} {:>12} {:>12}", "task", "valid loss", "perplexity");
@@ -334,6 +404,50 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
         eprintln!("{:<24} {:>12.4} {:>12.3}", "(overall)", last.eval_loss, last.perplexity);
     }
     Ok(())
+}
+
+fn bench_cmd(args: BenchCmd) -> Result<()> {
+    let device: mftcoder::backend::Device = args.device.device.as_deref().unwrap_or("cpu").parse()?;
+    match device {
+        mftcoder::backend::Device::Cpu => {
+            let report = mftcoder::bench::run(&Cpu, &args.bench, &|| {}, &mut || {})?;
+            let peak = mftcoder::runtime::resident_bytes().map(|b| b as f64 / (1u64 << 30) as f64);
+            mftcoder::bench::print_report(&args.bench, "cpu (peak = resident memory)", &report, peak, None);
+        }
+        #[cfg(feature = "cuda")]
+        mftcoder::backend::Device::Cuda(ordinal) => {
+            use mftcoder::backend::cuda::{Cuda, Precision};
+            let precision: Precision = args.device.precision.as_deref().unwrap_or("bf16").parse()?;
+            let gpu = Cuda::new(ordinal, precision)?;
+            let baseline = gpu.memory_used()?;
+            let mut peak = 0usize;
+            let report = mftcoder::bench::run(&gpu, &args.bench, &|| gpu.synchronize(), &mut || {
+                peak = peak.max(gpu.memory_used().unwrap_or(0).saturating_sub(baseline));
+            })?;
+            // dense peaks of an H100/H200 SXM: bf16 tensor cores 989 TFLOP/s, plain f32 67 TFLOP/s
+            let peak_flops = match precision {
+                Precision::Bf16 => 989.4e12,
+                Precision::F32 => 66.9e12,
+            };
+            let name = format!("{} ({precision:?})", gpu.device_name());
+            mftcoder::bench::print_report(
+                &args.bench,
+                &name,
+                &report,
+                Some(peak as f64 / (1u64 << 30) as f64),
+                Some(peak_flops),
+            );
+        }
+        #[cfg(not(feature = "cuda"))]
+        mftcoder::backend::Device::Cuda(_) => {
+            bail!("this build has no GPU support: rebuild with `cargo build --release --features cuda`")
+        }
+    }
+    Ok(())
+}
+
+fn train_on<B: Backend>(b: &B, cfg: &TrainConfig, options: trainer::RunOptions) -> Result<trainer::TrainReport> {
+    trainer::train(b, cfg, options)
 }
 
 /// "5GB", "200MB", "100KB" or a plain byte count (decimal units, as transformers' `max_shard_size`).

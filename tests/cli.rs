@@ -280,3 +280,49 @@ fn forward_backward_dumps_loss_and_every_gradient() {
     assert_eq!(g.shape(), golden.tensor_f32("grad.model.norm.weight").unwrap().shape());
     assert!(written.contains("logits") && written.contains("input_ids"));
 }
+
+#[test]
+fn a_gpu_asked_of_a_machine_without_one_is_one_line() {
+    let case = fixture("mqa_headdim_linear");
+    let out = bin()
+        .args([
+            "generate",
+            "--model",
+            case.to_str().unwrap(),
+            "--ids",
+            "1,2",
+            "--max-new-tokens",
+            "1",
+            "--device",
+            "cuda",
+        ])
+        .output()
+        .unwrap();
+    // without the `cuda` feature: rebuild with it; with it but no driver here: no CUDA device
+    if cfg!(feature = "cuda") {
+        if out.status.success() {
+            return; // a machine with a GPU: nothing to check here (tests/cuda_vs_cpu.rs covers it)
+        }
+        assert_clean_error(&out, &["CUDA"]);
+    } else {
+        assert_clean_error(&out, &["--features cuda"]);
+    }
+    let out =
+        bin().args(["generate", "--model", case.to_str().unwrap(), "--ids", "1", "--device", "tpu"]).output().unwrap();
+    assert_clean_error(&out, &["unknown device `tpu`"]);
+}
+
+#[test]
+fn bench_runs_a_tiny_model_on_the_cpu() {
+    let out = bin()
+        .args(["bench", "--model", "tiny", "--mode", "lora", "--warmup", "0", "--steps", "2", "--seq", "32"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tokens/s") && text.contains("mftcoder"), "{text}");
+    // two steps of LoRA on random tokens: the loss is finite and near ln(2048) ≈ 7.6
+    let loss_line = text.lines().find(|l| l.starts_with("loss ")).expect("a loss line");
+    let first: f64 = loss_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((first - 2048f64.ln()).abs() < 0.5, "{loss_line}");
+}

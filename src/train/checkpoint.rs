@@ -59,7 +59,7 @@ pub fn save_checkpoint<B: Backend>(
     dir: &Path,
     base_model_dir: &Path,
     model: &mut Llama<B>,
-    opt: &AdamW,
+    opt: &AdamW<B::Tensor>,
     state: &TrainerState,
     lora: Option<&LoraConfig>,
 ) -> Result<()> {
@@ -88,7 +88,8 @@ pub fn save_checkpoint<B: Backend>(
     let mut moments = Vec::with_capacity(2 * names.len());
     for (i, name) in names.iter().enumerate() {
         for (kind, t) in [("m", &opt.m[i]), ("v", &opt.v[i])] {
-            let values: Vec<f32> = t.iter().copied().collect();
+            let t = b.download(t);
+            let values: Vec<f32> = t.iter().copied().collect(); // row-major, whatever the backend's layout
             moments.push(OwnedTensor::f32(&format!("{kind}.{name}"), &[t.nrows(), t.ncols()], &values));
         }
     }
@@ -126,7 +127,12 @@ pub fn read_latest(output_dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Load the optimizer moments and trainer state of a checkpoint into `opt` (whose parameter order is `names`).
-pub fn load_training_state(dir: &Path, names: &[String], opt: &mut AdamW) -> Result<TrainerState> {
+pub fn load_training_state<B: Backend>(
+    b: &B,
+    dir: &Path,
+    names: &[String],
+    opt: &mut AdamW<B::Tensor>,
+) -> Result<TrainerState> {
     let path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let json: serde_json::Value =
@@ -138,8 +144,9 @@ pub fn load_training_state(dir: &Path, names: &[String], opt: &mut AdamW) -> Res
     let store = WeightStore::open(&dir.join("optimizer.safetensors"))?;
     for (i, name) in names.iter().enumerate() {
         for (kind, slot) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
-            let t: Array2<f32> = store.matrix(&format!("{kind}.{name}"), slot.nrows(), slot.ncols())?;
-            *slot = t;
+            let (rows, cols) = b.dims(slot);
+            let t: Array2<f32> = store.matrix(&format!("{kind}.{name}"), rows, cols)?;
+            *slot = b.upload(t);
         }
     }
     Ok(state)

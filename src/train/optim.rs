@@ -142,6 +142,7 @@ impl<T> AdamW<T> {
         AdamW { config, step: 0, m: zeros(), v: zeros() }
     }
 
+    // ANCHOR: adamw_step_on
     /// [`AdamW::step`] on a backend: the same scalars, each tensor updated by `Backend::adamw_update` (on the
     /// CPU exactly the host update below, so both entry points agree bit for bit).
     pub fn step_on<B: Backend<Tensor = T>>(
@@ -159,6 +160,7 @@ impl<T> AdamW<T> {
             b.adamw_update(p, g, &mut self.m[i], &mut self.v[i], &k);
         }
     }
+    // ANCHOR_END: adamw_step_on
 }
 
 impl AdamW {

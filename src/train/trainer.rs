@@ -23,11 +23,10 @@ use crate::quant::QuantType;
 use crate::rng::Rng;
 pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data};
 use crate::train::checkpoint::{self, TrainerState};
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on};
 use crate::train::plots;
 use crate::train::schedule::{LrSchedule, learning_rate};
 use anyhow::{Context, Result, anyhow, bail};
-use ndarray::Array2;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -104,7 +103,7 @@ struct StepResult {
     grad_norm: f64,
 }
 
-pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
+pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
     let lora = lora_config(cfg)?;
     let out = &cfg.output_dir;
     checkpoint::check_writable(out)?;
@@ -174,7 +173,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
     let param_names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
     let adam = AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() };
-    let mut opt = AdamW::new(adam, &shapes);
+    let mut opt = AdamW::new_on(b, adam, &shapes);
     let mut state = TrainerState {
         completed_steps: 0,
         epoch: 0,
@@ -188,7 +187,7 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
         coba: None,
     };
     if let Some(dir) = &resume_dir {
-        state = checkpoint::load_training_state(dir, &param_names, &mut opt)?;
+        state = checkpoint::load_training_state(b, dir, &param_names, &mut opt)?;
         if state.total_steps != total_steps {
             bail!(
                 "{}: the checkpoint planned {} steps, this config plans {total_steps}; resume with the same config",
@@ -355,10 +354,10 @@ pub fn train<B: Backend<Tensor = Array2<f32>>>(b: &B, cfg: &TrainConfig, opts: R
 
 // ANCHOR: optimizer_step
 #[allow(clippy::too_many_arguments)]
-fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
+fn optimizer_step<B: Backend>(
     b: &B,
     model: &mut Llama<B>,
-    opt: &mut AdamW,
+    opt: &mut AdamW<B::Tensor>,
     data: &TrainData,
     indices: &[usize],
     micro: usize,
@@ -409,12 +408,12 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
     let mut grads = acc.ok_or_else(|| anyhow!("every micro-batch of this step was empty"))?;
     let scale = 1.0 / n_micro as f32;
     for g in grads.values_mut() {
-        g.mapv_inplace(|v| v * scale);
+        *g = b.scale(g, scale);
     }
     // a non-finite gradient stops the run, naming the first offending tensor in parameter order
     for name in param_names {
         if let Some(g) = grads.get(name) {
-            if g.iter().any(|v| !v.is_finite()) {
+            if !b.sum_squares(g).is_finite() {
                 bail!(
                     "the gradient of `{name}` is not finite (loss {:.6}); the last good checkpoint is kept",
                     loss_sum / n_micro as f64
@@ -422,17 +421,14 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
             }
         }
     }
-    let mut grad_refs: Vec<&mut Array2<f32>> = grads.values_mut().collect();
-    let grad_norm = if cfg.gradient_clipping > 0.0 {
-        clip_grad_norm(&mut grad_refs, cfg.gradient_clipping as f32) as f64
-    } else {
-        clip_grad_norm(&mut grad_refs, f32::INFINITY) as f64
-    };
+    let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
+    let max_norm = if cfg.gradient_clipping > 0.0 { cfg.gradient_clipping as f32 } else { f32::INFINITY };
+    let grad_norm = clip_grad_norm_on(b, &mut grad_refs, max_norm) as f64;
     let mut params = model.trainable_parameters_mut();
-    let grad_list: Vec<&Array2<f32>> = params.iter().map(|(n, _)| &grads[n]).collect();
-    let mut param_refs: Vec<&mut Array2<f32>> = params.iter_mut().map(|(_, p)| &mut **p).collect();
+    let grad_list: Vec<&B::Tensor> = params.iter().map(|(n, _)| &grads[n]).collect();
+    let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
-    opt.step(&mut param_refs, &grad_list, lr as f32, &decay);
+    opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
     let task_loss = task_sum.iter().zip(&task_n).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
     Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm })
 }
@@ -440,7 +436,7 @@ fn optimizer_step<B: Backend<Tensor = Array2<f32>>>(
 
 /// MFTCoder's evaluation: every validation batch of every task; `eval_loss` is the mean batch loss of the
 /// configured mode, each task's loss the mean of its batch token-means, perplexity = exp(eval_loss).
-pub fn evaluate<B: Backend<Tensor = Array2<f32>>>(
+pub fn evaluate<B: Backend>(
     b: &B,
     model: &Llama<B>,
     data: &TrainData,
@@ -481,7 +477,7 @@ pub fn evaluate<B: Backend<Tensor = Array2<f32>>>(
 }
 
 /// One random validation batch per task and its token-mean loss (CoBa's `sample_valid_batch`).
-fn sample_validation<B: Backend<Tensor = Array2<f32>>>(
+fn sample_validation<B: Backend>(
     b: &B,
     model: &Llama<B>,
     data: &TrainData,

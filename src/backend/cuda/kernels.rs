@@ -40,6 +40,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ("optim.cu", include_str!("kernels/optim.cu"), &["adamw", "sum_squares"]),
 ];
 
+// ANCHOR: compile
 /// Compile one file for a virtual architecture such as `compute_90`. Precise `expf`/division (no fast math):
 /// the property tests compare against the CPU path at f32 tolerances.
 pub fn compile(file: &str, source: &str, arch: &str) -> Result<Ptx> {
@@ -51,6 +52,7 @@ pub fn compile(file: &str, source: &str, arch: &str) -> Result<Ptx> {
     compile_ptx_with_opts(format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{file}\"\n{source}"), opts)
         .map_err(|e| anyhow!("NVRTC could not compile {file} for {arch}: {e}"))
 }
+// ANCHOR_END: compile
 
 /// Every file's PTX for `arch`, compiled once per process (the first backend opened pays ~1 s).
 pub fn compiled(arch: &str) -> Result<Vec<(&'static str, Ptx)>> {

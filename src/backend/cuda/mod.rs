@@ -58,6 +58,7 @@ impl std::str::FromStr for Precision {
     }
 }
 
+// ANCHOR: cuda_tensor
 /// A row-major f32 matrix in device memory.
 #[derive(Clone, Debug)]
 pub struct CudaTensor {
@@ -65,6 +66,8 @@ pub struct CudaTensor {
     pub rows: usize,
     pub cols: usize,
 }
+
+// ANCHOR_END: cuda_tensor
 
 impl CudaTensor {
     fn len(&self) -> usize {
@@ -78,6 +81,29 @@ pub struct CudaPacked {
     packed: CudaSlice<u8>,
     absmax: CudaSlice<f32>,
     code: CudaSlice<f32>,
+}
+
+/// A packed batch's segments on the device (see attention.cu).
+struct Segments {
+    ids: CudaSlice<u32>,
+    first: CudaSlice<u32>,
+    last: CudaSlice<u32>,
+}
+
+/// Device pointers of the three segment arrays, or nulls; the guards keep the buffers' reads ordered.
+fn segment_pointers<'a>(
+    segments: &'a Option<Segments>,
+    stream: &'a Arc<CudaStream>,
+) -> ([u64; 3], Vec<cudarc::driver::SyncOnDrop<'a>>) {
+    match segments {
+        Some(s) => {
+            let (ids, g1) = s.ids.device_ptr(stream);
+            let (first, g2) = s.first.device_ptr(stream);
+            let (last, g3) = s.last.device_ptr(stream);
+            ([ids, first, last], vec![g1, g2, g3])
+        }
+        None => ([0; 3], Vec::new()), // null `const unsigned int*`s
+    }
 }
 
 /// The GPU backend: one device, one stream, the compiled kernels and a cuBLAS handle.
@@ -110,6 +136,7 @@ fn warp_grid(warps: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * WARPS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+// ANCHOR: launch_macro
 /// GPU failures inside an op (out of memory, a driver error) end the run with this one line: the `Backend`
 /// ops return tensors, not `Result`s, as the CPU ops cannot fail.
 fn fail(what: &str, e: impl std::fmt::Debug) -> ! {
@@ -130,6 +157,8 @@ macro_rules! launch {
     }};
 }
 
+// ANCHOR_END: launch_macro
+
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
 }
@@ -139,6 +168,9 @@ impl Cuda {
     pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
         let ctx = open_device(ordinal)?;
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("CUDA device {ordinal}: {e:?}"))?;
+        // one stream does all the work, in order: cudarc's cross-stream event bookkeeping is pure overhead here
+        // SAFETY: no other stream touches this context's buffers.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let mut functions = HashMap::new();
         for ((file, ptx), &(_, _, names)) in
@@ -189,9 +221,19 @@ impl Cuda {
         self.stream.clone_dtoh(dev).unwrap_or_else(|e| fail("copy to host", e))
     }
 
-    /// Segment ids of a packed batch on the device (None: no segments, the kernels get a null pointer).
-    fn segments(&self, mask: &AttentionMask) -> Option<CudaSlice<u32>> {
-        mask.segment_ids.map(|s| self.to_device(s))
+    /// A packed batch's segment ids and, per position, the first and last position of its segment, on the
+    /// device (None without segments: the kernels get null pointers).
+    fn segments(&self, mask: &AttentionMask) -> Option<Segments> {
+        let ids = mask.segment_ids?;
+        let (mut first, mut last) = (vec![0u32; ids.len()], vec![0u32; ids.len()]);
+        let mut seen: HashMap<u32, (u32, u32)> = HashMap::new();
+        for (p, &id) in ids.iter().enumerate() {
+            seen.entry(id).and_modify(|e| e.1 = p as u32).or_insert((p as u32, p as u32));
+        }
+        for (p, id) in ids.iter().enumerate() {
+            (first[p], last[p]) = seen[id];
+        }
+        Some(Segments { ids: self.to_device(ids), first: self.to_device(&first), last: self.to_device(&last) })
     }
 
     fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) {
@@ -206,14 +248,18 @@ impl Cuda {
         out
     }
 
-    /// Column sums of a [rows, cols] matrix → [1, cols].
+    /// Column sums of a [rows, cols] matrix → [1, cols]: partial sums over chunks of 64 rows in parallel, then
+    /// the sum of the partials (one level more when there are many chunks).
     fn column_sum(&self, x: &CudaTensor) -> CudaTensor {
-        let mut out = self.tensor(1, x.cols);
-        let (rows, cols) = (int(x.rows, "rows"), int(x.cols, "cols"));
+        const ROWS_PER_CHUNK: usize = 64;
+        let chunks = x.rows.div_ceil(ROWS_PER_CHUNK).max(1);
+        let mut out = self.tensor(chunks, x.cols);
+        let (rows, cols, per) = (int(x.rows, "rows"), int(x.cols, "cols"), ROWS_PER_CHUNK as i32);
         let blocks = x.cols.div_ceil(THREADS as usize).max(1) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "column_sum", cfg, &mut out.data, &x.data, &rows, &cols);
-        out
+        let cfg =
+            LaunchConfig { grid_dim: (blocks, chunks as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "column_sum", cfg, &mut out.data, &x.data, &rows, &cols, &per);
+        if chunks == 1 { out } else { self.column_sum(&out) }
     }
 
     fn rope_rotate(
@@ -412,13 +458,7 @@ impl Backend for Cuda {
         let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
         let (tq, heads, kv) = (int(q.rows, "tq"), int(shape.n_heads, "heads"), int(shape.n_kv_heads, "kv_heads"));
         let (d, offset) = (int(shape.head_dim, "head_dim"), int(mask.q_offset, "q_offset"));
-        let (seg, _seg_guard) = match &segments {
-            Some(s) => {
-                let (ptr, guard) = s.device_ptr(&self.stream);
-                (ptr, Some(guard))
-            }
-            None => (0u64, None), // a null `const unsigned int*`
-        };
+        let ([seg, seg_first, _], _guards) = segment_pointers(&segments, &self.stream);
         launch!(
             self,
             "attention_forward",
@@ -429,6 +469,7 @@ impl Backend for Cuda {
             &k.data,
             &v.data,
             &seg,
+            &seg_first,
             &tq,
             &heads,
             &kv,
@@ -454,13 +495,7 @@ impl Backend for Cuda {
         let (tq, tk) = (int(q.rows, "tq"), int(k.rows, "tk"));
         let (heads, kv) = (int(shape.n_heads, "heads"), int(shape.n_kv_heads, "kv_heads"));
         let (d, offset) = (int(shape.head_dim, "head_dim"), int(mask.q_offset, "q_offset"));
-        let (seg, _seg_guard) = match &segments {
-            Some(s) => {
-                let (ptr, guard) = s.device_ptr(&self.stream);
-                (ptr, Some(guard))
-            }
-            None => (0u64, None), // a null `const unsigned int*`
-        };
+        let ([seg, seg_first, seg_last], _guards) = segment_pointers(&segments, &self.stream);
         let mut delta = self.tensor(q.rows, shape.n_heads);
         launch!(
             self,
@@ -486,6 +521,7 @@ impl Backend for Cuda {
             &lse.data,
             &delta.data,
             &seg,
+            &seg_first,
             &tq,
             &heads,
             &kv,
@@ -507,6 +543,7 @@ impl Backend for Cuda {
             &lse.data,
             &delta.data,
             &seg,
+            &seg_last,
             &tq,
             &tk,
             &heads,

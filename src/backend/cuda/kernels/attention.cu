@@ -8,7 +8,9 @@
 // ever add into the same gradient row: one over queries (dq), one over keys (dk, dv). Deterministic.
 //
 // Visibility: query i sits at position q_offset + i and sees key j iff j ≤ q_offset + i and, in a packed
-// batch, segment_ids[j] == segment_ids[q_offset + i] (segment_ids may be null).
+// batch, segment_ids[j] == segment_ids[q_offset + i]. segment_first[p] / segment_last[p] are the first and
+// last positions holding p's segment id, so the loops skip other documents without testing each key
+// (segment ids need not be contiguous: visibility is still checked per key). All three may be null.
 
 #define MAX_HEAD_DIM 256
 #define PER_LANE (MAX_HEAD_DIM / 32)
@@ -38,8 +40,8 @@ __device__ __forceinline__ float dot_row(const float* mine, const float* other, 
 // ANCHOR: attention_forward_kernel
 // out: [tq, heads·d], lse: [tq, heads]
 extern "C" __global__ void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
-                                             const unsigned int* segment_ids, int tq, int heads, int kv_heads, int d,
-                                             int q_offset, float scale) {
+                                             const unsigned int* segment_ids, const unsigned int* segment_first,
+                                             int tq, int heads, int kv_heads, int d, int q_offset, float scale) {
     const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (warp >= tq * heads) return;
     const int i = warp / heads, h = warp % heads, g = h / (heads / kv_heads);
@@ -50,7 +52,7 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
     const int query_pos = q_offset + i;
     float m = -INFINITY, l = 0.0f;
-    for (int j = 0; j <= query_pos; ++j) {
+    for (int j = segment_first ? (int)segment_first[query_pos] : 0; j <= query_pos; ++j) {
         if (!visible(segment_ids, query_pos, j)) continue;
         const float* kj = k + j * kv_stride + g * d;
         const float* vj = v + j * kv_stride + g * d;
@@ -90,8 +92,8 @@ extern "C" __global__ void attention_delta(float* delta, const float* dout, cons
 // dq_i = scale · Σ_j ds_ij·k_j, one warp per (query, head).
 extern "C" __global__ void attention_backward_dq(float* dq, const float* dout, const float* q, const float* k,
                                                  const float* v, const float* lse, const float* delta,
-                                                 const unsigned int* segment_ids, int tq, int heads, int kv_heads,
-                                                 int d, int q_offset, float scale) {
+                                                 const unsigned int* segment_ids, const unsigned int* segment_first,
+                                                 int tq, int heads, int kv_heads, int d, int q_offset, float scale) {
     const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (warp >= tq * heads) return;
     const int i = warp / heads, h = warp % heads, g = h / (heads / kv_heads);
@@ -103,7 +105,7 @@ extern "C" __global__ void attention_backward_dq(float* dq, const float* dout, c
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
     const float lse_i = lse[warp], delta_i = delta[warp];
     const int query_pos = q_offset + i;
-    for (int j = 0; j <= query_pos; ++j) {
+    for (int j = segment_first ? (int)segment_first[query_pos] : 0; j <= query_pos; ++j) {
         if (!visible(segment_ids, query_pos, j)) continue;
         const float* kj = k + j * kv_stride + g * d;
         const float p = expf(dot_row(qi, kj, d, lane) * scale - lse_i);
@@ -122,13 +124,14 @@ extern "C" __global__ void attention_backward_dq(float* dq, const float* dout, c
     }
 }
 
+// ANCHOR: attention_backward_dkdv
 // dk_j = scale · Σ_{h in group, i} ds_ij·q_i and dv_j = Σ p_ij·dout_i, one warp per (key, KV head): the sum
 // over the query heads that share this KV head (GQA) happens inside the warp, in order.
 extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const float* dout, const float* q,
                                                    const float* k, const float* v, const float* lse,
-                                                   const float* delta, const unsigned int* segment_ids, int tq,
-                                                   int tk, int heads, int kv_heads, int d, int q_offset,
-                                                   float scale) {
+                                                   const float* delta, const unsigned int* segment_ids,
+                                                   const unsigned int* segment_last, int tq, int tk, int heads,
+                                                   int kv_heads, int d, int q_offset, float scale) {
     const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
     if (warp >= tk * kv_heads) return;
     const int j = warp / kv_heads, g = warp % kv_heads, group = heads / kv_heads;
@@ -139,8 +142,10 @@ extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const f
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) dk_acc[e] = dv_acc[e] = 0.0f;
     const int first_query = j > q_offset ? j - q_offset : 0;  // the first query that can see key j
+    // the last query of key j's document (a query past it belongs to another document)
+    const int last_query = segment_last ? min(tq - 1, (int)segment_last[j] - q_offset) : tq - 1;
     for (int h = g * group; h < (g + 1) * group; ++h) {
-        for (int i = first_query; i < tq; ++i) {
+        for (int i = first_query; i <= last_query; ++i) {
             if (!visible(segment_ids, q_offset + i, j)) continue;
             const float* qi = q + i * q_stride + h * d;
             const float* doi = dout + i * q_stride + h * d;
@@ -168,3 +173,4 @@ extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const f
         }
     }
 }
+// ANCHOR_END: attention_backward_dkdv

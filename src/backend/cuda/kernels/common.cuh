@@ -5,6 +5,7 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// ANCHOR: block_sum
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
@@ -29,6 +30,8 @@ __device__ float block_sum(float v, float* scratch) {
     return scratch[0];
 }
 
+// ANCHOR_END: block_sum
+
 __device__ float block_max(float v, float* scratch) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     v = warp_max(v);
@@ -42,6 +45,7 @@ __device__ float block_max(float v, float* scratch) {
     return scratch[0];
 }
 
+// ANCHOR: f32_to_bf16
 // f32 → bf16 bits, round to nearest even (the rounding torch's .to(torch.bfloat16) does); NaN stays NaN.
 __device__ __forceinline__ unsigned short f32_to_bf16_bits(float x) {
     unsigned int u = __float_as_uint(x);
@@ -49,6 +53,7 @@ __device__ __forceinline__ unsigned short f32_to_bf16_bits(float x) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
 }
+// ANCHOR_END: f32_to_bf16
 
 __device__ __forceinline__ float bf16_bits_to_f32(unsigned short b) {
     return __uint_as_float(((unsigned int)b) << 16);

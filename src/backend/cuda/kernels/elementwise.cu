@@ -41,15 +41,20 @@ extern "C" __global__ void add_bias_rows(float* y, const float* bias, int rows, 
     FOR_EACH(i, (long long)rows * cols) y[i] += bias[i % cols];
 }
 
-// out[c] = Σ_r x[r, c]: one thread per column, rows in order (deterministic); neighbouring threads read
-// neighbouring addresses, so each row is one coalesced sweep.
-extern "C" __global__ void column_sum(float* out, const float* x, int rows, int cols) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+// ANCHOR: column_sum
+// out[chunk, c] = Σ of x[r, c] over the chunk's rows [chunk·rows_per_chunk, …): one thread per (chunk, column),
+// rows in order. Neighbouring threads read neighbouring addresses, so each row is one coalesced sweep. A
+// column sum (a bias or norm-weight gradient) is this twice: chunks of rows in parallel, then the few chunk
+// sums — a fixed order, so the result is the same on every run, unlike atomics.
+extern "C" __global__ void column_sum(float* out, const float* x, int rows, int cols, int rows_per_chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
     if (c >= cols) return;
+    const int end = min(rows, (chunk + 1) * rows_per_chunk);
     float acc = 0.0f;
-    for (int r = 0; r < rows; ++r) acc += x[(long long)r * cols + c];
-    out[c] = acc;
+    for (int r = chunk * rows_per_chunk; r < end; ++r) acc += x[(long long)r * cols + c];
+    out[(long long)chunk * cols + c] = acc;
 }
+// ANCHOR_END: column_sum
 
 extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* x, long long n) {
     FOR_EACH(i, n) out[i] = f32_to_bf16_bits(x[i]);

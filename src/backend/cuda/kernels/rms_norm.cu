@@ -15,6 +15,7 @@ extern "C" __global__ void rms_norm(float* y, const float* x, const float* w, in
 }
 // ANCHOR_END: rms_norm_kernel
 
+// ANCHOR: rms_norm_backward_kernel
 // dx, and dw_rows[t, c] = dy·x·r: the per-row terms of ∂L/∂w, summed over rows by `column_sum` afterwards
 // (deterministic, unlike atomics into one row).
 extern "C" __global__ void rms_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
@@ -35,3 +36,4 @@ extern "C" __global__ void rms_norm_backward(float* dx, float* dw_rows, const fl
         dw_rows[row + c] = dyr[c] * xr[c] * r;
     }
 }
+// ANCHOR_END: rms_norm_backward_kernel

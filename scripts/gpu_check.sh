@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Everything the CUDA path still has to show on a real GPU, as one script for the device machine (an H200 with
+# CUDA 13, PyTorch, transformers and peft; no Rust). Build here first:
+#
+#   bash scripts/gpu_check.sh build      # release binary + the cuda_vs_cpu test binary into .gpu/ (ignored)
+#
+# then on the device (the `device` tool's run, with carry [".gpu"], about 8 minutes):
+#
+#   bash scripts/gpu_check.sh run 2>&1 | tee $OUT/log
+#
+# It runs the CPU-vs-GPU property tests (every op, whole full / LoRA / QLoRA / bf16 steps), then
+# `mftcoder bench` and benches/gpu_torch.py on the same GPU, one after the other, for the four rows of gpu.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+build)
+  set -e
+  cargo build --release --features cuda
+  test_bin=$(cargo test --release --features cuda --test cuda_vs_cpu --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda_vs_cpu" and m.get("executable"):
+        print(m["executable"])')
+  mkdir -p .gpu
+  cp target/release/mftcoder .gpu/mftcoder
+  cp "$test_bin" .gpu/cuda_vs_cpu
+  strip --strip-debug .gpu/mftcoder .gpu/cuda_vs_cpu   # the carry limit is 64 MiB
+  ls -la .gpu
+  ;;
+run)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  echo "== CPU vs GPU property tests"
+  timeout 240 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
+  echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"
+  for model in 134m 1.1b; do
+    for mode in full lora; do
+      timeout 150 .gpu/mftcoder bench --device cuda --precision bf16 --model "$model" --mode "$mode"
+      timeout 120 python3 benches/gpu_torch.py --model "$model" --mode "$mode"
+    done
+  done
+  ;;
+*)
+  echo "usage: bash scripts/gpu_check.sh build|run" >&2
+  exit 2
+  ;;
+esac
