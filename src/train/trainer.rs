@@ -286,13 +286,14 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
                 "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()})
             )?;
             metrics.flush()?;
-            progress.set_position(state.completed_steps as u64);
+            // message first, then position: each redraw shows a step with its own numbers
             progress.set_message(format!(
                 "loss {:.4} | {} | {:.0} tok/s",
                 result.loss,
                 task_summary(&names, &result.task_loss),
                 tokens_seen as f64 / elapsed.max(1e-9)
             ));
+            progress.set_position(state.completed_steps as u64);
 
             let c = state.completed_steps;
             let mut stop = false;

@@ -83,6 +83,36 @@ pub struct CudaPacked {
     code: CudaSlice<f32>,
 }
 
+/// The sizes every attention kernel takes by value: `struct AttentionDims` in attention.cu, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct AttentionDims {
+    tq: i32,
+    tk: i32,
+    heads: i32,
+    kv_heads: i32,
+    d: i32,
+    q_offset: i32,
+    scale: f32,
+}
+
+// SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints and a float, no padding).
+unsafe impl cudarc::driver::DeviceRepr for AttentionDims {}
+
+impl AttentionDims {
+    fn new(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) -> Self {
+        AttentionDims {
+            tq: int(q.rows, "tq"),
+            tk: int(k.rows, "tk"),
+            heads: int(shape.n_heads, "heads"),
+            kv_heads: int(shape.n_kv_heads, "kv_heads"),
+            d: int(shape.head_dim, "head_dim"),
+            q_offset: int(mask.q_offset, "q_offset"),
+            scale: shape.scale,
+        }
+    }
+}
+
 /// A packed batch's segments on the device (see attention.cu).
 struct Segments {
     ids: CudaSlice<u32>,
@@ -454,15 +484,15 @@ impl Backend for Cuda {
         mask: &AttentionMask,
     ) -> (CudaTensor, CudaTensor) {
         check_attention(q, k, v, shape, mask);
+        let dims = AttentionDims::new(q, k, shape, mask);
         let segments = self.segments(mask);
-        let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
-        let (tq, heads, kv) = (int(q.rows, "tq"), int(shape.n_heads, "heads"), int(shape.n_kv_heads, "kv_heads"));
-        let (d, offset) = (int(shape.head_dim, "head_dim"), int(mask.q_offset, "q_offset"));
         let ([seg, seg_first, _], _guards) = segment_pointers(&segments, &self.stream);
+        let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
+        let grid = warp_grid(q.rows * shape.n_heads);
         launch!(
             self,
             "attention_forward",
-            warp_grid(q.rows * shape.n_heads),
+            grid,
             &mut out.data,
             &mut lse.data,
             &q.data,
@@ -470,12 +500,7 @@ impl Backend for Cuda {
             &v.data,
             &seg,
             &seg_first,
-            &tq,
-            &heads,
-            &kv,
-            &d,
-            &offset,
-            &shape.scale
+            &dims
         );
         (out, lse)
     }
@@ -491,66 +516,46 @@ impl Backend for Cuda {
         mask: &AttentionMask,
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
         check_attention(q, k, v, shape, mask);
+        let dims = AttentionDims::new(q, k, shape, mask);
         let segments = self.segments(mask);
-        let (tq, tk) = (int(q.rows, "tq"), int(k.rows, "tk"));
-        let (heads, kv) = (int(shape.n_heads, "heads"), int(shape.n_kv_heads, "kv_heads"));
-        let (d, offset) = (int(shape.head_dim, "head_dim"), int(mask.q_offset, "q_offset"));
         let ([seg, seg_first, seg_last], _guards) = segment_pointers(&segments, &self.stream);
+        let per_query = warp_grid(q.rows * shape.n_heads);
         let mut delta = self.tensor(q.rows, shape.n_heads);
-        launch!(
-            self,
-            "attention_delta",
-            warp_grid(q.rows * shape.n_heads),
-            &mut delta.data,
-            &dout.data,
-            &out.data,
-            &tq,
-            &heads,
-            &d
-        );
+        launch!(self, "attention_delta", per_query, &mut delta.data, &dout.data, &out.data, &dims);
         let mut dq = self.tensor(q.rows, q.cols);
+        let (lse, delta) = (&lse.data, &delta.data);
         launch!(
             self,
             "attention_backward_dq",
-            warp_grid(q.rows * shape.n_heads),
+            per_query,
             &mut dq.data,
             &dout.data,
             &q.data,
             &k.data,
             &v.data,
-            &lse.data,
-            &delta.data,
+            lse,
+            delta,
             &seg,
             &seg_first,
-            &tq,
-            &heads,
-            &kv,
-            &d,
-            &offset,
-            &shape.scale
+            &dims
         );
         let (mut dk, mut dv) = (self.tensor(k.rows, k.cols), self.tensor(v.rows, v.cols));
+        let per_key = warp_grid(k.rows * shape.n_kv_heads);
         launch!(
             self,
             "attention_backward_dkdv",
-            warp_grid(k.rows * shape.n_kv_heads),
+            per_key,
             &mut dk.data,
             &mut dv.data,
             &dout.data,
             &q.data,
             &k.data,
             &v.data,
-            &lse.data,
-            &delta.data,
+            lse,
+            delta,
             &seg,
             &seg_last,
-            &tq,
-            &tk,
-            &heads,
-            &kv,
-            &d,
-            &offset,
-            &shape.scale
+            &dims
         );
         (dq, dk, dv)
     }
@@ -734,6 +739,13 @@ fn check_attention(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: &Atten
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn attention_dims_have_the_c_struct_layout() {
+        // six ints and a float, 4-byte aligned, no padding: what `struct AttentionDims` is in attention.cu
+        assert_eq!(std::mem::size_of::<super::AttentionDims>(), 28);
+        assert_eq!(std::mem::align_of::<super::AttentionDims>(), 4);
+    }
+
     #[test]
     fn opening_a_device_either_works_or_explains_why_not() {
         match super::open_device(0) {

@@ -15,6 +15,30 @@
 #define MAX_HEAD_DIM 256
 #define PER_LANE (MAX_HEAD_DIM / 32)
 
+// The sizes every attention kernel takes (by value; the Rust side mirrors it field for field).
+struct AttentionDims {
+    int tq, tk, heads, kv_heads, d, q_offset;
+    float scale;
+};
+
+// Which (query row, head) a warp of a query-major kernel owns, and where its rows start.
+struct QueryWarp {
+    int i, h, lane;
+    long long q_at;   // offset of row i, head h in a [tq, heads·d] matrix
+    long long kv_off; // offset of the KV head h reads within a [tk, kv_heads·d] row
+};
+
+__device__ __forceinline__ bool query_warp(const AttentionDims& a, QueryWarp* w) {
+    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5);
+    if (warp >= a.tq * a.heads) return false;
+    w->lane = threadIdx.x & 31;
+    w->i = warp / a.heads;
+    w->h = warp % a.heads;
+    w->q_at = (long long)w->i * a.heads * a.d + (long long)w->h * a.d;
+    w->kv_off = (long long)(w->h / (a.heads / a.kv_heads)) * a.d;
+    return true;
+}
+
 __device__ __forceinline__ bool visible(const unsigned int* segment_ids, int query_pos, int key) {
     return key <= query_pos && (segment_ids == nullptr || segment_ids[key] == segment_ids[query_pos]);
 }
@@ -41,22 +65,22 @@ __device__ __forceinline__ float dot_row(const float* mine, const float* other, 
 // out: [tq, heads·d], lse: [tq, heads]
 extern "C" __global__ void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v,
                                              const unsigned int* segment_ids, const unsigned int* segment_first,
-                                             int tq, int heads, int kv_heads, int d, int q_offset, float scale) {
-    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (warp >= tq * heads) return;
-    const int i = warp / heads, h = warp % heads, g = h / (heads / kv_heads);
-    const long long q_stride = (long long)heads * d, kv_stride = (long long)kv_heads * d;
+                                             AttentionDims a) {
+    QueryWarp w;
+    if (!query_warp(a, &w)) return;
+    const int d = a.d, lane = w.lane;
+    const long long kv_stride = (long long)a.kv_heads * d;
     float qi[PER_LANE], acc[PER_LANE];
-    load_row(qi, q + i * q_stride + h * d, d, lane);
+    load_row(qi, q + w.q_at, d, lane);
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
-    const int query_pos = q_offset + i;
+    const int query_pos = a.q_offset + w.i;
     float m = -INFINITY, l = 0.0f;
     for (int j = segment_first ? (int)segment_first[query_pos] : 0; j <= query_pos; ++j) {
         if (!visible(segment_ids, query_pos, j)) continue;
-        const float* kj = k + j * kv_stride + g * d;
-        const float* vj = v + j * kv_stride + g * d;
-        const float s = dot_row(qi, kj, d, lane) * scale;
+        const float* kj = k + j * kv_stride + w.kv_off;
+        const float* vj = v + j * kv_stride + w.kv_off;
+        const float s = dot_row(qi, kj, d, lane) * a.scale;
         const float m_new = fmaxf(m, s);
         const float correction = expf(m - m_new), p = expf(s - m_new);  // exp(−∞) = 0 on the first key
         l = l * correction + p;
@@ -67,60 +91,58 @@ extern "C" __global__ void attention_forward(float* out, float* lse, const float
         }
         m = m_new;
     }
-    float* oi = out + i * q_stride + h * d;
+    float* oi = out + w.q_at;
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) {
         const int idx = lane + 32 * e;
         if (idx < d) oi[idx] = acc[e] / l;
     }
-    if (lane == 0) lse[(long long)i * heads + h] = m + logf(l);
+    if (lane == 0) lse[(long long)w.i * a.heads + w.h] = m + logf(l);
 }
 // ANCHOR_END: attention_forward_kernel
 
 // delta[i, h] = Σ_d dout·out, the row term of the softmax backward: ∂L/∂s_ij = p_ij·(dout_i·v_j − delta_i).
-extern "C" __global__ void attention_delta(float* delta, const float* dout, const float* out, int tq, int heads,
-                                           int d) {
-    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (warp >= tq * heads) return;
-    const long long at = (long long)warp * d;  // row i, head h of a [tq, heads·d] matrix
+extern "C" __global__ void attention_delta(float* delta, const float* dout, const float* out, AttentionDims a) {
+    QueryWarp w;
+    if (!query_warp(a, &w)) return;
     float mine[PER_LANE];
-    load_row(mine, dout + at, d, lane);
-    const float s = dot_row(mine, out + at, d, lane);
-    if (lane == 0) delta[warp] = s;
+    load_row(mine, dout + w.q_at, a.d, w.lane);
+    const float s = dot_row(mine, out + w.q_at, a.d, w.lane);
+    if (w.lane == 0) delta[(long long)w.i * a.heads + w.h] = s;
 }
 
 // dq_i = scale · Σ_j ds_ij·k_j, one warp per (query, head).
 extern "C" __global__ void attention_backward_dq(float* dq, const float* dout, const float* q, const float* k,
                                                  const float* v, const float* lse, const float* delta,
                                                  const unsigned int* segment_ids, const unsigned int* segment_first,
-                                                 int tq, int heads, int kv_heads, int d, int q_offset, float scale) {
-    const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (warp >= tq * heads) return;
-    const int i = warp / heads, h = warp % heads, g = h / (heads / kv_heads);
-    const long long q_stride = (long long)heads * d, kv_stride = (long long)kv_heads * d;
+                                                 AttentionDims a) {
+    QueryWarp w;
+    if (!query_warp(a, &w)) return;
+    const int d = a.d, lane = w.lane;
+    const long long kv_stride = (long long)a.kv_heads * d, ih = (long long)w.i * a.heads + w.h;
     float qi[PER_LANE], doi[PER_LANE], acc[PER_LANE];
-    load_row(qi, q + i * q_stride + h * d, d, lane);
-    load_row(doi, dout + i * q_stride + h * d, d, lane);
+    load_row(qi, q + w.q_at, d, lane);
+    load_row(doi, dout + w.q_at, d, lane);
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
-    const float lse_i = lse[warp], delta_i = delta[warp];
-    const int query_pos = q_offset + i;
+    const float lse_i = lse[ih], delta_i = delta[ih];
+    const int query_pos = a.q_offset + w.i;
     for (int j = segment_first ? (int)segment_first[query_pos] : 0; j <= query_pos; ++j) {
         if (!visible(segment_ids, query_pos, j)) continue;
-        const float* kj = k + j * kv_stride + g * d;
-        const float p = expf(dot_row(qi, kj, d, lane) * scale - lse_i);
-        const float ds = p * (dot_row(doi, v + j * kv_stride + g * d, d, lane) - delta_i);
+        const float* kj = k + j * kv_stride + w.kv_off;
+        const float p = expf(dot_row(qi, kj, d, lane) * a.scale - lse_i);
+        const float ds = p * (dot_row(doi, v + j * kv_stride + w.kv_off, d, lane) - delta_i);
 #pragma unroll
         for (int e = 0; e < PER_LANE; ++e) {
             const int idx = lane + 32 * e;
             if (idx < d) acc[e] = fmaf(ds, kj[idx], acc[e]);
         }
     }
-    float* dqi = dq + i * q_stride + h * d;
+    float* dqi = dq + w.q_at;
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) {
         const int idx = lane + 32 * e;
-        if (idx < d) dqi[idx] = acc[e] * scale;
+        if (idx < d) dqi[idx] = acc[e] * a.scale;
     }
 }
 
@@ -130,12 +152,12 @@ extern "C" __global__ void attention_backward_dq(float* dq, const float* dout, c
 extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const float* dout, const float* q,
                                                    const float* k, const float* v, const float* lse,
                                                    const float* delta, const unsigned int* segment_ids,
-                                                   const unsigned int* segment_last, int tq, int tk, int heads,
-                                                   int kv_heads, int d, int q_offset, float scale) {
+                                                   const unsigned int* segment_last, AttentionDims a) {
     const int warp = (int)((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (warp >= tk * kv_heads) return;
-    const int j = warp / kv_heads, g = warp % kv_heads, group = heads / kv_heads;
-    const long long q_stride = (long long)heads * d, kv_stride = (long long)kv_heads * d;
+    if (warp >= a.tk * a.kv_heads) return;
+    const int tq = a.tq, heads = a.heads, d = a.d, q_offset = a.q_offset;
+    const int j = warp / a.kv_heads, g = warp % a.kv_heads, group = heads / a.kv_heads;
+    const long long q_stride = (long long)heads * d, kv_stride = (long long)a.kv_heads * d;
     float kj[PER_LANE], vj[PER_LANE], dk_acc[PER_LANE], dv_acc[PER_LANE];
     load_row(kj, k + j * kv_stride + g * d, d, lane);
     load_row(vj, v + j * kv_stride + g * d, d, lane);
@@ -150,7 +172,7 @@ extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const f
             const float* qi = q + i * q_stride + h * d;
             const float* doi = dout + i * q_stride + h * d;
             const long long ih = (long long)i * heads + h;
-            const float p = expf(dot_row(kj, qi, d, lane) * scale - lse[ih]);
+            const float p = expf(dot_row(kj, qi, d, lane) * a.scale - lse[ih]);
             const float ds = p * (dot_row(vj, doi, d, lane) - delta[ih]);
 #pragma unroll
             for (int e = 0; e < PER_LANE; ++e) {
@@ -168,7 +190,7 @@ extern "C" __global__ void attention_backward_dkdv(float* dk, float* dv, const f
     for (int e = 0; e < PER_LANE; ++e) {
         const int idx = lane + 32 * e;
         if (idx < d) {
-            dkj[idx] = dk_acc[e] * scale;
+            dkj[idx] = dk_acc[e] * a.scale;
             dvj[idx] = dv_acc[e];
         }
     }
