@@ -160,6 +160,16 @@ pub trait Backend: Sync {
 }
 // ANCHOR_END: backend_trait
 
+/// For each position of a packed batch, the first and the last position holding its segment id: how the GPU's
+/// attention loops skip other documents (see `cuda/kernels/attention.cu`).
+pub fn segment_bounds(segment_ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut span: std::collections::HashMap<u32, (u32, u32)> = std::collections::HashMap::new();
+    for (p, &id) in segment_ids.iter().enumerate() {
+        span.entry(id).and_modify(|e| e.1 = p as u32).or_insert((p as u32, p as u32));
+    }
+    segment_ids.iter().map(|id| span[id]).unzip()
+}
+
 /// Where a command runs: `cpu`, or `cuda` / `cuda:N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {

@@ -255,14 +255,7 @@ impl Cuda {
     /// device (None without segments: the kernels get null pointers).
     fn segments(&self, mask: &AttentionMask) -> Option<Segments> {
         let ids = mask.segment_ids?;
-        let (mut first, mut last) = (vec![0u32; ids.len()], vec![0u32; ids.len()]);
-        let mut seen: HashMap<u32, (u32, u32)> = HashMap::new();
-        for (p, &id) in ids.iter().enumerate() {
-            seen.entry(id).and_modify(|e| e.1 = p as u32).or_insert((p as u32, p as u32));
-        }
-        for (p, id) in ids.iter().enumerate() {
-            (first[p], last[p]) = seen[id];
-        }
+        let (first, last) = super::segment_bounds(ids);
         Some(Segments { ids: self.to_device(ids), first: self.to_device(&first), last: self.to_device(&last) })
     }
 

@@ -1,0 +1,487 @@
+//! The CUDA kernels, run on the CPU and compared with the CPU reference path — no GPU needed.
+//!
+//! `tests/kernel_emulator/harness.cpp` includes the kernel sources unchanged (`src/backend/cuda/kernels/*.cu`)
+//! after `cuda_on_cpu.hpp`, a small CUDA stand-in: a block's threads are real threads, `__syncthreads` a
+//! barrier, warp shuffles an exchange between two barriers, `__shared__` arrays shared by the block. The test
+//! compiles it with g++ into a shared library, loads it, and calls each kernel on the inputs the CPU ops get.
+//! So the kernels' index arithmetic, reductions, grid-stride loops, masks and GQA mapping are executed and
+//! checked here and in CI; what only a GPU can show (cuBLAS, the driver, timing) is tests/cuda_vs_cpu.rs's.
+//! Without g++ each test says it skips.
+
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::backend::{AttentionMask, AttentionShape, Backend, segment_bounds};
+use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
+use mftcoder::rng::Rng;
+use mftcoder::train::optim::{AdamWScalars, adamw_update_matrix, matrix_sum_squares};
+use ndarray::Array2;
+use std::ffi::{CString, c_void};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The compiled harness, loaded once.
+struct Emulator(*mut c_void);
+// SAFETY: the handle is only used to look up symbols, which dlsym allows from any thread.
+unsafe impl Send for Emulator {}
+unsafe impl Sync for Emulator {}
+
+fn emulator() -> Option<&'static Emulator> {
+    static LOADED: OnceLock<Option<Emulator>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emulator");
+            let lib = std::env::temp_dir().join(format!("mftcoder-kernels-{}.so", std::process::id()));
+            let built = std::process::Command::new("g++")
+                .args(["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", "-o"])
+                .arg(&lib)
+                .arg(dir.join("harness.cpp"))
+                .output();
+            match built {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => panic!("the kernels do not compile for the CPU:\n{}", String::from_utf8_lossy(&out.stderr)),
+                Err(e) => {
+                    eprintln!("skipping: g++ is not available ({e}), so the kernels cannot be run on the CPU");
+                    return None;
+                }
+            }
+            let path = CString::new(lib.to_str().unwrap()).unwrap();
+            // SAFETY: a library we just built; RTLD_NOW resolves everything at load.
+            let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+            assert!(!handle.is_null(), "dlopen {}", lib.display());
+            Some(Emulator(handle))
+        })
+        .as_ref()
+}
+
+impl Emulator {
+    /// `emu_<kernel>` as a function of type F (the caller states the C signature).
+    fn kernel<F: Copy>(&self, name: &str) -> F {
+        let sym = CString::new(format!("emu_{name}")).unwrap();
+        // SAFETY: dlsym on a live handle.
+        let f = unsafe { libc::dlsym(self.0, sym.as_ptr()) };
+        assert!(!f.is_null(), "no kernel {name} in the harness");
+        assert_eq!(size_of::<F>(), size_of::<*mut c_void>());
+        // SAFETY: F is the `extern "C"` type of emu_<name> as harness.cpp declares it.
+        unsafe { std::mem::transmute_copy(&f) }
+    }
+}
+
+/// The launch shapes: element-wise kernels get a deliberately small grid (2 blocks of 64 threads) so their
+/// grid-stride loops run many rounds; row kernels one block of 128 per row; warp kernels 4 warps per block.
+const EW: (u32, u32, u32) = (2, 1, 64);
+fn rows(n: usize) -> (u32, u32, u32) {
+    (n as u32, 1, 128)
+}
+fn warps(n: usize) -> (u32, u32, u32) {
+    (n.div_ceil(4) as u32, 1, 128)
+}
+
+fn matrix(r: usize, c: usize, seed: u64, scale: f64) -> Array2<f32> {
+    let mut rng = Rng::new(seed);
+    Array2::from_shape_fn((r, c), |_| (rng.normal() * scale) as f32)
+}
+
+fn zeros(r: usize, c: usize) -> Array2<f32> {
+    Array2::zeros((r, c))
+}
+
+#[track_caller]
+fn assert_close(what: &str, want: &Array2<f32>, got: &Array2<f32>, tol: f32) {
+    assert_eq!(want.dim(), got.dim(), "{what}: shape");
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in want.iter().zip(got.iter()).enumerate() {
+        assert!((a - b).abs() <= tol * scale, "{what}: element {i}: cpu {a}, kernel {b} (tolerance {tol} · {scale})");
+    }
+}
+
+type P = *mut f32;
+type C = *const f32;
+type Ids = *const u32;
+
+fn p(a: &mut Array2<f32>) -> P {
+    a.as_mut_ptr()
+}
+fn c(a: &Array2<f32>) -> C {
+    a.as_ptr()
+}
+
+#[test]
+fn elementwise_kernels() {
+    let Some(emu) = emulator() else { return };
+    let (r, n) = (7, 45);
+    let (x, y, dy) = (matrix(r, n, 1, 1.0), matrix(r, n, 2, 2.0), matrix(r, n, 3, 1.0));
+    let len = (r * n) as i64;
+    let (gx, gy, bx) = EW;
+    unsafe {
+        let add: unsafe extern "C" fn(u32, u32, u32, P, C, C, i64) = emu.kernel("add");
+        let mut out = zeros(r, n);
+        add(gx, gy, bx, p(&mut out), c(&x), c(&y), len);
+        assert_close("add", &(&x + &y), &out, 0.0);
+
+        let add_scaled: unsafe extern "C" fn(u32, u32, u32, P, C, f32, i64) = emu.kernel("add_scaled");
+        let mut acc = x.clone();
+        add_scaled(gx, gy, bx, p(&mut acc), c(&y), -0.37, len);
+        let mut want = x.clone();
+        Cpu.add_scaled(&mut want, &y, -0.37);
+        assert_close("add_scaled", &want, &acc, 1e-7);
+
+        let scale: unsafe extern "C" fn(u32, u32, u32, P, C, f32, i64) = emu.kernel("scale");
+        scale(gx, gy, bx, p(&mut out), c(&x), 3.5, len);
+        assert_close("scale", &Cpu.scale(&x, 3.5), &out, 0.0);
+
+        let mul: unsafe extern "C" fn(u32, u32, u32, P, C, C, i64) = emu.kernel("mul");
+        mul(gx, gy, bx, p(&mut out), c(&x), c(&y), len);
+        assert_close("mul", &Cpu.mul(&x, &y), &out, 0.0);
+
+        let swiglu: unsafe extern "C" fn(u32, u32, u32, P, C, C, i64) = emu.kernel("swiglu");
+        swiglu(gx, gy, bx, p(&mut out), c(&x), c(&y), len);
+        assert_close("swiglu", &Cpu.swiglu(&x, &y), &out, 1e-6);
+
+        let swiglu_backward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, i64) = emu.kernel("swiglu_backward");
+        let (mut dg, mut du) = (zeros(r, n), zeros(r, n));
+        swiglu_backward(gx, gy, bx, p(&mut dg), p(&mut du), c(&dy), c(&x), c(&y), len);
+        let (want_dg, want_du) = Cpu.swiglu_backward(&dy, &x, &y);
+        assert_close("swiglu dgate", &want_dg, &dg, 1e-6);
+        assert_close("swiglu dup", &want_du, &du, 1e-6);
+
+        let concat: unsafe extern "C" fn(u32, u32, u32, P, C, i64, C, i64) = emu.kernel("concat_rows");
+        let mut joined = zeros(2 * r, n);
+        concat(gx, gy, bx, p(&mut joined), c(&x), len, c(&y), len);
+        assert_close("concat_rows", &Cpu.concat_rows(&x, &y), &joined, 0.0);
+    }
+}
+
+#[test]
+fn bias_and_two_level_column_sums() {
+    let Some(emu) = emulator() else { return };
+    let (r, n) = (200, 37); // 200 rows: 4 chunks of 64, then one more pass over the 4 partial rows
+    let x = matrix(r, n, 4, 1.0);
+    let bias = matrix(1, n, 5, 1.0);
+    unsafe {
+        let add_bias: unsafe extern "C" fn(u32, u32, u32, P, C, i32, i32) = emu.kernel("add_bias_rows");
+        let mut y = x.clone();
+        add_bias(2, 1, 64, p(&mut y), c(&bias), r as i32, n as i32);
+        assert_close("add_bias_rows", &(&x + &bias), &y, 0.0);
+
+        let column_sum: unsafe extern "C" fn(u32, u32, u32, P, C, i32, i32, i32) = emu.kernel("column_sum");
+        let chunks = r.div_ceil(64);
+        let mut partial = zeros(chunks, n);
+        column_sum(1, chunks as u32, 64, p(&mut partial), c(&x), r as i32, n as i32, 64);
+        let mut total = zeros(1, n);
+        column_sum(1, 1, 64, p(&mut total), c(&partial), chunks as i32, n as i32, 64);
+        let want = x.sum_axis(ndarray::Axis(0)).insert_axis(ndarray::Axis(0));
+        assert_close("column_sum", &want, &total, 1e-6);
+    }
+}
+
+#[test]
+fn bf16_rounding_matches_the_half_crate_bit_for_bit() {
+    let Some(emu) = emulator() else { return };
+    // ordinary values, exact ties (1 + 2⁻⁸ rounds to even), the largest finite f32, infinities, a NaN
+    let mut values: Vec<f32> = matrix(1, 300, 6, 10.0).into_iter().collect();
+    values.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::MAX, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-40]);
+    let mut out = vec![0u16; values.len()];
+    unsafe {
+        let cast: unsafe extern "C" fn(u32, u32, u32, *mut u16, C, i64) = emu.kernel("f32_to_bf16");
+        cast(2, 1, 64, out.as_mut_ptr(), values.as_ptr(), values.len() as i64);
+    }
+    for (v, bits) in values.iter().zip(&out) {
+        assert_eq!(*bits, half::bf16::from_f32(*v).to_bits(), "bf16 of {v}");
+    }
+    let nan = [f32::NAN];
+    let mut nan_bits = [0u16];
+    unsafe {
+        let cast: unsafe extern "C" fn(u32, u32, u32, *mut u16, C, i64) = emu.kernel("f32_to_bf16");
+        cast(1, 1, 32, nan_bits.as_mut_ptr(), nan.as_ptr(), 1);
+    }
+    assert!(half::bf16::from_bits(nan_bits[0]).is_nan());
+}
+
+#[test]
+fn embedding_rms_norm_rope_and_cross_entropy() {
+    let Some(emu) = emulator() else { return };
+    let (t, heads, d) = (9, 3, 10);
+    let h = heads * d;
+    let (x, w, dy) = (matrix(t, h, 7, 1.0), matrix(1, h, 8, 1.0), matrix(t, h, 9, 1.0));
+    let table = matrix(20, h, 10, 1.0);
+    let ids: Vec<u32> = vec![3, 7, 3, 0, 19, 3, 7, 11, 2]; // repeats: the backward's atomics add them
+    unsafe {
+        let embedding: unsafe extern "C" fn(u32, u32, u32, P, C, Ids, i32, i32) = emu.kernel("embedding");
+        let mut out = zeros(t, h);
+        embedding(EW.0, EW.1, EW.2, p(&mut out), c(&table), ids.as_ptr(), t as i32, h as i32);
+        assert_close("embedding", &Cpu.embedding(&table, &ids), &out, 0.0);
+        let embedding_backward: unsafe extern "C" fn(u32, u32, u32, P, C, Ids, i32, i32) =
+            emu.kernel("embedding_backward");
+        let mut dtable = zeros(20, h);
+        embedding_backward(EW.0, EW.1, EW.2, p(&mut dtable), c(&dy), ids.as_ptr(), t as i32, h as i32);
+        assert_close("embedding backward", &Cpu.embedding_backward(&dy, &ids, 20), &dtable, 1e-6);
+
+        let rms_norm: unsafe extern "C" fn(u32, u32, u32, P, C, C, i32, f32) = emu.kernel("rms_norm");
+        let (g0, g1, g2) = rows(t);
+        let mut y = zeros(t, h);
+        rms_norm(g0, g1, g2, p(&mut y), c(&x), c(&w), h as i32, 1e-6);
+        assert_close("rms_norm", &Cpu.rms_norm(&x, &w, 1e-6), &y, 1e-6);
+        let rms_backward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, i32, f32) =
+            emu.kernel("rms_norm_backward");
+        let (mut dx, mut dw_rows) = (zeros(t, h), zeros(t, h));
+        rms_backward(g0, g1, g2, p(&mut dx), p(&mut dw_rows), c(&dy), c(&x), c(&w), h as i32, 1e-6);
+        let (want_dx, want_dw) = Cpu.rms_norm_backward(&dy, &x, &w, 1e-6);
+        assert_close("rms_norm dx", &want_dx, &dx, 1e-5);
+        assert_close("rms_norm dw", &want_dw, &dw_rows.sum_axis(ndarray::Axis(0)).insert_axis(ndarray::Axis(0)), 1e-5);
+
+        let rope: unsafe extern "C" fn(u32, u32, u32, P, C, Ids, C, i32, i32, i32, f32) = emu.kernel("rope");
+        let positions: Vec<usize> = (0..t).map(|i| 5 * i + 3).collect();
+        let pos32: Vec<u32> = positions.iter().map(|&q| q as u32).collect();
+        let inv_freq: Vec<f32> = (0..d / 2).map(|i| 10_000f32.powf(-(2.0 * i as f32) / d as f32)).collect();
+        let mut rotated = zeros(t, h);
+        rope(
+            EW.0,
+            EW.1,
+            EW.2,
+            p(&mut rotated),
+            c(&x),
+            pos32.as_ptr(),
+            inv_freq.as_ptr(),
+            t as i32,
+            heads as i32,
+            d as i32,
+            1.0,
+        );
+        assert_close("rope", &Cpu.rope(&x, heads, d, &positions, &inv_freq), &rotated, 1e-5);
+        rope(
+            EW.0,
+            EW.1,
+            EW.2,
+            p(&mut rotated),
+            c(&dy),
+            pos32.as_ptr(),
+            inv_freq.as_ptr(),
+            t as i32,
+            heads as i32,
+            d as i32,
+            -1.0,
+        );
+        assert_close("rope backward", &Cpu.rope_backward(&dy, heads, d, &positions, &inv_freq), &rotated, 1e-5);
+
+        let cross_entropy: unsafe extern "C" fn(u32, u32, u32, P, P, C, Ids, C, i32) = emu.kernel("cross_entropy");
+        let vocab = 333;
+        let logits = matrix(t, vocab, 11, 3.0);
+        let targets: Vec<u32> = (0..t as u32).map(|i| (i * 37) % vocab as u32).collect();
+        let weights: Vec<f32> = (0..t).map(|i| if i % 3 == 0 { 0.0 } else { 0.125 }).collect();
+        let (mut losses, mut dlogits) = (zeros(1, t), zeros(t, vocab));
+        let (g0, g1, g2) = rows(t);
+        cross_entropy(
+            g0,
+            g1,
+            g2,
+            p(&mut losses),
+            p(&mut dlogits),
+            c(&logits),
+            targets.as_ptr(),
+            weights.as_ptr(),
+            vocab as i32,
+        );
+        let (want_losses, want_dlogits) = Cpu.cross_entropy(&logits, &targets, &weights);
+        assert_close("cross_entropy losses", &Array2::from_shape_vec((1, t), want_losses).unwrap(), &losses, 1e-6);
+        assert_close("cross_entropy dlogits", &want_dlogits, &dlogits, 1e-6);
+    }
+}
+
+/// Mirrors `struct AttentionDims` (attention.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttentionDims {
+    tq: i32,
+    tk: i32,
+    heads: i32,
+    kv_heads: i32,
+    d: i32,
+    q_offset: i32,
+    scale: f32,
+}
+
+/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed)
+fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usize, usize, usize, usize, usize, bool)) {
+    let (heads, tk) = (kv_heads * group, cached + tq);
+    let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+    // three documents of uneven length
+    let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3) + u32::from(j >= tk - tk / 4)).collect();
+    let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()) };
+    let (q, k, v) =
+        (matrix(tq, heads * d, 12, 1.0), matrix(tk, kv_heads * d, 13, 1.0), matrix(tk, kv_heads * d, 14, 1.0));
+    let dout = matrix(tq, heads * d, 15, 1.0);
+    let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+    let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
+
+    let dims = AttentionDims {
+        tq: tq as i32,
+        tk: tk as i32,
+        heads: heads as i32,
+        kv_heads: kv_heads as i32,
+        d: d as i32,
+        q_offset: cached as i32,
+        scale: shape.scale,
+    };
+    let (first, last) = segment_bounds(&segments);
+    let null: Ids = std::ptr::null();
+    let (seg, seg_first, seg_last) =
+        if packed { (segments.as_ptr(), first.as_ptr(), last.as_ptr()) } else { (null, null, null) };
+    let what = format!("attention tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed}");
+    unsafe {
+        let forward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, Ids, Ids, AttentionDims) =
+            emu.kernel("attention_forward");
+        let (g0, g1, g2) = warps(tq * heads);
+        let (mut e_out, mut e_lse) = (zeros(tq, heads * d), zeros(tq, heads));
+        forward(g0, g1, g2, p(&mut e_out), p(&mut e_lse), c(&q), c(&k), c(&v), seg, seg_first, dims);
+        assert_close(&format!("{what}: out"), &out, &e_out, 1e-5);
+        assert_close(&format!("{what}: lse"), &lse, &e_lse, 1e-5);
+
+        let delta_k: unsafe extern "C" fn(u32, u32, u32, P, C, C, AttentionDims) = emu.kernel("attention_delta");
+        let mut delta = zeros(tq, heads);
+        delta_k(g0, g1, g2, p(&mut delta), c(&dout), c(&out), dims);
+        let dq_k: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, C, C, C, Ids, Ids, AttentionDims) =
+            emu.kernel("attention_backward_dq");
+        let mut e_dq = zeros(tq, heads * d);
+        dq_k(g0, g1, g2, p(&mut e_dq), c(&dout), c(&q), c(&k), c(&v), c(&lse), c(&delta), seg, seg_first, dims);
+        assert_close(&format!("{what}: dq"), &dq, &e_dq, 1e-5);
+
+        let dkdv_k: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, C, C, C, Ids, Ids, AttentionDims) =
+            emu.kernel("attention_backward_dkdv");
+        let (k0, k1, k2) = warps(tk * kv_heads);
+        let (mut e_dk, mut e_dv) = (zeros(tk, kv_heads * d), zeros(tk, kv_heads * d));
+        dkdv_k(
+            k0,
+            k1,
+            k2,
+            p(&mut e_dk),
+            p(&mut e_dv),
+            c(&dout),
+            c(&q),
+            c(&k),
+            c(&v),
+            c(&lse),
+            c(&delta),
+            seg,
+            seg_last,
+            dims,
+        );
+        assert_close(&format!("{what}: dk"), &dk, &e_dk, 1e-5);
+        assert_close(&format!("{what}: dv"), &dv, &e_dv, 1e-5);
+    }
+}
+
+#[test]
+fn attention_forward_and_backward_kernels() {
+    let Some(emu) = emulator() else { return };
+    for case in [
+        (7, 0, 1, 1, 8, false),  // one head, head_dim below a warp
+        (12, 0, 2, 2, 48, true), // GQA, head_dim not a multiple of 32, three packed documents
+        (5, 6, 1, 4, 64, false), // decoding-style: queries after 6 cached keys, MQA
+        (9, 3, 2, 1, 128, true), // cached keys and segments together
+    ] {
+        attention_case(emu, case);
+    }
+}
+
+#[test]
+fn four_bit_dequantization_kernels() {
+    let Some(emu) = emulator() else { return };
+    for (quant_type, double_quant, (r, n)) in [(QuantType::Nf4, true, (40, 64 * 7)), (QuantType::Fp4, false, (7, 37))] {
+        let w = matrix(r, n, 16, 0.05);
+        let q = Quantized4bit::quantize_with(w.view(), quant_type, QuantOptions { double_quant, ..Default::default() })
+            .unwrap();
+        let absmax = match &q.absmax {
+            mftcoder::quant::Absmax::Plain(a) => a.clone(),
+            mftcoder::quant::Absmax::Double(dq) => {
+                let mut out = vec![0.0f32; dq.codes.len()];
+                unsafe {
+                    let decode: unsafe extern "C" fn(u32, u32, u32, P, *const u8, C, C, f32, i32) =
+                        emu.kernel("decode_double_quant");
+                    decode(
+                        EW.0,
+                        EW.1,
+                        EW.2,
+                        out.as_mut_ptr(),
+                        dq.codes.as_ptr(),
+                        dq.nested_absmax.as_ptr(),
+                        dq.nested_quant_map.as_ptr(),
+                        dq.offset,
+                        out.len() as i32,
+                    );
+                }
+                assert_eq!(out, dq.decode(), "double-quant scales");
+                out
+            }
+        };
+        let mut out = zeros(r, n);
+        unsafe {
+            let dequantize: unsafe extern "C" fn(u32, u32, u32, P, *const u8, C, C, i64, i32) =
+                emu.kernel("dequantize_4bit");
+            dequantize(
+                EW.0,
+                EW.1,
+                EW.2,
+                p(&mut out),
+                q.packed.as_ptr(),
+                absmax.as_ptr(),
+                q.quant_type.code().as_ptr(),
+                (r * n) as i64,
+                q.blocksize as i32,
+            );
+        }
+        assert_close(&format!("{quant_type:?} dequantize"), &q.dequantize(), &out, 0.0);
+    }
+}
+
+#[test]
+fn adamw_and_sum_of_squares_kernels() {
+    let Some(emu) = emulator() else { return };
+    let (r, n) = (13, 29);
+    let k = AdamWScalars {
+        decay_factor: 0.999,
+        one_minus_beta1: 0.1,
+        beta2: 0.999,
+        one_minus_beta2: 0.001,
+        bias_correction2_sqrt: 0.0447,
+        eps: 1e-8,
+        neg_step_size: -0.0105,
+    };
+    let (mut p_cpu, g, mut m_cpu) = (matrix(r, n, 17, 1.0), matrix(r, n, 18, 0.3), matrix(r, n, 19, 0.1));
+    let mut v_cpu = matrix(r, n, 20, 0.1).mapv(|x| x * x);
+    let (mut p_k, mut m_k, mut v_k) = (p_cpu.clone(), m_cpu.clone(), v_cpu.clone());
+    adamw_update_matrix(&mut p_cpu, &g, &mut m_cpu, &mut v_cpu, &k);
+    unsafe {
+        let adamw: unsafe extern "C" fn(u32, u32, u32, P, C, P, P, i64, f32, f32, f32, f32, f32, f32, f32) =
+            emu.kernel("adamw");
+        adamw(
+            EW.0,
+            EW.1,
+            EW.2,
+            p(&mut p_k),
+            c(&g),
+            p(&mut m_k),
+            p(&mut v_k),
+            (r * n) as i64,
+            k.decay_factor,
+            k.one_minus_beta1,
+            k.beta2,
+            k.one_minus_beta2,
+            k.bias_correction2_sqrt,
+            k.eps,
+            k.neg_step_size,
+        );
+    }
+    // the same operations in the same order, fused where the CPU fuses: bit for bit
+    assert_eq!(p_cpu, p_k, "AdamW parameters");
+    assert_eq!(m_cpu, m_k, "AdamW first moments");
+    assert_eq!(v_cpu, v_k, "AdamW second moments");
+
+    let x = matrix(301, 7, 21, 2.0);
+    let blocks = 3;
+    let mut partial = vec![0.0f32; blocks];
+    unsafe {
+        let sum_squares: unsafe extern "C" fn(u32, u32, u32, P, C, i64) = emu.kernel("sum_squares");
+        sum_squares(blocks as u32, 1, 64, partial.as_mut_ptr(), c(&x), x.len() as i64);
+    }
+    let (want, got) = (matrix_sum_squares(&x), partial.iter().map(|&v| v as f64).sum::<f64>());
+    assert!((want - got).abs() <= 1e-6 * want, "sum of squares: cpu {want}, kernel {got}");
+}
