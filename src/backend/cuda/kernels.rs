@@ -94,3 +94,78 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod launch_tests {
+    use super::SOURCES;
+
+    /// Split `text` (the inside of a parameter or argument list) at the commas outside parentheses.
+    fn top_level_items(text: &str) -> Vec<String> {
+        let (mut items, mut depth, mut current) = (Vec::new(), 0i32, String::new());
+        for ch in text.chars() {
+            match ch {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(std::mem::take(&mut current));
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(ch);
+        }
+        if !current.trim().is_empty() {
+            items.push(current);
+        }
+        items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// The text between the parenthesis at `open` and its partner.
+    fn parenthesised(text: &str, open: usize) -> &str {
+        let mut depth = 0;
+        for (i, ch) in text[open..].char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return &text[open + 1..open + i];
+                    }
+                }
+                _ => {}
+            }
+        }
+        panic!("unbalanced parentheses")
+    }
+
+    /// Arguments pushed in the wrong number are undefined behaviour on the GPU, and no compiler sees both
+    /// sides: count each kernel's C parameters and the arguments of every `launch!` that names it.
+    #[test]
+    fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
+        let mut arity = std::collections::HashMap::new();
+        for &(_, source, names) in SOURCES {
+            for &name in names {
+                let at = source.find(&format!("void {name}(")).unwrap_or_else(|| panic!("no kernel {name}"));
+                let open = at + format!("void {name}").len();
+                arity.insert(name, top_level_items(parenthesised(source, open)).len());
+            }
+        }
+        let backend = include_str!("mod.rs");
+        let mut checked = 0;
+        for (at, _) in backend.match_indices("launch!(") {
+            let args = top_level_items(parenthesised(backend, at + "launch!".len()));
+            let Some(name) = args.get(1).and_then(|a| a.strip_prefix('"')).and_then(|a| a.strip_suffix('"')) else {
+                continue; // the macro's own definition, or a name passed in a variable (elementwise2)
+            };
+            let expected = arity[name];
+            assert_eq!(
+                args.len() - 3,
+                expected,
+                "launch!({name}) passes {} arguments, the kernel takes {expected}",
+                args.len() - 3
+            );
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} launches found");
+    }
+}
