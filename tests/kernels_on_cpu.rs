@@ -9,7 +9,7 @@
 //! Without g++ each test says it skips.
 
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::backend::{AttentionMask, AttentionShape, Backend, segment_bounds};
+use mftcoder::backend::{AttentionMask, AttentionShape, Backend, dropout_threshold, segment_bounds};
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
 use mftcoder::rng::Rng;
 use mftcoder::train::optim::{AdamWScalars, adamw_update_matrix, matrix_sum_squares};
@@ -484,4 +484,39 @@ fn adamw_and_sum_of_squares_kernels() {
     }
     let (want, got) = (matrix_sum_squares(&x), partial.iter().map(|&v| v as f64).sum::<f64>());
     assert!((want - got).abs() <= 1e-6 * want, "sum of squares: cpu {want}, kernel {got}");
+}
+
+/// splitmix64 of (seed, index), the top 24 bits: the draw random.cu makes, written again here from its
+/// definition so the kernel is checked against the formula, not against itself.
+fn uniform24(seed: u64, i: u64) -> u32 {
+    let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as u32
+}
+
+#[test]
+fn dropout_mask_kernel() {
+    let Some(emu) = emulator() else { return };
+    let (r, n, p_drop) = (64, 100, 0.1f32);
+    let (threshold, keep) = dropout_threshold(p_drop);
+    let draw = |seed: u64| {
+        let mut mask = zeros(r, n);
+        unsafe {
+            let kernel: unsafe extern "C" fn(u32, u32, u32, P, i64, u64, u32, f32) = emu.kernel("dropout_mask");
+            kernel(EW.0, EW.1, EW.2, p(&mut mask), (r * n) as i64, seed, threshold, keep);
+        }
+        mask
+    };
+    let mask = draw(42);
+    let want =
+        Array2::from_shape_fn((r, n), |(i, j)| if uniform24(42, (i * n + j) as u64) >= threshold { keep } else { 0.0 });
+    assert_eq!(mask, want, "the kernel's mask is the formula's");
+    let dropped = mask.iter().filter(|&&v| v == 0.0).count() as f64 / mask.len() as f64;
+    // 6400 Bernoulli(0.1) draws: standard deviation 0.00375, so 0.1 ± 0.015 is four of them
+    assert!((dropped - 0.1).abs() < 0.015, "dropped fraction {dropped}");
+    assert!(mask.iter().all(|&v| v == 0.0 || v == keep));
+    assert_eq!(draw(42), mask, "a pure function of the seed");
+    assert_ne!(draw(43), mask, "another seed, another mask");
 }

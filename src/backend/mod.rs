@@ -143,6 +143,13 @@ pub trait Backend: Sync {
     fn scale(&self, t: &Self::Tensor, s: f32) -> Self::Tensor;
     /// a ∘ b (element-wise)
     fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// A LoRA dropout mask [rows, cols]: 0 with probability p, else 1/(1−p), a pure function of `seed` (so the
+    /// backward, a recompute and a resumed run see the same mask). The default draws it on the host from the
+    /// project's generator and uploads it; a backend may draw it where its tensors live instead (with its own
+    /// generator: the GPU's masks are not the CPU's).
+    fn dropout_mask(&self, rows: usize, cols: usize, p: f32, seed: u64) -> Self::Tensor {
+        self.upload(crate::peft::lora::dropout_mask(rows, cols, p as f64, &mut crate::rng::Rng::new(seed)))
+    }
 
     // ---- the optimizer ----
 
@@ -168,6 +175,12 @@ pub fn segment_bounds(segment_ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
         span.entry(id).and_modify(|e| e.1 = p as u32).or_insert((p as u32, p as u32));
     }
     segment_ids.iter().map(|id| span[id]).unzip()
+}
+
+/// The GPU dropout kernel's integer threshold ⌈p·2²⁴⌉ (it keeps a 24-bit draw u iff u ≥ the threshold) and the
+/// kept entries' value 1/(1−p) (see `cuda/kernels/random.cu`).
+pub fn dropout_threshold(p: f32) -> (u32, f32) {
+    (((p as f64) * (1u64 << 24) as f64).ceil() as u32, (1.0 / (1.0 - p as f64)) as f32)
 }
 
 /// Where a command runs: `cpu`, or `cuda` / `cuda:N`.

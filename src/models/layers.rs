@@ -21,12 +21,6 @@ pub struct Lora<B: Backend> {
     pub dropout: f32,
 }
 
-/// The dropout mask of one adapter for one forward: entries 0 with probability p, else 1/(1−p), drawn from
-/// a seed so the backward (and an activation-checkpointing recompute) sees exactly the same mask.
-fn dropout_mask<B: Backend>(b: &B, rows: usize, cols: usize, p: f32, seed: u64) -> B::Tensor {
-    b.upload(crate::peft::lora::dropout_mask(rows, cols, p as f64, &mut crate::rng::Rng::new(seed)))
-}
-
 /// Where a linear layer's W lives.
 pub enum Weight<B: Backend> {
     /// A backend tensor [out, in].
@@ -92,7 +86,7 @@ impl<B: Backend> Linear<B> {
         let x_in = match dropout_seed.filter(|_| lora.dropout > 0.0) {
             Some(seed) => {
                 let (rows, cols) = b.dims(x);
-                dropped = b.mul(x, &dropout_mask(b, rows, cols, lora.dropout, seed));
+                dropped = b.mul(x, &b.dropout_mask(rows, cols, lora.dropout, seed));
                 &dropped
             }
             None => x,
@@ -138,7 +132,7 @@ impl<B: Backend> Linear<B> {
                 Some(seed) => {
                     // the same mask as the forward: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
                     let (rows, cols) = b.dims(x);
-                    let mask = dropout_mask(b, rows, cols, lora.dropout, seed);
+                    let mask = b.dropout_mask(rows, cols, lora.dropout, seed);
                     let (dx_dropped, da, _) = b.linear_backward(&dh, &b.mul(x, &mask), &lora.a, true, false);
                     b.add_assign(&mut dx, &b.mul(&dx_dropped, &mask));
                     grads.insert(format!("{name}.lora_A"), da.expect("asked for"));

@@ -11,6 +11,7 @@
 #include "../../src/backend/cuda/kernels/cross_entropy.cu"
 #include "../../src/backend/cuda/kernels/quant4.cu"
 #include "../../src/backend/cuda/kernels/optim.cu"
+#include "../../src/backend/cuda/kernels/random.cu"
 
 #define WRAP(name, ARGS, ...)                                                            \
     extern "C" void emu_##name(unsigned gx, unsigned gy, unsigned bx, __VA_ARGS__) {    \
@@ -54,3 +55,5 @@ WRAP(dequantize_4bit, (out, packed, absmax, code, n, bs), float* out, const unsi
 WRAP(adamw, (p, g, m, v, n, df, b1, b2, ob2, bc2, eps, step), float* p, const float* g, float* m, float* v, i64 n,
      float df, float b1, float b2, float ob2, float bc2, float eps, float step)
 WRAP(sum_squares, (partial, x, n), float* partial, const float* x, i64 n)
+WRAP(dropout_mask, (mask, n, seed, threshold, keep), float* mask, i64 n, unsigned long long seed, u32 threshold,
+     float keep)

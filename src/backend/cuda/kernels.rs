@@ -38,6 +38,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ("cross_entropy.cu", include_str!("kernels/cross_entropy.cu"), &["cross_entropy"]),
     ("quant4.cu", include_str!("kernels/quant4.cu"), &["decode_double_quant", "dequantize_4bit"]),
     ("optim.cu", include_str!("kernels/optim.cu"), &["adamw", "sum_squares"]),
+    ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask"]),
 ];
 
 // ANCHOR: compile

@@ -673,6 +673,14 @@ impl Backend for Cuda {
     fn mul(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         self.elementwise2("mul", a, b)
     }
+    fn dropout_mask(&self, rows: usize, cols: usize, p: f32, seed: u64) -> CudaTensor {
+        assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
+        let mut mask = self.tensor(rows, cols);
+        let (threshold, keep) = super::dropout_threshold(p);
+        let n = (rows * cols) as i64;
+        launch!(self, "dropout_mask", elementwise_grid(rows * cols), &mut mask.data, &n, &seed, &threshold, &keep);
+        mask
+    }
 
     fn sum_squares(&self, t: &CudaTensor) -> f64 {
         let n = t.len();

@@ -1,0 +1,22 @@
+// Dropout masks generated on the device. CPU counterpart: `Backend::dropout_mask`'s default (host masks from
+// the project's sequential generator). The GPU cannot replay a sequential generator in parallel, so it uses a
+// counter-based one — splitmix64 of (seed, element index) — and its masks differ from the CPU's for the same
+// seed (as torch's CPU and CUDA generators differ). They are still a pure function of the seed, so the
+// backward and an activation-checkpointing recompute see the forward's mask, and a resumed run the same masks.
+
+// ANCHOR: dropout_kernel
+// The top 24 bits of splitmix64(seed + (i + 1)·γ) as a uniform draw u ∈ [0, 2²⁴): keep iff u ≥ threshold,
+// threshold = ⌈p·2²⁴⌉ (an integer compare: no rounding differs between host and device).
+__device__ __forceinline__ unsigned int uniform24(unsigned long long seed, unsigned long long i) {
+    unsigned long long z = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (unsigned int)(z >> 40);
+}
+
+extern "C" __global__ void dropout_mask(float* mask, long long n, unsigned long long seed, unsigned int threshold,
+                                        float keep_scale) {
+    FOR_EACH(i, n) mask[i] = uniform24(seed, (unsigned long long)i) >= threshold ? keep_scale : 0.0f;
+}
+// ANCHOR_END: dropout_kernel
