@@ -299,6 +299,30 @@ struct AttentionDims {
     scale: f32,
 }
 
+/// The attention launch shapes, as `Cuda::causal_attention_with_lse` / `causal_attention_backward` (mod.rs)
+/// choose them: up to `TILED_MAX_D` the tiled kernels on a grid of (⌈rows / TILE_WARPS⌉, heads) blocks of
+/// TILE_WARPS warps; above it the per-key kernels, one warp per (row, head), 4 warps per block.
+const TILE_WARPS: usize = 8;
+const TILED_MAX_D: usize = 128;
+
+fn tile_grid(rows: usize, heads: usize) -> (u32, u32, u32) {
+    (rows.div_ceil(TILE_WARPS).max(1) as u32, heads as u32, 32 * TILE_WARPS as u32)
+}
+
+/// The value of `#define NAME value` in a kernel source.
+fn define(source: &str, name: &str) -> usize {
+    let line = source.lines().find_map(|l| l.strip_prefix(&format!("#define {name} "))).expect(name);
+    line.split_whitespace().next().and_then(|v| v.parse().ok()).expect(name)
+}
+
+#[test]
+fn the_attention_launch_shapes_match_the_kernel_source() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/backend/cuda/kernels/attention.cu");
+    let source = std::fs::read_to_string(path).unwrap();
+    assert_eq!(define(&source, "TILE_WARPS"), TILE_WARPS, "warps per block");
+    assert_eq!(define(&source, "TILED_MAX_D"), TILED_MAX_D, "largest tiled head_dim");
+}
+
 /// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed)
 fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usize, usize, usize, usize, usize, bool)) {
     let (heads, tk) = (kv_heads * group, cached + tq);
@@ -325,29 +349,38 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usi
     let null: Ids = std::ptr::null();
     let (seg, seg_first, seg_last) =
         if packed { (segments.as_ptr(), first.as_ptr(), last.as_ptr()) } else { (null, null, null) };
-    let what = format!("attention tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed}");
+    // the kernels and grids mod.rs launches for this head_dim
+    let tiled = d <= TILED_MAX_D;
+    let suffix = if tiled { "tiled" } else { "per_key" };
+    let (per_query, per_key) =
+        if tiled { (tile_grid(tq, heads), tile_grid(tk, kv_heads)) } else { (warps(tq * heads), warps(tk * kv_heads)) };
+    let what = format!("attention ({suffix}) tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed}");
     unsafe {
         let forward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, Ids, Ids, AttentionDims) =
-            emu.kernel("attention_forward");
-        let (g0, g1, g2) = warps(tq * heads);
+            emu.kernel(&format!("attention_forward_{suffix}"));
+        let (g0, g1, g2) = per_query;
         let (mut e_out, mut e_lse) = (zeros(tq, heads * d), zeros(tq, heads));
         forward(g0, g1, g2, p(&mut e_out), p(&mut e_lse), c(&q), c(&k), c(&v), seg, seg_first, dims);
         assert_close(&format!("{what}: out"), &out, &e_out, 1e-5);
         assert_close(&format!("{what}: lse"), &lse, &e_lse, 1e-5);
 
+        // attention_delta is one warp per (query, head) for every head_dim
         let delta_k: unsafe extern "C" fn(u32, u32, u32, P, C, C, AttentionDims) = emu.kernel("attention_delta");
+        let (w0, w1, w2) = warps(tq * heads);
         let mut delta = zeros(tq, heads);
-        delta_k(g0, g1, g2, p(&mut delta), c(&dout), c(&out), dims);
+        delta_k(w0, w1, w2, p(&mut delta), c(&dout), c(&out), dims);
         let dq_k: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, C, C, C, Ids, Ids, AttentionDims) =
-            emu.kernel("attention_backward_dq");
+            emu.kernel(&format!("attention_backward_dq_{suffix}"));
         let mut e_dq = zeros(tq, heads * d);
         dq_k(g0, g1, g2, p(&mut e_dq), c(&dout), c(&q), c(&k), c(&v), c(&lse), c(&delta), seg, seg_first, dims);
         assert_close(&format!("{what}: dq"), &dq, &e_dq, 1e-5);
 
         let dkdv_k: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, C, C, C, Ids, Ids, AttentionDims) =
-            emu.kernel("attention_backward_dkdv");
-        let (k0, k1, k2) = warps(tk * kv_heads);
-        let (mut e_dk, mut e_dv) = (zeros(tk, kv_heads * d), zeros(tk, kv_heads * d));
+            emu.kernel(&format!("attention_backward_dkdv_{suffix}"));
+        let (k0, k1, k2) = per_key;
+        // NaN-filled: a row the kernel forgot to write fails the comparison
+        let (mut e_dk, mut e_dv) =
+            (Array2::from_elem((tk, kv_heads * d), f32::NAN), Array2::from_elem((tk, kv_heads * d), f32::NAN));
         dkdv_k(
             k0,
             k1,
@@ -373,10 +406,19 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usi
 fn attention_forward_and_backward_kernels() {
     let Some(emu) = emulator() else { return };
     for case in [
-        (7, 0, 1, 1, 8, false),  // one head, head_dim below a warp
-        (12, 0, 2, 2, 48, true), // GQA, head_dim not a multiple of 32, three packed documents
-        (5, 6, 1, 4, 64, false), // decoding-style: queries after 6 cached keys, MQA
-        (9, 3, 2, 1, 128, true), // cached keys and segments together
+        // tiled (head_dim ≤ 128): 8 query rows (or keys) per block, tiles of 32 keys (or queries)
+        (7, 0, 1, 1, 8, false),    // one head, head_dim below a warp, 7 rows: less than one block
+        (12, 0, 2, 2, 48, true),   // GQA, head_dim not a multiple of 32, three packed documents
+        (5, 6, 1, 4, 64, false),   // queries after 6 cached keys, MQA (one KV head, 4 query heads)
+        (9, 3, 2, 1, 128, true),   // cached keys and segments together, tq not a multiple of 8
+        (1, 40, 2, 2, 64, false),  // decoding: one query after 40 cached keys, tk = 41 (two key tiles), GQA
+        (1, 44, 1, 3, 48, true),   // decoding in a packed batch: only the last document's 11 keys are seen
+        (70, 0, 2, 2, 64, true),   // three key tiles, tk = 70 not a multiple of 32, documents across tiles
+        (37, 30, 1, 3, 48, true),  // 30 cached keys, packed, MQA: blocks whose keys start mid-tile
+        (33, 0, 1, 2, 128, false), // the last query one past a tile boundary
+        // per-key fallback (128 < head_dim ≤ 256)
+        (11, 5, 2, 2, 256, true),
+        (6, 0, 1, 2, 200, false),
     ] {
         attention_case(emu, case);
     }

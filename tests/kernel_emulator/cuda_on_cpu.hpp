@@ -47,6 +47,18 @@ inline float __shfl_xor_sync(unsigned, float v, int offset) {
 }
 // ANCHOR_END: shuffle
 
+// Every lane gets src_lane's value (CUDA takes src_lane modulo the warp width, 32 here).
+inline float __shfl_sync(unsigned, float v, int src_lane) {
+    const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
+    float* slots = &current_block->slots[warp * 32];
+    std::barrier<>& sync = *current_block->warps[warp];
+    slots[lane] = v;
+    sync.arrive_and_wait();
+    const float other = slots[(unsigned)src_lane & 31u];
+    sync.arrive_and_wait();
+    return other;
+}
+
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }

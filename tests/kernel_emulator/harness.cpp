@@ -39,13 +39,21 @@ WRAP(rms_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, cons
 WRAP(rope, (y, x, pos, f, t, heads, d, dir), float* y, const float* x, const u32* pos, const float* f, int t,
      int heads, int d, float dir)
 WRAP(cross_entropy, (l, dz, z, y, w, v), float* l, float* dz, const float* z, const u32* y, const float* w, int v)
-WRAP(attention_forward, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q, const float* k,
-     const float* v, const u32* seg, const u32* first, AttentionDims a)
-WRAP(attention_delta, (delta, dout, out, a), float* delta, const float* dout, const float* out, AttentionDims a)
-WRAP(attention_backward_dq, (dq, dout, q, k, v, lse, delta, seg, first, a), float* dq, const float* dout,
+WRAP(attention_forward_tiled, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
+     const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)
+WRAP(attention_backward_dq_tiled, (dq, dout, q, k, v, lse, delta, seg, first, a), float* dq, const float* dout,
      const float* q, const float* k, const float* v, const float* lse, const float* delta, const u32* seg,
      const u32* first, AttentionDims a)
-WRAP(attention_backward_dkdv, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
+WRAP(attention_backward_dkdv_tiled, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
+     const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
+     const u32* seg, const u32* last, AttentionDims a)
+WRAP(attention_forward_per_key, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
+     const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)
+WRAP(attention_delta, (delta, dout, out, a), float* delta, const float* dout, const float* out, AttentionDims a)
+WRAP(attention_backward_dq_per_key, (dq, dout, q, k, v, lse, delta, seg, first, a), float* dq, const float* dout,
+     const float* q, const float* k, const float* v, const float* lse, const float* delta, const u32* seg,
+     const u32* first, AttentionDims a)
+WRAP(attention_backward_dkdv_per_key, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
      const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
      const u32* seg, const u32* last, AttentionDims a)
 WRAP(decode_double_quant, (absmax, codes, nested, map, offset, blocks), float* absmax, const unsigned char* codes,

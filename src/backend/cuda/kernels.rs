@@ -33,7 +33,15 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     (
         "attention.cu",
         include_str!("kernels/attention.cu"),
-        &["attention_forward", "attention_delta", "attention_backward_dq", "attention_backward_dkdv"],
+        &[
+            "attention_forward_tiled",
+            "attention_backward_dq_tiled",
+            "attention_backward_dkdv_tiled",
+            "attention_forward_per_key",
+            "attention_delta",
+            "attention_backward_dq_per_key",
+            "attention_backward_dkdv_per_key",
+        ],
     ),
     ("cross_entropy.cu", include_str!("kernels/cross_entropy.cu"), &["cross_entropy"]),
     ("quant4.cu", include_str!("kernels/quant4.cu"), &["decode_double_quant", "dequantize_4bit"]),

@@ -149,8 +149,13 @@ pub struct Cuda {
 const THREADS: u32 = 256;
 /// Threads per block for one-block-per-row kernels (RMSNorm, cross-entropy).
 const ROW_THREADS: u32 = 256;
-/// Warps per block for one-warp-per-row kernels (attention).
+/// Warps per block for one-warp-per-row kernels (the per-key attention kernels and `attention_delta`).
 const WARPS_PER_BLOCK: u32 = 4;
+/// Warps per block of the tiled attention kernels: the query rows (or keys) one block owns (`TILE_WARPS` in
+/// attention.cu; the shared-memory arrays are sized for it).
+const ATTENTION_TILE_WARPS: u32 = 8;
+/// The largest head_dim the tiled attention kernels take (`TILED_MAX_D`); above it, up to 256, the per-key ones.
+const ATTENTION_TILED_MAX_D: usize = 128;
 
 fn elementwise_grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32;
@@ -164,6 +169,17 @@ fn row_grid(rows: usize) -> LaunchConfig {
 fn warp_grid(warps: usize) -> LaunchConfig {
     let blocks = warps.div_ceil(WARPS_PER_BLOCK as usize).max(1) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * WARPS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The tiled attention kernels' grid: one block of `ATTENTION_TILE_WARPS` warps per that many consecutive
+/// rows (query rows, or keys for dk/dv) of one head, the head in `blockIdx.y`.
+fn attention_tile_grid(rows: usize, heads: usize) -> LaunchConfig {
+    let blocks = rows.div_ceil(ATTENTION_TILE_WARPS as usize).max(1) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, int(heads, "heads") as u32, 1),
+        block_dim: (32 * ATTENTION_TILE_WARPS, 1, 1),
+        shared_mem_bytes: 0, // static __shared__ arrays, 40.5 KB at most
+    }
 }
 
 // ANCHOR: launch_macro
@@ -481,20 +497,35 @@ impl Backend for Cuda {
         let segments = self.segments(mask);
         let ([seg, seg_first, _], _guards) = segment_pointers(&segments, &self.stream);
         let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
-        let grid = warp_grid(q.rows * shape.n_heads);
-        launch!(
-            self,
-            "attention_forward",
-            grid,
-            &mut out.data,
-            &mut lse.data,
-            &q.data,
-            &k.data,
-            &v.data,
-            &seg,
-            &seg_first,
-            &dims
-        );
+        if shape.head_dim <= ATTENTION_TILED_MAX_D {
+            launch!(
+                self,
+                "attention_forward_tiled",
+                attention_tile_grid(q.rows, shape.n_heads),
+                &mut out.data,
+                &mut lse.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                &seg,
+                &seg_first,
+                &dims
+            );
+        } else {
+            launch!(
+                self,
+                "attention_forward_per_key",
+                warp_grid(q.rows * shape.n_heads),
+                &mut out.data,
+                &mut lse.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                &seg,
+                &seg_first,
+                &dims
+            );
+        }
         (out, lse)
     }
     fn causal_attention_backward(
@@ -516,40 +547,73 @@ impl Backend for Cuda {
         let mut delta = self.tensor(q.rows, shape.n_heads);
         launch!(self, "attention_delta", per_query, &mut delta.data, &dout.data, &out.data, &dims);
         let mut dq = self.tensor(q.rows, q.cols);
-        let (lse, delta) = (&lse.data, &delta.data);
-        launch!(
-            self,
-            "attention_backward_dq",
-            per_query,
-            &mut dq.data,
-            &dout.data,
-            &q.data,
-            &k.data,
-            &v.data,
-            lse,
-            delta,
-            &seg,
-            &seg_first,
-            &dims
-        );
         let (mut dk, mut dv) = (self.tensor(k.rows, k.cols), self.tensor(v.rows, v.cols));
-        let per_key = warp_grid(k.rows * shape.n_kv_heads);
-        launch!(
-            self,
-            "attention_backward_dkdv",
-            per_key,
-            &mut dk.data,
-            &mut dv.data,
-            &dout.data,
-            &q.data,
-            &k.data,
-            &v.data,
-            lse,
-            delta,
-            &seg,
-            &seg_last,
-            &dims
-        );
+        let (lse, delta) = (&lse.data, &delta.data);
+        if shape.head_dim <= ATTENTION_TILED_MAX_D {
+            launch!(
+                self,
+                "attention_backward_dq_tiled",
+                attention_tile_grid(q.rows, shape.n_heads),
+                &mut dq.data,
+                &dout.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                lse,
+                delta,
+                &seg,
+                &seg_first,
+                &dims
+            );
+            launch!(
+                self,
+                "attention_backward_dkdv_tiled",
+                attention_tile_grid(k.rows, shape.n_kv_heads),
+                &mut dk.data,
+                &mut dv.data,
+                &dout.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                lse,
+                delta,
+                &seg,
+                &seg_last,
+                &dims
+            );
+        } else {
+            launch!(
+                self,
+                "attention_backward_dq_per_key",
+                per_query,
+                &mut dq.data,
+                &dout.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                lse,
+                delta,
+                &seg,
+                &seg_first,
+                &dims
+            );
+            launch!(
+                self,
+                "attention_backward_dkdv_per_key",
+                warp_grid(k.rows * shape.n_kv_heads),
+                &mut dk.data,
+                &mut dv.data,
+                &dout.data,
+                &q.data,
+                &k.data,
+                &v.data,
+                lse,
+                delta,
+                &seg,
+                &seg_last,
+                &dims
+            );
+        }
         (dq, dk, dv)
     }
     fn linear_backward(
@@ -745,6 +809,18 @@ mod tests {
         // six ints and a float, 4-byte aligned, no padding: what `struct AttentionDims` is in attention.cu
         assert_eq!(std::mem::size_of::<super::AttentionDims>(), 28);
         assert_eq!(std::mem::align_of::<super::AttentionDims>(), 4);
+    }
+
+    #[test]
+    fn tiled_attention_constants_match_the_kernels() {
+        // the launch shape and the head_dim dispatch must agree with the sizes attention.cu's shared arrays have
+        let define = |name: &str| -> usize {
+            let source = include_str!("kernels/attention.cu");
+            let line = source.lines().find_map(|l| l.strip_prefix(&format!("#define {name} "))).expect(name);
+            line.split_whitespace().next().and_then(|v| v.parse().ok()).expect(name)
+        };
+        assert_eq!(define("TILE_WARPS"), super::ATTENTION_TILE_WARPS as usize);
+        assert_eq!(define("TILED_MAX_D"), super::ATTENTION_TILED_MAX_D);
     }
 
     #[test]
