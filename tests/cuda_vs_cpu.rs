@@ -189,7 +189,7 @@ proptest! {
         cached in 0usize..8,
         kv_heads in 1usize..3,
         group in 1usize..3,
-        d in prop::sample::select(vec![8usize, 32, 48, 64, 128]),
+        d in prop::sample::select(vec![8usize, 32, 48, 64, 128, 256]),
         packed in any::<bool>(),
         seed in 0u64..1000,
     ) {
@@ -373,5 +373,59 @@ fn bf16_lora_training_step_stays_close() {
     assert!((cpu_loss - gpu_loss).abs() <= 2e-2 * cpu_loss.abs(), "bf16 loss: cpu {cpu_loss}, gpu {gpu_loss}");
     for ((name, c), (_, gv)) in cpu.iter().zip(&gpu_out).filter(|((n, _), _)| n.starts_with("grad")) {
         assert_close(&format!("bf16 {name}"), c, gv, 5e-2);
+    }
+}
+
+// ---- without a GPU: all of the above on an emulated device ----
+
+/// Where no GPU answers, run this file's tests again in a child process whose libcuda, libnvrtc and libcublas
+/// are `tests/kernel_emulator/fake_cuda.cpp`: host memory for device memory, the kernels' unchanged sources
+/// on CPU fibers, a reference GEMM for cuBLAS. So the whole CUDA backend — its launches and their argument
+/// lists, its shapes, segment tables, column-sum recursion, 4-bit upload, bf16 casts and cuBLAS arguments —
+/// runs and is compared with the CPU on every `cargo test --features cuda`. What only real hardware can show
+/// (NVRTC's code generation, the driver, real cuBLAS, timing) is left to a machine with a GPU.
+#[test]
+fn everything_above_on_an_emulated_device() {
+    if std::env::var_os("MFTCODER_EMULATED_DEVICE").is_some() {
+        return; // this is the child run
+    }
+    if gpu(Precision::F32).is_some() {
+        eprintln!("a real GPU answered: the emulated run is not needed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mftcoder-emulated-device-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emulator/fake_cuda.cpp");
+    let lib = dir.join("libcuda.so");
+    let built = std::process::Command::new("g++")
+        .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .output();
+    match built {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!("the emulated device does not build:\n{}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) => {
+            eprintln!("skipping the emulated device: g++ is not available ({e})");
+            return;
+        }
+    }
+    for name in ["libnvrtc.so", "libcublas.so"] {
+        std::fs::copy(&lib, dir.join(name)).unwrap();
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("MFTCODER_EMULATED_DEVICE", "1")
+        .args(["--test-threads", "1", "--nocapture"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&child.stdout), String::from_utf8_lossy(&child.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(child.status.success(), "on the emulated device:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
+    let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary");
+    eprintln!("emulated device: {summary}");
+    for line in stderr.lines().filter(|l| l.contains("tensors within")) {
+        eprintln!("emulated device: {line}");
     }
 }

@@ -1,63 +1,77 @@
-// Just enough of CUDA, on CPU threads, to run this project's kernels unchanged and compare them with the CPU
-// reference path on a machine without a GPU (tests/kernels_on_cpu.rs). Not a simulator of timing or memory:
-// blocks run one after another; a block's threads are real threads, so __syncthreads is a barrier, warp
-// shuffles exchange through a per-warp slot array between two barriers, and __shared__ arrays (function
-// statics) are shared by the block's threads exactly as on the GPU.
+// Just enough of CUDA, on the CPU, to run this project's kernels unchanged and compare them with the CPU
+// reference path on a machine without a GPU (tests/kernels_on_cpu.rs, and the emulated device of
+// fake_cuda.cpp). Not a simulator of timing or memory. Blocks run one after another; a block's threads are
+// fibers (ucontext) on one OS thread, switched only at barriers, so
+//   __syncthreads        parks a thread until every live thread of the block has arrived;
+//   __shfl_*_sync        writes the lane's value to a per-warp slot, waits for the warp, reads its partner's
+//                        slot, waits again;
+//   __shared__           is a function-level static: one copy, shared by the block's threads (blocks do not
+//                        overlap), exactly the visibility of shared memory.
+// A thread that has returned counts as arrived, as on the GPU. A barrier nobody can pass aborts the process.
 #pragma once
+#include <ucontext.h>
+
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <mutex>
-#include <thread>
 #include <vector>
 
 struct uint3 {
     unsigned x, y, z;
 };
-inline thread_local uint3 threadIdx;
-inline uint3 blockIdx, blockDim, gridDim;
 
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
 
-struct BlockState {
-    std::unique_ptr<std::barrier<>> block;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
-    std::vector<float> slots;  // one per thread, for shuffles
+enum class FiberState { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Fiber {
+    ucontext_t context;
+    uint3 index;
+    FiberState state;
 };
-inline BlockState* current_block = nullptr;
+
+struct BlockRun {
+    std::vector<Fiber> fibers;
+    std::vector<char> stacks;
+    ucontext_t scheduler;
+    unsigned current = 0;
+    std::vector<float> slots;  // one per thread, for shuffles
+    void (*body)(void*) = nullptr;
+    void* body_arg = nullptr;
+};
+inline BlockRun* run = nullptr;
+inline uint3 blockIdx, blockDim, gridDim;
+#define threadIdx (run->fibers[run->current].index)
+
+inline void park(FiberState why) {
+    Fiber& me = run->fibers[run->current];
+    me.state = why;
+    swapcontext(&me.context, &run->scheduler);
+}
 
 // ANCHOR: shuffle
-inline void __syncthreads() { current_block->block->arrive_and_wait(); }
+inline void __syncthreads() { park(FiberState::AtBlockBarrier); }
 
-inline float __shfl_xor_sync(unsigned, float v, int offset) {
+inline float exchange(float v, unsigned source_lane) {
     const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
-    float* slots = &current_block->slots[warp * 32];
-    std::barrier<>& sync = *current_block->warps[warp];
+    float* slots = &run->slots[warp * 32];
     slots[lane] = v;
-    sync.arrive_and_wait();
-    const float other = slots[lane ^ (unsigned)offset];
-    sync.arrive_and_wait();  // nobody overwrites a slot before every lane has read
+    park(FiberState::AtWarpBarrier);
+    const float other = slots[source_lane & 31u];
+    park(FiberState::AtWarpBarrier);  // nobody overwrites a slot before every lane has read
     return other;
 }
-// ANCHOR_END: shuffle
-
+inline float __shfl_xor_sync(unsigned, float v, int offset) { return exchange(v, (threadIdx.x % 32) ^ (unsigned)offset); }
 // Every lane gets src_lane's value (CUDA takes src_lane modulo the warp width, 32 here).
-inline float __shfl_sync(unsigned, float v, int src_lane) {
-    const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
-    float* slots = &current_block->slots[warp * 32];
-    std::barrier<>& sync = *current_block->warps[warp];
-    slots[lane] = v;
-    sync.arrive_and_wait();
-    const float other = slots[(unsigned)src_lane & 31u];
-    sync.arrive_and_wait();
-    return other;
-}
+inline float __shfl_sync(unsigned, float v, int src_lane) { return exchange(v, (unsigned)src_lane); }
+// ANCHOR_END: shuffle
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
@@ -67,33 +81,84 @@ inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fe
 using std::max;
 using std::min;
 
-// Run `kernel` (a closure calling the kernel with its arguments) on a grid of (gx, gy) blocks of bx threads.
-// One launch at a time (the grid's coordinates are process-wide, as the test harness calls from many threads).
+inline void fiber_main() {
+    run->body(run->body_arg);
+    run->fibers[run->current].state = FiberState::Done;  // uc_link returns to the scheduler
+}
+
+// Run every fiber until all are done, releasing a warp's barrier when all its live threads wait at it and the
+// block's when all live threads do.
+inline void schedule_block() {
+    const unsigned n = (unsigned)run->fibers.size();
+    for (;;) {
+        for (unsigned i = 0; i < n; ++i) {
+            if (run->fibers[i].state != FiberState::Runnable) continue;
+            run->current = i;
+            swapcontext(&run->scheduler, &run->fibers[i].context);
+        }
+        bool released = false, all_done = true, all_at_block = true;
+        for (unsigned w = 0; w * 32 < n; ++w) {
+            const unsigned end = std::min(n, 32 * w + 32);
+            bool waiting = false, whole_warp = true;
+            for (unsigned i = 32 * w; i < end; ++i) {
+                const FiberState s = run->fibers[i].state;
+                waiting |= s == FiberState::AtWarpBarrier;
+                whole_warp &= s == FiberState::AtWarpBarrier || s == FiberState::Done;
+            }
+            if (waiting && whole_warp) {
+                for (unsigned i = 32 * w; i < end; ++i)
+                    if (run->fibers[i].state == FiberState::AtWarpBarrier) run->fibers[i].state = FiberState::Runnable;
+                released = true;
+            }
+        }
+        if (released) continue;
+        for (const Fiber& f : run->fibers) {
+            all_done &= f.state == FiberState::Done;
+            all_at_block &= f.state == FiberState::AtBlockBarrier || f.state == FiberState::Done;
+        }
+        if (all_done) return;
+        if (!all_at_block) {
+            std::fprintf(stderr, "cuda_on_cpu: block (%u, %u): threads wait at different barriers\n", blockIdx.x,
+                         blockIdx.y);
+            std::abort();
+        }
+        for (Fiber& f : run->fibers)
+            if (f.state == FiberState::AtBlockBarrier) f.state = FiberState::Runnable;
+    }
+}
+
+// One launch at a time (the grid's coordinates are process-wide, and tests call from many threads).
 inline std::mutex launch_lock;
 
+// Run `kernel` (a closure calling the kernel with its arguments) on a grid of (gx, gy) blocks of bx threads.
 template <class Kernel>
 void launch(unsigned gx, unsigned gy, unsigned bx, Kernel kernel) {
     std::lock_guard<std::mutex> one_at_a_time(launch_lock);
+    constexpr std::size_t stack_bytes = 64 * 1024;
+    BlockRun state;
+    state.fibers.resize(bx);
+    state.stacks.resize(stack_bytes * bx);
+    state.slots.assign(32 * ((bx + 31) / 32), 0.0f);
+    state.body = [](void* k) { (*static_cast<Kernel*>(k))(); };
+    state.body_arg = &kernel;
+    run = &state;
     gridDim = {gx, gy, 1};
     blockDim = {bx, 1, 1};
-    const unsigned warps = (bx + 31) / 32;
     for (unsigned y = 0; y < gy; ++y) {
         for (unsigned x = 0; x < gx; ++x) {
             blockIdx = {x, y, 0};
-            BlockState state;
-            state.block = std::make_unique<std::barrier<>>(bx);
-            for (unsigned w = 0; w < warps; ++w)
-                state.warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, bx - 32 * w)));
-            state.slots.assign(32 * warps, 0.0f);
-            current_block = &state;
-            std::vector<std::thread> threads;
-            for (unsigned t = 0; t < bx; ++t)
-                threads.emplace_back([t, &kernel] {
-                    threadIdx = {t, 0, 0};
-                    kernel();
-                });
-            for (auto& th : threads) th.join();
-            current_block = nullptr;
+            for (unsigned t = 0; t < bx; ++t) {
+                Fiber& f = state.fibers[t];
+                f.index = {t, 0, 0};
+                f.state = FiberState::Runnable;
+                getcontext(&f.context);
+                f.context.uc_stack.ss_sp = &state.stacks[stack_bytes * t];
+                f.context.uc_stack.ss_size = stack_bytes;
+                f.context.uc_link = &state.scheduler;
+                makecontext(&f.context, fiber_main, 0);
+            }
+            schedule_block();
         }
     }
+    run = nullptr;
 }

@@ -1,0 +1,144 @@
+// An emulated CUDA device for tests/cuda_vs_cpu.rs on machines without a GPU: the parts of the driver API,
+// NVRTC and cuBLAS that cudarc calls for this project, over host memory, running the project's kernels (the
+// unchanged .cu sources, via harness.cpp) on CPU threads. Built three times over as libcuda.so, libnvrtc.so and
+// libcublas.so. A device pointer is a host pointer; "PTX" is the list of kernel names; a launch looks the
+// kernel up by name and unpacks cuLaunchKernel's parameter array by the kernel's own C signature.
+#include "harness.cpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <utility>
+
+typedef int CUresult;  // 0: CUDA_SUCCESS
+typedef unsigned long long CUdeviceptr;
+
+// ---- kernels by name: unpack void** params by the kernel's signature ----
+template <class... A, std::size_t... I>
+void call_with(void (*k)(A...), void** params, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_reference_t<A>*>(params[I])...);
+}
+template <class... A>
+void launch_by_signature(void (*k)(A...), unsigned gx, unsigned gy, unsigned bx, void** params) {
+    launch(gx, gy, bx, [&] { call_with(k, params, std::index_sequence_for<A...>{}); });
+}
+using Launcher = void (*)(unsigned, unsigned, unsigned, void**);
+#define KERNEL(name) {#name, [](unsigned gx, unsigned gy, unsigned bx, void** p) { launch_by_signature(name, gx, gy, bx, p); }}
+
+static const std::map<std::string, Launcher>& kernels() {
+    static const std::map<std::string, Launcher> table = {
+        KERNEL(add), KERNEL(add_scaled), KERNEL(scale), KERNEL(mul), KERNEL(swiglu), KERNEL(swiglu_backward),
+        KERNEL(add_bias_rows), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding),
+        KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_backward), KERNEL(rope),
+        KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
+        KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),
+        KERNEL(attention_backward_dkdv_per_key), KERNEL(cross_entropy), KERNEL(decode_double_quant),
+        KERNEL(dequantize_4bit), KERNEL(adamw), KERNEL(sum_squares), KERNEL(dropout_mask),
+    };
+    return table;
+}
+
+extern "C" {
+// ---- driver ----
+CUresult cuInit(unsigned) { return 0; }
+CUresult cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+CUresult cuDeviceGetCount(int* n) { *n = 1; return 0; }
+CUresult cuDeviceGet(int* d, int ordinal) { *d = ordinal; return ordinal == 0 ? 0 : 101; }
+CUresult cuDeviceGetName(char* name, int len, int) { std::snprintf(name, len, "emulated CUDA device (CPU threads)"); return 0; }
+CUresult cuDeviceGetAttribute(int* v, int attribute, int) {
+    switch (attribute) {
+        case 75: *v = 9; break;  // compute capability major
+        case 76: *v = 0; break;  // minor
+        default: *v = 0;         // memory pools and everything else: not supported
+    }
+    return 0;
+}
+CUresult cuDeviceTotalMem_v2(std::size_t* bytes, int) { *bytes = std::size_t(1) << 34; return 0; }
+CUresult cuMemGetInfo_v2(std::size_t* free_b, std::size_t* total) { *free_b = *total = std::size_t(1) << 34; return 0; }
+static int primary_context;
+CUresult cuDevicePrimaryCtxRetain(void** ctx, int) { *ctx = &primary_context; return 0; }
+CUresult cuDevicePrimaryCtxRelease_v2(int) { return 0; }
+CUresult cuCtxSetCurrent(void*) { return 0; }
+CUresult cuCtxGetCurrent(void** ctx) { *ctx = &primary_context; return 0; }
+CUresult cuCtxSynchronize() { return 0; }
+CUresult cuCtxGetDevice(int* d) { *d = 0; return 0; }
+CUresult cuStreamSynchronize(void*) { return 0; }
+CUresult cuStreamCreate(void** s, unsigned) { *s = nullptr; return 0; }
+CUresult cuStreamDestroy_v2(void*) { return 0; }
+CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) { *p = (CUdeviceptr)std::calloc(bytes ? bytes : 1, 1); return 0; }
+CUresult cuMemFree_v2(CUdeviceptr p) { std::free((void*)p); return 0; }
+CUresult cuMemAllocAsync(CUdeviceptr* p, std::size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
+CUresult cuMemFreeAsync(CUdeviceptr p, void*) { return cuMemFree_v2(p); }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, std::size_t n) { std::memcpy((void*)d, h, n); return 0; }
+CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, std::size_t n) { std::memcpy(h, (void*)d, n); return 0; }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr a, CUdeviceptr b, std::size_t n) { std::memmove((void*)a, (void*)b, n); return 0; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, std::size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
+CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, std::size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr a, CUdeviceptr b, std::size_t n, void*) { return cuMemcpyDtoD_v2(a, b, n); }
+CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, std::size_t n) { std::memset((void*)d, v, n); return 0; }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, std::size_t n, void*) { return cuMemsetD8_v2(d, v, n); }
+CUresult cuModuleLoadData(void** module, const void*) { static int m; *module = &m; return 0; }
+CUresult cuModuleUnload(void*) { return 0; }
+CUresult cuModuleGetFunction(void** f, void*, const char* name) {
+    auto it = kernels().find(name);
+    if (it == kernels().end()) return 500;  // CUDA_ERROR_NOT_FOUND
+    *f = (void*)it->second;
+    return 0;
+}
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned, void*, void** params, void**) {
+    if (gz != 1 || by != 1 || bz != 1) return 1;  // the project launches 1-D blocks on (x, y) grids only
+    ((Launcher)f)(gx, gy, bx, params);
+    return 0;
+}
+CUresult cuGetErrorString(CUresult, const char** s) { *s = "emulated device error"; return 0; }
+CUresult cuGetErrorName(CUresult, const char** s) { *s = "CUDA_ERROR_EMULATED"; return 0; }
+
+// ---- NVRTC: "compiling" keeps the source; the "PTX" is the source itself (the module loader ignores it) ----
+struct Program { std::string src; };
+int nvrtcCreateProgram(Program** p, const char* src, const char*, int, const char* const*, const char* const*) {
+    *p = new Program{src};
+    return 0;
+}
+int nvrtcCompileProgram(Program*, int, const char* const*) { return 0; }
+int nvrtcGetPTXSize(Program* p, std::size_t* n) { *n = p->src.size() + 1; return 0; }
+int nvrtcGetPTX(Program* p, char* out) { std::memcpy(out, p->src.c_str(), p->src.size() + 1); return 0; }
+int nvrtcGetProgramLogSize(Program*, std::size_t* n) { *n = 1; return 0; }
+int nvrtcGetProgramLog(Program*, char* out) { out[0] = 0; return 0; }
+int nvrtcDestroyProgram(Program** p) { delete *p; *p = nullptr; return 0; }
+
+// ---- cuBLAS: column-major C = α·op(A)·op(B) + β·C, as the BLAS reference defines it ----
+int cublasCreate_v2(void** h) { static int handle; *h = &handle; return 0; }
+int cublasDestroy_v2(void*) { return 0; }
+int cublasSetStream_v2(void*, void*) { return 0; }
+static float element(const void* m, int type, long long at) {
+    if (type == 0) return static_cast<const float*>(m)[at];  // CUDA_R_32F
+    return bf16_bits_to_f32(static_cast<const unsigned short*>(m)[at]);  // CUDA_R_16BF (14)
+}
+static int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a, int a_type, int lda, const void* b,
+                int b_type, int ldb, float beta, float* c, int ldc) {
+    for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) {
+            double s = 0.0;
+            for (int l = 0; l < k; ++l) {
+                const float x = element(a, a_type, ta ? l + (long long)i * lda : i + (long long)l * lda);
+                const float y = element(b, b_type, tb ? j + (long long)l * ldb : l + (long long)j * ldb);
+                s += (double)x * y;
+            }
+            float& out = c[i + (long long)j * ldc];
+            out = alpha * (float)s + (beta == 0.0f ? 0.0f : beta * out);
+        }
+    return 0;
+}
+int cublasSgemm_v2(void*, int ta, int tb, int m, int n, int k, const float* alpha, const float* a, int lda,
+                   const float* b, int ldb, const float* beta, float* c, int ldc) {
+    return gemm(ta, tb, m, n, k, *alpha, a, 0, lda, b, 0, ldb, *beta, c, ldc);
+}
+int cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* a, int a_type, int lda,
+                 const void* b, int b_type, int ldb, const void* beta, void* c, int c_type, int ldc, int, int) {
+    if (c_type != 0) return 7;  // only f32 outputs are used
+    return gemm(ta, tb, m, n, k, *(const float*)alpha, a, a_type, lda, b, b_type, ldb, *(const float*)beta,
+                (float*)c, ldc);
+}
+}
