@@ -398,7 +398,7 @@ fn everything_above_on_an_emulated_device() {
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emulator/fake_cuda.cpp");
     let lib = dir.join("libcuda.so");
     let built = std::process::Command::new("g++")
-        .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", "-o"])
+        .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE", "-o"])
         .arg(&lib)
         .arg(&source)
         .output();

@@ -31,7 +31,16 @@ fn emulator() -> Option<&'static Emulator> {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emulator");
             let lib = std::env::temp_dir().join(format!("mftcoder-kernels-{}.so", std::process::id()));
             let built = std::process::Command::new("g++")
-                .args(["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", "-o"])
+                .args([
+                    "-std=c++20",
+                    "-O1",
+                    "-shared",
+                    "-fPIC",
+                    "-pthread",
+                    "-Wno-unknown-pragmas",
+                    "-U_FORTIFY_SOURCE",
+                    "-o",
+                ])
                 .arg(&lib)
                 .arg(dir.join("harness.cpp"))
                 .output();

@@ -21,7 +21,7 @@ void call_with(void (*k)(A...), void** params, std::index_sequence<I...>) {
 }
 template <class... A>
 void launch_by_signature(void (*k)(A...), unsigned gx, unsigned gy, unsigned bx, void** params) {
-    launch(gx, gy, bx, [&] { call_with(k, params, std::index_sequence_for<A...>{}); });
+    launch(gx, gy, bx, [&] { call_with(k, params, std::index_sequence_for<A...>{}); }, (const void*)k);
 }
 using Launcher = void (*)(unsigned, unsigned, unsigned, void**);
 #define KERNEL(name) {#name, [](unsigned gx, unsigned gy, unsigned bx, void** p) { launch_by_signature(name, gx, gy, bx, p); }}

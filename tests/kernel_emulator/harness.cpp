@@ -15,7 +15,7 @@
 
 #define WRAP(name, ARGS, ...)                                                            \
     extern "C" void emu_##name(unsigned gx, unsigned gy, unsigned bx, __VA_ARGS__) {    \
-        launch(gx, gy, bx, [&] { name ARGS; });                                          \
+        launch(gx, gy, bx, [&] { name ARGS; }, (const void*)&name);                      \
     }
 
 typedef long long i64;
