@@ -9,7 +9,7 @@
 //! Without g++ each test says it skips.
 
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::backend::{AttentionMask, AttentionShape, Backend, dropout_threshold, segment_bounds};
+use mftcoder::backend::{AttentionDims, AttentionMask, AttentionShape, Backend, dropout_threshold, segment_bounds};
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
 use mftcoder::rng::Rng;
 use mftcoder::train::optim::{AdamWScalars, adamw_update_matrix, matrix_sum_squares};
@@ -295,19 +295,6 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
     }
 }
 
-/// Mirrors `struct AttentionDims` (attention.cu).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AttentionDims {
-    tq: i32,
-    tk: i32,
-    heads: i32,
-    kv_heads: i32,
-    d: i32,
-    q_offset: i32,
-    scale: f32,
-}
-
 /// The attention launch shapes, as `Cuda::causal_attention_with_lse` / `causal_attention_backward` (mod.rs)
 /// choose them: up to `TILED_MAX_D` the tiled kernels on a grid of (⌈rows / TILE_WARPS⌉, heads) blocks of
 /// TILE_WARPS warps; above it the per-key kernels, one warp per (row, head), 4 warps per block.
@@ -345,15 +332,7 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usi
     let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
     let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
 
-    let dims = AttentionDims {
-        tq: tq as i32,
-        tk: tk as i32,
-        heads: heads as i32,
-        kv_heads: kv_heads as i32,
-        d: d as i32,
-        q_offset: cached as i32,
-        scale: shape.scale,
-    };
+    let dims = AttentionDims::new(tq, tk, &shape, cached);
     let (first, last) = segment_bounds(&segments);
     let null: Ids = std::ptr::null();
     let (seg, seg_first, seg_last) =

@@ -167,6 +167,35 @@ pub trait Backend: Sync {
 }
 // ANCHOR_END: backend_trait
 
+/// The sizes every GPU attention kernel takes by value: `struct AttentionDims` in `cuda/kernels/attention.cu`,
+/// field for field (here, not under the `cuda` feature, so the kernel tests that run without it use it too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    pub tq: i32,
+    pub tk: i32,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub d: i32,
+    pub q_offset: i32,
+    pub scale: f32,
+}
+
+impl AttentionDims {
+    /// tq queries after `q_offset` cached keys, tk keys in all. Sizes must fit an i32 (the caller checks).
+    pub fn new(tq: usize, tk: usize, shape: &AttentionShape, q_offset: usize) -> Self {
+        AttentionDims {
+            tq: tq as i32,
+            tk: tk as i32,
+            heads: shape.n_heads as i32,
+            kv_heads: shape.n_kv_heads as i32,
+            d: shape.head_dim as i32,
+            q_offset: q_offset as i32,
+            scale: shape.scale,
+        }
+    }
+}
+
 /// For each position of a packed batch, the first and the last position holding its segment id: how the GPU's
 /// attention loops skip other documents (see `cuda/kernels/attention.cu`).
 pub fn segment_bounds(segment_ids: &[u32]) -> (Vec<u32>, Vec<u32>) {

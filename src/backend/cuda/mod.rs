@@ -14,7 +14,7 @@
 pub mod blas;
 pub mod kernels;
 
-use super::{AttentionMask, AttentionShape, Backend};
+use super::{AttentionDims, AttentionMask, AttentionShape, Backend};
 use crate::quant::{Absmax, Quantized4bit};
 use crate::train::optim::AdamWScalars;
 use anyhow::{Context, Result, anyhow};
@@ -83,34 +83,12 @@ pub struct CudaPacked {
     code: CudaSlice<f32>,
 }
 
-/// The sizes every attention kernel takes by value: `struct AttentionDims` in attention.cu, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct AttentionDims {
-    tq: i32,
-    tk: i32,
-    heads: i32,
-    kv_heads: i32,
-    d: i32,
-    q_offset: i32,
-    scale: f32,
-}
-
 // SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints and a float, no padding).
 unsafe impl cudarc::driver::DeviceRepr for AttentionDims {}
 
-impl AttentionDims {
-    fn new(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) -> Self {
-        AttentionDims {
-            tq: int(q.rows, "tq"),
-            tk: int(k.rows, "tk"),
-            heads: int(shape.n_heads, "heads"),
-            kv_heads: int(shape.n_kv_heads, "kv_heads"),
-            d: int(shape.head_dim, "head_dim"),
-            q_offset: int(mask.q_offset, "q_offset"),
-            scale: shape.scale,
-        }
-    }
+fn attention_dims(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) -> AttentionDims {
+    let fits = |n: usize, what: &str| int(n, what) as usize;
+    AttentionDims::new(fits(q.rows, "tq"), fits(k.rows, "tk"), shape, fits(mask.q_offset, "q_offset"))
 }
 
 /// A packed batch's segments on the device (see attention.cu).
@@ -493,7 +471,7 @@ impl Backend for Cuda {
         mask: &AttentionMask,
     ) -> (CudaTensor, CudaTensor) {
         check_attention(q, k, v, shape, mask);
-        let dims = AttentionDims::new(q, k, shape, mask);
+        let dims = attention_dims(q, k, shape, mask);
         let segments = self.segments(mask);
         let ([seg, seg_first, _], _guards) = segment_pointers(&segments, &self.stream);
         let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
@@ -540,7 +518,7 @@ impl Backend for Cuda {
         mask: &AttentionMask,
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
         check_attention(q, k, v, shape, mask);
-        let dims = AttentionDims::new(q, k, shape, mask);
+        let dims = attention_dims(q, k, shape, mask);
         let segments = self.segments(mask);
         let ([seg, seg_first, seg_last], _guards) = segment_pointers(&segments, &self.stream);
         let per_query = warp_grid(q.rows * shape.n_heads);
