@@ -29,6 +29,9 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use std::sync::OnceLock;
 
+#[path = "kernel_emulator/compile.rs"]
+mod compile;
+
 // ANCHOR: gpu_or_skip
 /// The device, opened once per precision; None (and one line saying why) without a GPU.
 fn gpu(precision: Precision) -> Option<&'static Cuda> {
@@ -395,20 +398,9 @@ fn everything_above_on_an_emulated_device() {
     }
     let dir = std::env::temp_dir().join(format!("mftcoder-emulated-device-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emulator/fake_cuda.cpp");
     let lib = dir.join("libcuda.so");
-    let built = std::process::Command::new("g++")
-        .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE", "-o"])
-        .arg(&lib)
-        .arg(&source)
-        .output();
-    match built {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!("the emulated device does not build:\n{}", String::from_utf8_lossy(&out.stderr)),
-        Err(e) => {
-            eprintln!("skipping the emulated device: g++ is not available ({e})");
-            return;
-        }
+    if compile::shared_library("fake_cuda.cpp", &lib).is_none() {
+        return;
     }
     for name in ["libnvrtc.so", "libcublas.so"] {
         std::fs::copy(&lib, dir.join(name)).unwrap();

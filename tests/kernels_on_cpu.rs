@@ -18,6 +18,9 @@ use std::ffi::{CString, c_void};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+#[path = "kernel_emulator/compile.rs"]
+mod compile;
+
 /// The compiled harness, loaded once.
 struct Emulator(*mut c_void);
 // SAFETY: the handle is only used to look up symbols, which dlsym allows from any thread.
@@ -28,30 +31,8 @@ fn emulator() -> Option<&'static Emulator> {
     static LOADED: OnceLock<Option<Emulator>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kernel_emulator");
             let lib = std::env::temp_dir().join(format!("mftcoder-kernels-{}.so", std::process::id()));
-            let built = std::process::Command::new("g++")
-                .args([
-                    "-std=c++20",
-                    "-O1",
-                    "-shared",
-                    "-fPIC",
-                    "-pthread",
-                    "-Wno-unknown-pragmas",
-                    "-U_FORTIFY_SOURCE",
-                    "-o",
-                ])
-                .arg(&lib)
-                .arg(dir.join("harness.cpp"))
-                .output();
-            match built {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => panic!("the kernels do not compile for the CPU:\n{}", String::from_utf8_lossy(&out.stderr)),
-                Err(e) => {
-                    eprintln!("skipping: g++ is not available ({e}), so the kernels cannot be run on the CPU");
-                    return None;
-                }
-            }
+            compile::shared_library("harness.cpp", &lib)?;
             let path = CString::new(lib.to_str().unwrap()).unwrap();
             // SAFETY: a library we just built; RTLD_NOW resolves everything at load.
             let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
@@ -295,7 +276,7 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
     }
 }
 
-/// The attention launch shapes, as `Cuda::causal_attention_with_lse` / `causal_attention_backward` (mod.rs)
+/// The attention launch shapes, as `Cuda::attention_forward` / `attention_backward` (src/backend/cuda/attention.rs)
 /// choose them: up to `TILED_MAX_D` the tiled kernels on a grid of (⌈rows / TILE_WARPS⌉, heads) blocks of
 /// TILE_WARPS warps; above it the per-key kernels, one warp per (row, head), 4 warps per block.
 const TILE_WARPS: usize = 8;
@@ -337,7 +318,7 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usi
     let null: Ids = std::ptr::null();
     let (seg, seg_first, seg_last) =
         if packed { (segments.as_ptr(), first.as_ptr(), last.as_ptr()) } else { (null, null, null) };
-    // the kernels and grids mod.rs launches for this head_dim
+    // the kernels and grids attention.rs launches for this head_dim
     let tiled = d <= TILED_MAX_D;
     let suffix = if tiled { "tiled" } else { "per_key" };
     let (per_query, per_key) =

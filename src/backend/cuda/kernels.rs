@@ -159,21 +159,33 @@ mod launch_tests {
                 arity.insert(name, top_level_items(parenthesised(source, open)).len());
             }
         }
-        let backend = include_str!("mod.rs");
         let mut checked = 0;
-        for (at, _) in backend.match_indices("launch!(") {
-            let args = top_level_items(parenthesised(backend, at + "launch!".len()));
-            let Some(name) = args.get(1).and_then(|a| a.strip_prefix('"')).and_then(|a| a.strip_suffix('"')) else {
-                continue; // the macro's own definition, or a name passed in a variable (elementwise2)
-            };
-            let expected = arity[name];
-            assert_eq!(
-                args.len() - 3,
-                expected,
-                "launch!({name}) passes {} arguments, the kernel takes {expected}",
-                args.len() - 3
-            );
-            checked += 1;
+        for backend in [include_str!("mod.rs"), include_str!("attention.rs")] {
+            for (at, _) in backend.match_indices("launch!(") {
+                let args = top_level_items(parenthesised(backend, at + "launch!".len()));
+                let Some(name) = args.get(1) else { continue };
+                // a literal, or a variable bound by `let name = if … { "a" } else { "b" };` before the launch
+                let names: Vec<&str> = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                    Some(literal) => vec![literal],
+                    None => match backend[..at].rfind(&format!("let {name} = ")) {
+                        Some(bound) => {
+                            let statement = &backend[bound..bound + backend[bound..].find(';').unwrap()];
+                            statement.split('"').skip(1).step_by(2).collect()
+                        }
+                        None => continue, // the macro's own definition, or a name passed in (elementwise2)
+                    },
+                };
+                for name in names {
+                    let expected = arity[name];
+                    assert_eq!(
+                        args.len() - 3,
+                        expected,
+                        "launch!({name}) passes {} arguments, the kernel takes {expected}",
+                        args.len() - 3
+                    );
+                    checked += 1;
+                }
+            }
         }
         assert!(checked >= 20, "only {checked} launches found");
     }

@@ -14,12 +14,12 @@
 pub mod blas;
 pub mod kernels;
 
-use super::{AttentionDims, AttentionMask, AttentionShape, Backend};
+use super::{AttentionMask, AttentionShape, Backend};
 use crate::quant::{Absmax, Quantized4bit};
 use crate::train::optim::AdamWScalars;
 use anyhow::{Context, Result, anyhow};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use ndarray::Array2;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,37 +83,6 @@ pub struct CudaPacked {
     code: CudaSlice<f32>,
 }
 
-// SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints and a float, no padding).
-unsafe impl cudarc::driver::DeviceRepr for AttentionDims {}
-
-fn attention_dims(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) -> AttentionDims {
-    let fits = |n: usize, what: &str| int(n, what) as usize;
-    AttentionDims::new(fits(q.rows, "tq"), fits(k.rows, "tk"), shape, fits(mask.q_offset, "q_offset"))
-}
-
-/// A packed batch's segments on the device (see attention.cu).
-struct Segments {
-    ids: CudaSlice<u32>,
-    first: CudaSlice<u32>,
-    last: CudaSlice<u32>,
-}
-
-/// Device pointers of the three segment arrays, or nulls; the guards keep the buffers' reads ordered.
-fn segment_pointers<'a>(
-    segments: &'a Option<Segments>,
-    stream: &'a Arc<CudaStream>,
-) -> ([u64; 3], Vec<cudarc::driver::SyncOnDrop<'a>>) {
-    match segments {
-        Some(s) => {
-            let (ids, g1) = s.ids.device_ptr(stream);
-            let (first, g2) = s.first.device_ptr(stream);
-            let (last, g3) = s.last.device_ptr(stream);
-            ([ids, first, last], vec![g1, g2, g3])
-        }
-        None => ([0; 3], Vec::new()), // null `const unsigned int*`s
-    }
-}
-
 /// The GPU backend: one device, one stream, the compiled kernels and a cuBLAS handle.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
@@ -129,12 +98,6 @@ const THREADS: u32 = 256;
 const ROW_THREADS: u32 = 256;
 /// Warps per block for one-warp-per-row kernels (the per-key attention kernels and `attention_delta`).
 const WARPS_PER_BLOCK: u32 = 4;
-/// Warps per block of the tiled attention kernels: the query rows (or keys) one block owns (`TILE_WARPS` in
-/// attention.cu; the shared-memory arrays are sized for it).
-const ATTENTION_TILE_WARPS: u32 = 8;
-/// The largest head_dim the tiled attention kernels take (`TILED_MAX_D`); above it, up to 256, the per-key ones.
-const ATTENTION_TILED_MAX_D: usize = 128;
-
 fn elementwise_grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
@@ -147,17 +110,6 @@ fn row_grid(rows: usize) -> LaunchConfig {
 fn warp_grid(warps: usize) -> LaunchConfig {
     let blocks = warps.div_ceil(WARPS_PER_BLOCK as usize).max(1) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * WARPS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// The tiled attention kernels' grid: one block of `ATTENTION_TILE_WARPS` warps per that many consecutive
-/// rows (query rows, or keys for dk/dv) of one head, the head in `blockIdx.y`.
-fn attention_tile_grid(rows: usize, heads: usize) -> LaunchConfig {
-    let blocks = rows.div_ceil(ATTENTION_TILE_WARPS as usize).max(1) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, int(heads, "heads") as u32, 1),
-        block_dim: (32 * ATTENTION_TILE_WARPS, 1, 1),
-        shared_mem_bytes: 0, // static __shared__ arrays, 40.5 KB at most
-    }
 }
 
 // ANCHOR: launch_macro
@@ -182,6 +134,8 @@ macro_rules! launch {
 }
 
 // ANCHOR_END: launch_macro
+
+mod attention; // the attention launches: segment tables, tiled or per-key kernels by head_dim
 
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
@@ -243,14 +197,6 @@ impl Cuda {
 
     fn to_host<T: cudarc::driver::DeviceRepr>(&self, dev: &CudaSlice<T>) -> Vec<T> {
         self.stream.clone_dtoh(dev).unwrap_or_else(|e| fail("copy to host", e))
-    }
-
-    /// A packed batch's segment ids and, per position, the first and last position of its segment, on the
-    /// device (None without segments: the kernels get null pointers).
-    fn segments(&self, mask: &AttentionMask) -> Option<Segments> {
-        let ids = mask.segment_ids?;
-        let (first, last) = super::segment_bounds(ids);
-        Some(Segments { ids: self.to_device(ids), first: self.to_device(&first), last: self.to_device(&last) })
     }
 
     fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) {
@@ -470,41 +416,7 @@ impl Backend for Cuda {
         shape: &AttentionShape,
         mask: &AttentionMask,
     ) -> (CudaTensor, CudaTensor) {
-        check_attention(q, k, v, shape, mask);
-        let dims = attention_dims(q, k, shape, mask);
-        let segments = self.segments(mask);
-        let ([seg, seg_first, _], _guards) = segment_pointers(&segments, &self.stream);
-        let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
-        if shape.head_dim <= ATTENTION_TILED_MAX_D {
-            launch!(
-                self,
-                "attention_forward_tiled",
-                attention_tile_grid(q.rows, shape.n_heads),
-                &mut out.data,
-                &mut lse.data,
-                &q.data,
-                &k.data,
-                &v.data,
-                &seg,
-                &seg_first,
-                &dims
-            );
-        } else {
-            launch!(
-                self,
-                "attention_forward_per_key",
-                warp_grid(q.rows * shape.n_heads),
-                &mut out.data,
-                &mut lse.data,
-                &q.data,
-                &k.data,
-                &v.data,
-                &seg,
-                &seg_first,
-                &dims
-            );
-        }
-        (out, lse)
+        self.attention_forward(q, k, v, shape, mask)
     }
     fn causal_attention_backward(
         &self,
@@ -517,82 +429,7 @@ impl Backend for Cuda {
         shape: &AttentionShape,
         mask: &AttentionMask,
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
-        check_attention(q, k, v, shape, mask);
-        let dims = attention_dims(q, k, shape, mask);
-        let segments = self.segments(mask);
-        let ([seg, seg_first, seg_last], _guards) = segment_pointers(&segments, &self.stream);
-        let per_query = warp_grid(q.rows * shape.n_heads);
-        let mut delta = self.tensor(q.rows, shape.n_heads);
-        launch!(self, "attention_delta", per_query, &mut delta.data, &dout.data, &out.data, &dims);
-        let mut dq = self.tensor(q.rows, q.cols);
-        let (mut dk, mut dv) = (self.tensor(k.rows, k.cols), self.tensor(v.rows, v.cols));
-        let (lse, delta) = (&lse.data, &delta.data);
-        if shape.head_dim <= ATTENTION_TILED_MAX_D {
-            launch!(
-                self,
-                "attention_backward_dq_tiled",
-                attention_tile_grid(q.rows, shape.n_heads),
-                &mut dq.data,
-                &dout.data,
-                &q.data,
-                &k.data,
-                &v.data,
-                lse,
-                delta,
-                &seg,
-                &seg_first,
-                &dims
-            );
-            launch!(
-                self,
-                "attention_backward_dkdv_tiled",
-                attention_tile_grid(k.rows, shape.n_kv_heads),
-                &mut dk.data,
-                &mut dv.data,
-                &dout.data,
-                &q.data,
-                &k.data,
-                &v.data,
-                lse,
-                delta,
-                &seg,
-                &seg_last,
-                &dims
-            );
-        } else {
-            launch!(
-                self,
-                "attention_backward_dq_per_key",
-                per_query,
-                &mut dq.data,
-                &dout.data,
-                &q.data,
-                &k.data,
-                &v.data,
-                lse,
-                delta,
-                &seg,
-                &seg_first,
-                &dims
-            );
-            launch!(
-                self,
-                "attention_backward_dkdv_per_key",
-                warp_grid(k.rows * shape.n_kv_heads),
-                &mut dk.data,
-                &mut dv.data,
-                &dout.data,
-                &q.data,
-                &k.data,
-                &v.data,
-                lse,
-                delta,
-                &seg,
-                &seg_last,
-                &dims
-            );
-        }
-        (dq, dk, dv)
+        self.attention_backward(dout, q, k, v, out, lse, shape, mask)
     }
     fn linear_backward(
         &self,
@@ -765,42 +602,8 @@ impl Backend for Cuda {
     }
 }
 
-fn check_attention(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) {
-    assert!(shape.head_dim <= 256, "attention: head_dim {} > 256, the kernels' limit", shape.head_dim);
-    assert!(
-        shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
-        "attention: heads not a multiple of KV heads"
-    );
-    assert_eq!(q.cols, shape.n_heads * shape.head_dim, "attention: q columns");
-    assert_eq!(k.cols, shape.n_kv_heads * shape.head_dim, "attention: k columns");
-    assert_eq!((v.rows, v.cols), (k.rows, k.cols), "attention: v not shaped like k");
-    assert_eq!(mask.q_offset + q.rows, k.rows, "attention: the last query must sit at the last key");
-    if let Some(s) = mask.segment_ids {
-        assert_eq!(s.len(), k.rows, "attention: one segment id per key");
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn attention_dims_have_the_c_struct_layout() {
-        // six ints and a float, 4-byte aligned, no padding: what `struct AttentionDims` is in attention.cu
-        assert_eq!(std::mem::size_of::<super::AttentionDims>(), 28);
-        assert_eq!(std::mem::align_of::<super::AttentionDims>(), 4);
-    }
-
-    #[test]
-    fn tiled_attention_constants_match_the_kernels() {
-        // the launch shape and the head_dim dispatch must agree with the sizes attention.cu's shared arrays have
-        let define = |name: &str| -> usize {
-            let source = include_str!("kernels/attention.cu");
-            let line = source.lines().find_map(|l| l.strip_prefix(&format!("#define {name} "))).expect(name);
-            line.split_whitespace().next().and_then(|v| v.parse().ok()).expect(name)
-        };
-        assert_eq!(define("TILE_WARPS"), super::ATTENTION_TILE_WARPS as usize);
-        assert_eq!(define("TILED_MAX_D"), super::ATTENTION_TILED_MAX_D);
-    }
-
     #[test]
     fn opening_a_device_either_works_or_explains_why_not() {
         match super::open_device(0) {
