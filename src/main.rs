@@ -343,8 +343,8 @@ fn info(args: InfoArgs) -> Result<()> {
     let arch = config.json.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("?");
     println!("model:        {}", args.model.display());
     println!("architecture: {arch} (model_type `{model_type}`)");
-    if model_type == "llama" {
-        let c = models::llama::LlamaConfig::from_hf(&config)?;
+    if models::SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+        let c = models::decoder_config(&config)?;
         println!(
             "shape:        {} layers, hidden {}, MLP {}, {} heads × {} (KV heads {}), vocab {}",
             c.num_hidden_layers,
@@ -359,6 +359,12 @@ fn info(args: InfoArgs) -> Result<()> {
             "rope:         θ = {}, scaling {:?}; tied embeddings: {}",
             c.rope.theta, c.rope.scaling, c.tie_word_embeddings
         );
+        let windows: Vec<String> =
+            c.attention_windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
+        if c.attention_windows.iter().any(Option::is_some) {
+            println!("windows:      sliding attention per layer: {}", windows.join(", "));
+        }
+        println!("biases:       q/k/v {}, o {}, MLP {}", c.qkv_bias, c.o_proj_bias, c.mlp_bias);
     }
     println!(
         "parameters:   {params} ({:.2} M) in {} tensors, {}",

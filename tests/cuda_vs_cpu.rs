@@ -136,16 +136,16 @@ fn norm_rope_embedding<B: Backend>(b: &B, t: usize, heads: usize, half: usize, s
     )
 }
 
-/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed)
-type AttentionCase = (usize, usize, usize, usize, usize, bool);
+/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed, sliding window)
+type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>);
 
 fn attention<B: Backend>(b: &B, case: AttentionCase, seed: u64) -> Vec<Array2<f32>> {
-    let (tq, cached, kv_heads, group, d, packed) = case;
+    let (tq, cached, kv_heads, group, d, packed, window) = case;
     let (heads, tk) = (kv_heads * group, cached + tq);
     let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
     // two packed documents, split at a third of the keys
     let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3)).collect();
-    let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()) };
+    let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()), window };
     let q = b.upload(matrix(tq, heads * d, seed, 1.0));
     let k = b.upload(matrix(tk, kv_heads * d, seed + 1, 1.0));
     let v = b.upload(matrix(tk, kv_heads * d, seed + 2, 1.0));
@@ -194,10 +194,11 @@ proptest! {
         group in 1usize..3,
         d in prop::sample::select(vec![8usize, 32, 48, 64, 128, 256]),
         packed in any::<bool>(),
+        window in prop::option::of(1usize..20),
         seed in 0u64..1000,
     ) {
         let Some(g) = gpu(Precision::F32) else { return Ok(()) };
-        let case = (tq, cached, kv_heads, group, d, packed);
+        let case = (tq, cached, kv_heads, group, d, packed, window);
         check("attention", 1e-4, attention(&Cpu, case, seed), attention(g, case, seed));
     }
 
@@ -292,10 +293,12 @@ enum Mode {
     Qlora,
 }
 
-/// A small Llama (GQA, packed two-document batch), one forward + backward, then one AdamW step; returns the
-/// loss, every gradient and every updated trainable parameter, downloaded.
+/// A small Llama (GQA, packed two-document batch, the second layer with a sliding window of 9 as in Qwen2),
+/// one forward + backward, then one AdamW step; returns the loss, every gradient and every updated trainable
+/// parameter, downloaded.
 fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>) {
-    let config = LlamaConfig::with_shape(97, 64, 160, 2, 4, 2);
+    let mut config = LlamaConfig::with_shape(97, 64, 160, 2, 4, 2);
+    config.attention_windows[1] = Some(9);
     let mut model: Llama<B> = Llama::random(b, config, 42);
     if let Mode::Qlora = mode {
         for (_, linear) in model.linears_mut() {

@@ -300,20 +300,22 @@ fn the_attention_launch_shapes_match_the_kernel_source() {
     assert_eq!(define(&source, "TILED_MAX_D"), TILED_MAX_D, "largest tiled head_dim");
 }
 
-/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed)
-fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usize, usize, usize, usize, usize, bool)) {
+/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed, sliding window)
+type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>);
+
+fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, window): AttentionCase) {
     let (heads, tk) = (kv_heads * group, cached + tq);
     let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
     // three documents of uneven length
     let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3) + u32::from(j >= tk - tk / 4)).collect();
-    let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()) };
+    let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()), window };
     let (q, k, v) =
         (matrix(tq, heads * d, 12, 1.0), matrix(tk, kv_heads * d, 13, 1.0), matrix(tk, kv_heads * d, 14, 1.0));
     let dout = matrix(tq, heads * d, 15, 1.0);
     let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
     let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
 
-    let dims = AttentionDims::new(tq, tk, &shape, cached);
+    let dims = AttentionDims::new(tq, tk, &shape, &mask);
     let (first, last) = segment_bounds(&segments);
     let null: Ids = std::ptr::null();
     let (seg, seg_first, seg_last) =
@@ -323,7 +325,9 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed): (usi
     let suffix = if tiled { "tiled" } else { "per_key" };
     let (per_query, per_key) =
         if tiled { (tile_grid(tq, heads), tile_grid(tk, kv_heads)) } else { (warps(tq * heads), warps(tk * kv_heads)) };
-    let what = format!("attention ({suffix}) tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed}");
+    let what = format!(
+        "attention ({suffix}) tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed} window {window:?}"
+    );
     unsafe {
         let forward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, Ids, Ids, AttentionDims) =
             emu.kernel(&format!("attention_forward_{suffix}"));
@@ -376,18 +380,24 @@ fn attention_forward_and_backward_kernels() {
     let Some(emu) = emulator() else { return };
     for case in [
         // tiled (head_dim ≤ 128): 8 query rows (or keys) per block, tiles of 32 keys (or queries)
-        (7, 0, 1, 1, 8, false),    // one head, head_dim below a warp, 7 rows: less than one block
-        (12, 0, 2, 2, 48, true),   // GQA, head_dim not a multiple of 32, three packed documents
-        (5, 6, 1, 4, 64, false),   // queries after 6 cached keys, MQA (one KV head, 4 query heads)
-        (9, 3, 2, 1, 128, true),   // cached keys and segments together, tq not a multiple of 8
-        (1, 40, 2, 2, 64, false),  // decoding: one query after 40 cached keys, tk = 41 (two key tiles), GQA
-        (1, 44, 1, 3, 48, true),   // decoding in a packed batch: only the last document's 11 keys are seen
-        (70, 0, 2, 2, 64, true),   // three key tiles, tk = 70 not a multiple of 32, documents across tiles
-        (37, 30, 1, 3, 48, true),  // 30 cached keys, packed, MQA: blocks whose keys start mid-tile
-        (33, 0, 1, 2, 128, false), // the last query one past a tile boundary
+        (7, 0, 1, 1, 8, false, None), // one head, head_dim below a warp, 7 rows: less than one block
+        (12, 0, 2, 2, 48, true, None), // GQA, head_dim not a multiple of 32, three packed documents
+        (5, 6, 1, 4, 64, false, None), // queries after 6 cached keys, MQA (one KV head, 4 query heads)
+        (9, 3, 2, 1, 128, true, None), // cached keys and segments together, tq not a multiple of 8
+        (1, 40, 2, 2, 64, false, None), // decoding: one query after 40 cached keys, tk = 41 (two key tiles), GQA
+        (1, 44, 1, 3, 48, true, None), // decoding in a packed batch: only the last document's 11 keys are seen
+        (70, 0, 2, 2, 64, true, None), // three key tiles, tk = 70 not a multiple of 32, documents across tiles
+        (37, 30, 1, 3, 48, true, None), // 30 cached keys, packed, MQA: blocks whose keys start mid-tile
+        (33, 0, 1, 2, 128, false, None), // the last query one past a tile boundary
+        // sliding windows (Mistral, Qwen2): key j is visible from position p iff p − j < window
+        (40, 0, 2, 2, 64, false, Some(8)), // tiled: each query sees at most 8 keys
+        (70, 0, 1, 2, 48, true, Some(33)), // windows longer than a tile, with documents
+        (1, 44, 1, 3, 48, false, Some(5)), // decoding: the last 5 of 45 keys
+        (12, 3, 1, 1, 32, false, Some(1)), // a window of 1: every query sees only itself
         // per-key fallback (128 < head_dim ≤ 256)
-        (11, 5, 2, 2, 256, true),
-        (6, 0, 1, 2, 200, false),
+        (11, 5, 2, 2, 256, true, None),
+        (6, 0, 1, 2, 200, false, None),
+        (20, 10, 2, 1, 256, true, Some(7)),
     ] {
         attention_case(emu, case);
     }

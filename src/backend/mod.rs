@@ -179,19 +179,22 @@ pub struct AttentionDims {
     pub d: i32,
     pub q_offset: i32,
     pub scale: f32,
+    /// The sliding window, 0 for none.
+    pub window: i32,
 }
 
 impl AttentionDims {
-    /// tq queries after `q_offset` cached keys, tk keys in all. Sizes must fit an i32 (the caller checks).
-    pub fn new(tq: usize, tk: usize, shape: &AttentionShape, q_offset: usize) -> Self {
+    /// tq queries after `mask.q_offset` cached keys, tk keys in all. Sizes must fit an i32 (the caller checks).
+    pub fn new(tq: usize, tk: usize, shape: &AttentionShape, mask: &AttentionMask) -> Self {
         AttentionDims {
             tq: tq as i32,
             tk: tk as i32,
             heads: shape.n_heads as i32,
             kv_heads: shape.n_kv_heads as i32,
             d: shape.head_dim as i32,
-            q_offset: q_offset as i32,
+            q_offset: mask.q_offset as i32,
             scale: shape.scale,
+            window: mask.window.unwrap_or(0) as i32,
         }
     }
 }

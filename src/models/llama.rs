@@ -12,7 +12,9 @@ use crate::nn::rope::inverse_frequencies;
 use anyhow::{Result, bail};
 use ndarray::Array2;
 
-/// `config.json` of a Llama checkpoint, resolved (defaults as `LlamaConfig` in transformers).
+/// `config.json` of a Llama checkpoint, resolved (defaults as `LlamaConfig` in transformers). Mistral and Qwen2
+/// are this decoder with other biases and sliding windows: `models::mistral` and `models::qwen2` read their
+/// configs into this struct.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
@@ -24,17 +26,37 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f32,
     pub rope: RopeSpec,
-    pub attention_bias: bool,
+    /// Biases on q_proj, k_proj, v_proj (Llama's `attention_bias`; always on in Qwen2).
+    pub qkv_bias: bool,
+    /// A bias on o_proj (Llama's `attention_bias`; never in Qwen2).
+    pub o_proj_bias: bool,
     pub mlp_bias: bool,
     pub tie_word_embeddings: bool,
     pub max_position_embeddings: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// Per layer, the sliding window of its attention (None: every earlier position is visible).
+    pub attention_windows: Vec<Option<usize>>,
 }
 
 impl LlamaConfig {
     // ANCHOR: llama_config
     pub fn from_hf(cfg: &HfConfig) -> Result<Self> {
+        let mut c = Self::decoder_from_hf(cfg, 2048)?;
+        if let Some(tp) = cfg.opt_usize("pretraining_tp")?.filter(|&tp| tp != 1) {
+            bail!("{}: field `pretraining_tp` is {tp}; only 1 is supported", cfg.path.display());
+        }
+        let attention_bias = cfg.opt_bool("attention_bias")?.unwrap_or(false);
+        (c.qkv_bias, c.o_proj_bias) = (attention_bias, attention_bias);
+        c.mlp_bias = cfg.opt_bool("mlp_bias")?.unwrap_or(false);
+        Ok(c)
+    }
+    // ANCHOR_END: llama_config
+
+    // ANCHOR: decoder_config
+    /// The fields every Llama-shaped decoder's config.json shares, with transformers' defaults: no biases, full
+    /// attention in every layer (the caller sets what its architecture changes).
+    pub fn decoder_from_hf(cfg: &HfConfig, default_max_positions: usize) -> Result<Self> {
         let path = cfg.path.display();
         let hidden_size = cfg.usize("hidden_size")?;
         let heads = cfg.usize("num_attention_heads")?;
@@ -54,30 +76,30 @@ impl LlamaConfig {
         }
         let act = cfg.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into());
         if act != "silu" {
-            bail!("{path}: field `hidden_act` is `{act}`; Llama supports `silu`");
+            bail!("{path}: field `hidden_act` is `{act}`; this decoder supports `silu`");
         }
-        if let Some(tp) = cfg.opt_usize("pretraining_tp")?.filter(|&tp| tp != 1) {
-            bail!("{path}: field `pretraining_tp` is {tp}; only 1 is supported");
-        }
+        let num_hidden_layers = cfg.usize("num_hidden_layers")?;
         Ok(LlamaConfig {
             vocab_size: cfg.usize("vocab_size")?,
             hidden_size,
             intermediate_size: cfg.usize("intermediate_size")?,
-            num_hidden_layers: cfg.usize("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim,
             rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
             rope: cfg.rope(10_000.0)?,
-            attention_bias: cfg.opt_bool("attention_bias")?.unwrap_or(false),
-            mlp_bias: cfg.opt_bool("mlp_bias")?.unwrap_or(false),
+            qkv_bias: false,
+            o_proj_bias: false,
+            mlp_bias: false,
             tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(default_max_positions),
             bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: cfg.token_ids("eos_token_id")?,
+            attention_windows: vec![None; num_hidden_layers],
         })
     }
-    // ANCHOR_END: llama_config
+    // ANCHOR_END: decoder_config
 
     /// A config of the given shape with transformers' `LlamaConfig` defaults for everything else
     /// (θ = 10⁴, ε = 10⁻⁶, untied, no biases, head_dim = hidden/heads): for tests and benchmarks.
@@ -99,12 +121,14 @@ impl LlamaConfig {
             head_dim: hidden_size / heads,
             rms_norm_eps: 1e-6,
             rope: RopeSpec { theta: 10_000.0, scaling: crate::io::hf_config::RopeScaling::None },
-            attention_bias: false,
+            qkv_bias: false,
+            o_proj_bias: false,
             mlp_bias: false,
             tie_word_embeddings: false,
             max_position_embeddings: 2048,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
+            attention_windows: vec![None; layers],
         }
     }
 
@@ -209,10 +233,10 @@ impl<B: Backend> Llama<B> {
             let p = format!("model.layers.{l}");
             layers.push(LlamaLayer {
                 input_layernorm: b.upload(row(store, &format!("{p}.input_layernorm.weight"), h)?),
-                q_proj: load_linear(b, store, &format!("{p}.self_attn.q_proj"), q_out, h, c.attention_bias)?,
-                k_proj: load_linear(b, store, &format!("{p}.self_attn.k_proj"), kv_out, h, c.attention_bias)?,
-                v_proj: load_linear(b, store, &format!("{p}.self_attn.v_proj"), kv_out, h, c.attention_bias)?,
-                o_proj: load_linear(b, store, &format!("{p}.self_attn.o_proj"), h, q_out, c.attention_bias)?,
+                q_proj: load_linear(b, store, &format!("{p}.self_attn.q_proj"), q_out, h, c.qkv_bias)?,
+                k_proj: load_linear(b, store, &format!("{p}.self_attn.k_proj"), kv_out, h, c.qkv_bias)?,
+                v_proj: load_linear(b, store, &format!("{p}.self_attn.v_proj"), kv_out, h, c.qkv_bias)?,
+                o_proj: load_linear(b, store, &format!("{p}.self_attn.o_proj"), h, q_out, c.o_proj_bias)?,
                 post_attention_layernorm: b.upload(row(store, &format!("{p}.post_attention_layernorm.weight"), h)?),
                 gate_proj: load_linear(b, store, &format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
                 up_proj: load_linear(b, store, &format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
@@ -261,10 +285,10 @@ impl<B: Backend> Llama<B> {
         for _ in 0..c.num_hidden_layers {
             layers.push(LlamaLayer {
                 input_layernorm: ones(h),
-                q_proj: Linear::new(random(q_out, h, true), zeros(q_out, c.attention_bias)),
-                k_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.attention_bias)),
-                v_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.attention_bias)),
-                o_proj: Linear::new(random(h, q_out, true), zeros(h, c.attention_bias)),
+                q_proj: Linear::new(random(q_out, h, true), zeros(q_out, c.qkv_bias)),
+                k_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.qkv_bias)),
+                v_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.qkv_bias)),
+                o_proj: Linear::new(random(h, q_out, true), zeros(h, c.o_proj_bias)),
                 post_attention_layernorm: ones(h),
                 gate_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
                 up_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
@@ -324,7 +348,7 @@ impl<B: Backend> Llama<B> {
                 }
                 None => (k, v),
             };
-            let mask = AttentionMask { q_offset: start, segment_ids: None };
+            let mask = AttentionMask { q_offset: start, segment_ids: None, window: c.attention_windows[l] };
             let attn = b.causal_attention(&q, &k, &v, &shape, &mask); // [T, heads·d]
             x = b.add(&x, &layer.o_proj.forward(b, &attn));
 

@@ -112,7 +112,8 @@ impl<B: Backend> Llama<B> {
     ) -> (B::Tensor, LayerCache<B>) {
         let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
         let (shape, eps, pos) = (self.config.attention_shape(), self.config.rms_norm_eps, seq.positions);
-        let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids };
+        let window = self.config.attention_windows[l];
+        let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window };
         let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
         let (q, hq) = layer.q_proj.forward_train(b, &h_attn, seed(0));
         let (k, hk) = layer.k_proj.forward_train(b, &h_attn, seed(1));
@@ -139,7 +140,6 @@ impl<B: Backend> Llama<B> {
     pub fn backward(&self, b: &B, cache: TrainCache<'_, B>, dlogits: &B::Tensor) -> Gradients<B> {
         let c = &self.config;
         let (shape, eps, pos) = (c.attention_shape(), c.rms_norm_eps, cache.seq.positions);
-        let mask = AttentionMask { q_offset: 0, segment_ids: cache.seq.segment_ids };
         let train_base = !self.frozen_base;
         let mut grads = Gradients::<B>::new();
         let put_base = |grads: &mut Gradients<B>, name: String, g: Option<B::Tensor>| {
@@ -217,6 +217,7 @@ impl<B: Backend> Llama<B> {
                 &format!("{p}.self_attn.o_proj"),
                 &mut grads,
             );
+            let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: c.attention_windows[l] };
             let (dq, dk, dv) =
                 b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
             let dq = b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq);

@@ -40,6 +40,16 @@ pub struct AttentionMask<'a> {
     pub q_offset: usize,
     /// Packed batches: one segment id per key position; a query only sees keys of its own segment.
     pub segment_ids: Option<&'a [u32]>,
+    /// Sliding-window attention (Mistral, Qwen2): a query sees only the last `window` positions, itself
+    /// included (key j is visible from position p iff p − j < window).
+    pub window: Option<usize>,
+}
+
+impl AttentionMask<'_> {
+    /// The earliest key the window lets `position` see (0 without a window).
+    fn window_start(&self, position: usize) -> usize {
+        self.window.map_or(0, |w| (position + 1).saturating_sub(w))
+    }
 }
 // ANCHOR_END: attention_mask
 
@@ -162,8 +172,8 @@ fn mask_row(
 ) -> (usize, usize) {
     let k1 = k0 + row.len();
     let range = match (mask.segment_ids, spans) {
-        (None, _) => Some((0, position + 1)),
-        (Some(_), Some(sp)) => Some((sp.start[position], position + 1)),
+        (None, _) => Some((mask.window_start(position), position + 1)),
+        (Some(_), Some(sp)) => Some((sp.start[position].max(mask.window_start(position)), position + 1)),
         (Some(_), None) => None, // a segment split into several runs: test each key
     };
     match range {
@@ -185,9 +195,11 @@ fn mask_row(
     }
 }
 
-/// Whether query row `position` (a key position) may see key `key`: causal, and within its segment.
+/// Whether query row `position` (a key position) may see key `key`: causal, within its window and its segment.
 fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
-    key <= position && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
+    key <= position
+        && mask.window.is_none_or(|w| position - key < w)
+        && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
 }
 
 // ANCHOR: attend_tile
@@ -203,8 +215,9 @@ fn attend_tile(
     mask: &AttentionMask,
     spans: Option<&SegmentSpans>,
 ) -> (Array2<f32>, Array1<f32>) {
-    // packed rows: no key before the first query's segment is visible to any query of the tile
-    let first_key = spans.map_or(0, |sp| sp.start[mask.q_offset + row0]);
+    // packed rows: no key before the first query's segment (or window) is visible to any query of the tile
+    let first_row = mask.q_offset + row0;
+    let first_key = spans.map_or(0, |sp| sp.start[first_row]).max(mask.window_start(first_row));
     let rows = q_tile.nrows();
     let mut running_max = Array1::from_elem(rows, f32::NEG_INFINITY);
     let mut running_sum = Array1::<f32>::zeros(rows);
@@ -339,8 +352,11 @@ fn head_backward(
         let (k_blk, v_blk) = (k_h.slice(s![k0..k1, ..]), v_h.slice(s![k0..k1, ..])); // [kb, d]
         // Causality: query row i sees key k0 only if q_offset + i ≥ k0; earlier query blocks are skipped.
         let first_block = k0.saturating_sub(mask.q_offset) / Q_BLOCK;
-        // Packed rows: no query past the end of the last key's segment sees this block.
-        let query_end = spans.map_or(tq, |sp| (sp.end[k1 - 1] + 1).saturating_sub(mask.q_offset).min(tq));
+        // Packed rows: no query past the end of the last key's segment sees this block; with a window, none
+        // further than `window` positions past its last key.
+        let segment_end = spans.map_or(usize::MAX, |sp| sp.end[k1 - 1] + 1);
+        let window_end = mask.window.map_or(usize::MAX, |w| k1 - 1 + w);
+        let query_end = segment_end.min(window_end).saturating_sub(mask.q_offset).min(tq);
         for r0 in (first_block * Q_BLOCK..query_end).step_by(Q_BLOCK) {
             let r1 = (r0 + Q_BLOCK).min(tq);
             let (q_tile, do_tile) = (q_h.slice(s![r0..r1, ..]), do_h.slice(s![r0..r1, ..])); // [qb, d]
@@ -386,8 +402,10 @@ pub fn naive_causal_attention(
         let g = h / group;
         for i in 0..q.nrows() {
             let position = mask.q_offset + i;
-            let visible: Vec<usize> =
-                (0..=position).filter(|&j| mask.segment_ids.is_none_or(|seg| seg[j] == seg[position])).collect();
+            let visible: Vec<usize> = (0..=position)
+                .filter(|&j| mask.segment_ids.is_none_or(|seg| seg[j] == seg[position]))
+                .filter(|&j| mask.window.is_none_or(|w| position - j < w))
+                .collect();
             let scores: Vec<f64> = visible
                 .iter()
                 .map(|&j| {
@@ -423,7 +441,8 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn tiled_equals_naive(tq in 1usize..150, extra_keys in 0usize..140, kv in 1usize..3, group in 1usize..3,
-                              d in 1usize..9, packed in any::<bool>(), seed in any::<u64>()) {
+                              d in 1usize..9, packed in any::<bool>(), window in prop::option::of(1usize..80),
+                              seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
             let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d * 2,
                                          scale: 1.0 / ((d * 2) as f32).sqrt() };
@@ -439,7 +458,7 @@ mod tests {
                 segments.extend(std::iter::repeat_n(id, len.min(tk - segments.len())));
                 id += 1;
             }
-            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()) };
+            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()), window };
             let tiled = causal_attention(q.view(), k.view(), v.view(), &shape, &mask);
             let naive = naive_causal_attention(q.view(), k.view(), v.view(), &shape, &mask);
             prop_assert!(max_abs_diff(&tiled, &naive) < 1e-5, "max diff {}", max_abs_diff(&tiled, &naive));
@@ -505,7 +524,7 @@ mod tests {
         #[test]
         fn backward_matches_finite_differences(tq in 1usize..6, extra_keys in 0usize..4, kv in 1usize..3,
                                                group in 1usize..3, half in 1usize..3, packed in any::<bool>(),
-                                               seed in any::<u64>()) {
+                                               window in prop::option::of(1usize..5), seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
             let d = 2 * half;
             let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
@@ -514,7 +533,7 @@ mod tests {
             let k = random(tk, kv * d, &mut rng);
             let v = random(tk, kv * d, &mut rng);
             let segments = random_segments(tk, 4, &mut rng);
-            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()) };
+            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()), window };
             let r = random(tq, shape.n_heads * d, &mut rng);
             let (out, lse) = causal_attention_with_lse(q.view(), k.view(), v.view(), &shape, &mask);
             let (dq, dk, dv) = causal_attention_backward(r.view(), q.view(), k.view(), v.view(), out.view(), lse.view(),
@@ -531,7 +550,7 @@ mod tests {
         #[test]
         fn tiled_backward_equals_naive(tq in 1usize..150, extra_keys in 0usize..140, kv in 1usize..3,
                                        group in 1usize..3, d in 1usize..5, packed in any::<bool>(),
-                                       seed in any::<u64>()) {
+                                       window in prop::option::of(1usize..80), seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
             let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d * 2,
                                          scale: 1.0 / ((d * 2) as f32).sqrt() };
@@ -541,7 +560,7 @@ mod tests {
             let v = random(tk, kv * shape.head_dim, &mut rng);
             let dout = random(tq, shape.n_heads * shape.head_dim, &mut rng);
             let segments = random_segments(tk, 40, &mut rng);
-            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()) };
+            let mask = AttentionMask { q_offset: extra_keys, segment_ids: packed.then_some(segments.as_slice()), window };
             let (out, lse) = causal_attention_with_lse(q.view(), k.view(), v.view(), &shape, &mask);
             let got = causal_attention_backward(dout.view(), q.view(), k.view(), v.view(), out.view(), lse.view(),
                                                 &shape, &mask);

@@ -6,12 +6,14 @@ use crate::backend::{AttentionDims, AttentionMask, AttentionShape, segment_bound
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
 
-// SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints and a float, no padding).
+// SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints, a float, an int; no padding).
 unsafe impl cudarc::driver::DeviceRepr for AttentionDims {}
 
 fn attention_dims(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) -> AttentionDims {
     let fits = |n: usize, what: &str| int(n, what) as usize;
-    AttentionDims::new(fits(q.rows, "tq"), fits(k.rows, "tk"), shape, fits(mask.q_offset, "q_offset"))
+    fits(mask.q_offset, "q_offset");
+    mask.window.map(|w| fits(w, "sliding window"));
+    AttentionDims::new(fits(q.rows, "tq"), fits(k.rows, "tk"), shape, mask)
 }
 
 /// A packed batch's segments on the device (see attention.cu).

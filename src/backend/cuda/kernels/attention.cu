@@ -19,16 +19,20 @@
 // Visibility: query i sits at position q_offset + i and sees key j iff j ≤ q_offset + i and, in a packed
 // batch, segment_ids[j] == segment_ids[q_offset + i]. segment_first[p] / segment_last[p] are the first and
 // last positions holding p's segment id, so the loops skip other documents without testing each key
-// (segment ids need not be contiguous: visibility is still checked per key). All three may be null.
+// (segment ids need not be contiguous: visibility is still checked per key). All three may be null. With a
+// sliding window w > 0 (Mistral, Qwen2) a query also sees only keys with query_pos − j < w.
 
 // The sizes every attention kernel takes (by value; the Rust side mirrors it field for field).
 struct AttentionDims {
     int tq, tk, heads, kv_heads, d, q_offset;
     float scale;
+    int window;  // 0: no sliding window
 };
 
-__device__ __forceinline__ bool visible(const unsigned int* segment_ids, int query_pos, int key) {
-    return key <= query_pos && (segment_ids == nullptr || segment_ids[key] == segment_ids[query_pos]);
+__device__ __forceinline__ bool visible(const AttentionDims& a, const unsigned int* segment_ids, int query_pos,
+                                        int key) {
+    return key <= query_pos && (a.window == 0 || query_pos - key < a.window) &&
+           (segment_ids == nullptr || segment_ids[key] == segment_ids[query_pos]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -86,14 +90,18 @@ __device__ __forceinline__ void accumulate_tile(float* acc, float w, const float
     }
 }
 
-__device__ __forceinline__ int segment_start(const unsigned int* segment_first, int query_pos) {
-    return segment_first ? (int)segment_first[query_pos] : 0;
+// The first key a query may see: the start of its document, or of its window if that is later.
+__device__ __forceinline__ int first_key(const AttentionDims& a, const unsigned int* segment_first, int query_pos) {
+    const int segment_start = segment_first ? (int)segment_first[query_pos] : 0;
+    return a.window > 0 ? max(segment_start, query_pos + 1 - a.window) : segment_start;
 }
 
-// The queries that can see key j: from the first at or after it to the last of its document.
+// The queries that can see key j: from the first at or after it to the last of its document (and window).
 __device__ __forceinline__ int first_query(const AttentionDims& a, int j) { return max(0, j - a.q_offset); }
 __device__ __forceinline__ int last_query(const AttentionDims& a, const unsigned int* segment_last, int j) {
-    return segment_last ? min(a.tq - 1, (int)segment_last[j] - a.q_offset) : a.tq - 1;
+    int last = segment_last ? min(a.tq - 1, (int)segment_last[j] - a.q_offset) : a.tq - 1;
+    if (a.window > 0) last = min(last, j + a.window - 1 - a.q_offset);
+    return last;
 }
 
 // What a warp of a query-major tiled kernel (forward, dq) owns: query row i of head h, if it is a row at all
@@ -119,8 +127,8 @@ __device__ __forceinline__ QueryBlock query_block(const AttentionDims& a, const 
     b.kv_off = (long long)(b.h / (a.heads / a.kv_heads)) * a.d;
     b.key_hi = a.q_offset + i0 + rows - 1;
     b.key_lo = b.key_hi + 1;  // an empty range when the block has no rows
-    for (int r = 0; r < rows; ++r) b.key_lo = min(b.key_lo, segment_start(segment_first, a.q_offset + i0 + r));
-    b.my_first = b.active ? segment_start(segment_first, b.query_pos) : 0;
+    for (int r = 0; r < rows; ++r) b.key_lo = min(b.key_lo, first_key(a, segment_first, a.q_offset + i0 + r));
+    b.my_first = b.active ? first_key(a, segment_first, b.query_pos) : 0;
     return b;
 }
 
@@ -147,7 +155,7 @@ extern "C" __global__ void attention_forward_tiled(float* out, float* lse, const
         if (!b.active || t0 > b.query_pos || t0 + n <= b.my_first) continue;  // nothing this warp can see
         // lane = key: one score per lane, invisible keys −∞
         const int j = t0 + lane;
-        const bool see = lane < n && visible(segment_ids, b.query_pos, j);
+        const bool see = lane < n && visible(a, segment_ids, b.query_pos, j);
         const float s = see ? dot_tile_row(my_q, k_tile, d, lane) * a.scale : -INFINITY;
         const float tile_max = warp_max(s);
         if (tile_max == -INFINITY) continue;  // another document's keys only (the same in every lane)
@@ -199,7 +207,7 @@ extern "C" __global__ void attention_backward_dq_tiled(float* dq, const float* d
         __syncthreads();
         if (!b.active || t0 > b.query_pos || t0 + n <= b.my_first) continue;
         float ds = 0.0f;  // lane = key
-        if (lane < n && visible(segment_ids, b.query_pos, t0 + lane)) {
+        if (lane < n && visible(a, segment_ids, b.query_pos, t0 + lane)) {
             const float p = expf(dot_tile_row(my_q, k_tile, d, lane) * a.scale - lse_i);
             ds = p * (dot_tile_row(my_dout, v_tile, d, lane) - delta_i);
         }
@@ -259,7 +267,7 @@ extern "C" __global__ void attention_backward_dkdv_tiled(float* dk, float* dv, c
             __syncthreads();
             if (!active || t0 > my_hi || t0 + n <= my_lo) continue;
             float p = 0.0f, ds = 0.0f;  // lane = query
-            if (lane < n && visible(segment_ids, a.q_offset + t0 + lane, j)) {
+            if (lane < n && visible(a, segment_ids, a.q_offset + t0 + lane, j)) {
                 p = expf(dot_tile_row(my_k, q_tile, d, lane) * a.scale - lse_tile[lane]);
                 ds = p * (dot_tile_row(my_v, dout_tile, d, lane) - delta_tile[lane]);
             }
@@ -337,8 +345,8 @@ extern "C" __global__ void attention_forward_per_key(float* out, float* lse, con
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
     const int query_pos = a.q_offset + w.i;
     float m = -INFINITY, l = 0.0f;
-    for (int j = segment_first ? (int)segment_first[query_pos] : 0; j <= query_pos; ++j) {
-        if (!visible(segment_ids, query_pos, j)) continue;
+    for (int j = first_key(a, segment_first, query_pos); j <= query_pos; ++j) {
+        if (!visible(a, segment_ids, query_pos, j)) continue;
         const float* kj = k + j * kv_stride + w.kv_off;
         const float* vj = v + j * kv_stride + w.kv_off;
         const float s = dot_row(qi, kj, d, lane) * a.scale;
@@ -388,8 +396,8 @@ extern "C" __global__ void attention_backward_dq_per_key(float* dq, const float*
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
     const float lse_i = lse[ih], delta_i = delta[ih];
     const int query_pos = a.q_offset + w.i;
-    for (int j = segment_first ? (int)segment_first[query_pos] : 0; j <= query_pos; ++j) {
-        if (!visible(segment_ids, query_pos, j)) continue;
+    for (int j = first_key(a, segment_first, query_pos); j <= query_pos; ++j) {
+        if (!visible(a, segment_ids, query_pos, j)) continue;
         const float* kj = k + j * kv_stride + w.kv_off;
         const float p = expf(dot_row(qi, kj, d, lane) * a.scale - lse_i);
         const float ds = p * (dot_row(doi, v + j * kv_stride + w.kv_off, d, lane) - delta_i);
@@ -428,7 +436,7 @@ extern "C" __global__ void attention_backward_dkdv_per_key(float* dk, float* dv,
     const int first = first_query(a, j), last = last_query(a, segment_last, j);
     for (int h = g * group; h < (g + 1) * group; ++h) {
         for (int i = first; i <= last; ++i) {
-            if (!visible(segment_ids, q_offset + i, j)) continue;
+            if (!visible(a, segment_ids, q_offset + i, j)) continue;
             const float* qi = q + i * q_stride + h * d;
             const float* doi = dout + i * q_stride + h * d;
             const long long ih = (long long)i * heads + h;

@@ -1,0 +1,122 @@
+//! Mistral and Qwen2 — the Llama decoder with other biases and sliding windows — against transformers 5.24.0
+//! (`fixtures/generate.py --only families`; the cases are described in `fixtures/families/README.md`).
+//!
+//! Tolerances as for Llama (DESIGN §5): logits ≤ 1e-4 absolute; loss ≤ 1e-5 absolute; every gradient ≤ 1e-3
+//! of its tensor's largest magnitude; greedy continuations (through the KV cache, past the window) equal.
+
+use mftcoder::backend::Backend;
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::infer::generate::{Decoding, generate};
+use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+use mftcoder::io::safetensors::WeightStore;
+use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+use mftcoder::models::llama::{Llama, Logits, Sequence, hf_shape};
+use mftcoder::models::{self, load_causal_lm};
+use ndarray::Array2;
+use std::path::{Path, PathBuf};
+
+const CASES: [&str; 4] = ["mistral_window", "mistral_headdim_tied", "qwen2_bias_tied", "qwen2_window_layers"];
+
+fn case_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families").join(case)
+}
+
+fn golden(case: &str) -> WeightStore {
+    WeightStore::open(&case_dir(case).join("golden.safetensors")).unwrap()
+}
+
+fn ids(golden: &WeightStore, name: &str) -> Vec<u32> {
+    golden.tensor_i64(name).unwrap().iter().map(|&i| u32::try_from(i).expect("token id")).collect()
+}
+
+fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Array2<f32> {
+    Cpu.download(&model.forward(&Cpu, ids, None, Logits::All).unwrap())
+}
+
+#[test]
+fn configs_resolve_as_transformers_does() {
+    let config = |case: &str| models::decoder_config(&HfConfig::read(&case_dir(case)).unwrap()).unwrap();
+    let mistral = config("mistral_window");
+    assert_eq!(mistral.attention_windows, vec![Some(8); 2]);
+    assert!(!mistral.qkv_bias && !mistral.o_proj_bias);
+    let tied = config("mistral_headdim_tied");
+    assert_eq!((tied.head_dim, tied.attention_windows.clone(), tied.tie_word_embeddings), (24, vec![None; 2], true));
+    let qwen = config("qwen2_bias_tied");
+    assert!(qwen.qkv_bias && !qwen.o_proj_bias && !qwen.mlp_bias);
+    assert_eq!(qwen.attention_windows, vec![None; 2]);
+    assert_eq!(config("qwen2_window_layers").attention_windows, vec![None, Some(6), Some(6)]);
+}
+
+#[test]
+fn logits_match_transformers() {
+    for case in CASES {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let want = golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();
+        let diff = max_abs_diff(&logits(&load_causal_lm(&Cpu, &case_dir(case)).unwrap(), &ids), &want);
+        eprintln!("{case}: T = {}, max |Δlogits| = {diff:.2e}", ids.len());
+        assert!(diff <= 1e-4, "{case}: max |Δlogits| = {diff}");
+    }
+}
+
+/// The windowed cases would fail without their windows: the goldens pin the window down.
+#[test]
+fn dropping_the_window_changes_the_logits() {
+    for case in ["mistral_window", "qwen2_window_layers"] {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let want: Array2<f32> = golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();
+        let mut model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
+        model.config.attention_windows.fill(None);
+        let diff = max_abs_diff(&logits(&model, &ids), &want);
+        assert!(diff > 1e-2, "{case}: without the window the logits still match ({diff:.2e})");
+    }
+}
+
+#[test]
+fn loss_and_gradients_match_pytorch_autograd() {
+    for case in CASES {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let positions: Vec<usize> = (0..ids.len()).collect();
+        let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
+        let (targets, weights) = next_token_targets(&ids, None, None);
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
+        let result = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();
+        let want = golden.tensor_f32("loss").unwrap()[[0]] as f64;
+        assert!((result.loss - want).abs() <= 1e-5, "{case}: loss {} vs {want}", result.loss);
+
+        let wanted: Vec<&str> = golden.names().filter_map(|n| n.strip_prefix("grad.")).collect();
+        let mut got: Vec<&str> = result.grads.keys().map(String::as_str).collect();
+        got.sort();
+        assert_eq!(got, wanted, "{case}: parameter sets differ");
+        let mut worst = 0.0f32;
+        for (name, grad) in &result.grads {
+            let want = golden.tensor_f32(&format!("grad.{name}")).unwrap();
+            assert_eq!(hf_shape(name, grad.dim()), want.shape(), "{case}: {name}");
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let rel = grad.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(rel <= 1e-3, "{case}: {name}: max |Δgrad| is {rel:.2e} of the tensor's max {scale:.3e}");
+            worst = worst.max(rel);
+        }
+        eprintln!("{case}: loss {:.6}, {} gradients, worst relative error {worst:.2e}", result.loss, got.len());
+    }
+}
+
+#[test]
+fn greedy_continuation_through_the_kv_cache_matches_transformers() {
+    for case in CASES {
+        let golden = golden(case);
+        let (prompt, want) = (ids(&golden, "greedy_prompt_ids"), ids(&golden, "greedy_ids"));
+        let dir = case_dir(case);
+        let model = load_causal_lm(&Cpu, &dir).unwrap();
+        let eos = generation_eos_ids(&dir, &HfConfig::read(&dir).unwrap()).unwrap();
+        let got = generate(&model, &Cpu, &prompt, 24, &Decoding::Greedy, &eos).unwrap();
+        assert_eq!(got, want, "{case}");
+    }
+}
