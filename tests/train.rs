@@ -326,6 +326,31 @@ fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
+/// Mistral and Qwen2 bases (sliding windows of 8 and 6 on 64-token rows, Qwen2's q/k/v biases) train through
+/// the same loop: PEFT adapters on every linear layer, validation loss falling.
+#[test]
+fn lora_fine_tunes_of_mistral_and_qwen2_bases_lower_the_loss() {
+    for (case, layers) in [("mistral_window", 2), ("qwen2_window_layers", 3)] {
+        let dir = scratch(&format!("lora_{case}"));
+        let out = dir.join("out");
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families").join(case);
+        let cfg = write_config(
+            &dir,
+            &out,
+            serde_json::json!({"pretrained_model_path": base, "peft_type": "lora", "lora_rank": 8,
+            "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 4}),
+        );
+        let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+        assert!(run.status.success(), "{case}: {}", String::from_utf8_lossy(&run.stderr));
+        let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+        assert!(evals.last().unwrap() < &(evals[0] - 0.3), "{case}: validation loss {evals:?} did not fall enough");
+        let latest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
+        let adapter = mftcoder::peft::Adapter::load(Path::new(latest["latest_ckpt"].as_str().unwrap())).unwrap();
+        assert_eq!(adapter.tensors.len(), 7 * layers, "{case}: all-linear on {layers} layers");
+    }
+}
+
 #[test]
 fn qlora_fine_tune_keeps_the_base_in_four_bits_and_lowers_the_loss() {
     let dir = scratch("qlora");

@@ -15,6 +15,7 @@ use std::path::Path;
 /// The `model_type` values this build can run.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
 
+// ANCHOR: decoder_dispatch
 /// The decoder config of a supported `model_type` (Llama, and the architectures that are Llama's decoder with
 /// other biases and attention windows).
 pub fn decoder_config(config: &HfConfig) -> Result<llama::LlamaConfig> {
@@ -29,6 +30,7 @@ pub fn decoder_config(config: &HfConfig) -> Result<llama::LlamaConfig> {
         ),
     }
 }
+// ANCHOR_END: decoder_dispatch
 
 /// Load a Hugging Face model directory (config.json + safetensors) onto a backend.
 pub fn load_causal_lm<B: Backend>(backend: &B, model_dir: &Path) -> Result<llama::Llama<B>> {

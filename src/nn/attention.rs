@@ -195,12 +195,14 @@ fn mask_row(
     }
 }
 
+// ANCHOR: visible
 /// Whether query row `position` (a key position) may see key `key`: causal, within its window and its segment.
 fn visible(mask: &AttentionMask, position: usize, key: usize) -> bool {
     key <= position
         && mask.window.is_none_or(|w| position - key < w)
         && mask.segment_ids.is_none_or(|seg| seg[key] == seg[position])
 }
+// ANCHOR_END: visible
 
 // ANCHOR: attend_tile
 /// One query tile of one head against all the keys it may see, with the online softmax.

@@ -29,11 +29,13 @@ struct AttentionDims {
     int window;  // 0: no sliding window
 };
 
+// ANCHOR: kernel_visible
 __device__ __forceinline__ bool visible(const AttentionDims& a, const unsigned int* segment_ids, int query_pos,
                                         int key) {
     return key <= query_pos && (a.window == 0 || query_pos - key < a.window) &&
            (segment_ids == nullptr || segment_ids[key] == segment_ids[query_pos]);
 }
+// ANCHOR_END: kernel_visible
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tiled kernels, head_dim ≤ 128.
@@ -90,6 +92,7 @@ __device__ __forceinline__ void accumulate_tile(float* acc, float w, const float
     }
 }
 
+// ANCHOR: kernel_bounds
 // The first key a query may see: the start of its document, or of its window if that is later.
 __device__ __forceinline__ int first_key(const AttentionDims& a, const unsigned int* segment_first, int query_pos) {
     const int segment_start = segment_first ? (int)segment_first[query_pos] : 0;
@@ -103,6 +106,7 @@ __device__ __forceinline__ int last_query(const AttentionDims& a, const unsigned
     if (a.window > 0) last = min(last, j + a.window - 1 - a.q_offset);
     return last;
 }
+// ANCHOR_END: kernel_bounds
 
 // What a warp of a query-major tiled kernel (forward, dq) owns: query row i of head h, if it is a row at all
 // (the last block may have fewer than TILE_WARPS), and the keys the whole block walks.
