@@ -79,7 +79,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
         "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
         "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim, "hidden_act": "silu",
-        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope.theta, "tie_word_embeddings": true,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope.theta, "tie_word_embeddings": true,
         "max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32"
     });
     write_atomic(&base.join("config.json"), serde_json::to_string_pretty(&hf_config)?.as_bytes())?;

@@ -97,7 +97,8 @@ fn elementwise<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Ar
     b.add_assign(&mut acc, &x);
     let dy = b.upload(matrix(rows, cols, seed + 2, 1.0));
     let (dgate, dup) = b.swiglu_backward(&dy, &x, &y);
-    downloaded(b, vec![acc, b.scale(&x, 3.5), b.mul(&x, &y), b.swiglu(&x, &y), dgate, dup])
+    let (gelu, dgelu) = (b.gelu_tanh(&y), b.gelu_tanh_backward(&dy, &y));
+    downloaded(b, vec![acc, b.scale(&x, 3.5), b.mul(&x, &y), b.swiglu(&x, &y), dgate, dup, gelu, dgelu])
 }
 
 // ANCHOR: linear_case
@@ -118,6 +119,9 @@ fn norm_rope_embedding<B: Backend>(b: &B, t: usize, heads: usize, half: usize, s
     let w = b.upload(matrix(1, heads * d, seed + 1, 1.0));
     let dy = b.upload(matrix(t, heads * d, seed + 2, 1.0));
     let (dx, dw) = b.rms_norm_backward(&dy, &x, &w, 1e-6);
+    let (shifted, bias) =
+        (b.upload(matrix(t, heads * d, seed, 1.0).mapv(|v| v + 3.0)), b.upload(matrix(1, heads * d, seed + 4, 0.5)));
+    let (ln_dx, ln_dw, ln_db) = b.layer_norm_backward(&dy, &shifted, &w, 1e-5);
     let positions: Vec<usize> = (0..t).map(|i| 3 * i + 7).collect();
     let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(2.0 * i as f32) / d as f32)).collect();
     let table = b.upload(matrix(50, heads * d, seed + 3, 1.0));
@@ -128,6 +132,10 @@ fn norm_rope_embedding<B: Backend>(b: &B, t: usize, heads: usize, half: usize, s
             b.rms_norm(&x, &w, 1e-6),
             dx,
             dw,
+            b.layer_norm(&shifted, &w, &bias, 1e-5),
+            ln_dx,
+            ln_dw,
+            ln_db,
             b.rope(&x, heads, d, &positions, &inv_freq),
             b.rope_backward(&dy, heads, d, &positions, &inv_freq),
             b.embedding(&table, &ids),
@@ -169,7 +177,7 @@ proptest! {
     #[test]
     fn elementwise_ops(rows in 1usize..40, cols in 1usize..300, seed in 0u64..1000) {
         let Some(g) = gpu(Precision::F32) else { return Ok(()) };
-        check("add/add_scaled/scale/mul/swiglu", 1e-5, elementwise(&Cpu, rows, cols, seed), elementwise(g, rows, cols, seed));
+        check("add/add_scaled/scale/mul/swiglu/gelu", 1e-5, elementwise(&Cpu, rows, cols, seed), elementwise(g, rows, cols, seed));
     }
 
     #[test]
@@ -183,7 +191,7 @@ proptest! {
     #[test]
     fn rms_norm_rope_embedding(t in 1usize..40, heads in 1usize..5, half in 1usize..33, seed in 0u64..1000) {
         let Some(g) = gpu(Precision::F32) else { return Ok(()) };
-        check("rms_norm/rope/embedding", 1e-5, norm_rope_embedding(&Cpu, t, heads, half, seed), norm_rope_embedding(g, t, heads, half, seed));
+        check("rms_norm/layer_norm/rope/embedding", 1e-5, norm_rope_embedding(&Cpu, t, heads, half, seed), norm_rope_embedding(g, t, heads, half, seed));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Mistral and Qwen2 — the Llama decoder with other biases and sliding windows — against transformers 5.24.0
-//! (`fixtures/generate.py --only families`; the cases are described in `fixtures/families/README.md`).
+//! Mistral, Qwen2, StarCoder2 and Gemma — the Llama decoder with other biases, sliding windows, norms and MLPs
+//! — against transformers 5.24.0 (`fixtures/generate.py --only families`; the cases are described in
+//! `fixtures/families/README.md`).
 //!
 //! Tolerances as for Llama (DESIGN §5): logits ≤ 1e-4 absolute; loss ≤ 1e-5 absolute; every gradient ≤ 1e-3
 //! of its tensor's largest magnitude; greedy continuations (through the KV cache, past the window) equal.
@@ -10,12 +11,21 @@ use mftcoder::infer::generate::{Decoding, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::llama::{Llama, Logits, Sequence, hf_shape};
+use mftcoder::models::llama::{Llama, Logits, MlpKind, NormKind, Sequence, hf_shape};
 use mftcoder::models::{self, load_causal_lm};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
 
-const CASES: [&str; 4] = ["mistral_window", "mistral_headdim_tied", "qwen2_bias_tied", "qwen2_window_layers"];
+const CASES: [&str; 8] = [
+    "mistral_window",
+    "mistral_headdim_tied",
+    "qwen2_bias_tied",
+    "qwen2_window_layers",
+    "starcoder2_window",
+    "starcoder2_untied_nowindow",
+    "gemma_tied",
+    "gemma_headdim",
+];
 
 fn case_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families").join(case)
@@ -50,6 +60,14 @@ fn configs_resolve_as_transformers_does() {
     assert!(qwen.qkv_bias && !qwen.o_proj_bias && !qwen.mlp_bias);
     assert_eq!(qwen.attention_windows, vec![None; 2]);
     assert_eq!(config("qwen2_window_layers").attention_windows, vec![None, Some(6), Some(6)]);
+    let starcoder = config("starcoder2_window");
+    assert_eq!((starcoder.norm, starcoder.mlp, starcoder.norm_eps), (NormKind::Layer, MlpKind::PlainGelu, 1e-5));
+    assert!(starcoder.qkv_bias && starcoder.o_proj_bias && starcoder.mlp_bias && starcoder.tie_word_embeddings);
+    assert_eq!(starcoder.attention_windows, vec![Some(8); 2]);
+    assert_eq!(config("starcoder2_untied_nowindow").rope.theta, 500.0);
+    let gemma = config("gemma_headdim");
+    assert_eq!((gemma.norm, gemma.mlp, gemma.head_dim), (NormKind::RmsUnitOffset, MlpKind::GatedGelu, 24));
+    assert_eq!(gemma.embedding_scale, Some(48f32.sqrt()));
 }
 
 #[test]
@@ -67,7 +85,7 @@ fn logits_match_transformers() {
 /// The windowed cases would fail without their windows: the goldens pin the window down.
 #[test]
 fn dropping_the_window_changes_the_logits() {
-    for case in ["mistral_window", "qwen2_window_layers"] {
+    for case in ["mistral_window", "qwen2_window_layers", "starcoder2_window"] {
         let golden = golden(case);
         let ids = ids(&golden, "input_ids");
         let want: Array2<f32> = golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();

@@ -133,6 +133,13 @@ fn elementwise_kernels() {
         assert_close("swiglu dgate", &want_dg, &dg, 1e-6);
         assert_close("swiglu dup", &want_du, &du, 1e-6);
 
+        let gelu: unsafe extern "C" fn(u32, u32, u32, P, C, i64) = emu.kernel("gelu_tanh");
+        gelu(gx, gy, bx, p(&mut out), c(&y), len);
+        assert_close("gelu_tanh", &Cpu.gelu_tanh(&y), &out, 1e-6);
+        let gelu_backward: unsafe extern "C" fn(u32, u32, u32, P, C, C, i64) = emu.kernel("gelu_tanh_backward");
+        gelu_backward(gx, gy, bx, p(&mut out), c(&dy), c(&y), len);
+        assert_close("gelu_tanh backward", &Cpu.gelu_tanh_backward(&dy, &y), &out, 1e-6);
+
         let concat: unsafe extern "C" fn(u32, u32, u32, P, C, i64, C, i64) = emu.kernel("concat_rows");
         let mut joined = zeros(2 * r, n);
         concat(gx, gy, bx, p(&mut joined), c(&x), len, c(&y), len);
@@ -217,6 +224,23 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
         let (want_dx, want_dw) = Cpu.rms_norm_backward(&dy, &x, &w, 1e-6);
         assert_close("rms_norm dx", &want_dx, &dx, 1e-5);
         assert_close("rms_norm dw", &want_dw, &dw_rows.sum_axis(ndarray::Axis(0)).insert_axis(ndarray::Axis(0)), 1e-5);
+
+        // LayerNorm on rows shifted far from zero (mean 3): the two-pass variance must not cancel
+        let (shifted, bias) = (x.mapv(|v| v + 3.0), matrix(1, h, 11, 0.5));
+        let layer_norm: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, i32, f32) = emu.kernel("layer_norm");
+        layer_norm(g0, g1, g2, p(&mut y), c(&shifted), c(&w), c(&bias), h as i32, 1e-5);
+        assert_close("layer_norm", &Cpu.layer_norm(&shifted, &w, &bias, 1e-5), &y, 1e-5);
+        let ln_backward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, i32, f32) =
+            emu.kernel("layer_norm_backward");
+        ln_backward(g0, g1, g2, p(&mut dx), p(&mut dw_rows), c(&dy), c(&shifted), c(&w), h as i32, 1e-5);
+        let (want_dx, want_dw, _) = Cpu.layer_norm_backward(&dy, &shifted, &w, 1e-5);
+        assert_close("layer_norm dx", &want_dx, &dx, 1e-5);
+        assert_close(
+            "layer_norm dw",
+            &want_dw,
+            &dw_rows.sum_axis(ndarray::Axis(0)).insert_axis(ndarray::Axis(0)),
+            1e-5,
+        );
 
         let rope: unsafe extern "C" fn(u32, u32, u32, P, C, Ids, C, i32, i32, i32, f32) = emu.kernel("rope");
         let positions: Vec<usize> = (0..t).map(|i| 5 * i + 3).collect();

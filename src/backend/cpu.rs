@@ -73,6 +73,12 @@ impl Backend for Cpu {
     fn swiglu(&self, gate: &Array2<f32>, up: &Array2<f32>) -> Array2<f32> {
         nn::mlp::swiglu(gate.view(), up.view())
     }
+    fn layer_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: &Array2<f32>, eps: f32) -> Array2<f32> {
+        nn::layer_norm::layer_norm(x.view(), weight.row(0), bias.row(0), eps)
+    }
+    fn gelu_tanh(&self, x: &Array2<f32>) -> Array2<f32> {
+        nn::mlp::gelu_tanh_rows(x.view())
+    }
     fn concat_rows(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         concatenate(Axis(0), &[a.view(), b.view()]).expect("concat_rows: column counts differ")
     }
@@ -145,6 +151,19 @@ impl Backend for Cpu {
     }
     fn swiglu_backward(&self, dy: &Array2<f32>, gate: &Array2<f32>, up: &Array2<f32>) -> (Array2<f32>, Array2<f32>) {
         nn::mlp::swiglu_backward(dy.view(), gate.view(), up.view())
+    }
+    fn layer_norm_backward(
+        &self,
+        dy: &Array2<f32>,
+        x: &Array2<f32>,
+        weight: &Array2<f32>,
+        eps: f32,
+    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        let (dx, dw, db) = nn::layer_norm::layer_norm_backward(dy.view(), x.view(), weight.row(0), eps);
+        (dx, dw.insert_axis(Axis(0)), db.insert_axis(Axis(0)))
+    }
+    fn gelu_tanh_backward(&self, dy: &Array2<f32>, x: &Array2<f32>) -> Array2<f32> {
+        nn::mlp::gelu_tanh_backward(dy.view(), x.view())
     }
     fn embedding_backward(&self, dy: &Array2<f32>, ids: &[u32], vocab: usize) -> Array2<f32> {
         nn::embedding::embedding_backward(dy.view(), ids, vocab)

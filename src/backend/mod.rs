@@ -67,8 +67,12 @@ pub trait Backend: Sync {
         shape: &AttentionShape,
         mask: &AttentionMask,
     ) -> Self::Tensor;
+    /// x: [T, H], weight, bias: [1, H] → LayerNorm(x)·w + b
+    fn layer_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// silu(gate) ⊙ up, both [T, I]
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// GELU, tanh approximation, element-wise
+    fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
     /// [a; b] stacked by rows (the KV cache grows this way)
     fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// rows start..end
@@ -115,6 +119,14 @@ pub trait Backend: Sync {
         weight: &Self::Tensor,
         eps: f32,
     ) -> (Self::Tensor, Self::Tensor);
+    /// → (dx [T, H], dweight [1, H], dbias [1, H])
+    fn layer_norm_backward(
+        &self,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
     fn rope_backward(
         &self,
         dy: &Self::Tensor,
@@ -130,6 +142,8 @@ pub trait Backend: Sync {
         gate: &Self::Tensor,
         up: &Self::Tensor,
     ) -> (Self::Tensor, Self::Tensor);
+    /// dx = dy·gelu′(x)
+    fn gelu_tanh_backward(&self, dy: &Self::Tensor, x: &Self::Tensor) -> Self::Tensor;
     /// dy: [T, H] → dtable [vocab, H] (repeated ids accumulate)
     fn embedding_backward(&self, dy: &Self::Tensor, ids: &[u32], vocab: usize) -> Self::Tensor;
     /// Fused softmax + cross-entropy: per-row losses ℓₜ (on the host: they drive logging and loss weighting)

@@ -149,3 +149,80 @@ impl<B: Backend> Linear<B> {
     }
     // ANCHOR_END: linear_layer_backward
 }
+
+// ANCHOR: norm
+/// Which normalisation a decoder applies before attention, before the MLP and before the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm, y = x̂·w (Llama, Mistral, Qwen2).
+    Rms,
+    /// RMSNorm with the weight stored as an offset from one, y = x̂·(1 + w) (Gemma).
+    RmsUnitOffset,
+    /// LayerNorm with a bias, y = (x − μ)·r·w + b (StarCoder2).
+    Layer,
+}
+
+/// A norm's parameters: weight [1, H], and a bias [1, H] for LayerNorm.
+pub struct Norm<B: Backend> {
+    pub weight: B::Tensor,
+    pub bias: Option<B::Tensor>,
+    kind: NormKind,
+    eps: f32,
+    /// The 1 of Gemma's 1 + w, as a [1, H] row of ones.
+    ones: Option<B::Tensor>,
+}
+
+impl<B: Backend> Norm<B> {
+    pub fn new(b: &B, kind: NormKind, eps: f32, weight: B::Tensor, bias: Option<B::Tensor>) -> Self {
+        assert_eq!(bias.is_some(), kind == NormKind::Layer, "a bias exactly for LayerNorm");
+        let ones = (kind == NormKind::RmsUnitOffset).then(|| b.upload(ndarray::Array2::ones(b.dims(&weight))));
+        Norm { weight, bias, kind, eps, ones }
+    }
+
+    /// The weight the RMSNorm op multiplies by: w, or 1 + w.
+    fn scale(&self, b: &B) -> Cow<'_, B::Tensor> {
+        match &self.ones {
+            Some(ones) => Cow::Owned(b.add(&self.weight, ones)),
+            None => Cow::Borrowed(&self.weight),
+        }
+    }
+
+    /// x: [T, H] → [T, H]
+    pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
+        match (self.kind, &self.bias) {
+            (NormKind::Layer, Some(bias)) => b.layer_norm(x, &self.weight, bias, self.eps),
+            _ => b.rms_norm(x, &self.scale(b), self.eps),
+        }
+    }
+
+    /// dy, x (the forward's input): [T, H] → dx; with `train`, ∂L/∂w (and ∂L/∂b) go into `grads` as
+    /// `{name}.weight` (`{name}.bias`). For 1 + w, ∂L/∂w is the gradient of the effective weight itself.
+    pub fn backward(
+        &self,
+        b: &B,
+        dy: &B::Tensor,
+        x: &B::Tensor,
+        train: bool,
+        name: &str,
+        grads: &mut Gradients<B>,
+    ) -> B::Tensor {
+        let (dx, dweight, dbias) = match self.kind {
+            NormKind::Layer => {
+                let (dx, dw, db) = b.layer_norm_backward(dy, x, &self.weight, self.eps);
+                (dx, dw, Some(db))
+            }
+            _ => {
+                let (dx, dw) = b.rms_norm_backward(dy, x, &self.scale(b), self.eps);
+                (dx, dw, None)
+            }
+        };
+        if train {
+            grads.insert(format!("{name}.weight"), dweight);
+            if let Some(db) = dbias {
+                grads.insert(format!("{name}.bias"), db);
+            }
+        }
+        dx
+    }
+}
+// ANCHOR_END: norm

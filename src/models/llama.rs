@@ -24,7 +24,12 @@ pub struct LlamaConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
-    pub rms_norm_eps: f32,
+    /// The norms' ε (`rms_norm_eps`; StarCoder2's `norm_epsilon`).
+    pub norm_eps: f32,
+    pub norm: NormKind,
+    pub mlp: MlpKind,
+    /// Gemma multiplies the embeddings by √hidden (the output head uses the unscaled table).
+    pub embedding_scale: Option<f32>,
     pub rope: RopeSpec,
     /// Biases on q_proj, k_proj, v_proj (Llama's `attention_bias`; always on in Qwen2).
     pub qkv_bias: bool,
@@ -39,10 +44,45 @@ pub struct LlamaConfig {
     pub attention_windows: Vec<Option<usize>>,
 }
 
+/// The MLP of each layer: gated (`down(act(gate(x)) ⊙ up(x))`) or plain (`c_proj(act(c_fc(x)))`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKind {
+    /// SwiGLU: Llama, Mistral, Qwen2.
+    GatedSilu,
+    /// GeGLU with GELU's tanh approximation: Gemma.
+    GatedGelu,
+    /// GELU (tanh approximation) between two projections: StarCoder2.
+    PlainGelu,
+}
+
+impl MlpKind {
+    /// The Hugging Face names of the (gate, up, down) projections under `mlp.`.
+    pub fn projection_names(self) -> (Option<&'static str>, &'static str, &'static str) {
+        match self {
+            MlpKind::PlainGelu => (None, "c_fc", "c_proj"),
+            MlpKind::GatedSilu | MlpKind::GatedGelu => (Some("gate_proj"), "up_proj", "down_proj"),
+        }
+    }
+}
+
+/// What a decoder's config defaults to where transformers' config classes differ.
+pub struct DecoderDefaults {
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Gemma's `head_dim` defaults to 256; the others derive it as hidden / heads.
+    pub head_dim: Option<usize>,
+}
+
+impl DecoderDefaults {
+    pub const LLAMA: DecoderDefaults =
+        DecoderDefaults { max_position_embeddings: 2048, tie_word_embeddings: false, head_dim: None };
+}
+
 impl LlamaConfig {
     // ANCHOR: llama_config
     pub fn from_hf(cfg: &HfConfig) -> Result<Self> {
-        let mut c = Self::decoder_from_hf(cfg, 2048)?;
+        let mut c = Self::decoder_from_hf(cfg, &DecoderDefaults::LLAMA)?;
+        require_activation(cfg, "hidden_act", &["silu"])?;
         if let Some(tp) = cfg.opt_usize("pretraining_tp")?.filter(|&tp| tp != 1) {
             bail!("{}: field `pretraining_tp` is {tp}; only 1 is supported", cfg.path.display());
         }
@@ -54,9 +94,10 @@ impl LlamaConfig {
     // ANCHOR_END: llama_config
 
     // ANCHOR: decoder_config
-    /// The fields every Llama-shaped decoder's config.json shares, with transformers' defaults: no biases, full
-    /// attention in every layer (the caller sets what its architecture changes).
-    pub fn decoder_from_hf(cfg: &HfConfig, default_max_positions: usize) -> Result<Self> {
+    /// The fields every Llama-shaped decoder's config.json shares, with transformers' defaults: RMSNorm with
+    /// `rms_norm_eps`, a SwiGLU MLP, no biases, full attention in every layer (the caller sets what its
+    /// architecture changes, and checks its activation).
+    pub fn decoder_from_hf(cfg: &HfConfig, defaults: &DecoderDefaults) -> Result<Self> {
         let path = cfg.path.display();
         let hidden_size = cfg.usize("hidden_size")?;
         let heads = cfg.usize("num_attention_heads")?;
@@ -64,7 +105,7 @@ impl LlamaConfig {
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
             bail!("{path}: field `num_key_value_heads` ({kv_heads}) must divide `num_attention_heads` ({heads})");
         }
-        let head_dim = match cfg.opt_usize("head_dim")? {
+        let head_dim = match cfg.opt_usize("head_dim")?.or(defaults.head_dim) {
             Some(d) => d,
             None if hidden_size % heads == 0 => hidden_size / heads,
             None => bail!(
@@ -73,10 +114,6 @@ impl LlamaConfig {
         };
         if head_dim % 2 != 0 {
             bail!("{path}: field `head_dim` ({head_dim}) must be even for rotary embeddings");
-        }
-        let act = cfg.opt_str("hidden_act")?.unwrap_or_else(|| "silu".into());
-        if act != "silu" {
-            bail!("{path}: field `hidden_act` is `{act}`; this decoder supports `silu`");
         }
         let num_hidden_layers = cfg.usize("num_hidden_layers")?;
         Ok(LlamaConfig {
@@ -87,13 +124,18 @@ impl LlamaConfig {
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim,
-            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            norm: NormKind::Rms,
+            mlp: MlpKind::GatedSilu,
+            embedding_scale: None,
             rope: cfg.rope(10_000.0)?,
             qkv_bias: false,
             o_proj_bias: false,
             mlp_bias: false,
-            tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(default_max_positions),
+            tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings),
+            max_position_embeddings: cfg
+                .opt_usize("max_position_embeddings")?
+                .unwrap_or(defaults.max_position_embeddings),
             bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: cfg.token_ids("eos_token_id")?,
             attention_windows: vec![None; num_hidden_layers],
@@ -119,7 +161,10 @@ impl LlamaConfig {
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim: hidden_size / heads,
-            rms_norm_eps: 1e-6,
+            norm_eps: 1e-6,
+            norm: NormKind::Rms,
+            mlp: MlpKind::GatedSilu,
+            embedding_scale: None,
             rope: RopeSpec { theta: 10_000.0, scaling: crate::io::hf_config::RopeScaling::None },
             qkv_bias: false,
             o_proj_bias: false,
@@ -142,7 +187,19 @@ impl LlamaConfig {
     }
 }
 
-pub use super::layers::{Gradients, Linear, Lora, Weight};
+pub use super::layers::{Gradients, Linear, Lora, Norm, NormKind, Weight};
+
+/// Refuse an activation this code does not compute, naming the field (absent: the first allowed value).
+pub fn require_activation(cfg: &HfConfig, field: &str, allowed: &[&str]) -> Result<()> {
+    match cfg.opt_str(field)? {
+        Some(act) if !allowed.contains(&act.as_str()) => bail!(
+            "{}: field `{field}` is `{act}`; this architecture supports {}",
+            cfg.path.display(),
+            allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+        ),
+        _ => Ok(()),
+    }
+}
 pub use super::llama_train::{LayerCache, Sequence, TrainCache};
 
 /// Load `prefix.weight` [out, in] (and `prefix.bias` [out]) as a linear layer.
@@ -165,13 +222,14 @@ fn row(store: &WeightStore, name: &str, len: usize) -> Result<Array2<f32>> {
 }
 
 pub struct LlamaLayer<B: Backend> {
-    pub input_layernorm: B::Tensor,
+    pub input_layernorm: Norm<B>,
     pub q_proj: Linear<B>,
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
-    pub post_attention_layernorm: B::Tensor,
-    pub gate_proj: Linear<B>,
+    pub post_attention_layernorm: Norm<B>,
+    /// None for a plain MLP (StarCoder2), whose `up_proj` and `down_proj` are named `c_fc` and `c_proj`.
+    pub gate_proj: Option<Linear<B>>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
 }
@@ -180,7 +238,7 @@ pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
     pub embed_tokens: B::Tensor,
     pub layers: Vec<LlamaLayer<B>>,
-    pub norm: B::Tensor,
+    pub norm: Norm<B>,
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<B::Tensor>,
     pub inv_freq: Vec<f32>,
@@ -228,19 +286,31 @@ impl<B: Backend> Llama<B> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let norm = |name: &str| -> Result<Norm<B>> {
+            let weight = b.upload(row(store, &format!("{name}.weight"), h)?);
+            let bias = match c.norm {
+                NormKind::Layer => Some(b.upload(row(store, &format!("{name}.bias"), h)?)),
+                _ => None,
+            };
+            Ok(Norm::new(b, c.norm, c.norm_eps, weight, bias))
+        };
+        let (gate_name, up_name, down_name) = c.mlp.projection_names();
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
+            let mlp = |name: &str, out: usize, inp: usize| {
+                load_linear(b, store, &format!("{p}.mlp.{name}"), out, inp, c.mlp_bias)
+            };
             layers.push(LlamaLayer {
-                input_layernorm: b.upload(row(store, &format!("{p}.input_layernorm.weight"), h)?),
+                input_layernorm: norm(&format!("{p}.input_layernorm"))?,
                 q_proj: load_linear(b, store, &format!("{p}.self_attn.q_proj"), q_out, h, c.qkv_bias)?,
                 k_proj: load_linear(b, store, &format!("{p}.self_attn.k_proj"), kv_out, h, c.qkv_bias)?,
                 v_proj: load_linear(b, store, &format!("{p}.self_attn.v_proj"), kv_out, h, c.qkv_bias)?,
                 o_proj: load_linear(b, store, &format!("{p}.self_attn.o_proj"), h, q_out, c.o_proj_bias)?,
-                post_attention_layernorm: b.upload(row(store, &format!("{p}.post_attention_layernorm.weight"), h)?),
-                gate_proj: load_linear(b, store, &format!("{p}.mlp.gate_proj"), i, h, c.mlp_bias)?,
-                up_proj: load_linear(b, store, &format!("{p}.mlp.up_proj"), i, h, c.mlp_bias)?,
-                down_proj: load_linear(b, store, &format!("{p}.mlp.down_proj"), h, i, c.mlp_bias)?,
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"))?,
+                gate_proj: gate_name.map(|name| mlp(name, i, h)).transpose()?,
+                up_proj: mlp(up_name, i, h)?,
+                down_proj: mlp(down_name, h, i)?,
             });
         }
         // Tied checkpoints usually omit lm_head.weight; transformers ties even when it is present.
@@ -255,7 +325,7 @@ impl<B: Backend> Llama<B> {
                 // tied: the table is also the output head's W
                 if c.tie_word_embeddings { b.upload_weight(table) } else { b.upload(table) }
             },
-            norm: b.upload(row(store, "model.norm.weight", h)?),
+            norm: norm("model.norm")?,
             lm_head,
             layers,
             inv_freq: inverse_frequencies(&c.rope, d),
@@ -279,18 +349,23 @@ impl<B: Backend> Llama<B> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let ones = |n: usize| b.upload(Array2::ones((1, n)));
         let zeros = |n: usize, on: bool| on.then(|| b.upload(Array2::zeros((1, n))));
+        // unit norms: w = 1, or w = 0 where the weight is an offset from one
+        let unit = if c.norm == NormKind::RmsUnitOffset { 0.0 } else { 1.0 };
+        let norm = || {
+            let weight = b.upload(Array2::from_elem((1, h), unit));
+            Norm::new(b, c.norm, c.norm_eps, weight, zeros(h, c.norm == NormKind::Layer))
+        };
         let mut layers = Vec::new();
         for _ in 0..c.num_hidden_layers {
             layers.push(LlamaLayer {
-                input_layernorm: ones(h),
+                input_layernorm: norm(),
                 q_proj: Linear::new(random(q_out, h, true), zeros(q_out, c.qkv_bias)),
                 k_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.qkv_bias)),
                 v_proj: Linear::new(random(kv_out, h, true), zeros(kv_out, c.qkv_bias)),
                 o_proj: Linear::new(random(h, q_out, true), zeros(h, c.o_proj_bias)),
-                post_attention_layernorm: ones(h),
-                gate_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
+                post_attention_layernorm: norm(),
+                gate_proj: (c.mlp != MlpKind::PlainGelu).then(|| Linear::new(random(i, h, true), zeros(i, c.mlp_bias))),
                 up_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
                 down_proj: Linear::new(random(h, i, true), zeros(h, c.mlp_bias)),
             });
@@ -300,7 +375,7 @@ impl<B: Backend> Llama<B> {
         Llama {
             embed_tokens,
             layers,
-            norm: ones(h),
+            norm: norm(),
             lm_head,
             inv_freq: inverse_frequencies(&c.rope, d),
             recompute_activations: false,
@@ -328,12 +403,11 @@ impl<B: Backend> Llama<B> {
         let start = cache.as_ref().map_or(0, |kv| kv.len);
         let positions: Vec<usize> = (start..start + ids.len()).collect();
         let shape = c.attention_shape();
-        let eps = c.rms_norm_eps;
 
-        let mut x = b.embedding(&self.embed_tokens, ids); // [T, H]
+        let mut x = self.embed(b, ids); // [T, H]
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block
-            let h = b.rms_norm(&x, &layer.input_layernorm, eps);
+            let h = layer.input_layernorm.forward(b, &x);
             let q = b.rope(&layer.q_proj.forward(b, &h), shape.n_heads, shape.head_dim, &positions, &self.inv_freq);
             let k = b.rope(&layer.k_proj.forward(b, &h), shape.n_kv_heads, shape.head_dim, &positions, &self.inv_freq);
             let v = layer.v_proj.forward(b, &h);
@@ -353,9 +427,10 @@ impl<B: Backend> Llama<B> {
             x = b.add(&x, &layer.o_proj.forward(b, &attn));
 
             // MLP block
-            let h = b.rms_norm(&x, &layer.post_attention_layernorm, eps);
-            let gated = b.swiglu(&layer.gate_proj.forward(b, &h), &layer.up_proj.forward(b, &h));
-            x = b.add(&x, &layer.down_proj.forward(b, &gated));
+            let h = layer.post_attention_layernorm.forward(b, &x);
+            let up = layer.up_proj.forward(b, &h);
+            let gate = layer.gate_proj.as_ref().map(|gate_proj| gate_proj.forward(b, &h));
+            x = b.add(&x, &layer.down_proj.forward(b, &self.activate(b, gate.as_ref(), &up)));
         }
         if let Some(kv) = cache {
             kv.len += ids.len();
@@ -363,16 +438,61 @@ impl<B: Backend> Llama<B> {
         if which == Logits::Last {
             x = b.slice_rows(&x, ids.len() - 1, ids.len());
         }
-        let x = b.rms_norm(&x, &self.norm, eps);
+        let x = self.norm.forward(b, &x);
         Ok(b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)) // [T, vocab]
     }
     // ANCHOR_END: llama_forward
+
+    // ANCHOR: mlp_activation
+    /// The embedding rows of `ids`, times Gemma's √hidden where the config has it: [T, H].
+    pub(super) fn embed(&self, b: &B, ids: &[u32]) -> B::Tensor {
+        let x = b.embedding(&self.embed_tokens, ids);
+        match self.config.embedding_scale {
+            Some(s) => b.scale(&x, s),
+            None => x,
+        }
+    }
+
+    /// What the MLP's down projection reads: silu(gate) ⊙ up, gelu(gate) ⊙ up, or gelu(up) without a gate.
+    pub(super) fn activate(&self, b: &B, gate: Option<&B::Tensor>, up: &B::Tensor) -> B::Tensor {
+        match (self.config.mlp, gate) {
+            (MlpKind::GatedSilu, Some(gate)) => b.swiglu(gate, up),
+            (MlpKind::GatedGelu, Some(gate)) => b.mul(&b.gelu_tanh(gate), up),
+            (MlpKind::PlainGelu, None) => b.gelu_tanh(up),
+            (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
+        }
+    }
+
+    /// The activation's backward: d(activated) → (dgate, dup).
+    pub(super) fn activate_backward(
+        &self,
+        b: &B,
+        dactivated: &B::Tensor,
+        gate: Option<&B::Tensor>,
+        up: &B::Tensor,
+    ) -> (Option<B::Tensor>, B::Tensor) {
+        match (self.config.mlp, gate) {
+            (MlpKind::GatedSilu, Some(gate)) => {
+                let (dgate, dup) = b.swiglu_backward(dactivated, gate, up);
+                (Some(dgate), dup)
+            }
+            // y = gelu(g) ⊙ u:  ∂L/∂u = dy ⊙ gelu(g),  ∂L/∂g = gelu′(g) ⊙ (dy ⊙ u)
+            (MlpKind::GatedGelu, Some(gate)) => {
+                let dup = b.mul(dactivated, &b.gelu_tanh(gate));
+                (Some(b.gelu_tanh_backward(&b.mul(dactivated, up), gate)), dup)
+            }
+            (MlpKind::PlainGelu, None) => (None, b.gelu_tanh_backward(dactivated, up)),
+            (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
+        }
+    }
+    // ANCHOR_END: mlp_activation
 }
 
 impl<B: Backend> Llama<B> {
     /// Every linear layer of the decoder with its HF module path (`model.layers.3.self_attn.q_proj`), in layer
     /// order; the output head is not among them (PEFT's `all-linear` leaves it out too).
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
+        let (gate_name, up_name, down_name) = self.config.mlp.projection_names();
         let mut out = Vec::new();
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
@@ -380,9 +500,11 @@ impl<B: Backend> Llama<B> {
             out.push((format!("{p}.self_attn.k_proj"), &mut layer.k_proj));
             out.push((format!("{p}.self_attn.v_proj"), &mut layer.v_proj));
             out.push((format!("{p}.self_attn.o_proj"), &mut layer.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut layer.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut layer.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut layer.down_proj));
+            if let (Some(name), Some(gate_proj)) = (gate_name, layer.gate_proj.as_mut()) {
+                out.push((format!("{p}.mlp.{name}"), gate_proj));
+            }
+            out.push((format!("{p}.mlp.{up_name}"), &mut layer.up_proj));
+            out.push((format!("{p}.mlp.{down_name}"), &mut layer.down_proj));
         }
         out
     }
@@ -408,10 +530,11 @@ impl<B: Backend> Llama<B> {
 
     /// Every parameter with its Hugging Face name, in a fixed order (embedding, layers, norm, head).
     pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        let (gate_name, up_name, down_name) = self.config.mlp.projection_names();
         let mut out: Vec<(String, &mut B::Tensor)> = vec![("model.embed_tokens.weight".into(), &mut self.embed_tokens)];
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), &mut layer.input_layernorm));
+            push_norm(&mut out, format!("{p}.input_layernorm"), &mut layer.input_layernorm);
             let linears = [
                 ("self_attn.q_proj", &mut layer.q_proj),
                 ("self_attn.k_proj", &mut layer.k_proj),
@@ -426,25 +549,32 @@ impl<B: Backend> Llama<B> {
                     out.push((format!("{p}.{name}.bias"), bias));
                 }
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), &mut layer.post_attention_layernorm));
-            for (name, lin) in [
-                ("mlp.gate_proj", &mut layer.gate_proj),
-                ("mlp.up_proj", &mut layer.up_proj),
-                ("mlp.down_proj", &mut layer.down_proj),
-            ] {
+            push_norm(&mut out, format!("{p}.post_attention_layernorm"), &mut layer.post_attention_layernorm);
+            let gate = gate_name.zip(layer.gate_proj.as_mut());
+            for (name, lin) in
+                gate.into_iter().chain([(up_name, &mut layer.up_proj), (down_name, &mut layer.down_proj)])
+            {
                 if let Weight::Dense(w) = &mut lin.weight {
-                    out.push((format!("{p}.{name}.weight"), w));
+                    out.push((format!("{p}.mlp.{name}.weight"), w));
                 }
                 if let Some(bias) = lin.bias.as_mut() {
-                    out.push((format!("{p}.{name}.bias"), bias));
+                    out.push((format!("{p}.mlp.{name}.bias"), bias));
                 }
             }
         }
-        out.push(("model.norm.weight".into(), &mut self.norm));
+        push_norm(&mut out, "model.norm".into(), &mut self.norm);
         if let Some(head) = self.lm_head.as_mut() {
             out.push(("lm_head.weight".into(), head));
         }
         out
+    }
+}
+
+/// A norm's weight (and LayerNorm's bias) under `name`.
+fn push_norm<'a, B: Backend>(out: &mut Vec<(String, &'a mut B::Tensor)>, name: String, norm: &'a mut Norm<B>) {
+    out.push((format!("{name}.weight"), &mut norm.weight));
+    if let Some(bias) = norm.bias.as_mut() {
+        out.push((format!("{name}.bias"), bias));
     }
 }
 

@@ -27,9 +27,9 @@ pub struct LayerCache<B: Backend> {
     lse: B::Tensor,                 // [T, heads]
     x_mid: B::Tensor,               // [T, H] residual stream after the attention block
     h_mlp: B::Tensor,               // [T, H] post_attention_layernorm(x_mid)
-    gate: B::Tensor,                // [T, I]
-    up: B::Tensor,                  // [T, I]
-    gated: B::Tensor,               // [T, I] silu(gate)·up
+    gate: Option<B::Tensor>,        // [T, I] (gated MLPs)
+    up: B::Tensor,                  // [T, I] (c_fc in a plain MLP)
+    activated: B::Tensor,           // [T, I] silu(gate)·up, gelu(gate)·up or gelu(up): down_proj's input
     lora_h: [Option<B::Tensor>; 7], // x·Aᵀ of each adapted projection, in the order q, k, v, o, gate, up, down
 }
 
@@ -62,10 +62,20 @@ impl<B: Backend> TrainCache<'_, B> {
             .map(|saved| match saved {
                 Saved::InputOnly(x) => size(x),
                 Saved::Everything(lc) => [
-                    &lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &lc.x_mid, &lc.h_mlp, &lc.gate, &lc.up,
-                    &lc.gated,
+                    &lc.x,
+                    &lc.h_attn,
+                    &lc.q,
+                    &lc.k,
+                    &lc.v,
+                    &lc.attn,
+                    &lc.lse,
+                    &lc.x_mid,
+                    &lc.h_mlp,
+                    &lc.up,
+                    &lc.activated,
                 ]
                 .into_iter()
+                .chain(lc.gate.iter())
                 .chain(lc.lora_h.iter().flatten())
                 .map(size)
                 .sum(),
@@ -89,14 +99,14 @@ impl<B: Backend> Llama<B> {
         if let Some(&bad) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
             bail!("forward_train: token id {bad} is outside the vocabulary (vocab_size {})", c.vocab_size);
         }
-        let mut x = b.embedding(&self.embed_tokens, seq.ids);
+        let mut x = self.embed(b, seq.ids);
         let mut layers = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
             let (x_out, cache) = self.layer_forward(b, l, layer, x, seq);
             layers.push(if self.recompute_activations { Saved::InputOnly(cache.x) } else { Saved::Everything(cache) });
             x = x_out;
         }
-        let h_final = b.rms_norm(&x, &self.norm, c.rms_norm_eps);
+        let h_final = self.norm.forward(b, &x);
         let logits = b.linear(&h_final, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None);
         Ok((logits, TrainCache { seq, layers, x_final: x, h_final }))
     }
@@ -111,10 +121,10 @@ impl<B: Backend> Llama<B> {
         seq: Sequence<'_>,
     ) -> (B::Tensor, LayerCache<B>) {
         let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
-        let (shape, eps, pos) = (self.config.attention_shape(), self.config.rms_norm_eps, seq.positions);
+        let (shape, pos) = (self.config.attention_shape(), seq.positions);
         let window = self.config.attention_windows[l];
         let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window };
-        let h_attn = b.rms_norm(&x, &layer.input_layernorm, eps);
+        let h_attn = layer.input_layernorm.forward(b, &x);
         let (q, hq) = layer.q_proj.forward_train(b, &h_attn, seed(0));
         let (k, hk) = layer.k_proj.forward_train(b, &h_attn, seed(1));
         let (v, hv) = layer.v_proj.forward_train(b, &h_attn, seed(2));
@@ -123,14 +133,20 @@ impl<B: Backend> Llama<B> {
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
         let (o, ho) = layer.o_proj.forward_train(b, &attn, seed(3));
         let x_mid = b.add(&x, &o);
-        let h_mlp = b.rms_norm(&x_mid, &layer.post_attention_layernorm, eps);
-        let (gate, hg) = layer.gate_proj.forward_train(b, &h_mlp, seed(4));
+        let h_mlp = layer.post_attention_layernorm.forward(b, &x_mid);
+        let (gate, hg) = match &layer.gate_proj {
+            Some(gate_proj) => {
+                let (gate, hg) = gate_proj.forward_train(b, &h_mlp, seed(4));
+                (Some(gate), hg)
+            }
+            None => (None, None),
+        };
         let (up, hu) = layer.up_proj.forward_train(b, &h_mlp, seed(5));
-        let gated = b.swiglu(&gate, &up);
-        let (down, hd) = layer.down_proj.forward_train(b, &gated, seed(6));
+        let activated = self.activate(b, gate.as_ref(), &up);
+        let (down, hd) = layer.down_proj.forward_train(b, &activated, seed(6));
         let x_out = b.add(&x_mid, &down);
         let lora_h = [hq, hk, hv, ho, hg, hu, hd];
-        (x_out, LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, gated, lora_h })
+        (x_out, LayerCache { x, h_attn, q, k, v, attn, lse, x_mid, h_mlp, gate, up, activated, lora_h })
     }
     // ANCHOR_END: llama_forward_train
 
@@ -139,7 +155,8 @@ impl<B: Backend> Llama<B> {
     /// of the residual stream, which each block adds to (the residual connection copies it through).
     pub fn backward(&self, b: &B, cache: TrainCache<'_, B>, dlogits: &B::Tensor) -> Gradients<B> {
         let c = &self.config;
-        let (shape, eps, pos) = (c.attention_shape(), c.rms_norm_eps, cache.seq.positions);
+        let (shape, pos) = (c.attention_shape(), cache.seq.positions);
+        let (gate_name, up_name, down_name) = c.mlp.projection_names();
         let train_base = !self.frozen_base;
         let mut grads = Gradients::<B>::new();
         let put_base = |grads: &mut Gradients<B>, name: String, g: Option<B::Tensor>| {
@@ -151,8 +168,7 @@ impl<B: Backend> Llama<B> {
         // head and final norm
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let (dh_final, dhead, _) = b.linear_backward(dlogits, &cache.h_final, head, train_base, false);
-        let (mut dx, dnorm) = b.rms_norm_backward(&dh_final, &cache.x_final, &self.norm, eps);
-        put_base(&mut grads, "model.norm.weight".into(), Some(dnorm));
+        let mut dx = self.norm.backward(b, &dh_final, &cache.x_final, train_base, "model.norm", &mut grads);
         let mut dembed_from_head = None;
         if c.tie_word_embeddings {
             dembed_from_head = dhead;
@@ -169,41 +185,43 @@ impl<B: Backend> Llama<B> {
                 Saved::InputOnly(x) => self.layer_forward(b, l, layer, x, seq).1, // activation checkpointing
             };
             let [hq, hk, hv, ho, hg, hu, hd] = &lc.lora_h;
-            // MLP block: x_out = x_mid + down(silu(gate(h)) · up(h)), h = n₂(x_mid)
-            let dgated = layer.down_proj.backward(
+            // MLP block: x_out = x_mid + down(act(gate(h), up(h))), h = n₂(x_mid)
+            let dactivated = layer.down_proj.backward(
                 b,
                 &dx,
-                &lc.gated,
+                &lc.activated,
                 hd.as_ref(),
                 train_base,
                 seed(6),
-                &format!("{p}.mlp.down_proj"),
+                &format!("{p}.mlp.{down_name}"),
                 &mut grads,
             );
-            let (dgate, dup) = b.swiglu_backward(&dgated, &lc.gate, &lc.up);
-            let mut dh = layer.gate_proj.backward(
-                b,
-                &dgate,
-                &lc.h_mlp,
-                hg.as_ref(),
-                train_base,
-                seed(4),
-                &format!("{p}.mlp.gate_proj"),
-                &mut grads,
-            );
-            let dh_up = layer.up_proj.backward(
+            let (dgate, dup) = self.activate_backward(b, &dactivated, lc.gate.as_ref(), &lc.up);
+            let mut dh = layer.up_proj.backward(
                 b,
                 &dup,
                 &lc.h_mlp,
                 hu.as_ref(),
                 train_base,
                 seed(5),
-                &format!("{p}.mlp.up_proj"),
+                &format!("{p}.mlp.{up_name}"),
                 &mut grads,
             );
-            b.add_assign(&mut dh, &dh_up);
-            let (dx_mid, dnorm) = b.rms_norm_backward(&dh, &lc.x_mid, &layer.post_attention_layernorm, eps);
-            put_base(&mut grads, format!("{p}.post_attention_layernorm.weight"), Some(dnorm));
+            if let (Some(gate_proj), Some(dgate), Some(name)) = (&layer.gate_proj, dgate, gate_name) {
+                let dh_gate = gate_proj.backward(
+                    b,
+                    &dgate,
+                    &lc.h_mlp,
+                    hg.as_ref(),
+                    train_base,
+                    seed(4),
+                    &format!("{p}.mlp.{name}"),
+                    &mut grads,
+                );
+                b.add_assign(&mut dh, &dh_gate);
+            }
+            let norm_name = format!("{p}.post_attention_layernorm");
+            let dx_mid = layer.post_attention_layernorm.backward(b, &dh, &lc.x_mid, train_base, &norm_name, &mut grads);
             b.add_assign(&mut dx, &dx_mid); // dx is now ∂L/∂x_mid
 
             // attention block: x_mid = x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = n₁(x)
@@ -247,12 +265,15 @@ impl<B: Backend> Llama<B> {
                 );
                 b.add_assign(&mut dh, &dh_part);
             }
-            let (dx_in, dnorm) = b.rms_norm_backward(&dh, &lc.x, &layer.input_layernorm, eps);
-            put_base(&mut grads, format!("{p}.input_layernorm.weight"), Some(dnorm));
+            let norm_name = format!("{p}.input_layernorm");
+            let dx_in = layer.input_layernorm.backward(b, &dh, &lc.x, train_base, &norm_name, &mut grads);
             b.add_assign(&mut dx, &dx_in); // dx is now ∂L/∂x entering layer l
         }
 
         if train_base {
+            if let Some(s) = c.embedding_scale {
+                dx = b.scale(&dx, s); // x = s·embedding(ids)
+            }
             let mut dembed = b.embedding_backward(&dx, cache.seq.ids, c.vocab_size);
             if let Some(dhead) = dembed_from_head {
                 b.add_assign(&mut dembed, &dhead); // tied: the table is also the output head

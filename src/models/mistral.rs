@@ -3,17 +3,19 @@
 //! with w = 4096; later versions set `sliding_window: null` (full attention). The weights are named as Llama's,
 //! so loading, LoRA targets and merging need nothing new.
 
-use super::llama::LlamaConfig;
+use super::llama::{DecoderDefaults, LlamaConfig, require_activation};
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
 
 /// transformers' `MistralConfig` defaults where they differ from Llama's.
-const DEFAULT_MAX_POSITIONS: usize = 4096 * 32;
+const DEFAULTS: DecoderDefaults =
+    DecoderDefaults { max_position_embeddings: 4096 * 32, tie_word_embeddings: false, head_dim: None };
 const DEFAULT_SLIDING_WINDOW: usize = 4096;
 
 // ANCHOR: mistral_config
 pub fn config_from_hf(cfg: &HfConfig) -> Result<LlamaConfig> {
-    let mut c = LlamaConfig::decoder_from_hf(cfg, DEFAULT_MAX_POSITIONS)?;
+    let mut c = LlamaConfig::decoder_from_hf(cfg, &DEFAULTS)?;
+    require_activation(cfg, "hidden_act", &["silu"])?;
     // MistralConfig defaults the window to 4096 when the field is absent; `null` turns it off.
     let window = match cfg.json.get("sliding_window") {
         None => Some(DEFAULT_SLIDING_WINDOW),

@@ -8,20 +8,22 @@
 //! `use_sliding_window` is true and absent otherwise (transformers clears it), so a "sliding_attention" layer
 //! in a config with `use_sliding_window: false` attends to everything.
 
-use super::llama::LlamaConfig;
+use super::llama::{DecoderDefaults, LlamaConfig, require_activation};
 use super::mistral::sliding_window;
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
 
 /// transformers' `Qwen2Config` defaults where they differ from Llama's.
-const DEFAULT_MAX_POSITIONS: usize = 32768;
+const DEFAULTS: DecoderDefaults =
+    DecoderDefaults { max_position_embeddings: 32768, tie_word_embeddings: false, head_dim: None };
 const DEFAULT_SLIDING_WINDOW: usize = 4096;
 const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
 
 // ANCHOR: qwen2_config
 pub fn config_from_hf(cfg: &HfConfig) -> Result<LlamaConfig> {
     let path = cfg.path.display();
-    let mut c = LlamaConfig::decoder_from_hf(cfg, DEFAULT_MAX_POSITIONS)?;
+    let mut c = LlamaConfig::decoder_from_hf(cfg, &DEFAULTS)?;
+    require_activation(cfg, "hidden_act", &["silu"])?;
     c.qkv_bias = true;
     let window = match cfg.opt_bool("use_sliding_window")?.unwrap_or(false) {
         false => None,

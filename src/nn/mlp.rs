@@ -1,4 +1,6 @@
-//! The gated MLP of Llama (SwiGLU, Shazeer 2020): `down( silu(gate(x)) ⊙ up(x) )`, silu(z) = z·σ(z).
+//! The MLP activations. Llama's gated MLP (SwiGLU, Shazeer 2020) is `down( silu(gate(x)) ⊙ up(x) )`,
+//! silu(z) = z·σ(z). StarCoder2's plain MLP is `c_proj( gelu(c_fc(x)) )` and Gemma's gated one
+//! `down( gelu(gate(x)) ⊙ up(x) )`, both with GELU's tanh approximation (`gelu_pytorch_tanh`).
 
 use ndarray::{Array2, ArrayView2, Zip};
 
@@ -35,6 +37,39 @@ pub fn swiglu_backward(dy: ArrayView2<f32>, gate: ArrayView2<f32>, up: ArrayView
 }
 // ANCHOR_END: swiglu_backward
 
+// ANCHOR: gelu_tanh
+/// √(2/π)
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// GELU's tanh approximation (Hendrycks & Gimpel 2016; PyTorch's `gelu(approximate="tanh")`):
+/// gelu(x) = ½·x·(1 + tanh(u)),  u = √(2/π)·(x + 0.044715·x³).
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh())
+}
+
+/// gelu′(x) = ½·(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²),  t = tanh(u).
+pub fn gelu_tanh_derivative(x: f32) -> f32 {
+    let t = (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)
+}
+
+/// x: [T, I] → gelu(x)
+pub fn gelu_tanh_rows(x: ArrayView2<f32>) -> Array2<f32> {
+    let mut out = Array2::zeros(x.raw_dim());
+    Zip::from(&mut out).and(&x).par_for_each(|o, &v| *o = gelu_tanh(v));
+    out
+}
+
+/// dy, x: [T, I] → dx = dy·gelu′(x)
+pub fn gelu_tanh_backward(dy: ArrayView2<f32>, x: ArrayView2<f32>) -> Array2<f32> {
+    assert_eq!(dy.dim(), x.dim(), "gelu_tanh_backward: dy and x differ");
+    let mut dx = Array2::zeros(x.raw_dim());
+    Zip::from(&mut dx).and(&dy).and(&x).par_for_each(|o, &d, &v| *o = d * gelu_tanh_derivative(v));
+    dx
+}
+// ANCHOR_END: gelu_tanh
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +86,26 @@ mod tests {
             let (dgate, dup) = swiglu_backward(r.view(), gate.view(), up.view());
             check("dgate", &gate, &dgate, |g| weighted_sum(&swiglu(g.view(), up.view()), &r)).map_err(TestCaseError::fail)?;
             check("dup", &up, &dup, |u| weighted_sum(&swiglu(gate.view(), u.view()), &r)).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn gelu_backward_matches_finite_differences(t in 1usize..6, i in 1usize..9, seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let (x, r) = (random(t, i, &mut rng).mapv(|v| 2.0 * v), random(t, i, &mut rng));
+            let dx = gelu_tanh_backward(r.view(), x.view());
+            check("dx", &x, &dx, |x| weighted_sum(&gelu_tanh_rows(x.view()), &r)).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn gelu_values() {
+        // torch.nn.functional.gelu(torch.tensor([-3., -1., 0., 0.5, 1., 3.]), approximate="tanh")
+        let want = [-0.003_637_433, -0.158_808, 0.0, 0.345_714, 0.841_192, 2.996_363];
+        for (x, w) in [-3.0f32, -1.0, 0.0, 0.5, 1.0, 3.0].into_iter().zip(want) {
+            assert!((gelu_tanh(x) - w).abs() < 1e-6, "gelu({x}) = {} vs {w}", gelu_tanh(x));
         }
     }
 

@@ -6,6 +6,7 @@
 #include "../../src/backend/cuda/kernels/elementwise.cu"
 #include "../../src/backend/cuda/kernels/embedding.cu"
 #include "../../src/backend/cuda/kernels/rms_norm.cu"
+#include "../../src/backend/cuda/kernels/layer_norm.cu"
 #include "../../src/backend/cuda/kernels/rope.cu"
 #include "../../src/backend/cuda/kernels/attention.cu"
 #include "../../src/backend/cuda/kernels/cross_entropy.cu"
@@ -27,6 +28,8 @@ WRAP(scale, (out, x, s, n), float* out, const float* x, float s, i64 n)
 WRAP(mul, (out, a, b, n), float* out, const float* a, const float* b, i64 n)
 WRAP(swiglu, (out, g, u, n), float* out, const float* g, const float* u, i64 n)
 WRAP(swiglu_backward, (dg, du, dy, g, u, n), float* dg, float* du, const float* dy, const float* g, const float* u, i64 n)
+WRAP(gelu_tanh, (out, x, n), float* out, const float* x, i64 n)
+WRAP(gelu_tanh_backward, (dx, dy, x, n), float* dx, const float* dy, const float* x, i64 n)
 WRAP(add_bias_rows, (y, b, rows, cols), float* y, const float* b, int rows, int cols)
 WRAP(column_sum, (out, x, rows, cols, per), float* out, const float* x, int rows, int cols, int per)
 WRAP(f32_to_bf16, (out, x, n), unsigned short* out, const float* x, i64 n)
@@ -35,6 +38,9 @@ WRAP(embedding, (out, table, ids, t, h), float* out, const float* table, const u
 WRAP(embedding_backward, (dt, dy, ids, t, h), float* dt, const float* dy, const u32* ids, int t, int h)
 WRAP(rms_norm, (y, x, w, h, eps), float* y, const float* x, const float* w, int h, float eps)
 WRAP(rms_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, const float* dy, const float* x,
+     const float* w, int h, float eps)
+WRAP(layer_norm, (y, x, w, b, h, eps), float* y, const float* x, const float* w, const float* b, int h, float eps)
+WRAP(layer_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, const float* dy, const float* x,
      const float* w, int h, float eps)
 WRAP(rope, (y, x, pos, f, t, heads, d, dir), float* y, const float* x, const u32* pos, const float* f, int t,
      int heads, int d, float dir)

@@ -21,6 +21,8 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "mul",
             "swiglu",
             "swiglu_backward",
+            "gelu_tanh",
+            "gelu_tanh_backward",
             "add_bias_rows",
             "column_sum",
             "f32_to_bf16",
@@ -29,6 +31,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ),
     ("embedding.cu", include_str!("kernels/embedding.cu"), &["embedding", "embedding_backward"]),
     ("rms_norm.cu", include_str!("kernels/rms_norm.cu"), &["rms_norm", "rms_norm_backward"]),
+    ("layer_norm.cu", include_str!("kernels/layer_norm.cu"), &["layer_norm", "layer_norm_backward"]),
     ("rope.cu", include_str!("kernels/rope.cu"), &["rope"]),
     (
         "attention.cu",

@@ -389,6 +389,20 @@ impl Backend for Cuda {
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
         self.elementwise2("swiglu", gate, up)
     }
+    fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32) -> CudaTensor {
+        assert_eq!(weight.len(), x.cols, "layer_norm: weight length ≠ hidden size");
+        assert_eq!(bias.len(), x.cols, "layer_norm: bias length ≠ hidden size");
+        let mut y = self.tensor(x.rows, x.cols);
+        let hidden = int(x.cols, "hidden");
+        launch!(self, "layer_norm", row_grid(x.rows), &mut y.data, &x.data, &weight.data, &bias.data, &hidden, &eps);
+        y
+    }
+    fn gelu_tanh(&self, x: &CudaTensor) -> CudaTensor {
+        let mut out = self.tensor(x.rows, x.cols);
+        let n = x.len() as i64;
+        launch!(self, "gelu_tanh", elementwise_grid(x.len()), &mut out.data, &x.data, &n);
+        out
+    }
     fn concat_rows(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         assert_eq!(a.cols, b.cols, "concat_rows: column counts differ");
         let mut out = self.tensor(a.rows + b.rows, a.cols);
@@ -483,6 +497,37 @@ impl Backend for Cuda {
         inv_freq: &[f32],
     ) -> CudaTensor {
         self.rope_rotate(dy, heads, head_dim, positions, inv_freq, -1.0)
+    }
+    fn layer_norm_backward(
+        &self,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> (CudaTensor, CudaTensor, CudaTensor) {
+        Self::same_shape(dy, x, "layer_norm_backward");
+        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let hidden = int(x.cols, "hidden");
+        launch!(
+            self,
+            "layer_norm_backward",
+            row_grid(x.rows),
+            &mut dx.data,
+            &mut dw_rows.data,
+            &dy.data,
+            &x.data,
+            &weight.data,
+            &hidden,
+            &eps
+        );
+        (dx, self.column_sum(&dw_rows), self.column_sum(dy))
+    }
+    fn gelu_tanh_backward(&self, dy: &CudaTensor, x: &CudaTensor) -> CudaTensor {
+        Self::same_shape(dy, x, "gelu_tanh_backward");
+        let mut dx = self.tensor(x.rows, x.cols);
+        let n = x.len() as i64;
+        launch!(self, "gelu_tanh_backward", elementwise_grid(x.len()), &mut dx.data, &dy.data, &x.data, &n);
+        dx
     }
     fn swiglu_backward(&self, dy: &CudaTensor, gate: &CudaTensor, up: &CudaTensor) -> (CudaTensor, CudaTensor) {
         Self::same_shape(gate, up, "swiglu_backward");

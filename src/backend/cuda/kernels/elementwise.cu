@@ -36,6 +36,25 @@ extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float
     }
 }
 
+// GELU, tanh approximation: ½·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³). CPU mirror: `nn::mlp::gelu_tanh`.
+#define GELU_SQRT_2_OVER_PI 0.7978846f
+#define GELU_CUBIC 0.044715f
+extern "C" __global__ void gelu_tanh(float* out, const float* x, long long n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        out[i] = 0.5f * v * (1.0f + tanhf(GELU_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v)));
+    }
+}
+
+// dx = dy·(½·(1 + t) + ½·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)),  t = tanh(u)
+extern "C" __global__ void gelu_tanh_backward(float* dx, const float* dy, const float* x, long long n) {
+    FOR_EACH(i, n) {
+        const float v = x[i], t = tanhf(GELU_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v));
+        dx[i] = dy[i] * (0.5f * (1.0f + t) +
+                         0.5f * v * (1.0f - t * t) * GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_CUBIC * v * v));
+    }
+}
+
 // y[r, c] += bias[c]
 extern "C" __global__ void add_bias_rows(float* y, const float* bias, int rows, int cols) {
     FOR_EACH(i, (long long)rows * cols) y[i] += bias[i % cols];

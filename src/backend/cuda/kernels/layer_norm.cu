@@ -1,0 +1,52 @@
+// LayerNorm, forward and backward: one block per row. CPU mirror: `nn::layer_norm`.
+//
+//   μ = mean(x),  r = 1/√(mean((x − μ)²) + ε),  x̂ = (x − μ)·r,  y = w ⊙ x̂ + b
+//   g = dy ⊙ w,  ∂L/∂x = r·(g − mean(g) − x̂·mean(g ⊙ x̂)),  ∂L/∂w = Σ_rows dy ⊙ x̂,  ∂L/∂b = Σ_rows dy
+//
+// The variance is a second pass over the row (Σ(x − μ)², not Σx² − μ²·H, which cancels badly when |μ| ≫ σ).
+
+// ANCHOR: layer_norm_kernel
+__device__ __forceinline__ void row_moments(const float* xr, int hidden, float eps, float* scratch, float* mean,
+                                            float* r) {
+    float sum = 0.0f;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum += xr[c];
+    const float mu = block_sum(sum, scratch) / hidden;
+    float sum_sq = 0.0f;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum_sq += (xr[c] - mu) * (xr[c] - mu);
+    *mean = mu;
+    *r = rsqrtf(block_sum(sum_sq, scratch) / hidden + eps);
+}
+
+extern "C" __global__ void layer_norm(float* y, const float* x, const float* w, const float* b, int hidden,
+                                      float eps) {
+    __shared__ float scratch[32];
+    const long long row = (long long)blockIdx.x * hidden;
+    float mean, r;
+    row_moments(x + row, hidden, eps, scratch, &mean, &r);
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) y[row + c] = w[c] * ((x[row + c] - mean) * r) + b[c];
+}
+// ANCHOR_END: layer_norm_kernel
+
+// dx, and dw_rows[t, c] = dy·x̂: the per-row terms of ∂L/∂w, summed over rows by `column_sum` afterwards
+// (∂L/∂b is the column sum of dy itself).
+extern "C" __global__ void layer_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
+                                               const float* w, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const long long row = (long long)blockIdx.x * hidden;
+    const float *xr = x + row, *dyr = dy + row;
+    float mean, r;
+    row_moments(xr, hidden, eps, scratch, &mean, &r);
+    float g_sum = 0.0f, gx_sum = 0.0f;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        const float g = dyr[c] * w[c];
+        g_sum += g;
+        gx_sum += g * ((xr[c] - mean) * r);
+    }
+    const float g_mean = block_sum(g_sum, scratch) / hidden;
+    const float gx_mean = block_sum(gx_sum, scratch) / hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        const float x_hat = (xr[c] - mean) * r;
+        dx[row + c] = r * (dyr[c] * w[c] - g_mean - x_hat * gx_mean);
+        dw_rows[row + c] = dyr[c] * x_hat;
+    }
+}
