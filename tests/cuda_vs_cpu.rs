@@ -19,7 +19,7 @@ use mftcoder::backend::cpu::Cpu;
 use mftcoder::backend::cuda::{Cuda, Precision};
 use mftcoder::backend::{AttentionMask, AttentionShape, Backend};
 use mftcoder::loss::causal_lm::weighted_token_loss;
-use mftcoder::models::llama::{Llama, LlamaConfig, Sequence};
+use mftcoder::models::llama::{Llama, LlamaConfig, MlpKind, NormKind, Sequence};
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
@@ -299,6 +299,10 @@ enum Mode {
     Full,
     Lora,
     Qlora,
+    /// Full fine-tuning of StarCoder2's shape: LayerNorm with biases, c_fc → GELU → c_proj, biases everywhere.
+    FullStarCoder2,
+    /// Full fine-tuning of Gemma's shape: (1 + w) RMSNorm, GeGLU, embeddings scaled by √hidden.
+    FullGemma,
 }
 
 /// A small Llama (GQA, packed two-document batch, the second layer with a sliding window of 9 as in Qwen2),
@@ -307,6 +311,17 @@ enum Mode {
 fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>) {
     let mut config = LlamaConfig::with_shape(97, 64, 160, 2, 4, 2);
     config.attention_windows[1] = Some(9);
+    match mode {
+        Mode::FullStarCoder2 => {
+            (config.norm, config.mlp, config.norm_eps) = (NormKind::Layer, MlpKind::PlainGelu, 1e-5);
+            (config.qkv_bias, config.o_proj_bias, config.mlp_bias) = (true, true, true);
+        }
+        Mode::FullGemma => {
+            (config.norm, config.mlp, config.embedding_scale) =
+                (NormKind::RmsUnitOffset, MlpKind::GatedGelu, Some(8.0));
+        }
+        _ => {}
+    }
     let mut model: Llama<B> = Llama::random(b, config, 42);
     if let Mode::Qlora = mode {
         for (_, linear) in model.linears_mut() {
@@ -375,6 +390,12 @@ fn lora_training_step_matches() {
 #[test]
 fn qlora_training_step_matches() {
     compare_training_step(Mode::Qlora);
+}
+
+#[test]
+fn starcoder2_and_gemma_training_steps_match() {
+    compare_training_step(Mode::FullStarCoder2);
+    compare_training_step(Mode::FullGemma);
 }
 
 /// Mixed precision, a whole LoRA step: the loss within the bf16 products' 2e-2, and the gradients within 5e-2

@@ -144,6 +144,12 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     // full parameters resume from the checkpoint's weights; LoRA from the base plus the checkpoint's adapter
     let weights_dir = if lora.is_some() { base.as_path() } else { resume_dir.as_deref().unwrap_or(base) };
     let mut model: Llama<B> = load_causal_lm(b, weights_dir)?;
+    let base_config = crate::io::hf_config::HfConfig::read(base)?;
+    if base_config.model_type()? == "starcoder2" {
+        for (field, p) in crate::models::starcoder2::ignored_dropouts(&base_config)? {
+            eprintln!("notice: config.json field `{field}` ({p}) is ignored: training runs without that dropout");
+        }
+    }
     model.recompute_activations = cfg.activation_checkpointing;
     if cfg.peft_type.as_deref() == Some("qlora") {
         // QLoRA (MFTCoder §5): every decoder linear layer held as NF4 with double quantization, dequantized per use
