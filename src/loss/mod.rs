@@ -3,3 +3,4 @@
 pub mod causal_lm;
 pub mod coba;
 pub mod mft;
+pub mod preference;

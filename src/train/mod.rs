@@ -3,5 +3,6 @@ pub mod batches;
 pub mod checkpoint;
 pub mod optim;
 pub mod plots;
+pub mod preference;
 pub mod schedule;
 pub mod trainer;

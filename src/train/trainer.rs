@@ -57,10 +57,27 @@ pub struct RunOptions {
 /// The LoRA settings of a config (`peft_type: "lora"`), MFTCoder's way: `target_modules` null means
 /// `all-linear`, and the adapted layers' biases train with them (`bias: "lora_only"`).
 pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
-    match cfg.peft_type.as_deref() {
+    lora_settings(
+        cfg.peft_type.as_deref(),
+        cfg.lora_rank,
+        cfg.lora_alpha,
+        cfg.lora_dropout,
+        cfg.target_modules.as_ref(),
+    )
+}
+
+/// The LoRA settings from MFTCoder's config fields (shared by `train` and `dpo`).
+pub fn lora_settings(
+    peft_type: Option<&str>,
+    r: usize,
+    lora_alpha: f64,
+    lora_dropout: f64,
+    target_modules: Option<&serde_json::Value>,
+) -> Result<Option<LoraConfig>> {
+    match peft_type {
         None => Ok(None),
         Some("lora" | "qlora") => {
-            let target_modules = match &cfg.target_modules {
+            let target_modules = match target_modules {
                 None | Some(serde_json::Value::Null) => TargetModules::AllLinear,
                 Some(serde_json::Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
                 Some(serde_json::Value::String(s)) => TargetModules::Names(crate::config::parse_bracket_list(s)),
@@ -79,9 +96,9 @@ pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
                 }
             };
             Ok(Some(LoraConfig {
-                r: cfg.lora_rank,
-                lora_alpha: cfg.lora_alpha,
-                lora_dropout: cfg.lora_dropout,
+                r,
+                lora_alpha,
+                lora_dropout,
                 use_rslora: false,
                 bias: LoraBias::LoraOnly,
                 target_modules,
@@ -89,6 +106,24 @@ pub fn lora_config(cfg: &TrainConfig) -> Result<Option<LoraConfig>> {
         }
         Some(other) => bail!("field `peft_type` is `{other}`; allowed: \"lora\", \"qlora\" or null"),
     }
+}
+
+/// QLoRA (MFTCoder §5): every decoder linear layer held as NF4 with double quantization, dequantized per use.
+pub fn quantize_base<B: Backend>(b: &B, model: &mut Llama<B>) -> Result<()> {
+    let (mut packed_bytes, mut params) = (0usize, 0usize);
+    for (_, linear) in model.linears_mut() {
+        linear.quantize(b, QuantType::Nf4, true)?;
+        if let Weight::Packed(q, _) = &linear.weight {
+            packed_bytes += (q.bits_per_param() * q.numel() as f64 / 8.0) as usize;
+            params += q.numel();
+        }
+    }
+    eprintln!(
+        "QLoRA: {params} base weights in NF4 + double quantization, {:.3} bits each",
+        packed_bytes as f64 * 8.0 / params as f64
+    );
+    crate::runtime::release_free_memory(); // the f32 copies are gone; give their pages back
+    Ok(())
 }
 
 fn collate_options(cfg: &TrainConfig) -> CollateOptions {
@@ -152,20 +187,7 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     }
     model.recompute_activations = cfg.activation_checkpointing;
     if cfg.peft_type.as_deref() == Some("qlora") {
-        // QLoRA (MFTCoder §5): every decoder linear layer held as NF4 with double quantization, dequantized per use
-        let (mut packed_bytes, mut params) = (0usize, 0usize);
-        for (_, linear) in model.linears_mut() {
-            linear.quantize(b, QuantType::Nf4, true)?;
-            if let Weight::Packed(q, _) = &linear.weight {
-                packed_bytes += (q.bits_per_param() * q.numel() as f64 / 8.0) as usize;
-                params += q.numel();
-            }
-        }
-        eprintln!(
-            "QLoRA: {params} base weights in NF4 + double quantization, {:.3} bits each",
-            packed_bytes as f64 * 8.0 / params as f64
-        );
-        crate::runtime::release_free_memory(); // the f32 copies are gone; give their pages back
+        quantize_base(b, &mut model)?;
     }
     if let Some(lora) = &lora {
         match &resume_dir {

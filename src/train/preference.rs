@@ -1,0 +1,670 @@
+//! Preference training, `mftcoder dpo --config cfg.json`: MFTCoder's `xxpo` module (reference §4, §7.3) —
+//! DPO, RPO or ORPO on LoRA, QLoRA or full parameters — written natively instead of through TRL.
+//!
+//! Data: jsonl records `{"chosen": [rounds], "rejected": [rounds]}` whose last turn is the bot's answer. The
+//! prompt is the chosen conversation without its last turn, in MFTCoder's chat template with the generation
+//! prompt (`…<s>human\n{q}\n<s>bot\n`); each answer is its text and the tokenizer's EOS (MFTCoder's
+//! `chatml_to_dpo_format`). Texts are tokenized without added special tokens, as MFTCoder's SFT data is.
+//!
+//! The reference model of DPO/RPO is the base itself: the policy with its adapters switched off (LoRA, QLoRA),
+//! or a second, frozen copy loaded from `pretrained_model_path` (full parameters). ORPO has none.
+
+use crate::backend::Backend;
+use crate::config::parse_bracket_list;
+use crate::data::records::{Conversation, Record, Role, jsonl_lines, parse_line};
+use crate::infer::chat_template::{self, Role as ChatRole};
+use crate::io::tokenizer::Tokenizer;
+use crate::loss::preference::{Objective, PairLogps, PairTerm, cross_entropy_weights, pair_term};
+use crate::models::llama::{Gradients, Llama, Logits, Sequence};
+use crate::models::load_causal_lm;
+use crate::peft::LoraConfig;
+use crate::peft::attach::init_adapters;
+use crate::rng::Rng;
+use crate::train::checkpoint::{self, TrainerState};
+use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on};
+use crate::train::schedule::{LrSchedule, learning_rate};
+use crate::train::trainer::{lora_settings, quantize_base};
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `XXPOTrainArgs`: MFTCoder's field names and defaults. Fields MFTCoder accepts but never uses (or that only
+/// matter on a cluster) are accepted and listed by [`PreferenceConfig::ignored_fields`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreferenceConfig {
+    #[serde(deserialize_with = "string_list")]
+    pub data_paths: Vec<String>,
+    pub output_dir: PathBuf,
+    pub pretrained_model_path: PathBuf,
+    /// "dpo" (with `rpo_alpha`: RPO) or "orpo".
+    pub xxpo: String,
+    pub beta: f64,
+    pub rpo_alpha: Option<f64>,
+    /// "lora" | "qlora" | null (full parameters)
+    pub peft_type: Option<String>,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub target_modules: Option<Value>,
+    pub data_split: String,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub learning_rate: f64,
+    /// MFTCoder never passes it to TRL (whose default is 0); honoured here when set.
+    pub weight_decay: f64,
+    pub lr_scheduler_type: String,
+    /// A number of optimizer steps (MFTCoder's default 0.05 is passed to TRL as a step count: no warm-up).
+    pub warmup_steps: f64,
+    pub num_train_epochs: usize,
+    /// −1: `num_train_epochs` decides.
+    pub max_steps: i64,
+    pub seed: u64,
+    pub logging_steps: usize,
+    pub save_steps: usize,
+    pub eval_steps: usize,
+    pub saving_limit: Option<usize>,
+    pub max_prompt_length: usize,
+    pub max_length: usize,
+    pub max_grad_norm: f64,
+    pub device: String,
+    pub precision: String,
+    // accepted, not used (MFTCoder ignores them too, or they configure its cluster launch)
+    pub tb_dir: Option<Value>,
+    pub model_type: Option<Value>,
+    pub quantization: Option<Value>,
+    pub tokenizer_type: Option<Value>,
+    pub min_lr: Option<Value>,
+    pub optimizer_type: Option<Value>,
+    pub gradient_checkpointing: Option<Value>,
+    pub gradient_checkpointing_use_reentrant: Option<Value>,
+    pub seq_length: Option<Value>,
+    pub save_only_model: Option<Value>,
+    pub resume_from_checkpoint: Option<Value>,
+    pub auto_resume: Option<Value>,
+    pub epoch_checkpointing: Option<Value>,
+    pub shuffle_before_split: Option<Value>,
+    pub early_stopping: Option<Value>,
+    pub early_stopping_stall_num: Option<Value>,
+    pub attn_implementation: Option<Value>,
+    pub chat_template: Option<Value>,
+    pub distributed_type: Option<Value>,
+    pub init_timeout_seconds: Option<Value>,
+    pub dataset_num_proc: Option<Value>,
+    pub dtype: Option<Value>,
+    pub disable_tqdm: Option<Value>,
+    pub sanity_check: Option<Value>,
+    pub ignore_bias_buffers: Option<Value>,
+}
+
+impl Default for PreferenceConfig {
+    fn default() -> Self {
+        PreferenceConfig {
+            data_paths: Vec::new(),
+            output_dir: PathBuf::new(),
+            pretrained_model_path: PathBuf::new(),
+            xxpo: "dpo".into(),
+            beta: 0.1,
+            rpo_alpha: None,
+            peft_type: Some("qlora".into()),
+            lora_rank: 96,
+            lora_alpha: 32.0,
+            lora_dropout: 0.05,
+            target_modules: None,
+            data_split: "98,2,0".into(),
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            lr_scheduler_type: "cosine".into(),
+            warmup_steps: 0.05,
+            num_train_epochs: 4,
+            max_steps: -1,
+            seed: 1234,
+            logging_steps: 10,
+            save_steps: 100,
+            eval_steps: 100,
+            saving_limit: None,
+            max_prompt_length: 2048,
+            max_length: 4096,
+            max_grad_norm: 1.0,
+            device: "cpu".into(),
+            precision: "f32".into(),
+            tb_dir: None,
+            model_type: None,
+            quantization: None,
+            tokenizer_type: None,
+            min_lr: None,
+            optimizer_type: None,
+            gradient_checkpointing: None,
+            gradient_checkpointing_use_reentrant: None,
+            seq_length: None,
+            save_only_model: None,
+            resume_from_checkpoint: None,
+            auto_resume: None,
+            epoch_checkpointing: None,
+            shuffle_before_split: None,
+            early_stopping: None,
+            early_stopping_stall_num: None,
+            attn_implementation: None,
+            chat_template: None,
+            distributed_type: None,
+            init_timeout_seconds: None,
+            dataset_num_proc: None,
+            dtype: None,
+            disable_tqdm: None,
+            sanity_check: None,
+            ignore_bias_buffers: None,
+        }
+    }
+}
+
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(parse_bracket_list(&s)),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| serde::de::Error::custom("expected strings")))
+            .collect(),
+        other => Err(serde::de::Error::custom(format!("expected a list of paths, got {other}"))),
+    }
+}
+
+impl PreferenceConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let cfg: PreferenceConfig =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+        cfg.objective().with_context(|| path.display().to_string())?;
+        if cfg.data_paths.is_empty() {
+            bail!("{}: field `data_paths` is empty", path.display());
+        }
+        if cfg.per_device_train_batch_size == 0 || cfg.gradient_accumulation_steps == 0 {
+            bail!("{}: `per_device_train_batch_size` and `gradient_accumulation_steps` must be ≥ 1", path.display());
+        }
+        if cfg.max_prompt_length == 0 || cfg.max_length <= cfg.max_prompt_length {
+            bail!("{}: field `max_length` must exceed `max_prompt_length` (≥ 1)", path.display());
+        }
+        Ok(cfg)
+    }
+
+    pub fn objective(&self) -> Result<Objective> {
+        if !(self.beta > 0.0) {
+            bail!("field `beta` must be positive, got {}", self.beta);
+        }
+        match self.xxpo.as_str() {
+            "dpo" => Ok(Objective::Dpo { beta: self.beta, rpo_alpha: self.rpo_alpha.filter(|&a| a != 0.0) }),
+            // MFTCoder passes rpo_alpha to ORPOConfig too, which has no such field; ORPO's NLL weight is 1
+            "orpo" => Ok(Objective::Orpo { beta: self.beta }),
+            other => bail!("field `xxpo` is `{other}`; allowed: \"dpo\", \"orpo\""),
+        }
+    }
+
+    pub fn lora(&self) -> Result<Option<LoraConfig>> {
+        lora_settings(
+            self.peft_type.as_deref(),
+            self.lora_rank,
+            self.lora_alpha,
+            self.lora_dropout,
+            self.target_modules.as_ref(),
+        )
+    }
+}
+
+/// One preference example as token ids: the prompt and the two answers (each ending with EOS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairIds {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+// ANCHOR: pair_ids
+/// The prompt text and the two answers of a preference record, as MFTCoder's `chatml_to_dpo_format` builds
+/// them (the rejected conversation's earlier turns are not read).
+pub fn pair_texts(chosen: &Conversation, rejected: &Conversation) -> Result<(String, String, String)> {
+    let last_answer = |c: &Conversation, which: &str| match c.turns.last() {
+        Some(turn) if turn.role == Role::Assistant => Ok(turn.content.clone()),
+        _ => bail!("`{which}` must end with the bot's answer"),
+    };
+    let (chosen_answer, rejected_answer) = (last_answer(chosen, "chosen")?, last_answer(rejected, "rejected")?);
+    let mut messages: Vec<(ChatRole, &str)> = Vec::new();
+    if let Some(system) = &chosen.system {
+        messages.push((ChatRole::System, system));
+    }
+    for turn in &chosen.turns[..chosen.turns.len() - 1] {
+        let role = if turn.role == Role::User { ChatRole::User } else { ChatRole::Assistant };
+        messages.push((role, &turn.content));
+    }
+    // earlier answers close with EOS inside the prompt text; the tokenizer turns it into the EOS id
+    Ok((chat_template::render(&messages, "</s>", true)?, chosen_answer, rejected_answer))
+}
+
+/// Tokenize a pair and fit it into `max_length`: the prompt keeps its last `max_prompt_length` tokens, then
+/// both answers are cut to what is left (TRL's `truncation_mode="keep_end"`).
+pub fn pair_ids(
+    tok: &Tokenizer,
+    eos: u32,
+    texts: &(String, String, String),
+    max_prompt: usize,
+    max_len: usize,
+) -> Result<PairIds> {
+    let prompt_text = texts.0.replace("</s>", &tok.id_to_token(eos).unwrap_or_else(|| "</s>".into()));
+    let mut prompt = tok.encode(&prompt_text, false)?;
+    let answer = |text: &str| -> Result<Vec<u32>> {
+        let mut ids = tok.encode(text, false)?;
+        ids.push(eos);
+        Ok(ids)
+    };
+    let (mut chosen, mut rejected) = (answer(&texts.1)?, answer(&texts.2)?);
+    if prompt.len() + chosen.len().max(rejected.len()) > max_len {
+        if prompt.len() > max_prompt {
+            prompt.drain(..prompt.len() - max_prompt);
+        }
+        let room = max_len - prompt.len();
+        chosen.truncate(room);
+        rejected.truncate(room);
+    }
+    Ok(PairIds { prompt, chosen, rejected })
+}
+// ANCHOR_END: pair_ids
+
+/// Every pair of the config's files, tokenized; a record that is not a preference pair names its file and line.
+pub fn load_pairs(cfg: &PreferenceConfig, tok: &Tokenizer, eos: u32) -> Result<Vec<PairIds>> {
+    let mut pairs = Vec::new();
+    for path in &cfg.data_paths {
+        let bytes = std::fs::read(path).with_context(|| format!("{path}: cannot read"))?;
+        for (line_no, line) in jsonl_lines(&bytes) {
+            let record = parse_line(line).map_err(|e| anyhow!("{path}:{line_no}: {e}"))?;
+            let Record::Preference { chosen, rejected } = record else {
+                bail!(
+                    "{path}:{line_no}: a {} record; preference training needs {{\"chosen\", \"rejected\"}}",
+                    record.kind()
+                );
+            };
+            let texts = pair_texts(&chosen, &rejected).map_err(|e| anyhow!("{path}:{line_no}: {e}"))?;
+            pairs.push(pair_ids(tok, eos, &texts, cfg.max_prompt_length, cfg.max_length)?);
+        }
+    }
+    if pairs.is_empty() {
+        bail!("no preference pairs in {}", cfg.data_paths.join(", "));
+    }
+    Ok(pairs)
+}
+
+/// prompt + answer, and the rows whose next-token target is an answer token (row t predicts token t+1; an
+/// answer's first token is predicted from the prompt's last row, so an empty prompt cannot score it).
+fn sequence(prompt: &[u32], answer: &[u32]) -> (Vec<u32>, Vec<u32>, std::ops::Range<usize>) {
+    let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+    let targets: Vec<u32> = ids.iter().skip(1).copied().chain([0]).collect();
+    let answer_rows = if prompt.is_empty() { 0..answer.len() - 1 } else { prompt.len() - 1..ids.len() - 1 };
+    (ids, targets, answer_rows)
+}
+
+/// The rows an objective's NLL scores in a chosen sequence: its answer, or (ORPO) every next-token prediction.
+fn nll_rows(objective: &Objective, ids: usize, answer_rows: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+    if objective.nll_includes_prompt() { 0..ids - 1 } else { answer_rows.clone() }
+}
+
+// ANCHOR: answer_logp
+/// Σ over the answer's tokens of log p(token | everything before it): a sequence's log-probability, no
+/// gradient (the reference model's numbers, and evaluation).
+pub fn answer_logp<B: Backend>(model: &Llama<B>, b: &B, prompt: &[u32], answer: &[u32]) -> Result<f64> {
+    Ok(scored(model, b, prompt, answer, None)?.0)
+}
+
+/// The answer's log-probability and, for an objective, the sum of −log p over the rows its NLL scores.
+fn scored<B: Backend>(
+    model: &Llama<B>,
+    b: &B,
+    prompt: &[u32],
+    answer: &[u32],
+    objective: Option<&Objective>,
+) -> Result<(f64, f64)> {
+    let (ids, targets, rows) = sequence(prompt, answer);
+    let logits = model.forward(b, &ids, None, Logits::All)?;
+    let (losses, _) = b.cross_entropy(&logits, &targets, &vec![0.0; ids.len()]);
+    let sum = |r: std::ops::Range<usize>| losses[r].iter().map(|&l| l as f64).sum::<f64>();
+    let nll = objective.map_or(0.0, |o| sum(nll_rows(o, ids.len(), &rows)));
+    Ok((-sum(rows), nll))
+}
+// ANCHOR_END: answer_logp
+
+/// What one batch of pairs gave.
+pub struct BatchOutcome<B: Backend> {
+    /// (1/B)·Σ pair terms + w·NLL
+    pub loss: f64,
+    pub terms: Vec<PairTerm>,
+    pub policy: Vec<PairLogps>,
+    /// The pooled chosen-answer NLL (per token).
+    pub nll: f64,
+    pub grads: Gradients<B>,
+}
+
+// ANCHOR: preference_batch
+/// Forward and backward of the policy on every answer of a batch. Per answer: one forward, its sequence
+/// log-probability from the per-token cross-entropies, the pair's derivative ∂L/∂ℓ from the objective, then
+/// the backward with per-token weights that make `cross_entropy`'s gradient exactly ∂L/∂logits. Both answers
+/// of a pair are forwarded before either goes backward (the pair term needs both ℓ), so two caches are alive.
+pub fn preference_batch<B: Backend>(
+    policy: &mut Llama<B>,
+    b: &B,
+    pairs: &[PairIds],
+    reference: &[PairLogps],
+    objective: &Objective,
+    dropout_seed: Option<u64>,
+) -> Result<BatchOutcome<B>> {
+    let nll_tokens: usize = pairs
+        .iter()
+        .map(|p| if objective.nll_includes_prompt() { p.prompt.len() + p.chosen.len() - 1 } else { p.chosen.len() })
+        .sum();
+    let nll_per_token = objective.nll_weight() / nll_tokens.max(1) as f64;
+    let mut grads: Gradients<B> = Gradients::<B>::new();
+    let (mut terms, mut logps, mut nll_sum) = (Vec::new(), Vec::new(), 0.0);
+    for (i, (pair, &reference)) in pairs.iter().zip(reference).enumerate() {
+        let answers = [&pair.chosen, &pair.rejected].map(|answer| {
+            let (ids, targets, rows) = sequence(&pair.prompt, answer);
+            let positions: Vec<usize> = (0..ids.len()).collect();
+            (ids, targets, rows, positions)
+        });
+        let mut sides = Vec::with_capacity(2);
+        for (side, (ids, targets, rows, positions)) in answers.iter().enumerate() {
+            policy.dropout_seed = dropout_seed.map(|s| s ^ ((2 * i + side) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let seq = Sequence { ids, positions, segment_ids: None };
+            let (logits, cache) = policy.forward_train(b, seq)?;
+            let (losses, _) = b.cross_entropy(&logits, targets, &vec![0.0; ids.len()]);
+            let logp = -losses[rows.clone()].iter().map(|&l| l as f64).sum::<f64>();
+            if side == 0 {
+                nll_sum += losses[nll_rows(objective, ids.len(), rows)].iter().map(|&l| l as f64).sum::<f64>();
+            }
+            sides.push((logits, cache, logp, policy.dropout_seed));
+        }
+        let policy_logps = PairLogps { chosen: sides[0].2, rejected: sides[1].2 };
+        let term = pair_term(objective, policy_logps, reference, (pair.chosen.len(), pair.rejected.len()));
+        for (side, ((logits, cache, _, seed), (ids, targets, rows, _))) in sides.into_iter().zip(&answers).enumerate() {
+            let d_answer = if side == 0 { term.d_chosen } else { term.d_rejected };
+            let nll = if side == 0 { nll_rows(objective, ids.len(), rows) } else { 0..0 };
+            let weights = cross_entropy_weights(ids.len(), rows.clone(), d_answer, pairs.len(), nll, nll_per_token);
+            let (_, dlogits) = b.cross_entropy(&logits, targets, &weights);
+            policy.dropout_seed = seed; // the backward recomputes the forward's dropout masks from it
+            for (name, g) in policy.backward(b, cache, &dlogits) {
+                match grads.get_mut(&name) {
+                    Some(acc) => b.add_assign(acc, &g),
+                    None => {
+                        grads.insert(name, g);
+                    }
+                }
+            }
+        }
+        terms.push(term);
+        logps.push(policy_logps);
+    }
+    policy.dropout_seed = None;
+    let nll = nll_sum / nll_tokens.max(1) as f64;
+    let loss = terms.iter().map(|t| t.loss).sum::<f64>() / pairs.len() as f64 + objective.nll_weight() * nll;
+    if !loss.is_finite() {
+        bail!("the preference loss is {loss} (not finite)");
+    }
+    Ok(BatchOutcome { loss, terms, policy: logps, nll, grads })
+}
+// ANCHOR_END: preference_batch
+
+/// The reference log-probabilities of each pair: the base model's (LoRA: the policy with its adapters taken
+/// out for the call; full parameters: the frozen copy), or zeros when the objective has no reference.
+fn reference_logps<B: Backend>(
+    policy: &mut Llama<B>,
+    frozen: Option<&Llama<B>>,
+    b: &B,
+    pairs: &[PairIds],
+    objective: &Objective,
+) -> Result<Vec<PairLogps>> {
+    if !objective.needs_reference() {
+        return Ok(vec![PairLogps { chosen: 0.0, rejected: 0.0 }; pairs.len()]);
+    }
+    let score = |model: &Llama<B>| -> Result<Vec<PairLogps>> {
+        pairs
+            .iter()
+            .map(|p| {
+                Ok(PairLogps {
+                    chosen: answer_logp(model, b, &p.prompt, &p.chosen)?,
+                    rejected: answer_logp(model, b, &p.prompt, &p.rejected)?,
+                })
+            })
+            .collect()
+    };
+    match frozen {
+        Some(reference) => score(reference),
+        None => {
+            let adapters: Vec<_> = policy.linears_mut().into_iter().map(|(_, l)| l.lora.take()).collect();
+            let result = score(policy);
+            for ((_, linear), lora) in policy.linears_mut().into_iter().zip(adapters) {
+                linear.lora = lora;
+            }
+            result
+        }
+    }
+}
+
+/// Fisher–Yates with the project's generator (the same order on every machine).
+fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+}
+
+/// Validation numbers: the mean loss, and how often the chosen answer's reward beats the rejected one's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreferenceEval {
+    pub step: usize,
+    pub loss: f64,
+    pub reward_accuracy: f64,
+    pub reward_margin: f64,
+}
+
+fn evaluate<B: Backend>(
+    policy: &mut Llama<B>,
+    frozen: Option<&Llama<B>>,
+    b: &B,
+    pairs: &[PairIds],
+    objective: &Objective,
+    step: usize,
+) -> Result<PreferenceEval> {
+    let reference = reference_logps(policy, frozen, b, pairs, objective)?;
+    let (mut loss, mut wins, mut margin, mut nll, mut nll_tokens) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    for (pair, reference) in pairs.iter().zip(reference) {
+        let (chosen, chosen_nll) = scored(policy, b, &pair.prompt, &pair.chosen, Some(objective))?;
+        let logps = PairLogps { chosen, rejected: answer_logp(policy, b, &pair.prompt, &pair.rejected)? };
+        let term = pair_term(objective, logps, reference, (pair.chosen.len(), pair.rejected.len()));
+        loss += term.loss;
+        wins += f64::from(u8::from(term.chosen_reward > term.rejected_reward));
+        margin += term.chosen_reward - term.rejected_reward;
+        nll += chosen_nll;
+        nll_tokens +=
+            if objective.nll_includes_prompt() { pair.prompt.len() + pair.chosen.len() - 1 } else { pair.chosen.len() };
+    }
+    let n = pairs.len() as f64;
+    let loss = loss / n + objective.nll_weight() * nll / nll_tokens.max(1) as f64;
+    Ok(PreferenceEval { step, loss, reward_accuracy: wins / n, reward_margin: margin / n })
+}
+
+pub struct PreferenceReport {
+    pub completed_steps: usize,
+    pub final_checkpoint: PathBuf,
+    pub evaluations: Vec<PreferenceEval>,
+}
+
+// ANCHOR: preference_train
+pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) -> Result<PreferenceReport> {
+    let objective = cfg.objective()?;
+    let lora = cfg.lora()?;
+    let out = &cfg.output_dir;
+    checkpoint::check_writable(out)?;
+    let schedule: LrSchedule =
+        cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
+    let base = &cfg.pretrained_model_path;
+    let tok = Tokenizer::load(base)?;
+    let mut policy: Llama<B> = load_causal_lm(b, base)?;
+    let eos = *policy.config.eos_token_ids.first().context("config.json has no `eos_token_id`")?;
+    let mut pairs = load_pairs(cfg, &tok, eos)?;
+
+    // split: the data_split fractions of a seeded shuffle (train, then validation)
+    shuffle(&mut pairs, &mut Rng::new(cfg.seed));
+    let shares: Vec<f64> = cfg
+        .data_split
+        .split(',')
+        .map(|s| s.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow!("field `data_split` must be comma-separated numbers, got `{}`", cfg.data_split))?;
+    let total: f64 = shares.iter().sum();
+    let n_eval =
+        if shares.len() > 1 && total > 0.0 { ((shares[1] / total) * pairs.len() as f64).round() as usize } else { 0 };
+    let eval_pairs = pairs.split_off(pairs.len() - n_eval.min(pairs.len() - 1));
+    let per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps;
+    let steps_per_epoch = pairs.len() / per_step;
+    if steps_per_epoch == 0 {
+        bail!("{} training pairs are fewer than one optimizer step needs ({per_step})", pairs.len());
+    }
+    let total_steps = if cfg.max_steps > 0 { cfg.max_steps as usize } else { cfg.num_train_epochs * steps_per_epoch };
+    let warmup = cfg.warmup_steps.max(0.0) as usize;
+
+    // the policy: QLoRA's 4-bit base, adapters, or every parameter; the reference for full-parameter DPO
+    let frozen = match (&lora, objective.needs_reference()) {
+        (None, true) => Some(load_causal_lm::<B>(b, base)?),
+        _ => None,
+    };
+    if cfg.peft_type.as_deref() == Some("qlora") {
+        quantize_base(b, &mut policy)?;
+    }
+    if let Some(lora) = &lora {
+        let n = init_adapters(&mut policy, b, lora, &mut Rng::new(cfg.seed))?;
+        eprintln!("LoRA: r = {}, α = {}, {n} adapted layers, base frozen", lora.r, lora.lora_alpha);
+    }
+    eprintln!(
+        "{}: {} training pairs, {} validation pairs, {total_steps} steps of {per_step} pairs",
+        match objective {
+            Objective::Dpo { rpo_alpha: Some(a), beta } => format!("RPO (β = {beta}, α = {a})"),
+            Objective::Dpo { beta, .. } => format!("DPO (β = {beta})"),
+            Objective::Orpo { beta } => format!("ORPO (β = {beta})"),
+        },
+        pairs.len(),
+        eval_pairs.len()
+    );
+    let names: Vec<String> = policy.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
+    let shapes: Vec<(usize, usize)> = policy.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
+    let mut opt =
+        AdamW::new_on(b, AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() }, &shapes);
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics =
+        std::fs::File::create(&metrics_path).with_context(|| format!("{}: cannot create", metrics_path.display()))?;
+    let mut rng = Rng::new(cfg.seed ^ 0x5EED);
+    let (mut evaluations, mut saved) = (Vec::new(), Vec::new());
+    let mut state = TrainerState {
+        completed_steps: 0,
+        epoch: 0,
+        step_in_epoch: 0,
+        rng_state: rng.state(),
+        lr: 0.0,
+        best_eval_loss: None,
+        best_step: None,
+        stall: 0,
+        total_steps,
+        coba: None,
+    };
+    let started = std::time::Instant::now();
+    'epochs: for epoch in 0.. {
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        shuffle(&mut order, &mut Rng::new(cfg.seed.wrapping_add(epoch as u64)));
+        for chunk in order.chunks_exact(per_step) {
+            if state.completed_steps >= total_steps {
+                break 'epochs;
+            }
+            let step = state.completed_steps;
+            let lr = learning_rate(schedule, cfg.learning_rate, 0.0, step, warmup, total_steps);
+            let batch: Vec<PairIds> = chunk.iter().map(|&i| pairs[i].clone()).collect();
+            let mut acc: Option<Gradients<B>> = None;
+            let (mut loss, mut terms) = (0.0, Vec::new());
+            for micro in batch.chunks(cfg.per_device_train_batch_size) {
+                let reference = reference_logps(&mut policy, frozen.as_ref(), b, micro, &objective)?;
+                let seed = (cfg.lora_dropout > 0.0).then(|| rng.next_u64());
+                let outcome = preference_batch(&mut policy, b, micro, &reference, &objective, seed)
+                    .with_context(|| format!("step {}", step + 1))?;
+                loss += outcome.loss / cfg.gradient_accumulation_steps as f64;
+                terms.extend(outcome.terms);
+                let scale = 1.0 / cfg.gradient_accumulation_steps as f32;
+                match acc.as_mut() {
+                    None => acc = Some(outcome.grads.into_iter().map(|(n, g)| (n, b.scale(&g, scale))).collect()),
+                    Some(acc) => {
+                        for (n, g) in outcome.grads {
+                            b.add_scaled(acc.get_mut(&n).expect("same parameters every micro-batch"), &g, scale);
+                        }
+                    }
+                }
+            }
+            let mut grads = acc.expect("at least one micro-batch");
+            if let Some(missing) = names.iter().find(|n| !grads.contains_key(*n)) {
+                bail!("step {}: no gradient for `{missing}`", step + 1);
+            }
+            let grad_norm = match cfg.max_grad_norm > 0.0 {
+                true => clip_grad_norm_on(b, &mut grads.values_mut().collect::<Vec<_>>(), cfg.max_grad_norm as f32),
+                false => 0.0,
+            };
+            let grad_list: Vec<&B::Tensor> = names.iter().map(|n| &grads[n]).collect();
+            let mut params = policy.trainable_parameters_mut();
+            let decay: Vec<bool> = vec![true; params.len()];
+            let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
+            opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
+            state.completed_steps += 1;
+            state.lr = lr;
+            let n = terms.len() as f64;
+            let chosen_reward = terms.iter().map(|t| t.chosen_reward).sum::<f64>() / n;
+            let rejected_reward = terms.iter().map(|t| t.rejected_reward).sum::<f64>() / n;
+            let accuracy = terms.iter().filter(|t| t.chosen_reward > t.rejected_reward).count() as f64 / n;
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"step": state.completed_steps, "epoch": epoch, "lr": lr, "loss": loss,
+                "grad_norm": grad_norm, "rewards/chosen": chosen_reward, "rewards/rejected": rejected_reward,
+                "rewards/accuracies": accuracy, "rewards/margins": chosen_reward - rejected_reward,
+                "elapsed_s": started.elapsed().as_secs_f64()})
+            )?;
+            let c = state.completed_steps;
+            if !quiet && (cfg.logging_steps > 0 && c % cfg.logging_steps == 0 || c == total_steps) {
+                eprintln!(
+                    "step {c}/{total_steps}: loss {loss:.4}, reward margin {:.4}, accuracy {accuracy:.2}",
+                    chosen_reward - rejected_reward
+                );
+            }
+            if !eval_pairs.is_empty() && (cfg.eval_steps > 0 && c % cfg.eval_steps == 0 || c == total_steps) {
+                let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, c)?;
+                writeln!(
+                    metrics,
+                    "{}",
+                    serde_json::json!({"step": c, "eval_loss": ev.loss, "eval_rewards/accuracies": ev.reward_accuracy,
+                    "eval_rewards/margins": ev.reward_margin})
+                )?;
+                evaluations.push(ev);
+            }
+            metrics.flush()?;
+            if cfg.save_steps > 0 && c % cfg.save_steps == 0 && c < total_steps {
+                let dir = out.join(format!("checkpoint-{c}"));
+                checkpoint::save_checkpoint(b, &dir, base, &mut policy, &opt, &state, lora.as_ref())?;
+                saved.push(dir);
+                if let Some(limit) = cfg.saving_limit.filter(|&l| l > 0) {
+                    while saved.len() > limit {
+                        let old = saved.remove(0);
+                        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))?;
+                    }
+                }
+            }
+        }
+    }
+    let final_dir = out.join("epoch_final");
+    checkpoint::save_checkpoint(b, &final_dir, base, &mut policy, &opt, &state, lora.as_ref())?;
+    Ok(PreferenceReport { completed_steps: state.completed_steps, final_checkpoint: final_dir, evaluations })
+}
+// ANCHOR_END: preference_train
