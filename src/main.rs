@@ -14,6 +14,7 @@ use mftcoder::models::{
     self,
     llama::{Logits, Sequence, hf_shape},
 };
+use mftcoder::train::preference::{self, PreferenceConfig};
 use mftcoder::train::trainer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ enum Command {
     Train(TrainArgs),
     /// Continued pre-training (full parameters) on `.bin/.idx` prefixes or jsonl, from an MFTCoder config.
     Pretrain(TrainArgs),
+    /// Preference training — DPO, RPO or ORPO — on {"chosen", "rejected"} jsonl, from an MFTCoder xxpo config.
+    Dpo(TrainArgs),
     /// Quantize a model's linear weights to 4 bits (NF4/FP4), saved as transformers + bitsandbytes save them.
     Quantize(mftcoder::quant::cli::QuantizeArgs),
     /// Training-step throughput on the PyTorch table's shapes (gpu.md), printed beside PyTorch's H200 figures.
@@ -216,6 +219,7 @@ fn main() -> ExitCode {
                 .map(|n| eprintln!("merged {n} matrices into {}", args.out.display()))
         }
         Command::Train(args) => train_cmd(args, false),
+        Command::Dpo(args) => dpo_cmd(args),
         Command::Pretrain(args) => train_cmd(args, true),
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
         Command::Bench(args) => bench_cmd(args),
@@ -410,6 +414,29 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
         eprintln!("{:<24} {:>12.4} {:>12.3}", "(overall)", last.eval_loss, last.perplexity);
     }
     Ok(())
+}
+
+fn dpo_cmd(args: TrainArgs) -> Result<()> {
+    let mut cfg = PreferenceConfig::from_file(&args.config)?;
+    if let Some(device) = &args.device.device {
+        cfg.device = device.clone();
+    }
+    if let Some(precision) = &args.device.precision {
+        cfg.precision = precision.clone();
+    }
+    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, args.quiet))?;
+    eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
+    if let Some(last) = report.evaluations.last() {
+        eprintln!(
+            "validation at step {}: loss {:.4}, reward accuracy {:.2}, reward margin {:.4}",
+            last.step, last.loss, last.reward_accuracy, last.reward_margin
+        );
+    }
+    Ok(())
+}
+
+fn dpo_on<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) -> Result<preference::PreferenceReport> {
+    preference::train_preference(b, cfg, quiet)
 }
 
 fn bench_cmd(args: BenchCmd) -> Result<()> {

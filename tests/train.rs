@@ -425,3 +425,103 @@ fn coba_moves_weight_toward_the_task_that_converges_more_slowly() {
     assert!(weights[4..].windows(2).filter(|w| w[0] != w[1]).count() > 10, "the weights should move as the curves do");
     assert!(out.join("coba_weights.png").is_file(), "moving weights are plotted at the end of training");
 }
+
+// ---- preference training: `mftcoder dpo` ----
+
+/// Preference pairs with a rule that carries over to unseen pairs: the chosen answer adds, the rejected one
+/// subtracts (one token apart, whatever the numbers).
+fn write_preference_pairs(dir: &Path, n: usize) -> PathBuf {
+    let mut lines = String::new();
+    for i in 0..n {
+        let (a, b) = (10 + (i * 37) % 80, 3 + (i * 11) % 9);
+        let question = format!("def add(): sum of {a} and {b}");
+        let conversation = |answer: String| serde_json::json!([{"role": "human", "content": question}, {"role": "bot", "content": answer}]);
+        let record = serde_json::json!({"chosen": conversation(format!("return {a} + {b}")),
+                                        "rejected": conversation(format!("return {a} - {b}"))});
+        lines += &record.to_string();
+        lines.push('\n');
+    }
+    let path = dir.join("pairs.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+fn write_preference_config(dir: &Path, out: &Path, extra: serde_json::Value) -> PathBuf {
+    let data = write_preference_pairs(dir, 40);
+    let mut cfg = serde_json::json!({
+        "data_paths": [data], "output_dir": out, "pretrained_model_path": fixture_model(), "xxpo": "dpo",
+        "peft_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0, "data_split": "80,20",
+        "per_device_train_batch_size": 4, "learning_rate": 5e-3, "num_train_epochs": 3, "warmup_steps": 0,
+        "eval_steps": 4, "save_steps": 8, "logging_steps": 100, "max_prompt_length": 32, "max_length": 48
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    let path = dir.join("dpo.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+fn eval_lines(out: &Path) -> Vec<serde_json::Value> {
+    metric_lines(out).into_iter().filter(|m| m.get("eval_loss").is_some()).collect()
+}
+
+#[test]
+fn dpo_with_lora_learns_to_prefer_the_chosen_answers() {
+    let dir = scratch("dpo_lora");
+    let out = dir.join("out");
+    let cfg = write_preference_config(&dir, &out, serde_json::json!({}));
+    let run = bin().args(["dpo", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("DPO (β = 0.1): 32 training pairs, 8 validation pairs"), "{err}");
+    let evals = eval_lines(&out);
+    let (first, last) = (&evals[0], evals.last().unwrap());
+    // before step 1 the policy is its reference (LoRA's B starts at zero): the loss is log 2, the margin 0
+    assert_eq!(first["step"], 0);
+    assert!((first["eval_loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-9, "{first}");
+    let margin = |m: &serde_json::Value| m["eval_rewards/margins"].as_f64().unwrap();
+    assert!(margin(last) > margin(first) + 0.05, "validation reward margin {} → {}", margin(first), margin(last));
+    assert!(last["eval_loss"].as_f64().unwrap() < first["eval_loss"].as_f64().unwrap(), "{evals:?}");
+    assert!(last["eval_rewards/accuracies"].as_f64().unwrap() >= 0.75, "{last}");
+    // PEFT adapters: the intermediate checkpoint and the final one
+    assert!(out.join("checkpoint-8/adapter_model.safetensors").is_file());
+    let adapter = mftcoder::peft::Adapter::load(&out.join("epoch_final")).unwrap();
+    assert_eq!(adapter.tensors.len(), 2 * 7, "all-linear on 2 layers");
+}
+
+#[test]
+fn orpo_and_full_parameter_rpo_train_every_parameter() {
+    for (name, extra) in [
+        ("orpo", serde_json::json!({"xxpo": "orpo", "peft_type": null, "learning_rate": 1e-3, "num_train_epochs": 2})),
+        ("rpo", serde_json::json!({"rpo_alpha": 0.5, "peft_type": null, "learning_rate": 1e-3, "num_train_epochs": 2})),
+    ] {
+        let dir = scratch(&format!("dpo_{name}"));
+        let out = dir.join("out");
+        let cfg = write_preference_config(&dir, &out, extra);
+        let run = bin().args(["dpo", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+        assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
+        let evals = eval_lines(&out);
+        let loss = |m: &serde_json::Value| m["eval_loss"].as_f64().unwrap();
+        assert!(loss(evals.last().unwrap()) < loss(&evals[0]) - 0.1, "{name}: validation loss {evals:?}");
+        // a full-parameter checkpoint is a model directory the loader reads
+        load_causal_lm(&Cpu, &out.join("epoch_final")).unwrap();
+    }
+}
+
+#[test]
+fn a_record_that_is_not_a_preference_pair_is_named_by_file_and_line() {
+    let dir = scratch("dpo_bad");
+    let out = dir.join("out");
+    let cfg = write_preference_config(&dir, &out, serde_json::json!({}));
+    let data = dir.join("pairs.jsonl");
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text += "{\"prompt\": \"q\", \"answer\": \"a\"}\n";
+    std::fs::write(&data, text).unwrap();
+    let run = bin().args(["dpo", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("pairs.jsonl:41: a pair record; preference training needs"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!out.join("epoch_final").exists());
+}

@@ -575,6 +575,17 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
         total_steps,
         coba: None,
     };
+    if !eval_pairs.is_empty() {
+        // where the policy starts (DPO: the reference itself, so loss log 2 and margin 0)
+        let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, 0)?;
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::json!({"step": 0, "eval_loss": ev.loss, "eval_rewards/accuracies": ev.reward_accuracy,
+            "eval_rewards/margins": ev.reward_margin})
+        )?;
+        evaluations.push(ev);
+    }
     let started = std::time::Instant::now();
     'epochs: for epoch in 0.. {
         let mut order: Vec<usize> = (0..pairs.len()).collect();
