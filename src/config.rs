@@ -354,6 +354,11 @@ fn nearest_field(key: &str) -> &'static str {
     KNOWN_FIELDS.iter().chain(IGNORED_FIELDS).min_by_key(|f| edit_distance(key, f)).copied().unwrap_or("data_paths")
 }
 
+/// The candidate closest to `key` by edit distance ("did you mean").
+pub fn nearest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.into_iter().min_by_key(|c| edit_distance(key, c))
+}
+
 /// Levenshtein distance, for "did you mean".
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

@@ -25,15 +25,15 @@ use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on};
 use crate::train::schedule::{LrSchedule, learning_rate};
 use crate::train::trainer::{lora_settings, quantize_base};
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `XXPOTrainArgs`: MFTCoder's field names and defaults. Fields MFTCoder accepts but never uses (or that only
 /// matter on a cluster) are accepted and listed by [`PreferenceConfig::ignored_fields`].
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
 pub struct PreferenceConfig {
     #[serde(deserialize_with = "string_list")]
     pub data_paths: Vec<String>,
@@ -177,8 +177,17 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 impl PreferenceConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}:{}:{}: not valid JSON ({e})", path.display(), e.line(), e.column()))?;
+        let Value::Object(map) = value else { bail!("{}: a config must be a JSON object", path.display()) };
+        let known = serde_json::to_value(PreferenceConfig::default())?;
+        let known: Vec<&str> = known.as_object().expect("a struct").keys().map(String::as_str).collect();
+        if let Some(key) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            let suggestion = crate::config::nearest(key, known.iter().copied()).unwrap_or("data_paths");
+            bail!("{}: unknown field `{key}` (did you mean `{suggestion}`?)", path.display());
+        }
         let cfg: PreferenceConfig =
-            serde_json::from_str(&text).map_err(|e| anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+            serde_json::from_value(Value::Object(map)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         cfg.objective().with_context(|| path.display().to_string())?;
         if cfg.data_paths.is_empty() {
             bail!("{}: field `data_paths` is empty", path.display());
@@ -679,3 +688,56 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
     Ok(PreferenceReport { completed_steps: state.completed_steps, final_checkpoint: final_dir, evaluations })
 }
 // ANCHOR_END: preference_train
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Result<PreferenceConfig> {
+        let path = std::env::temp_dir().join(format!("mftcoder-xxpo-{}-{}.json", std::process::id(), json.len()));
+        std::fs::write(&path, json).unwrap();
+        let result = PreferenceConfig::from_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        result
+    }
+
+    const BASE: &str = r#""data_paths": "[a.jsonl,b.jsonl]", "output_dir": "o", "pretrained_model_path": "m""#;
+
+    #[test]
+    fn defaults_are_xxpo_train_args_and_objectives_parse() {
+        let c = config(&format!("{{{BASE}}}")).unwrap();
+        assert_eq!(c.data_paths, vec!["a.jsonl", "b.jsonl"], "the legacy bracket string");
+        assert_eq!((c.xxpo.as_str(), c.beta, c.peft_type.as_deref(), c.lora_rank), ("dpo", 0.1, Some("qlora"), 96));
+        assert_eq!(c.objective().unwrap(), Objective::Dpo { beta: 0.1, rpo_alpha: None });
+        let c = config(&format!(r#"{{{BASE}, "rpo_alpha": 0.5, "min_lr": 1e-6, "sanity_check": true}}"#)).unwrap();
+        assert_eq!(c.objective().unwrap(), Objective::Dpo { beta: 0.1, rpo_alpha: Some(0.5) });
+        let c = config(&format!(r#"{{{BASE}, "xxpo": "orpo", "rpo_alpha": 0.5}}"#)).unwrap();
+        assert_eq!(c.objective().unwrap(), Objective::Orpo { beta: 0.1 });
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let err = config(&format!(r#"{{{BASE}, "rpo_alpa": 0.5}}"#)).unwrap_err().to_string();
+        assert!(err.contains("unknown field `rpo_alpa` (did you mean `rpo_alpha`?)"), "{err}");
+        let err = config(&format!(r#"{{{BASE}, "xxpo": "kto"}}"#)).unwrap_err();
+        assert!(format!("{err:#}").contains("field `xxpo` is `kto`"), "{err:#}");
+        let err = config(&format!(r#"{{{BASE}, "max_length": 10, "max_prompt_length": 10}}"#)).unwrap_err();
+        assert!(err.to_string().contains("`max_length` must exceed `max_prompt_length`"), "{err}");
+    }
+
+    #[test]
+    fn long_pairs_keep_the_end_of_the_prompt_and_cut_the_answers() {
+        let tok = Tokenizer::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama/gqa_tied")).unwrap();
+        let texts = (
+            "<s>human\\nsome long question text here\\n<s>bot\\n".replace("\\n", "\n"),
+            "a long answer".repeat(4),
+            "no".into(),
+        );
+        let full = pair_ids(&tok, 2, &texts, 1000, 2000).unwrap();
+        let cut = pair_ids(&tok, 2, &texts, 6, 12).unwrap();
+        assert_eq!(cut.prompt, full.prompt[full.prompt.len() - 6..], "the prompt keeps its last tokens");
+        assert_eq!(cut.chosen, full.chosen[..6], "the answer is cut to what is left");
+        assert_eq!(cut.rejected, full.rejected, "a short answer is left whole");
+        assert_eq!(*full.chosen.last().unwrap(), 2, "answers end with EOS");
+    }
+}
