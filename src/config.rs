@@ -311,7 +311,8 @@ impl TrainConfig {
 }
 
 /// `"[a,b]"` (MFTCoder's string form: brackets stripped, split on commas, spaces trimmed) or `["a", "b"]`.
-fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// `data_paths` as MFTCoder writes it: the legacy `"[a,b]"` string or a JSON array of strings.
+pub(crate) fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     match Value::deserialize(d)? {
         Value::String(s) => Ok(parse_bracket_list(&s)),
         Value::Array(items) => items

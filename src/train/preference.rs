@@ -10,7 +10,6 @@
 //! or a second, frozen copy loaded from `pretrained_model_path` (full parameters). ORPO has none.
 
 use crate::backend::Backend;
-use crate::config::parse_bracket_list;
 use crate::data::records::{Conversation, Record, Role, jsonl_lines, parse_line};
 use crate::infer::chat_template::{self, Role as ChatRole};
 use crate::io::tokenizer::Tokenizer;
@@ -35,7 +34,7 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct PreferenceConfig {
-    #[serde(deserialize_with = "string_list")]
+    #[serde(deserialize_with = "crate::config::string_list")]
     pub data_paths: Vec<String>,
     pub output_dir: PathBuf,
     pub pretrained_model_path: PathBuf,
@@ -160,17 +159,6 @@ impl Default for PreferenceConfig {
             sanity_check: None,
             ignore_bias_buffers: None,
         }
-    }
-}
-
-fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::String(s) => Ok(parse_bracket_list(&s)),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| serde::de::Error::custom("expected strings")))
-            .collect(),
-        other => Err(serde::de::Error::custom(format!("expected a list of paths, got {other}"))),
     }
 }
 
