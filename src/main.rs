@@ -36,6 +36,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Continue a prompt (greedy by default), with a KV cache.
     Generate(GenerateArgs),
+    /// pass@k on HumanEval-format problems: sample completions (or read them), run each problem's tests.
+    Eval(EvalArgs),
     /// Describe a model directory: architecture, parameters, dtypes, tokenizer.
     Info(InfoArgs),
     /// Show the training samples of MFTCoder jsonl data: ids, loss mask and segments, one JSON line each.
@@ -191,6 +193,53 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    /// HumanEval-format jsonl: `task_id`, `prompt`, `test`, `entry_point`.
+    #[arg(long)]
+    problems: PathBuf,
+    /// Allow running model-generated Python on this machine (required: the code is untrusted).
+    #[arg(long)]
+    execute: bool,
+    /// Score these completions (jsonl `task_id`, `completion`) instead of generating.
+    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    completions: Option<PathBuf>,
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A LoRA adapter directory (PEFT format).
+    #[arg(long, requires = "model")]
+    adapter: Option<PathBuf>,
+    /// Ask in MFTCoder's chat template (`<s>human\n# language: Python\n{prompt}\n<s>bot\n`) and take the answer's
+    /// code; without it the prompt is continued and cut at the next top-level statement.
+    #[arg(long)]
+    chat: bool,
+    /// Completions per problem.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// The k of pass@k, comma-separated (each ≤ samples).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    k: Vec<usize>,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Sampling temperature (0 or absent: greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seconds one program may run before it counts as failed.
+    #[arg(long, default_value_t = 10.0)]
+    timeout_s: f64,
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Write one JSON line per sample: task_id, completion, program, outcome.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     #[arg(long)]
     model: PathBuf,
@@ -211,6 +260,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => mftcoder::demo::run(args),
         Command::Forward(args) => forward(args),
         Command::Generate(args) => generate_cmd(args),
+        Command::Eval(args) => eval_cmd(args),
         Command::Info(args) => info(args),
         Command::Encode(args) => mftcoder::data::cli::encode(args),
         Command::Tokenize(args) => mftcoder::data::cli::tokenize(args),
@@ -331,6 +381,120 @@ fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
         println!("{}", generated.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
     }
     Ok(())
+}
+
+fn eval_cmd(args: EvalArgs) -> Result<()> {
+    use mftcoder::infer::humaneval::{self, Outcome};
+    use std::io::Write;
+    if !args.execute {
+        bail!("`eval` runs model-generated Python on this machine; pass --execute to allow it");
+    }
+    let problems = humaneval::load_problems(&args.problems)?;
+    if let Some(&k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
+        bail!("--k {k} must be between 1 and --samples ({})", args.samples);
+    }
+    // (problem index, completion text, the program that runs)
+    let samples: Vec<(usize, String, String)> = match &args.completions {
+        Some(path) => read_completions(path, &problems)?,
+        None => {
+            let d = args.device.clone();
+            on_backend!(
+                d.device.as_deref().unwrap_or("cpu"),
+                d.precision.as_deref().unwrap_or("f32"),
+                sample_completions(&args, &problems)
+            )?
+        }
+    };
+    let mut out = match &args.out {
+        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?),
+        None => None,
+    };
+    let timeout = std::time::Duration::from_secs_f64(args.timeout_s);
+    let mut tally = vec![(0usize, 0usize); problems.len()]; // (samples, passed)
+    for (i, completion, program) in &samples {
+        let outcome = humaneval::run_tests(&args.python, &problems[*i], program, timeout)?;
+        tally[*i].0 += 1;
+        tally[*i].1 += usize::from(outcome == Outcome::Passed);
+        if let Some(f) = out.as_mut() {
+            let line = serde_json::json!({"task_id": problems[*i].task_id, "completion": completion,
+                "program": program, "outcome": outcome});
+            writeln!(f, "{line}")?;
+        }
+    }
+    let passed: usize = tally.iter().map(|t| t.1).sum();
+    println!("{} problems, {} samples, {passed} passed", problems.len(), samples.len());
+    for &k in &args.k {
+        println!("pass@{k}: {:.4}", humaneval::mean_pass_at_k(&tally, k)?);
+    }
+    Ok(())
+}
+
+/// `--completions`: jsonl `{"task_id", "completion"}`, the completion continuing the problem's prompt.
+fn read_completions(
+    path: &Path,
+    problems: &[mftcoder::infer::humaneval::Problem],
+) -> Result<Vec<(usize, String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{}: not JSON ({e})", path.display(), n + 1))?;
+        let field = |name: &str| {
+            value.get(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| {
+                anyhow::anyhow!("{}:{}: field `{name}` is missing or not a string", path.display(), n + 1)
+            })
+        };
+        let (task_id, completion) = (field("task_id")?, field("completion")?);
+        let i = problems.iter().position(|p| p.task_id == task_id).ok_or_else(|| {
+            anyhow::anyhow!("{}:{}: task_id `{task_id}` is not in the problem file", path.display(), n + 1)
+        })?;
+        let program = format!("{}{completion}", problems[i].prompt);
+        out.push((i, completion, program));
+    }
+    Ok(out)
+}
+
+fn sample_completions<B: Backend>(
+    b: &B,
+    args: &EvalArgs,
+    problems: &[mftcoder::infer::humaneval::Problem],
+) -> Result<Vec<(usize, String, String)>> {
+    use mftcoder::infer::humaneval;
+    let model_dir = args.model.as_deref().expect("clap requires --model without --completions");
+    let tok = Tokenizer::load(model_dir)?;
+    let eos = generation_eos_ids(model_dir, &HfConfig::read(model_dir)?)?;
+    let model = load_model(b, model_dir, args.adapter.as_deref())?;
+    let mut out = Vec::new();
+    for (i, problem) in problems.iter().enumerate() {
+        let ids = if args.chat {
+            let request = format!("# language: Python\n{}", problem.prompt);
+            tok.encode(&chat_template::single_turn_prompt(&request), false)?
+        } else {
+            tok.encode(&problem.prompt, true)?
+        };
+        for s in 0..args.samples {
+            let decoding = match args.temperature {
+                Some(t) if t > 0.0 => generate::Decoding::Sample {
+                    temperature: t,
+                    top_p: args.top_p,
+                    seed: args.seed.wrapping_add((i * args.samples + s) as u64),
+                },
+                _ => generate::Decoding::Greedy,
+            };
+            let generated = generate::generate(&model, b, &ids, args.max_new_tokens, &decoding, &eos)?;
+            let text = tok.decode(&generated, true)?;
+            let (completion, program) = if args.chat {
+                (text.clone(), humaneval::program_from_answer(problem, &text))
+            } else {
+                let completion = humaneval::truncate_completion(&text).to_string();
+                let program = format!("{}{completion}", problem.prompt);
+                (completion, program)
+            };
+            out.push((i, completion, program));
+        }
+        eprintln!("{}: {} samples", problem.task_id, args.samples);
+    }
+    Ok(out)
 }
 
 fn info(args: InfoArgs) -> Result<()> {

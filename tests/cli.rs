@@ -326,3 +326,75 @@ fn bench_runs_a_tiny_model_on_the_cpu() {
     let first: f64 = loss_line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((first - 2048f64.ln()).abs() < 0.5, "{loss_line}");
 }
+
+// ---- eval: pass@k ----
+
+fn write_humaneval(dir: &Path) -> (PathBuf, PathBuf) {
+    let problems = dir.join("problems.jsonl");
+    let lines = [
+        serde_json::json!({"task_id": "T/0", "prompt": "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n",
+            "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+            "entry_point": "add"}),
+        serde_json::json!({"task_id": "T/1", "prompt": "def first(items):\n    \"\"\"Return the first item.\"\"\"\n",
+            "test": "def check(candidate):\n    assert candidate([4, 5]) == 4\n", "entry_point": "first"}),
+    ];
+    std::fs::write(&problems, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let completions = dir.join("completions.jsonl");
+    let samples = [
+        ("T/0", "    return a + b\n"),
+        ("T/0", "    return a - b\n"),
+        ("T/0", "    while True:\n        pass\n"),
+        ("T/1", "    return items[0]\n"),
+        ("T/1", "    return items[-1]\n"),
+        ("T/1", "    return items[0]\n"),
+    ];
+    let text: String =
+        samples.iter().map(|(t, c)| format!("{}\n", serde_json::json!({"task_id": t, "completion": c}))).collect();
+    std::fs::write(&completions, text).unwrap();
+    (problems, completions)
+}
+
+#[test]
+fn eval_runs_each_problems_tests_and_estimates_pass_at_k() {
+    let dir = scratch("eval");
+    let (problems, completions) = write_humaneval(&dir);
+    let results = dir.join("results.jsonl");
+    let out = bin()
+        .args(["eval", "--problems", problems.to_str().unwrap(), "--completions", completions.to_str().unwrap()])
+        .args(["--execute", "--samples", "3", "--k", "1,2", "--timeout-s", "1", "--out", results.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // T/0: 1 of 3 passes, T/1: 2 of 3 → pass@1 = (1/3 + 2/3)/2, pass@2 = ((1 − 1/3) + 1)/2
+    assert!(stdout.contains("2 problems, 6 samples, 3 passed"), "{stdout}");
+    assert!(stdout.contains("pass@1: 0.5000") && stdout.contains("pass@2: 0.8333"), "{stdout}");
+    let outcomes: Vec<serde_json::Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes[0], "passed");
+    assert_eq!(outcomes[1]["failed"], "AssertionError");
+    assert_eq!(outcomes[2], "timed_out", "the infinite loop is stopped at the time limit");
+}
+
+#[test]
+fn eval_refuses_to_run_generated_code_without_execute_and_samples_from_a_model() {
+    let dir = scratch("eval_model");
+    let (problems, _) = write_humaneval(&dir);
+    let out = bin().args(["eval", "--problems", problems.to_str().unwrap(), "--model", "x"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("pass --execute to allow it"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // the tiny fixture model samples two completions per problem; the pipeline runs end to end
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama/gqa_tied");
+    let out = bin()
+        .args(["eval", "--problems", problems.to_str().unwrap(), "--model", model.to_str().unwrap(), "--execute"])
+        .args(["--samples", "2", "--k", "1,2", "--temperature", "0.8", "--max-new-tokens", "16", "--timeout-s", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 problems, 4 samples") && stdout.contains("pass@2:"), "{stdout}");
+}

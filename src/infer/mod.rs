@@ -1,3 +1,4 @@
-//! Inference: generation with a KV cache, sampling, and the MFTCoder chat template.
+//! Inference: generation with a KV cache, sampling, the MFTCoder chat template, and pass@k evaluation.
 pub mod chat_template;
 pub mod generate;
+pub mod humaneval;
