@@ -393,9 +393,8 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     if let Some(&k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
         bail!("--k {k} must be between 1 and --samples ({})", args.samples);
     }
-    // (problem index, completion text, the program that runs)
-    let samples: Vec<(usize, String, String)> = match &args.completions {
-        Some(path) => read_completions(path, &problems)?,
+    let samples = match &args.completions {
+        Some(path) => humaneval::load_completions(path, &problems)?,
         None => {
             let d = args.device.clone();
             on_backend!(
@@ -411,13 +410,14 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     };
     let timeout = std::time::Duration::from_secs_f64(args.timeout_s);
     let mut tally = vec![(0usize, 0usize); problems.len()]; // (samples, passed)
-    for (i, completion, program) in &samples {
-        let outcome = humaneval::run_tests(&args.python, &problems[*i], program, timeout)?;
-        tally[*i].0 += 1;
-        tally[*i].1 += usize::from(outcome == Outcome::Passed);
+    for sample in &samples {
+        let (i, problem) = (sample.problem, &problems[sample.problem]);
+        let outcome = humaneval::run_tests(&args.python, problem, &sample.program, timeout)?;
+        tally[i].0 += 1;
+        tally[i].1 += usize::from(outcome == Outcome::Passed);
         if let Some(f) = out.as_mut() {
-            let line = serde_json::json!({"task_id": problems[*i].task_id, "completion": completion,
-                "program": program, "outcome": outcome});
+            let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
+                "program": sample.program, "outcome": outcome});
             writeln!(f, "{line}")?;
         }
     }
@@ -429,72 +429,24 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--completions`: jsonl `{"task_id", "completion"}`, the completion continuing the problem's prompt.
-fn read_completions(
-    path: &Path,
-    problems: &[mftcoder::infer::humaneval::Problem],
-) -> Result<Vec<(usize, String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{}: not JSON ({e})", path.display(), n + 1))?;
-        let field = |name: &str| {
-            value.get(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or_else(|| {
-                anyhow::anyhow!("{}:{}: field `{name}` is missing or not a string", path.display(), n + 1)
-            })
-        };
-        let (task_id, completion) = (field("task_id")?, field("completion")?);
-        let i = problems.iter().position(|p| p.task_id == task_id).ok_or_else(|| {
-            anyhow::anyhow!("{}:{}: task_id `{task_id}` is not in the problem file", path.display(), n + 1)
-        })?;
-        let program = format!("{}{completion}", problems[i].prompt);
-        out.push((i, completion, program));
-    }
-    Ok(out)
-}
-
 fn sample_completions<B: Backend>(
     b: &B,
     args: &EvalArgs,
     problems: &[mftcoder::infer::humaneval::Problem],
-) -> Result<Vec<(usize, String, String)>> {
-    use mftcoder::infer::humaneval;
+) -> Result<Vec<mftcoder::infer::humaneval::Sample>> {
     let model_dir = args.model.as_deref().expect("clap requires --model without --completions");
     let tok = Tokenizer::load(model_dir)?;
     let eos = generation_eos_ids(model_dir, &HfConfig::read(model_dir)?)?;
     let model = load_model(b, model_dir, args.adapter.as_deref())?;
-    let mut out = Vec::new();
-    for (i, problem) in problems.iter().enumerate() {
-        let ids = if args.chat {
-            let request = format!("# language: Python\n{}", problem.prompt);
-            tok.encode(&chat_template::single_turn_prompt(&request), false)?
-        } else {
-            tok.encode(&problem.prompt, true)?
-        };
-        for s in 0..args.samples {
-            let decoding = match args.temperature {
-                Some(t) if t > 0.0 => generate::Decoding::Sample {
-                    temperature: t,
-                    top_p: args.top_p,
-                    seed: args.seed.wrapping_add((i * args.samples + s) as u64),
-                },
-                _ => generate::Decoding::Greedy,
-            };
-            let generated = generate::generate(&model, b, &ids, args.max_new_tokens, &decoding, &eos)?;
-            let text = tok.decode(&generated, true)?;
-            let (completion, program) = if args.chat {
-                (text.clone(), humaneval::program_from_answer(problem, &text))
-            } else {
-                let completion = humaneval::truncate_completion(&text).to_string();
-                let program = format!("{}{completion}", problem.prompt);
-                (completion, program)
-            };
-            out.push((i, completion, program));
-        }
-        eprintln!("{}: {} samples", problem.task_id, args.samples);
-    }
-    Ok(out)
+    let sampling = mftcoder::infer::humaneval::Sampling {
+        chat: args.chat,
+        samples: args.samples,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature.unwrap_or(0.0),
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    mftcoder::infer::humaneval::sample(&model, b, &tok, &eos, problems, &sampling)
 }
 
 fn info(args: InfoArgs) -> Result<()> {

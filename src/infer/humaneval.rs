@@ -7,6 +7,11 @@
 //! The program run for a completion is `prompt + completion + "\n" + test + "\ncheck(entry_point)\n"`: the
 //! test defines `check(candidate)` and asserts on it.
 
+use super::chat_template;
+use super::generate::{Decoding, generate};
+use crate::backend::Backend;
+use crate::io::tokenizer::Tokenizer;
+use crate::models::llama::Llama;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -35,6 +40,94 @@ pub fn load_problems(path: &Path) -> Result<Vec<Problem>> {
         bail!("{}: no problems", path.display());
     }
     Ok(problems)
+}
+
+/// One completion of one problem and the program that runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Index into the problem list.
+    pub problem: usize,
+    pub completion: String,
+    pub program: String,
+}
+
+/// `--completions`: jsonl `{"task_id", "completion"}`, each completion continuing its problem's prompt.
+pub fn load_completions(path: &Path, problems: &[Problem]) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("{}: not JSON ({e})", at()))?;
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("{}: field `{name}` is missing or not a string", at()))
+        };
+        let (task_id, completion) = (field("task_id")?, field("completion")?);
+        let problem = problems
+            .iter()
+            .position(|p| p.task_id == task_id)
+            .ok_or_else(|| anyhow!("{}: task_id `{task_id}` is not in the problem file", at()))?;
+        let program = format!("{}{completion}", problems[problem].prompt);
+        out.push(Sample { problem, completion, program });
+    }
+    Ok(out)
+}
+
+/// How completions are drawn from a model.
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    /// Ask in MFTCoder's chat template and take the answer's code; otherwise continue the prompt.
+    pub chat: bool,
+    pub samples: usize,
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+/// `samples` completions of every problem from `model` (sample s of problem i seeded with seed + i·samples + s).
+pub fn sample<B: Backend>(
+    model: &Llama<B>,
+    b: &B,
+    tok: &Tokenizer,
+    eos: &[u32],
+    problems: &[Problem],
+    sampling: &Sampling,
+) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for (i, problem) in problems.iter().enumerate() {
+        let ids = if sampling.chat {
+            let request = format!("# language: Python\n{}", problem.prompt);
+            tok.encode(&chat_template::single_turn_prompt(&request), false)? // MFTCoder: no special tokens
+        } else {
+            tok.encode(&problem.prompt, true)?
+        };
+        for s in 0..sampling.samples {
+            let decoding = match sampling.temperature {
+                t if t > 0.0 => Decoding::Sample {
+                    temperature: t,
+                    top_p: sampling.top_p,
+                    seed: sampling.seed.wrapping_add((i * sampling.samples + s) as u64),
+                },
+                _ => Decoding::Greedy,
+            };
+            let text = tok.decode(&generate(model, b, &ids, sampling.max_new_tokens, &decoding, eos)?, true)?;
+            let (completion, program) = if sampling.chat {
+                (text.clone(), program_from_answer(problem, &text))
+            } else {
+                let completion = truncate_completion(&text).to_string();
+                let program = format!("{}{completion}", problem.prompt);
+                (completion, program)
+            };
+            out.push(Sample { problem: i, completion, program });
+        }
+        eprintln!("{}: {} samples", problem.task_id, sampling.samples);
+    }
+    Ok(out)
 }
 
 // ANCHOR: pass_at_k
