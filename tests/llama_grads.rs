@@ -4,10 +4,12 @@
 //! Tolerances (DESIGN §5): loss ≤ 1e-5 absolute; every gradient ≤ 1e-3 of its tensor's largest magnitude;
 //! AdamW losses ≤ 1e-4 absolute after ten steps (llm.c's test shape).
 
+mod golden_grads;
+
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::llama::{Llama, Sequence, hf_shape};
+use mftcoder::models::llama::{Llama, Sequence};
 use mftcoder::models::load_causal_lm;
 use mftcoder::train::optim::{AdamW, AdamWConfig};
 use ndarray::Array2;
@@ -27,35 +29,10 @@ fn ids_u32(v: Vec<i64>) -> Vec<u32> {
     v.into_iter().map(|i| i as u32).collect()
 }
 
-/// Compare every gradient against `prefix` + `grad.<name>` in the golden; the two name sets must be equal.
+/// Every gradient against `{prefix}grad.<name>` in the golden (shared checks), with a line on the worst one.
 fn compare_grads(case: &Path, golden: &WeightStore, prefix: &str, grads: &mftcoder::models::llama::Gradients<Cpu>) {
-    let wanted: Vec<&str> = golden.names().filter_map(|n| n.strip_prefix(prefix)?.strip_prefix("grad.")).collect();
-    let mut got: Vec<&str> = grads.keys().map(String::as_str).collect();
-    got.sort();
-    assert_eq!(got, wanted, "{}: parameter sets differ", case.display());
-    let mut worst = (0.0f32, String::new());
-    for (name, grad) in grads {
-        let want = golden.tensor_f32(&format!("{prefix}grad.{name}")).unwrap();
-        assert_eq!(hf_shape(name, grad.dim()), want.shape(), "{name}");
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let diff = grad.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        let rel = diff / scale;
-        assert!(
-            rel <= 1e-3,
-            "{}: {name}: max |Δgrad| {diff:.3e} is {rel:.2e} of the tensor's max {scale:.3e}",
-            case.display()
-        );
-        if rel > worst.0 {
-            worst = (rel, name.clone());
-        }
-    }
-    eprintln!(
-        "{} {prefix}: {} gradients, worst relative error {:.2e} ({})",
-        case.display(),
-        grads.len(),
-        worst.0,
-        worst.1
-    );
+    let (worst, at) = golden_grads::compare_grads(&case.display().to_string(), golden, prefix, grads);
+    eprintln!("{} {prefix}: {} gradients, worst relative error {worst:.2e} ({at})", case.display(), grads.len());
 }
 
 #[test]

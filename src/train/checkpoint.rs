@@ -35,6 +35,24 @@ pub struct TrainerState {
     pub coba: Option<crate::loss::coba::CobaState>,
 }
 
+impl TrainerState {
+    /// Before the first step of a run planned for `total_steps`, with the run's generator state.
+    pub fn start(total_steps: usize, rng_state: [u64; 4]) -> Self {
+        TrainerState {
+            completed_steps: 0,
+            epoch: 0,
+            step_in_epoch: 0,
+            rng_state,
+            lr: 0.0,
+            best_eval_loss: None,
+            best_step: None,
+            stall: 0,
+            total_steps,
+            coba: None,
+        }
+    }
+}
+
 /// Files copied from the base model into every full-parameter checkpoint, so it is a loadable HF directory.
 const MODEL_SIDE_FILES: &[&str] =
     &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];

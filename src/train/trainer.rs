@@ -202,18 +202,7 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
     let adam = AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() };
     let mut opt = AdamW::new_on(b, adam, &shapes);
-    let mut state = TrainerState {
-        completed_steps: 0,
-        epoch: 0,
-        step_in_epoch: 0,
-        rng_state: Rng::new(cfg.seed).state(),
-        lr: 0.0,
-        best_eval_loss: None,
-        best_step: None,
-        stall: 0,
-        total_steps,
-        coba: None,
-    };
+    let mut state = TrainerState::start(total_steps, Rng::new(cfg.seed).state());
     if let Some(dir) = &resume_dir {
         state = checkpoint::load_training_state(b, dir, &param_names, &mut opt)?;
         if state.total_steps != total_steps {

@@ -211,6 +211,35 @@ impl Cuda {
         out
     }
 
+    /// The backward of RMSNorm or LayerNorm (one block per row, the same arguments) → (dx, the per-row terms
+    /// of ∂L/∂w that `column_sum` adds up).
+    fn norm_backward_rows(
+        &self,
+        layer_norm: bool,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        let kernel = if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" };
+        Self::same_shape(dy, x, kernel);
+        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let hidden = int(x.cols, "hidden");
+        launch!(
+            self,
+            kernel,
+            row_grid(x.rows),
+            &mut dx.data,
+            &mut dw_rows.data,
+            &dy.data,
+            &x.data,
+            &weight.data,
+            &hidden,
+            &eps
+        );
+        (dx, dw_rows)
+    }
+
     /// Column sums of a [rows, cols] matrix → [1, cols]: partial sums over chunks of 64 rows in parallel, then
     /// the sum of the partials (one level more when there are many chunks).
     fn column_sum(&self, x: &CudaTensor) -> CudaTensor {
@@ -471,21 +500,7 @@ impl Backend for Cuda {
         weight: &CudaTensor,
         eps: f32,
     ) -> (CudaTensor, CudaTensor) {
-        Self::same_shape(dy, x, "rms_norm_backward");
-        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
-        let hidden = int(x.cols, "hidden");
-        launch!(
-            self,
-            "rms_norm_backward",
-            row_grid(x.rows),
-            &mut dx.data,
-            &mut dw_rows.data,
-            &dy.data,
-            &x.data,
-            &weight.data,
-            &hidden,
-            &eps
-        );
+        let (dx, dw_rows) = self.norm_backward_rows(false, dy, x, weight, eps);
         (dx, self.column_sum(&dw_rows))
     }
     fn rope_backward(
@@ -505,21 +520,7 @@ impl Backend for Cuda {
         weight: &CudaTensor,
         eps: f32,
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
-        Self::same_shape(dy, x, "layer_norm_backward");
-        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
-        let hidden = int(x.cols, "hidden");
-        launch!(
-            self,
-            "layer_norm_backward",
-            row_grid(x.rows),
-            &mut dx.data,
-            &mut dw_rows.data,
-            &dy.data,
-            &x.data,
-            &weight.data,
-            &hidden,
-            &eps
-        );
+        let (dx, dw_rows) = self.norm_backward_rows(true, dy, x, weight, eps);
         (dx, self.column_sum(&dw_rows), self.column_sum(dy))
     }
     fn gelu_tanh_backward(&self, dy: &CudaTensor, x: &CudaTensor) -> CudaTensor {

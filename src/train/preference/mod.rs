@@ -292,18 +292,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
         std::fs::File::create(&metrics_path).with_context(|| format!("{}: cannot create", metrics_path.display()))?;
     let mut rng = Rng::new(cfg.seed ^ 0x5EED);
     let (mut evaluations, mut saved) = (Vec::new(), Vec::new());
-    let mut state = TrainerState {
-        completed_steps: 0,
-        epoch: 0,
-        step_in_epoch: 0,
-        rng_state: rng.state(),
-        lr: 0.0,
-        best_eval_loss: None,
-        best_step: None,
-        stall: 0,
-        total_steps,
-        coba: None,
-    };
+    let mut state = TrainerState::start(total_steps, rng.state());
     if !eval_pairs.is_empty() {
         // where the policy starts (DPO: the reference itself, so loss log 2 and margin 0)
         let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, 0)?;
