@@ -1,7 +1,7 @@
 //! The CPU reference backend: ndarray matrices, each op delegating to its `crate::nn` module.
 //! Matrix products go through matrixmultiply with its threading feature; elementwise work through rayon.
 
-use super::{AttentionMask, AttentionShape, Backend};
+use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use crate::nn;
 use crate::quant::Quantized4bit;
 use crate::train::optim::{self, AdamWScalars};
@@ -78,6 +78,17 @@ impl Backend for Cpu {
     }
     fn gelu_tanh(&self, x: &Array2<f32>) -> Array2<f32> {
         nn::mlp::gelu_tanh_rows(x.view())
+    }
+    fn gelu_erf(&self, x: &Array2<f32>) -> Array2<f32> {
+        nn::mlp::gelu_erf_rows(x.view())
+    }
+    fn split_qkv(
+        &self,
+        qkv: &Array2<f32>,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        nn::fused_qkv::split(qkv.view(), shape, layout)
     }
     fn concat_rows(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         concatenate(Axis(0), &[a.view(), b.view()]).expect("concat_rows: column counts differ")
@@ -164,6 +175,19 @@ impl Backend for Cpu {
     }
     fn gelu_tanh_backward(&self, dy: &Array2<f32>, x: &Array2<f32>) -> Array2<f32> {
         nn::mlp::gelu_tanh_backward(dy.view(), x.view())
+    }
+    fn gelu_erf_backward(&self, dy: &Array2<f32>, x: &Array2<f32>) -> Array2<f32> {
+        nn::mlp::gelu_erf_backward(dy.view(), x.view())
+    }
+    fn join_qkv(
+        &self,
+        dq: &Array2<f32>,
+        dk: &Array2<f32>,
+        dv: &Array2<f32>,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+    ) -> Array2<f32> {
+        nn::fused_qkv::join(dq.view(), dk.view(), dv.view(), shape, layout)
     }
     fn embedding_backward(&self, dy: &Array2<f32>, ids: &[u32], vocab: usize) -> Array2<f32> {
         nn::embedding::embedding_backward(dy.view(), ids, vocab)

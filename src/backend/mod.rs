@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 
 pub use crate::nn::attention::{AttentionMask, AttentionShape};
+pub use crate::nn::fused_qkv::FusedQkv;
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
 use ndarray::Array2;
@@ -49,7 +50,8 @@ pub trait Backend: Sync {
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// x: [T, H], weight: [1, H] → RMSNorm(x)·w
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
-    /// x: [T, heads·d] rotated at `positions` with the inverse frequencies ω (len d/2)
+    /// x: [T, heads·d] rotated at `positions` with the inverse frequencies ω: the first 2·len(ω) ≤ d entries
+    /// of each head rotate (all of them unless the rotary is partial), the rest are copied
     fn rope(
         &self,
         x: &Self::Tensor,
@@ -73,6 +75,16 @@ pub trait Backend: Sync {
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// GELU, tanh approximation, element-wise
     fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// GELU, exact (x·Φ(x) through erf), element-wise
+    fn gelu_erf(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// A fused projection's output qkv: [T, (H + 2·KV)·d] → (q [T, H·d], k [T, KV·d], v [T, KV·d]), the columns
+    /// grouped as `layout` says (`nn::fused_qkv`)
+    fn split_qkv(
+        &self,
+        qkv: &Self::Tensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
     /// [a; b] stacked by rows (the KV cache grows this way)
     fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// rows start..end
@@ -144,6 +156,17 @@ pub trait Backend: Sync {
     ) -> (Self::Tensor, Self::Tensor);
     /// dx = dy·gelu′(x)
     fn gelu_tanh_backward(&self, dy: &Self::Tensor, x: &Self::Tensor) -> Self::Tensor;
+    /// dx = dy·gelu′(x), exact GELU
+    fn gelu_erf_backward(&self, dy: &Self::Tensor, x: &Self::Tensor) -> Self::Tensor;
+    /// The backward of `split_qkv` (a permutation of columns, so also its inverse): (dq, dk, dv) → dqkv
+    fn join_qkv(
+        &self,
+        dq: &Self::Tensor,
+        dk: &Self::Tensor,
+        dv: &Self::Tensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+    ) -> Self::Tensor;
     /// dy: [T, H] → dtable [vocab, H] (repeated ids accumulate)
     fn embedding_backward(&self, dy: &Self::Tensor, ids: &[u32], vocab: usize) -> Self::Tensor;
     /// Fused softmax + cross-entropy: per-row losses ℓₜ (on the host: they drive logging and loss weighting)

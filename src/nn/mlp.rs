@@ -1,6 +1,7 @@
 //! The MLP activations. Llama's gated MLP (SwiGLU, Shazeer 2020) is `down( silu(gate(x)) ⊙ up(x) )`,
 //! silu(z) = z·σ(z). StarCoder2's plain MLP is `c_proj( gelu(c_fc(x)) )` and Gemma's gated one
-//! `down( gelu(gate(x)) ⊙ up(x) )`, both with GELU's tanh approximation (`gelu_pytorch_tanh`).
+//! `down( gelu(gate(x)) ⊙ up(x) )`, both with GELU's tanh approximation (`gelu_pytorch_tanh`). GPT-NeoX's
+//! plain MLP uses the exact GELU, x·Φ(x) with the normal CDF Φ written through erf.
 
 use ndarray::{Array2, ArrayView2, Zip};
 
@@ -70,6 +71,47 @@ pub fn gelu_tanh_backward(dy: ArrayView2<f32>, x: ArrayView2<f32>) -> Array2<f32
 }
 // ANCHOR_END: gelu_tanh
 
+// ANCHOR: gelu_erf
+/// Which GELU an MLP applies: the tanh approximation (`gelu_pytorch_tanh`, `gelu_new`) or the exact one (`gelu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    Tanh,
+    Erf,
+}
+
+/// 1/√2 and 1/√(2π)
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// The exact GELU (PyTorch's `gelu(approximate="none")`): gelu(x) = x·Φ(x) = ½·x·(1 + erf(x/√2)).
+/// erf is evaluated in f64 (the `libm` crate; std's is not stable yet) and the product rounded once to f32.
+pub fn gelu_erf(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + libm::erf(x * FRAC_1_SQRT_2))) as f32
+}
+
+/// gelu′(x) = Φ(x) + x·φ(x),  φ(x) = e^(−x²/2)/√(2π).
+pub fn gelu_erf_derivative(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * (1.0 + libm::erf(x * FRAC_1_SQRT_2)) + x * (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI) as f32
+}
+
+/// x: [T, I] → gelu(x), exact
+pub fn gelu_erf_rows(x: ArrayView2<f32>) -> Array2<f32> {
+    let mut out = Array2::zeros(x.raw_dim());
+    Zip::from(&mut out).and(&x).par_for_each(|o, &v| *o = gelu_erf(v));
+    out
+}
+
+/// dy, x: [T, I] → dx = dy·gelu′(x), exact
+pub fn gelu_erf_backward(dy: ArrayView2<f32>, x: ArrayView2<f32>) -> Array2<f32> {
+    assert_eq!(dy.dim(), x.dim(), "gelu_erf_backward: dy and x differ");
+    let mut dx = Array2::zeros(x.raw_dim());
+    Zip::from(&mut dx).and(&dy).and(&x).par_for_each(|o, &d, &v| *o = d * gelu_erf_derivative(v));
+    dx
+}
+// ANCHOR_END: gelu_erf
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +140,28 @@ mod tests {
             let dx = gelu_tanh_backward(r.view(), x.view());
             check("dx", &x, &dx, |x| weighted_sum(&gelu_tanh_rows(x.view()), &r)).map_err(TestCaseError::fail)?;
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn gelu_erf_backward_matches_finite_differences(t in 1usize..6, i in 1usize..9, seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let (x, r) = (random(t, i, &mut rng).mapv(|v| 2.0 * v), random(t, i, &mut rng));
+            let dx = gelu_erf_backward(r.view(), x.view());
+            check("dx", &x, &dx, |x| weighted_sum(&gelu_erf_rows(x.view()), &r)).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn gelu_erf_values() {
+        // torch.nn.functional.gelu(torch.tensor([-3., -1., 0., 0.5, 1., 3.], dtype=torch.float64))
+        let want = [-0.004_049_694, -0.158_655_25, 0.0, 0.345_731_23, 0.841_344_75, 2.995_950_3];
+        for (x, w) in [-3.0f32, -1.0, 0.0, 0.5, 1.0, 3.0].into_iter().zip(want) {
+            assert!((gelu_erf(x) - w).abs() < 1e-6, "gelu({x}) = {} vs {w}", gelu_erf(x));
+        }
+        // the two GELUs differ by up to ~5e-4: a model must use the one it was trained with
+        assert!((gelu_erf(-3.0) - gelu_tanh(-3.0)).abs() > 4e-4);
     }
 
     #[test]

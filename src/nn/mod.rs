@@ -4,6 +4,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod fastmath;
+pub mod fused_qkv;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;

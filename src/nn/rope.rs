@@ -5,6 +5,10 @@
 //!
 //!   y₁ = x₁·cos − x₂·sin,   y₂ = x₂·cos + x₁·sin      (transformers: `q·cos + rotate_half(q)·sin`)
 //!
+//! Partial rotary (GPT-NeoX's `rotary_pct`, Phi's `partial_rotary_factor`): only the first r < d entries of each
+//! head rotate, split into halves of r/2 as above with ωᵢ = θ^(−2i/r); entries r..d pass through unchanged.
+//! The rotated width is implied by the frequencies: r = 2·len(ω).
+//!
 //! Linear scaling ("position interpolation") divides every ωᵢ by a factor. Like transformers we compute ωᵢ and
 //! the angles in f32, so long positions round the same way.
 
@@ -12,12 +16,13 @@ use crate::io::hf_config::{RopeScaling, RopeSpec};
 use ndarray::{Array2, ArrayView2, Axis, Zip};
 
 // ANCHOR: inv_freq
-/// ωᵢ for i in 0..d/2, computed the way transformers does (f32 pow, then reciprocal, then scaling).
-pub fn inverse_frequencies(spec: &RopeSpec, head_dim: usize) -> Vec<f32> {
+/// ωᵢ for i in 0..r/2 (r = the rotated width: head_dim, or less for partial rotary), computed the way
+/// transformers does (f32 pow, then reciprocal, then scaling).
+pub fn inverse_frequencies(spec: &RopeSpec, rotary_dims: usize) -> Vec<f32> {
     let base = spec.theta as f32;
-    (0..head_dim / 2)
+    (0..rotary_dims / 2)
         .map(|i| {
-            let exponent = (2 * i) as f32 / head_dim as f32;
+            let exponent = (2 * i) as f32 / rotary_dims as f32;
             let inv = 1.0 / base.powf(exponent);
             match spec.scaling {
                 RopeScaling::None => inv,
@@ -61,13 +66,15 @@ impl RotationTable {
 }
 
 // ANCHOR: rope_forward
-/// x: [T, heads·d] (head h in columns h·d..(h+1)·d), positions: [T] → rotated copy of x.
+/// x: [T, heads·d] (head h in columns h·d..(h+1)·d), positions: [T] → rotated copy of x (the first
+/// 2·len(inv_freq) entries of each head rotate, the rest are copied).
 pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> Array2<f32> {
     assert_eq!(x.ncols(), heads * head_dim, "rope: width {} is not heads·head_dim = {heads}·{head_dim}", x.ncols());
     assert_eq!(x.nrows(), positions.len(), "rope: one position per row");
-    let half = head_dim / 2;
+    let half = inv_freq.len();
+    assert!(2 * half <= head_dim, "rope: {} frequencies for heads of {head_dim}", half);
     let table = RotationTable::new(positions, inv_freq);
-    let mut y = Array2::zeros(x.raw_dim());
+    let mut y = if 2 * half == head_dim { Array2::zeros(x.raw_dim()) } else { x.to_owned() };
     Zip::from(y.axis_iter_mut(Axis(0))).and(x.axis_iter(Axis(0))).and(positions).par_for_each(
         |mut y_row, x_row, &p| {
             let (cos, sin) = table.row(p);
@@ -90,7 +97,8 @@ pub fn rope(x: ArrayView2<f32>, heads: usize, head_dim: usize, positions: &[usiz
 ///
 ///   dx₁ = dy₁·cos + dy₂·sin,   dx₂ = dy₂·cos − dy₁·sin
 ///
-/// dy: [T, heads·d], positions: [T] → dx: [T, heads·d]. Nothing is cached: the angles are recomputed.
+/// dy: [T, heads·d], positions: [T] → dx: [T, heads·d] (partial rotary: the pass-through entries copy dy).
+/// Nothing is cached: the angles are recomputed.
 pub fn rope_backward(
     dy: ArrayView2<f32>,
     heads: usize,
@@ -105,9 +113,11 @@ pub fn rope_backward(
         dy.ncols()
     );
     assert_eq!(dy.nrows(), positions.len(), "rope_backward: one position per row");
-    let half = head_dim / 2;
+    let half = inv_freq.len();
+    assert!(2 * half <= head_dim, "rope_backward: {} frequencies for heads of {head_dim}", half);
     let table = RotationTable::new(positions, inv_freq);
-    let mut dx = Array2::zeros(dy.raw_dim());
+    // entries past the rotated width pass the gradient through unchanged
+    let mut dx = if 2 * half == head_dim { Array2::zeros(dy.raw_dim()) } else { dy.to_owned() };
     Zip::from(dx.axis_iter_mut(Axis(0))).and(dy.axis_iter(Axis(0))).and(positions).par_for_each(
         |mut dx_row, dy_row, &p| {
             let (cos, sin) = table.row(p); // the same f32 angles as the forward
@@ -138,10 +148,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn backward_matches_finite_differences(t in 1usize..6, heads in 1usize..4, half in 1usize..5,
-                                               offset in 0usize..3000, seed in any::<u64>()) {
+                                               pass_through in 0usize..3, offset in 0usize..3000, seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
-            let d = 2 * half;
-            let w = inverse_frequencies(&spec(), d);
+            let d = 2 * half + pass_through; // partial rotary when pass_through > 0
+            let w = inverse_frequencies(&spec(), 2 * half);
             let positions: Vec<usize> = (0..t).map(|i| offset + 7 * i).collect();
             let x = random(t, heads * d, &mut rng);
             let r = random(t, heads * d, &mut rng);
@@ -184,6 +194,26 @@ mod tests {
             (&a * &b).sum()
         };
         assert!((dot(3, 1) - dot(10, 8)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn partial_rotary_rotates_the_first_entries_only() {
+        // heads of 6 with 4 rotated entries: ω over r = 4, entries 4 and 5 of each head copied
+        let x = Array2::from_shape_fn((2, 12), |(t, c)| (t * 12 + c) as f32 * 0.1 - 0.5);
+        let w = inverse_frequencies(&spec(), 4);
+        assert_eq!(w, vec![1.0, 1.0 / 100.0]);
+        let y = rope(x.view(), 2, 6, &[3, 9], &w);
+        let full = rope(x.slice(ndarray::s![.., 0..4]).to_owned().view(), 1, 4, &[3, 9], &w);
+        for t in 0..2 {
+            for h in 0..2 {
+                for c in 4..6 {
+                    assert_eq!(y[[t, h * 6 + c]], x[[t, h * 6 + c]]);
+                }
+            }
+            for c in 0..4 {
+                assert_eq!(y[[t, c]], full[[t, c]]);
+            }
+        }
     }
 
     #[test]
