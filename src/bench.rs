@@ -6,7 +6,7 @@
 
 use crate::backend::Backend;
 use crate::loss::causal_lm::weighted_token_loss;
-use crate::models::llama::{Llama, LlamaConfig, Sequence};
+use crate::models::decoder::{Decoder, DecoderConfig, Sequence};
 use crate::peft::attach::init_adapters;
 use crate::peft::{LoraConfig, TargetModules};
 use crate::rng::Rng;
@@ -53,11 +53,11 @@ const PYTORCH_H200: [PytorchFigure; 4] = [
 ];
 
 /// (config, default batch, default seq)
-fn shape(model: &str) -> Result<(LlamaConfig, usize, usize)> {
+fn shape(model: &str) -> Result<(DecoderConfig, usize, usize)> {
     Ok(match model {
-        "134m" => (LlamaConfig::with_shape(32_000, 768, 2048, 12, 12, 12), 16, 1024),
-        "1.1b" => (LlamaConfig::with_shape(32_000, 2048, 5632, 22, 32, 4), 8, 2048),
-        "tiny" => (LlamaConfig::with_shape(2048, 256, 688, 4, 4, 2), 2, 128),
+        "134m" => (DecoderConfig::with_shape(32_000, 768, 2048, 12, 12, 12), 16, 1024),
+        "1.1b" => (DecoderConfig::with_shape(32_000, 2048, 5632, 22, 32, 4), 8, 2048),
+        "tiny" => (DecoderConfig::with_shape(2048, 256, 688, 4, 4, 2), 2, 128),
         other => bail!("unknown bench model `{other}` (allowed: 134m, 1.1b, tiny)"),
     })
 }
@@ -82,7 +82,7 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
     };
     let (batch, seq) = (args.batch.unwrap_or(default_batch), args.seq.unwrap_or(default_seq));
     let vocab = config.vocab_size;
-    let mut model: Llama<B> = Llama::random(b, config, 1);
+    let mut model: Decoder<B> = Decoder::random(b, config, 1);
     let parameters: usize = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t).0 * b.dims(t).1).sum();
     if lora {
         let config =

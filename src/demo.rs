@@ -8,7 +8,7 @@ use crate::data::offline::tokenize_to_bin;
 use crate::infer::{chat_template, generate};
 use crate::io::tokenizer::Tokenizer;
 use crate::io::write_atomic;
-use crate::models::llama::{Llama, LlamaConfig};
+use crate::models::decoder::{Decoder, DecoderConfig};
 use crate::peft::merge::merge_into_directory;
 use crate::train::checkpoint::model_tensors;
 use crate::train::plots;
@@ -71,15 +71,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
     write_atomic(&base.join("tokenizer.json"), TOKENIZER_JSON.as_bytes())?;
     write_atomic(&base.join("tokenizer_config.json"), TOKENIZER_CONFIG_JSON.as_bytes())?;
     let tokenizer = Tokenizer::load(&base)?;
-    let mut config = LlamaConfig::with_shape(tokenizer.vocab_size(), 192, 512, 4, 6, 2);
+    let mut config = DecoderConfig::with_shape(tokenizer.vocab_size(), 192, 512, 4, 6, 2);
     config.tie_word_embeddings = true;
-    let mut model = Llama::random(&cpu, config.clone(), 2024);
+    let mut model = Decoder::random(&cpu, config.clone(), 2024);
     let hf_config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
         "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
         "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim, "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope.theta, "tie_word_embeddings": true,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope().expect("rotary").theta, "tie_word_embeddings": true,
         "max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32"
     });
     write_atomic(&base.join("config.json"), serde_json::to_string_pretty(&hf_config)?.as_bytes())?;
@@ -197,7 +197,7 @@ fn config_from_json(value: serde_json::Value) -> Result<TrainConfig> {
     Ok(TrainConfig::from_json_str(&value.to_string())?.config)
 }
 
-fn param_count(c: &LlamaConfig) -> usize {
+fn param_count(c: &DecoderConfig) -> usize {
     let per_layer = c.hidden_size * (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
         + c.num_attention_heads * c.head_dim * c.hidden_size
         + 3 * c.hidden_size * c.intermediate_size

@@ -12,7 +12,7 @@ use mftcoder::io::tokenizer::Tokenizer;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::models::{
     self,
-    llama::{Logits, Sequence, hf_shape},
+    decoder::{Logits, Positions, Sequence, hf_shape},
 };
 use mftcoder::train::preference::{self, PreferenceConfig};
 use mftcoder::train::trainer;
@@ -329,7 +329,7 @@ fn forward_on<B: Backend>(b: &B, args: ForwardArgs) -> Result<()> {
 }
 
 /// A model directory, with a PEFT LoRA adapter attached when one is given.
-fn load_model<B: Backend>(b: &B, model: &Path, adapter: Option<&Path>) -> Result<models::llama::Llama<B>> {
+fn load_model<B: Backend>(b: &B, model: &Path, adapter: Option<&Path>) -> Result<models::decoder::Decoder<B>> {
     let mut llama = models::load_causal_lm(b, model)?;
     if let Some(dir) = adapter {
         let adapter = mftcoder::peft::Adapter::load(dir)?;
@@ -475,16 +475,30 @@ fn info(args: InfoArgs) -> Result<()> {
             c.num_key_value_heads,
             c.vocab_size
         );
-        println!(
-            "rope:         θ = {}, scaling {:?}; tied embeddings: {}",
-            c.rope.theta, c.rope.scaling, c.tie_word_embeddings
-        );
+        let positions = match &c.positions {
+            Positions::Rotary { rope, dims } => {
+                format!(
+                    "RoPE θ = {}, scaling {:?}, on {dims} of {} entries per head",
+                    rope.theta, rope.scaling, c.head_dim
+                )
+            }
+            Positions::Learned => format!("learned, {} positions", c.max_position_embeddings),
+        };
+        println!("positions:    {positions}; tied embeddings: {}", c.tie_word_embeddings);
+        let qkv = match c.attention.fused_qkv {
+            Some(layout) => format!("fused q/k/v ({} head groups)", layout.groups),
+            None => "separate q/k/v".into(),
+        };
+        println!("layers:       {qkv}, {:?} residual, {:?} norm, {:?} MLP", c.residual, c.norm, c.mlp);
         let windows: Vec<String> =
-            c.attention_windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
-        if c.attention_windows.iter().any(Option::is_some) {
+            c.attention.windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
+        if c.attention.windows.iter().any(Option::is_some) {
             println!("windows:      sliding attention per layer: {}", windows.join(", "));
         }
-        println!("biases:       q/k/v {}, o {}, MLP {}", c.qkv_bias, c.o_proj_bias, c.mlp_bias);
+        println!(
+            "biases:       q/k/v {}, o {}, MLP {}, head {}",
+            c.attention.qkv_bias, c.attention.o_bias, c.mlp_bias, c.lm_head_bias
+        );
     }
     println!(
         "parameters:   {params} ({:.2} M) in {} tensors, {}",

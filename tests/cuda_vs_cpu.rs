@@ -20,7 +20,7 @@ use mftcoder::backend::cuda::{Cuda, Precision};
 use mftcoder::backend::{AttentionMask, AttentionShape, Backend};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
-use mftcoder::models::llama::{Llama, LlamaConfig, MlpKind, NormKind, Sequence};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, MlpKind, NormKind, Sequence};
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
@@ -311,12 +311,12 @@ enum Mode {
 /// one forward + backward, then one AdamW step; returns the loss, every gradient and every updated trainable
 /// parameter, downloaded.
 fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>) {
-    let mut config = LlamaConfig::with_shape(97, 64, 160, 2, 4, 2);
-    config.attention_windows[1] = Some(9);
+    let mut config = DecoderConfig::with_shape(97, 64, 160, 2, 4, 2);
+    config.attention.windows[1] = Some(9);
     match mode {
         Mode::FullStarCoder2 => {
-            (config.norm, config.mlp, config.norm_eps) = (NormKind::Layer, MlpKind::PlainGelu, 1e-5);
-            (config.qkv_bias, config.o_proj_bias, config.mlp_bias) = (true, true, true);
+            (config.norm, config.mlp, config.norm_eps) = (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), 1e-5);
+            (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
         }
         Mode::FullGemma => {
             (config.norm, config.mlp, config.embedding_scale) =
@@ -324,7 +324,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
         }
         _ => {}
     }
-    let mut model: Llama<B> = Llama::random(b, config, 42);
+    let mut model: Decoder<B> = Decoder::random(b, config, 42);
     if let Mode::Qlora = mode {
         for (_, linear) in model.linears_mut() {
             linear.quantize(b, QuantType::Nf4, true).unwrap();
@@ -403,7 +403,7 @@ fn starcoder2_and_gemma_training_steps_match() {
 /// DPO, RPO and ORPO batches of two pairs through a small LoRA Llama: the preference loss, the policy's log-
 /// probabilities and every adapter gradient, on both backends.
 fn preference_step<B: Backend>(b: &B, objective: &Objective) -> (f64, Vec<(String, Array2<f32>)>) {
-    let mut model: Llama<B> = Llama::random(b, LlamaConfig::with_shape(97, 64, 160, 2, 4, 2), 42);
+    let mut model: Decoder<B> = Decoder::random(b, DecoderConfig::with_shape(97, 64, 160, 2, 4, 2), 42);
     let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
     init_adapters(&mut model, b, &lora, &mut Rng::new(7)).unwrap();
     for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {

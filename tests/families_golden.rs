@@ -13,7 +13,7 @@ use mftcoder::infer::generate::{Decoding, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::llama::{Llama, Logits, MlpKind, NormKind, Sequence};
+use mftcoder::models::decoder::{Decoder, Gelu, Logits, MlpKind, NormKind, Sequence};
 use mftcoder::models::{self, load_causal_lm};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Array2<f32> {
+fn logits(model: &Decoder<Cpu>, ids: &[u32]) -> Array2<f32> {
     Cpu.download(&model.forward(&Cpu, ids, None, Logits::All).unwrap())
 }
 
@@ -54,19 +54,27 @@ fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Array2<f32> {
 fn configs_resolve_as_transformers_does() {
     let config = |case: &str| models::decoder_config(&HfConfig::read(&case_dir(case)).unwrap()).unwrap();
     let mistral = config("mistral_window");
-    assert_eq!(mistral.attention_windows, vec![Some(8); 2]);
-    assert!(!mistral.qkv_bias && !mistral.o_proj_bias);
+    assert_eq!(mistral.attention.windows, vec![Some(8); 2]);
+    assert!(!mistral.attention.qkv_bias && !mistral.attention.o_bias);
     let tied = config("mistral_headdim_tied");
-    assert_eq!((tied.head_dim, tied.attention_windows.clone(), tied.tie_word_embeddings), (24, vec![None; 2], true));
+    assert_eq!((tied.head_dim, tied.attention.windows.clone(), tied.tie_word_embeddings), (24, vec![None; 2], true));
     let qwen = config("qwen2_bias_tied");
-    assert!(qwen.qkv_bias && !qwen.o_proj_bias && !qwen.mlp_bias);
-    assert_eq!(qwen.attention_windows, vec![None; 2]);
-    assert_eq!(config("qwen2_window_layers").attention_windows, vec![None, Some(6), Some(6)]);
+    assert!(qwen.attention.qkv_bias && !qwen.attention.o_bias && !qwen.mlp_bias);
+    assert_eq!(qwen.attention.windows, vec![None; 2]);
+    assert_eq!(config("qwen2_window_layers").attention.windows, vec![None, Some(6), Some(6)]);
     let starcoder = config("starcoder2_window");
-    assert_eq!((starcoder.norm, starcoder.mlp, starcoder.norm_eps), (NormKind::Layer, MlpKind::PlainGelu, 1e-5));
-    assert!(starcoder.qkv_bias && starcoder.o_proj_bias && starcoder.mlp_bias && starcoder.tie_word_embeddings);
-    assert_eq!(starcoder.attention_windows, vec![Some(8); 2]);
-    assert_eq!(config("starcoder2_untied_nowindow").rope.theta, 500.0);
+    assert_eq!(
+        (starcoder.norm, starcoder.mlp, starcoder.norm_eps),
+        (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), 1e-5)
+    );
+    assert!(
+        starcoder.attention.qkv_bias
+            && starcoder.attention.o_bias
+            && starcoder.mlp_bias
+            && starcoder.tie_word_embeddings
+    );
+    assert_eq!(starcoder.attention.windows, vec![Some(8); 2]);
+    assert_eq!(config("starcoder2_untied_nowindow").rope().unwrap().theta, 500.0);
     let gemma = config("gemma_headdim");
     assert_eq!((gemma.norm, gemma.mlp, gemma.head_dim), (NormKind::RmsUnitOffset, MlpKind::GatedGelu, 24));
     assert_eq!(gemma.embedding_scale, Some(48f32.sqrt()));
@@ -92,7 +100,7 @@ fn dropping_the_window_changes_the_logits() {
         let ids = ids(&golden, "input_ids");
         let want: Array2<f32> = golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();
         let mut model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
-        model.config.attention_windows.fill(None);
+        model.config.attention.windows.fill(None);
         let diff = max_abs_diff(&logits(&model, &ids), &want);
         assert!(diff > 1e-2, "{case}: without the window the logits still match ({diff:.2e})");
     }

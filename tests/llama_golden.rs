@@ -8,7 +8,7 @@ use mftcoder::infer::generate::{Decoding, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::io::tokenizer::Tokenizer;
-use mftcoder::models::{self, llama::Logits};
+use mftcoder::models::{self, decoder::Logits};
 use ndarray::{Array2, Axis, concatenate};
 use std::path::{Path, PathBuf};
 

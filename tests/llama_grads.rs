@@ -9,7 +9,7 @@ mod golden_grads;
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::llama::{Llama, Sequence};
+use mftcoder::models::decoder::{Decoder, Sequence};
 use mftcoder::models::load_causal_lm;
 use mftcoder::train::optim::{AdamW, AdamWConfig};
 use ndarray::Array2;
@@ -30,7 +30,7 @@ fn ids_u32(v: Vec<i64>) -> Vec<u32> {
 }
 
 /// Every gradient against `{prefix}grad.<name>` in the golden (shared checks), with a line on the worst one.
-fn compare_grads(case: &Path, golden: &WeightStore, prefix: &str, grads: &mftcoder::models::llama::Gradients<Cpu>) {
+fn compare_grads(case: &Path, golden: &WeightStore, prefix: &str, grads: &mftcoder::models::decoder::Gradients<Cpu>) {
     let (worst, at) = golden_grads::compare_grads(&case.display().to_string(), golden, prefix, grads);
     eprintln!("{} {prefix}: {} gradients, worst relative error {worst:.2e} ({at})", case.display(), grads.len());
 }
@@ -70,7 +70,7 @@ fn packed_documents_do_not_see_each_other() {
 }
 
 /// Ten full-parameter AdamW steps on one sequence: the loss before each step and after the last.
-fn adamw_losses(model: &mut Llama<Cpu>, ids: &[u32], lr: f32) -> (Vec<f64>, f64, Vec<f64>) {
+fn adamw_losses(model: &mut Decoder<Cpu>, ids: &[u32], lr: f32) -> (Vec<f64>, f64, Vec<f64>) {
     let positions: Vec<usize> = (0..ids.len()).collect();
     let (targets, weights) = next_token_targets(ids, None, None);
     let shapes: Vec<(usize, usize)> = model.named_parameters_mut().iter().map(|(_, p)| p.dim()).collect();

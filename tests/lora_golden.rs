@@ -14,7 +14,7 @@
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
-use mftcoder::models::{self, llama::Logits};
+use mftcoder::models::{self, decoder::Logits};
 use mftcoder::peft::adapter_io::{CONFIG_NAME, WEIGHTS_NAME};
 use mftcoder::peft::lora::merge;
 use mftcoder::peft::{Adapter, LoraBias, LoraConfig, TargetModules};

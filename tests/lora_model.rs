@@ -6,7 +6,7 @@ use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::llama::{Logits, Sequence, hf_shape};
+use mftcoder::models::decoder::{Logits, Sequence, hf_shape};
 use mftcoder::models::load_causal_lm;
 use mftcoder::peft::Adapter;
 use mftcoder::peft::attach::attach_adapter;
@@ -95,7 +95,7 @@ fn merged_model_directory_gives_the_adapted_logits() {
 
 #[test]
 fn qlora_on_an_nf4_base_matches_peft_with_bitsandbytes() {
-    use mftcoder::models::llama::Weight;
+    use mftcoder::models::decoder::Weight;
     use mftcoder::quant::QuantType;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let golden = WeightStore::open(&root.join("qlora/gqa_tied/golden.safetensors")).unwrap();
@@ -155,7 +155,7 @@ fn lora_dropout_gradients_match_finite_differences_and_survive_recomputation() {
     let ids: Vec<u32> = (0..24).map(|i| (i * 37 % 290 + 3) as u32).collect();
     let positions: Vec<usize> = (0..ids.len()).collect();
     let (targets, weights) = next_token_targets(&ids, None, None);
-    let loss_of = |m: &mftcoder::models::llama::Llama<Cpu>| {
+    let loss_of = |m: &mftcoder::models::decoder::Decoder<Cpu>| {
         mean_token_loss(m, &Cpu, Sequence { ids: &ids, positions: &positions, segment_ids: None }, &targets, &weights)
             .unwrap()
     };

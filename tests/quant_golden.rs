@@ -5,7 +5,7 @@
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::safetensors::WeightStore;
-use mftcoder::models::{self, llama::Logits};
+use mftcoder::models::{self, decoder::Logits};
 use mftcoder::quant::checkpoint::{load_quantized_store, quantize_checkpoint};
 use mftcoder::quant::double_quant::{DYNAMIC_MAP, DoubleQuant};
 use mftcoder::quant::torch_mean::{torch_mean, torch_sum};

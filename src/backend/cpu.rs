@@ -93,6 +93,11 @@ impl Backend for Cpu {
     fn concat_rows(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         concatenate(Axis(0), &[a.view(), b.view()]).expect("concat_rows: column counts differ")
     }
+    fn reshape(&self, t: &Array2<f32>, rows: usize, cols: usize) -> Array2<f32> {
+        assert_eq!(t.len(), rows * cols, "reshape: {:?} into [{rows}, {cols}]", t.dim());
+        let standard = t.as_standard_layout().into_owned();
+        standard.into_shape_with_order((rows, cols)).expect("a standard-layout array reshapes")
+    }
     fn slice_rows(&self, t: &Array2<f32>, start: usize, end: usize) -> Array2<f32> {
         t.slice(s![start..end, ..]).to_owned()
     }

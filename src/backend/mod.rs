@@ -87,6 +87,9 @@ pub trait Backend: Sync {
     ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
     /// [a; b] stacked by rows (the KV cache grows this way)
     fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// The same row-major entries viewed as [rows, cols] (rows·cols must equal the size): per-head work on
+    /// [T, heads·d] as [T·heads, d]
+    fn reshape(&self, t: &Self::Tensor, rows: usize, cols: usize) -> Self::Tensor;
     /// rows start..end
     fn slice_rows(&self, t: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
 

@@ -2,7 +2,7 @@
 //! attending to the cached keys and values instead of recomputing the whole prefix.
 
 use crate::backend::Backend;
-use crate::models::llama::{Llama, Logits};
+use crate::models::decoder::{Decoder, Logits};
 use crate::rng::Rng;
 use anyhow::Result;
 
@@ -19,7 +19,7 @@ pub enum Decoding {
 // ANCHOR: generate
 /// Continue `prompt` by up to `max_new_tokens` tokens; stops after emitting any id in `eos_ids` (included).
 pub fn generate<B: Backend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     b: &B,
     prompt: &[u32],
     max_new_tokens: usize,

@@ -11,7 +11,7 @@ use super::chat_template;
 use super::generate::{Decoding, generate};
 use crate::backend::Backend;
 use crate::io::tokenizer::Tokenizer;
-use crate::models::llama::Llama;
+use crate::models::decoder::Decoder;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -91,7 +91,7 @@ pub struct Sampling {
 
 /// `samples` completions of every problem from `model` (sample s of problem i seeded with seed + i·samples + s).
 pub fn sample<B: Backend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     b: &B,
     tok: &Tokenizer,
     eos: &[u32],

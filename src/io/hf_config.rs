@@ -80,22 +80,72 @@ impl HfConfig {
     }
 
     // ANCHOR: rope_spec
-    /// RoPE in either the transformers-4 or the transformers-5 form.
+    /// RoPE in either the transformers-4 or the transformers-5 form, rotating whole heads.
     pub fn rope(&self, default_theta: f64) -> Result<RopeSpec> {
-        if let Some(params) = self.json.get("rope_parameters").filter(|v| !v.is_null()) {
+        let (spec, fraction) = self.partial_rope(default_theta, "rope_theta", "partial_rotary_factor", 1.0)?;
+        if fraction != 1.0 {
+            let field = if self.json.contains_key("rope_parameters") { "rope_parameters." } else { "" };
+            return Err(self.err(
+                &format!("{field}partial_rotary_factor"),
+                "other than 1.0 is not supported for this architecture",
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// RoPE and the fraction of each head it rotates. transformers 5 keeps both in `rope_parameters`
+    /// (`rope_theta`, `partial_rotary_factor`); older files put them at the top level under names that vary by
+    /// family (GPT-NeoX: `rotary_emb_base`, `rotary_pct`; Phi: `rope_theta`, `partial_rotary_factor`).
+    pub fn partial_rope(
+        &self,
+        default_theta: f64,
+        legacy_theta: &str,
+        legacy_fraction: &str,
+        default_fraction: f64,
+    ) -> Result<(RopeSpec, f64)> {
+        let legacy = |field: &str, default: f64| -> Result<f64> { Ok(self.opt_f64(field)?.unwrap_or(default)) };
+        let number = |params: &Map<String, Value>, key: &str, field: &str| -> Result<Option<f64>> {
+            match params.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(&format!("{field}.{key}"), "must be a number")),
+            }
+        };
+        let (spec, fraction) = if let Some(params) = self.json.get("rope_parameters").filter(|v| !v.is_null()) {
             let params = params.as_object().ok_or_else(|| self.err("rope_parameters", "must be an object"))?;
-            let theta = match params.get("rope_theta") {
-                Some(v) => v.as_f64().ok_or_else(|| self.err("rope_parameters.rope_theta", "must be a number"))?,
-                None => self.opt_f64("rope_theta")?.unwrap_or(default_theta),
+            let theta = match number(params, "rope_theta", "rope_parameters")? {
+                Some(theta) => theta,
+                None => legacy(legacy_theta, default_theta)?,
             };
-            return self.rope_from_params(theta, params, "rope_parameters");
+            let fraction = match number(params, "partial_rotary_factor", "rope_parameters")? {
+                Some(f) => f,
+                None => legacy(legacy_fraction, default_fraction)?,
+            };
+            (self.rope_from_params(theta, params, "rope_parameters")?, fraction)
+        } else {
+            let theta = legacy(legacy_theta, default_theta)?;
+            let fraction = legacy(legacy_fraction, default_fraction)?;
+            let spec = match self.json.get("rope_scaling") {
+                None | Some(Value::Null) => RopeSpec { theta, scaling: RopeScaling::None },
+                Some(Value::Object(params)) => {
+                    if let Some(f) = number(params, "partial_rotary_factor", "rope_scaling")?.filter(|&f| f != 1.0) {
+                        return Err(self.err(
+                            "rope_scaling.partial_rotary_factor",
+                            &format!("is {f}; only 1.0 is supported there"),
+                        ));
+                    }
+                    self.rope_from_params(theta, params, "rope_scaling")?
+                }
+                Some(_) => return Err(self.err("rope_scaling", "must be an object or null")),
+            };
+            (spec, fraction)
+        };
+        if !(spec.theta > 0.0 && spec.theta.is_finite()) {
+            return Err(self.err("rope_theta", &format!("is {}; it must be a positive number", spec.theta)));
         }
-        let theta = self.opt_f64("rope_theta")?.unwrap_or(default_theta);
-        match self.json.get("rope_scaling") {
-            None | Some(Value::Null) => Ok(RopeSpec { theta, scaling: RopeScaling::None }),
-            Some(Value::Object(params)) => self.rope_from_params(theta, params, "rope_scaling"),
-            Some(_) => Err(self.err("rope_scaling", "must be an object or null")),
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(self.err(legacy_fraction, &format!("is {fraction}; it must be in (0, 1]")));
         }
+        Ok((spec, fraction))
     }
     // ANCHOR_END: rope_spec
 
@@ -120,14 +170,6 @@ impl HfConfig {
                 ));
             }
         };
-        if let Some(p) = params.get("partial_rotary_factor").and_then(Value::as_f64) {
-            if p != 1.0 {
-                return Err(self.err(
-                    &format!("{field}.partial_rotary_factor"),
-                    "other than 1.0 is not supported for this architecture",
-                ));
-            }
-        }
         Ok(RopeSpec { theta, scaling })
     }
 }

@@ -7,7 +7,7 @@
 //! With labels = input ids and no mask this is transformers' `model(ids, labels=ids).loss` (mean over T−1).
 
 use crate::backend::Backend;
-use crate::models::llama::{Gradients, Llama, Sequence};
+use crate::models::decoder::{Decoder, Gradients, Sequence};
 use anyhow::{Result, bail};
 
 // ANCHOR: next_token_targets
@@ -45,7 +45,7 @@ pub struct LossAndGrads<B: Backend> {
 // ANCHOR: mean_token_loss
 /// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward.
 pub fn weighted_token_loss<B: Backend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     b: &B,
     seq: Sequence<'_>,
     targets: &[u32],
@@ -64,7 +64,7 @@ pub fn weighted_token_loss<B: Backend>(
 
 /// Masked mean cross-entropy: coefficients mₜ / Σ m (MFTCoder's case1; transformers' loss without a mask).
 pub fn mean_token_loss<B: Backend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     b: &B,
     seq: Sequence<'_>,
     targets: &[u32],

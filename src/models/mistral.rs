@@ -3,7 +3,8 @@
 //! with w = 4096; later versions set `sliding_window: null` (full attention). The weights are named as Llama's,
 //! so loading, LoRA targets and merging need nothing new.
 
-use super::llama::{DecoderDefaults, LlamaConfig, require_activation};
+use super::decoder::DecoderConfig;
+use super::llama::{DecoderDefaults, llama_shaped, require_activation};
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
 
@@ -13,15 +14,15 @@ const DEFAULTS: DecoderDefaults =
 const DEFAULT_SLIDING_WINDOW: usize = 4096;
 
 // ANCHOR: mistral_config
-pub fn config_from_hf(cfg: &HfConfig) -> Result<LlamaConfig> {
-    let mut c = LlamaConfig::decoder_from_hf(cfg, &DEFAULTS)?;
+pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
+    let mut c = llama_shaped(cfg, &DEFAULTS)?;
     require_activation(cfg, "hidden_act", &["silu"])?;
     // MistralConfig defaults the window to 4096 when the field is absent; `null` turns it off.
     let window = match cfg.json.get("sliding_window") {
         None => Some(DEFAULT_SLIDING_WINDOW),
         Some(_) => sliding_window(cfg)?,
     };
-    c.attention_windows = vec![window; c.num_hidden_layers];
+    c.attention.windows = vec![window; c.num_hidden_layers];
     Ok(c)
 }
 // ANCHOR_END: mistral_config
@@ -40,7 +41,7 @@ pub(super) fn sliding_window(cfg: &HfConfig) -> Result<Option<usize>> {
 mod tests {
     use super::*;
 
-    fn config(extra: serde_json::Value) -> Result<LlamaConfig> {
+    fn config(extra: serde_json::Value) -> Result<DecoderConfig> {
         let mut json = serde_json::json!({
             "model_type": "mistral", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2
@@ -52,11 +53,14 @@ mod tests {
 
     #[test]
     fn the_window_defaults_to_4096_and_null_turns_it_off() {
-        assert_eq!(config(serde_json::json!({})).unwrap().attention_windows, vec![Some(4096); 2]);
-        assert_eq!(config(serde_json::json!({"sliding_window": null})).unwrap().attention_windows, vec![None; 2]);
-        assert_eq!(config(serde_json::json!({"sliding_window": 8})).unwrap().attention_windows, vec![Some(8); 2]);
+        assert_eq!(config(serde_json::json!({})).unwrap().attention.windows, vec![Some(4096); 2]);
+        assert_eq!(config(serde_json::json!({"sliding_window": null})).unwrap().attention.windows, vec![None; 2]);
+        assert_eq!(config(serde_json::json!({"sliding_window": 8})).unwrap().attention.windows, vec![Some(8); 2]);
         let c = config(serde_json::json!({"attention_bias": true})).unwrap();
-        assert!(!c.qkv_bias && !c.o_proj_bias && !c.mlp_bias, "Mistral has no biases whatever the config says");
+        assert!(
+            !c.attention.qkv_bias && !c.attention.o_bias && !c.mlp_bias,
+            "Mistral has no biases whatever the config says"
+        );
     }
 
     #[test]

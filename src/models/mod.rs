@@ -1,10 +1,16 @@
-//! One file per architecture. Each maps `config.json` and the checkpoint's tensor names onto the shared
-//! blocks of the Backend seam and holds only what is special about it.
+//! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs`) and one
+//! file per family. Each family file maps `config.json` onto a [`decoder::DecoderConfig`] and names its
+//! tensors; it holds only what is special about the family.
+pub mod decoder;
+pub mod decoder_config;
+pub mod decoder_train;
 pub mod gemma;
+pub mod gpt_bigcode;
+pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
-pub mod llama_train;
 pub mod mistral;
+pub mod phi;
 pub mod qwen2;
 pub mod starcoder2;
 
@@ -12,21 +18,25 @@ use crate::backend::Backend;
 use crate::io::hf_config::HfConfig;
 use crate::io::safetensors::WeightStore;
 use anyhow::{Result, bail};
+use decoder::{Decoder, DecoderConfig};
 use std::path::Path;
 
 /// The `model_type` values this build can run.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "starcoder2", "gemma"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["llama", "mistral", "qwen2", "starcoder2", "gemma", "gpt_bigcode", "gpt_neox", "phi"];
 
 // ANCHOR: decoder_dispatch
-/// The decoder config of a supported `model_type`: Llama, and the architectures that are Llama's decoder
-/// with other biases, attention windows, norms or MLPs.
-pub fn decoder_config(config: &HfConfig) -> Result<llama::LlamaConfig> {
+/// The decoder config of a supported `model_type`.
+pub fn decoder_config(config: &HfConfig) -> Result<DecoderConfig> {
     match config.model_type()?.as_str() {
-        "llama" => llama::LlamaConfig::from_hf(config),
+        "llama" => llama::config_from_hf(config),
         "mistral" => mistral::config_from_hf(config),
         "qwen2" => qwen2::config_from_hf(config),
         "starcoder2" => starcoder2::config_from_hf(config),
         "gemma" => gemma::config_from_hf(config),
+        "gpt_bigcode" => gpt_bigcode::config_from_hf(config),
+        "gpt_neox" => gpt_neox::config_from_hf(config),
+        "phi" => phi::config_from_hf(config),
         other => bail!(
             "{}: field `model_type` is `{other}`, which is not supported (supported: {})",
             config.path.display(),
@@ -37,8 +47,31 @@ pub fn decoder_config(config: &HfConfig) -> Result<llama::LlamaConfig> {
 // ANCHOR_END: decoder_dispatch
 
 /// Load a Hugging Face model directory (config.json + safetensors) onto a backend.
-pub fn load_causal_lm<B: Backend>(backend: &B, model_dir: &Path) -> Result<llama::Llama<B>> {
+pub fn load_causal_lm<B: Backend>(backend: &B, model_dir: &Path) -> Result<Decoder<B>> {
     let cfg = decoder_config(&HfConfig::read(model_dir)?)?;
     let store: WeightStore = crate::quant::checkpoint::open_weights(model_dir)?; // 4-bit (bnb) weights come dequantized
-    llama::Llama::load(backend, &store, cfg)
+    Decoder::load(backend, &store, cfg)
+}
+
+/// The dropouts a config carries (StarCoder2's `residual_dropout`, GPT-BigCode's `resid_pdrop`, …; 0.1 in
+/// many released models): transformers applies them in train mode; this project trains without them, like
+/// every architecture here (LoRA dropout aside).
+pub fn ignored_dropouts(cfg: &HfConfig) -> Result<Vec<(&'static str, f64)>> {
+    const FIELDS: [&str; 8] = [
+        "residual_dropout",
+        "embedding_dropout",
+        "attention_dropout",
+        "hidden_dropout",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "summary_first_dropout",
+    ];
+    let mut out = Vec::new();
+    for field in FIELDS {
+        if let Some(p) = cfg.opt_f64(field)?.filter(|&p| p > 0.0) {
+            out.push((field, p));
+        }
+    }
+    Ok(out)
 }

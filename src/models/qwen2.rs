@@ -8,7 +8,8 @@
 //! `use_sliding_window` is true and absent otherwise (transformers clears it), so a "sliding_attention" layer
 //! in a config with `use_sliding_window: false` attends to everything.
 
-use super::llama::{DecoderDefaults, LlamaConfig, require_activation};
+use super::decoder::DecoderConfig;
+use super::llama::{DecoderDefaults, llama_shaped, require_activation};
 use super::mistral::sliding_window;
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
@@ -20,18 +21,18 @@ const DEFAULT_SLIDING_WINDOW: usize = 4096;
 const DEFAULT_MAX_WINDOW_LAYERS: usize = 28;
 
 // ANCHOR: qwen2_config
-pub fn config_from_hf(cfg: &HfConfig) -> Result<LlamaConfig> {
+pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let path = cfg.path.display();
-    let mut c = LlamaConfig::decoder_from_hf(cfg, &DEFAULTS)?;
+    let mut c = llama_shaped(cfg, &DEFAULTS)?;
     require_activation(cfg, "hidden_act", &["silu"])?;
-    c.qkv_bias = true;
+    c.attention.qkv_bias = true;
     let window = match cfg.opt_bool("use_sliding_window")?.unwrap_or(false) {
         false => None,
         true if cfg.json.contains_key("sliding_window") => sliding_window(cfg)?,
         true => Some(DEFAULT_SLIDING_WINDOW),
     };
     let layers = c.num_hidden_layers;
-    c.attention_windows = match cfg.json.get("layer_types").filter(|v| !v.is_null()) {
+    c.attention.windows = match cfg.json.get("layer_types").filter(|v| !v.is_null()) {
         Some(types) => {
             let types = types.as_array().filter(|t| t.len() == layers).ok_or_else(|| {
                 anyhow::anyhow!("{path}: field `layer_types` must be a list of {layers} strings (one per layer)")
@@ -61,7 +62,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<LlamaConfig> {
 mod tests {
     use super::*;
 
-    fn config(extra: serde_json::Value) -> Result<LlamaConfig> {
+    fn config(extra: serde_json::Value) -> Result<DecoderConfig> {
         let mut json = serde_json::json!({
             "model_type": "qwen2", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
             "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2
@@ -74,19 +75,19 @@ mod tests {
     #[test]
     fn biases_on_q_k_v_only_and_no_window_by_default() {
         let c = config(serde_json::json!({"sliding_window": 8, "max_window_layers": 1})).unwrap();
-        assert!(c.qkv_bias && !c.o_proj_bias && !c.mlp_bias);
-        assert_eq!(c.attention_windows, vec![None; 3], "use_sliding_window defaults to false");
+        assert!(c.attention.qkv_bias && !c.attention.o_bias && !c.mlp_bias);
+        assert_eq!(c.attention.windows, vec![None; 3], "use_sliding_window defaults to false");
     }
 
     #[test]
     fn max_window_layers_and_layer_types_choose_the_sliding_layers() {
         let c = config(serde_json::json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1}));
-        assert_eq!(c.unwrap().attention_windows, vec![None, Some(8), Some(8)]);
+        assert_eq!(c.unwrap().attention.windows, vec![None, Some(8), Some(8)]);
         let types = serde_json::json!(["sliding_attention", "full_attention", "sliding_attention"]);
         let c = config(serde_json::json!({"use_sliding_window": true, "sliding_window": 8, "layer_types": types}));
-        assert_eq!(c.unwrap().attention_windows, vec![Some(8), None, Some(8)]);
+        assert_eq!(c.unwrap().attention.windows, vec![Some(8), None, Some(8)]);
         let c = config(serde_json::json!({"use_sliding_window": false, "sliding_window": 8, "layer_types": types}));
-        assert_eq!(c.unwrap().attention_windows, vec![None; 3], "transformers clears the window");
+        assert_eq!(c.unwrap().attention.windows, vec![None; 3], "transformers clears the window");
     }
 
     #[test]

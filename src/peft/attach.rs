@@ -5,8 +5,8 @@
 use super::adapter_io::Adapter;
 use super::lora::{LoraBias, LoraConfig, init_lora_a};
 use crate::backend::Backend;
+use crate::models::decoder::Decoder;
 use crate::models::layers::Lora;
-use crate::models::llama::Llama;
 use crate::rng::Rng;
 use anyhow::{Result, bail};
 use ndarray::{Array1, Array2, Axis};
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 // ANCHOR: init_adapters
 /// Give every linear layer that `config.target_modules` names a fresh adapter — A ~ U(−1/√in, 1/√in),
 /// B = 0, so the model's output is unchanged at step 0 — and freeze the base. Returns the number of adapted layers.
-pub fn init_adapters<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraConfig, rng: &mut Rng) -> Result<usize> {
+pub fn init_adapters<B: Backend>(model: &mut Decoder<B>, b: &B, config: &LoraConfig, rng: &mut Rng) -> Result<usize> {
     let scaling = config.scaling() as f32;
     let mut adapted = 0;
     for (path, linear) in model.linears_mut() {
@@ -44,7 +44,7 @@ pub fn init_adapters<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraConfi
 // ANCHOR_END: init_adapters
 
 /// Attach an adapter read with [`Adapter::load`]; trained biases replace the base model's.
-pub fn attach_adapter<B: Backend>(model: &mut Llama<B>, b: &B, adapter: &Adapter) -> Result<()> {
+pub fn attach_adapter<B: Backend>(model: &mut Decoder<B>, b: &B, adapter: &Adapter) -> Result<()> {
     let scaling = adapter.config.scaling() as f32;
     let mut remaining: BTreeMap<&str, _> = adapter.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut biases: BTreeMap<&str, _> = adapter.biases.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -81,7 +81,7 @@ pub fn attach_adapter<B: Backend>(model: &mut Llama<B>, b: &B, adapter: &Adapter
     Ok(())
 }
 
-fn set_bias_training<B: Backend>(model: &mut Llama<B>, bias: LoraBias) {
+fn set_bias_training<B: Backend>(model: &mut Decoder<B>, bias: LoraBias) {
     for (_, linear) in model.linears_mut() {
         linear.train_bias = match bias {
             LoraBias::None => false,
@@ -92,7 +92,7 @@ fn set_bias_training<B: Backend>(model: &mut Llama<B>, bias: LoraBias) {
 }
 
 /// The model's adapters (and trained biases) as an [`Adapter`] to save in PEFT's format.
-pub fn extract_adapter<B: Backend>(model: &mut Llama<B>, b: &B, config: &LoraConfig) -> Adapter {
+pub fn extract_adapter<B: Backend>(model: &mut Decoder<B>, b: &B, config: &LoraConfig) -> Adapter {
     let mut tensors = BTreeMap::new();
     let mut biases = BTreeMap::new();
     for (path, linear) in model.linears_mut() {

@@ -6,7 +6,7 @@
 use crate::backend::Backend;
 use crate::io::safetensors::{OwnedTensor, WeightStore, save};
 use crate::io::write_atomic;
-use crate::models::llama::{Llama, hf_shape};
+use crate::models::decoder::{Decoder, hf_shape};
 use crate::peft::LoraConfig;
 use crate::peft::attach::extract_adapter;
 use crate::train::optim::AdamW;
@@ -58,7 +58,7 @@ const MODEL_SIDE_FILES: &[&str] =
     &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
 
 /// The model's parameters as HF-named, HF-shaped f32 tensors.
-pub fn model_tensors<B: Backend>(b: &B, model: &mut Llama<B>) -> Vec<OwnedTensor> {
+pub fn model_tensors<B: Backend>(b: &B, model: &mut Decoder<B>) -> Vec<OwnedTensor> {
     model
         .named_parameters_mut()
         .into_iter()
@@ -76,7 +76,7 @@ pub fn save_checkpoint<B: Backend>(
     b: &B,
     dir: &Path,
     base_model_dir: &Path,
-    model: &mut Llama<B>,
+    model: &mut Decoder<B>,
     opt: &AdamW<B::Tensor>,
     state: &TrainerState,
     lora: Option<&LoraConfig>,

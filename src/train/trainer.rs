@@ -14,8 +14,8 @@ use crate::io::tokenizer::Tokenizer;
 use crate::loss::causal_lm::weighted_token_loss;
 use crate::loss::coba::{CobaConfig, CobaState, mean_of_samples};
 use crate::loss::mft::{LossMode, coefficients, task_losses};
-use crate::models::llama::Weight;
-use crate::models::llama::{Gradients, Llama, Sequence};
+use crate::models::decoder::Weight;
+use crate::models::decoder::{Decoder, Gradients, Sequence};
 use crate::models::load_causal_lm;
 use crate::peft::attach::{attach_adapter, init_adapters};
 use crate::peft::{Adapter, LoraBias, LoraConfig, TargetModules};
@@ -109,7 +109,7 @@ pub fn lora_settings(
 }
 
 /// QLoRA (MFTCoder §5): every decoder linear layer held as NF4 with double quantization, dequantized per use.
-pub fn quantize_base<B: Backend>(b: &B, model: &mut Llama<B>) -> Result<()> {
+pub fn quantize_base<B: Backend>(b: &B, model: &mut Decoder<B>) -> Result<()> {
     let (mut packed_bytes, mut params) = (0usize, 0usize);
     for (_, linear) in model.linears_mut() {
         linear.quantize(b, QuantType::Nf4, true)?;
@@ -178,12 +178,10 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     };
     // full parameters resume from the checkpoint's weights; LoRA from the base plus the checkpoint's adapter
     let weights_dir = if lora.is_some() { base.as_path() } else { resume_dir.as_deref().unwrap_or(base) };
-    let mut model: Llama<B> = load_causal_lm(b, weights_dir)?;
+    let mut model: Decoder<B> = load_causal_lm(b, weights_dir)?;
     let base_config = crate::io::hf_config::HfConfig::read(base)?;
-    if base_config.model_type()? == "starcoder2" {
-        for (field, p) in crate::models::starcoder2::ignored_dropouts(&base_config)? {
-            eprintln!("notice: config.json field `{field}` ({p}) is ignored: training runs without that dropout");
-        }
+    for (field, p) in crate::models::ignored_dropouts(&base_config)? {
+        eprintln!("notice: config.json field `{field}` ({p}) is ignored: training runs without that dropout");
     }
     model.recompute_activations = cfg.activation_checkpointing;
     if cfg.peft_type.as_deref() == Some("qlora") {
@@ -374,7 +372,7 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
 #[allow(clippy::too_many_arguments)]
 fn optimizer_step<B: Backend>(
     b: &B,
-    model: &mut Llama<B>,
+    model: &mut Decoder<B>,
     opt: &mut AdamW<B::Tensor>,
     data: &TrainData,
     indices: &[usize],
@@ -456,7 +454,7 @@ fn optimizer_step<B: Backend>(
 /// configured mode, each task's loss the mean of its batch token-means, perplexity = exp(eval_loss).
 pub fn evaluate<B: Backend>(
     b: &B,
-    model: &Llama<B>,
+    model: &Decoder<B>,
     data: &TrainData,
     cfg: &TrainConfig,
     mode: LossMode,
@@ -497,7 +495,7 @@ pub fn evaluate<B: Backend>(
 /// One random validation batch per task and its token-mean loss (CoBa's `sample_valid_batch`).
 fn sample_validation<B: Backend>(
     b: &B,
-    model: &Llama<B>,
+    model: &Decoder<B>,
     data: &TrainData,
     cfg: &TrainConfig,
     rng: &mut Rng,

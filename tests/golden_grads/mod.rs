@@ -2,7 +2,7 @@
 
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::safetensors::WeightStore;
-use mftcoder::models::llama::{Gradients, hf_shape};
+use mftcoder::models::decoder::{Gradients, hf_shape};
 
 /// Compare every gradient with `{prefix}grad.<name>` in `golden`: the two name sets must be equal, the shapes
 /// HF's, and each tensor within 1e-3 of its largest magnitude. Returns the worst relative error and where.

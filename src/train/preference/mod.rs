@@ -13,7 +13,7 @@ pub use data::{PairIds, load_pairs, pair_ids, pair_texts};
 use crate::backend::Backend;
 use crate::io::tokenizer::Tokenizer;
 use crate::loss::preference::{Objective, PairLogps, PairTerm, cross_entropy_weights, pair_term};
-use crate::models::llama::{Gradients, Llama, Logits, Sequence};
+use crate::models::decoder::{Decoder, Gradients, Logits, Sequence};
 use crate::models::load_causal_lm;
 use crate::peft::attach::init_adapters;
 use crate::rng::Rng;
@@ -42,13 +42,13 @@ fn nll_rows(objective: &Objective, ids: usize, answer_rows: &std::ops::Range<usi
 // ANCHOR: answer_logp
 /// Σ over the answer's tokens of log p(token | everything before it): a sequence's log-probability, no
 /// gradient (the reference model's numbers, and evaluation).
-pub fn answer_logp<B: Backend>(model: &Llama<B>, b: &B, prompt: &[u32], answer: &[u32]) -> Result<f64> {
+pub fn answer_logp<B: Backend>(model: &Decoder<B>, b: &B, prompt: &[u32], answer: &[u32]) -> Result<f64> {
     Ok(scored(model, b, prompt, answer, None)?.0)
 }
 
 /// The answer's log-probability and, for an objective, the sum of −log p over the rows its NLL scores.
 fn scored<B: Backend>(
-    model: &Llama<B>,
+    model: &Decoder<B>,
     b: &B,
     prompt: &[u32],
     answer: &[u32],
@@ -80,7 +80,7 @@ pub struct BatchOutcome<B: Backend> {
 /// the backward with per-token weights that make `cross_entropy`'s gradient exactly ∂L/∂logits. Both answers
 /// of a pair are forwarded before either goes backward (the pair term needs both ℓ), so two caches are alive.
 pub fn preference_batch<B: Backend>(
-    policy: &mut Llama<B>,
+    policy: &mut Decoder<B>,
     b: &B,
     pairs: &[PairIds],
     reference: &[PairLogps],
@@ -145,8 +145,8 @@ pub fn preference_batch<B: Backend>(
 /// The reference log-probabilities of each pair: the base model's (LoRA: the policy with its adapters taken
 /// out for the call; full parameters: the frozen copy), or zeros when the objective has no reference.
 fn reference_logps<B: Backend>(
-    policy: &mut Llama<B>,
-    frozen: Option<&Llama<B>>,
+    policy: &mut Decoder<B>,
+    frozen: Option<&Decoder<B>>,
     b: &B,
     pairs: &[PairIds],
     objective: &Objective,
@@ -154,7 +154,7 @@ fn reference_logps<B: Backend>(
     if !objective.needs_reference() {
         return Ok(vec![PairLogps { chosen: 0.0, rejected: 0.0 }; pairs.len()]);
     }
-    let score = |model: &Llama<B>| -> Result<Vec<PairLogps>> {
+    let score = |model: &Decoder<B>| -> Result<Vec<PairLogps>> {
         pairs
             .iter()
             .map(|p| {
@@ -195,8 +195,8 @@ pub struct PreferenceEval {
 }
 
 fn evaluate<B: Backend>(
-    policy: &mut Llama<B>,
-    frozen: Option<&Llama<B>>,
+    policy: &mut Decoder<B>,
+    frozen: Option<&Decoder<B>>,
     b: &B,
     pairs: &[PairIds],
     objective: &Objective,
@@ -236,7 +236,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
         cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
     let base = &cfg.pretrained_model_path;
     let tok = Tokenizer::load(base)?;
-    let mut policy: Llama<B> = load_causal_lm(b, base)?;
+    let mut policy: Decoder<B> = load_causal_lm(b, base)?;
     let eos = *policy.config.eos_token_ids.first().context("config.json has no `eos_token_id`")?;
     let mut pairs = load_pairs(cfg, &tok, eos)?;
 

@@ -1,0 +1,499 @@
+//! The one decoder every family runs on: loading, inference with a KV cache, and the parameter walk. What a
+//! family varies is in its [`DecoderConfig`] (`decoder_config.rs`); the training forward and the hand-written
+//! backward are beside this file in `decoder_train.rs`.
+//!
+//! For each layer, with n₁, n₂ the layer's norms (one shared norm for Phi):
+//!   q, k, v = split(qkv(n₁(x)))  or  q(n₁(x)), k(n₁(x)), v(n₁(x));   q, k ← rope(q), rope(k)  (rotary positions)
+//!   a = o(attention(q, k, v))
+//!   sequential:  h = x + a;  x' = h + mlp(n₂(h))
+//!   parallel:    x' = x + a + mlp(n₂(x))          (shared norm: n₂ = n₁)
+//! then the final norm and the output head (the embedding table itself when tied). With learned positions
+//! the input is embed(ids) + positions(p) instead of rotating q and k.
+
+pub use super::decoder_config::*;
+pub use super::decoder_train::{LayerCache, Sequence, TrainCache};
+pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
+use crate::backend::{AttentionMask, Backend};
+use crate::io::safetensors::WeightStore;
+use crate::nn::rope::inverse_frequencies;
+use anyhow::{Result, bail};
+use ndarray::Array2;
+
+/// A layer's q, k, v projections: three, or one fused matrix (split by the config's [`FusedQkv`] layout).
+pub enum QkvProjection<B: Backend> {
+    Separate { q: Linear<B>, k: Linear<B>, v: Linear<B> },
+    Fused(Linear<B>),
+}
+
+pub struct DecoderLayer<B: Backend> {
+    pub input_norm: Norm<B>,
+    pub qkv: QkvProjection<B>,
+    /// Per-head norms of q and k before RoPE (Phi's `qk_layernorm`), each over head_dim.
+    pub qk_norms: Option<(Norm<B>, Norm<B>)>,
+    pub o_proj: Linear<B>,
+    /// `None` when the MLP reads the attention's norm ([`Residual::ParallelSharedNorm`]).
+    pub post_attention_norm: Option<Norm<B>>,
+    /// `None` for a plain MLP.
+    pub gate_proj: Option<Linear<B>>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+pub struct Decoder<B: Backend> {
+    pub config: DecoderConfig,
+    pub embed_tokens: B::Tensor,
+    /// The learned position table [max_position_embeddings, H] ([`Positions::Learned`]).
+    pub position_embeddings: Option<B::Tensor>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: Norm<B>,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<B::Tensor>,
+    pub lm_head_bias: Option<B::Tensor>,
+    /// RoPE's ωᵢ (r/2 of them, r the rotated width); empty with learned positions.
+    pub inv_freq: Vec<f32>,
+    /// Activation checkpointing: `forward_train` keeps only each layer's input and `backward` recomputes the
+    /// rest of the layer, trading one extra forward for memory (see `TrainCache::activation_bytes`).
+    pub recompute_activations: bool,
+    /// LoRA training: the base weights, biases, norms and embeddings are frozen; only adapters get gradients
+    /// (and the frozen matrices compute no weight gradient at all).
+    pub frozen_base: bool,
+    /// Set by the trainer for each micro-batch to turn on LoRA dropout; `None` (inference, evaluation) = off.
+    pub dropout_seed: Option<u64>,
+}
+
+// ANCHOR: kv_cache
+/// Keys and values of every layer for the positions seen so far.
+pub struct KvCache<B: Backend> {
+    pub(super) layers: Vec<Option<(B::Tensor, B::Tensor)>>,
+    pub(super) len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0 }
+    }
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+// ANCHOR_END: kv_cache
+
+/// Which rows of logits to compute: all (scoring, training) or the last (generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
+}
+
+/// Load `prefix.weight` [out, in] (and `prefix.bias` [out]) as a linear layer.
+fn load_linear<B: Backend>(
+    b: &B,
+    store: &WeightStore,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<Linear<B>> {
+    let weight = b.upload_weight(store.matrix(&format!("{prefix}.weight"), out, inp)?);
+    let bias = if bias { Some(b.upload(row(store, &format!("{prefix}.bias"), out)?)) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+/// A vector parameter as a [1, n] row.
+fn row(store: &WeightStore, name: &str, len: usize) -> Result<Array2<f32>> {
+    Ok(store.vector(name, len)?.insert_axis(ndarray::Axis(0)))
+}
+
+/// The rotated width's ωᵢ, or none with learned positions.
+fn rotary_frequencies(c: &DecoderConfig) -> Vec<f32> {
+    match &c.positions {
+        Positions::Rotary { rope, dims } => inverse_frequencies(rope, *dims),
+        Positions::Learned => Vec::new(),
+    }
+}
+
+impl DecoderConfig {
+    /// The config's parts agree with its tensor names (a family reader's slip, caught before any tensor is read).
+    fn check_consistency(&self) -> Result<()> {
+        let n = &self.names;
+        let consistent = matches!(n.qkv, QkvNames::Fused(_)) == self.attention.fused_qkv.is_some()
+            && n.gate.is_some() == self.mlp_is_gated()
+            && n.positions.is_some() == (self.positions == Positions::Learned)
+            && (!self.attention.qk_norm || n.qk_norms.is_some())
+            && n.post_attention_norm.is_none() == (self.residual == Residual::ParallelSharedNorm)
+            && self.attention.windows.len() == self.num_hidden_layers
+            && match &self.positions {
+                Positions::Rotary { dims, .. } => *dims % 2 == 0 && *dims <= self.head_dim,
+                Positions::Learned => true,
+            };
+        if !consistent {
+            bail!("decoder config: its parts and tensor names disagree ({self:?})");
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Decoder<B> {
+    // ANCHOR: decoder_load
+    pub fn load(b: &B, store: &WeightStore, config: DecoderConfig) -> Result<Self> {
+        config.check_consistency()?;
+        let c = &config;
+        let n = c.names;
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let norm_of_width = |name: &str, width: usize| -> Result<Norm<B>> {
+            let weight = b.upload(row(store, &format!("{name}.weight"), width)?);
+            let bias = match c.norm {
+                NormKind::Layer => Some(b.upload(row(store, &format!("{name}.bias"), width)?)),
+                _ => None,
+            };
+            Ok(Norm::new(b, c.norm, c.norm_eps, weight, bias))
+        };
+        let norm = |name: &str| norm_of_width(name, h);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = format!("{}.{l}", n.layers);
+            let linear = |name: &str, out: usize, inp: usize, bias: bool| {
+                load_linear(b, store, &format!("{p}.{name}"), out, inp, bias)
+            };
+            let qkv = match n.qkv {
+                QkvNames::Separate { q, k, v } => QkvProjection::Separate {
+                    q: linear(q, q_out, h, c.attention.qkv_bias)?,
+                    k: linear(k, kv_out, h, c.attention.qkv_bias)?,
+                    v: linear(v, kv_out, h, c.attention.qkv_bias)?,
+                },
+                QkvNames::Fused(name) => QkvProjection::Fused(linear(name, c.qkv_width(), h, c.attention.qkv_bias)?),
+            };
+            let qk_norms = match n.qk_norms.filter(|_| c.attention.qk_norm) {
+                Some((q, k)) => Some((norm_of_width(&format!("{p}.{q}"), d)?, norm_of_width(&format!("{p}.{k}"), d)?)),
+                None => None,
+            };
+            layers.push(DecoderLayer {
+                input_norm: norm(&format!("{p}.{}", n.input_norm))?,
+                qkv,
+                qk_norms,
+                o_proj: linear(n.o, h, q_out, c.attention.o_bias)?,
+                post_attention_norm: n.post_attention_norm.map(|name| norm(&format!("{p}.{name}"))).transpose()?,
+                gate_proj: n.gate.map(|name| linear(name, i, h, c.mlp_bias)).transpose()?,
+                up_proj: linear(n.up, i, h, c.mlp_bias)?,
+                down_proj: linear(n.down, h, i, c.mlp_bias)?,
+            });
+        }
+        // Tied checkpoints usually omit the head's weight; transformers ties even when it is present.
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(b.upload_weight(store.matrix(&format!("{}.weight", n.lm_head), c.vocab_size, h)?))
+        };
+        let lm_head_bias =
+            c.lm_head_bias.then(|| row(store, &format!("{}.bias", n.lm_head), c.vocab_size).map(|r| b.upload(r)));
+        let position_embeddings = n
+            .positions
+            .map(|name| store.matrix(&format!("{name}.weight"), c.max_position_embeddings, h).map(|t| b.upload(t)));
+        Ok(Decoder {
+            embed_tokens: {
+                let table = store.matrix(&format!("{}.weight", n.embed), c.vocab_size, h)?;
+                // tied: the table is also the output head's W
+                if c.tie_word_embeddings { b.upload_weight(table) } else { b.upload(table) }
+            },
+            position_embeddings: position_embeddings.transpose()?,
+            norm: norm(n.final_norm)?,
+            lm_head,
+            lm_head_bias: lm_head_bias.transpose()?,
+            layers,
+            inv_freq: rotary_frequencies(c),
+            recompute_activations: false,
+            frozen_base: false,
+            dropout_seed: None,
+            config,
+        })
+    }
+    // ANCHOR_END: decoder_load
+
+    /// A model with seeded random weights (N(0, 0.02²) matrices, unit norms, zero biases), for benchmarks and
+    /// tests that need a shape rather than a checkpoint.
+    pub fn random(b: &B, config: DecoderConfig, seed: u64) -> Self {
+        config.check_consistency().expect("a consistent config");
+        let mut rng = crate::rng::Rng::new(seed);
+        // `as_weight`: the matrix is the W of a linear layer (see `Backend::upload_weight`)
+        let mut random = |rows: usize, cols: usize, as_weight: bool| {
+            let m = Array2::from_shape_fn((rows, cols), |_| (rng.normal() * 0.02) as f32);
+            if as_weight { b.upload_weight(m) } else { b.upload(m) }
+        };
+        let c = &config;
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let zeros = |n: usize, on: bool| on.then(|| b.upload(Array2::zeros((1, n))));
+        // unit norms: w = 1, or w = 0 where the weight is an offset from one
+        let unit = if c.norm == NormKind::RmsUnitOffset { 0.0 } else { 1.0 };
+        let norm_of_width = |width: usize| {
+            let weight = b.upload(Array2::from_elem((1, width), unit));
+            Norm::new(b, c.norm, c.norm_eps, weight, zeros(width, c.norm == NormKind::Layer))
+        };
+        let norm = || norm_of_width(h);
+        let qkv_bias = c.attention.qkv_bias;
+        let mut layers = Vec::new();
+        for _ in 0..c.num_hidden_layers {
+            let qkv = match c.attention.fused_qkv {
+                None => QkvProjection::Separate {
+                    q: Linear::new(random(q_out, h, true), zeros(q_out, qkv_bias)),
+                    k: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),
+                    v: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),
+                },
+                Some(_) => {
+                    QkvProjection::Fused(Linear::new(random(c.qkv_width(), h, true), zeros(c.qkv_width(), qkv_bias)))
+                }
+            };
+            layers.push(DecoderLayer {
+                input_norm: norm(),
+                qkv,
+                qk_norms: c.attention.qk_norm.then(|| (norm_of_width(d), norm_of_width(d))),
+                o_proj: Linear::new(random(h, q_out, true), zeros(h, c.attention.o_bias)),
+                post_attention_norm: (c.residual != Residual::ParallelSharedNorm).then(norm),
+                gate_proj: c.mlp_is_gated().then(|| Linear::new(random(i, h, true), zeros(i, c.mlp_bias))),
+                up_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
+                down_proj: Linear::new(random(h, i, true), zeros(h, c.mlp_bias)),
+            });
+        }
+        let embed_tokens = random(c.vocab_size, h, c.tie_word_embeddings);
+        let lm_head = (!c.tie_word_embeddings).then(|| random(c.vocab_size, h, true));
+        let position_embeddings =
+            (c.positions == Positions::Learned).then(|| random(c.max_position_embeddings, h, false));
+        Decoder {
+            embed_tokens,
+            position_embeddings,
+            layers,
+            norm: norm(),
+            lm_head,
+            lm_head_bias: zeros(c.vocab_size, c.lm_head_bias),
+            inv_freq: rotary_frequencies(c),
+            recompute_activations: false,
+            frozen_base: false,
+            dropout_seed: None,
+            config,
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Token ids inside the vocabulary, and positions inside a learned position table.
+    pub(super) fn check_inputs(&self, ids: &[u32], last_position: usize) -> Result<()> {
+        let c = &self.config;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary (vocab_size {})", c.vocab_size);
+        }
+        if c.positions == Positions::Learned && last_position >= c.max_position_embeddings {
+            bail!(
+                "position {last_position} is past the learned position table (max_position_embeddings {})",
+                c.max_position_embeddings
+            );
+        }
+        Ok(())
+    }
+
+    // ANCHOR: decoder_forward
+    /// ids: [T] → logits [T, vocab] (or [1, vocab] with `Logits::Last`). With a cache, the ids continue the
+    /// cached positions and their keys/values are appended to it.
+    pub fn forward(&self, b: &B, ids: &[u32], mut cache: Option<&mut KvCache<B>>, which: Logits) -> Result<B::Tensor> {
+        if ids.is_empty() {
+            bail!("forward: no input tokens");
+        }
+        let start = cache.as_ref().map_or(0, |kv| kv.len);
+        let positions: Vec<usize> = (start..start + ids.len()).collect();
+        self.check_inputs(ids, start + ids.len() - 1).map_err(|e| e.context("forward"))?;
+        let shape = self.config.attention_shape();
+
+        let mut x = self.embed(b, ids, &positions); // [T, H]
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(b, &x);
+            let qkv = self.project_qkv(b, layer, &h, &positions, |_| None);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(kv) => {
+                    let (k, v) = match kv.layers[l].take() {
+                        Some((k_past, v_past)) => (b.concat_rows(&k_past, &qkv.k), b.concat_rows(&v_past, &qkv.v)),
+                        None => (qkv.k, qkv.v),
+                    };
+                    kv.layers[l] = Some((k.clone(), v.clone()));
+                    (k, v)
+                }
+                None => (qkv.k, qkv.v),
+            };
+            let mask = AttentionMask { q_offset: start, segment_ids: None, window: self.config.attention.windows[l] };
+            let attn = b.causal_attention(&qkv.q, &k, &v, &shape, &mask); // [T, heads·d]
+            let attn_out = layer.o_proj.forward(b, &attn);
+            x = match self.config.residual {
+                Residual::Sequential => {
+                    let x_mid = b.add(&x, &attn_out);
+                    let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
+                    b.add(&x_mid, &self.mlp_forward(b, layer, &h_mlp, |_| None).out)
+                }
+                Residual::Parallel => {
+                    let mlp_out = self.mlp_forward(b, layer, &self.mlp_norm(layer).forward(b, &x), |_| None).out;
+                    b.add(&b.add(&x, &attn_out), &mlp_out)
+                }
+                Residual::ParallelSharedNorm => {
+                    let mlp_out = self.mlp_forward(b, layer, &h, |_| None).out;
+                    b.add(&b.add(&x, &attn_out), &mlp_out)
+                }
+            };
+        }
+        if let Some(kv) = cache {
+            kv.len += ids.len();
+        }
+        if which == Logits::Last {
+            x = b.slice_rows(&x, ids.len() - 1, ids.len());
+        }
+        Ok(self.head(b, &self.norm.forward(b, &x))) // [T, vocab]
+    }
+    // ANCHOR_END: decoder_forward
+
+    /// The layer's MLP norm (the attention's own norm when the two share one).
+    pub(super) fn mlp_norm<'a>(&self, layer: &'a DecoderLayer<B>) -> &'a Norm<B> {
+        layer.post_attention_norm.as_ref().unwrap_or(&layer.input_norm)
+    }
+
+    /// h: [T, H] after the final norm → logits [T, vocab].
+    pub(super) fn head(&self, b: &B, h: &B::Tensor) -> B::Tensor {
+        b.linear(h, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), self.lm_head_bias.as_ref())
+    }
+
+    /// The embedding rows of `ids` (times Gemma's √hidden where the config has it), plus the learned position
+    /// rows of `positions` where the config learns them: [T, H].
+    pub(super) fn embed(&self, b: &B, ids: &[u32], positions: &[usize]) -> B::Tensor {
+        let x = b.embedding(&self.embed_tokens, ids);
+        let x = match self.config.embedding_scale {
+            Some(s) => b.scale(&x, s),
+            None => x,
+        };
+        match &self.position_embeddings {
+            Some(table) => {
+                let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+                b.add(&x, &b.embedding(table, &positions))
+            }
+            None => x,
+        }
+    }
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Every linear layer of the decoder with its HF module path (`model.layers.3.self_attn.q_proj`), in layer
+    /// order; the output head is not among them (PEFT's `all-linear` leaves it out too).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
+        let n = self.config.names;
+        let mut out = Vec::new();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("{}.{l}", n.layers);
+            match (&mut layer.qkv, n.qkv) {
+                (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                    out.push((format!("{p}.{qn}"), q));
+                    out.push((format!("{p}.{kn}"), k));
+                    out.push((format!("{p}.{vn}"), v));
+                }
+                (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => out.push((format!("{p}.{name}"), qkv)),
+                _ => unreachable!("checked at load"),
+            }
+            out.push((format!("{p}.{}", n.o), &mut layer.o_proj));
+            if let (Some(name), Some(gate_proj)) = (n.gate, layer.gate_proj.as_mut()) {
+                out.push((format!("{p}.{name}"), gate_proj));
+            }
+            out.push((format!("{p}.{}", n.up), &mut layer.up_proj));
+            out.push((format!("{p}.{}", n.down), &mut layer.down_proj));
+        }
+        out
+    }
+
+    /// The parameters the optimizer updates, named as in [`Gradients`]: every parameter for full fine-tuning,
+    /// only the LoRA factors (`….lora_A`, `….lora_B`) when the base is frozen.
+    pub fn trainable_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        if !self.frozen_base {
+            return self.named_parameters_mut();
+        }
+        let mut out = Vec::new();
+        for (path, linear) in self.linears_mut() {
+            if let Some(lora) = linear.lora.as_mut() {
+                out.push((format!("{path}.lora_A"), &mut lora.a));
+                out.push((format!("{path}.lora_B"), &mut lora.b));
+            }
+            if let (true, Some(bias)) = (linear.train_bias, linear.bias.as_mut()) {
+                out.push((format!("{path}.bias"), bias));
+            }
+        }
+        out
+    }
+
+    /// Every parameter with its Hugging Face name, in a fixed order (embeddings, layers, norm, head).
+    pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        let n = self.config.names;
+        let mut out: Vec<(String, &mut B::Tensor)> = vec![(format!("{}.weight", n.embed), &mut self.embed_tokens)];
+        if let (Some(name), Some(table)) = (n.positions, self.position_embeddings.as_mut()) {
+            out.push((format!("{name}.weight"), table));
+        }
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("{}.{l}", n.layers);
+            push_norm(&mut out, format!("{p}.{}", n.input_norm), &mut layer.input_norm);
+            match (&mut layer.qkv, n.qkv) {
+                (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                    push_linear(&mut out, format!("{p}.{qn}"), q);
+                    push_linear(&mut out, format!("{p}.{kn}"), k);
+                    push_linear(&mut out, format!("{p}.{vn}"), v);
+                }
+                (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => push_linear(&mut out, format!("{p}.{name}"), qkv),
+                _ => unreachable!("checked at load"),
+            }
+            if let (Some((qn, kn)), Some((q_norm, k_norm))) = (n.qk_norms, layer.qk_norms.as_mut()) {
+                push_norm(&mut out, format!("{p}.{qn}"), q_norm);
+                push_norm(&mut out, format!("{p}.{kn}"), k_norm);
+            }
+            push_linear(&mut out, format!("{p}.{}", n.o), &mut layer.o_proj);
+            if let (Some(name), Some(norm)) = (n.post_attention_norm, layer.post_attention_norm.as_mut()) {
+                push_norm(&mut out, format!("{p}.{name}"), norm);
+            }
+            let gate = n.gate.zip(layer.gate_proj.as_mut());
+            for (name, lin) in gate.into_iter().chain([(n.up, &mut layer.up_proj), (n.down, &mut layer.down_proj)]) {
+                push_linear(&mut out, format!("{p}.{name}"), lin);
+            }
+        }
+        push_norm(&mut out, n.final_norm.to_string(), &mut self.norm);
+        if let Some(head) = self.lm_head.as_mut() {
+            out.push((format!("{}.weight", n.lm_head), head));
+        }
+        if let Some(bias) = self.lm_head_bias.as_mut() {
+            out.push((format!("{}.bias", n.lm_head), bias));
+        }
+        out
+    }
+}
+
+/// A dense linear layer's weight and its bias under `name`.
+fn push_linear<'a, B: Backend>(out: &mut Vec<(String, &'a mut B::Tensor)>, name: String, lin: &'a mut Linear<B>) {
+    if let Weight::Dense(w) = &mut lin.weight {
+        out.push((format!("{name}.weight"), w));
+    }
+    if let Some(bias) = lin.bias.as_mut() {
+        out.push((format!("{name}.bias"), bias));
+    }
+}
+
+/// A norm's weight (and LayerNorm's bias) under `name`.
+fn push_norm<'a, B: Backend>(out: &mut Vec<(String, &'a mut B::Tensor)>, name: String, norm: &'a mut Norm<B>) {
+    out.push((format!("{name}.weight"), &mut norm.weight));
+    if let Some(bias) = norm.bias.as_mut() {
+        out.push((format!("{name}.bias"), bias));
+    }
+}
+
+/// The shape a parameter has in a Hugging Face checkpoint: norms and biases are vectors there, [1, n] rows here.
+/// Norms are named `…norm` / `…layernorm` / `…layer_norm`, or GPT-2's `ln_1`, `ln_2`, `ln_f`.
+pub fn hf_shape(name: &str, (rows, cols): (usize, usize)) -> Vec<usize> {
+    let is_norm_weight = name.strip_suffix(".weight").is_some_and(|module| {
+        let last = module.rsplit('.').next().unwrap_or(module);
+        last.contains("norm") || last.starts_with("ln_")
+    });
+    if rows == 1 && (name.ends_with(".bias") || is_norm_weight) { vec![cols] } else { vec![rows, cols] }
+}

@@ -1,0 +1,208 @@
+//! What a decoder-only transformer is made of, part by part: the one config every family reads its
+//! `config.json` into. The decoder (`models::decoder`) is written once against these parts; a family file
+//! (`llama.rs`, `gpt_neox.rs`, …) only chooses them and names its tensors.
+//!
+//! | part | choices | who |
+//! |---|---|---|
+//! | q/k/v projections | separate, or one fused matrix in a stated layout ([`FusedQkv`]) | GPT-BigCode, GPT-NeoX fuse |
+//! | positions | RoPE over all or the first `dims` of each head; learned absolute embeddings | GPT-BigCode learns them |
+//! | residual | sequential; parallel (attention and MLP read the same input), with one shared norm or two | GPT-NeoX, Phi |
+//! | norms | RMSNorm, (1 + w) RMSNorm, LayerNorm with bias | Gemma, StarCoder2, GPT-* |
+//! | MLP | gated SiLU / GELU, plain GELU (tanh or exact erf) | Llama, Gemma, StarCoder2, GPT-NeoX |
+//! | attention | biases, softmax scale, sliding windows per layer | Qwen2, GPT-BigCode, Mistral |
+
+use crate::backend::AttentionShape;
+use crate::io::hf_config::{RopeScaling, RopeSpec};
+pub use crate::nn::fused_qkv::FusedQkv;
+pub use crate::nn::mlp::Gelu;
+
+// ANCHOR: decoder_config
+/// A decoder's config, resolved from `config.json` (each family's reader applies transformers' defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub attention: Attention,
+    pub positions: Positions,
+    pub residual: Residual,
+    pub norm: NormKind,
+    /// The norms' ε (`rms_norm_eps`, `norm_epsilon`, `layer_norm_epsilon`, …).
+    pub norm_eps: f32,
+    pub mlp: MlpKind,
+    pub mlp_bias: bool,
+    /// Gemma multiplies the embeddings by √hidden (the output head uses the unscaled table).
+    pub embedding_scale: Option<f32>,
+    pub tie_word_embeddings: bool,
+    /// A bias on the output head (Phi).
+    pub lm_head_bias: bool,
+    pub max_position_embeddings: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// Where the checkpoint keeps each tensor.
+    pub names: TensorNames,
+}
+
+/// What varies in the attention block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    /// One fused q/k/v matrix in this layout, or three separate projections (`None`).
+    pub fused_qkv: Option<FusedQkv>,
+    /// Biases on the q, k, v projections (or the fused one).
+    pub qkv_bias: bool,
+    /// A bias on the output projection.
+    pub o_bias: bool,
+    /// The softmax scale: 1/√head_dim, or 1 where GPT-BigCode's `scale_attn_weights` is off.
+    pub scale: f32,
+    /// Per layer, the sliding window (None: every earlier position is visible).
+    pub windows: Vec<Option<usize>>,
+    /// A norm over each head of q and of k, after the projection and before RoPE (Phi's `qk_layernorm`).
+    pub qk_norm: bool,
+}
+
+/// How a token learns where it is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Positions {
+    /// RoPE on the first `dims` entries of every q and k head (all of them, or a fraction: GPT-NeoX's
+    /// `rotary_pct`, Phi's `partial_rotary_factor`), in the rotate-half pairing; the rest pass through.
+    Rotary { rope: RopeSpec, dims: usize },
+    /// A learned table of `max_position_embeddings` rows added to the token embeddings (GPT-BigCode's `wpe`).
+    Learned,
+}
+
+/// How each layer's two blocks meet the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residual {
+    /// h = x + attn(n₁(x)); x' = h + mlp(n₂(h))  (Llama and most others)
+    Sequential,
+    /// x' = x + attn(n₁(x)) + mlp(n₂(x))  (GPT-NeoX's `use_parallel_residual`)
+    Parallel,
+    /// x' = x + attn(n(x)) + mlp(n(x)), one norm for both  (Phi)
+    ParallelSharedNorm,
+}
+
+/// The MLP of each layer: gated (`down(act(gate(x)) ⊙ up(x))`) or plain (`down(act(up(x)))`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKind {
+    /// SwiGLU: Llama, Mistral, Qwen2.
+    GatedSilu,
+    /// GeGLU with GELU's tanh approximation: Gemma.
+    GatedGelu,
+    /// GELU between two projections: StarCoder2 and GPT-BigCode (tanh), GPT-NeoX (exact erf), Phi (tanh).
+    Plain(Gelu),
+}
+
+pub use super::layers::NormKind;
+// ANCHOR_END: decoder_config
+
+// ANCHOR: tensor_names
+/// A family's tensor names: Hugging Face module paths without `.weight` / `.bias`. Layer modules are relative
+/// to `{layers}.{i}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorNames {
+    pub embed: &'static str,
+    /// The learned position table (with [`Positions::Learned`]).
+    pub positions: Option<&'static str>,
+    pub layers: &'static str,
+    pub input_norm: &'static str,
+    /// The MLP's norm (`None` with [`Residual::ParallelSharedNorm`]).
+    pub post_attention_norm: Option<&'static str>,
+    /// q, k, v — or the single fused projection, when the config fuses them.
+    pub qkv: QkvNames,
+    /// The per-head q and k norms (with [`Attention::qk_norm`]).
+    pub qk_norms: Option<(&'static str, &'static str)>,
+    pub o: &'static str,
+    /// `None` for a plain MLP.
+    pub gate: Option<&'static str>,
+    pub up: &'static str,
+    pub down: &'static str,
+    pub final_norm: &'static str,
+    /// The output head (unused when tied to `embed`).
+    pub lm_head: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkvNames {
+    Separate { q: &'static str, k: &'static str, v: &'static str },
+    Fused(&'static str),
+}
+// ANCHOR_END: tensor_names
+
+impl DecoderConfig {
+    /// A Llama-shaped config with transformers' `LlamaConfig` defaults for everything but the shape
+    /// (θ = 10⁴, ε = 10⁻⁶, untied, no biases, head_dim = hidden/heads): for tests and benchmarks.
+    pub fn with_shape(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Self {
+        let head_dim = hidden_size / heads;
+        DecoderConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            attention: Attention {
+                fused_qkv: None,
+                qkv_bias: false,
+                o_bias: false,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                windows: vec![None; layers],
+                qk_norm: false,
+            },
+            positions: Positions::Rotary {
+                rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None },
+                dims: head_dim,
+            },
+            residual: Residual::Sequential,
+            norm: NormKind::Rms,
+            norm_eps: 1e-6,
+            mlp: MlpKind::GatedSilu,
+            mlp_bias: false,
+            embedding_scale: None,
+            tie_word_embeddings: false,
+            lm_head_bias: false,
+            max_position_embeddings: 2048,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            names: super::llama::NAMES,
+        }
+    }
+
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            scale: self.attention.scale,
+        }
+    }
+
+    /// RoPE's parameters, with rotary positions.
+    pub fn rope(&self) -> Option<&RopeSpec> {
+        match &self.positions {
+            Positions::Rotary { rope, .. } => Some(rope),
+            Positions::Learned => None,
+        }
+    }
+
+    /// Width of the q, k and v projections' outputs together.
+    pub fn qkv_width(&self) -> usize {
+        (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+    }
+
+    /// Whether the MLP has a gate projection.
+    pub fn mlp_is_gated(&self) -> bool {
+        matches!(self.mlp, MlpKind::GatedSilu | MlpKind::GatedGelu)
+    }
+}

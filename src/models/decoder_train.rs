@@ -1,0 +1,435 @@
+//! Training the decoder: the forward that keeps what the backward needs, and the hand-written backward beside
+//! it. The attention inputs (`project_qkv`) and the MLP (`mlp_forward`) are shared with inference.
+
+use super::decoder::{Decoder, DecoderLayer, Gradients, MlpKind, Norm, Positions, QkvNames, QkvProjection, Residual};
+use crate::backend::{AttentionMask, Backend};
+use crate::nn::mlp::Gelu;
+use anyhow::{Result, bail};
+
+// ANCHOR: train_sequence
+/// One training row: tokens, their positions (restarting per packed document) and, for packed rows, the
+/// document each token belongs to (attention never crosses documents).
+#[derive(Clone, Copy, Debug)]
+pub struct Sequence<'a> {
+    pub ids: &'a [u32],
+    pub positions: &'a [usize],
+    pub segment_ids: Option<&'a [u32]>,
+}
+// ANCHOR_END: train_sequence
+
+// ANCHOR: train_cache
+/// What one layer's backward needs from its forward.
+pub struct LayerCache<B: Backend> {
+    x: B::Tensor,                           // [T, H] residual stream entering the layer
+    h_attn: B::Tensor,                      // [T, H] input_norm(x)
+    q: B::Tensor,                           // [T, heads·d] as attention reads it (normed, rotated)
+    k: B::Tensor,                           // [T, kv·d]
+    v: B::Tensor,                           // [T, kv·d]
+    qk_raw: Option<(B::Tensor, B::Tensor)>, // q, k before their per-head norms (qk_norm only)
+    attn: B::Tensor,                        // [T, heads·d] attention output (before o_proj)
+    lse: B::Tensor,                         // [T, heads]
+    x_mid: Option<B::Tensor>, // [T, H] sequential residual: the stream after attention, the MLP norm's input
+    h_mlp: Option<B::Tensor>, // [T, H] the MLP's input (None when it is h_attn: one shared norm)
+    gate: Option<B::Tensor>,  // [T, I] (gated MLPs)
+    up: B::Tensor,            // [T, I]
+    activated: B::Tensor,     // [T, I] silu(gate)·up, gelu(gate)·up or gelu(up): down_proj's input
+    lora_h: [Option<B::Tensor>; 7], // x·Aᵀ of each adapted projection: q (or fused qkv), k, v, o, gate, up, down
+}
+
+/// A layer's saved activations: all of them, or only its input (recomputed in the backward).
+enum Saved<B: Backend> {
+    Everything(LayerCache<B>),
+    InputOnly(B::Tensor),
+}
+
+pub struct TrainCache<'a, B: Backend> {
+    seq: Sequence<'a>,
+    layers: Vec<Saved<B>>,
+    x_final: B::Tensor, // [T, H] before the final norm
+    h_final: B::Tensor, // [T, H] after it: the head's input
+}
+// ANCHOR_END: train_cache
+
+impl<B: Backend> TrainCache<'_, B> {
+    /// Bytes of activations held for the backward (f32), the number activation checkpointing shrinks.
+    pub fn activation_bytes(&self, b: &B) -> usize {
+        let size = |t: &B::Tensor| {
+            let (r, c) = b.dims(t);
+            r * c * 4
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|saved| match saved {
+                Saved::InputOnly(x) => size(x),
+                Saved::Everything(lc) => {
+                    [&lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &lc.up, &lc.activated]
+                        .into_iter()
+                        .chain(lc.qk_raw.iter().flat_map(|(q, k)| [q, k]))
+                        .chain(lc.x_mid.iter())
+                        .chain(lc.h_mlp.iter())
+                        .chain(lc.gate.iter())
+                        .chain(lc.lora_h.iter().flatten())
+                        .map(size)
+                        .sum()
+                }
+            })
+            .sum();
+        layers + size(&self.x_final) + size(&self.h_final)
+    }
+}
+
+/// A layer's attention inputs as attention reads them, with what their backward needs.
+pub(super) struct ProjectedQkv<B: Backend> {
+    pub q: B::Tensor,
+    pub k: B::Tensor,
+    pub v: B::Tensor,
+    qk_raw: Option<(B::Tensor, B::Tensor)>,
+    lora_h: [Option<B::Tensor>; 3],
+}
+
+/// An MLP's output, with what its backward needs.
+pub(super) struct MlpOutput<B: Backend> {
+    pub out: B::Tensor,
+    gate: Option<B::Tensor>,
+    up: B::Tensor,
+    activated: B::Tensor,
+    lora_h: [Option<B::Tensor>; 3],
+}
+
+/// A norm applied to each head of x: [T, heads·d] viewed as [T·heads, d].
+fn per_head<B: Backend>(b: &B, norm: &Norm<B>, x: &B::Tensor, heads: usize) -> B::Tensor {
+    let (t, width) = b.dims(x);
+    b.reshape(&norm.forward(b, &b.reshape(x, t * heads, width / heads)), t, width)
+}
+
+impl<B: Backend> Decoder<B> {
+    // ANCHOR: project_qkv
+    /// h: [T, H] (the normed input) → q [T, heads·d], k, v [T, kv·d]: projected (or split from the fused
+    /// projection), per-head normed where the config says so, and rotated at `positions` with RoPE.
+    pub(super) fn project_qkv(
+        &self,
+        b: &B,
+        layer: &DecoderLayer<B>,
+        h: &B::Tensor,
+        positions: &[usize],
+        seed: impl Fn(u64) -> Option<u64>,
+    ) -> ProjectedQkv<B> {
+        let shape = self.config.attention_shape();
+        let (q, k, v, lora_h) = match &layer.qkv {
+            QkvProjection::Separate { q, k, v } => {
+                let (q, hq) = q.forward_train(b, h, seed(0));
+                let (k, hk) = k.forward_train(b, h, seed(1));
+                let (v, hv) = v.forward_train(b, h, seed(2));
+                (q, k, v, [hq, hk, hv])
+            }
+            QkvProjection::Fused(qkv) => {
+                let layout = self.config.attention.fused_qkv.expect("checked at load");
+                let (fused, h_qkv) = qkv.forward_train(b, h, seed(0));
+                let (q, k, v) = b.split_qkv(&fused, &shape, layout);
+                (q, k, v, [h_qkv, None, None])
+            }
+        };
+        let (q, k, qk_raw) = match &layer.qk_norms {
+            Some((q_norm, k_norm)) => {
+                let normed = (per_head(b, q_norm, &q, shape.n_heads), per_head(b, k_norm, &k, shape.n_kv_heads));
+                (normed.0, normed.1, Some((q, k)))
+            }
+            None => (q, k, None),
+        };
+        let (q, k) = match self.config.positions {
+            Positions::Rotary { .. } => (
+                b.rope(&q, shape.n_heads, shape.head_dim, positions, &self.inv_freq),
+                b.rope(&k, shape.n_kv_heads, shape.head_dim, positions, &self.inv_freq),
+            ),
+            Positions::Learned => (q, k),
+        };
+        ProjectedQkv { q, k, v, qk_raw, lora_h }
+    }
+    // ANCHOR_END: project_qkv
+
+    // ANCHOR: mlp_forward
+    /// h: [T, H] → the MLP's output [T, H]: down(act(gate(h)) ⊙ up(h)) or down(act(up(h))).
+    pub(super) fn mlp_forward(
+        &self,
+        b: &B,
+        layer: &DecoderLayer<B>,
+        h: &B::Tensor,
+        seed: impl Fn(u64) -> Option<u64>,
+    ) -> MlpOutput<B> {
+        let (gate, hg) = match &layer.gate_proj {
+            Some(gate_proj) => {
+                let (gate, hg) = gate_proj.forward_train(b, h, seed(4));
+                (Some(gate), hg)
+            }
+            None => (None, None),
+        };
+        let (up, hu) = layer.up_proj.forward_train(b, h, seed(5));
+        let activated = self.activate(b, gate.as_ref(), &up);
+        let (out, hd) = layer.down_proj.forward_train(b, &activated, seed(6));
+        MlpOutput { out, gate, up, activated, lora_h: [hg, hu, hd] }
+    }
+
+    /// What the MLP's down projection reads: silu(gate) ⊙ up, gelu(gate) ⊙ up, or gelu(up) without a gate.
+    fn activate(&self, b: &B, gate: Option<&B::Tensor>, up: &B::Tensor) -> B::Tensor {
+        match (self.config.mlp, gate) {
+            (MlpKind::GatedSilu, Some(gate)) => b.swiglu(gate, up),
+            (MlpKind::GatedGelu, Some(gate)) => b.mul(&b.gelu_tanh(gate), up),
+            (MlpKind::Plain(Gelu::Tanh), None) => b.gelu_tanh(up),
+            (MlpKind::Plain(Gelu::Erf), None) => b.gelu_erf(up),
+            (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
+        }
+    }
+
+    /// The activation's backward: d(activated) → (dgate, dup).
+    fn activate_backward(
+        &self,
+        b: &B,
+        dactivated: &B::Tensor,
+        gate: Option<&B::Tensor>,
+        up: &B::Tensor,
+    ) -> (Option<B::Tensor>, B::Tensor) {
+        match (self.config.mlp, gate) {
+            (MlpKind::GatedSilu, Some(gate)) => {
+                let (dgate, dup) = b.swiglu_backward(dactivated, gate, up);
+                (Some(dgate), dup)
+            }
+            // y = gelu(g) ⊙ u:  ∂L/∂u = dy ⊙ gelu(g),  ∂L/∂g = gelu′(g) ⊙ (dy ⊙ u)
+            (MlpKind::GatedGelu, Some(gate)) => {
+                let dup = b.mul(dactivated, &b.gelu_tanh(gate));
+                (Some(b.gelu_tanh_backward(&b.mul(dactivated, up), gate)), dup)
+            }
+            (MlpKind::Plain(Gelu::Tanh), None) => (None, b.gelu_tanh_backward(dactivated, up)),
+            (MlpKind::Plain(Gelu::Erf), None) => (None, b.gelu_erf_backward(dactivated, up)),
+            (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
+        }
+    }
+    // ANCHOR_END: mlp_forward
+
+    // ANCHOR: decoder_forward_train
+    /// Logits [T, vocab] and the cache for [`Decoder::backward`].
+    pub fn forward_train<'a>(&self, b: &B, seq: Sequence<'a>) -> Result<(B::Tensor, TrainCache<'a, B>)> {
+        if seq.ids.is_empty()
+            || seq.positions.len() != seq.ids.len()
+            || seq.segment_ids.is_some_and(|s| s.len() != seq.ids.len())
+        {
+            bail!("forward_train: need one position (and segment id) per token");
+        }
+        let last_position = seq.positions.iter().copied().max().unwrap_or(0);
+        self.check_inputs(seq.ids, last_position).map_err(|e| e.context("forward_train"))?;
+        let mut x = self.embed(b, seq.ids, seq.positions);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (x_out, cache) = self.layer_forward(b, l, layer, x, seq);
+            layers.push(if self.recompute_activations { Saved::InputOnly(cache.x) } else { Saved::Everything(cache) });
+            x = x_out;
+        }
+        let h_final = self.norm.forward(b, &x);
+        let logits = self.head(b, &h_final);
+        Ok((logits, TrainCache { seq, layers, x_final: x, h_final }))
+    }
+
+    /// One decoder layer, returning its output and everything its backward needs.
+    fn layer_forward(
+        &self,
+        b: &B,
+        l: usize,
+        layer: &DecoderLayer<B>,
+        x: B::Tensor,
+        seq: Sequence<'_>,
+    ) -> (B::Tensor, LayerCache<B>) {
+        let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
+        let shape = self.config.attention_shape();
+        let mask =
+            AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: self.config.attention.windows[l] };
+        let h_attn = layer.input_norm.forward(b, &x);
+        let ProjectedQkv { q, k, v, qk_raw, lora_h: [hq, hk, hv] } =
+            self.project_qkv(b, layer, &h_attn, seq.positions, seed);
+        let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+        let (o, ho) = layer.o_proj.forward_train(b, &attn, seed(3));
+        let (x_out, x_mid, h_mlp, mlp) = match self.config.residual {
+            Residual::Sequential => {
+                let x_mid = b.add(&x, &o);
+                let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
+                let mlp = self.mlp_forward(b, layer, &h_mlp, seed);
+                (b.add(&x_mid, &mlp.out), Some(x_mid), Some(h_mlp), mlp)
+            }
+            Residual::Parallel => {
+                let h_mlp = self.mlp_norm(layer).forward(b, &x);
+                let mlp = self.mlp_forward(b, layer, &h_mlp, seed);
+                (b.add(&b.add(&x, &o), &mlp.out), None, Some(h_mlp), mlp)
+            }
+            Residual::ParallelSharedNorm => {
+                let mlp = self.mlp_forward(b, layer, &h_attn, seed);
+                (b.add(&b.add(&x, &o), &mlp.out), None, None, mlp)
+            }
+        };
+        let MlpOutput { gate, up, activated, lora_h: [hg, hu, hd], .. } = mlp;
+        let lora_h = [hq, hk, hv, ho, hg, hu, hd];
+        let cache = LayerCache { x, h_attn, q, k, v, qk_raw, attn, lse, x_mid, h_mlp, gate, up, activated, lora_h };
+        (x_out, cache)
+    }
+    // ANCHOR_END: decoder_forward_train
+
+    // ANCHOR: decoder_backward
+    /// dlogits [T, vocab] → the gradient of every parameter. Walks the forward in reverse; `dx` is the gradient
+    /// of the residual stream, which each block adds to (the residual connection copies it through).
+    pub fn backward(&self, b: &B, cache: TrainCache<'_, B>, dlogits: &B::Tensor) -> Gradients<B> {
+        let c = &self.config;
+        let n = c.names;
+        let train_base = !self.frozen_base;
+        let mut grads = Gradients::<B>::new();
+
+        // head and final norm
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let train_head_bias = train_base && self.lm_head_bias.is_some();
+        let (dh_final, dhead, dhead_bias) =
+            b.linear_backward(dlogits, &cache.h_final, head, train_base, train_head_bias);
+        let mut dx = self.norm.backward(b, &dh_final, &cache.x_final, train_base, n.final_norm, &mut grads);
+        let mut dembed_from_head = None;
+        if c.tie_word_embeddings {
+            dembed_from_head = dhead;
+        } else if let Some(dhead) = dhead {
+            grads.insert(format!("{}.weight", n.lm_head), dhead);
+        }
+        if let Some(dbias) = dhead_bias {
+            grads.insert(format!("{}.bias", n.lm_head), dbias);
+        }
+
+        let seq = cache.seq;
+        for (l, (layer, saved)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
+            let lc = match saved {
+                Saved::Everything(lc) => lc,
+                Saved::InputOnly(x) => self.layer_forward(b, l, layer, x, seq).1, // activation checkpointing
+            };
+            self.layer_backward(b, l, layer, lc, seq, &mut dx, &mut grads);
+        }
+
+        if train_base {
+            if let (Some(name), Some(table)) = (n.positions, &self.position_embeddings) {
+                let positions: Vec<u32> = seq.positions.iter().map(|&p| p as u32).collect();
+                // x = s·embed(ids) + positions(p): the table's gradient is dx itself
+                grads.insert(format!("{name}.weight"), b.embedding_backward(&dx, &positions, b.dims(table).0));
+            }
+            if let Some(s) = c.embedding_scale {
+                dx = b.scale(&dx, s); // x = s·embedding(ids)
+            }
+            let mut dembed = b.embedding_backward(&dx, seq.ids, c.vocab_size);
+            if let Some(dhead) = dembed_from_head {
+                b.add_assign(&mut dembed, &dhead); // tied: the table is also the output head
+            }
+            grads.insert(format!("{}.weight", n.embed), dembed);
+        }
+        grads
+    }
+
+    /// One layer in reverse: `dx` comes in as ∂L/∂(layer output) and leaves as ∂L/∂(layer input).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        b: &B,
+        l: usize,
+        layer: &DecoderLayer<B>,
+        lc: LayerCache<B>,
+        seq: Sequence<'_>,
+        dx: &mut B::Tensor,
+        grads: &mut Gradients<B>,
+    ) {
+        let c = &self.config;
+        let n = c.names;
+        let (shape, pos) = (c.attention_shape(), seq.positions);
+        let train_base = !self.frozen_base;
+        let p = format!("{}.{l}", n.layers);
+        let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
+        let [hq, hk, hv, ho, hg, hu, hd] = &lc.lora_h;
+
+        // MLP block: out = down(act(gate(h), up(h))); dx is ∂L/∂out
+        let h_mlp = lc.h_mlp.as_ref().unwrap_or(&lc.h_attn);
+        let down_name = format!("{p}.{}", n.down);
+        let dactivated =
+            layer.down_proj.backward(b, dx, &lc.activated, hd.as_ref(), train_base, seed(6), &down_name, grads);
+        let (dgate, dup) = self.activate_backward(b, &dactivated, lc.gate.as_ref(), &lc.up);
+        let up_name = format!("{p}.{}", n.up);
+        let mut dh_mlp = layer.up_proj.backward(b, &dup, h_mlp, hu.as_ref(), train_base, seed(5), &up_name, grads);
+        if let (Some(gate_proj), Some(dgate), Some(name)) = (&layer.gate_proj, dgate, n.gate) {
+            let gate_name = format!("{p}.{name}");
+            let dh_gate = gate_proj.backward(b, &dgate, h_mlp, hg.as_ref(), train_base, seed(4), &gate_name, grads);
+            b.add_assign(&mut dh_mlp, &dh_gate);
+        }
+        let norm_name = format!("{p}.{}", n.post_attention_norm.unwrap_or(n.input_norm));
+        let (mut dh_attn_from_mlp, mut dx_from_mlp_norm) = (None, None);
+        match c.residual {
+            Residual::Sequential => {
+                let x_mid = lc.x_mid.as_ref().expect("sequential layers cache x_mid");
+                let dx_mid = self.mlp_norm(layer).backward(b, &dh_mlp, x_mid, train_base, &norm_name, grads);
+                b.add_assign(dx, &dx_mid); // dx is now ∂L/∂x_mid
+            }
+            Residual::Parallel => {
+                dx_from_mlp_norm =
+                    Some(self.mlp_norm(layer).backward(b, &dh_mlp, &lc.x, train_base, &norm_name, grads));
+            }
+            Residual::ParallelSharedNorm => dh_attn_from_mlp = Some(dh_mlp),
+        }
+
+        // attention block: out = o(attention(q, k, v)); dx is ∂L/∂out
+        let o_name = format!("{p}.{}", n.o);
+        let dattn = layer.o_proj.backward(b, dx, &lc.attn, ho.as_ref(), train_base, seed(3), &o_name, grads);
+        let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: c.attention.windows[l] };
+        let (dq, dk, dv) = b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
+        let (dq, dk) = match c.positions {
+            Positions::Rotary { .. } => (
+                b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq),
+                b.rope_backward(&dk, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq),
+            ),
+            Positions::Learned => (dq, dk),
+        };
+        let (dq, dk) = match (&layer.qk_norms, &lc.qk_raw, n.qk_norms) {
+            (Some((q_norm, k_norm)), Some((q_raw, k_raw)), Some((qn, kn))) => {
+                let mut per_head_backward =
+                    |norm: &Norm<B>, dy: &B::Tensor, x: &B::Tensor, heads: usize, name: &str| {
+                        let (t, width) = b.dims(dy);
+                        let (dy, x) = (b.reshape(dy, t * heads, width / heads), b.reshape(x, t * heads, width / heads));
+                        b.reshape(&norm.backward(b, &dy, &x, train_base, &format!("{p}.{name}"), grads), t, width)
+                    };
+                (
+                    per_head_backward(q_norm, &dq, q_raw, shape.n_heads, qn),
+                    per_head_backward(k_norm, &dk, k_raw, shape.n_kv_heads, kn),
+                )
+            }
+            _ => (dq, dk),
+        };
+        let h = &lc.h_attn;
+        let mut dh = match (&layer.qkv, n.qkv) {
+            (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                let mut dh = q.backward(b, &dq, h, hq.as_ref(), train_base, seed(0), &format!("{p}.{qn}"), grads);
+                for (dproj, proj, lora_h, name, idx) in [(&dk, k, hk, kn, 1), (&dv, v, hv, vn, 2)] {
+                    let name = format!("{p}.{name}");
+                    let dh_part = proj.backward(b, dproj, h, lora_h.as_ref(), train_base, seed(idx), &name, grads);
+                    b.add_assign(&mut dh, &dh_part);
+                }
+                dh
+            }
+            (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => {
+                let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, c.attention.fused_qkv.expect("checked at load"));
+                qkv.backward(b, &dqkv, h, hq.as_ref(), train_base, seed(0), &format!("{p}.{name}"), grads)
+            }
+            _ => unreachable!("checked at load"),
+        };
+        if let Some(d) = dh_attn_from_mlp {
+            b.add_assign(&mut dh, &d); // one shared norm feeds both blocks
+        }
+        let norm_name = format!("{p}.{}", n.input_norm);
+        let dx_in = layer.input_norm.backward(b, &dh, &lc.x, train_base, &norm_name, grads);
+        b.add_assign(dx, &dx_in); // dx is now ∂L/∂x entering layer l
+        if let Some(d) = dx_from_mlp_norm {
+            b.add_assign(dx, &d); // parallel residual: the MLP's norm read x too
+        }
+    }
+    // ANCHOR_END: decoder_backward
+}
+
+/// The dropout seed of projection `proj` (0–6: q, k, v, o, gate, up, down) of layer `layer` for one forward.
+fn dropout_seed_for(seed: u64, layer: usize, proj: u64) -> u64 {
+    let mut r = crate::rng::Rng::new(seed ^ ((layer as u64) << 8 | proj).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    r.next_u64()
+}

@@ -1,0 +1,135 @@
+//! GPT-NeoX (`model_type: "gpt_neox"`): EleutherAI's Pythia and GPT-NeoX-20B, in MFTCoder's model table.
+//! LayerNorms with biases, one fused `query_key_value` projection laid out per head ([qₕ, kₕ, vₕ] side by
+//! side), RoPE on only the first `rotary_pct` of each head, an exact-erf GELU MLP, and — by default — the
+//! parallel residual: attention and MLP both read the layer's input, x' = x + attn(n₁(x)) + mlp(n₂(x)).
+//! The head is stored as `embed_out` (transformers 5 calls it `lm_head` in memory and renames it on save).
+
+use super::decoder::{
+    Attention, DecoderConfig, FusedQkv, MlpKind, NormKind, Positions, QkvNames, Residual, TensorNames,
+};
+use super::gpt_bigcode::gelu;
+use super::llama::{head_shape, norm_eps};
+use crate::io::hf_config::HfConfig;
+use anyhow::{Result, bail};
+
+// ANCHOR: gpt_neox_names
+pub const NAMES: TensorNames = TensorNames {
+    embed: "gpt_neox.embed_in",
+    positions: None,
+    layers: "gpt_neox.layers",
+    input_norm: "input_layernorm",
+    post_attention_norm: Some("post_attention_layernorm"),
+    qkv: QkvNames::Fused("attention.query_key_value"),
+    qk_norms: None,
+    o: "attention.dense",
+    gate: None,
+    up: "mlp.dense_h_to_4h",
+    down: "mlp.dense_4h_to_h",
+    final_norm: "gpt_neox.final_layer_norm",
+    lm_head: "embed_out",
+};
+// ANCHOR_END: gpt_neox_names
+
+/// The rotated width of a head: ⌊d·fraction⌋ (Python's `int()`), which must be even and at least 2.
+pub(super) fn rotary_dims(cfg: &HfConfig, head_dim: usize, fraction: f64, field: &str) -> Result<usize> {
+    let dims = (head_dim as f64 * fraction) as usize;
+    if dims < 2 || dims % 2 != 0 {
+        bail!(
+            "{}: field `{field}` ({fraction}) rotates {dims} of the {head_dim} entries of each head; that must be an even number ≥ 2",
+            cfg.path.display()
+        );
+    }
+    Ok(dims)
+}
+
+// ANCHOR: gpt_neox_config
+pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
+    let hidden_size = cfg.usize("hidden_size")?;
+    let layers = cfg.usize("num_hidden_layers")?;
+    let (heads, _, head_dim) = head_shape(cfg, hidden_size, None)?;
+    let (rope, fraction) = cfg.partial_rope(10_000.0, "rotary_emb_base", "rotary_pct", 0.25)?;
+    let dims = rotary_dims(cfg, head_dim, fraction, "rotary_pct")?;
+    let attention_bias = cfg.opt_bool("attention_bias")?.unwrap_or(true);
+    let parallel = cfg.opt_bool("use_parallel_residual")?.unwrap_or(true);
+    Ok(DecoderConfig {
+        vocab_size: cfg.usize("vocab_size")?,
+        hidden_size,
+        intermediate_size: cfg.usize("intermediate_size")?,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads,
+        head_dim,
+        attention: Attention {
+            // `view(heads, 3·d)`: one group per head
+            fused_qkv: Some(FusedQkv { groups: heads }),
+            qkv_bias: attention_bias,
+            o_bias: attention_bias,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            windows: vec![None; layers],
+            qk_norm: false,
+        },
+        positions: Positions::Rotary { rope, dims },
+        residual: if parallel { Residual::Parallel } else { Residual::Sequential },
+        norm: NormKind::Layer,
+        norm_eps: norm_eps(cfg, "layer_norm_eps", 1e-5)?,
+        mlp: MlpKind::Plain(gelu(cfg, "hidden_act", "gelu")?),
+        mlp_bias: true,
+        embedding_scale: None,
+        tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        lm_head_bias: false,
+        max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
+        eos_token_ids: cfg.token_ids("eos_token_id")?,
+        names: NAMES,
+    })
+}
+// ANCHOR_END: gpt_neox_config
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::mlp::Gelu;
+
+    fn config(extra: serde_json::Value) -> Result<DecoderConfig> {
+        let mut json = serde_json::json!({
+            "model_type": "gpt_neox", "vocab_size": 32, "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4
+        });
+        json.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let cfg = HfConfig { path: "n/config.json".into(), json: json.as_object().unwrap().clone() };
+        config_from_hf(&cfg)
+    }
+
+    #[test]
+    fn legacy_and_v5_rotary_fields_agree() {
+        let legacy = config(serde_json::json!({"rotary_pct": 0.5, "rotary_emb_base": 500})).unwrap();
+        let v5 = config(
+            serde_json::json!({"rope_parameters": {"rope_type": "default", "rope_theta": 500, "partial_rotary_factor": 0.5}}),
+        );
+        assert_eq!(legacy, v5.unwrap());
+        let Positions::Rotary { rope, dims } = legacy.positions else { panic!("rotary") };
+        assert_eq!((rope.theta, dims), (500.0, 8));
+        let defaults = config(serde_json::json!({})).unwrap();
+        assert_eq!(
+            defaults.positions,
+            Positions::Rotary {
+                rope: crate::io::hf_config::RopeSpec {
+                    theta: 10_000.0,
+                    scaling: crate::io::hf_config::RopeScaling::None
+                },
+                dims: 4
+            }
+        );
+        assert_eq!((defaults.residual, defaults.mlp), (Residual::Parallel, MlpKind::Plain(Gelu::Erf)));
+        assert!(defaults.attention.qkv_bias && !defaults.tie_word_embeddings);
+        assert_eq!(config(serde_json::json!({"use_parallel_residual": false})).unwrap().residual, Residual::Sequential);
+    }
+
+    #[test]
+    fn an_odd_rotary_width_is_refused() {
+        let err = config(serde_json::json!({"rotary_pct": 0.3})).unwrap_err().to_string();
+        assert!(err.contains("n/config.json") && err.contains("`rotary_pct`") && err.contains("rotates 4"), "{err}");
+        let err = config(serde_json::json!({"rotary_pct": 0.19})).unwrap_err().to_string();
+        assert!(err.contains("rotates 3"), "{err}");
+    }
+}
