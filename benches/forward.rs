@@ -5,16 +5,16 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::models::llama::{Llama, LlamaConfig, Logits};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, Logits};
 use std::hint::black_box;
 
-fn bench_config() -> LlamaConfig {
-    LlamaConfig::with_shape(8192, 512, 1536, 8, 8, 4)
+fn bench_config() -> DecoderConfig {
+    DecoderConfig::with_shape(8192, 512, 1536, 8, 8, 4)
 }
 
 fn forward(c: &mut Criterion) {
     let seq: usize = std::env::var("BENCH_SEQ").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
-    let model = Llama::random(&Cpu, bench_config(), 0);
+    let model = Decoder::random(&Cpu, bench_config(), 0);
     let mut rng = mftcoder::rng::Rng::new(0);
     let ids: Vec<u32> = (0..seq).map(|_| rng.below(8192) as u32).collect();
     mftcoder::runtime::tune_allocator();

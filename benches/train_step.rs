@@ -8,14 +8,14 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::llama::{Llama, LlamaConfig, Sequence};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, Sequence};
 use mftcoder::peft::attach::init_adapters;
 use mftcoder::peft::{LoraBias, LoraConfig, TargetModules};
 use mftcoder::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use ndarray::Array2;
 
-fn config() -> LlamaConfig {
-    LlamaConfig::with_shape(8192, 384, 1024, 6, 6, 2)
+fn config() -> DecoderConfig {
+    DecoderConfig::with_shape(8192, 384, 1024, 6, 6, 2)
 }
 
 fn train_step(c: &mut Criterion) {
@@ -23,9 +23,9 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("llama_train_step");
     group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
     group.sample_size(10);
-    bench_step(&mut group, "16M_b4_seq256", Llama::random(&Cpu, config(), 0));
+    bench_step(&mut group, "16M_b4_seq256", Decoder::random(&Cpu, config(), 0));
     // LoRA r = 16 on all seven projections of every layer, base frozen (no weight gradients for it)
-    let mut lora = Llama::random(&Cpu, config(), 0);
+    let mut lora = Decoder::random(&Cpu, config(), 0);
     let lora_config = LoraConfig {
         r: 16,
         lora_alpha: 32.0,
@@ -45,7 +45,7 @@ const SEQ: usize = 256;
 fn bench_step(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
-    mut model: Llama<Cpu>,
+    mut model: Decoder<Cpu>,
 ) {
     model.recompute_activations = std::env::var("BENCH_RECOMPUTE").is_ok();
     let mut rng = mftcoder::rng::Rng::new(0);
