@@ -1,6 +1,6 @@
-//! Mistral, Qwen2, StarCoder2 and Gemma — the Llama decoder with other biases, sliding windows, norms and MLPs
-//! — against transformers 5.24.0 (`fixtures/generate.py --only families`; the cases are described in
-//! `fixtures/families/README.md`).
+//! Every family on the one decoder against transformers 5.24.0: Mistral, Qwen2, StarCoder2 and Gemma
+//! (`fixtures/generate.py --only families`, described in `fixtures/families/README.md`) and GPT-BigCode,
+//! GPT-NeoX and Phi (`--only fused_families`, `fixtures/fused_families/README.md`).
 //!
 //! Tolerances as for Llama (DESIGN §5): logits ≤ 1e-4 absolute; loss ≤ 1e-5 absolute; every gradient ≤ 1e-3
 //! of its tensor's largest magnitude; greedy continuations (through the KV cache, past the window) equal.
@@ -13,12 +13,14 @@ use mftcoder::infer::generate::{Decoding, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
-use mftcoder::models::decoder::{Decoder, Gelu, Logits, MlpKind, NormKind, Sequence};
+use mftcoder::models::decoder::{
+    Decoder, DecoderConfig, FusedQkv, Gelu, Logits, MlpKind, NormKind, Positions, Residual, Sequence,
+};
 use mftcoder::models::{self, load_causal_lm};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 14] = [
     "mistral_window",
     "mistral_headdim_tied",
     "qwen2_bias_tied",
@@ -27,10 +29,18 @@ const CASES: [&str; 8] = [
     "starcoder2_untied_nowindow",
     "gemma_tied",
     "gemma_headdim",
+    "gpt_bigcode_mqa",
+    "gpt_bigcode_mha_noscale",
+    "gpt_neox_parallel",
+    "gpt_neox_sequential",
+    "phi_partial_rotary",
+    "phi_qk_layernorm_gqa",
 ];
 
+/// The fused-projection families have their own fixture section.
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families").join(case)
+    let section = if case.starts_with("gpt_") || case.starts_with("phi") { "fused_families" } else { "families" };
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(section).join(case)
 }
 
 fn golden(case: &str) -> WeightStore {
@@ -78,6 +88,67 @@ fn configs_resolve_as_transformers_does() {
     let gemma = config("gemma_headdim");
     assert_eq!((gemma.norm, gemma.mlp, gemma.head_dim), (NormKind::RmsUnitOffset, MlpKind::GatedGelu, 24));
     assert_eq!(gemma.embedding_scale, Some(48f32.sqrt()));
+
+    let mqa = config("gpt_bigcode_mqa");
+    assert_eq!(
+        (mqa.num_key_value_heads, mqa.attention.fused_qkv, mqa.intermediate_size),
+        (1, Some(FusedQkv { groups: 1 }), 192)
+    );
+    assert_eq!(
+        (mqa.positions.clone(), mqa.max_position_embeddings, mqa.tie_word_embeddings),
+        (Positions::Learned, 256, true)
+    );
+    let mha = config("gpt_bigcode_mha_noscale");
+    assert_eq!(
+        (mha.attention.fused_qkv, mha.attention.scale, mha.mlp),
+        (Some(FusedQkv { groups: 4 }), 1.0, MlpKind::Plain(Gelu::Erf))
+    );
+    let rotary = |case: &str| match config(case).positions {
+        Positions::Rotary { rope, dims } => (rope.theta, dims),
+        Positions::Learned => panic!("{case}: rotary"),
+    };
+    assert_eq!((rotary("gpt_neox_parallel"), rotary("gpt_neox_sequential")), ((10_000.0, 4), (500.0, 6)));
+    assert_eq!(
+        (config("gpt_neox_parallel").residual, config("gpt_neox_sequential").residual),
+        (Residual::Parallel, Residual::Sequential)
+    );
+    assert_eq!((rotary("phi_partial_rotary"), rotary("phi_qk_layernorm_gqa")), ((10_000.0, 8), (500.0, 8)));
+    let phi = config("phi_qk_layernorm_gqa");
+    assert!(phi.attention.qk_norm && phi.lm_head_bias && phi.residual == Residual::ParallelSharedNorm);
+    assert_eq!((phi.num_key_value_heads, phi.head_dim), (2, 20));
+}
+
+/// What each of the decoder's parts does shows in the goldens: switching it off misses them by more than ten
+/// times the logits tolerance (the two GELUs differ least: 1.6e-3 here).
+#[test]
+fn each_part_is_pinned_by_the_goldens() {
+    type Change = fn(&mut DecoderConfig);
+    let changes: [(&str, &str, Change); 6] = [
+        ("gpt_bigcode_mha_noscale", "the softmax scale", |c| c.attention.scale = 1.0 / 12f32.sqrt()),
+        ("gpt_bigcode_mha_noscale", "the per-head qkv layout", |c| {
+            c.attention.fused_qkv = Some(FusedQkv { groups: 1 })
+        }),
+        ("gpt_neox_parallel", "the parallel residual", |c| c.residual = Residual::Sequential),
+        ("gpt_neox_parallel", "the exact GELU", |c| c.mlp = MlpKind::Plain(Gelu::Tanh)),
+        ("phi_partial_rotary", "the rotary fraction", |c| {
+            if let Positions::Rotary { dims, .. } = &mut c.positions {
+                *dims = 16
+            }
+        }),
+        ("phi_qk_layernorm_gqa", "the q/k norms", |c| c.attention.qk_norm = false),
+    ];
+    for (case, part, change) in changes {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let want: Array2<f32> = golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();
+        let dir = case_dir(case);
+        let mut config = models::decoder_config(&HfConfig::read(&dir).unwrap()).unwrap();
+        change(&mut config);
+        let store = mftcoder::quant::checkpoint::open_weights(&dir).unwrap();
+        let model = Decoder::load(&Cpu, &store, config).unwrap();
+        let diff = max_abs_diff(&logits(&model, &ids), &want);
+        assert!(diff > 1e-3, "{case}: without {part} the logits still match ({diff:.2e})");
+    }
 }
 
 #[test]
