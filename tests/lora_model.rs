@@ -1,5 +1,6 @@
-//! A LoRA adapter written by PEFT 0.21.2, attached to our Llama: logits, loss and every adapter gradient
-//! against PEFT's (`fixtures/generate.py --only lora`). Tolerances: logits ≤ 1e-4, loss ≤ 1e-5, gradients
+//! A LoRA adapter written by PEFT 0.21.2, attached to our decoder: logits, loss and every adapter gradient
+//! against PEFT's (`fixtures/generate.py --only lora`, and `--only fused_families` for a LoRA on GPT-BigCode's
+//! fused `c_attn`). Tolerances: logits ≤ 1e-4, loss ≤ 1e-5, gradients
 //! ≤ 1e-3 of each tensor's largest magnitude. The frozen base gets no gradient at all.
 
 use mftcoder::backend::Backend;
@@ -12,13 +13,20 @@ use mftcoder::peft::Adapter;
 use mftcoder::peft::attach::attach_adapter;
 use std::path::Path;
 
+/// (case, base model, adapter case) under fixtures/
+const CASES: [(&str, &str, &str); 3] = [
+    ("gqa_tied", "llama/gqa_tied", "lora/gqa_tied"),
+    ("odd_sizes_bf16_bias", "llama/odd_sizes_bf16_bias", "lora/odd_sizes_bf16_bias"),
+    ("gpt_bigcode_mqa", "fused_families/gpt_bigcode_mqa", "fused_families/gpt_bigcode_mqa_lora"),
+];
+
 #[test]
 fn peft_adapters_give_peft_logits_and_gradients() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    for case in ["gqa_tied", "odd_sizes_bf16_bias"] {
-        let golden = WeightStore::open(&root.join(format!("lora/{case}/golden.safetensors"))).unwrap();
-        let adapter = Adapter::load(&root.join(format!("lora/{case}/adapter"))).unwrap();
-        let mut model = load_causal_lm(&Cpu, &root.join("llama").join(case)).unwrap();
+    for (case, base, lora) in CASES {
+        let golden = WeightStore::open(&root.join(lora).join("golden.safetensors")).unwrap();
+        let adapter = Adapter::load(&root.join(lora).join("adapter")).unwrap();
+        let mut model = load_causal_lm(&Cpu, &root.join(base)).unwrap();
         attach_adapter(&mut model, &Cpu, &adapter).unwrap();
         let ids: Vec<u32> = golden.tensor_i64("input_ids").unwrap().into_iter().map(|i| i as u32).collect();
 
@@ -54,16 +62,16 @@ fn peft_adapters_give_peft_logits_and_gradients() {
 #[test]
 fn merged_model_directory_gives_the_adapted_logits() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    for (case, shard) in [("gqa_tied", "100KB"), ("odd_sizes_bf16_bias", "5GB")] {
+    for ((case, base, lora), shard) in CASES.into_iter().zip(["100KB", "5GB", "5GB"]) {
         let out = std::env::temp_dir().join(format!("mftcoder-merge-{}-{case}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder"))
             .args([
                 "merge",
                 "--base",
-                root.join("llama").join(case).to_str().unwrap(),
+                root.join(base).to_str().unwrap(),
                 "--adapter",
-                root.join(format!("lora/{case}/adapter")).to_str().unwrap(),
+                root.join(lora).join("adapter").to_str().unwrap(),
                 "--out",
                 out.to_str().unwrap(),
                 "--max-shard-size",
@@ -78,7 +86,7 @@ fn merged_model_directory_gives_the_adapted_logits() {
             "sharding follows --max-shard-size"
         );
         assert!(out.join("tokenizer.json").is_file() && out.join("config.json").is_file());
-        let golden = WeightStore::open(&root.join(format!("lora/{case}/golden.safetensors"))).unwrap();
+        let golden = WeightStore::open(&root.join(lora).join("golden.safetensors")).unwrap();
         let ids: Vec<u32> = golden.tensor_i64("input_ids").unwrap().into_iter().map(|i| i as u32).collect();
         let merged = load_causal_lm(&Cpu, &out).unwrap();
         let logits = Cpu.download(&merged.forward(&Cpu, &ids, None, Logits::All).unwrap());
