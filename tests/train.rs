@@ -326,26 +326,44 @@ fn lora_fine_tune_lowers_the_loss_and_writes_peft_adapters() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
-/// Mistral, Qwen2, StarCoder2 and Gemma bases (sliding windows of 8, 6 and 8 on 64-token rows; Qwen2's q/k/v
-/// biases; StarCoder2's LayerNorm and c_fc/c_proj MLP; Gemma's GeGLU) train through the same loop: PEFT
-/// adapters on every linear layer, validation loss falling.
+/// Mistral, Qwen2, StarCoder2, Gemma, GPT-BigCode, GPT-NeoX and Phi bases (sliding windows of 8, 6 and 8 on
+/// 64-token rows; Qwen2's q/k/v biases; StarCoder2's LayerNorm and c_fc/c_proj MLP; Gemma's GeGLU; fused
+/// c_attn / query_key_value; learned positions; parallel residuals; Phi's q/k norms) train through the same
+/// loop: PEFT adapters on every linear layer (`all-linear`, or MFTCoder's legacy lists for starcoder and
+/// gpt_neox), validation loss falling.
 #[test]
 fn lora_fine_tunes_of_other_decoders_lower_the_loss() {
-    for (case, adapted) in
-        [("mistral_window", 2 * 7), ("qwen2_window_layers", 3 * 7), ("starcoder2_window", 2 * 6), ("gemma_tied", 2 * 7)]
-    {
+    let all_linear = serde_json::Value::Null; // MFTCoder: null target_modules = all linear layers
+    let cases = [
+        ("families", "mistral_window", 2 * 7, all_linear.clone()),
+        ("families", "qwen2_window_layers", 3 * 7, all_linear.clone()),
+        ("families", "starcoder2_window", 2 * 6, all_linear.clone()),
+        ("families", "gemma_tied", 2 * 7, all_linear.clone()),
+        // MFTCoder's starcoder list; `q_attn` exists only in cross-attention models and matches nothing here
+        ("fused_families", "gpt_bigcode_mqa", 2 * 4, serde_json::json!(["c_proj", "c_attn", "q_attn", "c_fc"])),
+        (
+            "fused_families",
+            "gpt_neox_parallel",
+            2 * 4,
+            serde_json::json!(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
+        ),
+        ("fused_families", "phi_qk_layernorm_gqa", 2 * 6, all_linear.clone()),
+    ];
+    for (section, case, adapted, targets) in cases {
         let dir = scratch(&format!("lora_{case}"));
         let out = dir.join("out");
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families").join(case);
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(section).join(case);
         let cfg = write_config(
             &dir,
             &out,
             serde_json::json!({"pretrained_model_path": base, "peft_type": "lora", "lora_rank": 8,
-            "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 4}),
+            "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 4,
+            "target_modules": targets}),
         );
         let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
         assert!(run.status.success(), "{case}: {}", String::from_utf8_lossy(&run.stderr));
         let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+        eprintln!("{case}: LoRA validation loss {:.3} → {:.3}", evals[0], evals.last().unwrap());
         assert!(evals.last().unwrap() < &(evals[0] - 0.3), "{case}: validation loss {evals:?} did not fall enough");
         let latest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
@@ -488,6 +506,40 @@ fn dpo_with_lora_learns_to_prefer_the_chosen_answers() {
     assert!(out.join("checkpoint-8/adapter_model.safetensors").is_file());
     let adapter = mftcoder::peft::Adapter::load(&out.join("epoch_final")).unwrap();
     assert_eq!(adapter.tensors.len(), 2 * 7, "all-linear on 2 layers");
+}
+
+/// The fused-projection families through DPO (LoRA on `c_attn` / `query_key_value` / Phi's projections)
+/// and QLoRA fine-tuning (the fused projection stored in 4 bits).
+#[test]
+fn dpo_and_qlora_train_the_fused_families() {
+    for case in ["gpt_bigcode_mqa", "gpt_neox_parallel", "phi_partial_rotary"] {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fused_families").join(case);
+        let dir = scratch(&format!("dpo_{case}"));
+        let out = dir.join("out");
+        let cfg = write_preference_config(&dir, &out, serde_json::json!({"pretrained_model_path": base}));
+        let run = bin().args(["dpo", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+        assert!(run.status.success(), "{case}: {}", String::from_utf8_lossy(&run.stderr));
+        let evals = eval_lines(&out);
+        let margin = |m: &serde_json::Value| m["eval_rewards/margins"].as_f64().unwrap();
+        let (first, last) = (margin(&evals[0]), margin(evals.last().unwrap()));
+        eprintln!("{case}: DPO validation margin {first:.3} → {last:.3}");
+        assert!(last > first + 0.05, "{case}: validation reward margin {first} → {last}");
+
+        let dir = scratch(&format!("qlora_{case}"));
+        let out = dir.join("out");
+        let cfg = write_config(
+            &dir,
+            &out,
+            serde_json::json!({"pretrained_model_path": base, "peft_type": "qlora", "lora_rank": 8,
+            "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 3}),
+        );
+        let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success() && err.contains("QLoRA:"), "{case}: {err}");
+        let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+        eprintln!("{case}: QLoRA validation loss {:.3} → {:.3}", evals[0], evals.last().unwrap());
+        assert!(evals.last().unwrap() < &(evals[0] - 0.3), "{case}: validation loss {evals:?} did not fall enough");
+    }
 }
 
 #[test]
