@@ -17,7 +17,7 @@
 
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::backend::cuda::{Cuda, Precision};
-use mftcoder::backend::{AttentionMask, AttentionShape, Backend};
+use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
 use mftcoder::models::decoder::{Decoder, DecoderConfig, MlpKind, NormKind, Sequence};
@@ -100,7 +100,9 @@ fn elementwise<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Ar
     let dy = b.upload(matrix(rows, cols, seed + 2, 1.0));
     let (dgate, dup) = b.swiglu_backward(&dy, &x, &y);
     let (gelu, dgelu) = (b.gelu_tanh(&y), b.gelu_tanh_backward(&dy, &y));
-    downloaded(b, vec![acc, b.scale(&x, 3.5), b.mul(&x, &y), b.swiglu(&x, &y), dgate, dup, gelu, dgelu])
+    let (gelu_erf, dgelu_erf) = (b.gelu_erf(&y), b.gelu_erf_backward(&dy, &y));
+    let (scaled, product, swiglu) = (b.scale(&x, 3.5), b.mul(&x, &y), b.swiglu(&x, &y));
+    downloaded(b, vec![acc, scaled, product, swiglu, dgate, dup, gelu, dgelu, gelu_erf, dgelu_erf])
 }
 
 // ANCHOR: linear_case
@@ -115,8 +117,16 @@ fn linear<B: Backend>(b: &B, t: usize, inp: usize, out: usize, seed: u64) -> Vec
 }
 // ANCHOR_END: linear_case
 
-fn norm_rope_embedding<B: Backend>(b: &B, t: usize, heads: usize, half: usize, seed: u64) -> Vec<Array2<f32>> {
-    let d = 2 * half;
+/// RMSNorm, LayerNorm, RoPE on heads of d = 2·half + pass_through (partial rotary when pass_through > 0: the
+/// last entries of each head are copied) and the embedding, each with its backward.
+fn norm_rope_embedding<B: Backend>(
+    b: &B,
+    t: usize,
+    heads: usize,
+    (half, pass_through): (usize, usize),
+    seed: u64,
+) -> Vec<Array2<f32>> {
+    let d = 2 * half + pass_through;
     let x = b.upload(matrix(t, heads * d, seed, 1.0));
     let w = b.upload(matrix(1, heads * d, seed + 1, 1.0));
     let dy = b.upload(matrix(t, heads * d, seed + 2, 1.0));
@@ -125,7 +135,7 @@ fn norm_rope_embedding<B: Backend>(b: &B, t: usize, heads: usize, half: usize, s
         (b.upload(matrix(t, heads * d, seed, 1.0).mapv(|v| v + 3.0)), b.upload(matrix(1, heads * d, seed + 4, 0.5)));
     let (ln_dx, ln_dw, ln_db) = b.layer_norm_backward(&dy, &shifted, &w, 1e-5);
     let positions: Vec<usize> = (0..t).map(|i| 3 * i + 7).collect();
-    let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(2.0 * i as f32) / d as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(i as f32) / half as f32)).collect();
     let table = b.upload(matrix(50, heads * d, seed + 3, 1.0));
     let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7 + seed as u32) % 50).collect();
     downloaded(
@@ -165,6 +175,24 @@ fn attention<B: Backend>(b: &B, case: AttentionCase, seed: u64) -> Vec<Array2<f3
     downloaded(b, vec![out, lse, dq, dk, dv])
 }
 
+/// A fused projection's output split into q, k, v and (the backward) gradients joined back: a permutation, so
+/// both sides agree exactly. case: (query heads, key/value heads, head_dim, groups).
+fn fused_qkv<B: Backend>(
+    b: &B,
+    t: usize,
+    (heads, kv_heads, d, groups): (usize, usize, usize, usize),
+    seed: u64,
+) -> Vec<Array2<f32>> {
+    let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 };
+    let layout = FusedQkv { groups };
+    let qkv = b.upload(matrix(t, (heads + 2 * kv_heads) * d, seed, 1.0));
+    let (q, k, v) = b.split_qkv(&qkv, &shape, layout);
+    let dq = b.upload(matrix(t, heads * d, seed + 1, 1.0));
+    let (dk, dv) = (b.upload(matrix(t, kv_heads * d, seed + 2, 1.0)), b.upload(matrix(t, kv_heads * d, seed + 3, 1.0)));
+    let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, layout);
+    downloaded(b, vec![q, k, v, dqkv])
+}
+
 fn cross_entropy<B: Backend>(b: &B, t: usize, vocab: usize, seed: u64) -> Vec<Array2<f32>> {
     let logits = b.upload(matrix(t, vocab, seed, 3.0));
     let targets: Vec<u32> = (0..t).map(|i| ((i * 31 + seed as usize) % vocab) as u32).collect();
@@ -191,9 +219,33 @@ proptest! {
     }
 
     #[test]
-    fn rms_norm_rope_embedding(t in 1usize..40, heads in 1usize..5, half in 1usize..33, seed in 0u64..1000) {
+    fn rms_norm_rope_embedding(
+        t in 1usize..40,
+        heads in 1usize..5,
+        half in 1usize..33,
+        pass_through in prop::sample::select(vec![0usize, 0, 1, 6, 32]), // > 0: partial rotary
+        seed in 0u64..1000,
+    ) {
         let Some(g) = gpu(Precision::F32) else { return Ok(()) };
-        check("rms_norm/layer_norm/rope/embedding", 1e-5, norm_rope_embedding(&Cpu, t, heads, half, seed), norm_rope_embedding(g, t, heads, half, seed));
+        let rotary = (half, pass_through);
+        let cpu = norm_rope_embedding(&Cpu, t, heads, rotary, seed);
+        let gpu_out = norm_rope_embedding(g, t, heads, rotary, seed);
+        check("rms_norm/layer_norm/rope (partial rotary)/embedding", 1e-5, cpu, gpu_out);
+    }
+
+    #[test]
+    fn fused_qkv_split_and_join(
+        t in 1usize..40,
+        kv_heads in 1usize..5,
+        group in 1usize..4,
+        d in 1usize..70,
+        per_kv_head in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let Some(g) = gpu(Precision::F32) else { return Ok(()) };
+        // one block [q | k | v] (GPT-BigCode, Qwen-1), or a group per KV head (GPT-NeoX's interleave at group 1)
+        let case = (kv_heads * group, kv_heads, d, if per_kv_head { kv_heads } else { 1 });
+        check("split_qkv/join_qkv", 0.0, fused_qkv(&Cpu, t, case, seed), fused_qkv(g, t, case, seed));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! Without g++ each test says it skips.
 
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::backend::{AttentionDims, AttentionMask, AttentionShape, Backend, dropout_threshold, segment_bounds};
+use mftcoder::backend::{
+    AttentionDims, AttentionMask, AttentionShape, Backend, FusedQkv, dropout_threshold, segment_bounds,
+};
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
 use mftcoder::rng::Rng;
 use mftcoder::train::optim::{AdamWScalars, adamw_update_matrix, matrix_sum_squares};
@@ -139,6 +141,13 @@ fn elementwise_kernels() {
         let gelu_backward: unsafe extern "C" fn(u32, u32, u32, P, C, C, i64) = emu.kernel("gelu_tanh_backward");
         gelu_backward(gx, gy, bx, p(&mut out), c(&dy), c(&y), len);
         assert_close("gelu_tanh backward", &Cpu.gelu_tanh_backward(&dy, &y), &out, 1e-6);
+        // the exact GELU: erff / expf in f32 against the CPU's f64 erf rounded once (y spans about ±6: both tails)
+        let gelu_erf: unsafe extern "C" fn(u32, u32, u32, P, C, i64) = emu.kernel("gelu_erf");
+        gelu_erf(gx, gy, bx, p(&mut out), c(&y), len);
+        assert_close("gelu_erf", &Cpu.gelu_erf(&y), &out, 1e-6);
+        let gelu_erf_backward: unsafe extern "C" fn(u32, u32, u32, P, C, C, i64) = emu.kernel("gelu_erf_backward");
+        gelu_erf_backward(gx, gy, bx, p(&mut out), c(&dy), c(&y), len);
+        assert_close("gelu_erf backward", &Cpu.gelu_erf_backward(&dy, &y), &out, 1e-6);
 
         let concat: unsafe extern "C" fn(u32, u32, u32, P, C, i64, C, i64) = emu.kernel("concat_rows");
         let mut joined = zeros(2 * r, n);
@@ -242,39 +251,37 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
             1e-5,
         );
 
-        let rope: unsafe extern "C" fn(u32, u32, u32, P, C, Ids, C, i32, i32, i32, f32) = emu.kernel("rope");
+        let rope: unsafe extern "C" fn(u32, u32, u32, P, C, Ids, C, i32, i32, i32, i32, f32) = emu.kernel("rope");
         let positions: Vec<usize> = (0..t).map(|i| 5 * i + 3).collect();
         let pos32: Vec<u32> = positions.iter().map(|&q| q as u32).collect();
-        let inv_freq: Vec<f32> = (0..d / 2).map(|i| 10_000f32.powf(-(2.0 * i as f32) / d as f32)).collect();
-        let mut rotated = zeros(t, h);
-        rope(
-            EW.0,
-            EW.1,
-            EW.2,
-            p(&mut rotated),
-            c(&x),
-            pos32.as_ptr(),
-            inv_freq.as_ptr(),
-            t as i32,
-            heads as i32,
-            d as i32,
-            1.0,
-        );
-        assert_close("rope", &Cpu.rope(&x, heads, d, &positions, &inv_freq), &rotated, 1e-5);
-        rope(
-            EW.0,
-            EW.1,
-            EW.2,
-            p(&mut rotated),
-            c(&dy),
-            pos32.as_ptr(),
-            inv_freq.as_ptr(),
-            t as i32,
-            heads as i32,
-            d as i32,
-            -1.0,
-        );
-        assert_close("rope backward", &Cpu.rope_backward(&dy, heads, d, &positions, &inv_freq), &rotated, 1e-5);
+        // full rotary (5 pairs per head of 10), then partial: 2 and 4 pairs rotate, the other 6 and 2 entries copy
+        for half in [d / 2, 2, 4] {
+            let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(i as f32) / half as f32)).collect();
+            for (direction, input) in [(1.0, &x), (-1.0, &dy)] {
+                // NaN-filled: an entry the kernel forgot to write (a pass-through copy) fails the comparison
+                let mut rotated = Array2::from_elem((t, h), f32::NAN);
+                rope(
+                    EW.0,
+                    EW.1,
+                    EW.2,
+                    p(&mut rotated),
+                    c(input),
+                    pos32.as_ptr(),
+                    inv_freq.as_ptr(),
+                    t as i32,
+                    heads as i32,
+                    d as i32,
+                    half as i32,
+                    direction,
+                );
+                let (what, want) = if direction > 0.0 {
+                    ("rope", Cpu.rope(input, heads, d, &positions, &inv_freq))
+                } else {
+                    ("rope backward", Cpu.rope_backward(input, heads, d, &positions, &inv_freq))
+                };
+                assert_close(&format!("{what}, {half} of {} pairs rotated", d / 2), &want, &rotated, 1e-5);
+            }
+        }
 
         let cross_entropy: unsafe extern "C" fn(u32, u32, u32, P, P, C, Ids, C, i32) = emu.kernel("cross_entropy");
         let vocab = 333;
@@ -297,6 +304,42 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
         let (want_losses, want_dlogits) = Cpu.cross_entropy(&logits, &targets, &weights);
         assert_close("cross_entropy losses", &Array2::from_shape_vec((1, t), want_losses).unwrap(), &losses, 1e-6);
         assert_close("cross_entropy dlogits", &want_dlogits, &dlogits, 1e-6);
+    }
+}
+
+#[test]
+fn fused_qkv_split_and_join_kernels() {
+    let Some(emu) = emulator() else { return };
+    // (tokens, query heads, key/value heads, head_dim, groups)
+    for (t, heads, kv_heads, d, groups) in [
+        (5, 4, 1, 3, 1), // GPT-BigCode multi-query: [q | k | v] blocks
+        (4, 3, 3, 2, 3), // GPT-NeoX: per head [qₕ, kₕ, vₕ]
+        (3, 6, 2, 4, 2), // GQA in two groups of [3 q heads | 1 k head | 1 v head]
+        (7, 4, 2, 5, 1), // GQA in one block, head_dim odd
+    ] {
+        let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 };
+        let layout = FusedQkv { groups };
+        let (qw, kw) = (heads / groups * d, kv_heads / groups * d);
+        let qkv = matrix(t, (heads + 2 * kv_heads) * d, 22, 1.0);
+        let (want_q, want_k, want_v) = Cpu.split_qkv(&qkv, &shape, layout);
+        let what = format!("fused qkv: {t} tokens, {heads} q / {kv_heads} kv heads of {d}, {groups} groups");
+        // NaN-filled: an entry the kernel forgot to write fails the comparison
+        let nans = |cols: usize| Array2::from_elem((t, cols), f32::NAN);
+        let (mut q, mut k, mut v) = (nans(heads * d), nans(kv_heads * d), nans(kv_heads * d));
+        let (dq, dk, dv) =
+            (matrix(t, heads * d, 23, 1.0), matrix(t, kv_heads * d, 24, 1.0), matrix(t, kv_heads * d, 25, 1.0));
+        let mut joined = nans(qkv.ncols());
+        let (ti, g, qw, kw) = (t as i32, groups as i32, qw as i32, kw as i32);
+        unsafe {
+            let split: unsafe extern "C" fn(u32, u32, u32, P, P, P, C, i32, i32, i32, i32) = emu.kernel("split_qkv");
+            split(EW.0, EW.1, EW.2, p(&mut q), p(&mut k), p(&mut v), c(&qkv), ti, g, qw, kw);
+            let join: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, i32, i32, i32, i32) = emu.kernel("join_qkv");
+            join(EW.0, EW.1, EW.2, p(&mut joined), c(&dq), c(&dk), c(&dv), ti, g, qw, kw);
+        }
+        assert_close(&format!("{what}: join"), &Cpu.join_qkv(&dq, &dk, &dv, &shape, layout), &joined, 0.0);
+        assert_close(&format!("{what}: q"), &want_q, &q, 0.0);
+        assert_close(&format!("{what}: k"), &want_k, &k, 0.0);
+        assert_close(&format!("{what}: v"), &want_v, &v, 0.0);
     }
 }
 

@@ -8,6 +8,7 @@
 #include "../../src/backend/cuda/kernels/rms_norm.cu"
 #include "../../src/backend/cuda/kernels/layer_norm.cu"
 #include "../../src/backend/cuda/kernels/rope.cu"
+#include "../../src/backend/cuda/kernels/fused_qkv.cu"
 #include "../../src/backend/cuda/kernels/attention.cu"
 #include "../../src/backend/cuda/kernels/cross_entropy.cu"
 #include "../../src/backend/cuda/kernels/quant4.cu"
@@ -30,6 +31,8 @@ WRAP(swiglu, (out, g, u, n), float* out, const float* g, const float* u, i64 n)
 WRAP(swiglu_backward, (dg, du, dy, g, u, n), float* dg, float* du, const float* dy, const float* g, const float* u, i64 n)
 WRAP(gelu_tanh, (out, x, n), float* out, const float* x, i64 n)
 WRAP(gelu_tanh_backward, (dx, dy, x, n), float* dx, const float* dy, const float* x, i64 n)
+WRAP(gelu_erf, (out, x, n), float* out, const float* x, i64 n)
+WRAP(gelu_erf_backward, (dx, dy, x, n), float* dx, const float* dy, const float* x, i64 n)
 WRAP(add_bias_rows, (y, b, rows, cols), float* y, const float* b, int rows, int cols)
 WRAP(column_sum, (out, x, rows, cols, per), float* out, const float* x, int rows, int cols, int per)
 WRAP(f32_to_bf16, (out, x, n), unsigned short* out, const float* x, i64 n)
@@ -42,8 +45,12 @@ WRAP(rms_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, cons
 WRAP(layer_norm, (y, x, w, b, h, eps), float* y, const float* x, const float* w, const float* b, int h, float eps)
 WRAP(layer_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, const float* dy, const float* x,
      const float* w, int h, float eps)
-WRAP(rope, (y, x, pos, f, t, heads, d, dir), float* y, const float* x, const u32* pos, const float* f, int t,
-     int heads, int d, float dir)
+WRAP(rope, (y, x, pos, f, t, heads, d, half, dir), float* y, const float* x, const u32* pos, const float* f, int t,
+     int heads, int d, int half, float dir)
+WRAP(split_qkv, (q, k, v, qkv, t, g, qw, kw), float* q, float* k, float* v, const float* qkv, int t, int g, int qw,
+     int kw)
+WRAP(join_qkv, (qkv, q, k, v, t, g, qw, kw), float* qkv, const float* q, const float* k, const float* v, int t, int g,
+     int qw, int kw)
 WRAP(cross_entropy, (l, dz, z, y, w, v), float* l, float* dz, const float* z, const u32* y, const float* w, int v)
 WRAP(attention_forward_tiled, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
      const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)

@@ -23,6 +23,8 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "swiglu_backward",
             "gelu_tanh",
             "gelu_tanh_backward",
+            "gelu_erf",
+            "gelu_erf_backward",
             "add_bias_rows",
             "column_sum",
             "f32_to_bf16",
@@ -33,6 +35,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ("rms_norm.cu", include_str!("kernels/rms_norm.cu"), &["rms_norm", "rms_norm_backward"]),
     ("layer_norm.cu", include_str!("kernels/layer_norm.cu"), &["layer_norm", "layer_norm_backward"]),
     ("rope.cu", include_str!("kernels/rope.cu"), &["rope"]),
+    ("fused_qkv.cu", include_str!("kernels/fused_qkv.cu"), &["split_qkv", "join_qkv"]),
     (
         "attention.cu",
         include_str!("kernels/attention.cu"),
@@ -163,7 +166,7 @@ mod launch_tests {
             }
         }
         let mut checked = 0;
-        for backend in [include_str!("mod.rs"), include_str!("attention.rs")] {
+        for backend in [include_str!("mod.rs"), include_str!("attention.rs"), include_str!("fused_qkv.rs")] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));
                 let Some(name) = args.get(1) else { continue };

@@ -14,7 +14,7 @@
 pub mod blas;
 pub mod kernels;
 
-use super::{AttentionMask, AttentionShape, Backend};
+use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use crate::quant::{Absmax, Quantized4bit};
 use crate::train::optim::AdamWScalars;
 use anyhow::{Context, Result, anyhow};
@@ -136,6 +136,7 @@ macro_rules! launch {
 // ANCHOR_END: launch_macro
 
 mod attention; // the attention launches: segment tables, tiled or per-key kernels by head_dim
+mod fused_qkv; // a fused q/k/v projection's column split and join
 
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
@@ -265,14 +266,17 @@ impl Cuda {
     ) -> CudaTensor {
         assert_eq!(x.cols, heads * head_dim, "rope: columns ≠ heads · head_dim");
         assert_eq!(positions.len(), x.rows, "rope: one position per row");
+        // the first 2·len(ω) entries of each head rotate, the rest (partial rotary) are copied
+        assert!(2 * inv_freq.len() <= head_dim, "rope: {} frequencies for heads of {head_dim}", inv_freq.len());
         let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let (pos, freq) = (self.to_device(&positions), self.to_device(inv_freq));
         let mut y = self.tensor(x.rows, x.cols);
-        let (t, h, d) = (int(x.rows, "tokens"), int(heads, "heads"), int(head_dim, "head_dim"));
+        let (t, h, d, half) =
+            (int(x.rows, "tokens"), int(heads, "heads"), int(head_dim, "head_dim"), int(inv_freq.len(), "rotary"));
         launch!(
             self,
             "rope",
-            elementwise_grid(x.rows * heads * head_dim / 2),
+            elementwise_grid(x.rows * heads * (head_dim - inv_freq.len())), // a thread per pair or copied entry
             &mut y.data,
             &x.data,
             &pos,
@@ -280,6 +284,7 @@ impl Cuda {
             &t,
             &h,
             &d,
+            &half,
             &direction
         );
         y
@@ -432,6 +437,20 @@ impl Backend for Cuda {
         launch!(self, "gelu_tanh", elementwise_grid(x.len()), &mut out.data, &x.data, &n);
         out
     }
+    fn gelu_erf(&self, x: &CudaTensor) -> CudaTensor {
+        let mut out = self.tensor(x.rows, x.cols);
+        let n = x.len() as i64;
+        launch!(self, "gelu_erf", elementwise_grid(x.len()), &mut out.data, &x.data, &n);
+        out
+    }
+    fn split_qkv(
+        &self,
+        qkv: &CudaTensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+    ) -> (CudaTensor, CudaTensor, CudaTensor) {
+        self.split_fused_qkv(qkv, shape, layout)
+    }
     fn concat_rows(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         assert_eq!(a.cols, b.cols, "concat_rows: column counts differ");
         let mut out = self.tensor(a.rows + b.rows, a.cols);
@@ -529,6 +548,23 @@ impl Backend for Cuda {
         let n = x.len() as i64;
         launch!(self, "gelu_tanh_backward", elementwise_grid(x.len()), &mut dx.data, &dy.data, &x.data, &n);
         dx
+    }
+    fn gelu_erf_backward(&self, dy: &CudaTensor, x: &CudaTensor) -> CudaTensor {
+        Self::same_shape(dy, x, "gelu_erf_backward");
+        let mut dx = self.tensor(x.rows, x.cols);
+        let n = x.len() as i64;
+        launch!(self, "gelu_erf_backward", elementwise_grid(x.len()), &mut dx.data, &dy.data, &x.data, &n);
+        dx
+    }
+    fn join_qkv(
+        &self,
+        dq: &CudaTensor,
+        dk: &CudaTensor,
+        dv: &CudaTensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+    ) -> CudaTensor {
+        self.join_fused_qkv(dq, dk, dv, shape, layout)
     }
     fn swiglu_backward(&self, dy: &CudaTensor, gate: &CudaTensor, up: &CudaTensor) -> (CudaTensor, CudaTensor) {
         Self::same_shape(gate, up, "swiglu_backward");

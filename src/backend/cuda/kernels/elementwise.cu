@@ -1,5 +1,6 @@
-// Element-wise ops, the SwiGLU activation, broadcast bias, column sums and the f32 → bf16 cast.
-// CPU mirrors: `a + b`, `scaled_add`, `nn::mlp::swiglu{,_backward}`, `nn::linear` (bias, dbias).
+// Element-wise ops, the SwiGLU and GELU activations, broadcast bias, column sums and the f32 → bf16 cast.
+// CPU mirrors: `a + b`, `scaled_add`, `nn::mlp::{swiglu, gelu_tanh, gelu_erf}{,_backward}`, `nn::linear`
+// (bias, dbias).
 
 extern "C" __global__ void add(float* out, const float* a, const float* b, long long n) {
     FOR_EACH(i, n) out[i] = a[i] + b[i];
@@ -52,6 +53,26 @@ extern "C" __global__ void gelu_tanh_backward(float* dx, const float* dy, const 
         const float v = x[i], t = tanhf(GELU_SQRT_2_OVER_PI * (v + GELU_CUBIC * v * v * v));
         dx[i] = dy[i] * (0.5f * (1.0f + t) +
                          0.5f * v * (1.0f - t * t) * GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_CUBIC * v * v));
+    }
+}
+
+// GELU, exact: ½·x·(1 + erf(x/√2)) = x·Φ(x). CPU mirror: `nn::mlp::gelu_erf` (erf in f64 there, erff here).
+#define GELU_FRAC_1_SQRT_2 0.70710678f
+#define GELU_FRAC_1_SQRT_2PI 0.39894228f
+extern "C" __global__ void gelu_erf(float* out, const float* x, long long n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        out[i] = 0.5f * v * (1.0f + erff(v * GELU_FRAC_1_SQRT_2));
+    }
+}
+
+// dx = dy·(Φ(x) + x·φ(x)),  φ(x) = e^(−x²/2)/√(2π). CPU mirror: `nn::mlp::gelu_erf_backward`.
+extern "C" __global__ void gelu_erf_backward(float* dx, const float* dy, const float* x, long long n) {
+    FOR_EACH(i, n) {
+        const float v = x[i];
+        const float derivative =
+            0.5f * (1.0f + erff(v * GELU_FRAC_1_SQRT_2)) + v * expf(-0.5f * v * v) * GELU_FRAC_1_SQRT_2PI;
+        dx[i] = dy[i] * derivative;
     }
 }
 
