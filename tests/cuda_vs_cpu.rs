@@ -20,7 +20,7 @@ use mftcoder::backend::cuda::{Cuda, Precision};
 use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
-use mftcoder::models::decoder::{Decoder, DecoderConfig, MlpKind, NormKind, Sequence};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, Gelu, MlpKind, NormKind, Positions, Residual, Sequence};
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
@@ -357,6 +357,15 @@ enum Mode {
     FullStarCoder2,
     /// Full fine-tuning of Gemma's shape: (1 + w) RMSNorm, GeGLU, embeddings scaled by √hidden.
     FullGemma,
+    /// Full fine-tuning of GPT-BigCode's shape: learned positions, one fused multi-query c_attn, LayerNorm,
+    /// GELU (tanh), biases everywhere, tied head.
+    FullGptBigCode,
+    /// Full fine-tuning of GPT-NeoX's shape: fused per-head query_key_value, rotary on 4 of 16 entries, the
+    /// parallel residual with two norms, exact GELU, an untied `embed_out`.
+    FullGptNeox,
+    /// LoRA on Phi's shape: one shared norm feeding attention and MLP, per-head q/k LayerNorms, rotary on 8 of
+    /// 16 entries, GQA, a head with a bias.
+    LoraPhi,
 }
 
 /// A small Llama (GQA, packed two-document batch, the second layer with a sliding window of 9 as in Qwen2),
@@ -369,10 +378,35 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
         Mode::FullStarCoder2 => {
             (config.norm, config.mlp, config.norm_eps) = (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), 1e-5);
             (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
+            config.names = mftcoder::models::starcoder2::NAMES;
         }
         Mode::FullGemma => {
             (config.norm, config.mlp, config.embedding_scale) =
                 (NormKind::RmsUnitOffset, MlpKind::GatedGelu, Some(8.0));
+        }
+        Mode::FullGptBigCode => {
+            (config.norm, config.mlp, config.norm_eps) = (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), 1e-5);
+            (config.num_key_value_heads, config.attention.fused_qkv) = (1, Some(FusedQkv { groups: 1 }));
+            (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
+            (config.positions, config.max_position_embeddings, config.tie_word_embeddings) =
+                (Positions::Learned, 64, true);
+            config.names = mftcoder::models::gpt_bigcode::NAMES;
+        }
+        Mode::FullGptNeox => {
+            (config.norm, config.mlp, config.residual) =
+                (NormKind::Layer, MlpKind::Plain(Gelu::Erf), Residual::Parallel);
+            (config.num_key_value_heads, config.attention.fused_qkv) = (4, Some(FusedQkv { groups: 4 }));
+            (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
+            config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: 4 };
+            config.names = mftcoder::models::gpt_neox::NAMES;
+        }
+        Mode::LoraPhi => {
+            (config.norm, config.mlp, config.residual) =
+                (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), Residual::ParallelSharedNorm);
+            (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
+            (config.attention.qk_norm, config.lm_head_bias) = (true, true);
+            config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: 8 };
+            config.names = mftcoder::models::phi::NAMES;
         }
         _ => {}
     }
@@ -382,7 +416,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             linear.quantize(b, QuantType::Nf4, true).unwrap();
         }
     }
-    if let Mode::Lora | Mode::Qlora = mode {
+    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi = mode {
         let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
         init_adapters(&mut model, b, &lora, &mut Rng::new(7)).unwrap();
         // PEFT starts B at zero, which would leave A's gradient zero: give B values so both factors are tested
@@ -450,6 +484,13 @@ fn qlora_training_step_matches() {
 fn starcoder2_and_gemma_training_steps_match() {
     compare_training_step(Mode::FullStarCoder2);
     compare_training_step(Mode::FullGemma);
+}
+
+#[test]
+fn gpt_bigcode_gpt_neox_and_phi_training_steps_match() {
+    compare_training_step(Mode::FullGptBigCode);
+    compare_training_step(Mode::FullGptNeox);
+    compare_training_step(Mode::LoraPhi);
 }
 
 /// DPO, RPO and ORPO batches of two pairs through a small LoRA Llama: the preference loss, the policy's log-

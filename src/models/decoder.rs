@@ -120,20 +120,31 @@ impl DecoderConfig {
     /// The config's parts agree with its tensor names (a family reader's slip, caught before any tensor is read).
     fn check_consistency(&self) -> Result<()> {
         let n = &self.names;
-        let consistent = matches!(n.qkv, QkvNames::Fused(_)) == self.attention.fused_qkv.is_some()
-            && n.gate.is_some() == self.mlp_is_gated()
-            && n.positions.is_some() == (self.positions == Positions::Learned)
-            && (!self.attention.qk_norm || n.qk_norms.is_some())
-            && n.post_attention_norm.is_none() == (self.residual == Residual::ParallelSharedNorm)
-            && self.attention.windows.len() == self.num_hidden_layers
-            && match &self.positions {
-                Positions::Rotary { dims, .. } => *dims % 2 == 0 && *dims <= self.head_dim,
-                Positions::Learned => true,
-            };
-        if !consistent {
-            bail!("decoder config: its parts and tensor names disagree ({self:?})");
+        let checks = [
+            (matches!(n.qkv, QkvNames::Fused(_)) == self.attention.fused_qkv.is_some(), "fused q/k/v and its names"),
+            (n.gate.is_some() == self.mlp_is_gated(), "the MLP kind and a gate projection's name"),
+            (
+                n.positions.is_some() == (self.positions == Positions::Learned),
+                "learned positions and their table's name",
+            ),
+            (!self.attention.qk_norm || n.qk_norms.is_some(), "q/k norms and their names"),
+            (
+                n.post_attention_norm.is_none() == (self.residual == Residual::ParallelSharedNorm),
+                "a shared norm and the MLP norm's name",
+            ),
+            (self.attention.windows.len() == self.num_hidden_layers, "one attention window per layer"),
+            (
+                match &self.positions {
+                    Positions::Rotary { dims, .. } => *dims % 2 == 0 && *dims <= self.head_dim,
+                    Positions::Learned => true,
+                },
+                "an even rotary width within head_dim",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => bail!("decoder config: {what} disagree"),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

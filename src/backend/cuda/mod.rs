@@ -458,6 +458,12 @@ impl Backend for Cuda {
         launch!(self, "concat_rows", elementwise_grid(out.len()), &mut out.data, &a.data, &n_a, &b.data, &n_b);
         out
     }
+    fn reshape(&self, t: &CudaTensor, rows: usize, cols: usize) -> CudaTensor {
+        assert_eq!(t.len(), rows * cols, "reshape: [{}, {}] into [{rows}, {cols}]", t.rows, t.cols);
+        let mut out = self.tensor(rows, cols);
+        self.stream.memcpy_dtod(&t.data, &mut out.data).unwrap_or_else(|e| fail("copy", e));
+        out
+    }
     fn slice_rows(&self, t: &CudaTensor, start: usize, end: usize) -> CudaTensor {
         assert!(start <= end && end <= t.rows, "slice_rows: {start}..{end} of {} rows", t.rows);
         let mut out = self.tensor(end - start, t.cols);
