@@ -127,9 +127,11 @@ mod tests {
 
     #[test]
     fn an_odd_rotary_width_is_refused() {
-        let err = config(serde_json::json!({"rotary_pct": 0.3})).unwrap_err().to_string();
-        assert!(err.contains("n/config.json") && err.contains("`rotary_pct`") && err.contains("rotates 4"), "{err}");
-        let err = config(serde_json::json!({"rotary_pct": 0.19})).unwrap_err().to_string();
-        assert!(err.contains("rotates 3"), "{err}");
+        // heads of 16: ⌊16·0.2⌋ = 3 (odd), ⌊16·0.1⌋ = 1; ⌊16·0.3⌋ = 4 is fine
+        let err = config(serde_json::json!({"rotary_pct": 0.2})).unwrap_err().to_string();
+        assert!(err.contains("n/config.json") && err.contains("`rotary_pct`") && err.contains("rotates 3"), "{err}");
+        let err = config(serde_json::json!({"rotary_pct": 0.1})).unwrap_err().to_string();
+        assert!(err.contains("rotates 1"), "{err}");
+        assert!(config(serde_json::json!({"rotary_pct": 0.3})).is_ok());
     }
 }

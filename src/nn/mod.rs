@@ -9,6 +9,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod mlp;
+pub mod moe_router;
 pub mod rms_norm;
 pub mod rope;
 
