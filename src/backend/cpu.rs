@@ -93,6 +93,12 @@ impl Backend for Cpu {
     fn concat_rows(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         concatenate(Axis(0), &[a.view(), b.view()]).expect("concat_rows: column counts differ")
     }
+    fn scale_rows(&self, x: &Array2<f32>, weights: &[f32]) -> Array2<f32> {
+        nn::row_scale::scale_rows(x.view(), weights)
+    }
+    fn row_dots(&self, a: &Array2<f32>, b: &Array2<f32>) -> Vec<f32> {
+        nn::row_scale::row_dots(a.view(), b.view())
+    }
     fn reshape(&self, t: &Array2<f32>, rows: usize, cols: usize) -> Array2<f32> {
         assert_eq!(t.len(), rows * cols, "reshape: {:?} into [{rows}, {cols}]", t.dim());
         let standard = t.as_standard_layout().into_owned();

@@ -42,7 +42,8 @@ pub trait Backend: Sync {
     /// product, never kept.
     fn dequantize_4bit(&self, host: &Quantized4bit, packed: &Self::Packed) -> Self::Tensor;
 
-    /// table: [V, H], ids: [T] → [T, H]
+    /// table: [V, H], ids: [T] → [T, H]. Also the gather of any rows: a mixture of experts collects each
+    /// expert's tokens with it, and scatters them back with `embedding_backward`
     fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Self::Tensor;
     /// x: [T, in], weight: [out, in], bias: [1, out] → x·Wᵀ + b: [T, out]
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Self::Tensor;
@@ -87,6 +88,11 @@ pub trait Backend: Sync {
     ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
     /// [a; b] stacked by rows (the KV cache grows this way)
     fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// x: [T, H], weights: [T] (on the host) → row t times weights[t]
+    fn scale_rows(&self, x: &Self::Tensor, weights: &[f32]) -> Self::Tensor;
+    /// a, b: [T, H] → ⟨a[t], b[t]⟩ per row, on the host (the backward of `scale_rows` for its weights; a
+    /// router's decisions are made on the host)
+    fn row_dots(&self, a: &Self::Tensor, b: &Self::Tensor) -> Vec<f32>;
     /// The same row-major entries viewed as [rows, cols] (rows·cols must equal the size): per-head work on
     /// [T, heads·d] as [T·heads, d]
     fn reshape(&self, t: &Self::Tensor, rows: usize, cols: usize) -> Self::Tensor;

@@ -3,4 +3,5 @@
 pub mod causal_lm;
 pub mod coba;
 pub mod mft;
+pub mod moe_aux;
 pub mod preference;

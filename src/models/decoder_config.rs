@@ -10,11 +10,13 @@
 //! | norms | RMSNorm, (1 + w) RMSNorm, LayerNorm with bias | Gemma, StarCoder2, GPT-* |
 //! | MLP | gated SiLU / GELU, plain GELU (tanh or exact erf) | Llama, Gemma, StarCoder2, GPT-NeoX |
 //! | attention | biases, softmax scale, sliding windows per layer | Qwen2, GPT-BigCode, Mistral |
+//! | feed-forward | the MLP, or in chosen layers a mixture of experts ([`Moe`]) | Mixtral, Qwen2-MoE |
 
 use crate::backend::AttentionShape;
 use crate::io::hf_config::{RopeScaling, RopeSpec};
 pub use crate::nn::fused_qkv::FusedQkv;
 pub use crate::nn::mlp::Gelu;
+pub use crate::nn::moe_router::{RouterSpec, Selection};
 
 // ANCHOR: decoder_config
 /// A decoder's config, resolved from `config.json` (each family's reader applies transformers' defaults).
@@ -33,8 +35,11 @@ pub struct DecoderConfig {
     pub norm: NormKind,
     /// The norms' ε (`rms_norm_eps`, `norm_epsilon`, `layer_norm_epsilon`, …).
     pub norm_eps: f32,
+    /// The MLP (of every layer, and of every expert and shared expert where the layer is sparse).
     pub mlp: MlpKind,
     pub mlp_bias: bool,
+    /// A mixture of experts in place of the MLP, in the layers it names.
+    pub moe: Option<Moe>,
     /// Gemma multiplies the embeddings by √hidden (the output head uses the unscaled table).
     pub embedding_scale: Option<f32>,
     pub tie_word_embeddings: bool,
@@ -96,6 +101,21 @@ pub enum MlpKind {
     Plain(Gelu),
 }
 
+/// A sparse mixture-of-experts feed-forward block: a router, `experts` MLPs of which each token visits
+/// `top_k`, and optionally a shared expert every token visits (Qwen2-MoE: scaled by a sigmoid gate).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moe {
+    pub router: RouterSpec,
+    /// The intermediate width of each routed expert.
+    pub expert_intermediate_size: usize,
+    /// Per layer: a mixture of experts (true) or the dense MLP of `intermediate_size` (false).
+    pub sparse_layers: Vec<bool>,
+    /// The shared expert's intermediate width, and whether a sigmoid gate scales it.
+    pub shared_expert: Option<(usize, bool)>,
+    /// The load-balancing loss's weight in the training loss (`router_aux_loss_coef`).
+    pub aux_loss_coef: f32,
+}
+
 pub use super::layers::NormKind;
 // ANCHOR_END: decoder_config
 
@@ -123,6 +143,21 @@ pub struct TensorNames {
     pub final_norm: &'static str,
     /// The output head (unused when tied to `embed`).
     pub lm_head: &'static str,
+    /// A sparse layer's modules (with [`DecoderConfig::moe`]).
+    pub moe: Option<MoeNames>,
+}
+
+/// Where a sparse layer keeps its router and experts; expert e's projections are `{experts}.{e}.{gate}` etc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeNames {
+    pub router: &'static str,
+    pub experts: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+    /// The shared expert (its projections named like the dense MLP's, under this module) and its gate.
+    pub shared_expert: Option<&'static str>,
+    pub shared_expert_gate: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +204,7 @@ impl DecoderConfig {
             norm_eps: 1e-6,
             mlp: MlpKind::GatedSilu,
             mlp_bias: false,
+            moe: None,
             embedding_scale: None,
             tie_word_embeddings: false,
             lm_head_bias: false,
@@ -204,5 +240,10 @@ impl DecoderConfig {
     /// Whether the MLP has a gate projection.
     pub fn mlp_is_gated(&self) -> bool {
         matches!(self.mlp, MlpKind::GatedSilu | MlpKind::GatedGelu)
+    }
+
+    /// Whether layer `l` is a mixture of experts.
+    pub fn is_sparse(&self, l: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| m.sparse_layers[l])
     }
 }

@@ -29,6 +29,7 @@ pub const NAMES: TensorNames = TensorNames {
     down: "mlp.c_proj",
     final_norm: "transformer.ln_f",
     lm_head: "lm_head",
+    moe: None,
 };
 // ANCHOR_END: gpt_bigcode_names
 
@@ -87,6 +88,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
         norm_eps: norm_eps(cfg, "layer_norm_epsilon", 1e-5)?,
         mlp: MlpKind::Plain(gelu(cfg, "activation_function", "gelu_pytorch_tanh")?),
         mlp_bias: true,
+        moe: None,
         embedding_scale: None,
         tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(true),
         lm_head_bias: false,

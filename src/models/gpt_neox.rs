@@ -27,6 +27,7 @@ pub const NAMES: TensorNames = TensorNames {
     down: "mlp.dense_4h_to_h",
     final_norm: "gpt_neox.final_layer_norm",
     lm_head: "embed_out",
+    moe: None,
 };
 // ANCHOR_END: gpt_neox_names
 
@@ -74,6 +75,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
         norm_eps: norm_eps(cfg, "layer_norm_eps", 1e-5)?,
         mlp: MlpKind::Plain(gelu(cfg, "hidden_act", "gelu")?),
         mlp_bias: true,
+        moe: None,
         embedding_scale: None,
         tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         lm_head_bias: false,

@@ -26,6 +26,7 @@ pub const NAMES: TensorNames = TensorNames {
     down: "mlp.down_proj",
     final_norm: "model.norm",
     lm_head: "lm_head",
+    moe: None,
 };
 // ANCHOR_END: llama_names
 
@@ -114,6 +115,7 @@ pub fn llama_shaped(cfg: &HfConfig, defaults: &DecoderDefaults) -> Result<Decode
         norm_eps: norm_eps(cfg, "rms_norm_eps", 1e-6)?,
         mlp: MlpKind::GatedSilu,
         mlp_bias: false,
+        moe: None,
         embedding_scale: None,
         tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings),
         lm_head_bias: false,

@@ -25,6 +25,7 @@ pub const NAMES: TensorNames = TensorNames {
     down: "mlp.fc2",
     final_norm: "model.final_layernorm",
     lm_head: "lm_head",
+    moe: None,
 };
 // ANCHOR_END: phi_names
 
@@ -64,6 +65,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
         norm_eps: norm_eps(cfg, "layer_norm_eps", 1e-5)?,
         mlp: MlpKind::Plain(gelu(cfg, "hidden_act", "gelu_new")?),
         mlp_bias: true,
+        moe: None,
         embedding_scale: None,
         tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         lm_head_bias: true,

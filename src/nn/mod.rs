@@ -12,6 +12,7 @@ pub mod mlp;
 pub mod moe_router;
 pub mod rms_norm;
 pub mod rope;
+pub mod row_scale;
 
 // ANCHOR: grad_check
 /// Finite-difference checking shared by the backward tests of every block.

@@ -1,0 +1,104 @@
+//! The load-balancing loss of a mixture of experts (Switch Transformer, eqs. 4–6), as transformers'
+//! `load_balancing_loss_func` computes it and MFTCoder adds it (`loss += router_aux_loss_coef · aux`).
+//!
+//! Over the N = L·T routed rows of every MoE layer (masked rows left out, N counting only the kept ones), with
+//! cₑ the number of (row, slot) pairs that selected expert e and Sₑ = Σ_rows pₑ:
+//!
+//!   aux = E · Σₑ (cₑ/N)·(Sₑ/N)
+//!
+//! cₑ is a count of discrete choices and carries no gradient; the loss reaches the router through Sₑ:
+//!
+//!   ∂aux/∂p_{row,e} = E·cₑ/N²   (times the row's mask)
+//!
+//! A perfectly balanced router (cₑ = kN/E, pₑ = 1/E) gives aux = k; collapsing onto one expert gives up to E·k.
+
+use crate::nn::moe_router::Routing;
+use ndarray::Array2;
+
+// ANCHOR: load_balancing
+/// The aux loss of the routings of every MoE layer of one forward, and ∂aux/∂p for each layer ([T, E]).
+/// `mask[t]` (1 keeps row t, 0 drops it; transformers' attention mask) applies to every layer alike.
+pub fn load_balancing_loss(routings: &[&Routing], experts: usize, mask: Option<&[f32]>) -> (f64, Vec<Array2<f32>>) {
+    let mut counts = vec![0.0f64; experts];
+    let mut prob_sums = vec![0.0f64; experts];
+    let mut rows = 0.0f64;
+    for routing in routings {
+        let t = routing.probs.nrows();
+        for row in 0..t {
+            let m = mask.map_or(1.0, |m| m[row] as f64);
+            for &e in routing.experts.row(row) {
+                counts[e] += m;
+            }
+            for (e, &p) in routing.probs.row(row).iter().enumerate() {
+                prob_sums[e] += m * p as f64;
+            }
+            rows += m;
+        }
+    }
+    if routings.is_empty() || rows == 0.0 {
+        return (0.0, routings.iter().map(|r| Array2::zeros(r.probs.raw_dim())).collect());
+    }
+    let e = experts as f64;
+    let aux = e * counts.iter().zip(&prob_sums).map(|(c, s)| (c / rows) * (s / rows)).sum::<f64>();
+    let grads = routings
+        .iter()
+        .map(|routing| {
+            Array2::from_shape_fn(routing.probs.raw_dim(), |(row, j)| {
+                let m = mask.map_or(1.0, |m| m[row] as f64);
+                (e * counts[j] / (rows * rows) * m) as f32
+            })
+        })
+        .collect();
+    (aux, grads)
+}
+// ANCHOR_END: load_balancing
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::moe_router::{RouterSpec, Selection, route};
+    use crate::rng::Rng;
+
+    fn spec(experts: usize, top_k: usize) -> RouterSpec {
+        RouterSpec { experts, top_k, normalize: true, scaling: 1.0, selection: Selection::Greedy }
+    }
+
+    #[test]
+    fn balanced_routing_gives_k_and_collapse_gives_more() {
+        // four rows, each preferring a different one of four experts by a wide margin
+        let balanced = Array2::from_shape_fn((4, 4), |(t, e)| if t == e { 20.0 } else { 0.0 });
+        let r = route(balanced.view(), &spec(4, 1));
+        let (aux, _) = load_balancing_loss(&[&r], 4, None);
+        assert!((aux - 1.0).abs() < 1e-6, "balanced top-1: aux = k = 1, got {aux}");
+        let collapsed = Array2::from_shape_fn((4, 4), |(_, e)| if e == 0 { 20.0 } else { 0.0 });
+        let (aux, _) = load_balancing_loss(&[&route(collapsed.view(), &spec(4, 1))], 4, None);
+        assert!((aux - 4.0).abs() < 1e-6, "collapsed top-1: aux = E = 4, got {aux}");
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences_in_the_probabilities() {
+        // aux is bilinear in (counts, probability sums): with the selection held, it is linear in each p
+        let mut rng = Rng::new(3);
+        let z: Vec<Array2<f32>> = (0..2).map(|_| Array2::from_shape_fn((5, 6), |_| rng.normal() as f32)).collect();
+        let routings: Vec<_> = z.iter().map(|z| route(z.view(), &spec(6, 2))).collect();
+        let refs: Vec<&Routing> = routings.iter().collect();
+        let mask = [1.0, 1.0, 0.0, 1.0, 1.0];
+        let (aux, grads) = load_balancing_loss(&refs, 6, Some(&mask));
+        for (l, (routing, grad)) in routings.iter().zip(&grads).enumerate() {
+            for (row, j) in [(0, 0), (2, 3), (4, 5)] {
+                let mut moved = routing.clone();
+                moved.probs[[row, j]] += 1e-3;
+                let mut others: Vec<&Routing> = refs.clone();
+                others[l] = &moved;
+                let (aux2, _) = load_balancing_loss(&others, 6, Some(&mask));
+                let fd = (aux2 - aux) / 1e-3;
+                assert!(
+                    (fd - grad[[row, j]] as f64).abs() < 1e-5,
+                    "layer {l} [{row}, {j}]: {fd} vs {}",
+                    grad[[row, j]]
+                );
+            }
+        }
+        assert_eq!(grads[0][[2, 3]], 0.0, "a masked row gets no gradient");
+    }
+}
