@@ -12,6 +12,7 @@
 
 pub use super::decoder_config::*;
 pub use super::decoder_train::{LayerCache, Sequence, TrainCache};
+pub use super::feed_forward::{FeedForward, Mlp, SparseMoe};
 pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
 use crate::backend::{AttentionMask, Backend};
 use crate::io::safetensors::WeightStore;
@@ -33,10 +34,8 @@ pub struct DecoderLayer<B: Backend> {
     pub o_proj: Linear<B>,
     /// `None` when the MLP reads the attention's norm ([`Residual::ParallelSharedNorm`]).
     pub post_attention_norm: Option<Norm<B>>,
-    /// `None` for a plain MLP.
-    pub gate_proj: Option<Linear<B>>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    /// The MLP, or a mixture of experts.
+    pub ffn: FeedForward<B>,
 }
 
 pub struct Decoder<B: Backend> {
@@ -89,20 +88,6 @@ pub enum Logits {
     Last,
 }
 
-/// Load `prefix.weight` [out, in] (and `prefix.bias` [out]) as a linear layer.
-fn load_linear<B: Backend>(
-    b: &B,
-    store: &WeightStore,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Result<Linear<B>> {
-    let weight = b.upload_weight(store.matrix(&format!("{prefix}.weight"), out, inp)?);
-    let bias = if bias { Some(b.upload(row(store, &format!("{prefix}.bias"), out)?)) } else { None };
-    Ok(Linear::new(weight, bias))
-}
-
 /// A vector parameter as a [1, n] row.
 fn row(store: &WeightStore, name: &str, len: usize) -> Result<Array2<f32>> {
     Ok(store.vector(name, len)?.insert_axis(ndarray::Axis(0)))
@@ -134,6 +119,12 @@ impl DecoderConfig {
             ),
             (self.attention.windows.len() == self.num_hidden_layers, "one attention window per layer"),
             (
+                self.moe.as_ref().is_none_or(|m| {
+                    n.moe.is_some() && self.mlp_is_gated() && m.sparse_layers.len() == self.num_hidden_layers
+                }),
+                "a mixture of experts, its names and a gated MLP",
+            ),
+            (
                 match &self.positions {
                     Positions::Rotary { dims, .. } => *dims % 2 == 0 && *dims <= self.head_dim,
                     Positions::Learned => true,
@@ -154,7 +145,7 @@ impl<B: Backend> Decoder<B> {
         config.check_consistency()?;
         let c = &config;
         let n = c.names;
-        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (h, d) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         let norm_of_width = |name: &str, width: usize| -> Result<Norm<B>> {
             let weight = b.upload(row(store, &format!("{name}.weight"), width)?);
@@ -169,7 +160,7 @@ impl<B: Backend> Decoder<B> {
         for l in 0..c.num_hidden_layers {
             let p = format!("{}.{l}", n.layers);
             let linear = |name: &str, out: usize, inp: usize, bias: bool| {
-                load_linear(b, store, &format!("{p}.{name}"), out, inp, bias)
+                Linear::load(b, store, &format!("{p}.{name}"), out, inp, bias)
             };
             let qkv = match n.qkv {
                 QkvNames::Separate { q, k, v } => QkvProjection::Separate {
@@ -189,9 +180,7 @@ impl<B: Backend> Decoder<B> {
                 qk_norms,
                 o_proj: linear(n.o, h, q_out, c.attention.o_bias)?,
                 post_attention_norm: n.post_attention_norm.map(|name| norm(&format!("{p}.{name}"))).transpose()?,
-                gate_proj: n.gate.map(|name| linear(name, i, h, c.mlp_bias)).transpose()?,
-                up_proj: linear(n.up, i, h, c.mlp_bias)?,
-                down_proj: linear(n.down, h, i, c.mlp_bias)?,
+                ffn: FeedForward::load(b, store, c, l, &p)?,
             });
         }
         // Tied checkpoints usually omit the head's weight; transformers ties even when it is present.
@@ -236,7 +225,7 @@ impl<B: Backend> Decoder<B> {
             if as_weight { b.upload_weight(m) } else { b.upload(m) }
         };
         let c = &config;
-        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (h, d) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         let zeros = |n: usize, on: bool| on.then(|| b.upload(Array2::zeros((1, n))));
         // unit norms: w = 1, or w = 0 where the weight is an offset from one
@@ -248,7 +237,7 @@ impl<B: Backend> Decoder<B> {
         let norm = || norm_of_width(h);
         let qkv_bias = c.attention.qkv_bias;
         let mut layers = Vec::new();
-        for _ in 0..c.num_hidden_layers {
+        for l in 0..c.num_hidden_layers {
             let qkv = match c.attention.fused_qkv {
                 None => QkvProjection::Separate {
                     q: Linear::new(random(q_out, h, true), zeros(q_out, qkv_bias)),
@@ -265,9 +254,9 @@ impl<B: Backend> Decoder<B> {
                 qk_norms: c.attention.qk_norm.then(|| (norm_of_width(d), norm_of_width(d))),
                 o_proj: Linear::new(random(h, q_out, true), zeros(h, c.attention.o_bias)),
                 post_attention_norm: (c.residual != Residual::ParallelSharedNorm).then(norm),
-                gate_proj: c.mlp_is_gated().then(|| Linear::new(random(i, h, true), zeros(i, c.mlp_bias))),
-                up_proj: Linear::new(random(i, h, true), zeros(i, c.mlp_bias)),
-                down_proj: Linear::new(random(h, i, true), zeros(h, c.mlp_bias)),
+                ffn: FeedForward::random(c, l, &mut |out, inp| {
+                    Linear::new(random(out, inp, true), zeros(out, c.mlp_bias))
+                }),
             });
         }
         let embed_tokens = random(c.vocab_size, h, c.tie_word_embeddings);
@@ -342,14 +331,15 @@ impl<B: Backend> Decoder<B> {
                 Residual::Sequential => {
                     let x_mid = b.add(&x, &attn_out);
                     let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
-                    b.add(&x_mid, &self.mlp_forward(b, layer, &h_mlp, |_| None).out)
+                    b.add(&x_mid, &layer.ffn.forward(b, &self.config, &h_mlp, &|_| None).0)
                 }
                 Residual::Parallel => {
-                    let mlp_out = self.mlp_forward(b, layer, &self.mlp_norm(layer).forward(b, &x), |_| None).out;
+                    let h_mlp = self.mlp_norm(layer).forward(b, &x);
+                    let mlp_out = layer.ffn.forward(b, &self.config, &h_mlp, &|_| None).0;
                     b.add(&b.add(&x, &attn_out), &mlp_out)
                 }
                 Residual::ParallelSharedNorm => {
-                    let mlp_out = self.mlp_forward(b, layer, &h, |_| None).out;
+                    let mlp_out = layer.ffn.forward(b, &self.config, &h, &|_| None).0;
                     b.add(&b.add(&x, &attn_out), &mlp_out)
                 }
             };
@@ -397,6 +387,7 @@ impl<B: Backend> Decoder<B> {
     /// order; the output head is not among them (PEFT's `all-linear` leaves it out too).
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
         let n = self.config.names;
+        let config = &self.config;
         let mut out = Vec::new();
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("{}.{l}", n.layers);
@@ -410,11 +401,7 @@ impl<B: Backend> Decoder<B> {
                 _ => unreachable!("checked at load"),
             }
             out.push((format!("{p}.{}", n.o), &mut layer.o_proj));
-            if let (Some(name), Some(gate_proj)) = (n.gate, layer.gate_proj.as_mut()) {
-                out.push((format!("{p}.{name}"), gate_proj));
-            }
-            out.push((format!("{p}.{}", n.up), &mut layer.up_proj));
-            out.push((format!("{p}.{}", n.down), &mut layer.down_proj));
+            out.extend(layer.ffn.linears_mut(config, &p));
         }
         out
     }
@@ -441,6 +428,7 @@ impl<B: Backend> Decoder<B> {
     /// Every parameter with its Hugging Face name, in a fixed order (embeddings, layers, norm, head).
     pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
         let n = self.config.names;
+        let config = &self.config;
         let mut out: Vec<(String, &mut B::Tensor)> = vec![(format!("{}.weight", n.embed), &mut self.embed_tokens)];
         if let (Some(name), Some(table)) = (n.positions, self.position_embeddings.as_mut()) {
             out.push((format!("{name}.weight"), table));
@@ -465,9 +453,8 @@ impl<B: Backend> Decoder<B> {
             if let (Some(name), Some(norm)) = (n.post_attention_norm, layer.post_attention_norm.as_mut()) {
                 push_norm(&mut out, format!("{p}.{name}"), norm);
             }
-            let gate = n.gate.zip(layer.gate_proj.as_mut());
-            for (name, lin) in gate.into_iter().chain([(n.up, &mut layer.up_proj), (n.down, &mut layer.down_proj)]) {
-                push_linear(&mut out, format!("{p}.{name}"), lin);
+            for (path, lin) in layer.ffn.linears_mut(config, &p) {
+                push_linear(&mut out, path, lin);
             }
         }
         push_norm(&mut out, n.final_norm.to_string(), &mut self.norm);

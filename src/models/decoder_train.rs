@@ -1,10 +1,13 @@
 //! Training the decoder: the forward that keeps what the backward needs, and the hand-written backward beside
 //! it. The attention inputs (`project_qkv`) and the MLP (`mlp_forward`) are shared with inference.
 
-use super::decoder::{Decoder, DecoderLayer, Gradients, MlpKind, Norm, Positions, QkvNames, QkvProjection, Residual};
+use super::decoder::{Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, Residual};
+use super::feed_forward::FfnCache;
 use crate::backend::{AttentionMask, Backend};
-use crate::nn::mlp::Gelu;
+use crate::loss::moe_aux::load_balancing_loss;
+use crate::nn::moe_router::Routing;
 use anyhow::{Result, bail};
+use ndarray::Array2;
 
 // ANCHOR: train_sequence
 /// One training row: tokens, their positions (restarting per packed document) and, for packed rows, the
@@ -30,10 +33,8 @@ pub struct LayerCache<B: Backend> {
     lse: B::Tensor,                         // [T, heads]
     x_mid: Option<B::Tensor>, // [T, H] sequential residual: the stream after attention, the MLP norm's input
     h_mlp: Option<B::Tensor>, // [T, H] the MLP's input (None when it is h_attn: one shared norm)
-    gate: Option<B::Tensor>,  // [T, I] (gated MLPs)
-    up: B::Tensor,            // [T, I]
-    activated: B::Tensor,     // [T, I] silu(gate)·up, gelu(gate)·up or gelu(up): down_proj's input
-    lora_h: [Option<B::Tensor>; 7], // x·Aᵀ of each adapted projection: q (or fused qkv), k, v, o, gate, up, down
+    ffn: FfnCache<B>,         // the MLP's (or the experts') activations
+    lora_h: [Option<B::Tensor>; 4], // x·Aᵀ of each adapted attention projection: q (or fused qkv), k, v, o
 }
 
 /// A layer's saved activations: all of them, or only its input (recomputed in the backward).
@@ -47,6 +48,8 @@ pub struct TrainCache<'a, B: Backend> {
     layers: Vec<Saved<B>>,
     x_final: B::Tensor, // [T, H] before the final norm
     h_final: B::Tensor, // [T, H] after it: the head's input
+    /// With a mixture of experts: the load-balancing loss of this forward and, per layer, its ∂/∂p.
+    aux: Option<(f64, Vec<Option<Array2<f32>>>)>,
 }
 // ANCHOR_END: train_cache
 
@@ -62,20 +65,24 @@ impl<B: Backend> TrainCache<'_, B> {
             .iter()
             .map(|saved| match saved {
                 Saved::InputOnly(x) => size(x),
-                Saved::Everything(lc) => {
-                    [&lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &lc.up, &lc.activated]
-                        .into_iter()
-                        .chain(lc.qk_raw.iter().flat_map(|(q, k)| [q, k]))
-                        .chain(lc.x_mid.iter())
-                        .chain(lc.h_mlp.iter())
-                        .chain(lc.gate.iter())
-                        .chain(lc.lora_h.iter().flatten())
-                        .map(size)
-                        .sum()
-                }
+                Saved::Everything(lc) => [&lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse]
+                    .into_iter()
+                    .chain(lc.qk_raw.iter().flat_map(|(q, k)| [q, k]))
+                    .chain(lc.x_mid.iter())
+                    .chain(lc.h_mlp.iter())
+                    .chain(lc.ffn.tensors())
+                    .chain(lc.lora_h.iter().flatten())
+                    .map(size)
+                    .sum(),
             })
             .sum();
         layers + size(&self.x_final) + size(&self.h_final)
+    }
+
+    /// The load-balancing loss of this forward's routing (`None` without a mixture of experts). The training
+    /// loss adds `router_aux_loss_coef` times it, and [`Decoder::backward`] adds that term's gradient.
+    pub fn aux_loss(&self) -> Option<f64> {
+        self.aux.as_ref().map(|(aux, _)| *aux)
     }
 }
 
@@ -85,15 +92,6 @@ pub(super) struct ProjectedQkv<B: Backend> {
     pub k: B::Tensor,
     pub v: B::Tensor,
     qk_raw: Option<(B::Tensor, B::Tensor)>,
-    lora_h: [Option<B::Tensor>; 3],
-}
-
-/// An MLP's output, with what its backward needs.
-pub(super) struct MlpOutput<B: Backend> {
-    pub out: B::Tensor,
-    gate: Option<B::Tensor>,
-    up: B::Tensor,
-    activated: B::Tensor,
     lora_h: [Option<B::Tensor>; 3],
 }
 
@@ -148,64 +146,6 @@ impl<B: Backend> Decoder<B> {
     }
     // ANCHOR_END: project_qkv
 
-    // ANCHOR: mlp_forward
-    /// h: [T, H] → the MLP's output [T, H]: down(act(gate(h)) ⊙ up(h)) or down(act(up(h))).
-    pub(super) fn mlp_forward(
-        &self,
-        b: &B,
-        layer: &DecoderLayer<B>,
-        h: &B::Tensor,
-        seed: impl Fn(u64) -> Option<u64>,
-    ) -> MlpOutput<B> {
-        let (gate, hg) = match &layer.gate_proj {
-            Some(gate_proj) => {
-                let (gate, hg) = gate_proj.forward_train(b, h, seed(4));
-                (Some(gate), hg)
-            }
-            None => (None, None),
-        };
-        let (up, hu) = layer.up_proj.forward_train(b, h, seed(5));
-        let activated = self.activate(b, gate.as_ref(), &up);
-        let (out, hd) = layer.down_proj.forward_train(b, &activated, seed(6));
-        MlpOutput { out, gate, up, activated, lora_h: [hg, hu, hd] }
-    }
-
-    /// What the MLP's down projection reads: silu(gate) ⊙ up, gelu(gate) ⊙ up, or gelu(up) without a gate.
-    fn activate(&self, b: &B, gate: Option<&B::Tensor>, up: &B::Tensor) -> B::Tensor {
-        match (self.config.mlp, gate) {
-            (MlpKind::GatedSilu, Some(gate)) => b.swiglu(gate, up),
-            (MlpKind::GatedGelu, Some(gate)) => b.mul(&b.gelu_tanh(gate), up),
-            (MlpKind::Plain(Gelu::Tanh), None) => b.gelu_tanh(up),
-            (MlpKind::Plain(Gelu::Erf), None) => b.gelu_erf(up),
-            (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
-        }
-    }
-
-    /// The activation's backward: d(activated) → (dgate, dup).
-    fn activate_backward(
-        &self,
-        b: &B,
-        dactivated: &B::Tensor,
-        gate: Option<&B::Tensor>,
-        up: &B::Tensor,
-    ) -> (Option<B::Tensor>, B::Tensor) {
-        match (self.config.mlp, gate) {
-            (MlpKind::GatedSilu, Some(gate)) => {
-                let (dgate, dup) = b.swiglu_backward(dactivated, gate, up);
-                (Some(dgate), dup)
-            }
-            // y = gelu(g) ⊙ u:  ∂L/∂u = dy ⊙ gelu(g),  ∂L/∂g = gelu′(g) ⊙ (dy ⊙ u)
-            (MlpKind::GatedGelu, Some(gate)) => {
-                let dup = b.mul(dactivated, &b.gelu_tanh(gate));
-                (Some(b.gelu_tanh_backward(&b.mul(dactivated, up), gate)), dup)
-            }
-            (MlpKind::Plain(Gelu::Tanh), None) => (None, b.gelu_tanh_backward(dactivated, up)),
-            (MlpKind::Plain(Gelu::Erf), None) => (None, b.gelu_erf_backward(dactivated, up)),
-            (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
-        }
-    }
-    // ANCHOR_END: mlp_forward
-
     // ANCHOR: decoder_forward_train
     /// Logits [T, vocab] and the cache for [`Decoder::backward`].
     pub fn forward_train<'a>(&self, b: &B, seq: Sequence<'a>) -> Result<(B::Tensor, TrainCache<'a, B>)> {
@@ -219,14 +159,23 @@ impl<B: Backend> Decoder<B> {
         self.check_inputs(seq.ids, last_position).map_err(|e| e.context("forward_train"))?;
         let mut x = self.embed(b, seq.ids, seq.positions);
         let mut layers = Vec::with_capacity(self.layers.len());
+        let mut routings: Vec<Option<Routing>> = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
             let (x_out, cache) = self.layer_forward(b, l, layer, x, seq);
+            routings.push(cache.ffn.routing().cloned());
             layers.push(if self.recompute_activations { Saved::InputOnly(cache.x) } else { Saved::Everything(cache) });
             x = x_out;
         }
         let h_final = self.norm.forward(b, &x);
         let logits = self.head(b, &h_final);
-        Ok((logits, TrainCache { seq, layers, x_final: x, h_final }))
+        let aux = self.config.moe.as_ref().map(|moe| {
+            // every sparse layer's routing together, as transformers concatenates the router logits
+            let sparse: Vec<&Routing> = routings.iter().flatten().collect();
+            let (aux, grads) = load_balancing_loss(&sparse, moe.router.experts, None);
+            let mut grads = grads.into_iter();
+            (aux, routings.iter().map(|r| r.as_ref().and_then(|_| grads.next())).collect())
+        });
+        Ok((logits, TrainCache { seq, layers, x_final: x, h_final, aux }))
     }
 
     /// One decoder layer, returning its output and everything its backward needs.
@@ -247,26 +196,26 @@ impl<B: Backend> Decoder<B> {
             self.project_qkv(b, layer, &h_attn, seq.positions, seed);
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
         let (o, ho) = layer.o_proj.forward_train(b, &attn, seed(3));
-        let (x_out, x_mid, h_mlp, mlp) = match self.config.residual {
+        let c = &self.config;
+        let (x_out, x_mid, h_mlp, ffn) = match c.residual {
             Residual::Sequential => {
                 let x_mid = b.add(&x, &o);
                 let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
-                let mlp = self.mlp_forward(b, layer, &h_mlp, seed);
-                (b.add(&x_mid, &mlp.out), Some(x_mid), Some(h_mlp), mlp)
+                let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
+                (b.add(&x_mid, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
             }
             Residual::Parallel => {
                 let h_mlp = self.mlp_norm(layer).forward(b, &x);
-                let mlp = self.mlp_forward(b, layer, &h_mlp, seed);
-                (b.add(&b.add(&x, &o), &mlp.out), None, Some(h_mlp), mlp)
+                let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
+                (b.add(&b.add(&x, &o), &mlp_out), None, Some(h_mlp), ffn)
             }
             Residual::ParallelSharedNorm => {
-                let mlp = self.mlp_forward(b, layer, &h_attn, seed);
-                (b.add(&b.add(&x, &o), &mlp.out), None, None, mlp)
+                let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_attn, &seed);
+                (b.add(&b.add(&x, &o), &mlp_out), None, None, ffn)
             }
         };
-        let MlpOutput { gate, up, activated, lora_h: [hg, hu, hd], .. } = mlp;
-        let lora_h = [hq, hk, hv, ho, hg, hu, hd];
-        let cache = LayerCache { x, h_attn, q, k, v, qk_raw, attn, lse, x_mid, h_mlp, gate, up, activated, lora_h };
+        let lora_h = [hq, hk, hv, ho];
+        let cache = LayerCache { x, h_attn, q, k, v, qk_raw, attn, lse, x_mid, h_mlp, ffn, lora_h };
         (x_out, cache)
     }
     // ANCHOR_END: decoder_forward_train
@@ -297,12 +246,18 @@ impl<B: Backend> Decoder<B> {
         }
 
         let seq = cache.seq;
+        // the load-balancing term: coef·∂aux/∂p for each sparse layer's router
+        let coef = c.moe.as_ref().map_or(0.0, |m| m.aux_loss_coef);
+        let mut aux_dprobs: Vec<Option<Array2<f32>>> = match cache.aux {
+            Some((_, grads)) if coef != 0.0 => grads.into_iter().map(|g| g.map(|g| g * coef)).collect(),
+            _ => vec![None; self.layers.len()],
+        };
         for (l, (layer, saved)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
             let lc = match saved {
                 Saved::Everything(lc) => lc,
                 Saved::InputOnly(x) => self.layer_forward(b, l, layer, x, seq).1, // activation checkpointing
             };
-            self.layer_backward(b, l, layer, lc, seq, &mut dx, &mut grads);
+            self.layer_backward(b, l, layer, lc, seq, aux_dprobs[l].take(), &mut dx, &mut grads);
         }
 
         if train_base {
@@ -332,6 +287,7 @@ impl<B: Backend> Decoder<B> {
         layer: &DecoderLayer<B>,
         lc: LayerCache<B>,
         seq: Sequence<'_>,
+        aux_dprobs: Option<Array2<f32>>,
         dx: &mut B::Tensor,
         grads: &mut Gradients<B>,
     ) {
@@ -341,21 +297,11 @@ impl<B: Backend> Decoder<B> {
         let train_base = !self.frozen_base;
         let p = format!("{}.{l}", n.layers);
         let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
-        let [hq, hk, hv, ho, hg, hu, hd] = &lc.lora_h;
+        let [hq, hk, hv, ho] = &lc.lora_h;
 
-        // MLP block: out = down(act(gate(h), up(h))); dx is ∂L/∂out
+        // feed-forward block: out = ffn(h); dx is ∂L/∂out
         let h_mlp = lc.h_mlp.as_ref().unwrap_or(&lc.h_attn);
-        let down_name = format!("{p}.{}", n.down);
-        let dactivated =
-            layer.down_proj.backward(b, dx, &lc.activated, hd.as_ref(), train_base, seed(6), &down_name, grads);
-        let (dgate, dup) = self.activate_backward(b, &dactivated, lc.gate.as_ref(), &lc.up);
-        let up_name = format!("{p}.{}", n.up);
-        let mut dh_mlp = layer.up_proj.backward(b, &dup, h_mlp, hu.as_ref(), train_base, seed(5), &up_name, grads);
-        if let (Some(gate_proj), Some(dgate), Some(name)) = (&layer.gate_proj, dgate, n.gate) {
-            let gate_name = format!("{p}.{name}");
-            let dh_gate = gate_proj.backward(b, &dgate, h_mlp, hg.as_ref(), train_base, seed(4), &gate_name, grads);
-            b.add_assign(&mut dh_mlp, &dh_gate);
-        }
+        let dh_mlp = layer.ffn.backward(b, c, dx, h_mlp, &lc.ffn, aux_dprobs.as_ref(), train_base, &seed, &p, grads);
         let norm_name = format!("{p}.{}", n.post_attention_norm.unwrap_or(n.input_norm));
         let (mut dh_attn_from_mlp, mut dx_from_mlp_norm) = (None, None);
         match c.residual {

@@ -2,6 +2,7 @@
 //! LoRA adapter, forward and backward side by side.
 
 use crate::backend::Backend;
+use crate::io::safetensors::WeightStore;
 use crate::quant::{QuantType, Quantized4bit};
 use anyhow::Result;
 use std::borrow::Cow;
@@ -42,6 +43,16 @@ pub struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     pub fn new(weight: B::Tensor, bias: Option<B::Tensor>) -> Self {
         Linear { weight: Weight::Dense(weight), bias, lora: None, train_bias: false }
+    }
+
+    /// `{path}.weight` [out, in] (and `{path}.bias` [out]) from a checkpoint.
+    pub fn load(b: &B, store: &WeightStore, path: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let weight = b.upload_weight(store.matrix(&format!("{path}.weight"), out, inp)?);
+        let bias = match bias {
+            true => Some(b.upload(store.vector(&format!("{path}.bias"), out)?.insert_axis(ndarray::Axis(0)))),
+            false => None,
+        };
+        Ok(Linear::new(weight, bias))
     }
 
     /// (out, in)

@@ -4,6 +4,7 @@
 pub mod decoder;
 pub mod decoder_config;
 pub mod decoder_train;
+pub mod feed_forward;
 pub mod gemma;
 pub mod gpt_bigcode;
 pub mod gpt_neox;
