@@ -193,6 +193,15 @@ fn fused_qkv<B: Backend>(
     downloaded(b, vec![q, k, v, dqkv])
 }
 
+/// Rows scaled by per-row weights from the host (a mixture of experts' combine step) and the per-row dots that
+/// are its weight gradient, which come back to the host.
+fn row_scale<B: Backend>(b: &B, t: usize, h: usize, seed: u64) -> Vec<Array2<f32>> {
+    let (x, dy) = (b.upload(matrix(t, h, seed, 1.0)), b.upload(matrix(t, h, seed + 1, 1.0)));
+    let weights: Vec<f32> = matrix(1, t, seed + 2, 1.0).iter().copied().collect();
+    let dots = b.row_dots(&dy, &x);
+    vec![b.download(&b.scale_rows(&x, &weights)), Array2::from_shape_vec((1, t), dots).unwrap()]
+}
+
 fn cross_entropy<B: Backend>(b: &B, t: usize, vocab: usize, seed: u64) -> Vec<Array2<f32>> {
     let logits = b.upload(matrix(t, vocab, seed, 3.0));
     let targets: Vec<u32> = (0..t).map(|i| ((i * 31 + seed as usize) % vocab) as u32).collect();
@@ -262,6 +271,16 @@ proptest! {
         let Some(g) = gpu(Precision::F32) else { return Ok(()) };
         let case = (tq, cached, kv_heads, group, d, packed, window);
         check("attention", 1e-4, attention(&Cpu, case, seed), attention(g, case, seed));
+    }
+
+    #[test]
+    fn scale_rows_and_row_dots(
+        t in prop_oneof![1 => Just(1usize), 3 => 1usize..40],
+        h in prop_oneof![1 => Just(1usize), 3 => 1usize..2000], // up to 8 times the 256 threads of a row's block
+        seed in 0u64..1000,
+    ) {
+        let Some(g) = gpu(Precision::F32) else { return Ok(()) };
+        check("scale_rows/row_dots", 1e-5, row_scale(&Cpu, t, h, seed), row_scale(g, t, h, seed));
     }
 
     #[test]

@@ -343,6 +343,32 @@ fn fused_qkv_split_and_join_kernels() {
     }
 }
 
+#[test]
+fn row_scale_and_row_dot_kernels() {
+    let Some(emu) = emulator() else { return };
+    // (rows, hidden): rows longer than a block (128 threads here, 256 in the backend), one row, one column
+    for (t, h) in [(6, 45), (5, 300), (3, 1000), (1, 37), (1, 513), (7, 1), (1, 1)] {
+        let (x, a, b) = (matrix(t, h, 31, 1.0), matrix(t, h, 32, 1.0), matrix(t, h, 33, 2.0));
+        // a zero weight (an expert slot a token did not pick) and negative ones
+        let weights: Vec<f32> = (0..t).map(|i| if i == 1 { 0.0 } else { 0.75 - 0.4 * i as f32 }).collect();
+        // NaN-filled: an entry the kernel forgot to write fails the comparison
+        let (mut y, mut dots) = (Array2::from_elem((t, h), f32::NAN), Array2::from_elem((1, t), f32::NAN));
+        unsafe {
+            let scale_rows: unsafe extern "C" fn(u32, u32, u32, P, C, C, i32, i32) = emu.kernel("scale_rows");
+            scale_rows(EW.0, EW.1, EW.2, p(&mut y), c(&x), weights.as_ptr(), t as i32, h as i32);
+            let row_dots: unsafe extern "C" fn(u32, u32, u32, P, C, C, i32) = emu.kernel("row_dots");
+            let (g0, g1, g2) = rows(t);
+            row_dots(g0, g1, g2, p(&mut dots), c(&a), c(&b), h as i32);
+        }
+        let what = format!("{t} rows of {h}");
+        // the same one f32 product per entry on both sides
+        assert_close(&format!("scale_rows, {what}"), &Cpu.scale_rows(&x, &weights), &y, 0.0);
+        // float partials and a warp-shuffle tree against the CPU's sequential f64 sum
+        let want = Array2::from_shape_vec((1, t), Cpu.row_dots(&a, &b)).unwrap();
+        assert_close(&format!("row_dots, {what}"), &want, &dots, 1e-6);
+    }
+}
+
 /// The attention launch shapes, as `Cuda::attention_forward` / `attention_backward` (src/backend/cuda/attention.rs)
 /// choose them: up to `TILED_MAX_D` the tiled kernels on a grid of (⌈rows / TILE_WARPS⌉, heads) blocks of
 /// TILE_WARPS warps; above it the per-key kernels, one warp per (row, head), 4 warps per block.

@@ -9,6 +9,7 @@
 #include "../../src/backend/cuda/kernels/layer_norm.cu"
 #include "../../src/backend/cuda/kernels/rope.cu"
 #include "../../src/backend/cuda/kernels/fused_qkv.cu"
+#include "../../src/backend/cuda/kernels/row_scale.cu"
 #include "../../src/backend/cuda/kernels/attention.cu"
 #include "../../src/backend/cuda/kernels/cross_entropy.cu"
 #include "../../src/backend/cuda/kernels/quant4.cu"
@@ -51,6 +52,8 @@ WRAP(split_qkv, (q, k, v, qkv, t, g, qw, kw), float* q, float* k, float* v, cons
      int kw)
 WRAP(join_qkv, (qkv, q, k, v, t, g, qw, kw), float* qkv, const float* q, const float* k, const float* v, int t, int g,
      int qw, int kw)
+WRAP(scale_rows, (y, x, w, rows, cols), float* y, const float* x, const float* w, int rows, int cols)
+WRAP(row_dots, (dots, a, b, h), float* dots, const float* a, const float* b, int h)
 WRAP(cross_entropy, (l, dz, z, y, w, v), float* l, float* dz, const float* z, const u32* y, const float* w, int v)
 WRAP(attention_forward_tiled, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
      const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)

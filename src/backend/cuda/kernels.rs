@@ -36,6 +36,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ("layer_norm.cu", include_str!("kernels/layer_norm.cu"), &["layer_norm", "layer_norm_backward"]),
     ("rope.cu", include_str!("kernels/rope.cu"), &["rope"]),
     ("fused_qkv.cu", include_str!("kernels/fused_qkv.cu"), &["split_qkv", "join_qkv"]),
+    ("row_scale.cu", include_str!("kernels/row_scale.cu"), &["scale_rows", "row_dots"]),
     (
         "attention.cu",
         include_str!("kernels/attention.cu"),
@@ -166,7 +167,12 @@ mod launch_tests {
             }
         }
         let mut checked = 0;
-        for backend in [include_str!("mod.rs"), include_str!("attention.rs"), include_str!("fused_qkv.rs")] {
+        for backend in [
+            include_str!("mod.rs"),
+            include_str!("attention.rs"),
+            include_str!("fused_qkv.rs"),
+            include_str!("row_scale.rs"),
+        ] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));
                 let Some(name) = args.get(1) else { continue };

@@ -137,6 +137,7 @@ macro_rules! launch {
 
 mod attention; // the attention launches: segment tables, tiled or per-key kernels by head_dim
 mod fused_qkv; // a fused q/k/v projection's column split and join
+mod row_scale; // rows scaled by per-row weights, and per-row dot products
 
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
@@ -450,6 +451,12 @@ impl Backend for Cuda {
         layout: FusedQkv,
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
         self.split_fused_qkv(qkv, shape, layout)
+    }
+    fn scale_rows(&self, x: &CudaTensor, weights: &[f32]) -> CudaTensor {
+        self.scale_each_row(x, weights)
+    }
+    fn row_dots(&self, a: &CudaTensor, b: &CudaTensor) -> Vec<f32> {
+        self.dots_of_rows(a, b) // a sync: the dots come back to the host
     }
     fn concat_rows(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         assert_eq!(a.cols, b.cols, "concat_rows: column counts differ");
