@@ -31,8 +31,10 @@ pub fn next_token_targets(ids: &[u32], segment_ids: Option<&[u32]>, loss_mask: O
 
 /// The result of one forward + backward.
 pub struct LossAndGrads<B: Backend> {
-    /// Σ mₜ·ℓₜ / Σ mₜ
+    /// Σ cₜ·ℓₜ, plus `router_aux_loss_coef`·aux for a mixture of experts (transformers' training loss)
     pub loss: f64,
+    /// The load-balancing loss of a mixture of experts (before its coefficient)
+    pub aux_loss: Option<f64>,
     /// ℓₜ for every row (0-weight rows included)
     pub token_losses: Vec<f32>,
     /// Σ mₜ (the number of tokens with a non-zero coefficient for `weighted_token_loss`)
@@ -43,7 +45,9 @@ pub struct LossAndGrads<B: Backend> {
 }
 
 // ANCHOR: mean_token_loss
-/// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward.
+/// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward. A mixture
+/// of experts adds `router_aux_loss_coef`·aux, as MFTCoder does whatever the loss mode (its gradient comes
+/// with [`Decoder::backward`]).
 pub fn weighted_token_loss<B: Backend>(
     model: &Decoder<B>,
     b: &B,
@@ -53,13 +57,16 @@ pub fn weighted_token_loss<B: Backend>(
 ) -> Result<LossAndGrads<B>> {
     let (logits, cache) = model.forward_train(b, seq)?;
     let (token_losses, dlogits) = b.cross_entropy(&logits, targets, coefficients); // dL/dlogits = c·(softmax − onehot)
-    let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>();
+    let aux_loss = cache.aux_loss();
+    let coef = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss_coef as f64);
+    let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>()
+        + coef * aux_loss.unwrap_or(0.0);
     if !loss.is_finite() {
         bail!("the loss is {loss} (not finite)");
     }
     let grads = model.backward(b, cache, &dlogits);
     let supervised = coefficients.iter().filter(|&&c| c != 0.0).count() as f64;
-    Ok(LossAndGrads { loss, token_losses, supervised, grads, logits })
+    Ok(LossAndGrads { loss, aux_loss, token_losses, supervised, grads, logits })
 }
 
 /// Masked mean cross-entropy: coefficients mₜ / Σ m (MFTCoder's case1; transformers' loss without a mask).

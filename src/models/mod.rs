@@ -11,8 +11,10 @@ pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
 pub mod mistral;
+pub mod mixtral;
 pub mod phi;
 pub mod qwen2;
+pub mod qwen2_moe;
 pub mod starcoder2;
 
 use crate::backend::Backend;
@@ -24,7 +26,7 @@ use std::path::Path;
 
 /// The `model_type` values this build can run.
 pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["llama", "mistral", "qwen2", "starcoder2", "gemma", "gpt_bigcode", "gpt_neox", "phi"];
+    &["llama", "mistral", "qwen2", "starcoder2", "gemma", "gpt_bigcode", "gpt_neox", "phi", "mixtral", "qwen2_moe"];
 
 // ANCHOR: decoder_dispatch
 /// The decoder config of a supported `model_type`.
@@ -38,6 +40,8 @@ pub fn decoder_config(config: &HfConfig) -> Result<DecoderConfig> {
         "gpt_bigcode" => gpt_bigcode::config_from_hf(config),
         "gpt_neox" => gpt_neox::config_from_hf(config),
         "phi" => phi::config_from_hf(config),
+        "mixtral" => mixtral::config_from_hf(config),
+        "qwen2_moe" => qwen2_moe::config_from_hf(config),
         other => bail!(
             "{}: field `model_type` is `{other}`, which is not supported (supported: {})",
             config.path.display(),

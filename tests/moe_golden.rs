@@ -1,0 +1,180 @@
+//! Mixtral and Qwen2-MoE — the decoder with a sparse mixture of experts — against transformers 5.24.0
+//! (`fixtures/generate.py --only moe`, described in `fixtures/moe/README.md`).
+//!
+//! Tolerances as for every f32 golden (DESIGN §5): logits ≤ 1e-4; router logits ≤ 1e-4; the training loss
+//! (cross-entropy + router_aux_loss_coef·aux, as transformers computes it with `output_router_logits`) and
+//! the aux loss itself ≤ 1e-5 relative; every gradient ≤ 1e-3 of its tensor's largest magnitude; greedy
+//! continuations through the KV cache equal.
+
+mod golden_grads;
+
+use mftcoder::backend::Backend;
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::infer::generate::{Decoding, generate};
+use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+use mftcoder::io::safetensors::WeightStore;
+use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+use mftcoder::loss::moe_aux::load_balancing_loss;
+use mftcoder::models::decoder::{FeedForward, Logits, Sequence};
+use mftcoder::models::{self, load_causal_lm};
+use mftcoder::nn::moe_router::route;
+use ndarray::Array2;
+use std::path::{Path, PathBuf};
+
+const CASES: [&str; 3] = ["mixtral_top2", "qwen2_moe_shared", "qwen2_moe_normtopk"];
+
+fn case_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moe").join(case)
+}
+
+fn golden(case: &str) -> WeightStore {
+    WeightStore::open(&case_dir(case).join("golden.safetensors")).unwrap()
+}
+
+fn ids(golden: &WeightStore, name: &str) -> Vec<u32> {
+    golden.tensor_i64(name).unwrap().iter().map(|&i| u32::try_from(i).expect("token id")).collect()
+}
+
+fn scalar(golden: &WeightStore, name: &str) -> f64 {
+    golden.tensor_f32(name).unwrap()[[0]] as f64
+}
+
+fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn configs_resolve_as_transformers_does() {
+    let config = |case: &str| models::decoder_config(&HfConfig::read(&case_dir(case)).unwrap()).unwrap();
+    let mixtral = config("mixtral_top2");
+    let moe = mixtral.moe.as_ref().unwrap();
+    assert_eq!((moe.router.experts, moe.router.top_k, moe.router.normalize), (4, 2, true));
+    assert_eq!(
+        (moe.sparse_layers.clone(), moe.aux_loss_coef, mixtral.attention.windows.clone()),
+        (vec![true; 2], 0.02, vec![Some(16); 2])
+    );
+    let qwen = config("qwen2_moe_shared");
+    let moe = qwen.moe.as_ref().unwrap();
+    assert_eq!(
+        (moe.sparse_layers.clone(), moe.router.normalize, moe.shared_expert),
+        (vec![true, false, true], false, Some((48, true)))
+    );
+    let normed = config("qwen2_moe_normtopk");
+    let moe = normed.moe.as_ref().unwrap();
+    assert_eq!((moe.router.experts, moe.router.top_k, moe.router.normalize), (6, 3, true));
+}
+
+#[test]
+fn router_logits_and_logits_match_transformers() {
+    for case in CASES {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
+        let want: Array2<f32> = golden.tensor_f32("logits").unwrap().into_dimensionality().unwrap();
+        let got = Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap());
+        let diff = max_abs_diff(&got, &want);
+        eprintln!("{case}: max |Δlogits| = {diff:.2e}");
+        assert!(diff <= 1e-4, "{case}: max |Δlogits| = {diff}");
+        // the goldens hold router logits exactly for the layers this model makes sparse
+        let sparse: Vec<usize> =
+            (0..model.layers.len()).filter(|&l| matches!(model.layers[l].ffn, FeedForward::Sparse(_))).collect();
+        let golden_layers: Vec<usize> =
+            golden.names().filter_map(|n| n.strip_prefix("router_logits.")).map(|l| l.parse().unwrap()).collect();
+        assert_eq!(sparse, golden_layers, "{case}: sparse layers");
+    }
+}
+
+#[test]
+fn the_load_balancing_loss_matches_transformers() {
+    for case in CASES {
+        let golden = golden(case);
+        let config = models::decoder_config(&HfConfig::read(&case_dir(case)).unwrap()).unwrap();
+        let moe = config.moe.as_ref().unwrap();
+        // from transformers' own router logits: the aux loss alone, unmasked and masked
+        let routings: Vec<_> = golden
+            .names()
+            .filter(|n| n.starts_with("router_logits."))
+            .map(|n| {
+                let z: Array2<f32> = golden.tensor_f32(n).unwrap().into_dimensionality().unwrap();
+                route(z.view(), &moe.router)
+            })
+            .collect();
+        let refs: Vec<_> = routings.iter().collect();
+        let (aux, _) = load_balancing_loss(&refs, moe.router.experts, None);
+        let want = scalar(&golden, "aux_loss");
+        assert!((aux - want).abs() <= 1e-5 * want.abs(), "{case}: aux {aux} vs {want}");
+        let mask: Vec<f32> =
+            golden.tensor_i64("aux_attention_mask").map(|m| m.iter().map(|&v| v as f32).collect()).unwrap();
+        let (masked, _) = load_balancing_loss(&refs, moe.router.experts, Some(&mask));
+        let want_masked = scalar(&golden, "aux_loss_masked");
+        assert!(
+            (masked - want_masked).abs() <= 1e-5 * want_masked.abs(),
+            "{case}: masked aux {masked} vs {want_masked}"
+        );
+        eprintln!("{case}: aux {aux:.7} (transformers {want:.7}), masked {masked:.7} ({want_masked:.7})");
+    }
+}
+
+#[test]
+fn loss_and_gradients_match_pytorch_autograd() {
+    for case in CASES {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let positions: Vec<usize> = (0..ids.len()).collect();
+        let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
+        let (targets, weights) = next_token_targets(&ids, None, None);
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
+        let result = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();
+        let want = scalar(&golden, "loss");
+        assert!((result.loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {} vs {want}", result.loss);
+        let aux = result.aux_loss.unwrap();
+        assert!((aux - scalar(&golden, "aux_loss")).abs() <= 1e-5 * aux, "{case}: aux {aux}");
+        let (worst, at) = golden_grads::compare_grads(case, &golden, "", &result.grads);
+        eprintln!(
+            "{case}: loss {:.6} (aux {aux:.6}), {} gradients, worst relative error {worst:.2e} ({at})",
+            result.loss,
+            result.grads.len()
+        );
+    }
+}
+
+#[test]
+fn greedy_continuation_through_the_kv_cache_matches_transformers() {
+    for case in CASES {
+        let golden = golden(case);
+        let (prompt, want) = (ids(&golden, "greedy_prompt_ids"), ids(&golden, "greedy_ids"));
+        let dir = case_dir(case);
+        let model = load_causal_lm(&Cpu, &dir).unwrap();
+        let eos = generation_eos_ids(&dir, &HfConfig::read(&dir).unwrap()).unwrap();
+        let got = generate(&model, &Cpu, &prompt, 24, &Decoding::Greedy, &eos).unwrap();
+        assert_eq!(got, want, "{case}");
+    }
+}
+
+/// The load-balancing term's gradient shows in the goldens: without it the routers' gradients miss them.
+#[test]
+fn the_aux_gradient_is_pinned_by_the_goldens() {
+    for case in CASES {
+        let golden = golden(case);
+        let ids = ids(&golden, "input_ids");
+        let positions: Vec<usize> = (0..ids.len()).collect();
+        let mut model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
+        model.config.moe.as_mut().unwrap().aux_loss_coef = 0.0;
+        let (targets, weights) = next_token_targets(&ids, None, None);
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
+        let result = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();
+        let worst = result
+            .grads
+            .iter()
+            .filter(|(name, _)| name.ends_with("gate.weight") && !name.contains("experts") && !name.contains("shared"))
+            .map(|(name, g)| {
+                let want = golden.tensor_f32(&format!("grad.{name}")).unwrap();
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                g.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+            })
+            .fold(0.0f32, f32::max);
+        eprintln!("{case}: without the aux term the router gradients miss by {worst:.2e} relative");
+        assert!(worst > 1e-2, "{case}: the router gradients match even without the aux term ({worst:.2e})");
+    }
+}
