@@ -108,7 +108,7 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
         sync();
         let started = Instant::now();
         let seq_in = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
-        let result = weighted_token_loss(&model, b, seq_in, &targets, &coefficients)?;
+        let result = weighted_token_loss(&model, b, seq_in, &targets, &coefficients, None)?;
         let mut grads = result.grads;
         let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
         clip_grad_norm_on(b, &mut grad_refs, 1.0);

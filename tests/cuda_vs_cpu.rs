@@ -452,7 +452,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
     let targets: Vec<u32> = ids.iter().skip(1).copied().chain([0]).collect();
     let coefficients: Vec<f32> = (0..40).map(|i| if i == 24 || i == 39 { 0.0 } else { 1.0 / 38.0 }).collect();
     let seq = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
-    let result = weighted_token_loss(&model, b, seq, &targets, &coefficients).unwrap();
+    let result = weighted_token_loss(&model, b, seq, &targets, &coefficients, None).unwrap();
     let mut out: Vec<(String, Array2<f32>)> =
         result.grads.iter().map(|(n, g)| (format!("grad {n}"), b.download(g))).collect();
     let mut params = model.trainable_parameters_mut();

@@ -48,14 +48,19 @@ pub struct LossAndGrads<B: Backend> {
 /// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward. A mixture
 /// of experts adds `router_aux_loss_coef`·aux, as MFTCoder does whatever the loss mode (its gradient comes
 /// with [`Decoder::backward`]).
+/// `router_mask` (a mixture of experts only): the rows the load-balancing loss counts (all when `None`).
 pub fn weighted_token_loss<B: Backend>(
     model: &Decoder<B>,
     b: &B,
     seq: Sequence<'_>,
     targets: &[u32],
     coefficients: &[f32],
+    router_mask: Option<&[f32]>,
 ) -> Result<LossAndGrads<B>> {
-    let (logits, cache) = model.forward_train(b, seq)?;
+    let (logits, mut cache) = model.forward_train(b, seq)?;
+    if let (Some(mask), Some(moe)) = (router_mask, &model.config.moe) {
+        cache.mask_router_rows(moe.router.experts, mask);
+    }
     let (token_losses, dlogits) = b.cross_entropy(&logits, targets, coefficients); // dL/dlogits = c·(softmax − onehot)
     let aux_loss = cache.aux_loss();
     let coef = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss_coef as f64);
@@ -82,7 +87,7 @@ pub fn mean_token_loss<B: Backend>(
         bail!("no supervised token in this batch (every loss-mask weight is 0)");
     }
     let coefficients: Vec<f32> = weights.iter().map(|&w| (w as f64 / supervised) as f32).collect();
-    let mut result = weighted_token_loss(model, b, seq, targets, &coefficients)?;
+    let mut result = weighted_token_loss(model, b, seq, targets, &coefficients, None)?;
     result.supervised = supervised;
     Ok(result)
 }

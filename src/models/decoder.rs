@@ -11,7 +11,7 @@
 //! the input is embed(ids) + positions(p) instead of rotating q and k.
 
 pub use super::decoder_config::*;
-pub use super::decoder_train::{LayerCache, Sequence, TrainCache};
+pub use super::decoder_train::{LayerCache, Sequence, TrainCache, joint_aux_loss};
 pub use super::feed_forward::{FeedForward, Mlp, SparseMoe};
 pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
 use crate::backend::{AttentionMask, Backend};

@@ -48,6 +48,8 @@ pub struct TrainCache<'a, B: Backend> {
     layers: Vec<Saved<B>>,
     x_final: B::Tensor, // [T, H] before the final norm
     h_final: B::Tensor, // [T, H] after it: the head's input
+    /// Each layer's routing (sparse layers only).
+    routings: Vec<Option<Routing>>,
     /// With a mixture of experts: the load-balancing loss of this forward and, per layer, its ∂/∂p.
     aux: Option<(f64, Vec<Option<Array2<f32>>>)>,
 }
@@ -84,7 +86,43 @@ impl<B: Backend> TrainCache<'_, B> {
     pub fn aux_loss(&self) -> Option<f64> {
         self.aux.as_ref().map(|(aux, _)| *aux)
     }
+
+    /// Count only the rows where `mask` is 1 in the load-balancing loss (MFTCoder's collator mask: each row's
+    /// tokens up to its last supervised one).
+    pub fn mask_router_rows(&mut self, experts: usize, mask: &[f32]) {
+        if self.aux.is_some() {
+            let sparse: Vec<&Routing> = self.routings.iter().flatten().collect();
+            let (aux, grads) = load_balancing_loss(&sparse, experts, Some(mask));
+            self.aux = Some((aux, spread_over_layers(&self.routings, grads)));
+        }
+    }
 }
+
+/// Per-sparse-layer gradients back in layer order (None for dense layers).
+fn spread_over_layers(routings: &[Option<Routing>], grads: Vec<Array2<f32>>) -> Vec<Option<Array2<f32>>> {
+    let mut grads = grads.into_iter();
+    routings.iter().map(|r| r.as_ref().and_then(|_| grads.next())).collect()
+}
+
+// ANCHOR: joint_aux_loss
+/// One load-balancing loss over several forwards, as if their rows were one batch (TRL concatenates a
+/// preference batch's chosen and rejected sequences into one forward): each cache gets its share of the
+/// gradient. Returns the joint aux loss (`None` without a mixture of experts).
+pub fn joint_aux_loss<B: Backend>(caches: &mut [&mut TrainCache<'_, B>], experts: usize) -> Option<f64> {
+    if caches.iter().all(|c| c.aux.is_none()) {
+        return None;
+    }
+    let all: Vec<&Routing> = caches.iter().flat_map(|c| c.routings.iter().flatten()).collect();
+    let (aux, grads) = load_balancing_loss(&all, experts, None);
+    let mut grads = grads.into_iter();
+    for cache in caches.iter_mut() {
+        let n = cache.routings.iter().flatten().count();
+        let own: Vec<Array2<f32>> = grads.by_ref().take(n).collect();
+        cache.aux = Some((aux, spread_over_layers(&cache.routings, own)));
+    }
+    Some(aux)
+}
+// ANCHOR_END: joint_aux_loss
 
 /// A layer's attention inputs as attention reads them, with what their backward needs.
 pub(super) struct ProjectedQkv<B: Backend> {
@@ -172,10 +210,9 @@ impl<B: Backend> Decoder<B> {
             // every sparse layer's routing together, as transformers concatenates the router logits
             let sparse: Vec<&Routing> = routings.iter().flatten().collect();
             let (aux, grads) = load_balancing_loss(&sparse, moe.router.experts, None);
-            let mut grads = grads.into_iter();
-            (aux, routings.iter().map(|r| r.as_ref().and_then(|_| grads.next())).collect())
+            (aux, spread_over_layers(&routings, grads))
         });
-        Ok((logits, TrainCache { seq, layers, x_final: x, h_final, aux }))
+        Ok((logits, TrainCache { seq, layers, x_final: x, h_final, routings, aux }))
     }
 
     /// One decoder layer, returning its output and everything its backward needs.

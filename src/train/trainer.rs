@@ -136,6 +136,8 @@ struct StepResult {
     task_loss: Vec<Option<f64>>,
     tokens: usize,
     grad_norm: f64,
+    /// The mean load-balancing loss of the micro-batches (a mixture of experts only).
+    aux_loss: Option<f64>,
 }
 
 pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
@@ -296,14 +298,16 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
                 "{}",
                 serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
                 "loss": result.loss, "task_loss": task_json, "grad_norm": result.grad_norm, "tokens": result.tokens,
+                "aux_loss": result.aux_loss,
                 "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed,
                 "rss_mib": crate::runtime::resident_bytes().map(|b| b as f64 / (1 << 20) as f64),
                 "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()})
             )?;
             metrics.flush()?;
             // message first, then position: each redraw shows a step with its own numbers
+            let aux = result.aux_loss.map_or(String::new(), |a| format!(" | aux {a:.3}"));
             progress.set_message(format!(
-                "loss {:.4} | {} | {:.0} tok/s",
+                "loss {:.4} | {}{aux} | {:.0} tok/s",
                 result.loss,
                 task_summary(&names, &result.task_loss),
                 tokens_seen as f64 / elapsed.max(1e-9)
@@ -368,6 +372,19 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     })
 }
 
+/// MFTCoder's collator mask for the MoE aux loss: in each row, the input tokens up to the last supervised one
+/// (`attention_mask[b, t] = t ≤ last_one_pos[b]`, with `last_one_pos` indexed before the label shift).
+pub fn router_mask(flat: &crate::train::batches::FlatBatch) -> Vec<f32> {
+    let n = flat.row_len;
+    flat.loss_mask
+        .chunks(n)
+        .flat_map(|row| {
+            let last_one = row.iter().rposition(|&m| m != 0.0).map_or(0, |j| j + 1);
+            (0..n).map(move |t| if t <= last_one { 1.0 } else { 0.0 })
+        })
+        .collect()
+}
+
 // ANCHOR: optimizer_step
 #[allow(clippy::too_many_arguments)]
 fn optimizer_step<B: Backend>(
@@ -387,7 +404,7 @@ fn optimizer_step<B: Backend>(
 ) -> Result<StepResult> {
     let n_micro = indices.len() / micro;
     let mut acc: Option<Gradients<B>> = None;
-    let (mut loss_sum, mut tokens) = (0.0, 0usize);
+    let (mut loss_sum, mut tokens, mut aux_sum) = (0.0, 0usize, None::<f64>);
     let (mut task_sum, mut task_n) = (vec![0.0; task_weights.len()], vec![0usize; task_weights.len()]);
     for chunk in indices.chunks(micro) {
         let batch = data.train_batch(chunk, collate);
@@ -398,10 +415,13 @@ fn optimizer_step<B: Backend>(
         let coeffs = coefficients(mode, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights);
         let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
         model.dropout_seed = Some(rng.next_u64()); // LoRA dropout for this micro-batch (no effect without adapters)
-        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs);
+        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs, Some(&router_mask(&flat)));
         model.dropout_seed = None; // evaluation and inference run without dropout
         let r = r?;
         loss_sum += r.loss;
+        if let Some(aux) = r.aux_loss {
+            *aux_sum.get_or_insert(0.0) += aux;
+        }
         tokens += flat.ids.len();
         for (k, l) in task_losses(&r.token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len())
             .into_iter()
@@ -446,7 +466,8 @@ fn optimizer_step<B: Backend>(
     let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
     opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
     let task_loss = task_sum.iter().zip(&task_n).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
-    Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm })
+    let aux_loss = aux_sum.map(|a| a / n_micro as f64);
+    Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm, aux_loss })
 }
 // ANCHOR_END: optimizer_step
 

@@ -13,7 +13,7 @@ pub use data::{PairIds, load_pairs, pair_ids, pair_texts};
 use crate::backend::Backend;
 use crate::io::tokenizer::Tokenizer;
 use crate::loss::preference::{Objective, PairLogps, PairTerm, cross_entropy_weights, pair_term};
-use crate::models::decoder::{Decoder, Gradients, Logits, Sequence};
+use crate::models::decoder::{Decoder, Gradients, Logits, Sequence, TrainCache, joint_aux_loss};
 use crate::models::load_causal_lm;
 use crate::peft::attach::init_adapters;
 use crate::rng::Rng;
@@ -94,16 +94,24 @@ pub fn preference_batch<B: Backend>(
     let nll_per_token = objective.nll_weight() / nll_tokens.max(1) as f64;
     let mut grads: Gradients<B> = Gradients::<B>::new();
     let (mut terms, mut logps, mut nll_sum) = (Vec::new(), Vec::new(), 0.0);
-    for (i, (pair, &reference)) in pairs.iter().zip(reference).enumerate() {
-        let answers = [&pair.chosen, &pair.rejected].map(|answer| {
-            let (ids, targets, rows) = sequence(&pair.prompt, answer);
-            let positions: Vec<usize> = (0..ids.len()).collect();
-            (ids, targets, rows, positions)
-        });
+    // every answer forwarded first: a mixture of experts balances its load over the whole batch, as TRL's
+    // one concatenated forward does
+    let all_answers: Vec<_> = pairs
+        .iter()
+        .map(|pair| {
+            [&pair.chosen, &pair.rejected].map(|answer| {
+                let (ids, targets, rows) = sequence(&pair.prompt, answer);
+                let positions: Vec<usize> = (0..ids.len()).collect();
+                (ids, targets, rows, positions)
+            })
+        })
+        .collect();
+    let mut forwards = Vec::with_capacity(pairs.len());
+    for (i, ((pair, &reference), answers)) in pairs.iter().zip(reference).zip(&all_answers).enumerate() {
         let mut sides = Vec::with_capacity(2);
-        for (side, (ids, targets, rows, positions)) in answers.iter().enumerate() {
+        for (side, (ids, targets, rows, _)) in answers.iter().enumerate() {
             policy.dropout_seed = dropout_seed.map(|s| s ^ ((2 * i + side) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let seq = Sequence { ids, positions, segment_ids: None };
+            let seq = Sequence { ids, positions: &answers[side].3, segment_ids: None };
             let (logits, cache) = policy.forward_train(b, seq)?;
             let (losses, _) = b.cross_entropy(&logits, targets, &vec![0.0; ids.len()]);
             let logp = -losses[rows.clone()].iter().map(|&l| l as f64).sum::<f64>();
@@ -114,7 +122,22 @@ pub fn preference_batch<B: Backend>(
         }
         let policy_logps = PairLogps { chosen: sides[0].2, rejected: sides[1].2 };
         let term = pair_term(objective, policy_logps, reference, (pair.chosen.len(), pair.rejected.len()));
-        for (side, ((logits, cache, _, seed), (ids, targets, rows, _))) in sides.into_iter().zip(&answers).enumerate() {
+        terms.push(term);
+        logps.push(policy_logps);
+        forwards.push((sides, answers));
+    }
+    let aux_loss = match &policy.config.moe {
+        Some(moe) => {
+            let mut caches: Vec<&mut TrainCache<'_, B>> =
+                forwards.iter_mut().flat_map(|(sides, _)| sides.iter_mut().map(|side| &mut side.1)).collect();
+            joint_aux_loss(&mut caches, moe.router.experts).map(|aux| aux * moe.aux_loss_coef as f64)
+        }
+        None => None,
+    };
+    for ((sides, answers), term) in forwards.into_iter().zip(&terms) {
+        for (side, ((logits, cache, _, seed), (ids, targets, rows, _))) in
+            sides.into_iter().zip(answers.iter()).enumerate()
+        {
             let d_answer = if side == 0 { term.d_chosen } else { term.d_rejected };
             let nll = if side == 0 { nll_rows(objective, ids.len(), rows) } else { 0..0 };
             let weights = cross_entropy_weights(ids.len(), rows.clone(), d_answer, pairs.len(), nll, nll_per_token);
@@ -129,12 +152,13 @@ pub fn preference_batch<B: Backend>(
                 }
             }
         }
-        terms.push(term);
-        logps.push(policy_logps);
     }
     policy.dropout_seed = None;
     let nll = nll_sum / nll_tokens.max(1) as f64;
-    let loss = terms.iter().map(|t| t.loss).sum::<f64>() / pairs.len() as f64 + objective.nll_weight() * nll;
+    // + router_aux_loss_coef·aux for a mixture of experts (TRL's `aux_loss_enabled`)
+    let loss = terms.iter().map(|t| t.loss).sum::<f64>() / pairs.len() as f64
+        + objective.nll_weight() * nll
+        + aux_loss.unwrap_or(0.0);
     if !loss.is_finite() {
         bail!("the preference loss is {loss} (not finite)");
     }
