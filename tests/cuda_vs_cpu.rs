@@ -20,7 +20,9 @@ use mftcoder::backend::cuda::{Cuda, Precision};
 use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
-use mftcoder::models::decoder::{Decoder, DecoderConfig, Gelu, MlpKind, NormKind, Positions, Residual, Sequence};
+use mftcoder::models::decoder::{
+    Decoder, DecoderConfig, Gelu, MlpKind, Moe, NormKind, Positions, Residual, RouterSpec, Selection, Sequence,
+};
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
@@ -385,6 +387,12 @@ enum Mode {
     /// LoRA on Phi's shape: one shared norm feeding attention and MLP, per-head q/k LayerNorms, rotary on 8 of
     /// 16 entries, GQA, a head with a bias.
     LoraPhi,
+    /// LoRA on a Mixtral shape: 4 experts, top-2, renormalised, every expert and router adapted; the
+    /// load-balancing term in the loss.
+    LoraMixtral,
+    /// Full fine-tuning of a Qwen2-MoE shape: layer 0 sparse (6 experts, top-3, raw weights, a shared expert
+    /// behind a sigmoid gate), layer 1 dense.
+    FullQwen2Moe,
 }
 
 /// A small Llama (GQA, packed two-document batch, the second layer with a sliding window of 9 as in Qwen2),
@@ -419,6 +427,18 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: 4 };
             config.names = mftcoder::models::gpt_neox::NAMES;
         }
+        Mode::LoraMixtral | Mode::FullQwen2Moe => {
+            let qwen = matches!(mode, Mode::FullQwen2Moe);
+            let (experts, top_k) = if qwen { (6, 3) } else { (4, 2) };
+            config.moe = Some(Moe {
+                router: RouterSpec { experts, top_k, normalize: !qwen, scaling: 1.0, selection: Selection::Greedy },
+                expert_intermediate_size: 48,
+                sparse_layers: if qwen { vec![true, false] } else { vec![true; 2] },
+                shared_expert: qwen.then_some((80, true)),
+                aux_loss_coef: 0.02,
+            });
+            config.names = if qwen { mftcoder::models::qwen2_moe::NAMES } else { mftcoder::models::mixtral::NAMES };
+        }
         Mode::LoraPhi => {
             (config.norm, config.mlp, config.residual) =
                 (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), Residual::ParallelSharedNorm);
@@ -435,8 +455,12 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             linear.quantize(b, QuantType::Nf4, true).unwrap();
         }
     }
-    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi = mode {
-        let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
+    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi | Mode::LoraMixtral = mode {
+        let targets = match mode {
+            Mode::LoraMixtral => mftcoder::peft::TargetModules::AllLinear,
+            _ => LoraConfig::default().target_modules,
+        };
+        let lora = LoraConfig { r: 8, lora_alpha: 16.0, target_modules: targets, ..LoraConfig::default() };
         init_adapters(&mut model, b, &lora, &mut Rng::new(7)).unwrap();
         // PEFT starts B at zero, which would leave A's gradient zero: give B values so both factors are tested
         for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {
@@ -503,6 +527,12 @@ fn qlora_training_step_matches() {
 fn starcoder2_and_gemma_training_steps_match() {
     compare_training_step(Mode::FullStarCoder2);
     compare_training_step(Mode::FullGemma);
+}
+
+#[test]
+fn mixture_of_experts_training_steps_match() {
+    compare_training_step(Mode::LoraMixtral);
+    compare_training_step(Mode::FullQwen2Moe);
 }
 
 #[test]
