@@ -6,7 +6,7 @@
 
 use crate::backend::Backend;
 use crate::loss::causal_lm::weighted_token_loss;
-use crate::models::decoder::{Decoder, DecoderConfig, Sequence};
+use crate::models::decoder::{Decoder, DecoderConfig, Moe, RouterSpec, Selection, Sequence};
 use crate::peft::attach::init_adapters;
 use crate::peft::{LoraConfig, TargetModules};
 use crate::rng::Rng;
@@ -18,7 +18,8 @@ use std::time::Instant;
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     /// `134m` (768 hidden, 12 layers, 12 heads, 2048 MLP, 32k vocab), `1.1b` (TinyLlama: 2048 hidden, 22
-    /// layers, 32 heads, 4 KV heads, 5632 MLP) or `tiny` (a CPU-sized 4-layer model).
+    /// layers, 32 heads, 4 KV heads, 5632 MLP), `tiny` (a CPU-sized 4-layer model) or `tiny-moe` (`tiny` with
+    /// each MLP split into 8 experts of a quarter of its width, top-2: the same active parameters).
     #[arg(long, default_value = "134m")]
     pub model: String,
     /// `full` or `lora` (r = 16, α = 32, all seven projections).
@@ -58,7 +59,20 @@ fn shape(model: &str) -> Result<(DecoderConfig, usize, usize)> {
         "134m" => (DecoderConfig::with_shape(32_000, 768, 2048, 12, 12, 12), 16, 1024),
         "1.1b" => (DecoderConfig::with_shape(32_000, 2048, 5632, 22, 32, 4), 8, 2048),
         "tiny" => (DecoderConfig::with_shape(2048, 256, 688, 4, 4, 2), 2, 128),
-        other => bail!("unknown bench model `{other}` (allowed: 134m, 1.1b, tiny)"),
+        // `tiny` with each MLP split into 8 experts of 344, top-2: the same active parameters per token
+        "tiny-moe" => {
+            let mut config = DecoderConfig::with_shape(2048, 256, 688, 4, 4, 2);
+            config.moe = Some(Moe {
+                router: RouterSpec { experts: 8, top_k: 2, normalize: true, scaling: 1.0, selection: Selection::Greedy },
+                expert_intermediate_size: 344,
+                sparse_layers: vec![true; 4],
+                shared_expert: None,
+                aux_loss_coef: 0.02,
+            });
+            config.names = crate::models::mixtral::NAMES;
+            (config, 2, 128)
+        }
+        other => bail!("unknown bench model `{other}` (allowed: 134m, 1.1b, tiny, tiny-moe)"),
     })
 }
 
