@@ -63,7 +63,13 @@ fn shape(model: &str) -> Result<(DecoderConfig, usize, usize)> {
         "tiny-moe" => {
             let mut config = DecoderConfig::with_shape(2048, 256, 688, 4, 4, 2);
             config.moe = Some(Moe {
-                router: RouterSpec { experts: 8, top_k: 2, normalize: true, scaling: 1.0, selection: Selection::Greedy },
+                router: RouterSpec {
+                    experts: 8,
+                    top_k: 2,
+                    normalize: true,
+                    scaling: 1.0,
+                    selection: Selection::Greedy,
+                },
                 expert_intermediate_size: 344,
                 sparse_layers: vec![true; 4],
                 shared_expert: None,

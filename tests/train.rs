@@ -586,7 +586,7 @@ fn mixtral_fixture() -> PathBuf {
 
 /// LoRA + CoBa on a tiny Mixtral (4 experts, top-2; every expert, router and attention projection adapted):
 /// every task's validation loss falls while the load-balancing loss stays bounded (k = 2 for a perfectly
-/// balanced router, E·k = 8 at worst), and a run killed with SIGKILL resumes bitwise identically.
+/// balanced router, at most E = 4), and a run killed with SIGKILL resumes bitwise identically.
 #[test]
 fn lora_with_coba_on_a_mixture_of_experts() {
     let dir = scratch("moe_coba");
@@ -610,7 +610,7 @@ fn lora_with_coba_on_a_mixture_of_experts() {
         assert!(b < a - 0.2, "{task}: validation loss {a} → {b}");
     }
     let aux: Vec<f64> = lines.iter().filter_map(|m| m["aux_loss"].as_f64()).collect();
-    assert!(!aux.is_empty() && aux.iter().all(|&a| (2.0 - 1e-6..=8.0).contains(&a)), "aux losses {aux:?}");
+    assert!(!aux.is_empty() && aux.iter().all(|&a| (1.0..=4.0).contains(&a)), "aux losses {aux:?}");
     eprintln!(
         "aux loss {:.3} → {:.3} (max {:.3})",
         aux[0],

@@ -10,7 +10,9 @@
 //!
 //!   ∂aux/∂p_{row,e} = E·cₑ/N²   (times the row's mask)
 //!
-//! A perfectly balanced router (cₑ = kN/E, pₑ = 1/E) gives aux = k; collapsing onto one expert gives up to E·k.
+//! A perfectly balanced router (cₑ = kN/E, pₑ = 1/E) gives aux = k. Each cₑ/N is at most 1 (a row picks an
+//! expert once) and the Sₑ/N sum to 1, so aux never exceeds E, which a top-1 router collapsed onto one expert
+//! reaches.
 
 use crate::nn::moe_router::Routing;
 use ndarray::Array2;

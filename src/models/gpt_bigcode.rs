@@ -7,9 +7,7 @@
 //! in blocks: one key/value head shared by every query head. Without it each head's [q, k, v] sits together
 //! (`view(heads, 3·d)`). `scale_attn_weights: false` drops the 1/√d of the softmax altogether.
 
-use super::decoder::{
-    Attention, DecoderConfig, FusedQkv, Gelu, MlpKind, NormKind, Positions, QkvNames, Residual, TensorNames,
-};
+use super::decoder::{DecoderConfig, FusedQkv, Gelu, MlpKind, NormKind, Positions, QkvNames, TensorNames};
 use super::llama::norm_eps;
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
@@ -52,6 +50,23 @@ pub(super) fn gelu(cfg: &HfConfig, field: &str, default: &str) -> Result<Gelu> {
     }
 }
 
+/// What GPT-2's descendants (GPT-BigCode, GPT-NeoX, Phi) share: LayerNorm with biases, a plain GELU MLP,
+/// biases on every projection, softmax scale 1/√d, full attention; the caller sets positions, residual,
+/// fusion, head and names. `shape` is (vocab, hidden, intermediate, layers, heads, kv_heads).
+pub(super) fn gpt_shaped(
+    cfg: &HfConfig,
+    (vocab, hidden, intermediate, layers, heads, kv_heads): (usize, usize, usize, usize, usize, usize),
+    gelu: Gelu,
+    norm_eps: f32,
+) -> Result<DecoderConfig> {
+    let mut c = DecoderConfig::with_shape(vocab, hidden, intermediate, layers, heads, kv_heads);
+    (c.attention.qkv_bias, c.attention.o_bias, c.mlp_bias) = (true, true, true);
+    (c.norm, c.norm_eps, c.mlp) = (NormKind::Layer, norm_eps, MlpKind::Plain(gelu));
+    c.bos_token_id = cfg.token_ids("bos_token_id")?.first().copied();
+    c.eos_token_ids = cfg.token_ids("eos_token_id")?;
+    Ok(c)
+}
+
 // ANCHOR: gpt_bigcode_config
 pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let path = cfg.path.display();
@@ -66,37 +81,18 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let multi_query = cfg.opt_bool("multi_query")?.unwrap_or(true);
     let (kv_heads, groups) = if multi_query { (1, 1) } else { (heads, heads) };
     let scale = if cfg.opt_bool("scale_attn_weights")?.unwrap_or(true) { 1.0 / (head_dim as f32).sqrt() } else { 1.0 };
-    Ok(DecoderConfig {
-        vocab_size: cfg.opt_usize("vocab_size")?.unwrap_or(50_257),
-        hidden_size,
-        intermediate_size: cfg.opt_usize("n_inner")?.unwrap_or(4 * hidden_size), // null: 4·hidden
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        attention: Attention {
-            fused_qkv: Some(FusedQkv { groups }),
-            qkv_bias: true,
-            o_bias: true,
-            scale,
-            windows: vec![None; layers],
-            qk_norm: false,
-        },
-        positions: Positions::Learned,
-        residual: Residual::Sequential,
-        norm: NormKind::Layer,
-        norm_eps: norm_eps(cfg, "layer_norm_epsilon", 1e-5)?,
-        mlp: MlpKind::Plain(gelu(cfg, "activation_function", "gelu_pytorch_tanh")?),
-        mlp_bias: true,
-        moe: None,
-        embedding_scale: None,
-        tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-        lm_head_bias: false,
-        max_position_embeddings: field(cfg, "n_positions", "max_position_embeddings")?.unwrap_or(1024),
-        bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
-        eos_token_ids: cfg.token_ids("eos_token_id")?,
-        names: NAMES,
-    })
+    let vocab = cfg.opt_usize("vocab_size")?.unwrap_or(50_257);
+    let intermediate = cfg.opt_usize("n_inner")?.unwrap_or(4 * hidden_size); // null: 4·hidden
+    let gelu = gelu(cfg, "activation_function", "gelu_pytorch_tanh")?;
+    let eps = norm_eps(cfg, "layer_norm_epsilon", 1e-5)?;
+    let mut c = gpt_shaped(cfg, (vocab, hidden_size, intermediate, layers, heads, kv_heads), gelu, eps)?;
+    c.attention.fused_qkv = Some(FusedQkv { groups });
+    c.attention.scale = scale;
+    c.positions = Positions::Learned;
+    c.tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(true);
+    c.max_position_embeddings = field(cfg, "n_positions", "max_position_embeddings")?.unwrap_or(1024);
+    c.names = NAMES;
+    Ok(c)
 }
 // ANCHOR_END: gpt_bigcode_config
 

@@ -4,10 +4,8 @@
 //! parallel residual: attention and MLP both read the layer's input, x' = x + attn(n₁(x)) + mlp(n₂(x)).
 //! The head is stored as `embed_out` (transformers 5 calls it `lm_head` in memory and renames it on save).
 
-use super::decoder::{
-    Attention, DecoderConfig, FusedQkv, MlpKind, NormKind, Positions, QkvNames, Residual, TensorNames,
-};
-use super::gpt_bigcode::gelu;
+use super::decoder::{DecoderConfig, FusedQkv, Positions, QkvNames, Residual, TensorNames};
+use super::gpt_bigcode::{gelu, gpt_shaped};
 use super::llama::{head_shape, norm_eps};
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
@@ -52,44 +50,24 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let dims = rotary_dims(cfg, head_dim, fraction, "rotary_pct")?;
     let attention_bias = cfg.opt_bool("attention_bias")?.unwrap_or(true);
     let parallel = cfg.opt_bool("use_parallel_residual")?.unwrap_or(true);
-    Ok(DecoderConfig {
-        vocab_size: cfg.usize("vocab_size")?,
-        hidden_size,
-        intermediate_size: cfg.usize("intermediate_size")?,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: heads,
-        head_dim,
-        attention: Attention {
-            // `view(heads, 3·d)`: one group per head
-            fused_qkv: Some(FusedQkv { groups: heads }),
-            qkv_bias: attention_bias,
-            o_bias: attention_bias,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            windows: vec![None; layers],
-            qk_norm: false,
-        },
-        positions: Positions::Rotary { rope, dims },
-        residual: if parallel { Residual::Parallel } else { Residual::Sequential },
-        norm: NormKind::Layer,
-        norm_eps: norm_eps(cfg, "layer_norm_eps", 1e-5)?,
-        mlp: MlpKind::Plain(gelu(cfg, "hidden_act", "gelu")?),
-        mlp_bias: true,
-        moe: None,
-        embedding_scale: None,
-        tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        lm_head_bias: false,
-        max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-        bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
-        eos_token_ids: cfg.token_ids("eos_token_id")?,
-        names: NAMES,
-    })
+    let shape = (cfg.usize("vocab_size")?, hidden_size, cfg.usize("intermediate_size")?, layers, heads, heads);
+    let mut c = gpt_shaped(cfg, shape, gelu(cfg, "hidden_act", "gelu")?, norm_eps(cfg, "layer_norm_eps", 1e-5)?)?;
+    c.head_dim = head_dim;
+    c.attention.fused_qkv = Some(FusedQkv { groups: heads }); // `view(heads, 3·d)`: one group per head
+    (c.attention.qkv_bias, c.attention.o_bias) = (attention_bias, attention_bias);
+    c.positions = Positions::Rotary { rope, dims };
+    c.residual = if parallel { Residual::Parallel } else { Residual::Sequential };
+    c.tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false);
+    c.max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    c.names = NAMES;
+    Ok(c)
 }
 // ANCHOR_END: gpt_neox_config
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::decoder::MlpKind;
     use crate::nn::mlp::Gelu;
 
     fn config(extra: serde_json::Value) -> Result<DecoderConfig> {

@@ -3,8 +3,8 @@
 //! q/k/v projections with biases; RoPE on the first `partial_rotary_factor` of each head; an output head
 //! with a bias; optionally (`qk_layernorm`) a LayerNorm over each head of q and k before RoPE.
 
-use super::decoder::{Attention, DecoderConfig, MlpKind, NormKind, Positions, QkvNames, Residual, TensorNames};
-use super::gpt_bigcode::gelu;
+use super::decoder::{DecoderConfig, Positions, QkvNames, Residual, TensorNames};
+use super::gpt_bigcode::{gelu, gpt_shaped};
 use super::gpt_neox::rotary_dims;
 use super::llama::{head_shape, norm_eps};
 use crate::io::hf_config::HfConfig;
@@ -43,43 +43,23 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let (heads, kv_heads, head_dim) = head_shape(cfg, hidden_size, None)?;
     let (rope, fraction) = cfg.partial_rope(10_000.0, "rope_theta", "partial_rotary_factor", 0.5)?;
     let dims = rotary_dims(cfg, head_dim, fraction, "partial_rotary_factor")?;
-    Ok(DecoderConfig {
-        vocab_size: cfg.usize("vocab_size")?,
-        hidden_size,
-        intermediate_size: cfg.usize("intermediate_size")?,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        attention: Attention {
-            fused_qkv: None,
-            qkv_bias: true,
-            o_bias: true,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            windows: vec![None; layers],
-            qk_norm: cfg.opt_bool("qk_layernorm")?.unwrap_or(false),
-        },
-        positions: Positions::Rotary { rope, dims },
-        residual: Residual::ParallelSharedNorm,
-        norm: NormKind::Layer,
-        norm_eps: norm_eps(cfg, "layer_norm_eps", 1e-5)?,
-        mlp: MlpKind::Plain(gelu(cfg, "hidden_act", "gelu_new")?),
-        mlp_bias: true,
-        moe: None,
-        embedding_scale: None,
-        tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        lm_head_bias: true,
-        max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-        bos_token_id: cfg.token_ids("bos_token_id")?.first().copied(),
-        eos_token_ids: cfg.token_ids("eos_token_id")?,
-        names: NAMES,
-    })
+    let shape = (cfg.usize("vocab_size")?, hidden_size, cfg.usize("intermediate_size")?, layers, heads, kv_heads);
+    let mut c = gpt_shaped(cfg, shape, gelu(cfg, "hidden_act", "gelu_new")?, norm_eps(cfg, "layer_norm_eps", 1e-5)?)?;
+    c.head_dim = head_dim;
+    c.attention.qk_norm = cfg.opt_bool("qk_layernorm")?.unwrap_or(false);
+    c.positions = Positions::Rotary { rope, dims };
+    c.residual = Residual::ParallelSharedNorm;
+    c.lm_head_bias = true;
+    c.max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    c.names = NAMES;
+    Ok(c)
 }
 // ANCHOR_END: phi_config
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::decoder::MlpKind;
     use crate::nn::mlp::Gelu;
 
     fn config(extra: serde_json::Value) -> Result<DecoderConfig> {
