@@ -9,12 +9,10 @@ mod golden_grads;
 
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::infer::generate::{Decoding, generate};
-use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+use mftcoder::io::hf_config::HfConfig;
 use mftcoder::io::safetensors::WeightStore;
-use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::models::decoder::{
-    Decoder, DecoderConfig, FusedQkv, Gelu, Logits, MlpKind, NormKind, Positions, Residual, Sequence,
+    Decoder, DecoderConfig, FusedQkv, Gelu, Logits, MlpKind, NormKind, Positions, Residual,
 };
 use mftcoder::models::{self, load_causal_lm};
 use ndarray::Array2;
@@ -48,7 +46,7 @@ fn golden(case: &str) -> WeightStore {
 }
 
 fn ids(golden: &WeightStore, name: &str) -> Vec<u32> {
-    golden.tensor_i64(name).unwrap().iter().map(|&i| u32::try_from(i).expect("token id")).collect()
+    golden_grads::token_ids(golden, name)
 }
 
 fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
@@ -181,12 +179,8 @@ fn dropping_the_window_changes_the_logits() {
 fn loss_and_gradients_match_pytorch_autograd() {
     for case in CASES {
         let golden = golden(case);
-        let ids = ids(&golden, "input_ids");
-        let positions: Vec<usize> = (0..ids.len()).collect();
         let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
-        let (targets, weights) = next_token_targets(&ids, None, None);
-        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
-        let result = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();
+        let result = golden_grads::loss_on_input_ids(&model, &golden);
         let want = golden.tensor_f32("loss").unwrap()[[0]] as f64;
         assert!((result.loss - want).abs() <= 1e-5, "{case}: loss {} vs {want}", result.loss);
 
@@ -202,12 +196,6 @@ fn loss_and_gradients_match_pytorch_autograd() {
 #[test]
 fn greedy_continuation_through_the_kv_cache_matches_transformers() {
     for case in CASES {
-        let golden = golden(case);
-        let (prompt, want) = (ids(&golden, "greedy_prompt_ids"), ids(&golden, "greedy_ids"));
-        let dir = case_dir(case);
-        let model = load_causal_lm(&Cpu, &dir).unwrap();
-        let eos = generation_eos_ids(&dir, &HfConfig::read(&dir).unwrap()).unwrap();
-        let got = generate(&model, &Cpu, &prompt, 24, &Decoding::Greedy, &eos).unwrap();
-        assert_eq!(got, want, "{case}");
+        golden_grads::assert_greedy_matches(case, &case_dir(case), &golden(case));
     }
 }

@@ -10,8 +10,7 @@ mod golden_grads;
 
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::infer::generate::{Decoding, generate};
-use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+use mftcoder::io::hf_config::HfConfig;
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::loss::moe_aux::load_balancing_loss;
@@ -32,7 +31,7 @@ fn golden(case: &str) -> WeightStore {
 }
 
 fn ids(golden: &WeightStore, name: &str) -> Vec<u32> {
-    golden.tensor_i64(name).unwrap().iter().map(|&i| u32::try_from(i).expect("token id")).collect()
+    golden_grads::token_ids(golden, name)
 }
 
 fn scalar(golden: &WeightStore, name: &str) -> f64 {
@@ -120,12 +119,8 @@ fn the_load_balancing_loss_matches_transformers() {
 fn loss_and_gradients_match_pytorch_autograd() {
     for case in CASES {
         let golden = golden(case);
-        let ids = ids(&golden, "input_ids");
-        let positions: Vec<usize> = (0..ids.len()).collect();
         let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
-        let (targets, weights) = next_token_targets(&ids, None, None);
-        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
-        let result = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();
+        let result = golden_grads::loss_on_input_ids(&model, &golden);
         let want = scalar(&golden, "loss");
         assert!((result.loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {} vs {want}", result.loss);
         let aux = result.aux_loss.unwrap();
@@ -142,13 +137,7 @@ fn loss_and_gradients_match_pytorch_autograd() {
 #[test]
 fn greedy_continuation_through_the_kv_cache_matches_transformers() {
     for case in CASES {
-        let golden = golden(case);
-        let (prompt, want) = (ids(&golden, "greedy_prompt_ids"), ids(&golden, "greedy_ids"));
-        let dir = case_dir(case);
-        let model = load_causal_lm(&Cpu, &dir).unwrap();
-        let eos = generation_eos_ids(&dir, &HfConfig::read(&dir).unwrap()).unwrap();
-        let got = generate(&model, &Cpu, &prompt, 24, &Decoding::Greedy, &eos).unwrap();
-        assert_eq!(got, want, "{case}");
+        golden_grads::assert_greedy_matches(case, &case_dir(case), &golden(case));
     }
 }
 

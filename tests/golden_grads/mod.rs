@@ -26,3 +26,36 @@ pub fn compare_grads(what: &str, golden: &WeightStore, prefix: &str, grads: &Gra
     }
     worst
 }
+
+/// Token ids stored as i64 in a golden file.
+#[allow(dead_code)] // not every test binary that shares this module reads ids
+pub fn token_ids(golden: &WeightStore, name: &str) -> Vec<u32> {
+    golden.tensor_i64(name).unwrap().iter().map(|&i| u32::try_from(i).expect("token id")).collect()
+}
+
+/// The model in `dir` continues `greedy_prompt_ids` greedily, through the KV cache, with `greedy_ids`.
+#[allow(dead_code)]
+pub fn assert_greedy_matches(case: &str, dir: &std::path::Path, golden: &WeightStore) {
+    use mftcoder::infer::generate::{Decoding, generate};
+    use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+    let (prompt, want) = (token_ids(golden, "greedy_prompt_ids"), token_ids(golden, "greedy_ids"));
+    let model = mftcoder::models::load_causal_lm(&Cpu, dir).unwrap();
+    let eos = generation_eos_ids(dir, &HfConfig::read(dir).unwrap()).unwrap();
+    let got = generate(&model, &Cpu, &prompt, 24, &Decoding::Greedy, &eos).unwrap();
+    assert_eq!(got, want, "{case}");
+}
+
+/// transformers' `model(ids, labels=ids)` on the golden's `input_ids`: the mean next-token loss over the T − 1
+/// predictions (plus the aux term of a mixture of experts) and every gradient.
+#[allow(dead_code)]
+pub fn loss_on_input_ids(
+    model: &mftcoder::models::decoder::Decoder<Cpu>,
+    golden: &WeightStore,
+) -> mftcoder::loss::causal_lm::LossAndGrads<Cpu> {
+    use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+    let ids = token_ids(golden, "input_ids");
+    let positions: Vec<usize> = (0..ids.len()).collect();
+    let (targets, weights) = next_token_targets(&ids, None, None);
+    let seq = mftcoder::models::decoder::Sequence { ids: &ids, positions: &positions, segment_ids: None };
+    mean_token_loss(model, &Cpu, seq, &targets, &weights).unwrap()
+}
