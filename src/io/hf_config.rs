@@ -9,6 +9,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// Bounds on a model's sizes: far beyond any released model, small enough that nothing sized by them overflows.
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_WIDTH: usize = 1 << 18;
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_HEADS: usize = 1 << 12;
+
 /// A parsed `config.json` with its path, so every error can name the file and the field.
 pub struct HfConfig {
     pub path: PathBuf,
@@ -50,6 +56,15 @@ impl HfConfig {
         }
     }
 
+    /// A model size (layers, widths, heads, vocabulary): an integer in 1..=`max`, checked before anything is
+    /// allocated from it (a 10¹² in `num_hidden_layers` is an error, not an out-of-memory abort).
+    pub fn size(&self, field: &str, value: usize, max: usize) -> Result<usize> {
+        if value == 0 || value > max {
+            return Err(self.err(field, &format!("is {value}; allowed: 1 to {max}")));
+        }
+        Ok(value)
+    }
+
     pub fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
         match self.json.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -76,7 +91,8 @@ impl HfConfig {
 
     /// A token id field that may be an integer or a list of integers (`eos_token_id: [128001, 128009]`).
     pub fn token_ids(&self, field: &str) -> Result<Vec<u32>> {
-        token_ids_of(self.json.get(field)).ok_or_else(|| self.err(field, "must be an integer or a list of integers"))
+        token_ids_of(self.json.get(field))
+            .ok_or_else(|| self.err(field, "must be an integer below 2³² or a list of such integers"))
     }
 
     // ANCHOR: rope_spec
@@ -177,8 +193,9 @@ impl HfConfig {
 fn token_ids_of(value: Option<&Value>) -> Option<Vec<u32>> {
     match value {
         None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]),
-        Some(Value::Array(items)) => items.iter().map(|v| v.as_u64().map(|n| n as u32)).collect(),
+        // ids past u32 are refused, not wrapped
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).map(|n| vec![n]),
+        Some(Value::Array(items)) => items.iter().map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
         Some(_) => None,
     }
 }

@@ -9,7 +9,7 @@
 
 use super::decoder::{DecoderConfig, FusedQkv, Gelu, MlpKind, NormKind, Positions, QkvNames, TensorNames};
 use super::llama::norm_eps;
-use crate::io::hf_config::HfConfig;
+use crate::io::hf_config::{HfConfig, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use anyhow::{Result, bail};
 
 // ANCHOR: gpt_bigcode_names
@@ -70,9 +70,9 @@ pub(super) fn gpt_shaped(
 // ANCHOR: gpt_bigcode_config
 pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let path = cfg.path.display();
-    let hidden_size = field(cfg, "n_embd", "hidden_size")?.unwrap_or(768);
-    let heads = field(cfg, "n_head", "num_attention_heads")?.unwrap_or(12);
-    let layers = field(cfg, "n_layer", "num_hidden_layers")?.unwrap_or(12);
+    let hidden_size = cfg.size("n_embd", field(cfg, "n_embd", "hidden_size")?.unwrap_or(768), MAX_WIDTH)?;
+    let heads = cfg.size("n_head", field(cfg, "n_head", "num_attention_heads")?.unwrap_or(12), MAX_HEADS)?;
+    let layers = cfg.size("n_layer", field(cfg, "n_layer", "num_hidden_layers")?.unwrap_or(12), MAX_LAYERS)?;
     if heads == 0 || hidden_size % heads != 0 {
         bail!("{path}: field `n_embd` ({hidden_size}) must be a multiple of `n_head` ({heads})");
     }
@@ -81,8 +81,8 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let multi_query = cfg.opt_bool("multi_query")?.unwrap_or(true);
     let (kv_heads, groups) = if multi_query { (1, 1) } else { (heads, heads) };
     let scale = if cfg.opt_bool("scale_attn_weights")?.unwrap_or(true) { 1.0 / (head_dim as f32).sqrt() } else { 1.0 };
-    let vocab = cfg.opt_usize("vocab_size")?.unwrap_or(50_257);
-    let intermediate = cfg.opt_usize("n_inner")?.unwrap_or(4 * hidden_size); // null: 4·hidden
+    let vocab = cfg.size("vocab_size", cfg.opt_usize("vocab_size")?.unwrap_or(50_257), MAX_VOCAB)?;
+    let intermediate = cfg.size("n_inner", cfg.opt_usize("n_inner")?.unwrap_or(4 * hidden_size), MAX_WIDTH)?; // null: 4·hidden
     let gelu = gelu(cfg, "activation_function", "gelu_pytorch_tanh")?;
     let eps = norm_eps(cfg, "layer_norm_epsilon", 1e-5)?;
     let mut c = gpt_shaped(cfg, (vocab, hidden_size, intermediate, layers, heads, kv_heads), gelu, eps)?;

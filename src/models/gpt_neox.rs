@@ -7,7 +7,7 @@
 use super::decoder::{DecoderConfig, FusedQkv, Positions, QkvNames, Residual, TensorNames};
 use super::gpt_bigcode::{gelu, gpt_shaped};
 use super::llama::{head_shape, norm_eps};
-use crate::io::hf_config::HfConfig;
+use crate::io::hf_config::{HfConfig, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use anyhow::{Result, bail};
 
 // ANCHOR: gpt_neox_names
@@ -43,14 +43,21 @@ pub(super) fn rotary_dims(cfg: &HfConfig, head_dim: usize, fraction: f64, field:
 
 // ANCHOR: gpt_neox_config
 pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
-    let hidden_size = cfg.usize("hidden_size")?;
-    let layers = cfg.usize("num_hidden_layers")?;
+    let hidden_size = cfg.size("hidden_size", cfg.usize("hidden_size")?, MAX_WIDTH)?;
+    let layers = cfg.size("num_hidden_layers", cfg.usize("num_hidden_layers")?, MAX_LAYERS)?;
     let (heads, _, head_dim) = head_shape(cfg, hidden_size, None)?;
     let (rope, fraction) = cfg.partial_rope(10_000.0, "rotary_emb_base", "rotary_pct", 0.25)?;
     let dims = rotary_dims(cfg, head_dim, fraction, "rotary_pct")?;
     let attention_bias = cfg.opt_bool("attention_bias")?.unwrap_or(true);
     let parallel = cfg.opt_bool("use_parallel_residual")?.unwrap_or(true);
-    let shape = (cfg.usize("vocab_size")?, hidden_size, cfg.usize("intermediate_size")?, layers, heads, heads);
+    let shape = (
+        cfg.size("vocab_size", cfg.usize("vocab_size")?, MAX_VOCAB)?,
+        hidden_size,
+        cfg.size("intermediate_size", cfg.usize("intermediate_size")?, MAX_WIDTH)?,
+        layers,
+        heads,
+        heads,
+    );
     let mut c = gpt_shaped(cfg, shape, gelu(cfg, "hidden_act", "gelu")?, norm_eps(cfg, "layer_norm_eps", 1e-5)?)?;
     c.head_dim = head_dim;
     c.attention.fused_qkv = Some(FusedQkv { groups: heads }); // `view(heads, 3·d)`: one group per head

@@ -7,7 +7,7 @@
 //!   x = h + down_proj(silu(gate_proj(n₂(h))) ⊙ up_proj(n₂(h)))
 
 use super::decoder::{Attention, DecoderConfig, MlpKind, NormKind, Positions, QkvNames, Residual, TensorNames};
-use crate::io::hf_config::HfConfig;
+use crate::io::hf_config::{HfConfig, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use anyhow::{Result, bail};
 
 // ANCHOR: llama_names
@@ -65,14 +65,14 @@ pub(super) fn head_shape(
     default_head_dim: Option<usize>,
 ) -> Result<(usize, usize, usize)> {
     let path = cfg.path.display();
-    let heads = cfg.usize("num_attention_heads")?;
-    let kv_heads = cfg.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+    let heads = cfg.size("num_attention_heads", cfg.usize("num_attention_heads")?, MAX_HEADS)?;
+    let kv_heads =
+        cfg.size("num_key_value_heads", cfg.opt_usize("num_key_value_heads")?.unwrap_or(heads), MAX_HEADS)?;
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         bail!("{path}: field `num_key_value_heads` ({kv_heads}) must divide `num_attention_heads` ({heads})");
     }
     let head_dim = match cfg.opt_usize("head_dim")?.or(default_head_dim) {
-        Some(0) => bail!("{path}: field `head_dim` must be at least 1"),
-        Some(d) => d,
+        Some(d) => cfg.size("head_dim", d, MAX_WIDTH)?,
         None if hidden_size % heads == 0 => hidden_size / heads,
         None => bail!(
             "{path}: field `hidden_size` ({hidden_size}) is not a multiple of `num_attention_heads` ({heads}) and `head_dim` is not given"
@@ -87,16 +87,16 @@ pub(super) fn head_shape(
 /// tensor names (the caller sets what its architecture changes, and checks its activation).
 pub fn llama_shaped(cfg: &HfConfig, defaults: &DecoderDefaults) -> Result<DecoderConfig> {
     let path = cfg.path.display();
-    let hidden_size = cfg.usize("hidden_size")?;
+    let hidden_size = cfg.size("hidden_size", cfg.usize("hidden_size")?, MAX_WIDTH)?;
     let (heads, kv_heads, head_dim) = head_shape(cfg, hidden_size, defaults.head_dim)?;
     if head_dim % 2 != 0 {
         bail!("{path}: field `head_dim` ({head_dim}) must be even for rotary embeddings");
     }
-    let num_hidden_layers = cfg.usize("num_hidden_layers")?;
+    let num_hidden_layers = cfg.size("num_hidden_layers", cfg.usize("num_hidden_layers")?, MAX_LAYERS)?;
     Ok(DecoderConfig {
-        vocab_size: cfg.usize("vocab_size")?,
+        vocab_size: cfg.size("vocab_size", cfg.usize("vocab_size")?, MAX_VOCAB)?,
         hidden_size,
-        intermediate_size: cfg.usize("intermediate_size")?,
+        intermediate_size: cfg.size("intermediate_size", cfg.usize("intermediate_size")?, MAX_WIDTH)?,
         num_hidden_layers,
         num_attention_heads: heads,
         num_key_value_heads: kv_heads,

@@ -28,6 +28,9 @@ pub const NAMES: TensorNames = TensorNames {
 const DEFAULTS: DecoderDefaults =
     DecoderDefaults { max_position_embeddings: 4096 * 32, tie_word_embeddings: false, head_dim: None };
 
+/// Far beyond any released mixture (DeepSeek-V2: 160 routed experts).
+pub(super) const MAX_EXPERTS: usize = 1 << 12;
+
 /// `num_experts_per_tok` of `experts`, both at least 1.
 pub(super) fn top_k(cfg: &HfConfig, experts: usize, default: usize) -> Result<usize> {
     let k = cfg.opt_usize("num_experts_per_tok")?.unwrap_or(default);
@@ -56,7 +59,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     c.norm_eps = norm_eps(cfg, "rms_norm_eps", 1e-5)?;
     c.positions = Positions::Rotary { rope: cfg.rope(1e6)?, dims: c.head_dim };
     c.attention.windows = vec![sliding_window(cfg)?; c.num_hidden_layers]; // absent or null: no window
-    let experts = cfg.opt_usize("num_local_experts")?.unwrap_or(8);
+    let experts = cfg.size("num_local_experts", cfg.opt_usize("num_local_experts")?.unwrap_or(8), MAX_EXPERTS)?;
     if cfg.opt_f64("router_jitter_noise")?.is_some_and(|j| j > 0.0) {
         eprintln!("notice: {}: `router_jitter_noise` is ignored: training routes without jitter", cfg.path.display());
     }

@@ -80,3 +80,43 @@ pub fn ignored_dropouts(cfg: &HfConfig) -> Result<Vec<(&'static str, f64)>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: serde_json::Value) -> Result<DecoderConfig> {
+        let cfg = HfConfig { path: "x/config.json".into(), json: json.as_object().unwrap().clone() };
+        decoder_config(&cfg)
+    }
+
+    /// Sizes out of range are one-line errors naming the field and its range, checked before anything is
+    /// allocated from them; token ids past u32 are refused, not wrapped.
+    #[test]
+    fn sizes_and_ids_out_of_range_name_the_field() {
+        let base = |model_type: &str| {
+            serde_json::json!({"model_type": model_type, "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "n_embd": 16, "n_layer": 2, "n_head": 4, "rotary_pct": 0.5})
+        };
+        let cases: [(&str, &str, serde_json::Value, &str); 8] = [
+            ("llama", "num_hidden_layers", serde_json::json!(1_000_000_000_000u64), "allowed: 1 to 1024"),
+            ("llama", "num_hidden_layers", serde_json::json!(0), "allowed: 1 to 1024"),
+            ("mistral", "hidden_size", serde_json::json!(0), "`hidden_size` is 0"),
+            ("qwen2", "vocab_size", serde_json::json!(1u64 << 40), "`vocab_size`"),
+            ("gpt_bigcode", "n_layer", serde_json::json!(1u64 << 30), "`n_layer`"),
+            ("gpt_neox", "intermediate_size", serde_json::json!(0), "`intermediate_size`"),
+            ("llama", "eos_token_id", serde_json::json!(1u64 << 32), "below 2³²"),
+            ("llama", "rms_norm_eps", serde_json::json!(-1e-6), "`rms_norm_eps` is -0.000001"),
+        ];
+        for (model_type, field, value, want) in cases {
+            let mut json = base(model_type);
+            json[field] = value;
+            let err = config(json).unwrap_err().to_string();
+            assert!(err.starts_with("x/config.json: field `") && err.contains(want), "{model_type} {field}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        let mut json = base("llama");
+        json["rope_theta"] = serde_json::json!(-10.0);
+        assert!(config(json).unwrap_err().to_string().contains("`rope_theta` is -10"));
+    }
+}

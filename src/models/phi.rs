@@ -7,7 +7,7 @@ use super::decoder::{DecoderConfig, Positions, QkvNames, Residual, TensorNames};
 use super::gpt_bigcode::{gelu, gpt_shaped};
 use super::gpt_neox::rotary_dims;
 use super::llama::{head_shape, norm_eps};
-use crate::io::hf_config::HfConfig;
+use crate::io::hf_config::{HfConfig, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 use anyhow::{Result, bail};
 
 // ANCHOR: phi_names
@@ -31,8 +31,8 @@ pub const NAMES: TensorNames = TensorNames {
 
 // ANCHOR: phi_config
 pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
-    let hidden_size = cfg.usize("hidden_size")?;
-    let layers = cfg.usize("num_hidden_layers")?;
+    let hidden_size = cfg.size("hidden_size", cfg.usize("hidden_size")?, MAX_WIDTH)?;
+    let layers = cfg.size("num_hidden_layers", cfg.usize("num_hidden_layers")?, MAX_LAYERS)?;
     // PhiConfig has no head_dim: heads are hidden / num_attention_heads wide
     if cfg.opt_usize("head_dim")?.is_some() {
         bail!(
@@ -43,7 +43,14 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let (heads, kv_heads, head_dim) = head_shape(cfg, hidden_size, None)?;
     let (rope, fraction) = cfg.partial_rope(10_000.0, "rope_theta", "partial_rotary_factor", 0.5)?;
     let dims = rotary_dims(cfg, head_dim, fraction, "partial_rotary_factor")?;
-    let shape = (cfg.usize("vocab_size")?, hidden_size, cfg.usize("intermediate_size")?, layers, heads, kv_heads);
+    let shape = (
+        cfg.size("vocab_size", cfg.usize("vocab_size")?, MAX_VOCAB)?,
+        hidden_size,
+        cfg.size("intermediate_size", cfg.usize("intermediate_size")?, MAX_WIDTH)?,
+        layers,
+        heads,
+        kv_heads,
+    );
     let mut c = gpt_shaped(cfg, shape, gelu(cfg, "hidden_act", "gelu_new")?, norm_eps(cfg, "layer_norm_eps", 1e-5)?)?;
     c.head_dim = head_dim;
     c.attention.qk_norm = cfg.opt_bool("qk_layernorm")?.unwrap_or(false);

@@ -5,7 +5,7 @@
 
 use super::decoder::{DecoderConfig, Moe, MoeNames, RouterSpec, Selection, TensorNames};
 use super::llama::NAMES as LLAMA_NAMES;
-use super::mixtral::{aux_loss_coef, top_k};
+use super::mixtral::{MAX_EXPERTS, aux_loss_coef, top_k};
 use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
 
@@ -30,6 +30,9 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let mut c = super::qwen2::config_from_hf(cfg)?;
     c.attention.qkv_bias = cfg.opt_bool("qkv_bias")?.unwrap_or(true);
     let experts = cfg.opt_usize("num_experts")?.unwrap_or(60);
+    if experts > MAX_EXPERTS {
+        bail!("{path}: field `num_experts` is {experts}; allowed: 0 to {MAX_EXPERTS}");
+    }
     let step = cfg.opt_usize("decoder_sparse_step")?.unwrap_or(1);
     if step == 0 {
         bail!("{path}: field `decoder_sparse_step` must be at least 1");
@@ -53,9 +56,20 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
                 scaling: 1.0,
                 selection: Selection::Greedy,
             },
-            expert_intermediate_size: cfg.opt_usize("moe_intermediate_size")?.unwrap_or(1408),
+            expert_intermediate_size: cfg.size(
+                "moe_intermediate_size",
+                cfg.opt_usize("moe_intermediate_size")?.unwrap_or(1408),
+                crate::io::hf_config::MAX_WIDTH,
+            )?,
             sparse_layers,
-            shared_expert: Some((cfg.opt_usize("shared_expert_intermediate_size")?.unwrap_or(5632), true)),
+            shared_expert: Some((
+                cfg.size(
+                    "shared_expert_intermediate_size",
+                    cfg.opt_usize("shared_expert_intermediate_size")?.unwrap_or(5632),
+                    crate::io::hf_config::MAX_WIDTH,
+                )?,
+                true,
+            )),
             aux_loss_coef: aux_loss_coef(cfg)?,
         });
         c.names = NAMES;
