@@ -172,6 +172,10 @@ mod launch_tests {
             include_str!("attention.rs"),
             include_str!("fused_qkv.rs"),
             include_str!("row_scale.rs"),
+            include_str!("optim.rs"),
+            include_str!("quant4.rs"),
+            include_str!("norms.rs"),
+            include_str!("rope.rs"),
         ] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));

@@ -15,7 +15,7 @@ pub mod blas;
 pub mod kernels;
 
 use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
-use crate::quant::{Absmax, Quantized4bit};
+use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
 use anyhow::{Context, Result, anyhow};
 use cudarc::cublas::CudaBlas;
@@ -137,6 +137,10 @@ macro_rules! launch {
 
 mod attention; // the attention launches: segment tables, tiled or per-key kernels by head_dim
 mod fused_qkv; // a fused q/k/v projection's column split and join
+mod norms; // the norms' backward rows and the column sums of their weight gradients
+mod optim; // the clipping norm's partial sums and the AdamW update
+mod quant4; // 4-bit blocks on the device and their dequantization
+mod rope; // RoPE's rotation, forward and backward
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
 
 fn int(n: usize, what: &str) -> i32 {
@@ -212,84 +216,6 @@ impl Cuda {
         launch!(self, name, elementwise_grid(a.len()), &mut out.data, &a.data, &b.data, &n);
         out
     }
-
-    /// The backward of RMSNorm or LayerNorm (one block per row, the same arguments) → (dx, the per-row terms
-    /// of ∂L/∂w that `column_sum` adds up).
-    fn norm_backward_rows(
-        &self,
-        layer_norm: bool,
-        dy: &CudaTensor,
-        x: &CudaTensor,
-        weight: &CudaTensor,
-        eps: f32,
-    ) -> (CudaTensor, CudaTensor) {
-        let kernel = if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" };
-        Self::same_shape(dy, x, kernel);
-        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
-        let hidden = int(x.cols, "hidden");
-        launch!(
-            self,
-            kernel,
-            row_grid(x.rows),
-            &mut dx.data,
-            &mut dw_rows.data,
-            &dy.data,
-            &x.data,
-            &weight.data,
-            &hidden,
-            &eps
-        );
-        (dx, dw_rows)
-    }
-
-    /// Column sums of a [rows, cols] matrix → [1, cols]: partial sums over chunks of 64 rows in parallel, then
-    /// the sum of the partials (one level more when there are many chunks).
-    fn column_sum(&self, x: &CudaTensor) -> CudaTensor {
-        const ROWS_PER_CHUNK: usize = 64;
-        let chunks = x.rows.div_ceil(ROWS_PER_CHUNK).max(1);
-        let mut out = self.tensor(chunks, x.cols);
-        let (rows, cols, per) = (int(x.rows, "rows"), int(x.cols, "cols"), ROWS_PER_CHUNK as i32);
-        let blocks = x.cols.div_ceil(THREADS as usize).max(1) as u32;
-        let cfg =
-            LaunchConfig { grid_dim: (blocks, chunks as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "column_sum", cfg, &mut out.data, &x.data, &rows, &cols, &per);
-        if chunks == 1 { out } else { self.column_sum(&out) }
-    }
-
-    fn rope_rotate(
-        &self,
-        x: &CudaTensor,
-        heads: usize,
-        head_dim: usize,
-        positions: &[usize],
-        inv_freq: &[f32],
-        direction: f32,
-    ) -> CudaTensor {
-        assert_eq!(x.cols, heads * head_dim, "rope: columns ≠ heads · head_dim");
-        assert_eq!(positions.len(), x.rows, "rope: one position per row");
-        // the first 2·len(ω) entries of each head rotate, the rest (partial rotary) are copied
-        assert!(2 * inv_freq.len() <= head_dim, "rope: {} frequencies for heads of {head_dim}", inv_freq.len());
-        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let (pos, freq) = (self.to_device(&positions), self.to_device(inv_freq));
-        let mut y = self.tensor(x.rows, x.cols);
-        let (t, h, d, half) =
-            (int(x.rows, "tokens"), int(heads, "heads"), int(head_dim, "head_dim"), int(inv_freq.len(), "rotary"));
-        launch!(
-            self,
-            "rope",
-            elementwise_grid(x.rows * heads * (head_dim - inv_freq.len())), // a thread per pair or copied entry
-            &mut y.data,
-            &x.data,
-            &pos,
-            &freq,
-            &t,
-            &h,
-            &d,
-            &half,
-            &direction
-        );
-        y
-    }
 }
 
 // ANCHOR: cuda_backend
@@ -321,48 +247,10 @@ impl Backend for Cuda {
         CudaTensor { data, rows, cols }
     }
     fn upload_4bit(&self, q: &Quantized4bit) -> CudaPacked {
-        let packed = self.to_device(&q.packed);
-        let code = self.to_device(q.quant_type.code());
-        let absmax = match &q.absmax {
-            Absmax::Plain(a) => self.to_device(a),
-            Absmax::Double(dq) => {
-                let codes = self.to_device(&dq.codes);
-                let nested = self.to_device(&dq.nested_absmax);
-                let map = self.to_device(&dq.nested_quant_map);
-                let mut absmax = self.alloc(dq.codes.len());
-                let blocks = int(dq.codes.len(), "blocks");
-                launch!(
-                    self,
-                    "decode_double_quant",
-                    elementwise_grid(dq.codes.len()),
-                    &mut absmax,
-                    &codes,
-                    &nested,
-                    &map,
-                    &dq.offset,
-                    &blocks
-                );
-                absmax
-            }
-        };
-        CudaPacked { packed, absmax, code }
+        self.upload_packed(q)
     }
     fn dequantize_4bit(&self, host: &Quantized4bit, p: &CudaPacked) -> CudaTensor {
-        let [rows, cols] = host.shape;
-        let mut w = self.tensor(rows, cols);
-        let (n, blocksize) = ((rows * cols) as i64, int(host.blocksize, "blocksize"));
-        launch!(
-            self,
-            "dequantize_4bit",
-            elementwise_grid(rows * cols),
-            &mut w.data,
-            &p.packed,
-            &p.absmax,
-            &p.code,
-            &n,
-            &blocksize
-        );
-        w
+        self.dequantize_packed(host, p)
     }
 
     fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> CudaTensor {
@@ -657,13 +545,7 @@ impl Backend for Cuda {
     }
 
     fn sum_squares(&self, t: &CudaTensor) -> f64 {
-        let n = t.len();
-        let blocks = n.div_ceil(THREADS as usize).clamp(1, 1024);
-        let mut partial = self.alloc(blocks);
-        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let n = n as i64;
-        launch!(self, "sum_squares", cfg, &mut partial, &t.data, &n);
-        self.to_host(&partial).iter().take(blocks).map(|&x| x as f64).sum()
+        self.squared_norm(t)
     }
     fn adamw_update(
         &self,
@@ -673,27 +555,7 @@ impl Backend for Cuda {
         v: &mut CudaTensor,
         k: &AdamWScalars,
     ) {
-        Self::same_shape(p, g, "adamw_update");
-        Self::same_shape(p, m, "adamw_update");
-        Self::same_shape(p, v, "adamw_update");
-        let n = p.len() as i64;
-        launch!(
-            self,
-            "adamw",
-            elementwise_grid(p.len()),
-            &mut p.data,
-            &g.data,
-            &mut m.data,
-            &mut v.data,
-            &n,
-            &k.decay_factor,
-            &k.one_minus_beta1,
-            &k.beta2,
-            &k.one_minus_beta2,
-            &k.bias_correction2_sqrt,
-            &k.eps,
-            &k.neg_step_size
-        );
+        self.adamw_step(p, g, m, v, k)
     }
 }
 
