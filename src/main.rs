@@ -36,7 +36,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Continue a prompt (greedy by default), with a KV cache.
     Generate(GenerateArgs),
-    /// pass@k on HumanEval-format problems: sample completions (or read them), run each problem's tests.
+    /// pass@k on HumanEval-format problems: sample completions (or read them), run each problem's tests in
+    /// a sandbox (see `eval --help` for what it isolates).
     Eval(EvalArgs),
     /// Describe a model directory: architecture, parameters, dtypes, tokenizer.
     Info(InfoArgs),
@@ -192,12 +193,27 @@ struct GenerateArgs {
     device: DeviceArgs,
 }
 
+/// What `eval --help` says about the sandbox (the book's "Measuring code generation" says the same).
+const SANDBOX_HELP: &str = "\
+Sandbox (Linux): each program runs in a fresh temporary directory (its working directory, removed after),
+in a session and process group of its own that is killed as a whole at the time limit and whenever mftcoder
+exits, with an empty environment (PATH, HOME and TMPDIR only), stdin closed after a token, stdout and stderr
+drained into bounded buffers, and limits set before exec: address space (--memory-mb), CPU seconds
+(timeout + 1), file size 16 MiB, 32 processes, 256 open files, no core dumps. Where the kernel allows it
+(unprivileged user namespaces, or root): no network (a network namespace of its own) and no other process
+visible or signallable (a PID namespace). With Landlock (Linux 5.13+): file writes only inside its directory;
+6.7+ also no TCP; 6.12+ no signals out. Not isolated: reading any file this user can read, and whatever the
+kernel does not grant; eval says once on stderr what is missing. A sample passes only when its `check`
+returned: an exit code alone (sys.exit(0) included) never passes.";
+
 #[derive(Args)]
+#[command(after_help = SANDBOX_HELP)]
 struct EvalArgs {
     /// HumanEval-format jsonl: `task_id`, `prompt`, `test`, `entry_point`.
     #[arg(long)]
     problems: PathBuf,
-    /// Allow running model-generated Python on this machine (required: the code is untrusted).
+    /// Allow running model-generated Python on this machine, in the sandbox described below (required: the
+    /// code is untrusted).
     #[arg(long)]
     execute: bool,
     /// Score these completions (jsonl `task_id`, `completion`) instead of generating.
@@ -227,9 +243,12 @@ struct EvalArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Seconds one program may run before it counts as failed.
+    /// Seconds one program may run before it counts as timed out.
     #[arg(long, default_value_t = 10.0)]
     timeout_s: f64,
+    /// Address space one program may use, in MiB (RLIMIT_AS).
+    #[arg(long, default_value_t = 2048)]
+    memory_mb: u64,
     #[arg(long, default_value = "python3")]
     python: String,
     /// Write one JSON line per sample: task_id, completion, program, outcome.
@@ -385,14 +404,22 @@ fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
     use mftcoder::infer::humaneval::{self, Outcome};
-    use std::io::Write;
     if !args.execute {
         bail!("`eval` runs model-generated Python on this machine; pass --execute to allow it");
+    }
+    if !(args.timeout_s > 0.0 && args.timeout_s <= 86400.0) {
+        bail!("--timeout-s must be between 0 and 86400 seconds (exclusive of 0), got {}", args.timeout_s);
+    }
+    if !(64..=1 << 20).contains(&args.memory_mb) {
+        bail!("--memory-mb must be between 64 and 1048576, got {}", args.memory_mb);
     }
     let problems = humaneval::load_problems(&args.problems)?;
     if let Some(&k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
         bail!("--k {k} must be between 1 and --samples ({})", args.samples);
     }
+    let limits =
+        mftcoder::infer::sandbox::Limits::new(std::time::Duration::from_secs_f64(args.timeout_s), args.memory_mb << 20);
+    let mut executor = humaneval::Executor::new(&args.python, limits)?;
     let samples = match &args.completions {
         Some(path) => humaneval::load_completions(path, &problems)?,
         None => {
@@ -404,22 +431,19 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
             )?
         }
     };
-    let mut out = match &args.out {
-        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?),
-        None => None,
-    };
-    let timeout = std::time::Duration::from_secs_f64(args.timeout_s);
+    let mut lines = String::new(); // --out is written whole at the end: never a partial file
     let mut tally = vec![(0usize, 0usize); problems.len()]; // (samples, passed)
     for sample in &samples {
         let (i, problem) = (sample.problem, &problems[sample.problem]);
-        let outcome = humaneval::run_tests(&args.python, problem, &sample.program, timeout)?;
+        let outcome = executor.run(problem, &sample.program)?;
         tally[i].0 += 1;
         tally[i].1 += usize::from(outcome == Outcome::Passed);
-        if let Some(f) = out.as_mut() {
-            let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
-                "program": sample.program, "outcome": outcome});
-            writeln!(f, "{line}")?;
-        }
+        let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
+            "program": sample.program, "outcome": outcome});
+        lines += &format!("{line}\n");
+    }
+    if let Some(path) = &args.out {
+        mftcoder::io::write_atomic(path, lines.as_bytes())?;
     }
     let passed: usize = tally.iter().map(|t| t.1).sum();
     println!("{} problems, {} samples, {passed} passed", problems.len(), samples.len());
