@@ -25,6 +25,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Load checkpoints whose weights hold NaN or ∞ (with a warning per tensor) instead of refusing them.
+    #[arg(long, global = true)]
+    allow_non_finite_weights: bool,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +130,10 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// When `output_dir` holds another run (another config, base model or data), remove that run's files
+    /// and start over instead of stopping (transformers' `overwrite_output_dir`).
+    #[arg(long)]
+    overwrite_output_dir: bool,
 }
 
 #[derive(Args)]
@@ -275,6 +282,7 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     mftcoder::runtime::tune_allocator();
     let cli = Cli::parse();
+    mftcoder::io::safetensors::allow_non_finite_weights(cli.allow_non_finite_weights);
     let result = match cli.command {
         Command::Demo(args) => mftcoder::demo::run(args),
         Command::Forward(args) => forward(args),
@@ -540,7 +548,8 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
     if let Some(precision) = &args.device.precision {
         cfg.precision = precision.clone();
     }
-    let options = trainer::RunOptions { quiet: args.quiet };
+    let options =
+        trainer::RunOptions { quiet: args.quiet, pretrain, overwrite_output_dir: args.overwrite_output_dir };
     let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), train_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
@@ -564,7 +573,8 @@ fn dpo_cmd(args: TrainArgs) -> Result<()> {
     if let Some(precision) = &args.device.precision {
         cfg.precision = precision.clone();
     }
-    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, args.quiet))?;
+    let options = trainer::RunOptions { quiet: args.quiet, pretrain: false, overwrite_output_dir: args.overwrite_output_dir };
+    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
         eprintln!(
@@ -575,8 +585,8 @@ fn dpo_cmd(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn dpo_on<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) -> Result<preference::PreferenceReport> {
-    preference::train_preference(b, cfg, quiet)
+fn dpo_on<B: Backend>(b: &B, cfg: &PreferenceConfig, options: trainer::RunOptions) -> Result<preference::PreferenceReport> {
+    preference::train_preference(b, cfg, options)
 }
 
 fn bench_cmd(args: BenchCmd) -> Result<()> {

@@ -242,3 +242,72 @@ fn ordinary_verdicts_match_human_eval() {
         );
     }
 }
+
+/// Start an eval of one looping completion (time limit 60 s) and wait until its program runs.
+fn start_looping_eval(scratch: &Scratch) -> std::process::Child {
+    let (p, c) = (scratch.0.join("problems.jsonl"), scratch.0.join("completions.jsonl"));
+    std::fs::write(&p, ADD).unwrap();
+    let looping = "    import os\n    if os.fork() == 0:\n        os.setsid()\n    while True:\n        pass\n";
+    std::fs::write(&c, format!("{}\n", serde_json::json!({"task_id": "T/0", "completion": looping}))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mftcoder"))
+        .args(["eval", "--execute", "--problems", p.to_str().unwrap(), "--completions", c.to_str().unwrap()])
+        .args(["--timeout-s", "60", "--out", scratch.0.join("out.jsonl").to_str().unwrap()])
+        .env("TMPDIR", scratch.tmp())
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while processes_under(&scratch.tmp()).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the program never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Wait (at most 2 s) until nothing runs under the scratch TMPDIR any more.
+fn assert_processes_gone(scratch: &Scratch) {
+    let t0 = Instant::now();
+    while !processes_under(&scratch.tmp()).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(2), "left behind: {:?}", processes_under(&scratch.tmp()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_to_eval_kill_the_program_and_remove_its_directory() {
+    if !have_python() {
+        return;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let scratch = Scratch::new(&format!("signal-{sig}"));
+        let child = start_looping_eval(&scratch);
+        let t0 = Instant::now();
+        // SAFETY: signals the eval process this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:.2} s", t0.elapsed().as_secs_f64());
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("interrupted by signal"), "{err}");
+        assert_processes_gone(&scratch);
+        assert!(std::fs::read_dir(scratch.tmp()).unwrap().next().is_none(), "the run's directory is left");
+        assert!(!scratch.0.join("out.jsonl").exists(), "a partial --out");
+    }
+}
+
+#[test]
+fn sigkill_to_eval_still_kills_the_program_and_the_next_eval_removes_its_directory() {
+    if !have_python() {
+        return;
+    }
+    let scratch = Scratch::new("sigkill");
+    let mut child = start_looping_eval(&scratch);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_processes_gone(&scratch); // the guard's parent-death signal
+    let e = eval(&scratch, ADD, &[("T/0", "    return a + b\n")], &[]); // asserts that tmp/ is empty after
+    assert_eq!(kind(&e.outcomes[0]), "passed");
+}
