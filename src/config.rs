@@ -369,8 +369,26 @@ fn range_text(field: &str) -> Option<String> {
     }
     REAL_RANGES.iter().find(|r| r.0 == field).map(|&(f, lo, hi, lo_in)| {
         let close = if f == "lora_dropout" { ")" } else { "]" };
-        format!("a number in {}{lo}, {hi:e}{close}", if lo_in { "[" } else { "(" })
+        format!("a number in {}{}, {}{close}", if lo_in { "[" } else { "(" }, show(lo), show(hi))
     })
+}
+
+/// A number as a person writes it: 0.05, 4096, 1e39, 3.403e38.
+fn show(x: f64) -> String {
+    if x == 0.0 || (1e-4..1e7).contains(&x.abs()) {
+        return x.to_string();
+    }
+    let s = format!("{x:.3e}");
+    let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+    format!("{}e{exponent}", mantissa.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// A JSON value in a message (numbers as [`show`] writes them).
+fn show_json(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if v.is_number() => show(x),
+        _ => v.to_string(),
+    }
 }
 
 /// `field` holds an integer in its range.
@@ -388,7 +406,7 @@ pub fn check_real(field: &str, v: f64) -> Result<()> {
     let above_low = if lo_in { v >= lo } else { v > lo };
     let below_high = if field == "lora_dropout" { v < hi } else { v <= hi };
     if !(v.is_finite() && above_low && below_high) {
-        bail!("field `{field}` is {v}; allowed: {}", range_text(field).unwrap_or_default());
+        bail!("field `{field}` is {}; allowed: {}", show(v), range_text(field).unwrap_or_default());
     }
     Ok(())
 }
@@ -414,7 +432,7 @@ pub fn from_fields<T: serde::de::DeserializeOwned>(map: serde_json::Map<String, 
                 let one = serde_json::Map::from_iter([(key.clone(), value.clone())]);
                 if let Err(e) = serde_json::from_value::<T>(Value::Object(one)) {
                     return Err(match range_text(key) {
-                        Some(range) => anyhow!("field `{key}` is {value}; allowed: {range}"),
+                        Some(range) => anyhow!("field `{key}` is {}; allowed: {range}", show_json(value)),
                         None => anyhow!("field `{key}`: {e}"),
                     });
                 }

@@ -548,8 +548,7 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
     if let Some(precision) = &args.device.precision {
         cfg.precision = precision.clone();
     }
-    let options =
-        trainer::RunOptions { quiet: args.quiet, pretrain, overwrite_output_dir: args.overwrite_output_dir };
+    let options = trainer::RunOptions { quiet: args.quiet, pretrain, overwrite_output_dir: args.overwrite_output_dir };
     let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), train_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
@@ -573,7 +572,8 @@ fn dpo_cmd(args: TrainArgs) -> Result<()> {
     if let Some(precision) = &args.device.precision {
         cfg.precision = precision.clone();
     }
-    let options = trainer::RunOptions { quiet: args.quiet, pretrain: false, overwrite_output_dir: args.overwrite_output_dir };
+    let options =
+        trainer::RunOptions { quiet: args.quiet, pretrain: false, overwrite_output_dir: args.overwrite_output_dir };
     let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
@@ -585,7 +585,11 @@ fn dpo_cmd(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn dpo_on<B: Backend>(b: &B, cfg: &PreferenceConfig, options: trainer::RunOptions) -> Result<preference::PreferenceReport> {
+fn dpo_on<B: Backend>(
+    b: &B,
+    cfg: &PreferenceConfig,
+    options: trainer::RunOptions,
+) -> Result<preference::PreferenceReport> {
     preference::train_preference(b, cfg, options)
 }
 

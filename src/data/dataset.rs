@@ -218,7 +218,9 @@ pub fn encode_file(
                     ));
                 }
                 Ok(Line::Cut(e, bytes)) => {
-                    warn(format!("a record of {bytes} bytes, far beyond seq_length; cut to {limit} bytes before tokenizing"));
+                    warn(format!(
+                        "a record of {bytes} bytes, far beyond seq_length; cut to {limit} bytes before tokenizing"
+                    ));
                     each(e);
                 }
                 Err(_) if skip_bad => *bad += 1,

@@ -80,7 +80,8 @@ impl WeightStore {
         shards.dedup();
         // before anything is opened: every shard is a relative path that stays inside the directory
         if let Some(bad) = shards.iter().find(|s| {
-            s.is_empty() || !Path::new(s.as_str()).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            s.is_empty()
+                || !Path::new(s.as_str()).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         }) {
             bail!("{}: shard `{bad}` is outside the model directory (shards must be paths inside it)", index.display());
         }

@@ -56,7 +56,8 @@ impl Tokenizer {
             }
             // after the last line break that a non-blank character follows (whitespace runs stay whole)
             let window = &rest.as_bytes()[..cut];
-            let line_end = (1..window.len()).rev().find(|&i| window[i - 1] == b'\n' && !window[i].is_ascii_whitespace());
+            let line_end =
+                (1..window.len()).rev().find(|&i| window[i - 1] == b'\n' && !window[i].is_ascii_whitespace());
             let cut = line_end.unwrap_or(cut);
             ids.extend(self.encode_fast(&rest[..cut], false)?);
             rest = &rest[cut..];

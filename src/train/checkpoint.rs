@@ -255,3 +255,26 @@ pub fn check_writable(output_dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saving_limit_removes_only_checkpoints_of_the_same_run() {
+        let dir = std::env::temp_dir().join(format!("mftcoder-saving-limit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (step, run) in [(1, Some("other")), (2, Some("me")), (3, Some("me")), (4, None), (5, Some("me"))] {
+            let d = dir.join(format!("step_{step}"));
+            std::fs::create_dir_all(&d).unwrap();
+            if let Some(run) = run {
+                std::fs::write(d.join(CHECKPOINT_RUN_FILE), run).unwrap();
+            }
+        }
+        let removed = enforce_saving_limit(&dir, 1, None, 5, "me").unwrap();
+        assert_eq!(removed, vec![dir.join("step_2"), dir.join("step_3")]);
+        let left: Vec<usize> = step_checkpoints(&dir).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![1, 4, 5], "another run's and an untagged checkpoint stay");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

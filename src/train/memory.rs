@@ -68,7 +68,10 @@ pub fn check_training_memory(cfg: &TrainConfig, longest: usize, lora_rank: Optio
 
 /// The same for `dpo`: the logits of one answer of `max_length` tokens (both answers of a pair are alive
 /// at once) and the adapters.
-pub fn check_preference_memory(cfg: &crate::train::preference::PreferenceConfig, lora_rank: Option<usize>) -> Result<()> {
+pub fn check_preference_memory(
+    cfg: &crate::train::preference::PreferenceConfig,
+    lora_rank: Option<usize>,
+) -> Result<()> {
     let shape = Shape::read(&cfg.pretrained_model_path);
     let (t, f) = (cfg.max_length as f64, 4.0);
     let mut bytes = 2.0 * (2.0 * t * shape.vocab * f + t * t * f + t * shape.hidden * shape.layers * f);
@@ -86,7 +89,12 @@ mod tests {
 
     #[test]
     fn the_estimate_grows_with_what_a_step_holds() {
-        let cfg = TrainConfig { seq_length: 1023, per_device_train_batch_size: 2, per_device_eval_batch_size: 1, ..TrainConfig::default() };
+        let cfg = TrainConfig {
+            seq_length: 1023,
+            per_device_train_batch_size: 2,
+            per_device_eval_batch_size: 1,
+            ..TrainConfig::default()
+        };
         let shape = Shape { hidden: 64.0, layers: 2.0, vocab: 100.0 };
         let base = training_bytes(&cfg, shape, 0, None);
         assert_eq!(base, 2.0 * 1024.0 * 9.0, "only the padded rows");

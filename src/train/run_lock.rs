@@ -22,14 +22,17 @@ pub const CHECKPOINT_RUN_FILE: &str = "mftcoder_run_id";
 
 // ANCHOR: run_lock
 /// The exclusive lock on an output directory, released (and its file removed) when dropped or when the
-/// process dies.
+/// process dies. A directory the run created and left without a checkpoint (it failed before the first)
+/// is removed with it: a failed start leaves nothing behind.
 pub struct RunLock {
     path: PathBuf,
     file: File,
+    created: Option<PathBuf>,
 }
 
 impl RunLock {
     pub fn acquire(output_dir: &Path) -> Result<Self> {
+        let created = (!output_dir.exists()).then(|| output_dir.to_path_buf());
         std::fs::create_dir_all(output_dir)
             .with_context(|| format!("{}: cannot create the output directory", output_dir.display()))?;
         let path = output_dir.join(LOCK_FILE);
@@ -53,20 +56,22 @@ impl RunLock {
                 );
             }
             // the holder we locked out may have removed the file just before we locked it: lock the new one
-            let same = std::fs::metadata(&path).is_ok_and(|m| {
-                file.metadata().is_ok_and(|f| f.ino() == m.ino() && f.dev() == m.dev())
-            });
+            let same = std::fs::metadata(&path)
+                .is_ok_and(|m| file.metadata().is_ok_and(|f| f.ino() == m.ino() && f.dev() == m.dev()));
             if !same {
                 continue;
             }
             if let Some(pid) = holder.filter(|&p| p != std::process::id()) {
-                eprintln!("note: {}: taking over the lock of process {pid}, which is no longer running", output_dir.display());
+                eprintln!(
+                    "note: {}: taking over the lock of process {pid}, which is no longer running",
+                    output_dir.display()
+                );
             }
             file.set_len(0)?;
             file.rewind()?;
             writeln!(file, "{}", std::process::id())?;
             file.flush()?;
-            return Ok(RunLock { path, file });
+            return Ok(RunLock { path, file, created });
         }
     }
 }
@@ -75,6 +80,14 @@ impl Drop for RunLock {
     fn drop(&mut self) {
         // remove the file while still holding the lock, so nobody locks an unlinked file (see `acquire`)
         let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.created {
+            let only_the_record = std::fs::read_dir(dir)
+                .map(|entries| entries.flatten().all(|e| e.file_name() == RUN_FILE || e.file_name() == "metrics.jsonl"))
+                .unwrap_or(false);
+            if only_the_record && std::fs::metadata(dir.join("metrics.jsonl")).map_or(true, |m| m.len() == 0) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         // SAFETY: unlock our own descriptor (closing it would too).
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
@@ -94,7 +107,8 @@ pub struct RunRecord {
 }
 
 /// Config fields that may differ between a run and its resume.
-const RESUMABLE_CHANGES: &[&str] = &["output_dir", "tb_dir", "device", "precision", "auto_resume", "resume_from_checkpoint"];
+const RESUMABLE_CHANGES: &[&str] =
+    &["output_dir", "tb_dir", "device", "precision", "auto_resume", "resume_from_checkpoint"];
 
 impl RunRecord {
     /// This run's record: `config` is the config serialised; `field_order` the order to compare fields in.
@@ -116,7 +130,10 @@ impl RunRecord {
     /// How `self` (this run) differs from `earlier`, in `field_order`: the first difference, as a phrase.
     fn first_difference(&self, earlier: &RunRecord, field_order: &[&str]) -> Option<String> {
         if self.command != earlier.command {
-            return Some(format!("it was written by `mftcoder {}`, this is `mftcoder {}`", earlier.command, self.command));
+            return Some(format!(
+                "it was written by `mftcoder {}`, this is `mftcoder {}`",
+                earlier.command, self.command
+            ));
         }
         let mut fields: Vec<&str> = field_order.to_vec();
         fields.extend(self.config.keys().chain(earlier.config.keys()).map(String::as_str));
@@ -142,7 +159,12 @@ impl RunRecord {
 /// there (the same one), start a new run in an empty directory, or — with `overwrite` — remove the previous
 /// run's files and start over. Anything else is an error naming the first difference. Returns this run's
 /// record (with the recorded run id when it is the same run), already written.
-pub fn claim_output_dir(output_dir: &Path, mut run: RunRecord, field_order: &[&str], overwrite: bool) -> Result<RunRecord> {
+pub fn claim_output_dir(
+    output_dir: &Path,
+    mut run: RunRecord,
+    field_order: &[&str],
+    overwrite: bool,
+) -> Result<RunRecord> {
     let path = output_dir.join(RUN_FILE);
     let earlier: Option<RunRecord> = match std::fs::read_to_string(&path) {
         Ok(text) => Some(serde_json::from_str(&text).with_context(|| format!("{}: not a run record", path.display()))?),
@@ -150,7 +172,10 @@ pub fn claim_output_dir(output_dir: &Path, mut run: RunRecord, field_order: &[&s
     };
     let previous_files = run_artifacts(output_dir)?;
     let hint = "pass --overwrite-output-dir to discard it and start over, or choose another output_dir";
+    let trained = previous_files.iter().any(|p| p.file_name().is_some_and(|n| n != RUN_FILE));
     match &earlier {
+        // a recorded run that never wrote anything (it failed at its start) is no run to protect
+        Some(_) if !trained => {}
         Some(e) => match run.first_difference(e, field_order) {
             None => run.run_id = e.run_id.clone(),
             Some(_) if overwrite => remove_previous_run(output_dir, &previous_files)?,
@@ -174,7 +199,9 @@ fn run_artifacts(output_dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(output_dir).with_context(|| format!("{}: cannot list", output_dir.display()))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let numbered = |prefix: &str| name.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let numbered = |prefix: &str| {
+            name.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
         let ours = numbered("step_")
             || numbered("epoch_")
             || numbered("checkpoint-")
@@ -195,7 +222,11 @@ fn remove_previous_run(output_dir: &Path, files: &[PathBuf]) -> Result<()> {
         let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
         removed.with_context(|| format!("{}: cannot remove", path.display()))?;
     }
-    eprintln!("note: {}: --overwrite-output-dir: removed {} files of the previous run", output_dir.display(), files.len());
+    eprintln!(
+        "note: {}: --overwrite-output-dir: removed {} files of the previous run",
+        output_dir.display(),
+        files.len()
+    );
     Ok(())
 }
 
@@ -359,15 +390,23 @@ mod tests {
         let out = dir.join("out");
         std::fs::create_dir_all(&out).unwrap();
         let record = |lr: f64| {
-            RunRecord::new("train", serde_json::json!({"learning_rate": lr, "output_dir": "x"}), &model, &[data.clone()])
-                .unwrap()
+            RunRecord::new(
+                "train",
+                serde_json::json!({"learning_rate": lr, "output_dir": "x"}),
+                &model,
+                &[data.clone()],
+            )
+            .unwrap()
         };
         let first = claim_output_dir(&out, record(1e-3), &["learning_rate"], false).unwrap();
         std::fs::create_dir_all(out.join("step_5")).unwrap();
         let again = claim_output_dir(&out, record(1e-3), &["learning_rate"], false).unwrap();
         assert_eq!(again.run_id, first.run_id, "the same run keeps its id");
         let err = claim_output_dir(&out, record(2e-3), &["learning_rate"], false).unwrap_err().to_string();
-        assert!(err.contains("field `learning_rate` was 0.001, is now 0.002") && err.contains("--overwrite-output-dir"), "{err}");
+        assert!(
+            err.contains("field `learning_rate` was 0.001, is now 0.002") && err.contains("--overwrite-output-dir"),
+            "{err}"
+        );
         std::fs::write(&data, "{\"text\": \"b\"}\n").unwrap();
         let err = claim_output_dir(&out, record(1e-3), &[], false).unwrap_err().to_string();
         assert!(err.contains("the data files changed"), "{err}");

@@ -189,14 +189,23 @@ impl PreferenceConfig {
             check_real(field, v)?;
         }
         if self.max_steps == 0 || self.max_steps < -1 || self.max_steps > 1 << 40 {
-            bail!("field `max_steps` is {}; allowed: -1 (num_train_epochs decides) or an integer from 1 to {}", self.max_steps, 1u64 << 40);
+            bail!(
+                "field `max_steps` is {}; allowed: -1 (num_train_epochs decides) or an integer from 1 to {}",
+                self.max_steps,
+                1u64 << 40
+            );
         }
         if self.max_length <= self.max_prompt_length {
-            bail!("field `max_length` must exceed `max_prompt_length` ({} ≤ {})", self.max_length, self.max_prompt_length);
+            bail!(
+                "field `max_length` must exceed `max_prompt_length` ({} ≤ {})",
+                self.max_length,
+                self.max_prompt_length
+            );
         }
-        self.data_split.split(',').try_for_each(|s| s.trim().parse::<f64>().map(drop)).map_err(|_| {
-            anyhow!("field `data_split` must be comma-separated numbers, got `{}`", self.data_split)
-        })?;
+        self.data_split
+            .split(',')
+            .try_for_each(|s| s.trim().parse::<f64>().map(drop))
+            .map_err(|_| anyhow!("field `data_split` must be comma-separated numbers, got `{}`", self.data_split))?;
         Ok(())
     }
 

@@ -109,7 +109,9 @@ pub fn load_pairs(cfg: &PreferenceConfig, tok: &Tokenizer, eos: u32) -> Result<V
             };
             let mut texts = pair_texts(&chosen, &rejected).map_err(|e| anyhow!("{path}:{line_no}: {e}"))?;
             if cut_far_beyond(&mut texts, LongRecords::for_tokens(cfg.max_length + 1, true).limit) {
-                eprintln!("warning: {path}:{line_no}: a pair far beyond max_length; its texts are cut before tokenizing");
+                eprintln!(
+                    "warning: {path}:{line_no}: a pair far beyond max_length; its texts are cut before tokenizing"
+                );
             }
             pairs.push(pair_ids(tok, eos, &texts, cfg.max_prompt_length, cfg.max_length)?);
         }
