@@ -327,6 +327,7 @@ impl TrainConfig {
     }
 }
 
+// ANCHOR: ranges
 /// The allowed range of every integer field a config may give (shared with `dpo`'s config): each bound is
 /// what the code can run, not a taste — e.g. `seq_length` 2²⁰ keeps one padded batch row addressable and
 /// is checked against memory before training.
@@ -362,6 +363,7 @@ pub const REAL_RANGES: &[(&str, f64, f64, bool)] = &[
     ("beta", 0.0, 1e6, false),
     ("rpo_alpha", 0.0, 1e6, true),
 ];
+// ANCHOR_END: ranges
 
 fn range_text(field: &str) -> Option<String> {
     if let Some((_, lo, hi)) = INT_RANGES.iter().find(|r| r.0 == field) {

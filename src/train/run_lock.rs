@@ -246,8 +246,9 @@ pub fn fingerprint(paths: &[PathBuf]) -> Result<String> {
         let mut files = Vec::new();
         collect(root, &mut files)?;
         files.sort();
+        let base = if root.is_dir() { root.as_path() } else { root.parent().unwrap_or(Path::new("")) };
         for file in files {
-            h.bytes(file.strip_prefix(root).unwrap_or(&file).to_string_lossy().as_bytes());
+            h.bytes(file.strip_prefix(base).unwrap_or(&file).to_string_lossy().as_bytes());
             h.bytes(&[0]);
             hash_contents(&file, &mut h).with_context(|| format!("{}: cannot read", file.display()))?;
         }
@@ -257,7 +258,20 @@ pub fn fingerprint(paths: &[PathBuf]) -> Result<String> {
 // ANCHOR_END: fingerprint
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let Ok(meta) = std::fs::metadata(path) else {
+        // a Megatron prefix (`data/code` for `data/code_input_ids.bin` and `.idx`): the files it begins
+        let (dir, stem) = (path.parent().unwrap_or(Path::new(".")), path.file_name().unwrap_or_default());
+        let before = out.len();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().as_encoded_bytes().starts_with(stem.as_encoded_bytes()) && entry.path().is_file() {
+                out.push(entry.path());
+            }
+        }
+        if out.len() == before {
+            bail!("{}: no such file, directory or prefix", path.display());
+        }
+        return Ok(());
+    };
     if meta.is_file() {
         out.push(path.to_path_buf());
         return Ok(());
