@@ -425,9 +425,7 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     if let Some(&k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
         bail!("--k {k} must be between 1 and --samples ({})", args.samples);
     }
-    let limits =
-        mftcoder::infer::sandbox::Limits::new(std::time::Duration::from_secs_f64(args.timeout_s), args.memory_mb << 20);
-    let mut executor = humaneval::Executor::new(&args.python, limits)?;
+    let python = mftcoder::infer::sandbox::resolve_python(&args.python)?; // before a long sampling run
     let samples = match &args.completions {
         Some(path) => humaneval::load_completions(path, &problems)?,
         None => {
@@ -439,6 +437,9 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
             )?
         }
     };
+    let limits =
+        mftcoder::infer::sandbox::Limits::new(std::time::Duration::from_secs_f64(args.timeout_s), args.memory_mb << 20);
+    let mut executor = humaneval::Executor::new(python, limits); // from here on Ctrl-C stops the run in progress
     let mut lines = String::new(); // --out is written whole at the end: never a partial file
     let mut tally = vec![(0usize, 0usize); problems.len()]; // (samples, passed)
     for sample in &samples {

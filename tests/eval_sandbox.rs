@@ -43,10 +43,10 @@ impl Drop for Scratch {
 fn processes_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-            if cwd.starts_with(dir) {
-                found.push(format!("{} (cwd {})", entry.file_name().to_string_lossy(), cwd.display()));
-            }
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
+            && cwd.starts_with(dir)
+        {
+            found.push(format!("{} (cwd {})", entry.file_name().to_string_lossy(), cwd.display()));
         }
     }
     found
@@ -310,4 +310,22 @@ fn sigkill_to_eval_still_kills_the_program_and_the_next_eval_removes_its_directo
     assert_processes_gone(&scratch); // the guard's parent-death signal
     let e = eval(&scratch, ADD, &[("T/0", "    return a + b\n")], &[]); // asserts that tmp/ is empty after
     assert_eq!(kind(&e.outcomes[0]), "passed");
+}
+
+#[test]
+fn bad_limits_are_one_line_errors() {
+    let scratch = Scratch::new("bad-limits");
+    let p = scratch.0.join("problems.jsonl");
+    std::fs::write(&p, ADD).unwrap();
+    for (flag, value) in [("--timeout-s", "-1"), ("--timeout-s", "NaN"), ("--timeout-s", "inf"), ("--memory-mb", "10")]
+    {
+        let out = Command::new(env!("CARGO_BIN_EXE_mftcoder"))
+            .args(["eval", "--execute", "--problems", p.to_str().unwrap(), "--completions", p.to_str().unwrap()])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.trim_end().lines().count() == 1 && err.contains(flag) && !err.contains("panicked"), "{err}");
+    }
 }

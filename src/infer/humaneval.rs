@@ -214,9 +214,9 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(python: &str, limits: Limits) -> Result<Self> {
-        let python = sandbox::resolve_python(python)?;
-        Ok(Executor { python, limits, noticed: false, _interrupts: InterruptGuard::install() })
+    /// `python`: an interpreter's own path, as [`sandbox::resolve_python`] finds it.
+    pub fn new(python: PathBuf, limits: Limits) -> Self {
+        Executor { python, limits, noticed: false, _interrupts: InterruptGuard::install() }
     }
 
     pub fn run(&mut self, problem: &Problem, program: &str) -> Result<Outcome> {

@@ -157,19 +157,19 @@ impl WeightStore {
         let (path, view) = self.view(name)?;
         let data =
             bytes_to_f32(view.dtype(), view.data()).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
-        if self.check_finite {
-            if let Some(first) = data.iter().position(|v| !v.is_finite()) {
-                let n = data.iter().filter(|v| !v.is_finite()).count();
-                let what = format!(
-                    "{}: tensor `{name}` holds {n} non-finite values (the first, at index {first}, is {})",
-                    path.display(),
-                    data[first]
-                );
-                if !ALLOW_NON_FINITE.load(Ordering::Relaxed) {
-                    bail!("{what}; refusing to load it (--allow-non-finite-weights loads it anyway)");
-                }
-                eprintln!("warning: {what}; loading it anyway (--allow-non-finite-weights)");
+        if self.check_finite
+            && let Some(first) = data.iter().position(|v| !v.is_finite())
+        {
+            let n = data.iter().filter(|v| !v.is_finite()).count();
+            let what = format!(
+                "{}: tensor `{name}` holds {n} non-finite values (the first, at index {first}, is {})",
+                path.display(),
+                data[first]
+            );
+            if !ALLOW_NON_FINITE.load(Ordering::Relaxed) {
+                bail!("{what}; refusing to load it (--allow-non-finite-weights loads it anyway)");
             }
+            eprintln!("warning: {what}; loading it anyway (--allow-non-finite-weights)");
         }
         Ok(ArrayD::from_shape_vec(IxDyn(view.shape()), data)?)
     }

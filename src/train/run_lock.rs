@@ -408,7 +408,7 @@ mod tests {
                 "train",
                 serde_json::json!({"learning_rate": lr, "output_dir": "x"}),
                 &model,
-                &[data.clone()],
+                std::slice::from_ref(&data),
             )
             .unwrap()
         };
