@@ -200,21 +200,8 @@ struct GenerateArgs {
     device: DeviceArgs,
 }
 
-/// What `eval --help` says about the sandbox (the book's "Measuring code generation" says the same).
-const SANDBOX_HELP: &str = "\
-Sandbox (Linux): each program runs in a fresh temporary directory (its working directory, removed after),
-in a session and process group of its own that is killed as a whole at the time limit and whenever mftcoder
-exits, with an empty environment (PATH, HOME and TMPDIR only), stdin closed after a token, stdout and stderr
-drained into bounded buffers, and limits set before exec: address space (--memory-mb), CPU seconds
-(timeout + 1), file size 16 MiB, 32 processes, 256 open files, no core dumps. Where the kernel allows it
-(unprivileged user namespaces, or root): no network (a network namespace of its own) and no other process
-visible or signallable (a PID namespace). With Landlock (Linux 5.13+): file writes only inside its directory;
-6.7+ also no TCP; 6.12+ no signals out. Not isolated: reading any file this user can read, and whatever the
-kernel does not grant; eval says once on stderr what is missing. A sample passes only when its `check`
-returned: an exit code alone (sys.exit(0) included) never passes.";
-
 #[derive(Args)]
-#[command(after_help = SANDBOX_HELP)]
+#[command(after_help = mftcoder::infer::sandbox::HELP)]
 struct EvalArgs {
     /// HumanEval-format jsonl: `task_id`, `prompt`, `test`, `entry_point`.
     #[arg(long)]
@@ -411,7 +398,7 @@ fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    use mftcoder::infer::humaneval::{self, Outcome};
+    use mftcoder::infer::humaneval;
     if !args.execute {
         bail!("`eval` runs model-generated Python on this machine; pass --execute to allow it");
     }
@@ -440,17 +427,7 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     let limits =
         mftcoder::infer::sandbox::Limits::new(std::time::Duration::from_secs_f64(args.timeout_s), args.memory_mb << 20);
     let mut executor = humaneval::Executor::new(python, limits); // from here on Ctrl-C stops the run in progress
-    let mut lines = String::new(); // --out is written whole at the end: never a partial file
-    let mut tally = vec![(0usize, 0usize); problems.len()]; // (samples, passed)
-    for sample in &samples {
-        let (i, problem) = (sample.problem, &problems[sample.problem]);
-        let outcome = executor.run(problem, &sample.program)?;
-        tally[i].0 += 1;
-        tally[i].1 += usize::from(outcome == Outcome::Passed);
-        let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
-            "program": sample.program, "outcome": outcome});
-        lines += &format!("{line}\n");
-    }
+    let (tally, lines) = humaneval::score(&mut executor, &problems, &samples)?;
     if let Some(path) = &args.out {
         mftcoder::io::write_atomic(path, lines.as_bytes())?;
     }

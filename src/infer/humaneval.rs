@@ -258,6 +258,26 @@ pub fn verdict(done: &Finished) -> Outcome {
 }
 // ANCHOR_END: run_tests
 
+/// Run every sample's tests: per problem (samples, passed), and one JSON line per sample (task_id,
+/// completion, program, outcome) for `--out`.
+pub fn score(
+    executor: &mut Executor,
+    problems: &[Problem],
+    samples: &[Sample],
+) -> Result<(Vec<(usize, usize)>, String)> {
+    let (mut tally, mut lines) = (vec![(0usize, 0usize); problems.len()], String::new());
+    for sample in samples {
+        let problem = &problems[sample.problem];
+        let outcome = executor.run(problem, &sample.program)?;
+        tally[sample.problem].0 += 1;
+        tally[sample.problem].1 += usize::from(outcome == Outcome::Passed);
+        let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
+            "program": sample.program, "outcome": outcome});
+        lines += &format!("{line}\n");
+    }
+    Ok((tally, lines))
+}
+
 /// pass@k over problems: the mean over problems of each one's estimate (problems with fewer than k samples
 /// are an error).
 pub fn mean_pass_at_k(passed: &[(usize, usize)], k: usize) -> Result<f64> {
