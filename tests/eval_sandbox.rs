@@ -81,6 +81,7 @@ fn eval(scratch: &Scratch, problems: &str, completions: &[(&str, &str)], extra: 
         .output()
         .unwrap();
     let elapsed = started.elapsed();
+    eprintln!("{}: eval of {} samples in {:.2} s", scratch.0.display(), completions.len(), elapsed.as_secs_f64());
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert_eq!(run.status.code(), Some(0), "eval did not finish cleanly: {:?}\n{stderr}", run.status);
     let outcomes = std::fs::read_to_string(&out)
@@ -289,6 +290,7 @@ fn sigterm_and_sigint_to_eval_kill_the_program_and_remove_its_directory() {
         unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("signal {sig}: eval exited {:.3} s after it", t0.elapsed().as_secs_f64());
         assert!(t0.elapsed() < Duration::from_secs(1), "{:.2} s", t0.elapsed().as_secs_f64());
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("interrupted by signal"), "{err}");
