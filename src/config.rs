@@ -6,12 +6,12 @@
 //! names it and suggests the nearest valid one.
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// `mftcoder train` / `mftcoder pretrain` configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TrainConfig {
     #[serde(deserialize_with = "string_list")]
@@ -165,8 +165,9 @@ const IGNORED_FIELDS: &[&str] = &[
     "data_weights",
 ];
 
-/// Every field `TrainConfig` reads, for the unknown-field check.
-const KNOWN_FIELDS: &[&str] = &[
+/// Every field `TrainConfig` reads, in declaration order (the unknown-field check; the order a resumed run's
+/// config is compared in).
+pub const KNOWN_FIELDS: &[&str] = &[
     "data_paths",
     "output_dir",
     "tb_dir",
@@ -253,12 +254,44 @@ impl TrainConfig {
                 bail!("field `{required}` is required");
             }
         }
-        let config: TrainConfig = serde_json::from_value(Value::Object(map)).map_err(|e| anyhow!("{e}"))?;
+        let config: TrainConfig = from_fields(map)?;
         config.validate()?;
         Ok(LoadedConfig { config, notices })
     }
 
+    // ANCHOR: validate
     fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("seq_length", self.seq_length),
+            ("num_train_epochs", self.num_train_epochs),
+            ("lora_rank", self.lora_rank),
+            ("coba_history_length", self.coba_history_length),
+            ("coba_update_interval", self.coba_update_interval),
+            ("coba_sample_valid_num", self.coba_sample_valid_num),
+            ("early_stopping_stall_num", self.early_stopping_stall_num),
+            ("max_train_steps", self.max_train_steps.unwrap_or(1)),
+        ] {
+            check_int(field, v)?;
+        }
+        for (field, v) in [
+            ("learning_rate", self.learning_rate),
+            ("min_lr", self.min_lr),
+            ("weight_decay", self.weight_decay),
+            ("num_warmup_steps", self.num_warmup_steps),
+            ("lora_alpha", self.lora_alpha),
+            ("lora_dropout", self.lora_dropout),
+            ("coba_tau", self.coba_tau),
+            ("gradient_clipping", self.gradient_clipping),
+        ] {
+            check_real(field, v)?;
+        }
+        if let Some(weights) = &self.task_weights {
+            check_task_weights(weights)?;
+        }
+        self.data_split.parse::<crate::data::DataSplit>().map_err(|e| anyhow!("field `data_split`: {e}"))?;
         let one_of = |field: &str, value: &str, allowed: &[&str]| -> Result<()> {
             if allowed.contains(&value) {
                 Ok(())
@@ -277,28 +310,12 @@ impl TrainConfig {
         if let Some(p) = &self.peft_type {
             one_of("peft_type", p, &["lora", "qlora"])?;
         }
-        for (field, v) in [
-            ("per_device_train_batch_size", self.per_device_train_batch_size),
-            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
-            ("seq_length", self.seq_length),
-            ("num_train_epochs", self.num_train_epochs),
-        ] {
-            if v == 0 {
-                bail!("field `{field}` must be at least 1");
-            }
-        }
         if self.data_paths.is_empty() {
             bail!("field `data_paths` names no path");
         }
-        if !(self.learning_rate > 0.0) || self.min_lr < 0.0 {
-            bail!("field `learning_rate` must be positive and `min_lr` non-negative");
-        }
-        if self.num_warmup_steps < 0.0 {
-            bail!("field `num_warmup_steps` must not be negative");
-        }
         Ok(())
     }
+    // ANCHOR_END: validate
 
     /// Warm-up in optimizer steps: an integer as given, or a fraction of `total_steps` (MFTCoder's rule).
     pub fn warmup_steps(&self, total_steps: usize) -> usize {
@@ -306,6 +323,123 @@ impl TrainConfig {
             (total_steps as f64 * self.num_warmup_steps) as usize
         } else {
             self.num_warmup_steps as usize
+        }
+    }
+}
+
+// ANCHOR: ranges
+/// The allowed range of every integer field a config may give (shared with `dpo`'s config): each bound is
+/// what the code can run, not a taste — e.g. `seq_length` 2²⁰ keeps one padded batch row addressable and
+/// is checked against memory before training.
+pub const INT_RANGES: &[(&str, usize, usize)] = &[
+    ("per_device_train_batch_size", 1, 65_536),
+    ("per_device_eval_batch_size", 1, 65_536),
+    ("gradient_accumulation_steps", 1, 65_536),
+    ("seq_length", 1, 1 << 20),
+    ("num_train_epochs", 1, 1_000_000),
+    ("lora_rank", 1, 65_536),
+    ("coba_history_length", 1, 1_000_000),
+    ("coba_update_interval", 1, 1_000_000),
+    ("coba_sample_valid_num", 1, 1_000),
+    ("early_stopping_stall_num", 1, 1_000_000),
+    ("max_train_steps", 1, 1 << 40),
+    ("max_prompt_length", 1, 1 << 20),
+    ("max_length", 2, 1 << 20),
+];
+
+/// The allowed range of every real field: (field, low, high, low included). f32's largest value bounds
+/// what the optimizer computes in.
+pub const REAL_RANGES: &[(&str, f64, f64, bool)] = &[
+    ("learning_rate", 0.0, f32::MAX as f64, false),
+    ("min_lr", 0.0, f32::MAX as f64, true),
+    ("weight_decay", 0.0, 10.0, true),
+    ("num_warmup_steps", 0.0, 1e12, true),
+    ("warmup_steps", 0.0, 1e12, true),
+    ("lora_alpha", 0.0, 1e6, false),
+    ("lora_dropout", 0.0, 1.0, true), // below 1: a dropout of 1 keeps nothing
+    ("coba_tau", 0.0, 1e6, false),
+    ("gradient_clipping", 0.0, f32::MAX as f64, true),
+    ("max_grad_norm", 0.0, f32::MAX as f64, true),
+    ("beta", 0.0, 1e6, false),
+    ("rpo_alpha", 0.0, 1e6, true),
+];
+// ANCHOR_END: ranges
+
+fn range_text(field: &str) -> Option<String> {
+    if let Some((_, lo, hi)) = INT_RANGES.iter().find(|r| r.0 == field) {
+        return Some(format!("an integer from {lo} to {hi}"));
+    }
+    REAL_RANGES.iter().find(|r| r.0 == field).map(|&(f, lo, hi, lo_in)| {
+        let close = if f == "lora_dropout" { ")" } else { "]" };
+        format!("a number in {}{}, {}{close}", if lo_in { "[" } else { "(" }, show(lo), show(hi))
+    })
+}
+
+/// A number as a person writes it: 0.05, 4096, 1e39, 3.403e38.
+fn show(x: f64) -> String {
+    if x == 0.0 || (1e-4..1e7).contains(&x.abs()) {
+        return x.to_string();
+    }
+    let s = format!("{x:.3e}");
+    let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+    format!("{}e{exponent}", mantissa.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// A JSON value in a message (numbers as [`show`] writes them).
+fn show_json(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if v.is_number() => show(x),
+        _ => v.to_string(),
+    }
+}
+
+/// `field` holds an integer in its range.
+pub fn check_int(field: &str, v: usize) -> Result<()> {
+    let &(_, lo, hi) = INT_RANGES.iter().find(|r| r.0 == field).expect("a field with a range");
+    if v < lo || v > hi {
+        bail!("field `{field}` is {v}; allowed: {}", range_text(field).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `field` holds a finite real in its range.
+pub fn check_real(field: &str, v: f64) -> Result<()> {
+    let &(_, lo, hi, lo_in) = REAL_RANGES.iter().find(|r| r.0 == field).expect("a field with a range");
+    let above_low = if lo_in { v >= lo } else { v > lo };
+    let below_high = if field == "lora_dropout" { v < hi } else { v <= hi };
+    if !(v.is_finite() && above_low && below_high) {
+        bail!("field `{field}` is {}; allowed: {}", show(v), range_text(field).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Task weights: finite, not negative, not all zero.
+pub fn check_task_weights(weights: &[f64]) -> Result<()> {
+    if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !(w.is_finite() && **w >= 0.0)) {
+        bail!("field `task_weights` has {w} at position {}; allowed: finite numbers ≥ 0, not all 0", i + 1);
+    }
+    if !weights.is_empty() && weights.iter().all(|&w| w == 0.0) {
+        bail!("field `task_weights` is all 0; allowed: finite numbers ≥ 0, not all 0");
+    }
+    Ok(())
+}
+
+/// Deserialize a config object; a value of the wrong type is named by its field (serde's own message does
+/// not say which field), with the allowed range when the field has one.
+pub fn from_fields<T: serde::de::DeserializeOwned>(map: serde_json::Map<String, Value>) -> Result<T> {
+    match serde_json::from_value::<T>(Value::Object(map.clone())) {
+        Ok(config) => Ok(config),
+        Err(whole) => {
+            for (key, value) in &map {
+                let one = serde_json::Map::from_iter([(key.clone(), value.clone())]);
+                if let Err(e) = serde_json::from_value::<T>(Value::Object(one)) {
+                    return Err(match range_text(key) {
+                        Some(range) => anyhow!("field `{key}` is {}; allowed: {range}", show_json(value)),
+                        None => anyhow!("field `{key}`: {e}"),
+                    });
+                }
+            }
+            Err(anyhow!("{whole}"))
         }
     }
 }

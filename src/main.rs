@@ -25,6 +25,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Load checkpoints whose weights hold NaN or ∞ (with a warning per tensor) instead of refusing them.
+    #[arg(long, global = true)]
+    allow_non_finite_weights: bool,
 }
 
 #[derive(Subcommand)]
@@ -36,7 +39,8 @@ enum Command {
     Forward(ForwardArgs),
     /// Continue a prompt (greedy by default), with a KV cache.
     Generate(GenerateArgs),
-    /// pass@k on HumanEval-format problems: sample completions (or read them), run each problem's tests.
+    /// pass@k on HumanEval-format problems: sample completions (or read them), run each problem's tests in
+    /// a sandbox (see `eval --help` for what it isolates).
     Eval(EvalArgs),
     /// Describe a model directory: architecture, parameters, dtypes, tokenizer.
     Info(InfoArgs),
@@ -126,6 +130,10 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// When `output_dir` holds another run (another config, base model or data), remove that run's files
+    /// and start over instead of stopping (transformers' `overwrite_output_dir`).
+    #[arg(long)]
+    overwrite_output_dir: bool,
 }
 
 #[derive(Args)]
@@ -193,11 +201,13 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = mftcoder::infer::sandbox::HELP)]
 struct EvalArgs {
     /// HumanEval-format jsonl: `task_id`, `prompt`, `test`, `entry_point`.
     #[arg(long)]
     problems: PathBuf,
-    /// Allow running model-generated Python on this machine (required: the code is untrusted).
+    /// Allow running model-generated Python on this machine, in the sandbox described below (required: the
+    /// code is untrusted).
     #[arg(long)]
     execute: bool,
     /// Score these completions (jsonl `task_id`, `completion`) instead of generating.
@@ -227,9 +237,12 @@ struct EvalArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Seconds one program may run before it counts as failed.
+    /// Seconds one program may run before it counts as timed out.
     #[arg(long, default_value_t = 10.0)]
     timeout_s: f64,
+    /// Address space one program may use, in MiB (RLIMIT_AS).
+    #[arg(long, default_value_t = 2048)]
+    memory_mb: u64,
     #[arg(long, default_value = "python3")]
     python: String,
     /// Write one JSON line per sample: task_id, completion, program, outcome.
@@ -256,6 +269,7 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     mftcoder::runtime::tune_allocator();
     let cli = Cli::parse();
+    mftcoder::io::safetensors::allow_non_finite_weights(cli.allow_non_finite_weights);
     let result = match cli.command {
         Command::Demo(args) => mftcoder::demo::run(args),
         Command::Forward(args) => forward(args),
@@ -384,15 +398,21 @@ fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    use mftcoder::infer::humaneval::{self, Outcome};
-    use std::io::Write;
+    use mftcoder::infer::humaneval;
     if !args.execute {
         bail!("`eval` runs model-generated Python on this machine; pass --execute to allow it");
+    }
+    if !(args.timeout_s > 0.0 && args.timeout_s <= 86400.0) {
+        bail!("--timeout-s must be between 0 and 86400 seconds (exclusive of 0), got {}", args.timeout_s);
+    }
+    if !(64..=1 << 20).contains(&args.memory_mb) {
+        bail!("--memory-mb must be between 64 and 1048576, got {}", args.memory_mb);
     }
     let problems = humaneval::load_problems(&args.problems)?;
     if let Some(&k) = args.k.iter().find(|&&k| k == 0 || k > args.samples) {
         bail!("--k {k} must be between 1 and --samples ({})", args.samples);
     }
+    let python = mftcoder::infer::sandbox::resolve_python(&args.python)?; // before a long sampling run
     let samples = match &args.completions {
         Some(path) => humaneval::load_completions(path, &problems)?,
         None => {
@@ -404,22 +424,12 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
             )?
         }
     };
-    let mut out = match &args.out {
-        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?),
-        None => None,
-    };
-    let timeout = std::time::Duration::from_secs_f64(args.timeout_s);
-    let mut tally = vec![(0usize, 0usize); problems.len()]; // (samples, passed)
-    for sample in &samples {
-        let (i, problem) = (sample.problem, &problems[sample.problem]);
-        let outcome = humaneval::run_tests(&args.python, problem, &sample.program, timeout)?;
-        tally[i].0 += 1;
-        tally[i].1 += usize::from(outcome == Outcome::Passed);
-        if let Some(f) = out.as_mut() {
-            let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
-                "program": sample.program, "outcome": outcome});
-            writeln!(f, "{line}")?;
-        }
+    let limits =
+        mftcoder::infer::sandbox::Limits::new(std::time::Duration::from_secs_f64(args.timeout_s), args.memory_mb << 20);
+    let mut executor = humaneval::Executor::new(python, limits); // from here on Ctrl-C stops the run in progress
+    let (tally, lines) = humaneval::score(&mut executor, &problems, &samples)?;
+    if let Some(path) = &args.out {
+        mftcoder::io::write_atomic(path, lines.as_bytes())?;
     }
     let passed: usize = tally.iter().map(|t| t.1).sum();
     println!("{} problems, {} samples, {passed} passed", problems.len(), samples.len());
@@ -530,7 +540,7 @@ fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
     if let Some(precision) = &args.device.precision {
         cfg.precision = precision.clone();
     }
-    let options = trainer::RunOptions { quiet: args.quiet };
+    let options = trainer::RunOptions { quiet: args.quiet, pretrain, overwrite_output_dir: args.overwrite_output_dir };
     let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), train_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
@@ -554,7 +564,9 @@ fn dpo_cmd(args: TrainArgs) -> Result<()> {
     if let Some(precision) = &args.device.precision {
         cfg.precision = precision.clone();
     }
-    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, args.quiet))?;
+    let options =
+        trainer::RunOptions { quiet: args.quiet, pretrain: false, overwrite_output_dir: args.overwrite_output_dir };
+    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, options))?;
     eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
     if let Some(last) = report.evaluations.last() {
         eprintln!(
@@ -565,8 +577,12 @@ fn dpo_cmd(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn dpo_on<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) -> Result<preference::PreferenceReport> {
-    preference::train_preference(b, cfg, quiet)
+fn dpo_on<B: Backend>(
+    b: &B,
+    cfg: &PreferenceConfig,
+    options: trainer::RunOptions,
+) -> Result<preference::PreferenceReport> {
+    preference::train_preference(b, cfg, options)
 }
 
 fn bench_cmd(args: BenchCmd) -> Result<()> {

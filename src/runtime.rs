@@ -33,3 +33,28 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Memory the kernel could give this process now without swapping out others' pages (Linux: `MemAvailable`
+/// plus `SwapFree` of /proc/meminfo), for the checks made before large allocations.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
+/// Stop with a one-line error when `what` needs more memory than is available (`bytes` is a lower bound of
+/// what it will allocate); nothing is allocated to find out.
+pub fn ensure_memory(what: &str, bytes: f64) -> anyhow::Result<()> {
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    match available_bytes() {
+        Some(available) if bytes > available as f64 => anyhow::bail!(
+            "{what} needs at least {:.1} GiB of memory; {:.1} GiB are available",
+            gib(bytes),
+            gib(available as f64)
+        ),
+        _ => Ok(()),
+    }
+}

@@ -189,3 +189,87 @@ fn tokenize_writes_mmididx_that_reads_back_identically() {
     assert!(!dir.join("b_input_ids.bin").exists() && !dir.join("b_input_ids.idx").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Run `mftcoder encode` and return its output with its peak resident memory in bytes (from wait4).
+fn encode_measured(args: &[&str]) -> (Output, u64) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mftcoder"))
+        .arg("encode")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: reaps our own child and fills `usage`.
+    assert_eq!(unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) }, child.id() as i32);
+    let code = std::os::unix::process::ExitStatusExt::from_raw(status);
+    (Output { status: code, stdout: Vec::new(), stderr }, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn a_record_far_beyond_seq_length_is_dropped_or_cut_before_it_is_tokenized() {
+    let dir = temp("huge-record");
+    let body = "def f(x):\n    return x + 1\n".repeat(220_000); // 5.9 MB
+    let huge = serde_json::json!({"prompt": "q", "answer": body}).to_string();
+    let small = serde_json::json!({"prompt": "hi", "answer": "ok"}).to_string();
+    let data = dir.join("t.jsonl");
+    std::fs::write(&data, format!("{huge}\n{small}\n")).unwrap();
+    let out = dir.join("out.jsonl");
+    let (run, peak) =
+        encode_measured(&["--tokenizer", s(&tiny()), "--data", s(&data), "--seq-length", "64", "--out", s(&out)]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("warning: {}:1: a record of {} bytes, far beyond seq_length", s(&data), huge.len())),
+        "{err}"
+    );
+    assert!(err.contains("2 records in 1 files → 1 samples") && err.contains("1 dropped (too long)"), "{err}");
+    // tokenizing the record whole took 1.2 GB; reading its line without tokenizing it costs nothing like it
+    assert!(peak < 200 << 20, "peak resident memory {} MiB", peak >> 20);
+
+    // truncate: cut before tokenizing, and the kept tokens are those of a whole-record truncation
+    let (run, peak) = encode_measured(&[
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        s(&data),
+        "--seq-length",
+        "64",
+        "--truncate",
+        "--out",
+        s(&out),
+    ]);
+    assert!(run.status.success() && peak < 200 << 20, "{} ({} MiB)", String::from_utf8_lossy(&run.stderr), peak >> 20);
+    let short = dir.join("short.jsonl");
+    let head = serde_json::json!({"prompt": "q", "answer": &body[..20_000]}).to_string();
+    std::fs::write(&short, format!("{head}\n{small}\n")).unwrap();
+    let short_out = dir.join("short-out.jsonl");
+    let (run, _) = encode_measured(&[
+        "--tokenizer",
+        s(&tiny()),
+        "--data",
+        s(&short),
+        "--seq-length",
+        "64",
+        "--truncate",
+        "--out",
+        s(&short_out),
+    ]);
+    assert!(run.status.success());
+    let samples = |p: &Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("task");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(samples(&out), samples(&short_out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

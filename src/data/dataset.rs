@@ -139,29 +139,97 @@ pub fn task_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Read a jsonl file and encode its records in parallel, keeping line order. A malformed record is an error
-/// `file:line: problem`, or with `skip_bad` is counted and left out. `each` receives the records in order.
+// ANCHOR: long_records
+/// What to do with a record whose jsonl line is far longer than any sample can be: with `truncate`, cut
+/// its text to `limit` bytes before tokenizing; otherwise drop it unread. Either way it is never tokenized
+/// whole, so memory follows `seq_length`, not the record (a tokenizer takes hundreds of bytes per byte).
+#[derive(Clone, Copy, Debug)]
+pub struct LongRecords {
+    pub limit: usize,
+    pub truncate: bool,
+}
+
+impl LongRecords {
+    /// For samples of `tokens` tokens: 32 bytes of jsonl per token (no tokenizer packs more into one token,
+    /// escapes included), and at least 64 KiB.
+    pub fn for_tokens(tokens: usize, truncate: bool) -> Self {
+        LongRecords { limit: tokens.saturating_mul(32).max(64 << 10), truncate }
+    }
+}
+// ANCHOR_END: long_records
+
+/// How one line came out.
+enum Line {
+    Encoded(Encoded),
+    /// Dropped before parsing: this many bytes.
+    TooLong(usize),
+    /// Cut to the limit before tokenizing.
+    Cut(Encoded, usize),
+}
+
+/// Read a jsonl file (memory-mapped) and encode its records in parallel, keeping line order. A malformed
+/// record is an error `file:line: problem`, or with `skip_bad` is counted and left out. `each` receives the
+/// records in order; records beyond `long` are dropped (counted in `too_long`) or cut, with a warning.
 pub fn encode_file(
     file: &Path,
     encoder: &Encoder,
     skip_bad: bool,
     bad: &mut usize,
+    long: Option<LongRecords>,
+    too_long: &mut usize,
     mut each: impl FnMut(Encoded),
 ) -> Result<()> {
-    let bytes = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
-    let lines: Vec<(usize, &[u8])> = jsonl_lines(&bytes).collect();
+    let handle = std::fs::File::open(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let len = handle.metadata().with_context(|| format!("{}: cannot read", file.display()))?.len();
+    // SAFETY: the map is read-only; a data file rewritten while it is read is outside our contract.
+    let map = if len == 0 { None } else { Some(unsafe { memmap2::Mmap::map(&handle) }?) };
+    let lines: Vec<(usize, &[u8])> = jsonl_lines(map.as_deref().unwrap_or_default()).collect();
+    let mut warned = 0;
     for chunk in lines.chunks(4096) {
-        let encoded: Vec<(usize, Result<Encoded>)> = chunk
+        let encoded: Vec<(usize, Result<Line>)> = chunk
             .par_iter()
-            .map(|&(n, line)| (n, parse_line(line).map_err(anyhow::Error::from).and_then(|r| encoder.encode(&r))))
+            .map(|&(n, line)| {
+                let parsed = || parse_line(line).map_err(anyhow::Error::from);
+                let result = match long {
+                    Some(l) if line.len() > l.limit && !l.truncate => Ok(Line::TooLong(line.len())),
+                    Some(l) if line.len() > l.limit => {
+                        parsed().and_then(|r| encoder.encode_within(&r, l.limit)).map(|e| Line::Cut(e, line.len()))
+                    }
+                    _ => parsed().and_then(|r| encoder.encode(&r)).map(Line::Encoded),
+                };
+                (n, result)
+            })
             .collect();
         for (n, result) in encoded {
+            let limit = long.map_or(0, |l| l.limit);
+            let mut warn = |what: String| {
+                warned += 1;
+                if warned <= 10 {
+                    eprintln!("warning: {}:{n}: {what}", file.display());
+                }
+            };
             match result {
-                Ok(e) => each(e),
+                Ok(Line::Encoded(e)) => each(e),
+                Ok(Line::TooLong(bytes)) => {
+                    *too_long += 1;
+                    warn(format!(
+                        "a record of {bytes} bytes, far beyond seq_length (at most {limit} bytes can fit); dropped \
+                         without tokenizing it (`truncate: true` keeps its start)"
+                    ));
+                }
+                Ok(Line::Cut(e, bytes)) => {
+                    warn(format!(
+                        "a record of {bytes} bytes, far beyond seq_length; cut to {limit} bytes before tokenizing"
+                    ));
+                    each(e);
+                }
                 Err(_) if skip_bad => *bad += 1,
                 Err(e) => bail!("{}:{n}: {e:#}", file.display()),
             }
         }
+    }
+    if warned > 10 {
+        eprintln!("warning: {}: {} more records far beyond seq_length", file.display(), warned - 10);
     }
     Ok(())
 }
@@ -200,18 +268,23 @@ pub fn load_tasks(tokenizer: &Tokenizer, cfg: &DataConfig) -> Result<(Vec<Task>,
         let (dropped0, truncated0) = (windower.dropped, windower.truncated);
         let mut stats = TaskStats { files: files.len(), ..Default::default() };
         let mut windows = Vec::new();
+        // concat cuts every record into windows, so no record is too long for it
+        let long = (cfg.padding_mode != PaddingMode::Concat)
+            .then(|| LongRecords::for_tokens(cfg.seq_length + 1, cfg.overlong == Overlong::Truncate));
+        let mut too_long = 0;
         for file in &files {
             let mut records = 0;
-            encode_file(file, &encoder, cfg.skip_bad_records, &mut stats.bad_records, |e| {
+            encode_file(file, &encoder, cfg.skip_bad_records, &mut stats.bad_records, long, &mut too_long, |e| {
                 records += 1;
                 windower.push(e, &mut windows);
             })?;
             stats.records += records;
         }
+        stats.records += too_long;
         if !cfg.mftcoder_quirks {
             windower.finish(&mut windows); // MFTCoder carries the buffer into the next task, and loses it at the end
         }
-        stats.dropped = windower.dropped - dropped0;
+        stats.dropped = windower.dropped - dropped0 + too_long;
         stats.truncated = windower.truncated - truncated0;
         stats.samples = windows.len();
         stats.tokens = windows.iter().map(Window::len).sum();

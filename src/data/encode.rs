@@ -33,9 +33,30 @@ impl<'t> Encoder<'t> {
     /// Tokenize each segment separately — no special tokens added, added tokens such as `<s>` matched —
     /// and concatenate, with an EOS after every assistant answer. Mask: the segment's loss flag.
     pub fn encode(&self, record: &Record) -> Result<Encoded> {
+        self.encode_within(record, usize::MAX)
+    }
+    // ANCHOR_END: encode
+
+    /// [`Encoder::encode`] of at most the first `max_bytes` bytes of the record's text: a record far longer
+    /// than a sample is cut before it is tokenized (its first tokens are the same; what follows the cut is
+    /// lost, as truncation loses it anyway).
+    pub fn encode_within(&self, record: &Record, max_bytes: usize) -> Result<Encoded> {
         let mut out = Encoded::default();
-        for seg in segments(record, &self.markers, self.mode)? {
-            let ids = self.tokenizer.encode_fast(&seg.text, false)?;
+        let mut budget = max_bytes;
+        for mut seg in segments(record, &self.markers, self.mode)? {
+            if budget == 0 {
+                break;
+            }
+            if seg.text.len() > budget {
+                let mut cut = budget;
+                while !seg.text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                seg.text.truncate(cut);
+                seg.eos = false;
+            }
+            budget -= seg.text.len().min(budget);
+            let ids = self.tokenizer.encode_bounded(&seg.text)?;
             out.loss_mask.extend(std::iter::repeat_n(seg.loss as u8, ids.len()));
             out.ids.extend(ids);
             if seg.eos {
@@ -45,7 +66,6 @@ impl<'t> Encoder<'t> {
         }
         Ok(out)
     }
-    // ANCHOR_END: encode
 }
 
 /// MFTCoder's EOS (`init_tokenizer`): `tokenizer_config.json` `eos_token` beside the tokenizer, else the model's

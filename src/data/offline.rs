@@ -144,7 +144,7 @@ fn encode_line(tokenizer: &Tokenizer, line: &[u8], eos: u32) -> LineResult {
     let Some(texts) = document_texts(&value)? else { return Ok(None) };
     let mut ids = Vec::new();
     for t in texts {
-        ids.extend(tokenizer.encode_fast(&t, false).map_err(|e| format!("{e:#}"))?);
+        ids.extend(tokenizer.encode_bounded(&t).map_err(|e| format!("{e:#}"))?);
         ids.push(eos);
     }
     Ok(if ids.is_empty() { None } else { Some(ids) })

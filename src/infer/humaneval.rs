@@ -4,20 +4,19 @@
 //! prompt in their chat template, which `--chat` reproduces.
 //!
 //! A problem file is jsonl with `task_id`, `prompt`, `test` and `entry_point` (openai/human-eval's format).
-//! The program run for a completion is `prompt + completion + "\n" + test + "\ncheck(entry_point)\n"`: the
-//! test defines `check(candidate)` and asserts on it.
+//! The program run for a completion is `prompt + completion + "\n" + test + "\ncheck(entry_point)"`: the
+//! test defines `check(candidate)` and asserts on it. It runs in [`super::sandbox`]; it passes only when
+//! `check` returned (the harness then prints a per-run random token).
 
 use super::chat_template;
 use super::generate::{Decoding, generate};
+use super::sandbox::{self, Exit, Finished, InterruptGuard, Limits, Workspace};
 use crate::backend::Backend;
 use crate::io::tokenizer::Tokenizer;
 use crate::models::decoder::Decoder;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Problem {
@@ -189,56 +188,94 @@ pub enum Outcome {
 }
 
 // ANCHOR: run_tests
-/// Run `program + test + check(entry_point)` with `python` and a time limit. The program is untrusted model
-/// output: it runs as a plain child process, in a fresh temporary directory, with nothing else between it and
-/// the machine — the caller must have opted in (`mftcoder eval --execute`).
-pub fn run_tests(python: &str, problem: &Problem, program: &str, timeout: Duration) -> Result<Outcome> {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("mftcoder-eval-{}-{run}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let _cleanup = RemoveOnDrop(dir.clone());
-    let path = dir.join("program.py");
-    let source = format!("{program}\n\n{}\n\ncheck({})\n", problem.test, problem.entry_point);
-    std::fs::File::create(&path)?.write_all(source.as_bytes())?;
-    let mut child = Command::new(python)
-        .arg(&path)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{python}` (set --python to a Python 3 interpreter)"))?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if status.success() {
-                return Ok(Outcome::Passed);
-            }
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                std::io::Read::read_to_string(&mut pipe, &mut stderr).ok();
-            }
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("exited with an error");
-            return Ok(Outcome::Failed(last.trim().to_string()));
+/// The harness run for every program: it reads the run's random token from stdin, runs `program.py`
+/// (program + test + `check(entry_point)`, exactly human-eval's `check_correctness` program) in a fresh
+/// namespace, and prints the token only once `check` has returned. An exit code, 0 or not, never passes.
+const HARNESS: &str = r#"import os, sys
+def _harness():
+    token = sys.stdin.readline().strip()
+    sys.stdin = open(os.devnull)
+    with open("program.py") as f:
+        source = f.read()
+    exec(compile(source, "program.py", "exec"), {})
+    sys.stdout.flush()
+    os.write(1, ("\n" + token + "\n").encode())
+_harness()
+"#;
+
+/// Runs programs against their problems' tests, each in the [sandbox](super::sandbox) in a fresh directory.
+/// While it lives, SIGINT/SIGTERM/SIGHUP stop the run in progress (its processes killed, its directory
+/// removed) and make `run` return an error.
+pub struct Executor {
+    python: PathBuf,
+    limits: Limits,
+    noticed: bool,
+    _interrupts: InterruptGuard,
+}
+
+impl Executor {
+    /// `python`: an interpreter's own path, as [`sandbox::resolve_python`] finds it.
+    pub fn new(python: PathBuf, limits: Limits) -> Self {
+        Executor { python, limits, noticed: false, _interrupts: InterruptGuard::install() }
+    }
+
+    pub fn run(&mut self, problem: &Problem, program: &str) -> Result<Outcome> {
+        let workspace = Workspace::create()?;
+        let source = format!("{program}\n{}\ncheck({})\n", problem.test, problem.entry_point);
+        for (name, text) in [("program.py", source.as_str()), ("harness.py", HARNESS)] {
+            let path = workspace.path().join(name);
+            std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
         }
-        if started.elapsed() > timeout {
-            child.kill().ok();
-            child.wait().ok();
-            return Ok(Outcome::TimedOut);
+        let token = format!("{:016x}{:016x}", sandbox::random_u64(), sandbox::random_u64());
+        let args = ["-I", "-B", "harness.py"]; // isolated mode: no PYTHON* variables, no user site
+        let input = format!("{token}\n");
+        let done =
+            sandbox::run(&self.python, &args, &workspace, input.as_bytes(), &self.limits, Some(token.as_bytes()))?;
+        if !std::mem::replace(&mut self.noticed, true) {
+            let gaps = done.isolation.gaps();
+            if !gaps.is_empty() {
+                eprintln!("note: eval sandbox: {}", gaps.join("; "));
+            }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        Ok(verdict(&done))
+    }
+}
+
+/// Passed only when the harness printed its token, even if the program then hung (as human-eval counts a
+/// check that returned); otherwise timed out, or failed with the last line of stderr.
+pub fn verdict(done: &Finished) -> Outcome {
+    if done.stdout.found {
+        return Outcome::Passed;
+    }
+    match done.exit {
+        Exit::TimedOut => Outcome::TimedOut,
+        Exit::Code(0) => Outcome::Failed("exited with code 0 before the tests returned".into()),
+        Exit::Code(code) => Outcome::Failed(done.stderr.last_line().unwrap_or_else(|| match code {
+            c if c > 128 => format!("killed by signal {}", c - 128),
+            c => format!("exited with code {c}"),
+        })),
     }
 }
 // ANCHOR_END: run_tests
 
-/// Removes a scratch directory when the run is over, however it ends.
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Run every sample's tests: per problem (samples, passed), and one JSON line per sample (task_id,
+/// completion, program, outcome) for `--out`.
+pub fn score(
+    executor: &mut Executor,
+    problems: &[Problem],
+    samples: &[Sample],
+) -> Result<(Vec<(usize, usize)>, String)> {
+    let (mut tally, mut lines) = (vec![(0usize, 0usize); problems.len()], String::new());
+    for sample in samples {
+        let problem = &problems[sample.problem];
+        let outcome = executor.run(problem, &sample.program)?;
+        tally[sample.problem].0 += 1;
+        tally[sample.problem].1 += usize::from(outcome == Outcome::Passed);
+        let line = serde_json::json!({"task_id": problem.task_id, "completion": sample.completion,
+            "program": sample.program, "outcome": outcome});
+        lines += &format!("{line}\n");
     }
+    Ok((tally, lines))
 }
 
 /// pass@k over problems: the mean over problems of each one's estimate (problems with fewer than k samples

@@ -2,3 +2,4 @@
 pub mod chat_template;
 pub mod generate;
 pub mod humaneval;
+pub mod sandbox;

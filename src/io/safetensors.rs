@@ -3,6 +3,11 @@
 //! A Hugging Face model directory holds either `model.safetensors` or `model.safetensors.index.json`, whose
 //! `weight_map` names the shard that holds each tensor. We map every file into memory once and parse a tensor
 //! only when it is asked for, so loading costs one pass over the bytes we actually use.
+//!
+//! What a checkpoint may not do: name a shard outside its directory (checked before any file is opened),
+//! list a tensor twice in one header (the safetensors crate would keep the last), or — in a model directory —
+//! hold NaN or ∞ weights (refused as they are read, naming the tensor; `--allow-non-finite-weights` loads
+//! them with a warning).
 
 use anyhow::{Context, Result, anyhow, bail};
 use memmap2::Mmap;
@@ -10,13 +15,23 @@ use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every tensor of a checkpoint, by name, with the file it lives in.
 pub struct WeightStore {
     files: Vec<(PathBuf, Mmap)>,
     /// tensor name → index into `files`
     location: BTreeMap<String, usize>,
+    /// Refuse non-finite float tensors (model directories, adapters, optimizer moments; not golden files).
+    check_finite: bool,
+}
+
+static ALLOW_NON_FINITE: AtomicBool = AtomicBool::new(false);
+
+/// `--allow-non-finite-weights`: load weights holding NaN or ∞ with a warning instead of refusing them.
+pub fn allow_non_finite_weights(allow: bool) {
+    ALLOW_NON_FINITE.store(allow, Ordering::Relaxed);
 }
 
 /// What `info` prints about one tensor.
@@ -36,7 +51,7 @@ impl WeightStore {
         if path.is_dir() && index.is_file() {
             Self::open_sharded(path, &index)
         } else if single.is_file() {
-            let mut store = WeightStore { files: Vec::new(), location: BTreeMap::new() };
+            let mut store = WeightStore { files: Vec::new(), location: BTreeMap::new(), check_finite: path.is_dir() };
             store.add_file(&single)?;
             Ok(store)
         } else if path.is_dir() {
@@ -46,6 +61,11 @@ impl WeightStore {
         }
     }
     // ANCHOR_END: weight_store_open
+
+    /// One file, with the finiteness check of a model directory (adapters, optimizer moments).
+    pub fn open_checked(file: &Path) -> Result<Self> {
+        Ok(WeightStore { check_finite: true, ..Self::open(file)? })
+    }
 
     fn open_sharded(dir: &Path, index: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index).with_context(|| format!("{}: cannot read", index.display()))?;
@@ -58,7 +78,14 @@ impl WeightStore {
         let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_owned)).collect();
         shards.sort();
         shards.dedup();
-        let mut store = WeightStore { files: Vec::new(), location: BTreeMap::new() };
+        // before anything is opened: every shard is a relative path that stays inside the directory
+        if let Some(bad) = shards.iter().find(|s| {
+            s.is_empty()
+                || !Path::new(s.as_str()).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        }) {
+            bail!("{}: shard `{bad}` is outside the model directory (shards must be paths inside it)", index.display());
+        }
+        let mut store = WeightStore { files: Vec::new(), location: BTreeMap::new(), check_finite: true };
         for shard in &shards {
             store.add_file(&dir.join(shard))?;
         }
@@ -79,6 +106,9 @@ impl WeightStore {
         // SAFETY: the map is read-only; a checkpoint rewritten underneath a running process is outside our contract.
         let mmap =
             unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map into memory", path.display()))?;
+        if let Some(name) = duplicate_header_key(&mmap) {
+            bail!("{}: tensor `{name}` is listed twice in the header (not a valid safetensors file)", path.display());
+        }
         let parsed = SafeTensors::deserialize(&mmap)
             .map_err(|e| anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
         let file_index = self.files.len();
@@ -127,6 +157,20 @@ impl WeightStore {
         let (path, view) = self.view(name)?;
         let data =
             bytes_to_f32(view.dtype(), view.data()).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        if self.check_finite
+            && let Some(first) = data.iter().position(|v| !v.is_finite())
+        {
+            let n = data.iter().filter(|v| !v.is_finite()).count();
+            let what = format!(
+                "{}: tensor `{name}` holds {n} non-finite values (the first, at index {first}, is {})",
+                path.display(),
+                data[first]
+            );
+            if !ALLOW_NON_FINITE.load(Ordering::Relaxed) {
+                bail!("{what}; refusing to load it (--allow-non-finite-weights loads it anyway)");
+            }
+            eprintln!("warning: {what}; loading it anyway (--allow-non-finite-weights)");
+        }
         Ok(ArrayD::from_shape_vec(IxDyn(view.shape()), data)?)
     }
 
@@ -174,6 +218,31 @@ impl WeightStore {
         }
         Ok(t.into_dimensionality()?)
     }
+}
+
+/// The first tensor name a safetensors header lists twice (JSON objects may repeat keys; the header's
+/// parser keeps the last value, which would silently hide a tensor).
+fn duplicate_header_key(bytes: &[u8]) -> Option<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+            let (mut seen, mut duplicate) = (std::collections::HashSet::new(), None);
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) && duplicate.is_none() {
+                    duplicate = Some(key);
+                }
+            }
+            Ok(duplicate)
+        }
+    }
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(header), Keys).ok().flatten()
 }
 
 // ANCHOR: bytes_to_f32
@@ -261,6 +330,47 @@ mod tests {
         assert!(wrong_shape.contains("a.weight") && wrong_shape.contains("[3, 2]"), "{wrong_shape}");
         let missing = store.matrix("b.weight", 1, 1).unwrap_err().to_string();
         assert!(missing.contains("`b.weight` not found") && missing.contains("model.safetensors"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_in_a_model_directory_but_not_in_a_golden_file() {
+        let dir = std::env::temp_dir().join(format!("mftcoder-st-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        save(&path, &[OwnedTensor::f32("w", &[3], &[1.0, f32::NAN, f32::INFINITY])]).unwrap();
+        let err = WeightStore::open(&dir).unwrap().tensor_f32("w").unwrap_err().to_string();
+        assert!(err.contains("tensor `w` holds 2 non-finite values (the first, at index 1, is NaN)"), "{err}");
+        assert!(err.contains("--allow-non-finite-weights"), "{err}");
+        assert!(WeightStore::open(&path).unwrap().tensor_f32("w").is_ok(), "a single file (a golden) is read as it is");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tensor_listed_twice_in_the_header_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("mftcoder-st-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0u8; 8]);
+        std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+        let err = WeightStore::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("tensor `a` is listed twice in the header"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_shard_outside_the_model_directory_is_refused_before_it_is_opened() {
+        let dir = std::env::temp_dir().join(format!("mftcoder-st-shard-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("model")).unwrap();
+        save(&dir.join("outside.safetensors"), &[OwnedTensor::f32("a", &[1], &[1.0])]).unwrap();
+        for shard in ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"] {
+            let index = serde_json::json!({"weight_map": {"a": shard}});
+            std::fs::write(dir.join("model/model.safetensors.index.json"), index.to_string()).unwrap();
+            let err = WeightStore::open(&dir.join("model")).err().unwrap().to_string();
+            assert!(err.contains(&format!("shard `{shard}` is outside the model directory")), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -41,6 +41,32 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    // ANCHOR: encode_bounded
+    /// [`Tokenizer::encode_fast`] without special tokens, in pieces of at most 1 MiB cut after a line break,
+    /// so the tokenizer's working memory (hundreds of bytes per input byte) stays bounded however long the
+    /// text. Texts up to 1 MiB are encoded whole; a longer one can differ from a whole encoding only at its cuts.
+    pub fn encode_bounded(&self, text: &str) -> Result<Vec<u32>> {
+        const PIECE: usize = 1 << 20;
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while rest.len() > PIECE {
+            let mut cut = PIECE;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            // after the last line break that a non-blank character follows (whitespace runs stay whole)
+            let window = &rest.as_bytes()[..cut];
+            let line_end =
+                (1..window.len()).rev().find(|&i| window[i - 1] == b'\n' && !window[i].is_ascii_whitespace());
+            let cut = line_end.unwrap_or(cut);
+            ids.extend(self.encode_fast(&rest[..cut], false)?);
+            rest = &rest[cut..];
+        }
+        ids.extend(self.encode_fast(rest, false)?);
+        Ok(ids)
+    }
+    // ANCHOR_END: encode_bounded
+
     /// Vocabulary size without the added tokens: what transformers calls `tokenizer.vocab_size`.
     pub fn base_vocab_size(&self) -> usize {
         self.inner.get_vocab_size(false)

@@ -62,7 +62,7 @@ impl Adapter {
             }
             bail!("{}: missing", weights_path.display());
         }
-        let store = WeightStore::open(&weights_path)?;
+        let store = WeightStore::open_checked(&weights_path)?; // NaN or ∞ in an adapter: refused, named
         let (tensors, biases) = read_tensors(&store, &config, &weights_path)?;
         if tensors.is_empty() {
             bail!("{}: holds no lora_A / lora_B tensors", weights_path.display());

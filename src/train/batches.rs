@@ -78,6 +78,14 @@ impl TrainData {
         }
     }
 
+    /// Tokens in the longest training or validation sample (corpus samples are all `seq_length + 1`).
+    pub fn longest_sample(&self) -> usize {
+        match self {
+            TrainData::Sft(d) => d.train.iter().chain(&d.valid).flatten().map(|s| s.window.len()).max().unwrap_or(0),
+            TrainData::Corpus(c) => c.seq_length + 1,
+        }
+    }
+
     pub fn train_batch(&self, indices: &[usize], opts: CollateOptions) -> Batch {
         match self {
             TrainData::Sft(d) => d.train_batch(indices, opts),

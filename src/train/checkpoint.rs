@@ -10,6 +10,7 @@ use crate::models::decoder::{Decoder, hf_shape};
 use crate::peft::LoraConfig;
 use crate::peft::attach::extract_adapter;
 use crate::train::optim::AdamW;
+use crate::train::run_lock::{CHECKPOINT_RUN_FILE, written_by};
 use anyhow::{Context, Result, anyhow, bail};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,9 @@ pub fn model_tensors<B: Backend>(b: &B, model: &mut Decoder<B>) -> Vec<OwnedTens
 }
 
 // ANCHOR: save_checkpoint
-/// Write `dir` (e.g. `output_dir/step_40`) atomically.
+/// Write `dir` (e.g. `output_dir/step_40`) atomically, tagged with the run that wrote it (`run_id`). A save
+/// that fails (a full disk) removes its partial directory; the previous checkpoint is untouched.
+#[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint<B: Backend>(
     b: &B,
     dir: &Path,
@@ -80,20 +83,52 @@ pub fn save_checkpoint<B: Backend>(
     opt: &AdamW<B::Tensor>,
     state: &TrainerState,
     lora: Option<&LoraConfig>,
+    run_id: &str,
 ) -> Result<()> {
     let parent = dir.parent().context("checkpoint directory has no parent")?;
     let name = dir.file_name().context("checkpoint directory has no name")?.to_string_lossy().into_owned();
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let written = write_checkpoint_files(b, &tmp, base_model_dir, model, opt, state, lora, run_id);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return written;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("{}: cannot replace", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        format!("{}: cannot move the checkpoint into place", dir.display())
+    })?;
+    Ok(())
+}
+// ANCHOR_END: save_checkpoint
+
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint_files<B: Backend>(
+    b: &B,
+    tmp: &Path,
+    base_model_dir: &Path,
+    model: &mut Llama<B>,
+    opt: &AdamW<B::Tensor>,
+    state: &TrainerState,
+    lora: Option<&LoraConfig>,
+    run_id: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
 
     let names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
     match lora {
         // LoRA: the checkpoint is a PEFT adapter directory, as MFTCoder writes it
-        Some(config) => extract_adapter(model, b, config).save(&tmp, &base_model_dir.to_string_lossy())?,
+        Some(config) => extract_adapter(model, b, config).save(tmp, &base_model_dir.to_string_lossy())?,
         // full parameters: an HF model directory
         None => {
-            save(&tmp.join("model.safetensors"), &model_tensors(b, model))?;
+            let tensors = model_tensors(b, model);
+            if let Some(bad) = tensors.iter().find(|t| !finite_f32_bytes(&t.bytes)) {
+                bail!("refusing to write a checkpoint: parameter `{}` is not finite", bad.name);
+            }
+            save(&tmp.join("model.safetensors"), &tensors)?;
             for file in MODEL_SIDE_FILES {
                 let src = base_model_dir.join(file);
                 if src.is_file() {
@@ -114,14 +149,13 @@ pub fn save_checkpoint<B: Backend>(
     save(&tmp.join("optimizer.safetensors"), &moments)?;
     let json = serde_json::json!({"optimizer_step": opt.step, "state": state});
     write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("{}: cannot replace", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot move the checkpoint into place", dir.display()))?;
-    Ok(())
+    write_atomic(&tmp.join(CHECKPOINT_RUN_FILE), run_id.as_bytes())
 }
-// ANCHOR_END: save_checkpoint
+
+/// Whether little-endian f32 bytes hold only finite values.
+fn finite_f32_bytes(bytes: &[u8]) -> bool {
+    bytes.chunks_exact(4).all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+}
 
 /// `output_dir/latest`: `{"latest_ckpt": dir, "lr": lr}` as MFTCoder writes it.
 pub fn write_latest(output_dir: &Path, checkpoint: &Path, lr: f64) -> Result<()> {
@@ -159,7 +193,7 @@ pub fn load_training_state<B: Backend>(
         serde_json::from_value(json["state"].clone()).with_context(|| format!("{}: field `state`", path.display()))?;
     opt.step =
         json["optimizer_step"].as_u64().ok_or_else(|| anyhow!("{}: field `optimizer_step` missing", path.display()))?;
-    let store = WeightStore::open(&dir.join("optimizer.safetensors"))?;
+    let store = WeightStore::open_checked(&dir.join("optimizer.safetensors"))?;
     for (i, name) in names.iter().enumerate() {
         for (kind, slot) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
             let (rows, cols) = b.dims(slot);
@@ -187,14 +221,17 @@ pub fn step_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
-/// MFTCoder's `saving_limit`: keep the newest `limit` step checkpoints, never deleting the best one.
+/// MFTCoder's `saving_limit`: keep the newest `limit` step checkpoints, never deleting the best one, and
+/// never one that run `run_id` did not write.
 pub fn enforce_saving_limit(
     output_dir: &Path,
     limit: usize,
     best_step: Option<usize>,
     latest: usize,
+    run_id: &str,
 ) -> Result<Vec<PathBuf>> {
-    let checkpoints = step_checkpoints(output_dir)?;
+    let checkpoints: Vec<(usize, PathBuf)> =
+        step_checkpoints(output_dir)?.into_iter().filter(|(_, dir)| written_by(dir, run_id)).collect();
     let mut removed = Vec::new();
     let excess = checkpoints.len().saturating_sub(limit);
     for (step, path) in checkpoints.into_iter().filter(|(s, _)| Some(*s) != best_step && *s != latest).take(excess) {
@@ -210,11 +247,34 @@ pub fn check_writable(output_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(output_dir)
         .with_context(|| format!("{}: cannot create the output directory", output_dir.display()))?;
     let probe = output_dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .with_context(|| format!("{}: the output directory is not writable", output_dir.display()))?;
+    let written = std::fs::write(&probe, b"ok");
     std::fs::remove_file(&probe).ok();
+    written.with_context(|| format!("{}: the output directory is not writable", output_dir.display()))?;
     if !output_dir.is_dir() {
         bail!("{}: not a directory", output_dir.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saving_limit_removes_only_checkpoints_of_the_same_run() {
+        let dir = std::env::temp_dir().join(format!("mftcoder-saving-limit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (step, run) in [(1, Some("other")), (2, Some("me")), (3, Some("me")), (4, None), (5, Some("me"))] {
+            let d = dir.join(format!("step_{step}"));
+            std::fs::create_dir_all(&d).unwrap();
+            if let Some(run) = run {
+                std::fs::write(d.join(CHECKPOINT_RUN_FILE), run).unwrap();
+            }
+        }
+        let removed = enforce_saving_limit(&dir, 1, None, 5, "me").unwrap();
+        assert_eq!(removed, vec![dir.join("step_2"), dir.join("step_3")]);
+        let left: Vec<usize> = step_checkpoints(&dir).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![1, 4, 5], "another run's and an untagged checkpoint stay");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

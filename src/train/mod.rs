@@ -1,8 +1,10 @@
 //! Training: the optimizer, the learning-rate schedules, checkpoints and the trainer that drives them.
 pub mod batches;
 pub mod checkpoint;
+pub mod memory;
 pub mod optim;
 pub mod plots;
 pub mod preference;
+pub mod run_lock;
 pub mod schedule;
 pub mod trainer;

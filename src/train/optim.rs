@@ -279,6 +279,21 @@ pub fn clip_grad_norm_on<B: Backend>(b: &B, grads: &mut [&mut B::Tensor], max_no
     norm
 }
 
+// ANCHOR: first_non_finite
+/// The first parameter, in the order given, that is not finite after an update: one reduction per parameter
+/// (its squared norm, which a single NaN or ∞ makes non-finite), so a step that blew the weights up stops the
+/// run before it can be checkpointed.
+pub fn first_non_finite<'a, B: Backend>(
+    b: &B,
+    params: impl IntoIterator<Item = (&'a str, &'a B::Tensor)>,
+) -> Option<&'a str>
+where
+    B::Tensor: 'a,
+{
+    params.into_iter().find(|(_, p)| !b.sum_squares(p).is_finite()).map(|(name, _)| name)
+}
+// ANCHOR_END: first_non_finite
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,8 +23,9 @@ use crate::quant::QuantType;
 use crate::rng::Rng;
 pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data};
 use crate::train::checkpoint::{self, TrainerState};
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on};
+use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on, first_non_finite};
 use crate::train::plots;
+use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::Write;
@@ -52,6 +53,10 @@ pub struct TrainReport {
 pub struct RunOptions {
     /// No progress bar (tests, scripts).
     pub quiet: bool,
+    /// Continued pre-training (`mftcoder pretrain`): recorded as the run's command.
+    pub pretrain: bool,
+    /// Discard another run's files in `output_dir` instead of refusing to start (`--overwrite-output-dir`).
+    pub overwrite_output_dir: bool,
 }
 
 /// The LoRA settings of a config (`peft_type: "lora"`), MFTCoder's way: `target_modules` null means
@@ -143,14 +148,21 @@ struct StepResult {
 pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
     let lora = lora_config(cfg)?;
     let out = &cfg.output_dir;
+    let _lock = RunLock::acquire(out)?; // held until this function returns, however it returns
+    run_lock::remove_stale_partials(out)?;
     checkpoint::check_writable(out)?;
     let mode: LossMode = cfg.weighted_loss_mode.parse()?;
     let schedule: LrSchedule =
         cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
 
     let base = &cfg.pretrained_model_path;
+    let data_files: Vec<PathBuf> = cfg.data_paths.iter().map(PathBuf::from).collect();
+    let command = if opts.pretrain { "pretrain" } else { "train" };
+    let record = RunRecord::new(command, serde_json::to_value(cfg)?, base, &data_files)?;
+    let run = run_lock::claim_output_dir(out, record, crate::config::KNOWN_FIELDS, opts.overwrite_output_dir)?;
     let tokenizer = Tokenizer::load(base)?;
     let data = load_data(cfg, &tokenizer)?;
+    crate::train::memory::check_training_memory(cfg, data.longest_sample(), lora.as_ref().map(|l| l.r))?;
     let names = data.task_names().to_vec();
     let task_weights = match &cfg.task_weights {
         Some(w) if w.len() != names.len() => {
@@ -213,6 +225,9 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             );
         }
         eprintln!("resuming from {} at step {}", dir.display(), state.completed_steps);
+        if state.completed_steps >= total_steps {
+            eprintln!("note: {}: this run is already complete ({total_steps} steps); nothing to train", out.display());
+        }
     }
     let mut rng = Rng::from_state(state.rng_state); // LoRA dropout masks; checkpointed so a resumed run draws the same
     let metrics_path = out.join("metrics.jsonl");
@@ -344,10 +359,10 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             let finished = stop || state.completed_steps >= total_steps;
             if (cfg.checkpointing_steps > 0 && c % cfg.checkpointing_steps == 0) || finished {
                 let dir = out.join(format!("step_{c}"));
-                checkpoint::save_checkpoint(b, &dir, base, &mut model, &opt, &state, lora.as_ref())?;
+                checkpoint::save_checkpoint(b, &dir, base, &mut model, &opt, &state, lora.as_ref(), &run.run_id)?;
                 checkpoint::write_latest(out, &dir, lr)?;
                 let limit = cfg.saving_limit.unwrap_or(2).max(1);
-                checkpoint::enforce_saving_limit(out, limit, state.best_step, c)?;
+                checkpoint::enforce_saving_limit(out, limit, state.best_step, c, &run.run_id)?;
                 last_checkpoint = Some(dir);
             }
             if stop {
@@ -465,6 +480,12 @@ fn optimizer_step<B: Backend>(
     let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
     opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
+    if let Some(name) = first_non_finite(b, params.iter().map(|(n, p)| (n.as_str(), &**p))) {
+        bail!(
+            "the update made parameter `{name}` non-finite (learning rate {lr:e}); stopped before saving it, so \
+             `latest` is still the last finite checkpoint"
+        );
+    }
     let task_loss = task_sum.iter().zip(&task_n).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
     let aux_loss = aux_sum.map(|a| a / n_micro as f64);
     Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm, aux_loss })

@@ -1,5 +1,6 @@
 //! `mftcoder dpo`'s configuration: MFTCoder's `XXPOTrainArgs` (reference §7.3), field for field.
 
+use crate::config::{check_int, check_real};
 use crate::loss::preference::Objective;
 use crate::peft::LoraConfig;
 use crate::train::trainer::lora_settings;
@@ -153,19 +154,59 @@ impl PreferenceConfig {
             let suggestion = crate::config::nearest(key, known.iter().copied()).unwrap_or("data_paths");
             bail!("{}: unknown field `{key}` (did you mean `{suggestion}`?)", path.display());
         }
-        let cfg: PreferenceConfig =
-            serde_json::from_value(Value::Object(map)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        cfg.objective().with_context(|| path.display().to_string())?;
-        if cfg.data_paths.is_empty() {
-            bail!("{}: field `data_paths` is empty", path.display());
-        }
-        if cfg.per_device_train_batch_size == 0 || cfg.gradient_accumulation_steps == 0 {
-            bail!("{}: `per_device_train_batch_size` and `gradient_accumulation_steps` must be ≥ 1", path.display());
-        }
-        if cfg.max_prompt_length == 0 || cfg.max_length <= cfg.max_prompt_length {
-            bail!("{}: field `max_length` must exceed `max_prompt_length` (≥ 1)", path.display());
-        }
+        let cfg: PreferenceConfig = crate::config::from_fields(map).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
+    }
+
+    /// Every field in its allowed range (the ranges `train` uses for the fields both have).
+    fn validate(&self) -> Result<()> {
+        self.objective()?;
+        if self.data_paths.is_empty() {
+            bail!("field `data_paths` is empty");
+        }
+        for (field, v) in [
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            ("num_train_epochs", self.num_train_epochs),
+            ("lora_rank", self.lora_rank),
+            ("max_prompt_length", self.max_prompt_length),
+            ("max_length", self.max_length),
+        ] {
+            check_int(field, v)?;
+        }
+        for (field, v) in [
+            ("learning_rate", self.learning_rate),
+            ("weight_decay", self.weight_decay),
+            ("warmup_steps", self.warmup_steps),
+            ("lora_alpha", self.lora_alpha),
+            ("lora_dropout", self.lora_dropout),
+            ("beta", self.beta),
+            ("rpo_alpha", self.rpo_alpha.unwrap_or(0.0)),
+            ("max_grad_norm", self.max_grad_norm),
+        ] {
+            check_real(field, v)?;
+        }
+        if self.max_steps == 0 || self.max_steps < -1 || self.max_steps > 1 << 40 {
+            bail!(
+                "field `max_steps` is {}; allowed: -1 (num_train_epochs decides) or an integer from 1 to {}",
+                self.max_steps,
+                1u64 << 40
+            );
+        }
+        if self.max_length <= self.max_prompt_length {
+            bail!(
+                "field `max_length` must exceed `max_prompt_length` ({} ≤ {})",
+                self.max_length,
+                self.max_prompt_length
+            );
+        }
+        self.data_split
+            .split(',')
+            .try_for_each(|s| s.trim().parse::<f64>().map(drop))
+            .map_err(|_| anyhow!("field `data_split` must be comma-separated numbers, got `{}`", self.data_split))?;
+        Ok(())
     }
 
     pub fn objective(&self) -> Result<Objective> {
@@ -224,6 +265,6 @@ mod tests {
         let err = config(&format!(r#"{{{BASE}, "xxpo": "kto"}}"#)).unwrap_err();
         assert!(format!("{err:#}").contains("field `xxpo` is `kto`"), "{err:#}");
         let err = config(&format!(r#"{{{BASE}, "max_length": 10, "max_prompt_length": 10}}"#)).unwrap_err();
-        assert!(err.to_string().contains("`max_length` must exceed `max_prompt_length`"), "{err}");
+        assert!(format!("{err:#}").contains("`max_length` must exceed `max_prompt_length`"), "{err:#}");
     }
 }

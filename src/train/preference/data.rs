@@ -5,6 +5,7 @@
 //! `chatml_to_dpo_format`). Texts are tokenized without added special tokens, as MFTCoder's SFT data is.
 
 use super::PreferenceConfig;
+use crate::data::dataset::LongRecords;
 use crate::data::records::{Conversation, Record, Role, jsonl_lines, parse_line};
 use crate::infer::chat_template::{self, Role as ChatRole};
 use crate::io::tokenizer::Tokenizer;
@@ -68,6 +69,31 @@ pub fn pair_ids(
 }
 // ANCHOR_END: pair_ids
 
+/// Cut texts far longer than any pair can be before they are tokenized: the prompt keeps its last `limit`
+/// bytes, each answer its first (what `pair_ids` keeps of them lies well inside). Whether anything was cut.
+fn cut_far_beyond(texts: &mut (String, String, String), limit: usize) -> bool {
+    let mut cut = false;
+    if texts.0.len() > limit {
+        let mut start = texts.0.len() - limit;
+        while !texts.0.is_char_boundary(start) {
+            start += 1;
+        }
+        texts.0.drain(..start);
+        cut = true;
+    }
+    for answer in [&mut texts.1, &mut texts.2] {
+        if answer.len() > limit {
+            let mut end = limit;
+            while !answer.is_char_boundary(end) {
+                end -= 1;
+            }
+            answer.truncate(end);
+            cut = true;
+        }
+    }
+    cut
+}
+
 /// Every pair of the config's files, tokenized; a record that is not a preference pair names its file and line.
 pub fn load_pairs(cfg: &PreferenceConfig, tok: &Tokenizer, eos: u32) -> Result<Vec<PairIds>> {
     let mut pairs = Vec::new();
@@ -81,7 +107,12 @@ pub fn load_pairs(cfg: &PreferenceConfig, tok: &Tokenizer, eos: u32) -> Result<V
                     record.kind()
                 );
             };
-            let texts = pair_texts(&chosen, &rejected).map_err(|e| anyhow!("{path}:{line_no}: {e}"))?;
+            let mut texts = pair_texts(&chosen, &rejected).map_err(|e| anyhow!("{path}:{line_no}: {e}"))?;
+            if cut_far_beyond(&mut texts, LongRecords::for_tokens(cfg.max_length + 1, true).limit) {
+                eprintln!(
+                    "warning: {path}:{line_no}: a pair far beyond max_length; its texts are cut before tokenizing"
+                );
+            }
             pairs.push(pair_ids(tok, eos, &texts, cfg.max_prompt_length, cfg.max_length)?);
         }
     }
@@ -110,5 +141,16 @@ mod tests {
         assert_eq!(cut.chosen, full.chosen[..6], "the answer is cut to what is left");
         assert_eq!(cut.rejected, full.rejected, "a short answer is left whole");
         assert_eq!(*full.chosen.last().unwrap(), 2, "answers end with EOS");
+    }
+
+    #[test]
+    fn texts_far_beyond_max_length_are_cut_before_tokenizing_keeping_what_pair_ids_keeps() {
+        let tok = Tokenizer::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama/gqa_tied")).unwrap();
+        let texts = ("é question ".repeat(20_000), "answer é ".repeat(20_000), "no".to_string());
+        let mut cut = texts.clone();
+        assert!(cut_far_beyond(&mut cut, 1000));
+        assert!(cut.0.len() <= 1000 && texts.0.ends_with(&cut.0) && texts.1.starts_with(&cut.1) && cut.2 == "no");
+        let whole = pair_ids(&tok, 2, &texts, 8, 16).unwrap();
+        assert_eq!(pair_ids(&tok, 2, &cut, 8, 16).unwrap(), whole, "the same ids as from the whole texts");
     }
 }

@@ -18,9 +18,10 @@ use crate::models::load_causal_lm;
 use crate::peft::attach::init_adapters;
 use crate::rng::Rng;
 use crate::train::checkpoint::{self, TrainerState};
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on};
+use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on, first_non_finite};
+use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
-use crate::train::trainer::quantize_base;
+use crate::train::trainer::{RunOptions, quantize_base};
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::Write;
 use std::path::PathBuf;
@@ -251,11 +252,18 @@ pub struct PreferenceReport {
 }
 
 // ANCHOR: preference_train
-pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) -> Result<PreferenceReport> {
+pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOptions) -> Result<PreferenceReport> {
+    let quiet = opts.quiet;
     let objective = cfg.objective()?;
     let lora = cfg.lora()?;
     let out = &cfg.output_dir;
+    let _lock = RunLock::acquire(out)?; // the output directory is this run's until it returns
+    run_lock::remove_stale_partials(out)?;
     checkpoint::check_writable(out)?;
+    let data_files: Vec<PathBuf> = cfg.data_paths.iter().map(PathBuf::from).collect();
+    let record = RunRecord::new("dpo", serde_json::to_value(cfg)?, &cfg.pretrained_model_path, &data_files)?;
+    let run = run_lock::claim_output_dir(out, record, &[], opts.overwrite_output_dir)?;
+    crate::train::memory::check_preference_memory(cfg, lora.as_ref().map(|l| l.r))?;
     let schedule: LrSchedule =
         cfg.lr_scheduler_type.parse().map_err(|e: String| anyhow!("field `lr_scheduler_type`: {e}"))?;
     let base = &cfg.pretrained_model_path;
@@ -371,6 +379,13 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
             let decay: Vec<bool> = vec![true; params.len()];
             let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
             opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
+            if let Some(name) = first_non_finite(b, params.iter().map(|(n, p)| (n.as_str(), &**p))) {
+                bail!(
+                    "step {}: the update made parameter `{name}` non-finite (learning rate {lr:e}); stopped before \
+                     saving it, so the last checkpoint stays the last finite one",
+                    step + 1
+                );
+            }
             state.completed_steps += 1;
             state.lr = lr;
             let n = terms.len() as f64;
@@ -405,7 +420,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
             metrics.flush()?;
             if cfg.save_steps > 0 && c % cfg.save_steps == 0 && c < total_steps {
                 let dir = out.join(format!("checkpoint-{c}"));
-                checkpoint::save_checkpoint(b, &dir, base, &mut policy, &opt, &state, lora.as_ref())?;
+                checkpoint::save_checkpoint(b, &dir, base, &mut policy, &opt, &state, lora.as_ref(), &run.run_id)?;
                 saved.push(dir);
                 if let Some(limit) = cfg.saving_limit.filter(|&l| l > 0) {
                     while saved.len() > limit {
@@ -417,7 +432,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, quiet: bool) 
         }
     }
     let final_dir = out.join("epoch_final");
-    checkpoint::save_checkpoint(b, &final_dir, base, &mut policy, &opt, &state, lora.as_ref())?;
+    checkpoint::save_checkpoint(b, &final_dir, base, &mut policy, &opt, &state, lora.as_ref(), &run.run_id)?;
     Ok(PreferenceReport { completed_steps: state.completed_steps, final_checkpoint: final_dir, evaluations })
 }
 // ANCHOR_END: preference_train
