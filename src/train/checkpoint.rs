@@ -110,7 +110,7 @@ fn write_checkpoint_files<B: Backend>(
     b: &B,
     tmp: &Path,
     base_model_dir: &Path,
-    model: &mut Llama<B>,
+    model: &mut Decoder<B>,
     opt: &AdamW<B::Tensor>,
     state: &TrainerState,
     lora: Option<&LoraConfig>,
