@@ -231,3 +231,33 @@ fn broken_checkpoints_are_one_line_errors_naming_the_tensor_or_the_shard() {
     let (out, _) = forward(&dir, &[]);
     assert_clean_error("shard outside", &out, &["shard `../outside.safetensors` is outside the model directory"]);
 }
+
+/// (config.json field, bad value, the words the error must hold): each refused by `forward` and `info` before
+/// anything is allocated from it.
+const MODEL_CONFIG_CASES: &[(&str, &str, &[&str])] = &[
+    ("num_hidden_layers", "1e12", &["num_hidden_layers", "non-negative integer"]),
+    ("num_hidden_layers", "1000000000000", &["num_hidden_layers", "allowed: 1 to 1024"]),
+    ("num_hidden_layers", "0", &["num_hidden_layers", "allowed: 1 to 1024"]),
+    ("hidden_size", "0", &["hidden_size", "allowed"]),
+    ("vocab_size", "1099511627776", &["vocab_size", "allowed"]),
+    ("rms_norm_eps", "-1e-6", &["rms_norm_eps", "positive"]),
+    ("rope_theta", "-10000", &["rope_theta", "positive"]),
+    ("eos_token_id", "4294967298", &["eos_token_id", "below 2³²"]),
+];
+
+#[test]
+fn bad_model_config_values_are_one_line_errors_that_leave_nothing_behind() {
+    let s = Scratch::new("model-config");
+    for (i, (field, value, needles)) in MODEL_CONFIG_CASES.iter().enumerate() {
+        let dir = broken_model(&s, &format!("cfg{i}"), |_| {});
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        config[*field] = serde_json::from_str(value).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let (out, out_path) = forward(&dir, &[]);
+        assert_clean_error(&format!("{field}: {value}"), &out, needles);
+        assert!(!out_path.exists(), "{field}: output left behind");
+        let info = bin().args(["info", "--model", dir.to_str().unwrap()]).output().unwrap();
+        assert_clean_error(&format!("info {field}: {value}"), &info, needles);
+    }
+}
