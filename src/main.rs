@@ -7,16 +7,15 @@ use mftcoder::backend::cpu::Cpu;
 use mftcoder::config::TrainConfig;
 use mftcoder::infer::{chat_template, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
-use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
+use mftcoder::io::safetensors::{OwnedTensor, save};
 use mftcoder::io::tokenizer::Tokenizer;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::models::{
     self,
-    decoder::{Logits, Positions, Sequence, hf_shape},
+    decoder::{Logits, Sequence, hf_shape},
 };
 use mftcoder::train::preference::{self, PreferenceConfig};
 use mftcoder::train::trainer;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -460,68 +459,7 @@ fn sample_completions<B: Backend>(
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let config = HfConfig::read(&args.model)?;
-    let model_type = config.model_type()?;
-    let store = WeightStore::open(&args.model)?;
-    let mut params = 0usize;
-    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
-    for name in store.names() {
-        let info = store.info(name)?;
-        params += info.shape.iter().product::<usize>();
-        *dtypes.entry(format!("{:?}", info.dtype)).or_default() += 1;
-    }
-    let arch = config.json.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("?");
-    println!("model:        {}", args.model.display());
-    println!("architecture: {arch} (model_type `{model_type}`)");
-    if models::SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-        let c = models::decoder_config(&config)?;
-        println!(
-            "shape:        {} layers, hidden {}, MLP {}, {} heads × {} (KV heads {}), vocab {}",
-            c.num_hidden_layers,
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_attention_heads,
-            c.head_dim,
-            c.num_key_value_heads,
-            c.vocab_size
-        );
-        let positions = match &c.positions {
-            Positions::Rotary { rope, dims } => {
-                format!(
-                    "RoPE θ = {}, scaling {:?}, on {dims} of {} entries per head",
-                    rope.theta, rope.scaling, c.head_dim
-                )
-            }
-            Positions::Learned => format!("learned, {} positions", c.max_position_embeddings),
-        };
-        println!("positions:    {positions}; tied embeddings: {}", c.tie_word_embeddings);
-        let qkv = match c.attention.fused_qkv {
-            Some(layout) => format!("fused q/k/v ({} head groups)", layout.groups),
-            None => "separate q/k/v".into(),
-        };
-        println!("layers:       {qkv}, {:?} residual, {:?} norm, {:?} MLP", c.residual, c.norm, c.mlp);
-        let windows: Vec<String> =
-            c.attention.windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
-        if c.attention.windows.iter().any(Option::is_some) {
-            println!("windows:      sliding attention per layer: {}", windows.join(", "));
-        }
-        println!(
-            "biases:       q/k/v {}, o {}, MLP {}, head {}",
-            c.attention.qkv_bias, c.attention.o_bias, c.mlp_bias, c.lm_head_bias
-        );
-    }
-    println!(
-        "parameters:   {params} ({:.2} M) in {} tensors, {}",
-        params as f64 / 1e6,
-        dtypes.values().sum::<usize>(),
-        store.describe()
-    );
-    let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} × {n}")).collect();
-    println!("dtypes:       {}", dtypes.join(", "));
-    match Tokenizer::load(&args.model) {
-        Ok(tok) => println!("tokenizer:    {}", tok.summary()),
-        Err(e) => println!("tokenizer:    none ({e:#})"),
-    }
+    print!("{}", models::info::describe(&args.model)?);
     Ok(())
 }
 

@@ -96,6 +96,11 @@ fn mlp_paths(prefix: &str, n: &TensorNames) -> [Option<String>; 3] {
     ]
 }
 
+/// The paths of a dense layer's MLP (gate, up, down) under the layer prefix `p`.
+fn dense_paths(p: &str, n: &TensorNames) -> [Option<String>; 3] {
+    [n.gate.map(|g| format!("{p}.{g}")), Some(format!("{p}.{}", n.up)), Some(format!("{p}.{}", n.down))]
+}
+
 /// The paths of expert e's (gate, up, down).
 fn expert_paths(p: &str, m: &MoeNames, e: usize) -> [Option<String>; 3] {
     let at = |leaf: &str| Some(format!("{p}.{}.{e}.{leaf}", m.experts));
@@ -233,8 +238,7 @@ impl<B: Backend> FeedForward<B> {
         let n = &c.names;
         let h = c.hidden_size;
         let (Some(moe), Some(m)) = (c.moe.as_ref().filter(|_| c.is_sparse(l)), n.moe) else {
-            let paths =
-                [n.gate.map(|g| format!("{p}.{g}")), Some(format!("{p}.{}", n.up)), Some(format!("{p}.{}", n.down))];
+            let paths = dense_paths(p, n);
             return Ok(FeedForward::Dense(Mlp::load(b, store, &paths, c.intermediate_size, h, c.mlp_bias)?));
         };
         let router = Linear::load(b, store, &format!("{p}.{}", m.router), moe.router.experts, h, false)?;
@@ -276,12 +280,7 @@ impl<B: Backend> FeedForward<B> {
         let mut out = Vec::new();
         match self {
             FeedForward::Dense(mlp) => {
-                let paths = [
-                    n.gate.map(|g| format!("{p}.{g}")),
-                    Some(format!("{p}.{}", n.up)),
-                    Some(format!("{p}.{}", n.down)),
-                ];
-                mlp.linears_mut(paths, &mut out);
+                mlp.linears_mut(dense_paths(p, n), &mut out);
             }
             FeedForward::Sparse(moe) => {
                 let m = n.moe.expect("sparse layers have MoE names");
@@ -376,12 +375,7 @@ impl<B: Backend> FeedForward<B> {
         let n = &c.names;
         let (moe, cache) = match (self, cache) {
             (FeedForward::Dense(mlp), FfnCache::Dense(cache)) => {
-                let paths = [
-                    n.gate.map(|g| format!("{p}.{g}")),
-                    Some(format!("{p}.{}", n.up)),
-                    Some(format!("{p}.{}", n.down)),
-                ];
-                return mlp.backward(b, c.mlp, dy, h, cache, train_base, seed, DENSE, &paths, grads);
+                return mlp.backward(b, c.mlp, dy, h, cache, train_base, seed, DENSE, &dense_paths(p, n), grads);
             }
             (FeedForward::Sparse(moe), FfnCache::Sparse(cache)) => (moe, cache),
             _ => unreachable!("a block's cache is of its own kind"),

@@ -8,6 +8,7 @@ pub mod feed_forward;
 pub mod gemma;
 pub mod gpt_bigcode;
 pub mod gpt_neox;
+pub mod info;
 pub mod layers;
 pub mod llama;
 pub mod mistral;

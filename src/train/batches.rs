@@ -157,6 +157,21 @@ pub fn flatten(batch: &Batch) -> FlatBatch {
 }
 // ANCHOR_END: flatten
 
+impl FlatBatch {
+    /// MFTCoder's collator mask for the MoE aux loss: in each row, the input tokens up to the last supervised
+    /// one (`attention_mask[b, t] = t ≤ last_one_pos[b]`, with `last_one_pos` indexed before the label shift).
+    pub fn router_mask(&self) -> Vec<f32> {
+        let n = self.row_len;
+        self.loss_mask
+            .chunks(n)
+            .flat_map(|row| {
+                let last_one = row.iter().rposition(|&m| m != 0.0).map_or(0, |j| j + 1);
+                (0..n).map(move |t| if t <= last_one { 1.0 } else { 0.0 })
+            })
+            .collect()
+    }
+}
+
 /// Load the data a config names.
 pub fn load_data(cfg: &TrainConfig, tokenizer: &Tokenizer) -> Result<TrainData> {
     let paths: Vec<PathBuf> = cfg.data_paths.iter().map(PathBuf::from).collect();

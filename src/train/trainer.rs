@@ -387,19 +387,6 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     })
 }
 
-/// MFTCoder's collator mask for the MoE aux loss: in each row, the input tokens up to the last supervised one
-/// (`attention_mask[b, t] = t ≤ last_one_pos[b]`, with `last_one_pos` indexed before the label shift).
-pub fn router_mask(flat: &crate::train::batches::FlatBatch) -> Vec<f32> {
-    let n = flat.row_len;
-    flat.loss_mask
-        .chunks(n)
-        .flat_map(|row| {
-            let last_one = row.iter().rposition(|&m| m != 0.0).map_or(0, |j| j + 1);
-            (0..n).map(move |t| if t <= last_one { 1.0 } else { 0.0 })
-        })
-        .collect()
-}
-
 // ANCHOR: optimizer_step
 #[allow(clippy::too_many_arguments)]
 fn optimizer_step<B: Backend>(
@@ -430,7 +417,7 @@ fn optimizer_step<B: Backend>(
         let coeffs = coefficients(mode, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights);
         let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
         model.dropout_seed = Some(rng.next_u64()); // LoRA dropout for this micro-batch (no effect without adapters)
-        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs, Some(&router_mask(&flat)));
+        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs, Some(&flat.router_mask()));
         model.dropout_seed = None; // evaluation and inference run without dropout
         let r = r?;
         loss_sum += r.loss;

@@ -79,7 +79,9 @@ pub struct BatchOutcome<B: Backend> {
 /// Forward and backward of the policy on every answer of a batch. Per answer: one forward, its sequence
 /// log-probability from the per-token cross-entropies, the pair's derivative ∂L/∂ℓ from the objective, then
 /// the backward with per-token weights that make `cross_entropy`'s gradient exactly ∂L/∂logits. Both answers
-/// of a pair are forwarded before either goes backward (the pair term needs both ℓ), so two caches are alive.
+/// of a pair are forwarded before either goes backward (the pair term needs both ℓ), so two caches are alive;
+/// a mixture of experts balances its load over the whole batch, as TRL's one concatenated forward does, so
+/// there every answer of the batch is forwarded first.
 pub fn preference_batch<B: Backend>(
     policy: &mut Decoder<B>,
     b: &B,
@@ -95,8 +97,6 @@ pub fn preference_batch<B: Backend>(
     let nll_per_token = objective.nll_weight() / nll_tokens.max(1) as f64;
     let mut grads: Gradients<B> = Gradients::<B>::new();
     let (mut terms, mut logps, mut nll_sum) = (Vec::new(), Vec::new(), 0.0);
-    // every answer forwarded first: a mixture of experts balances its load over the whole batch, as TRL's
-    // one concatenated forward does
     let all_answers: Vec<_> = pairs
         .iter()
         .map(|pair| {
@@ -107,48 +107,53 @@ pub fn preference_batch<B: Backend>(
             })
         })
         .collect();
-    let mut forwards = Vec::with_capacity(pairs.len());
-    for (i, ((pair, &reference), answers)) in pairs.iter().zip(reference).zip(&all_answers).enumerate() {
-        let mut sides = Vec::with_capacity(2);
-        for (side, (ids, targets, rows, _)) in answers.iter().enumerate() {
-            policy.dropout_seed = dropout_seed.map(|s| s ^ ((2 * i + side) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let seq = Sequence { ids, positions: &answers[side].3, segment_ids: None };
-            let (logits, cache) = policy.forward_train(b, seq)?;
-            let (losses, _) = b.cross_entropy(&logits, targets, &vec![0.0; ids.len()]);
-            let logp = -losses[rows.clone()].iter().map(|&l| l as f64).sum::<f64>();
-            if side == 0 {
-                nll_sum += losses[nll_rows(objective, ids.len(), rows)].iter().map(|&l| l as f64).sum::<f64>();
+    // the pairs forwarded together before their backward: one, or the whole batch for a mixture of experts
+    let group = if policy.config.moe.is_some() { pairs.len().max(1) } else { 1 };
+    let mut aux_loss = None;
+    for start in (0..pairs.len()).step_by(group) {
+        let range = start..(start + group).min(pairs.len());
+        let mut forwards = Vec::with_capacity(range.len());
+        for i in range.clone() {
+            let (pair, answers) = (&pairs[i], &all_answers[i]);
+            let mut sides = Vec::with_capacity(2);
+            for (side, (ids, targets, rows, positions)) in answers.iter().enumerate() {
+                policy.dropout_seed =
+                    dropout_seed.map(|s| s ^ ((2 * i + side) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let seq = Sequence { ids, positions, segment_ids: None };
+                let (logits, cache) = policy.forward_train(b, seq)?;
+                let (losses, _) = b.cross_entropy(&logits, targets, &vec![0.0; ids.len()]);
+                let logp = -losses[rows.clone()].iter().map(|&l| l as f64).sum::<f64>();
+                if side == 0 {
+                    nll_sum += losses[nll_rows(objective, ids.len(), rows)].iter().map(|&l| l as f64).sum::<f64>();
+                }
+                sides.push((logits, cache, logp, policy.dropout_seed));
             }
-            sides.push((logits, cache, logp, policy.dropout_seed));
+            let policy_logps = PairLogps { chosen: sides[0].2, rejected: sides[1].2 };
+            terms.push(pair_term(objective, policy_logps, reference[i], (pair.chosen.len(), pair.rejected.len())));
+            logps.push(policy_logps);
+            forwards.push(sides);
         }
-        let policy_logps = PairLogps { chosen: sides[0].2, rejected: sides[1].2 };
-        let term = pair_term(objective, policy_logps, reference, (pair.chosen.len(), pair.rejected.len()));
-        terms.push(term);
-        logps.push(policy_logps);
-        forwards.push((sides, answers));
-    }
-    let aux_loss = match &policy.config.moe {
-        Some(moe) => {
+        if let Some(moe) = &policy.config.moe {
             let mut caches: Vec<&mut TrainCache<'_, B>> =
-                forwards.iter_mut().flat_map(|(sides, _)| sides.iter_mut().map(|side| &mut side.1)).collect();
-            joint_aux_loss(&mut caches, moe.router.experts).map(|aux| aux * moe.aux_loss_coef as f64)
+                forwards.iter_mut().flat_map(|sides| sides.iter_mut().map(|side| &mut side.1)).collect();
+            aux_loss = joint_aux_loss(&mut caches, moe.router.experts).map(|aux| aux * moe.aux_loss_coef as f64);
         }
-        None => None,
-    };
-    for ((sides, answers), term) in forwards.into_iter().zip(&terms) {
-        for (side, ((logits, cache, _, seed), (ids, targets, rows, _))) in
-            sides.into_iter().zip(answers.iter()).enumerate()
-        {
-            let d_answer = if side == 0 { term.d_chosen } else { term.d_rejected };
-            let nll = if side == 0 { nll_rows(objective, ids.len(), rows) } else { 0..0 };
-            let weights = cross_entropy_weights(ids.len(), rows.clone(), d_answer, pairs.len(), nll, nll_per_token);
-            let (_, dlogits) = b.cross_entropy(&logits, targets, &weights);
-            policy.dropout_seed = seed; // the backward recomputes the forward's dropout masks from it
-            for (name, g) in policy.backward(b, cache, &dlogits) {
-                match grads.get_mut(&name) {
-                    Some(acc) => b.add_assign(acc, &g),
-                    None => {
-                        grads.insert(name, g);
+        for (sides, i) in forwards.into_iter().zip(range) {
+            let term = &terms[i];
+            for (side, ((logits, cache, _, seed), (ids, targets, rows, _))) in
+                sides.into_iter().zip(all_answers[i].iter()).enumerate()
+            {
+                let d_answer = if side == 0 { term.d_chosen } else { term.d_rejected };
+                let nll = if side == 0 { nll_rows(objective, ids.len(), rows) } else { 0..0 };
+                let weights = cross_entropy_weights(ids.len(), rows.clone(), d_answer, pairs.len(), nll, nll_per_token);
+                let (_, dlogits) = b.cross_entropy(&logits, targets, &weights);
+                policy.dropout_seed = seed; // the backward recomputes the forward's dropout masks from it
+                for (name, g) in policy.backward(b, cache, &dlogits) {
+                    match grads.get_mut(&name) {
+                        Some(acc) => b.add_assign(acc, &g),
+                        None => {
+                            grads.insert(name, g);
+                        }
                     }
                 }
             }
