@@ -96,8 +96,27 @@ impl HfConfig {
     }
 
     // ANCHOR: rope_spec
-    /// RoPE in either the transformers-4 or the transformers-5 form, rotating whole heads.
+    /// RoPE in either the transformers-4 or the transformers-5 form, rotating whole heads; YaRN is refused
+    /// (only DeepSeek-V2's reader applies its attention factor, see [`HfConfig::rope_with_yarn`]).
     pub fn rope(&self, default_theta: f64) -> Result<RopeSpec> {
+        let spec = self.rope_with_yarn(default_theta)?;
+        self.refuse_yarn(&spec)?;
+        Ok(spec)
+    }
+
+    /// A YaRN spec is an error naming the field: the families that read it do not scale cos/sin.
+    pub fn refuse_yarn(&self, spec: &RopeSpec) -> Result<()> {
+        match spec.scaling {
+            RopeScaling::Yarn(_) => {
+                let field = if self.json.contains_key("rope_parameters") { "rope_parameters" } else { "rope_scaling" };
+                Err(self.err(&format!("{field}.rope_type"), "is `yarn`, which is supported for deepseek_v2 only"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// RoPE rotating whole heads, YaRN included.
+    pub fn rope_with_yarn(&self, default_theta: f64) -> Result<RopeSpec> {
         let (spec, fraction) = self.partial_rope(default_theta, "rope_theta", "partial_rotary_factor", 1.0)?;
         if fraction != 1.0 {
             let field = if self.json.contains_key("rope_parameters") { "rope_parameters." } else { "" };
@@ -179,15 +198,61 @@ impl HfConfig {
                 }
                 RopeScaling::Linear { factor }
             }
+            "yarn" => RopeScaling::Yarn(self.yarn(params, field)?),
             other => {
                 return Err(self.err(
                     &format!("{field}.rope_type"),
-                    &format!("is `{other}`, which is not supported yet (supported: default, linear)"),
+                    &format!("is `{other}`, which is not supported yet (supported: default, linear, yarn)"),
                 ));
             }
         };
         Ok(RopeSpec { theta, scaling })
     }
+
+    // ANCHOR: yarn_params
+    /// YaRN's parameters with transformers' defaults (`_compute_yarn_parameters`): `factor` (else
+    /// max_position_embeddings / original), `original_max_position_embeddings` (else max_position_embeddings),
+    /// β_fast 32, β_slow 1, `truncate` true, and the cos/sin factor `attention_factor` — given, or
+    /// g(factor, mscale) / g(factor, mscale_all_dim) when both are non-zero, else g(factor, 1), with
+    /// g(s, m) = 0.1·m·ln s + 1 (1 for s ≤ 1).
+    fn yarn(&self, params: &Map<String, Value>, field: &str) -> Result<Yarn> {
+        let number = |key: &str| -> Result<Option<f64>> {
+            match params.get(key).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(&format!("{field}.{key}"), "must be a number")),
+            }
+        };
+        let max_positions = self.opt_f64("max_position_embeddings")?.unwrap_or(2048.0);
+        let original = number("original_max_position_embeddings")?.unwrap_or(max_positions);
+        let factor = number("factor")?.unwrap_or(max_positions / original);
+        if !(factor > 0.0 && factor.is_finite()) || !(original >= 1.0 && original.is_finite()) {
+            return Err(self.err(
+                &format!("{field}.factor"),
+                &format!("is {factor} with original_max_position_embeddings {original}; both must be positive"),
+            ));
+        }
+        let g = |s: f64, m: f64| if s <= 1.0 { 1.0 } else { 0.1 * m * s.ln() + 1.0 };
+        let (mscale, mscale_all_dim) = (number("mscale")?.unwrap_or(0.0), number("mscale_all_dim")?.unwrap_or(0.0));
+        let attention_factor = match number("attention_factor")? {
+            Some(a) => a,
+            None if mscale != 0.0 && mscale_all_dim != 0.0 => g(factor, mscale) / g(factor, mscale_all_dim),
+            None => g(factor, 1.0),
+        };
+        let truncate = match params.get("truncate").filter(|v| !v.is_null()) {
+            None => true,
+            Some(v) => v.as_bool().ok_or_else(|| self.err(&format!("{field}.truncate"), "must be true or false"))?,
+        };
+        Ok(Yarn {
+            factor,
+            original_max_position_embeddings: original,
+            beta_fast: number("beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0),
+            beta_slow: number("beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0),
+            truncate,
+            attention_factor,
+            softmax_mscale: g(factor, mscale_all_dim),
+        })
+    }
+    // ANCHOR_END: yarn_params
 }
 
 fn token_ids_of(value: Option<&Value>) -> Option<Vec<u32>> {
@@ -214,6 +279,23 @@ pub enum RopeScaling {
     Linear {
         factor: f64,
     },
+    /// YaRN (Peng et al., 2023): low frequencies divided by `factor`, high ones kept, a ramp between.
+    Yarn(Yarn),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: f64,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// Round the ramp's ends to whole dimensions.
+    pub truncate: bool,
+    /// Multiplies cos and sin (so the rotated part of every q·k score by its square).
+    pub attention_factor: f64,
+    /// g(factor, mscale_all_dim): DeepSeek-V2 multiplies its softmax scale by its square (1 without
+    /// `mscale_all_dim`).
+    pub softmax_mscale: f64,
 }
 
 /// The end-of-sequence ids generation stops at: `generation_config.json` wins over `config.json`,

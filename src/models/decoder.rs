@@ -13,17 +13,21 @@
 pub use super::decoder_config::*;
 pub use super::decoder_train::{LayerCache, Sequence, TrainCache, joint_aux_loss};
 pub use super::feed_forward::{FeedForward, Mlp, SparseMoe};
+pub use super::latent_attention::{LatentModule, LatentQkv};
 pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
 use crate::backend::{AttentionMask, Backend};
 use crate::io::safetensors::WeightStore;
 use crate::nn::rope::inverse_frequencies;
 use anyhow::{Result, bail};
 use ndarray::Array2;
+use std::borrow::Cow;
 
-/// A layer's q, k, v projections: three, or one fused matrix (split by the config's [`FusedQkv`] layout).
+/// A layer's q, k, v projections: three, one fused matrix (split by the config's [`FusedQkv`] layout), or
+/// DeepSeek-V2's latent projections.
 pub enum QkvProjection<B: Backend> {
     Separate { q: Linear<B>, k: Linear<B>, v: Linear<B> },
     Fused(Linear<B>),
+    Latent(LatentQkv<B>),
 }
 
 pub struct DecoderLayer<B: Backend> {
@@ -118,6 +122,18 @@ impl DecoderConfig {
                 "a shared norm and the MLP norm's name",
             ),
             (self.attention.windows.len() == self.num_hidden_layers, "one attention window per layer"),
+            (matches!(n.qkv, QkvNames::Latent(_)) == self.attention.latent.is_some(), "latent attention and its names"),
+            (
+                self.attention.latent.as_ref().is_none_or(|la| {
+                    self.head_dim == la.head_width()
+                        && self.num_key_value_heads == self.num_attention_heads
+                        && self.attention.fused_qkv.is_none()
+                        && !self.attention.qk_norm
+                        && la.rope_dim % 2 == 0
+                        && matches!(self.positions, Positions::Rotary { dims, .. } if dims == la.rope_dim)
+                }),
+                "latent attention and the head shape, rotary width or q/k options",
+            ),
             (
                 self.moe.as_ref().is_none_or(|m| {
                     n.moe.is_some() && self.mlp_is_gated() && m.sparse_layers.len() == self.num_hidden_layers
@@ -169,6 +185,10 @@ impl<B: Backend> Decoder<B> {
                     v: linear(v, kv_out, h, c.attention.qkv_bias)?,
                 },
                 QkvNames::Fused(name) => QkvProjection::Fused(linear(name, c.qkv_width(), h, c.attention.qkv_bias)?),
+                QkvNames::Latent(names) => {
+                    let la = c.attention.latent.as_ref().expect("checked: latent names come with a latent config");
+                    QkvProjection::Latent(LatentQkv::load(b, store, c, la, &names, &p)?)
+                }
             };
             let qk_norms = match n.qk_norms.filter(|_| c.attention.qk_norm) {
                 Some((q, k)) => Some((norm_of_width(&format!("{p}.{q}"), d)?, norm_of_width(&format!("{p}.{k}"), d)?)),
@@ -178,7 +198,7 @@ impl<B: Backend> Decoder<B> {
                 input_norm: norm(&format!("{p}.{}", n.input_norm))?,
                 qkv,
                 qk_norms,
-                o_proj: linear(n.o, h, q_out, c.attention.o_bias)?,
+                o_proj: linear(n.o, h, c.attention_output_width(), c.attention.o_bias)?,
                 post_attention_norm: n.post_attention_norm.map(|name| norm(&format!("{p}.{name}"))).transpose()?,
                 ffn: FeedForward::load(b, store, c, l, &p)?,
             });
@@ -238,13 +258,16 @@ impl<B: Backend> Decoder<B> {
         let qkv_bias = c.attention.qkv_bias;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
-            let qkv = match c.attention.fused_qkv {
-                None => QkvProjection::Separate {
+            let qkv = match (c.attention.fused_qkv, &c.attention.latent) {
+                (_, Some(la)) => QkvProjection::Latent(LatentQkv::random(b, c, la, &mut |out, inp, bias| {
+                    Linear::new(random(out, inp, true), zeros(out, bias))
+                })),
+                (None, None) => QkvProjection::Separate {
                     q: Linear::new(random(q_out, h, true), zeros(q_out, qkv_bias)),
                     k: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),
                     v: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),
                 },
-                Some(_) => {
+                (Some(_), None) => {
                     QkvProjection::Fused(Linear::new(random(c.qkv_width(), h, true), zeros(c.qkv_width(), qkv_bias)))
                 }
             };
@@ -252,7 +275,7 @@ impl<B: Backend> Decoder<B> {
                 input_norm: norm(),
                 qkv,
                 qk_norms: c.attention.qk_norm.then(|| (norm_of_width(d), norm_of_width(d))),
-                o_proj: Linear::new(random(h, q_out, true), zeros(h, c.attention.o_bias)),
+                o_proj: Linear::new(random(h, c.attention_output_width(), true), zeros(h, c.attention.o_bias)),
                 post_attention_norm: (c.residual != Residual::ParallelSharedNorm).then(norm),
                 ffn: FeedForward::random(c, l, &mut |out, inp| {
                     Linear::new(random(out, inp, true), zeros(out, c.mlp_bias))
@@ -312,21 +335,33 @@ impl<B: Backend> Decoder<B> {
         let mut x = self.embed(b, ids, &positions); // [T, H]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(b, &x);
-            let qkv = self.project_qkv(b, layer, &h, &positions, |_| None);
-            let (k, v) = match cache.as_deref_mut() {
-                Some(kv) => {
-                    let (k, v) = match kv.layers[l].take() {
-                        Some((k_past, v_past)) => (b.concat_rows(&k_past, &qkv.k), b.concat_rows(&v_past, &qkv.v)),
-                        None => (qkv.k, qkv.v),
-                    };
-                    kv.layers[l] = Some((k.clone(), v.clone()));
-                    (k, v)
+            let slot = cache.as_deref_mut().map(|kv| &mut kv.layers[l]);
+            let (q, k, v) = match &layer.qkv {
+                // the slot holds the normed latents and the rotated shared keys
+                QkvProjection::Latent(mla) => {
+                    let la = self.config.attention.latent.as_ref().expect("checked at load");
+                    mla.forward_cached(b, la, &h, &positions, &self.inv_freq, slot)
                 }
-                None => (qkv.k, qkv.v),
+                _ => {
+                    let qkv = self.project_qkv(b, layer, &h, &positions, |_| None);
+                    match slot {
+                        Some(slot) => {
+                            let (k, v) = match slot.take() {
+                                Some((k_past, v_past)) => {
+                                    (b.concat_rows(&k_past, &qkv.k), b.concat_rows(&v_past, &qkv.v))
+                                }
+                                None => (qkv.k, qkv.v),
+                            };
+                            *slot = Some((k.clone(), v.clone()));
+                            (qkv.q, k, v)
+                        }
+                        None => (qkv.q, qkv.k, qkv.v),
+                    }
+                }
             };
             let mask = AttentionMask { q_offset: start, segment_ids: None, window: self.config.attention.windows[l] };
-            let attn = b.causal_attention(&qkv.q, &k, &v, &shape, &mask); // [T, heads·d]
-            let attn_out = layer.o_proj.forward(b, &attn);
+            let attn = b.causal_attention(&q, &k, &v, &shape, &mask); // [T, heads·d]
+            let attn_out = layer.o_proj.forward(b, &self.o_proj_input(b, layer, &attn));
             x = match self.config.residual {
                 Residual::Sequential => {
                     let x_mid = b.add(&x, &attn_out);
@@ -353,6 +388,14 @@ impl<B: Backend> Decoder<B> {
         Ok(self.head(b, &self.norm.forward(b, &x))) // [T, vocab]
     }
     // ANCHOR_END: decoder_forward
+
+    /// The attention output as o_proj reads it (a latent layer cuts each head's value padding).
+    pub(super) fn o_proj_input<'t>(&self, b: &B, layer: &DecoderLayer<B>, attn: &'t B::Tensor) -> Cow<'t, B::Tensor> {
+        match &layer.qkv {
+            QkvProjection::Latent(mla) => Cow::Owned(mla.output(b, attn)),
+            _ => Cow::Borrowed(attn),
+        }
+    }
 
     /// The layer's MLP norm (the attention's own norm when the two share one).
     pub(super) fn mlp_norm<'a>(&self, layer: &'a DecoderLayer<B>) -> &'a Norm<B> {
@@ -398,6 +441,12 @@ impl<B: Backend> Decoder<B> {
                     out.push((format!("{p}.{vn}"), v));
                 }
                 (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => out.push((format!("{p}.{name}"), qkv)),
+                (QkvProjection::Latent(mla), QkvNames::Latent(names)) => {
+                    out.extend(mla.modules_mut(&names, &p).into_iter().filter_map(|(path, m)| match m {
+                        LatentModule::Linear(lin) => Some((path, lin)),
+                        LatentModule::Norm(_) => None,
+                    }))
+                }
                 _ => unreachable!("checked at load"),
             }
             out.push((format!("{p}.{}", n.o), &mut layer.o_proj));
@@ -443,6 +492,14 @@ impl<B: Backend> Decoder<B> {
                     push_linear(&mut out, format!("{p}.{vn}"), v);
                 }
                 (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => push_linear(&mut out, format!("{p}.{name}"), qkv),
+                (QkvProjection::Latent(mla), QkvNames::Latent(names)) => {
+                    for (path, module) in mla.modules_mut(&names, &p) {
+                        match module {
+                            LatentModule::Linear(lin) => push_linear(&mut out, path, lin),
+                            LatentModule::Norm(norm) => push_norm(&mut out, path, norm),
+                        }
+                    }
+                }
                 _ => unreachable!("checked at load"),
             }
             if let (Some((qn, kn)), Some((q_norm, k_norm))) = (n.qk_norms, layer.qk_norms.as_mut()) {

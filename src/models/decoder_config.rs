@@ -10,12 +10,14 @@
 //! | norms | RMSNorm, (1 + w) RMSNorm, LayerNorm with bias | Gemma, StarCoder2, GPT-* |
 //! | MLP | gated SiLU / GELU, plain GELU (tanh or exact erf) | Llama, Gemma, StarCoder2, GPT-NeoX |
 //! | attention | biases, softmax scale, sliding windows per layer | Qwen2, GPT-BigCode, Mistral |
-//! | feed-forward | the MLP, or in chosen layers a mixture of experts ([`Moe`]) | Mixtral, Qwen2-MoE |
+//! | feed-forward | the MLP, or in chosen layers a mixture of experts ([`Moe`]) | Mixtral, Qwen2-MoE, DeepSeek-V2 |
+//! | latent attention | q/k/v from a low-rank latent per token ([`LatentAttention`]) | DeepSeek-V2 |
 
 use crate::backend::AttentionShape;
 use crate::io::hf_config::{RopeScaling, RopeSpec};
 pub use crate::nn::fused_qkv::FusedQkv;
 pub use crate::nn::mlp::Gelu;
+pub use super::latent_attention::{LatentAttention, LatentNames};
 pub use crate::nn::moe_router::{RouterSpec, Selection};
 
 // ANCHOR: decoder_config
@@ -67,6 +69,9 @@ pub struct Attention {
     pub windows: Vec<Option<usize>>,
     /// A norm over each head of q and of k, after the projection and before RoPE (Phi's `qk_layernorm`).
     pub qk_norm: bool,
+    /// Keys and values from a low-rank latent (DeepSeek-V2's MLA); `head_dim` is then its
+    /// [`LatentAttention::head_width`] and `qkv_bias` the bias of its two down-projections.
+    pub latent: Option<LatentAttention>,
 }
 
 /// How a token learns where it is.
@@ -164,6 +169,7 @@ pub struct MoeNames {
 pub enum QkvNames {
     Separate { q: &'static str, k: &'static str, v: &'static str },
     Fused(&'static str),
+    Latent(LatentNames),
 }
 // ANCHOR_END: tensor_names
 
@@ -194,6 +200,7 @@ impl DecoderConfig {
                 scale: 1.0 / (head_dim as f32).sqrt(),
                 windows: vec![None; layers],
                 qk_norm: false,
+                latent: None,
             },
             positions: Positions::Rotary {
                 rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None },
@@ -235,6 +242,12 @@ impl DecoderConfig {
     /// Width of the q, k and v projections' outputs together.
     pub fn qkv_width(&self) -> usize {
         (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+    }
+
+    /// Width of the attention output o_proj reads: heads · head_dim, or heads · v_head_dim with a latent.
+    pub fn attention_output_width(&self) -> usize {
+        let per_head = self.attention.latent.as_ref().map_or(self.head_dim, |la| la.v_dim);
+        self.num_attention_heads * per_head
     }
 
     /// Whether the MLP has a gate projection.

@@ -3,6 +3,7 @@
 
 use super::decoder::{Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, Residual};
 use super::feed_forward::FfnCache;
+use super::latent_attention::LatentCache;
 use crate::backend::{AttentionMask, Backend};
 use crate::loss::moe_aux::load_balancing_loss;
 use crate::nn::moe_router::Routing;
@@ -28,13 +29,32 @@ pub struct LayerCache<B: Backend> {
     q: B::Tensor,                           // [T, heads·d] as attention reads it (normed, rotated)
     k: B::Tensor,                           // [T, kv·d]
     v: B::Tensor,                           // [T, kv·d]
-    qk_raw: Option<(B::Tensor, B::Tensor)>, // q, k before their per-head norms (qk_norm only)
+    qkv: QkvSaved<B>,                       // what the q/k/v projections' backward needs
     attn: B::Tensor,                        // [T, heads·d] attention output (before o_proj)
     lse: B::Tensor,                         // [T, heads]
     x_mid: Option<B::Tensor>, // [T, H] sequential residual: the stream after attention, the MLP norm's input
     h_mlp: Option<B::Tensor>, // [T, H] the MLP's input (None when it is h_attn: one shared norm)
     ffn: FfnCache<B>,         // the MLP's (or the experts') activations
-    lora_h: [Option<B::Tensor>; 4], // x·Aᵀ of each adapted attention projection: q (or fused qkv), k, v, o
+    lora_o: Option<B::Tensor>, // x·Aᵀ of an adapted o_proj
+}
+
+/// What the q/k/v projections' backward needs.
+pub(super) enum QkvSaved<B: Backend> {
+    /// Separate or fused projections: q, k before their per-head norms (qk_norm only), and x·Aᵀ of each
+    /// adapted projection (q or the fused one, k, v).
+    Direct { qk_raw: Option<(B::Tensor, B::Tensor)>, lora_h: [Option<B::Tensor>; 3] },
+    Latent(LatentCache<B>),
+}
+
+impl<B: Backend> QkvSaved<B> {
+    fn tensors(&self) -> Vec<&B::Tensor> {
+        match self {
+            QkvSaved::Direct { qk_raw, lora_h } => {
+                qk_raw.iter().flat_map(|(q, k)| [q, k]).chain(lora_h.iter().flatten()).collect()
+            }
+            QkvSaved::Latent(cache) => cache.tensors().collect(),
+        }
+    }
 }
 
 /// A layer's saved activations: all of them, or only its input (recomputed in the backward).
@@ -69,11 +89,11 @@ impl<B: Backend> TrainCache<'_, B> {
                 Saved::InputOnly(x) => size(x),
                 Saved::Everything(lc) => [&lc.x, &lc.h_attn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse]
                     .into_iter()
-                    .chain(lc.qk_raw.iter().flat_map(|(q, k)| [q, k]))
+                    .chain(lc.qkv.tensors())
                     .chain(lc.x_mid.iter())
                     .chain(lc.h_mlp.iter())
                     .chain(lc.ffn.tensors())
-                    .chain(lc.lora_h.iter().flatten())
+                    .chain(lc.lora_o.iter())
                     .map(size)
                     .sum(),
             })
@@ -129,8 +149,7 @@ pub(super) struct ProjectedQkv<B: Backend> {
     pub q: B::Tensor,
     pub k: B::Tensor,
     pub v: B::Tensor,
-    qk_raw: Option<(B::Tensor, B::Tensor)>,
-    lora_h: [Option<B::Tensor>; 3],
+    saved: QkvSaved<B>,
 }
 
 /// A norm applied to each head of x: [T, heads·d] viewed as [T·heads, d].
@@ -153,6 +172,11 @@ impl<B: Backend> Decoder<B> {
     ) -> ProjectedQkv<B> {
         let shape = self.config.attention_shape();
         let (q, k, v, lora_h) = match &layer.qkv {
+            QkvProjection::Latent(mla) => {
+                let la = self.config.attention.latent.as_ref().expect("checked at load");
+                let (q, k, v, cache) = mla.forward_train(b, la, h, positions, &self.inv_freq, &seed);
+                return ProjectedQkv { q, k, v, saved: QkvSaved::Latent(cache) };
+            }
             QkvProjection::Separate { q, k, v } => {
                 let (q, hq) = q.forward_train(b, h, seed(0));
                 let (k, hk) = k.forward_train(b, h, seed(1));
@@ -180,7 +204,7 @@ impl<B: Backend> Decoder<B> {
             ),
             Positions::Learned => (q, k),
         };
-        ProjectedQkv { q, k, v, qk_raw, lora_h }
+        ProjectedQkv { q, k, v, saved: QkvSaved::Direct { qk_raw, lora_h } }
     }
     // ANCHOR_END: project_qkv
 
@@ -229,10 +253,9 @@ impl<B: Backend> Decoder<B> {
         let mask =
             AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: self.config.attention.windows[l] };
         let h_attn = layer.input_norm.forward(b, &x);
-        let ProjectedQkv { q, k, v, qk_raw, lora_h: [hq, hk, hv] } =
-            self.project_qkv(b, layer, &h_attn, seq.positions, seed);
+        let ProjectedQkv { q, k, v, saved: qkv } = self.project_qkv(b, layer, &h_attn, seq.positions, seed);
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
-        let (o, ho) = layer.o_proj.forward_train(b, &attn, seed(3));
+        let (o, lora_o) = layer.o_proj.forward_train(b, &self.o_proj_input(b, layer, &attn), seed(3));
         let c = &self.config;
         let (x_out, x_mid, h_mlp, ffn) = match c.residual {
             Residual::Sequential => {
@@ -251,8 +274,7 @@ impl<B: Backend> Decoder<B> {
                 (b.add(&b.add(&x, &o), &mlp_out), None, None, ffn)
             }
         };
-        let lora_h = [hq, hk, hv, ho];
-        let cache = LayerCache { x, h_attn, q, k, v, qk_raw, attn, lse, x_mid, h_mlp, ffn, lora_h };
+        let cache = LayerCache { x, h_attn, q, k, v, qkv, attn, lse, x_mid, h_mlp, ffn, lora_o };
         (x_out, cache)
     }
     // ANCHOR_END: decoder_forward_train
@@ -334,7 +356,6 @@ impl<B: Backend> Decoder<B> {
         let train_base = !self.frozen_base;
         let p = format!("{}.{l}", n.layers);
         let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
-        let [hq, hk, hv, ho] = &lc.lora_h;
 
         // feed-forward block: out = ffn(h); dx is ∂L/∂out
         let h_mlp = lc.h_mlp.as_ref().unwrap_or(&lc.h_attn);
@@ -356,9 +377,56 @@ impl<B: Backend> Decoder<B> {
 
         // attention block: out = o(attention(q, k, v)); dx is ∂L/∂out
         let o_name = format!("{p}.{}", n.o);
-        let dattn = layer.o_proj.backward(b, dx, &lc.attn, ho.as_ref(), train_base, seed(3), &o_name, grads);
+        let o_in = self.o_proj_input(b, layer, &lc.attn);
+        let d_o_in = layer.o_proj.backward(b, dx, &o_in, lc.lora_o.as_ref(), train_base, seed(3), &o_name, grads);
+        let dattn = match &layer.qkv {
+            QkvProjection::Latent(mla) => mla.output_backward(b, d_o_in),
+            _ => d_o_in,
+        };
         let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: c.attention.windows[l] };
         let (dq, dk, dv) = b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
+        let h = &lc.h_attn;
+        let mut dh = match (&layer.qkv, &lc.qkv, n.qkv) {
+            (QkvProjection::Latent(mla), QkvSaved::Latent(saved), QkvNames::Latent(names)) => {
+                let la = c.attention.latent.as_ref().expect("checked at load");
+                let d = (&dq, &dk, &dv);
+                mla.backward(b, la, saved, d, h, pos, &self.inv_freq, train_base, &seed, (&names, &p), grads)
+            }
+            (_, QkvSaved::Direct { qk_raw, lora_h }, _) => {
+                self.direct_qkv_backward(b, layer, (qk_raw, lora_h), (dq, dk, dv), h, pos, train_base, &seed, &p, grads)
+            }
+            _ => unreachable!("a latent layer caches a latent projection"),
+        };
+        if let Some(d) = dh_attn_from_mlp {
+            b.add_assign(&mut dh, &d); // one shared norm feeds both blocks
+        }
+        let norm_name = format!("{p}.{}", n.input_norm);
+        let dx_in = layer.input_norm.backward(b, &dh, &lc.x, train_base, &norm_name, grads);
+        b.add_assign(dx, &dx_in); // dx is now ∂L/∂x entering layer l
+        if let Some(d) = dx_from_mlp_norm {
+            b.add_assign(dx, &d); // parallel residual: the MLP's norm read x too
+        }
+    }
+    // ANCHOR_END: decoder_backward
+
+    /// The separate or fused q/k/v projections in reverse: dq, dk, dv (attention's input gradients, rotated
+    /// and per-head normed as attention read them) → ∂L/∂h, h the layer's normed input.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_qkv_backward(
+        &self,
+        b: &B,
+        layer: &DecoderLayer<B>,
+        (qk_raw, [hq, hk, hv]): (&Option<(B::Tensor, B::Tensor)>, &[Option<B::Tensor>; 3]),
+        (dq, dk, dv): (B::Tensor, B::Tensor, B::Tensor),
+        h: &B::Tensor,
+        pos: &[usize],
+        train_base: bool,
+        seed: &dyn Fn(u64) -> Option<u64>,
+        p: &str,
+        grads: &mut Gradients<B>,
+    ) -> B::Tensor {
+        let c = &self.config;
+        let (n, shape) = (c.names, c.attention_shape());
         let (dq, dk) = match c.positions {
             Positions::Rotary { .. } => (
                 b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq),
@@ -366,7 +434,7 @@ impl<B: Backend> Decoder<B> {
             ),
             Positions::Learned => (dq, dk),
         };
-        let (dq, dk) = match (&layer.qk_norms, &lc.qk_raw, n.qk_norms) {
+        let (dq, dk) = match (&layer.qk_norms, qk_raw, n.qk_norms) {
             (Some((q_norm, k_norm)), Some((q_raw, k_raw)), Some((qn, kn))) => {
                 let mut per_head_backward =
                     |norm: &Norm<B>, dy: &B::Tensor, x: &B::Tensor, heads: usize, name: &str| {
@@ -381,8 +449,7 @@ impl<B: Backend> Decoder<B> {
             }
             _ => (dq, dk),
         };
-        let h = &lc.h_attn;
-        let mut dh = match (&layer.qkv, n.qkv) {
+        match (&layer.qkv, n.qkv) {
             (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
                 let mut dh = q.backward(b, &dq, h, hq.as_ref(), train_base, seed(0), &format!("{p}.{qn}"), grads);
                 for (dproj, proj, lora_h, name, idx) in [(&dk, k, hk, kn, 1), (&dv, v, hv, vn, 2)] {
@@ -397,18 +464,8 @@ impl<B: Backend> Decoder<B> {
                 qkv.backward(b, &dqkv, h, hq.as_ref(), train_base, seed(0), &format!("{p}.{name}"), grads)
             }
             _ => unreachable!("checked at load"),
-        };
-        if let Some(d) = dh_attn_from_mlp {
-            b.add_assign(&mut dh, &d); // one shared norm feeds both blocks
-        }
-        let norm_name = format!("{p}.{}", n.input_norm);
-        let dx_in = layer.input_norm.backward(b, &dh, &lc.x, train_base, &norm_name, grads);
-        b.add_assign(dx, &dx_in); // dx is now ∂L/∂x entering layer l
-        if let Some(d) = dx_from_mlp_norm {
-            b.add_assign(dx, &d); // parallel residual: the MLP's norm read x too
         }
     }
-    // ANCHOR_END: decoder_backward
 }
 
 /// The dropout seed of projection `proj` (0–6: q, k, v, o, gate, up, down) of layer `layer` for one forward.

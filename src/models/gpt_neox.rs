@@ -47,6 +47,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let layers = cfg.size("num_hidden_layers", cfg.usize("num_hidden_layers")?, MAX_LAYERS)?;
     let (heads, _, head_dim) = head_shape(cfg, hidden_size, None)?;
     let (rope, fraction) = cfg.partial_rope(10_000.0, "rotary_emb_base", "rotary_pct", 0.25)?;
+    cfg.refuse_yarn(&rope)?;
     let dims = rotary_dims(cfg, head_dim, fraction, "rotary_pct")?;
     let attention_bias = cfg.opt_bool("attention_bias")?.unwrap_or(true);
     let parallel = cfg.opt_bool("use_parallel_residual")?.unwrap_or(true);

@@ -7,7 +7,7 @@
 //!   x = h + down_proj(silu(gate_proj(n₂(h))) ⊙ up_proj(n₂(h)))
 
 use super::decoder::{Attention, DecoderConfig, MlpKind, NormKind, Positions, QkvNames, Residual, TensorNames};
-use crate::io::hf_config::{HfConfig, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+use crate::io::hf_config::{HfConfig, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, RopeSpec};
 use anyhow::{Result, bail};
 
 // ANCHOR: llama_names
@@ -86,6 +86,11 @@ pub(super) fn head_shape(
 /// `rms_norm_eps`, RoPE over whole heads, a SwiGLU MLP, no biases, full attention in every layer, Llama's
 /// tensor names (the caller sets what its architecture changes, and checks its activation).
 pub fn llama_shaped(cfg: &HfConfig, defaults: &DecoderDefaults) -> Result<DecoderConfig> {
+    llama_shaped_with_rope(cfg, defaults, cfg.rope(10_000.0)?)
+}
+
+/// [`llama_shaped`] with RoPE's parameters read by the caller.
+pub fn llama_shaped_with_rope(cfg: &HfConfig, defaults: &DecoderDefaults, rope: RopeSpec) -> Result<DecoderConfig> {
     let path = cfg.path.display();
     let hidden_size = cfg.size("hidden_size", cfg.usize("hidden_size")?, MAX_WIDTH)?;
     let (heads, kv_heads, head_dim) = head_shape(cfg, hidden_size, defaults.head_dim)?;
@@ -108,8 +113,9 @@ pub fn llama_shaped(cfg: &HfConfig, defaults: &DecoderDefaults) -> Result<Decode
             scale: 1.0 / (head_dim as f32).sqrt(),
             windows: vec![None; num_hidden_layers],
             qk_norm: false,
+            latent: None,
         },
-        positions: Positions::Rotary { rope: cfg.rope(10_000.0)?, dims: head_dim },
+        positions: Positions::Rotary { rope, dims: head_dim },
         residual: Residual::Sequential,
         norm: NormKind::Rms,
         norm_eps: norm_eps(cfg, "rms_norm_eps", 1e-6)?,

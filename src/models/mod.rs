@@ -4,11 +4,13 @@
 pub mod decoder;
 pub mod decoder_config;
 pub mod decoder_train;
+pub mod deepseek_v2;
 pub mod feed_forward;
 pub mod gemma;
 pub mod gpt_bigcode;
 pub mod gpt_neox;
 pub mod info;
+pub mod latent_attention;
 pub mod layers;
 pub mod llama;
 pub mod mistral;
@@ -26,8 +28,19 @@ use decoder::{Decoder, DecoderConfig};
 use std::path::Path;
 
 /// The `model_type` values this build can run.
-pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["llama", "mistral", "qwen2", "starcoder2", "gemma", "gpt_bigcode", "gpt_neox", "phi", "mixtral", "qwen2_moe"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "starcoder2",
+    "gemma",
+    "gpt_bigcode",
+    "gpt_neox",
+    "phi",
+    "mixtral",
+    "qwen2_moe",
+    "deepseek_v2",
+];
 
 // ANCHOR: decoder_dispatch
 /// The decoder config of a supported `model_type`.
@@ -43,6 +56,7 @@ pub fn decoder_config(config: &HfConfig) -> Result<DecoderConfig> {
         "phi" => phi::config_from_hf(config),
         "mixtral" => mixtral::config_from_hf(config),
         "qwen2_moe" => qwen2_moe::config_from_hf(config),
+        "deepseek_v2" => deepseek_v2::config_from_hf(config),
         other => bail!(
             "{}: field `model_type` is `{other}`, which is not supported (supported: {})",
             config.path.display(),

@@ -42,6 +42,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     }
     let (heads, kv_heads, head_dim) = head_shape(cfg, hidden_size, None)?;
     let (rope, fraction) = cfg.partial_rope(10_000.0, "rope_theta", "partial_rotary_factor", 0.5)?;
+    cfg.refuse_yarn(&rope)?;
     let dims = rotary_dims(cfg, head_dim, fraction, "partial_rotary_factor")?;
     let shape = (
         cfg.size("vocab_size", cfg.usize("vocab_size")?, MAX_VOCAB)?,

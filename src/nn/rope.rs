@@ -12,7 +12,7 @@
 //! Linear scaling ("position interpolation") divides every ωᵢ by a factor. Like transformers we compute ωᵢ and
 //! the angles in f32, so long positions round the same way.
 
-use crate::io::hf_config::{RopeScaling, RopeSpec};
+use crate::io::hf_config::{RopeScaling, RopeSpec, Yarn};
 use ndarray::{Array2, ArrayView2, Axis, Zip};
 
 // ANCHOR: inv_freq
@@ -20,18 +20,51 @@ use ndarray::{Array2, ArrayView2, Axis, Zip};
 /// transformers does (f32 pow, then reciprocal, then scaling).
 pub fn inverse_frequencies(spec: &RopeSpec, rotary_dims: usize) -> Vec<f32> {
     let base = spec.theta as f32;
+    let ramp = match &spec.scaling {
+        RopeScaling::Yarn(yarn) => Some(yarn_ramp(yarn, spec.theta, rotary_dims)),
+        _ => None,
+    };
     (0..rotary_dims / 2)
         .map(|i| {
             let exponent = (2 * i) as f32 / rotary_dims as f32;
-            let inv = 1.0 / base.powf(exponent);
-            match spec.scaling {
+            let pos_freq = base.powf(exponent);
+            let inv = 1.0 / pos_freq;
+            match &spec.scaling {
                 RopeScaling::None => inv,
-                RopeScaling::Linear { factor } => inv / factor as f32,
+                RopeScaling::Linear { factor } => inv / *factor as f32,
+                RopeScaling::Yarn(yarn) => {
+                    // ramp 0: the original frequency (extrapolation), ramp 1: divided by the factor
+                    let interpolated = 1.0 / (yarn.factor as f32 * pos_freq);
+                    let keep = 1.0 - ramp.as_ref().expect("computed for yarn")[i];
+                    interpolated * (1.0 - keep) + inv * keep
+                }
             }
         })
         .collect()
 }
 // ANCHOR_END: inv_freq
+
+// ANCHOR: yarn_ramp
+/// YaRN's ramp over the r/2 frequencies: 0 below the dimension whose wavelength turns β_fast times over the
+/// original context, 1 above the one that turns β_slow times, linear between. A dimension d turns
+/// L/(2π·θ^(2d/r)) times over a context of L, so that dimension is r·ln(L/(2π·β))/(2·ln θ).
+fn yarn_ramp(yarn: &Yarn, theta: f64, rotary_dims: usize) -> Vec<f32> {
+    let dim = rotary_dims as f64;
+    let turns_to_dim = |turns: f64| {
+        dim * (yarn.original_max_position_embeddings / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (turns_to_dim(yarn.beta_fast), turns_to_dim(yarn.beta_slow));
+    if yarn.truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+    if low == high {
+        high += 0.001; // transformers' guard against a zero-width ramp
+    }
+    let (low, high) = (low as f32, high as f32);
+    (0..rotary_dims / 2).map(|i| ((i as f32 - low) / (high - low)).clamp(0.0, 1.0)).collect()
+}
+// ANCHOR_END: yarn_ramp
 
 /// cos and sin of every angle p·ωᵢ a call needs, computed once per call rather than once per row: a packed
 /// batch repeats the same few hundred positions across its rows (and trigonometry is not cheap).
