@@ -133,7 +133,7 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
         let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
         clip_grad_norm_on(b, &mut grad_refs, 1.0);
         let mut params = model.trainable_parameters_mut();
-        let grad_list: Vec<&B::Tensor> = names.iter().map(|n| &grads[n]).collect();
+        let grad_list: Vec<Option<&B::Tensor>> = names.iter().map(|n| grads.get(n)).collect();
         let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
         opt.step_on(b, &mut param_refs, &grad_list, 1e-4, &vec![true; names.len()]);
         drop(params);

@@ -21,7 +21,8 @@ use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
 use mftcoder::models::decoder::{
-    Decoder, DecoderConfig, Gelu, MlpKind, Moe, NormKind, Positions, Residual, RouterSpec, Selection, Sequence,
+    Decoder, DecoderConfig, Gelu, LatentAttention, MlpKind, Moe, NormKind, Positions, Residual, RouterSpec, Selection,
+    Sequence,
 };
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
@@ -338,14 +339,14 @@ fn adamw_update_matches() {
         host_opt.step_on(
             &Cpu,
             &mut params.iter_mut().collect::<Vec<_>>(),
-            &grads.iter().collect::<Vec<_>>(),
+            &grads.iter().map(Some).collect::<Vec<_>>(),
             1e-2,
             &[true, false],
         );
         dev_opt.step_on(
             g,
             &mut dev_params.iter_mut().collect::<Vec<_>>(),
-            &dev_grads.iter().collect::<Vec<_>>(),
+            &dev_grads.iter().map(Some).collect::<Vec<_>>(),
             1e-2,
             &[true, false],
         );
@@ -393,6 +394,10 @@ enum Mode {
     /// Full fine-tuning of a Qwen2-MoE shape: layer 0 sparse (6 experts, top-3, raw weights, a shared expert
     /// behind a sigmoid gate), layer 1 dense.
     FullQwen2Moe,
+    /// LoRA on a DeepSeek-V2 shape: latent attention (low-rank q, value heads narrower than q/k heads, YaRN's
+    /// cos/sin factor), layer 0 dense, layer 1 group-limited routing with a routed scale and a shared expert;
+    /// every projection adapted.
+    LoraDeepseekV2,
 }
 
 /// A small Llama (GQA, packed two-document batch, the second layer with a sliding window of 9 as in Qwen2),
@@ -439,6 +444,35 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             });
             config.names = if qwen { mftcoder::models::qwen2_moe::NAMES } else { mftcoder::models::mixtral::NAMES };
         }
+        Mode::LoraDeepseekV2 => {
+            let la = LatentAttention {
+                q_rank: Some(24),
+                kv_rank: 16,
+                nope_dim: 12,
+                rope_dim: 8,
+                v_dim: 16,
+                rope_factor: 1.04,
+                norm_eps: 1e-6,
+            };
+            (config.num_key_value_heads, config.head_dim) = (4, la.head_width());
+            config.attention.scale = 0.2;
+            config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: la.rope_dim };
+            config.attention.latent = Some(la);
+            config.moe = Some(Moe {
+                router: RouterSpec {
+                    experts: 6,
+                    top_k: 2,
+                    normalize: false,
+                    scaling: 2.5,
+                    selection: Selection::GroupLimited { groups: 2, top_groups: 1 },
+                },
+                expert_intermediate_size: 32,
+                sparse_layers: vec![false, true],
+                shared_expert: Some((64, false)),
+                aux_loss_coef: 0.0,
+            });
+            config.names = mftcoder::models::deepseek_v2::NAMES;
+        }
         Mode::LoraPhi => {
             (config.norm, config.mlp, config.residual) =
                 (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), Residual::ParallelSharedNorm);
@@ -455,9 +489,9 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             linear.quantize(b, QuantType::Nf4, true).unwrap();
         }
     }
-    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi | Mode::LoraMixtral = mode {
+    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi | Mode::LoraMixtral | Mode::LoraDeepseekV2 = mode {
         let targets = match mode {
-            Mode::LoraMixtral => mftcoder::peft::TargetModules::AllLinear,
+            Mode::LoraMixtral | Mode::LoraDeepseekV2 => mftcoder::peft::TargetModules::AllLinear,
             _ => LoraConfig::default().target_modules,
         };
         let lora = LoraConfig { r: 8, lora_alpha: 16.0, target_modules: targets, ..LoraConfig::default() };
@@ -482,7 +516,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
     let mut params = model.trainable_parameters_mut();
     let shapes: Vec<(usize, usize)> = params.iter().map(|(_, p)| b.dims(p)).collect();
     let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
-    let grads: Vec<&B::Tensor> = names.iter().map(|n| &result.grads[n]).collect();
+    let grads: Vec<Option<&B::Tensor>> = names.iter().map(|n| result.grads.get(n)).collect();
     let mut opt = AdamW::new_on(b, AdamWConfig::default(), &shapes);
     let mut refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     opt.step_on(b, &mut refs, &grads, 1e-3, &vec![true; names.len()]);
@@ -533,6 +567,7 @@ fn starcoder2_and_gemma_training_steps_match() {
 fn mixture_of_experts_training_steps_match() {
     compare_training_step(Mode::LoraMixtral);
     compare_training_step(Mode::FullQwen2Moe);
+    compare_training_step(Mode::LoraDeepseekV2);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Mixtral and Qwen2-MoE — the decoder with a sparse mixture of experts — against transformers 5.24.0
-//! (`fixtures/generate.py --only moe`, described in `fixtures/moe/README.md`).
+//! Mixtral, Qwen2-MoE and DeepSeek-V2 — the decoder with a sparse mixture of experts, DeepSeek-V2 also with
+//! Multi-head Latent Attention and YaRN — against transformers 5.24.0 (`fixtures/generate.py --only moe`,
+//! described in `fixtures/moe/README.md`).
 //!
 //! Tolerances as for every f32 golden (DESIGN §5): logits ≤ 1e-4; router logits ≤ 1e-4; the training loss
 //! (cross-entropy + router_aux_loss_coef·aux, as transformers computes it with `output_router_logits`) and
@@ -20,7 +21,14 @@ use mftcoder::nn::moe_router::route;
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
 
+/// The cases whose training loss carries transformers' load-balancing term.
 const CASES: [&str; 3] = ["mixtral_top2", "qwen2_moe_shared", "qwen2_moe_normtopk"];
+/// DeepSeek-V2: transformers 5.24 adds no aux loss (its remote code's sequence-level term: see below).
+const DEEPSEEK: [&str; 2] = ["deepseek_v2_mla", "deepseek_v2_group_limited"];
+
+fn all_cases() -> impl Iterator<Item = &'static str> {
+    CASES.into_iter().chain(DEEPSEEK)
+}
 
 fn case_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moe").join(case)
@@ -65,8 +73,42 @@ fn configs_resolve_as_transformers_does() {
 }
 
 #[test]
+fn deepseek_configs_resolve_as_transformers_does() {
+    use mftcoder::models::decoder::{Positions, Selection};
+    let config = |case: &str| models::decoder_config(&HfConfig::read(&case_dir(case)).unwrap()).unwrap();
+    let mla = config("deepseek_v2_mla");
+    let la = mla.attention.latent.as_ref().unwrap();
+    assert_eq!((la.q_rank, la.kv_rank, la.nope_dim, la.rope_dim, la.v_dim), (Some(24), 16, 8, 4, 8));
+    assert_eq!((mla.head_dim, la.norm_eps, mla.norm_eps), (12, 1e-6, 1e-6));
+    // (8 + 4)^-½ · g(4, 0.707)² (README: 0.348034877); m = g(4, 0.707) / g(4, 0.707) = 1
+    assert!((mla.attention.scale - 0.348_034_88).abs() < 1e-7, "{}", mla.attention.scale);
+    assert_eq!(la.rope_factor, 1.0);
+    let moe = mla.moe.as_ref().unwrap();
+    assert_eq!((moe.sparse_layers.clone(), moe.shared_expert), (vec![false, true, true], Some((32, false))));
+    assert_eq!((moe.router.normalize, moe.router.scaling, moe.router.selection), (false, 1.5, Selection::Greedy));
+    let grouped = config("deepseek_v2_group_limited");
+    let la = grouped.attention.latent.as_ref().unwrap();
+    assert_eq!((la.q_rank, la.rope_dim, grouped.head_dim, grouped.norm_eps), (None, 8, 16, 1e-2));
+    assert!((la.rope_factor - 1.036_992_7).abs() < 1e-6, "{}", la.rope_factor);
+    assert!((grouped.attention.scale - 0.301_407_05).abs() < 1e-7, "{}", grouped.attention.scale);
+    let moe = grouped.moe.as_ref().unwrap();
+    assert_eq!(moe.router.selection, Selection::GroupLimited { groups: 2, top_groups: 1 });
+    assert_eq!((moe.router.scaling, moe.shared_expert), (2.5, Some((32, false))));
+    // YaRN's inverse frequencies against transformers' buffer
+    for (case, config) in [("deepseek_v2_mla", &mla), ("deepseek_v2_group_limited", &grouped)] {
+        let Positions::Rotary { rope, dims } = &config.positions else { panic!("{case}: rotary") };
+        let ours = mftcoder::nn::rope::inverse_frequencies(rope, *dims);
+        let want = golden(case).tensor_f32("rope_inv_freq").unwrap();
+        assert_eq!(ours.len(), want.len());
+        for (a, b) in ours.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-6 * b.abs(), "{case}: inv_freq {ours:?} vs {want}");
+        }
+    }
+}
+
+#[test]
 fn router_logits_and_logits_match_transformers() {
-    for case in CASES {
+    for case in all_cases() {
         let golden = golden(case);
         let ids = ids(&golden, "input_ids");
         let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
@@ -117,14 +159,16 @@ fn the_load_balancing_loss_matches_transformers() {
 
 #[test]
 fn loss_and_gradients_match_pytorch_autograd() {
-    for case in CASES {
+    for case in all_cases() {
         let golden = golden(case);
         let model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
         let result = golden_grads::loss_on_input_ids(&model, &golden);
         let want = scalar(&golden, "loss");
         assert!((result.loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {} vs {want}", result.loss);
-        let aux = result.aux_loss.unwrap();
-        assert!((aux - scalar(&golden, "aux_loss")).abs() <= 1e-5 * aux, "{case}: aux {aux}");
+        let aux = result.aux_loss.unwrap_or(0.0);
+        if CASES.contains(&case) {
+            assert!((aux - scalar(&golden, "aux_loss")).abs() <= 1e-5 * aux, "{case}: aux {aux}");
+        }
         let (worst, at) = golden_grads::compare_grads(case, &golden, "", &result.grads);
         eprintln!(
             "{case}: loss {:.6} (aux {aux:.6}), {} gradients, worst relative error {worst:.2e} ({at})",
@@ -136,7 +180,7 @@ fn loss_and_gradients_match_pytorch_autograd() {
 
 #[test]
 fn greedy_continuation_through_the_kv_cache_matches_transformers() {
-    for case in CASES {
+    for case in all_cases() {
         golden_grads::assert_greedy_matches(case, &case_dir(case), &golden(case));
     }
 }

@@ -348,6 +348,9 @@ fn lora_fine_tunes_of_other_decoders_lower_the_loss() {
             serde_json::json!(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
         ),
         ("fused_families", "phi_qk_layernorm_gqa", 2 * 6, all_linear.clone()),
+        // latent attention (q_a, q_b, kv_a, kv_b, o) in every layer; layer 0 a dense MLP, layers 1–2 the router,
+        // 4 experts × 3 and the shared experts' 3
+        ("moe", "deepseek_v2_mla", 5 * 3 + 3 + 2 * (1 + 12 + 3), all_linear.clone()),
     ];
     for (section, case, adapted, targets) in cases {
         let dir = scratch(&format!("lora_{case}"));
@@ -511,9 +514,15 @@ fn dpo_with_lora_learns_to_prefer_the_chosen_answers() {
 /// The fused-projection families through DPO (LoRA on `c_attn` / `query_key_value` / Phi's projections)
 /// and QLoRA fine-tuning (the fused projection stored in 4 bits).
 #[test]
-fn dpo_and_qlora_train_the_fused_families() {
-    for case in ["gpt_bigcode_mqa", "gpt_neox_parallel", "phi_partial_rotary"] {
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fused_families").join(case);
+fn dpo_and_qlora_train_the_fused_families_and_deepseek_v2() {
+    let cases = [
+        ("fused_families", "gpt_bigcode_mqa"),
+        ("fused_families", "gpt_neox_parallel"),
+        ("fused_families", "phi_partial_rotary"),
+        ("moe", "deepseek_v2_group_limited"),
+    ];
+    for (section, case) in cases {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(section).join(case);
         let dir = scratch(&format!("dpo_{case}"));
         let out = dir.join("out");
         let cfg = write_preference_config(&dir, &out, serde_json::json!({"pretrained_model_path": base}));

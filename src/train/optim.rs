@@ -144,18 +144,21 @@ impl<T> AdamW<T> {
 
     // ANCHOR: adamw_step_on
     /// [`AdamW::step`] on a backend: the same scalars, each tensor updated by `Backend::adamw_update` (on the
-    /// CPU exactly the host update below, so both entry points agree bit for bit).
+    /// CPU exactly the host update below, so both entry points agree bit for bit). A parameter without a
+    /// gradient (`None`: an expert no token was routed to) is left alone with its moments, as torch skips a
+    /// parameter whose `.grad` is None.
     pub fn step_on<B: Backend<Tensor = T>>(
         &mut self,
         b: &B,
         params: &mut [&mut T],
-        grads: &[&T],
+        grads: &[Option<&T>],
         lr: f32,
         decay: &[bool],
     ) {
         self.check_lists(params.len(), grads.len(), decay.len());
         let scalars = self.next_scalars(lr);
-        for (i, (p, &g)) in params.iter_mut().zip(grads).enumerate() {
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let Some(g) = g else { continue };
             let k = AdamWScalars { decay_factor: if decay[i] { scalars.decay_factor } else { 1.0 }, ..scalars };
             b.adamw_update(p, g, &mut self.m[i], &mut self.v[i], &k);
         }

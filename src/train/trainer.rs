@@ -463,7 +463,7 @@ fn optimizer_step<B: Backend>(
     let max_norm = if cfg.gradient_clipping > 0.0 { cfg.gradient_clipping as f32 } else { f32::INFINITY };
     let grad_norm = clip_grad_norm_on(b, &mut grad_refs, max_norm) as f64;
     let mut params = model.trainable_parameters_mut();
-    let grad_list: Vec<&B::Tensor> = params.iter().map(|(n, _)| &grads[n]).collect();
+    let grad_list: Vec<Option<&B::Tensor>> = params.iter().map(|(n, _)| grads.get(n)).collect();
     let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
     opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);

@@ -372,14 +372,12 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
                 }
             }
             let mut grads = acc.expect("at least one micro-batch");
-            if let Some(missing) = names.iter().find(|n| !grads.contains_key(*n)) {
-                bail!("step {}: no gradient for `{missing}`", step + 1);
-            }
             let grad_norm = match cfg.max_grad_norm > 0.0 {
                 true => clip_grad_norm_on(b, &mut grads.values_mut().collect::<Vec<_>>(), cfg.max_grad_norm as f32),
                 false => 0.0,
             };
-            let grad_list: Vec<&B::Tensor> = names.iter().map(|n| &grads[n]).collect();
+            // an expert no token reached has no gradient, and AdamW leaves it alone
+            let grad_list: Vec<Option<&B::Tensor>> = names.iter().map(|n| grads.get(n)).collect();
             let mut params = policy.trainable_parameters_mut();
             let decay: Vec<bool> = vec![true; params.len()];
             let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
