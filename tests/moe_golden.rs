@@ -81,7 +81,7 @@ fn deepseek_configs_resolve_as_transformers_does() {
     assert_eq!((la.q_rank, la.kv_rank, la.nope_dim, la.rope_dim, la.v_dim), (Some(24), 16, 8, 4, 8));
     assert_eq!((mla.head_dim, la.norm_eps, mla.norm_eps), (12, 1e-6, 1e-6));
     // (8 + 4)^-½ · g(4, 0.707)² (README: 0.348034877); m = g(4, 0.707) / g(4, 0.707) = 1
-    assert!((mla.attention.scale - 0.348_034_88).abs() < 1e-7, "{}", mla.attention.scale);
+    assert!((mla.attention.scale - 0.348_034_9).abs() < 1e-7, "{}", mla.attention.scale);
     assert_eq!(la.rope_factor, 1.0);
     let moe = mla.moe.as_ref().unwrap();
     assert_eq!((moe.sparse_layers.clone(), moe.shared_expert), (vec![false, true, true], Some((32, false))));
@@ -90,10 +90,21 @@ fn deepseek_configs_resolve_as_transformers_does() {
     let la = grouped.attention.latent.as_ref().unwrap();
     assert_eq!((la.q_rank, la.rope_dim, grouped.head_dim, grouped.norm_eps), (None, 8, 16, 1e-2));
     assert!((la.rope_factor - 1.036_992_7).abs() < 1e-6, "{}", la.rope_factor);
-    assert!((grouped.attention.scale - 0.301_407_05).abs() < 1e-7, "{}", grouped.attention.scale);
+    assert!((grouped.attention.scale - 0.301_407).abs() < 1e-7, "{}", grouped.attention.scale);
     let moe = grouped.moe.as_ref().unwrap();
     assert_eq!(moe.router.selection, Selection::GroupLimited { groups: 2, top_groups: 1 });
     assert_eq!((moe.router.scaling, moe.shared_expert), (2.5, Some((32, false))));
+    // the hub form (DeepSeek's own config class): top-level rope_theta and a legacy `rope_scaling`, plus the
+    // remote-only keys, resolves to the same config
+    let mut json = HfConfig::read(&case_dir("deepseek_v2_group_limited")).unwrap();
+    let mut params = json.json.remove("rope_parameters").unwrap();
+    let theta = params.as_object_mut().unwrap().remove("rope_theta").unwrap();
+    params["type"] = params["rope_type"].clone();
+    json.json.insert("rope_theta".into(), theta);
+    json.json.insert("rope_scaling".into(), params);
+    json.json.insert("aux_loss_alpha".into(), serde_json::json!(0.001));
+    json.json.insert("moe_layer_freq".into(), serde_json::json!(1));
+    assert_eq!(models::decoder_config(&json).unwrap(), grouped);
     // YaRN's inverse frequencies against transformers' buffer
     for (case, config) in [("deepseek_v2_mla", &mla), ("deepseek_v2_group_limited", &grouped)] {
         let Positions::Rotary { rope, dims } = &config.positions else { panic!("{case}: rotary") };

@@ -225,7 +225,7 @@ impl HfConfig {
         let max_positions = self.opt_f64("max_position_embeddings")?.unwrap_or(2048.0);
         let original = number("original_max_position_embeddings")?.unwrap_or(max_positions);
         let factor = number("factor")?.unwrap_or(max_positions / original);
-        if !(factor > 0.0 && factor.is_finite()) || !(original >= 1.0 && original.is_finite()) {
+        if !(factor > 0.0 && factor.is_finite() && original >= 1.0 && original.is_finite()) {
             return Err(self.err(
                 &format!("{field}.factor"),
                 &format!("is {factor} with original_max_position_embeddings {original}; both must be positive"),

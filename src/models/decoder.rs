@@ -27,7 +27,7 @@ use std::borrow::Cow;
 pub enum QkvProjection<B: Backend> {
     Separate { q: Linear<B>, k: Linear<B>, v: Linear<B> },
     Fused(Linear<B>),
-    Latent(LatentQkv<B>),
+    Latent(Box<LatentQkv<B>>),
 }
 
 pub struct DecoderLayer<B: Backend> {
@@ -187,7 +187,7 @@ impl<B: Backend> Decoder<B> {
                 QkvNames::Fused(name) => QkvProjection::Fused(linear(name, c.qkv_width(), h, c.attention.qkv_bias)?),
                 QkvNames::Latent(names) => {
                     let la = c.attention.latent.as_ref().expect("checked: latent names come with a latent config");
-                    QkvProjection::Latent(LatentQkv::load(b, store, c, la, &names, &p)?)
+                    QkvProjection::Latent(Box::new(LatentQkv::load(b, store, c, la, &names, &p)?))
                 }
             };
             let qk_norms = match n.qk_norms.filter(|_| c.attention.qk_norm) {
@@ -259,9 +259,9 @@ impl<B: Backend> Decoder<B> {
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let qkv = match (c.attention.fused_qkv, &c.attention.latent) {
-                (_, Some(la)) => QkvProjection::Latent(LatentQkv::random(b, c, la, &mut |out, inp, bias| {
+                (_, Some(la)) => QkvProjection::Latent(Box::new(LatentQkv::random(b, c, la, &mut |out, inp, bias| {
                     Linear::new(random(out, inp, true), zeros(out, bias))
-                })),
+                }))),
                 (None, None) => QkvProjection::Separate {
                     q: Linear::new(random(q_out, h, true), zeros(q_out, qkv_bias)),
                     k: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),

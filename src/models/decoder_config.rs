@@ -13,11 +13,11 @@
 //! | feed-forward | the MLP, or in chosen layers a mixture of experts ([`Moe`]) | Mixtral, Qwen2-MoE, DeepSeek-V2 |
 //! | latent attention | q/k/v from a low-rank latent per token ([`LatentAttention`]) | DeepSeek-V2 |
 
+pub use super::latent_attention::{LatentAttention, LatentNames};
 use crate::backend::AttentionShape;
 use crate::io::hf_config::{RopeScaling, RopeSpec};
 pub use crate::nn::fused_qkv::FusedQkv;
 pub use crate::nn::mlp::Gelu;
-pub use super::latent_attention::{LatentAttention, LatentNames};
 pub use crate::nn::moe_router::{RouterSpec, Selection};
 
 // ANCHOR: decoder_config

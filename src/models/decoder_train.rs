@@ -24,17 +24,17 @@ pub struct Sequence<'a> {
 // ANCHOR: train_cache
 /// What one layer's backward needs from its forward.
 pub struct LayerCache<B: Backend> {
-    x: B::Tensor,                           // [T, H] residual stream entering the layer
-    h_attn: B::Tensor,                      // [T, H] input_norm(x)
-    q: B::Tensor,                           // [T, heads·d] as attention reads it (normed, rotated)
-    k: B::Tensor,                           // [T, kv·d]
-    v: B::Tensor,                           // [T, kv·d]
-    qkv: QkvSaved<B>,                       // what the q/k/v projections' backward needs
-    attn: B::Tensor,                        // [T, heads·d] attention output (before o_proj)
-    lse: B::Tensor,                         // [T, heads]
-    x_mid: Option<B::Tensor>, // [T, H] sequential residual: the stream after attention, the MLP norm's input
-    h_mlp: Option<B::Tensor>, // [T, H] the MLP's input (None when it is h_attn: one shared norm)
-    ffn: FfnCache<B>,         // the MLP's (or the experts') activations
+    x: B::Tensor,              // [T, H] residual stream entering the layer
+    h_attn: B::Tensor,         // [T, H] input_norm(x)
+    q: B::Tensor,              // [T, heads·d] as attention reads it (normed, rotated)
+    k: B::Tensor,              // [T, kv·d]
+    v: B::Tensor,              // [T, kv·d]
+    qkv: QkvSaved<B>,          // what the q/k/v projections' backward needs
+    attn: B::Tensor,           // [T, heads·d] attention output (before o_proj)
+    lse: B::Tensor,            // [T, heads]
+    x_mid: Option<B::Tensor>,  // [T, H] sequential residual: the stream after attention, the MLP norm's input
+    h_mlp: Option<B::Tensor>,  // [T, H] the MLP's input (None when it is h_attn: one shared norm)
+    ffn: FfnCache<B>,          // the MLP's (or the experts') activations
     lora_o: Option<B::Tensor>, // x·Aᵀ of an adapted o_proj
 }
 
@@ -42,7 +42,10 @@ pub struct LayerCache<B: Backend> {
 pub(super) enum QkvSaved<B: Backend> {
     /// Separate or fused projections: q, k before their per-head norms (qk_norm only), and x·Aᵀ of each
     /// adapted projection (q or the fused one, k, v).
-    Direct { qk_raw: Option<(B::Tensor, B::Tensor)>, lora_h: [Option<B::Tensor>; 3] },
+    Direct {
+        qk_raw: Option<(B::Tensor, B::Tensor)>,
+        lora_h: [Option<B::Tensor>; 3],
+    },
     Latent(LatentCache<B>),
 }
 
@@ -392,10 +395,10 @@ impl<B: Backend> Decoder<B> {
                 let d = (&dq, &dk, &dv);
                 mla.backward(b, la, saved, d, h, pos, &self.inv_freq, train_base, &seed, (&names, &p), grads)
             }
-            (_, QkvSaved::Direct { qk_raw, lora_h }, _) => {
-                self.direct_qkv_backward(b, layer, (qk_raw, lora_h), (dq, dk, dv), h, pos, train_base, &seed, &p, grads)
+            (QkvProjection::Latent(_), ..) => unreachable!("a latent layer caches a latent projection"),
+            (_, saved, _) => {
+                self.direct_qkv_backward(b, layer, saved, (dq, dk, dv), h, pos, train_base, &seed, &p, grads)
             }
-            _ => unreachable!("a latent layer caches a latent projection"),
         };
         if let Some(d) = dh_attn_from_mlp {
             b.add_assign(&mut dh, &d); // one shared norm feeds both blocks
@@ -416,7 +419,7 @@ impl<B: Backend> Decoder<B> {
         &self,
         b: &B,
         layer: &DecoderLayer<B>,
-        (qk_raw, [hq, hk, hv]): (&Option<(B::Tensor, B::Tensor)>, &[Option<B::Tensor>; 3]),
+        saved: &QkvSaved<B>,
         (dq, dk, dv): (B::Tensor, B::Tensor, B::Tensor),
         h: &B::Tensor,
         pos: &[usize],
@@ -425,6 +428,9 @@ impl<B: Backend> Decoder<B> {
         p: &str,
         grads: &mut Gradients<B>,
     ) -> B::Tensor {
+        let QkvSaved::Direct { qk_raw, lora_h: [hq, hk, hv] } = saved else {
+            unreachable!("separate and fused projections cache their own activations")
+        };
         let c = &self.config;
         let (n, shape) = (c.names, c.attention_shape());
         let (dq, dk) = match c.positions {

@@ -67,7 +67,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
         },
         norm_eps: LATENT_NORM_EPS,
     };
-    if latent.rope_dim % 2 != 0 {
+    if !latent.rope_dim.is_multiple_of(2) {
         bail!("{path}: field `qk_rope_head_dim` ({}) must be even for rotary embeddings", latent.rope_dim);
     }
     if c.num_key_value_heads != c.num_attention_heads {
@@ -140,11 +140,8 @@ fn experts(cfg: &HfConfig, layers: usize) -> Result<Option<Moe>> {
     if !(scaling > 0.0 && scaling.is_finite()) {
         bail!("{path}: field `routed_scaling_factor` is {scaling}; it must be a positive number");
     }
-    let expert_width = cfg.size(
-        "moe_intermediate_size",
-        cfg.opt_usize("moe_intermediate_size")?.unwrap_or(1407),
-        MAX_WIDTH,
-    )?;
+    let expert_width =
+        cfg.size("moe_intermediate_size", cfg.opt_usize("moe_intermediate_size")?.unwrap_or(1407), MAX_WIDTH)?;
     let shared = match cfg.json.get("n_shared_experts") {
         Some(serde_json::Value::Null) => 0,
         _ => cfg.opt_usize("n_shared_experts")?.unwrap_or(2),
@@ -164,4 +161,57 @@ fn experts(cfg: &HfConfig, layers: usize) -> Result<Option<Moe>> {
         shared_expert: (shared > 0).then(|| (expert_width * shared, false)),
         aux_loss_coef: 0.0,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(changes: serde_json::Value) -> Result<DecoderConfig> {
+        let mut json = serde_json::json!({"model_type": "deepseek_v2", "vocab_size": 32, "hidden_size": 16,
+            "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 2, "q_lora_rank": 8,
+            "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4, "n_routed_experts": 4,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 8, "n_shared_experts": 1, "topk_method": "greedy"});
+        for (key, value) in changes.as_object().unwrap() {
+            json[key] = value.clone();
+        }
+        let cfg = HfConfig { path: "x/config.json".into(), json: json.as_object().unwrap().clone() };
+        config_from_hf(&cfg)
+    }
+
+    /// Each bad field is one line naming it and what is allowed.
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (serde_json::json!({"topk_method": "gready"}), "`topk_method` is `gready`; allowed"),
+            (serde_json::json!({"num_key_value_heads": 1}), "`num_key_value_heads` (1) must equal"),
+            (serde_json::json!({"qk_rope_head_dim": 3}), "`qk_rope_head_dim` (3) must be even"),
+            (
+                serde_json::json!({"topk_method": "group_limited_greedy", "n_group": 3, "topk_group": 1}),
+                "n_group must divide",
+            ),
+            (serde_json::json!({"routed_scaling_factor": -1.0}), "`routed_scaling_factor` is -1"),
+            (serde_json::json!({"n_routed_experts": 0}), "`n_routed_experts` is 0"),
+            (serde_json::json!({"rope_scaling": {"type": "yarn", "factor": -2.0}}), "factor` is -2"),
+        ];
+        for (change, want) in cases {
+            let err = config(change.clone()).unwrap_err().to_string();
+            assert!(err.starts_with("x/config.json: ") && err.contains(want), "{change}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+
+    #[test]
+    fn q_lora_rank_null_is_a_plain_query_and_null_experts_a_dense_model() {
+        let c = config(serde_json::json!({"q_lora_rank": null, "n_routed_experts": null})).unwrap();
+        assert_eq!(c.attention.latent.as_ref().unwrap().q_rank, None);
+        assert!(c.moe.is_none());
+        // YaRN is refused for the other families, naming the field
+        let llama = HfConfig {
+            path: "x/config.json".into(),
+            json: serde_json::json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}).as_object().unwrap().clone(),
+        };
+        let err = llama.rope(1e4).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.rope_type") && err.contains("deepseek_v2 only"), "{err}");
+    }
 }

@@ -84,6 +84,11 @@ pub struct LatentQkv<B: Backend> {
     layout: HeadLayout,
 }
 
+/// Two tensors of a backend.
+type Pair<B> = (<B as Backend>::Tensor, <B as Backend>::Tensor);
+/// x·Aᵀ of N projections that may carry an adapter.
+type LoraActivations<B, const N: usize> = [Option<<B as Backend>::Tensor>; N];
+
 /// A module of a latent layer, for the parameter walk.
 pub enum LatentModule<'a, B: Backend> {
     Linear(&'a mut Linear<B>),
@@ -93,11 +98,11 @@ pub enum LatentModule<'a, B: Backend> {
 /// What the backward needs from the forward.
 pub struct LatentCache<B: Backend> {
     /// q_a(x) and its norm (low-rank queries only).
-    q_low: Option<(B::Tensor, B::Tensor)>,
+    q_low: Option<Pair<B>>,
     c: B::Tensor,        // [T, r] the latent before its norm
     c_normed: B::Tensor, // [T, r] kv_b's input
     /// x·Aᵀ of each adapted projection: q_proj or q_a, q_b, kv_a, kv_b.
-    lora_h: [Option<B::Tensor>; 4],
+    lora_h: LoraActivations<B, 4>,
 }
 
 impl<B: Backend> LatentCache<B> {
@@ -132,7 +137,8 @@ struct HeadLayout {
 impl HeadLayout {
     fn new(la: &LatentAttention, heads: usize) -> Self {
         let (n, rp, v, w) = (la.nope_dim, la.rope_dim, la.v_dim, la.head_width());
-        let de_interleaved = |base: usize| (0..rp / 2).map(move |i| base + 2 * i).chain((0..rp / 2).map(move |i| base + 2 * i + 1));
+        let de_interleaved =
+            |base: usize| (0..rp / 2).map(move |i| base + 2 * i).chain((0..rp / 2).map(move |i| base + 2 * i + 1));
         let per_head = |f: &dyn Fn(usize) -> Vec<Option<usize>>| (0..heads).flat_map(f).collect::<Vec<_>>();
         let pad = |used: usize| std::iter::repeat_n(None, w - used);
         HeadLayout {
@@ -167,9 +173,18 @@ const KV_B_SEED: u64 = 2;
 const Q_B_SEED: u64 = 12;
 
 impl<B: Backend> LatentQkv<B> {
-    pub fn load(b: &B, store: &WeightStore, c: &DecoderConfig, la: &LatentAttention, n: &LatentNames, p: &str) -> Result<Self> {
+    pub fn load(
+        b: &B,
+        store: &WeightStore,
+        c: &DecoderConfig,
+        la: &LatentAttention,
+        n: &LatentNames,
+        p: &str,
+    ) -> Result<Self> {
         let (h, heads, bias) = (c.hidden_size, c.num_attention_heads, c.attention.qkv_bias);
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| Linear::load(b, store, &format!("{p}.{name}"), out, inp, bias);
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| {
+            Linear::load(b, store, &format!("{p}.{name}"), out, inp, bias)
+        };
         let norm = |name: &str, width: usize| -> Result<Norm<B>> {
             let weight = store.vector(&format!("{p}.{name}.weight"), width)?.insert_axis(ndarray::Axis(0));
             Ok(Norm::new(b, NormKind::Rms, la.norm_eps, b.upload(weight), None))
@@ -193,13 +208,20 @@ impl<B: Backend> LatentQkv<B> {
     }
 
     /// Seeded random projections (`linear(out, in, bias)`), unit norms.
-    pub fn random(b: &B, c: &DecoderConfig, la: &LatentAttention, linear: &mut dyn FnMut(usize, usize, bool) -> Linear<B>) -> Self {
+    pub fn random(
+        b: &B,
+        c: &DecoderConfig,
+        la: &LatentAttention,
+        linear: &mut dyn FnMut(usize, usize, bool) -> Linear<B>,
+    ) -> Self {
         let (h, heads, bias) = (c.hidden_size, c.num_attention_heads, c.attention.qkv_bias);
         let norm = |width: usize| Norm::new(b, NormKind::Rms, la.norm_eps, b.upload(Array2::ones((1, width))), None);
         let q_width = heads * (la.nope_dim + la.rope_dim);
         let query = match la.q_rank {
             None => QueryProjection::Direct(linear(q_width, h, false)),
-            Some(rank) => QueryProjection::LowRank { a: linear(rank, h, bias), norm: norm(rank), b: linear(q_width, rank, false) },
+            Some(rank) => {
+                QueryProjection::LowRank { a: linear(rank, h, bias), norm: norm(rank), b: linear(q_width, rank, false) }
+            }
         };
         LatentQkv {
             query,
@@ -229,7 +251,14 @@ impl<B: Backend> LatentQkv<B> {
 
     // ANCHOR: latent_forward
     /// x: [T, hidden] → q: [T, H·w] laid out for attention and rotated, with what the backward needs.
-    fn query(&self, b: &B, x: &B::Tensor, positions: &[usize], inv_freq: &[f32], seed: &dyn Fn(u64) -> Option<u64>) -> (B::Tensor, Option<(B::Tensor, B::Tensor)>, [Option<B::Tensor>; 2]) {
+    fn query(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        positions: &[usize],
+        inv_freq: &[f32],
+        seed: &dyn Fn(u64) -> Option<u64>,
+    ) -> (B::Tensor, Option<Pair<B>>, LoraActivations<B, 2>) {
         let (q, q_low, lora) = match &self.query {
             QueryProjection::Direct(q) => {
                 let (q, hq) = q.forward_train(b, x, seed(Q_SEED));
@@ -242,12 +271,21 @@ impl<B: Backend> LatentQkv<B> {
                 (q, Some((qa, qa_normed)), [ha, hb])
             }
         };
-        let q = b.rope(&gather_columns(b, &q, &self.layout.q), self.layout.heads, self.layout.width, positions, inv_freq);
+        let q =
+            b.rope(&gather_columns(b, &q, &self.layout.q), self.layout.heads, self.layout.width, positions, inv_freq);
         (q, q_low, lora)
     }
 
     /// x → (c, norm(c), rotated kₚ · m²): the per-token latent and shared key the cache keeps.
-    fn latent(&self, b: &B, la: &LatentAttention, x: &B::Tensor, positions: &[usize], inv_freq: &[f32], seed: &dyn Fn(u64) -> Option<u64>) -> (B::Tensor, B::Tensor, B::Tensor, Option<B::Tensor>) {
+    fn latent(
+        &self,
+        b: &B,
+        la: &LatentAttention,
+        x: &B::Tensor,
+        positions: &[usize],
+        inv_freq: &[f32],
+        seed: &dyn Fn(u64) -> Option<u64>,
+    ) -> (B::Tensor, B::Tensor, B::Tensor, Option<B::Tensor>) {
         let (ckv, h_kv_a) = self.kv_a.forward_train(b, x, seed(KV_A_SEED)); // [T, r + r_p]
         let c = gather_columns(b, &ckv, &self.layout.latent);
         let c_normed = self.kv_norm.forward(b, &c);
@@ -258,14 +296,28 @@ impl<B: Backend> LatentQkv<B> {
     }
 
     /// norm(c): [S, r], rotated kₚ: [S, r_p] → k, v: [S, H·w], and kv_b's LoRA activation.
-    fn expand(&self, b: &B, c_normed: &B::Tensor, k_rope: &B::Tensor, seed: &dyn Fn(u64) -> Option<u64>) -> (B::Tensor, B::Tensor, Option<B::Tensor>) {
+    fn expand(
+        &self,
+        b: &B,
+        c_normed: &B::Tensor,
+        k_rope: &B::Tensor,
+        seed: &dyn Fn(u64) -> Option<u64>,
+    ) -> (B::Tensor, B::Tensor, Option<B::Tensor>) {
         let (kv, h_kv_b) = self.kv_b.forward_train(b, c_normed, seed(KV_B_SEED)); // [S, H·(n + v)]
         let k = b.add(&gather_columns(b, &kv, &self.layout.k_nope), &gather_columns(b, k_rope, &self.layout.k_rope));
         (k, gather_columns(b, &kv, &self.layout.v), h_kv_b)
     }
 
     /// Training: x [T, hidden] → q, k, v [T, H·w] and the cache for [`LatentQkv::backward`].
-    pub fn forward_train(&self, b: &B, la: &LatentAttention, x: &B::Tensor, positions: &[usize], inv_freq: &[f32], seed: &dyn Fn(u64) -> Option<u64>) -> (B::Tensor, B::Tensor, B::Tensor, LatentCache<B>) {
+    pub fn forward_train(
+        &self,
+        b: &B,
+        la: &LatentAttention,
+        x: &B::Tensor,
+        positions: &[usize],
+        inv_freq: &[f32],
+        seed: &dyn Fn(u64) -> Option<u64>,
+    ) -> (B::Tensor, B::Tensor, B::Tensor, LatentCache<B>) {
         let (q, q_low, [hq, hq_b]) = self.query(b, x, positions, inv_freq, seed);
         let (c, c_normed, k_rope, h_kv_a) = self.latent(b, la, x, positions, inv_freq, seed);
         let (k, v, h_kv_b) = self.expand(b, &c_normed, &k_rope, seed);
@@ -274,7 +326,15 @@ impl<B: Backend> LatentQkv<B> {
 
     /// Inference: q for the new tokens, and k, v for every position — the layer's cache slot holds the
     /// normed latents and rotated shared keys of the positions before, and gets these appended.
-    pub fn forward_cached(&self, b: &B, la: &LatentAttention, x: &B::Tensor, positions: &[usize], inv_freq: &[f32], slot: Option<&mut Option<(B::Tensor, B::Tensor)>>) -> (B::Tensor, B::Tensor, B::Tensor) {
+    pub fn forward_cached(
+        &self,
+        b: &B,
+        la: &LatentAttention,
+        x: &B::Tensor,
+        positions: &[usize],
+        inv_freq: &[f32],
+        slot: Option<&mut Option<(B::Tensor, B::Tensor)>>,
+    ) -> (B::Tensor, B::Tensor, B::Tensor) {
         let off = |_: u64| None;
         let (q, _, _) = self.query(b, x, positions, inv_freq, &off);
         let (_, c_normed, k_rope, _) = self.latent(b, la, x, positions, inv_freq, &off);
@@ -337,9 +397,12 @@ impl<B: Backend> LatentQkv<B> {
         let dq = b.rope_backward(dq, heads, w, positions, inv_freq);
         let dq = gather_columns_backward(b, &dq, &l.q, heads * (la.nope_dim + la.rope_dim));
         let mut dx = match (&self.query, &cache.q_low) {
-            (QueryProjection::Direct(q), _) => q.backward(b, &dq, x, hq.as_ref(), train_base, seed(Q_SEED), &name(n.q), grads),
+            (QueryProjection::Direct(q), _) => {
+                q.backward(b, &dq, x, hq.as_ref(), train_base, seed(Q_SEED), &name(n.q), grads)
+            }
             (QueryProjection::LowRank { a, norm, b: up }, Some((qa, qa_normed))) => {
-                let dqa_normed = up.backward(b, &dq, qa_normed, hq_b.as_ref(), train_base, seed(Q_B_SEED), &name(n.q_b), grads);
+                let dqa_normed =
+                    up.backward(b, &dq, qa_normed, hq_b.as_ref(), train_base, seed(Q_B_SEED), &name(n.q_b), grads);
                 let dqa = norm.backward(b, &dqa_normed, qa, train_base, &name(n.q_a_norm), grads);
                 a.backward(b, &dqa, x, hq.as_ref(), train_base, seed(Q_SEED), &name(n.q_a), grads)
             }
@@ -351,8 +414,18 @@ impl<B: Backend> LatentQkv<B> {
         let mut dkv = gather_columns_backward(b, dk, &l.k_nope, kv_width);
         b.add_assign(&mut dkv, &gather_columns_backward(b, dv, &l.v, kv_width));
         let dk_rope = gather_columns_backward(b, dk, &l.k_rope, la.rope_dim); // the shared key: every head adds
-        let dk_pe = b.scale(&b.rope_backward(&dk_rope, 1, la.rope_dim, positions, inv_freq), la.rope_factor * la.rope_factor);
-        let dc_normed = self.kv_b.backward(b, &dkv, &cache.c_normed, h_kv_b.as_ref(), train_base, seed(KV_B_SEED), &name(n.kv_b), grads);
+        let dk_pe =
+            b.scale(&b.rope_backward(&dk_rope, 1, la.rope_dim, positions, inv_freq), la.rope_factor * la.rope_factor);
+        let dc_normed = self.kv_b.backward(
+            b,
+            &dkv,
+            &cache.c_normed,
+            h_kv_b.as_ref(),
+            train_base,
+            seed(KV_B_SEED),
+            &name(n.kv_b),
+            grads,
+        );
         let dc = self.kv_norm.backward(b, &dc_normed, &cache.c, train_base, &name(n.kv_a_norm), grads);
         let ckv_width = la.kv_rank + la.rope_dim;
         let mut dckv = gather_columns_backward(b, &dc, &l.latent, ckv_width);

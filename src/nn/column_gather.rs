@@ -56,7 +56,12 @@ mod tests {
         let x = array![[0.0f32, 1.0, 2.0], [10.0, 11.0, 12.0]];
         let y = gather_columns(&Cpu, &x, &[Some(2), None, Some(0), Some(2)]);
         assert_eq!(y, array![[2.0, 0.0, 0.0, 2.0], [12.0, 0.0, 10.0, 12.0]]);
-        let dx = gather_columns_backward(&Cpu, &array![[1.0f32, 5.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]], &[Some(2), None, Some(0), Some(2)], 3);
+        let dx = gather_columns_backward(
+            &Cpu,
+            &array![[1.0f32, 5.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]],
+            &[Some(2), None, Some(0), Some(2)],
+            3,
+        );
         assert_eq!(dx, array![[2.0, 0.0, 4.0], [6.0, 0.0, 11.0]]);
     }
 
