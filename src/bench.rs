@@ -6,7 +6,7 @@
 
 use crate::backend::Backend;
 use crate::loss::causal_lm::weighted_token_loss;
-use crate::models::decoder::{Decoder, DecoderConfig, Moe, RouterSpec, Selection, Sequence};
+use crate::models::decoder::{AuxLoss, Decoder, DecoderConfig, Moe, RouterSpec, Selection, Sequence};
 use crate::peft::attach::init_adapters;
 use crate::peft::{LoraConfig, TargetModules};
 use crate::rng::Rng;
@@ -73,7 +73,7 @@ fn shape(model: &str) -> Result<(DecoderConfig, usize, usize)> {
                 expert_intermediate_size: 344,
                 sparse_layers: vec![true; 4],
                 shared_expert: None,
-                aux_loss_coef: 0.02,
+                aux_loss: AuxLoss::LoadBalancing { coef: 0.02 },
             });
             config.names = crate::models::mixtral::NAMES;
             (config, 2, 128)

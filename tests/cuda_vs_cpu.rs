@@ -21,8 +21,8 @@ use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
 use mftcoder::models::decoder::{
-    Decoder, DecoderConfig, Gelu, LatentAttention, MlpKind, Moe, NormKind, Positions, Residual, RouterSpec, Selection,
-    Sequence,
+    AuxLoss, Decoder, DecoderConfig, Gelu, LatentAttention, MlpKind, Moe, NormKind, Positions, Residual, RouterSpec,
+    Selection, Sequence,
 };
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
@@ -440,7 +440,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
                 expert_intermediate_size: 48,
                 sparse_layers: if qwen { vec![true, false] } else { vec![true; 2] },
                 shared_expert: qwen.then_some((80, true)),
-                aux_loss_coef: 0.02,
+                aux_loss: AuxLoss::LoadBalancing { coef: 0.02 },
             });
             config.names = if qwen { mftcoder::models::qwen2_moe::NAMES } else { mftcoder::models::mixtral::NAMES };
         }
@@ -469,7 +469,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
                 expert_intermediate_size: 32,
                 sparse_layers: vec![false, true],
                 shared_expert: Some((64, false)),
-                aux_loss_coef: 0.0,
+                aux_loss: AuxLoss::SequenceBalance { alpha: 0.05, per_sequence: true },
             });
             config.names = mftcoder::models::deepseek_v2::NAMES;
         }

@@ -15,7 +15,7 @@ use mftcoder::io::hf_config::HfConfig;
 use mftcoder::io::safetensors::WeightStore;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
 use mftcoder::loss::moe_aux::load_balancing_loss;
-use mftcoder::models::decoder::{FeedForward, Logits, Sequence};
+use mftcoder::models::decoder::{AuxLoss, FeedForward, Logits, Sequence};
 use mftcoder::models::{self, load_causal_lm};
 use mftcoder::nn::moe_router::route;
 use ndarray::Array2;
@@ -58,8 +58,8 @@ fn configs_resolve_as_transformers_does() {
     let moe = mixtral.moe.as_ref().unwrap();
     assert_eq!((moe.router.experts, moe.router.top_k, moe.router.normalize), (4, 2, true));
     assert_eq!(
-        (moe.sparse_layers.clone(), moe.aux_loss_coef, mixtral.attention.windows.clone()),
-        (vec![true; 2], 0.02, vec![Some(16); 2])
+        (moe.sparse_layers.clone(), moe.aux_loss, mixtral.attention.windows.clone()),
+        (vec![true; 2], AuxLoss::LoadBalancing { coef: 0.02 }, vec![Some(16); 2])
     );
     let qwen = config("qwen2_moe_shared");
     let moe = qwen.moe.as_ref().unwrap();
@@ -104,7 +104,12 @@ fn deepseek_configs_resolve_as_transformers_does() {
     json.json.insert("rope_scaling".into(), params);
     json.json.insert("aux_loss_alpha".into(), serde_json::json!(0.001));
     json.json.insert("moe_layer_freq".into(), serde_json::json!(1));
-    assert_eq!(models::decoder_config(&json).unwrap(), grouped);
+    let mut hub = models::decoder_config(&json).unwrap();
+    // … and the remote code's per-sequence balance term (absent from configs transformers 5 writes)
+    let aux = hub.moe.as_ref().unwrap().aux_loss;
+    assert_eq!(aux, AuxLoss::SequenceBalance { alpha: 0.001, per_sequence: true });
+    hub.moe.as_mut().unwrap().aux_loss = AuxLoss::None;
+    assert_eq!(hub, grouped);
     // YaRN's inverse frequencies against transformers' buffer
     for (case, config) in [("deepseek_v2_mla", &mla), ("deepseek_v2_group_limited", &grouped)] {
         let Positions::Rotary { rope, dims } = &config.positions else { panic!("{case}: rotary") };
@@ -196,6 +201,64 @@ fn greedy_continuation_through_the_kv_cache_matches_transformers() {
     }
 }
 
+/// DeepSeek-V2 trained as MFTCoder trains it, through its own model code (`fixtures/moe/remote_seq_aux.py`:
+/// transformers 4.44.2, `aux_loss_alpha` 0.05, `seq_aux`): two rows of 20 flattened as the trainer flattens a
+/// batch. The reported loss is the cross-entropy; the gradients carry each gate's per-sequence balance term.
+#[test]
+fn deepseek_v2_trains_with_the_remote_codes_per_sequence_balance() {
+    use mftcoder::loss::causal_lm::weighted_token_loss;
+    use mftcoder::loss::moe_aux::RouterRows;
+    let case = "deepseek_v2_group_limited";
+    let remote = WeightStore::open(&case_dir(case).join("remote_seq_aux.safetensors")).unwrap();
+    let ids = ids(&remote, "input_ids");
+    let (rows, row_len) = (2, ids.len() / 2);
+    let positions: Vec<usize> = (0..rows).flat_map(|_| 0..row_len).collect();
+    let segments: Vec<u32> = (0..ids.len()).map(|i| ((i / row_len) as u32) << 16).collect();
+    let last = |i: usize| i % row_len == row_len - 1;
+    let targets: Vec<u32> = (0..ids.len()).map(|i| if last(i) { 0 } else { ids[i + 1] }).collect();
+    let predictions = (rows * (row_len - 1)) as f32;
+    let coefficients: Vec<f32> = (0..ids.len()).map(|i| if last(i) { 0.0 } else { 1.0 / predictions }).collect();
+    let seq = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
+    let mask = vec![1.0; ids.len()];
+    let router_rows = RouterRows { mask: &mask, row_len };
+    let mut model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
+    let run = |model: &mftcoder::models::decoder::Decoder<Cpu>| {
+        weighted_token_loss(model, &Cpu, seq, &targets, &coefficients, Some(router_rows)).unwrap()
+    };
+    model.config.moe.as_mut().unwrap().aux_loss = AuxLoss::SequenceBalance { alpha: 0.05, per_sequence: true };
+    let result = run(&model);
+    let want = scalar(&remote, "loss");
+    assert!((result.loss - want).abs() <= 1e-5 * want, "loss {} vs {want} (the cross-entropy alone)", result.loss);
+    let want_aux: f64 = remote.tensor_f32("seq_aux_loss").unwrap().iter().map(|&a| a as f64).sum();
+    let aux = result.aux_loss.unwrap();
+    assert!((aux - want_aux).abs() <= 1e-5 * want_aux, "Σ per-layer balance {aux} vs {want_aux}");
+    let (worst, at) = golden_grads::compare_grads(case, &remote, "", &result.grads);
+    eprintln!(
+        "{case} (remote code, α 0.05): loss {:.6}, Σ aux {aux:.6}, worst gradient {worst:.2e} ({at})",
+        result.loss
+    );
+    // the term is pinned: per batch instead of per sequence, or without it, the gradients miss
+    for (aux_loss, what) in [
+        (AuxLoss::SequenceBalance { alpha: 0.05, per_sequence: false }, "balanced over the batch"),
+        (AuxLoss::None, "without the balance term"),
+    ] {
+        model.config.moe.as_mut().unwrap().aux_loss = aux_loss;
+        let other = run(&model);
+        let miss = other
+            .grads
+            .iter()
+            .filter(|(name, _)| name.ends_with("mlp.gate.weight"))
+            .map(|(name, g)| {
+                let want = remote.tensor_f32(&format!("grad.{name}")).unwrap();
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                g.iter().zip(want.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+            })
+            .fold(0.0f32, f32::max);
+        eprintln!("{case}: {what} the router gradients miss by {miss:.2e} relative");
+        assert!(miss > 1e-2, "{what}: the router gradients still match ({miss:.2e})");
+    }
+}
+
 /// The load-balancing term's gradient shows in the goldens: without it the routers' gradients miss them.
 #[test]
 fn the_aux_gradient_is_pinned_by_the_goldens() {
@@ -204,7 +267,7 @@ fn the_aux_gradient_is_pinned_by_the_goldens() {
         let ids = ids(&golden, "input_ids");
         let positions: Vec<usize> = (0..ids.len()).collect();
         let mut model = load_causal_lm(&Cpu, &case_dir(case)).unwrap();
-        model.config.moe.as_mut().unwrap().aux_loss_coef = 0.0;
+        model.config.moe.as_mut().unwrap().aux_loss = AuxLoss::None;
         let (targets, weights) = next_token_targets(&ids, None, None);
         let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
         let result = mean_token_loss(&model, &Cpu, seq, &targets, &weights).unwrap();

@@ -7,6 +7,7 @@
 //! With labels = input ids and no mask this is transformers' `model(ids, labels=ids).loss` (mean over T−1).
 
 use crate::backend::Backend;
+use crate::loss::moe_aux::RouterRows;
 use crate::models::decoder::{Decoder, Gradients, Sequence};
 use anyhow::{Result, bail};
 
@@ -48,22 +49,23 @@ pub struct LossAndGrads<B: Backend> {
 /// Forward, L = Σₜ cₜ·ℓₜ for given coefficients c (every MFTCoder loss mode is of this form), backward. A mixture
 /// of experts adds `router_aux_loss_coef`·aux, as MFTCoder does whatever the loss mode (its gradient comes
 /// with [`Decoder::backward`]).
-/// `router_mask` (a mixture of experts only): the rows the load-balancing loss counts (all when `None`).
+/// `router_rows` (a mixture of experts only): the rows of a flattened batch the balance loss counts and
+/// balances (every row, as one sequence, when `None`).
 pub fn weighted_token_loss<B: Backend>(
     model: &Decoder<B>,
     b: &B,
     seq: Sequence<'_>,
     targets: &[u32],
     coefficients: &[f32],
-    router_mask: Option<&[f32]>,
+    router_rows: Option<RouterRows<'_>>,
 ) -> Result<LossAndGrads<B>> {
     let (logits, mut cache) = model.forward_train(b, seq)?;
-    if let (Some(mask), Some(moe)) = (router_mask, &model.config.moe) {
-        cache.mask_router_rows(moe.router.experts, mask);
+    if let (Some(rows), Some(moe)) = (router_rows, &model.config.moe) {
+        cache.set_router_rows(moe, rows);
     }
     let (token_losses, dlogits) = b.cross_entropy(&logits, targets, coefficients); // dL/dlogits = c·(softmax − onehot)
     let aux_loss = cache.aux_loss();
-    let coef = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss_coef as f64);
+    let coef = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss.loss_weight() as f64);
     let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>()
         + coef * aux_loss.unwrap_or(0.0);
     if !loss.is_finite() {

@@ -117,8 +117,41 @@ pub struct Moe {
     pub sparse_layers: Vec<bool>,
     /// The shared expert's intermediate width, and whether a sigmoid gate scales it.
     pub shared_expert: Option<(usize, bool)>,
-    /// The load-balancing loss's weight in the training loss (`router_aux_loss_coef`).
-    pub aux_loss_coef: f32,
+    /// The balance loss and how it enters training.
+    pub aux_loss: AuxLoss,
+}
+
+/// How a mixture's balance loss enters training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AuxLoss {
+    /// transformers' `load_balancing_loss_func` over every sparse layer; `coef` times it joins the training
+    /// loss (Mixtral, Qwen2-MoE: `router_aux_loss_coef`, as MFTCoder adds it).
+    LoadBalancing { coef: f32 },
+    /// DeepSeek-V2's own gates (the model code MFTCoder trains it with): in every sparse layer a balance term
+    /// over each sequence (`seq_aux`) or over the whole batch, times `alpha` (`aux_loss_alpha`). Its gradient
+    /// joins the backward; the reported loss stays the cross-entropy.
+    SequenceBalance { alpha: f32, per_sequence: bool },
+    /// No balance term (DeepSeek-V2 as transformers runs it).
+    None,
+}
+
+impl AuxLoss {
+    /// The factor on the aux term's gradient.
+    pub fn gradient_weight(&self) -> f32 {
+        match *self {
+            AuxLoss::LoadBalancing { coef } => coef,
+            AuxLoss::SequenceBalance { alpha, .. } => alpha,
+            AuxLoss::None => 0.0,
+        }
+    }
+
+    /// The factor on the aux term in the reported loss.
+    pub fn loss_weight(&self) -> f32 {
+        match *self {
+            AuxLoss::LoadBalancing { coef } => coef,
+            _ => 0.0,
+        }
+    }
 }
 
 pub use super::layers::NormKind;

@@ -2,10 +2,11 @@
 //! it. The attention inputs (`project_qkv`) and the MLP (`mlp_forward`) are shared with inference.
 
 use super::decoder::{Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, Residual};
+use super::decoder_config::{AuxLoss, Moe};
 use super::feed_forward::FfnCache;
 use super::latent_attention::LatentCache;
 use crate::backend::{AttentionMask, Backend};
-use crate::loss::moe_aux::load_balancing_loss;
+use crate::loss::moe_aux::{RouterRows, load_balancing_loss, sequence_balance_loss};
 use crate::nn::moe_router::Routing;
 use anyhow::{Result, bail};
 use ndarray::Array2;
@@ -104,20 +105,42 @@ impl<B: Backend> TrainCache<'_, B> {
         layers + size(&self.x_final) + size(&self.h_final)
     }
 
-    /// The load-balancing loss of this forward's routing (`None` without a mixture of experts). The training
-    /// loss adds `router_aux_loss_coef` times it, and [`Decoder::backward`] adds that term's gradient.
+    /// The balance loss of this forward's routing (`None` without one). The training loss adds its
+    /// [`AuxLoss::loss_weight`] times it, and [`Decoder::backward`] adds its gradient.
     pub fn aux_loss(&self) -> Option<f64> {
         self.aux.as_ref().map(|(aux, _)| *aux)
     }
 
-    /// Count only the rows where `mask` is 1 in the load-balancing loss (MFTCoder's collator mask: each row's
-    /// tokens up to its last supervised one).
-    pub fn mask_router_rows(&mut self, experts: usize, mask: &[f32]) {
+    /// Recompute the balance loss for a flattened batch: the load-balancing loss counts only the rows of the
+    /// collator's mask, DeepSeek-V2's per-sequence term balances each row on its own.
+    pub fn set_router_rows(&mut self, moe: &Moe, rows: RouterRows<'_>) {
         if self.aux.is_some() {
             let sparse: Vec<&Routing> = self.routings.iter().flatten().collect();
-            let (aux, grads) = load_balancing_loss(&sparse, experts, Some(mask));
+            let t = self.seq.ids.len();
+            let (aux, grads) = match moe.aux_loss {
+                AuxLoss::LoadBalancing { .. } => load_balancing_loss(&sparse, moe.router.experts, Some(rows.mask)),
+                AuxLoss::SequenceBalance { per_sequence: true, .. } => {
+                    let sequences: Vec<_> =
+                        (0..t).step_by(rows.row_len).map(|s| s..(s + rows.row_len).min(t)).collect();
+                    sequence_balance_loss(&sparse, moe.router.experts, &sequences)
+                }
+                AuxLoss::SequenceBalance { per_sequence: false, .. } => {
+                    sequence_balance_loss(&sparse, moe.router.experts, &[0..t])
+                }
+                AuxLoss::None => return,
+            };
             self.aux = Some((aux, spread_over_layers(&self.routings, grads)));
         }
+    }
+}
+
+/// The balance loss of one forward's sparse routings (every row counted, the whole forward one sequence).
+fn balance_loss(moe: &Moe, sparse: &[&Routing]) -> Option<(f64, Vec<Array2<f32>>)> {
+    let rows = sparse.first().map_or(0, |r| r.probs.nrows());
+    match moe.aux_loss {
+        AuxLoss::LoadBalancing { .. } => Some(load_balancing_loss(sparse, moe.router.experts, None)),
+        AuxLoss::SequenceBalance { .. } => Some(sequence_balance_loss(sparse, moe.router.experts, &[0..rows])),
+        AuxLoss::None => None,
     }
 }
 
@@ -128,15 +151,32 @@ fn spread_over_layers(routings: &[Option<Routing>], grads: Vec<Array2<f32>>) -> 
 }
 
 // ANCHOR: joint_aux_loss
-/// One load-balancing loss over several forwards, as if their rows were one batch (TRL concatenates a
-/// preference batch's chosen and rejected sequences into one forward): each cache gets its share of the
-/// gradient. Returns the joint aux loss (`None` without a mixture of experts).
-pub fn joint_aux_loss<B: Backend>(caches: &mut [&mut TrainCache<'_, B>], experts: usize) -> Option<f64> {
+/// One balance loss over several forwards, as if their rows were one batch (TRL concatenates a preference
+/// batch's chosen and rejected sequences into one forward): each cache gets its share of the gradient.
+/// DeepSeek-V2's per-sequence term balances each forward on its own and averages. Returns the joint aux loss
+/// (`None` without one).
+pub fn joint_aux_loss<B: Backend>(caches: &mut [&mut TrainCache<'_, B>], moe: &Moe) -> Option<f64> {
     if caches.iter().all(|c| c.aux.is_none()) {
         return None;
     }
+    if let AuxLoss::SequenceBalance { per_sequence: true, .. } = moe.aux_loss {
+        let n = caches.len() as f64;
+        let mut total = 0.0;
+        for cache in caches.iter_mut() {
+            let sparse: Vec<&Routing> = cache.routings.iter().flatten().collect();
+            let (aux, grads) = balance_loss(moe, &sparse).expect("a balance loss");
+            let grads = grads.into_iter().map(|g| g / n as f32).collect();
+            total += aux / n;
+            cache.aux = Some((aux, spread_over_layers(&cache.routings, grads)));
+        }
+        return Some(total);
+    }
+    // the rows of every forward, layer by layer, as one batch (the load-balancing loss concatenates them)
     let all: Vec<&Routing> = caches.iter().flat_map(|c| c.routings.iter().flatten()).collect();
-    let (aux, grads) = load_balancing_loss(&all, experts, None);
+    let (aux, grads) = match moe.aux_loss {
+        AuxLoss::LoadBalancing { .. } => load_balancing_loss(&all, moe.router.experts, None),
+        _ => joint_sequence_balance(caches, moe),
+    };
     let mut grads = grads.into_iter();
     for cache in caches.iter_mut() {
         let n = cache.routings.iter().flatten().count();
@@ -146,6 +186,35 @@ pub fn joint_aux_loss<B: Backend>(caches: &mut [&mut TrainCache<'_, B>], experts
     Some(aux)
 }
 // ANCHOR_END: joint_aux_loss
+
+/// DeepSeek-V2's balance term without `seq_aux`: every forward's rows as one sequence, layer by layer. The
+/// gradients come back forward by forward, each forward's sparse layers in order.
+fn joint_sequence_balance<B: Backend>(caches: &[&mut TrainCache<'_, B>], moe: &Moe) -> (f64, Vec<Array2<f32>>) {
+    let per_cache: Vec<Vec<&Routing>> = caches.iter().map(|c| c.routings.iter().flatten().collect()).collect();
+    let stack = |layer: usize| {
+        let part = |f: &dyn Fn(&Routing) -> ndarray::ArrayView2<'_, f32>| {
+            let views: Vec<_> = per_cache.iter().map(|r| f(r[layer])).collect();
+            ndarray::concatenate(ndarray::Axis(0), &views).expect("one width per layer")
+        };
+        let experts: Vec<_> = per_cache.iter().map(|r| r[layer].experts.view()).collect();
+        Routing {
+            probs: part(&|r| r.probs.view()),
+            experts: ndarray::concatenate(ndarray::Axis(0), &experts).expect("one k per layer"),
+            weights: part(&|r| r.weights.view()),
+        }
+    };
+    let stacked: Vec<Routing> = (0..per_cache[0].len()).map(stack).collect();
+    let rows: usize = stacked.first().map_or(0, |r| r.probs.nrows());
+    let (aux, joint) = sequence_balance_loss(&stacked.iter().collect::<Vec<_>>(), moe.router.experts, &[0..rows]);
+    let mut grads = Vec::new();
+    let mut start = 0;
+    for routings in &per_cache {
+        let t = routings.first().map_or(0, |r| r.probs.nrows());
+        grads.extend(joint.iter().map(|g| g.slice(ndarray::s![start..start + t, ..]).to_owned()));
+        start += t;
+    }
+    (aux, grads)
+}
 
 /// A layer's attention inputs as attention reads them, with what their backward needs.
 pub(super) struct ProjectedQkv<B: Backend> {
@@ -233,11 +302,11 @@ impl<B: Backend> Decoder<B> {
         }
         let h_final = self.norm.forward(b, &x);
         let logits = self.head(b, &h_final);
-        let aux = self.config.moe.as_ref().map(|moe| {
+        let aux = self.config.moe.as_ref().and_then(|moe| {
             // every sparse layer's routing together, as transformers concatenates the router logits
             let sparse: Vec<&Routing> = routings.iter().flatten().collect();
-            let (aux, grads) = load_balancing_loss(&sparse, moe.router.experts, None);
-            (aux, spread_over_layers(&routings, grads))
+            let (aux, grads) = balance_loss(moe, &sparse)?;
+            Some((aux, spread_over_layers(&routings, grads)))
         });
         Ok((logits, TrainCache { seq, layers, x_final: x, h_final, routings, aux }))
     }
@@ -309,7 +378,7 @@ impl<B: Backend> Decoder<B> {
 
         let seq = cache.seq;
         // the load-balancing term: coef·∂aux/∂p for each sparse layer's router
-        let coef = c.moe.as_ref().map_or(0.0, |m| m.aux_loss_coef);
+        let coef = c.moe.as_ref().map_or(0.0, |m| m.aux_loss.gradient_weight());
         let mut aux_dprobs: Vec<Option<Array2<f32>>> = match cache.aux {
             Some((_, grads)) if coef != 0.0 => grads.into_iter().map(|g| g.map(|g| g * coef)).collect(),
             _ => vec![None; self.layers.len()],

@@ -7,7 +7,9 @@
 //! Positions use YaRN (`rope_scaling` / `rope_parameters` of type `yarn`) over `qk_rope_head_dim`; its
 //! `mscale_all_dim` also multiplies the softmax scale by g(factor, mscale_all_dim)².
 
-use super::decoder::{DecoderConfig, LatentAttention, LatentNames, Moe, MoeNames, Positions, QkvNames, RouterSpec};
+use super::decoder::{
+    AuxLoss, DecoderConfig, LatentAttention, LatentNames, Moe, MoeNames, Positions, QkvNames, RouterSpec,
+};
 use super::decoder::{Selection, TensorNames};
 use super::llama::{DecoderDefaults, NAMES as LLAMA_NAMES, llama_shaped_with_rope, norm_eps, require_activation};
 use super::mixtral::{MAX_EXPERTS, top_k};
@@ -97,6 +99,18 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
 }
 // ANCHOR_END: deepseek_v2_config
 
+/// DeepSeek's own gates (MFTCoder's remote code) add `aux_loss_alpha` × a balance term per sequence
+/// (`seq_aux`, default true) or per batch to the gradients. transformers 5 has neither field nor term, and a
+/// config it saved carries no `aux_loss_alpha`: then there is none.
+fn sequence_balance(cfg: &HfConfig) -> Result<AuxLoss> {
+    let alpha = cfg.opt_f64("aux_loss_alpha")?.unwrap_or(0.0);
+    if !(alpha >= 0.0 && alpha.is_finite()) {
+        bail!("{}: field `aux_loss_alpha` is {alpha}; it must be a number ≥ 0", cfg.path.display());
+    }
+    let per_sequence = cfg.opt_bool("seq_aux")?.unwrap_or(true);
+    Ok(if alpha > 0.0 { AuxLoss::SequenceBalance { alpha: alpha as f32, per_sequence } } else { AuxLoss::None })
+}
+
 /// The mixture of experts: none without `n_routed_experts`.
 fn experts(cfg: &HfConfig, layers: usize) -> Result<Option<Moe>> {
     let path = cfg.path.display();
@@ -159,7 +173,7 @@ fn experts(cfg: &HfConfig, layers: usize) -> Result<Option<Moe>> {
         // DeepSeek's own modeling file: experts iff i ≥ first_k_dense_replace and i % moe_layer_freq == 0
         sparse_layers: (0..layers).map(|i| i >= first_dense && i % freq == 0).collect(),
         shared_expert: (shared > 0).then(|| (expert_width * shared, false)),
-        aux_loss_coef: 0.0,
+        aux_loss: sequence_balance(cfg)?,
     }))
 }
 

@@ -3,7 +3,7 @@
 //! their combine weights renormalised over the chosen ones. The experts are saved one by one as
 //! `block_sparse_moe.experts.{e}.w1` (gate), `w3` (up) and `w2` (down), the router as `block_sparse_moe.gate`.
 
-use super::decoder::{DecoderConfig, Moe, MoeNames, Positions, RouterSpec, Selection, TensorNames};
+use super::decoder::{AuxLoss, DecoderConfig, Moe, MoeNames, Positions, RouterSpec, Selection, TensorNames};
 use super::llama::{DecoderDefaults, NAMES as LLAMA_NAMES, llama_shaped, norm_eps, require_activation};
 use super::mistral::sliding_window;
 use crate::io::hf_config::HfConfig;
@@ -74,7 +74,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
         expert_intermediate_size: c.intermediate_size,
         sparse_layers: vec![true; c.num_hidden_layers],
         shared_expert: None,
-        aux_loss_coef: aux_loss_coef(cfg)?,
+        aux_loss: AuxLoss::LoadBalancing { coef: aux_loss_coef(cfg)? },
     });
     c.names = NAMES;
     Ok(c)

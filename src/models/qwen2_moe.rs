@@ -3,7 +3,7 @@
 //! experts of `moe_intermediate_size`, `num_experts_per_tok` per token — renormalised only with
 //! `norm_topk_prob` — plus a shared expert every token visits, scaled by σ(`shared_expert_gate`·x).
 
-use super::decoder::{DecoderConfig, Moe, MoeNames, RouterSpec, Selection, TensorNames};
+use super::decoder::{AuxLoss, DecoderConfig, Moe, MoeNames, RouterSpec, Selection, TensorNames};
 use super::llama::NAMES as LLAMA_NAMES;
 use super::mixtral::{MAX_EXPERTS, aux_loss_coef, top_k};
 use crate::io::hf_config::HfConfig;
@@ -70,7 +70,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
                 )?,
                 true,
             )),
-            aux_loss_coef: aux_loss_coef(cfg)?,
+            aux_loss: AuxLoss::LoadBalancing { coef: aux_loss_coef(cfg)? },
         });
         c.names = NAMES;
     }

@@ -14,6 +14,7 @@ use crate::io::tokenizer::Tokenizer;
 use crate::loss::causal_lm::weighted_token_loss;
 use crate::loss::coba::{CobaConfig, CobaState, mean_of_samples};
 use crate::loss::mft::{LossMode, coefficients, task_losses};
+use crate::loss::moe_aux::RouterRows;
 use crate::models::decoder::Weight;
 use crate::models::decoder::{Decoder, Gradients, Sequence};
 use crate::models::load_causal_lm;
@@ -417,7 +418,9 @@ fn optimizer_step<B: Backend>(
         let coeffs = coefficients(mode, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights);
         let seq = Sequence { ids: &flat.ids, positions: &flat.positions, segment_ids: Some(&flat.segment_ids) };
         model.dropout_seed = Some(rng.next_u64()); // LoRA dropout for this micro-batch (no effect without adapters)
-        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs, Some(&flat.router_mask()));
+        let mask = flat.router_mask();
+        let rows = RouterRows { mask: &mask, row_len: flat.row_len };
+        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs, Some(rows));
         model.dropout_seed = None; // evaluation and inference run without dropout
         let r = r?;
         loss_sum += r.loss;

@@ -136,7 +136,7 @@ pub fn preference_batch<B: Backend>(
         if let Some(moe) = &policy.config.moe {
             let mut caches: Vec<&mut TrainCache<'_, B>> =
                 forwards.iter_mut().flat_map(|sides| sides.iter_mut().map(|side| &mut side.1)).collect();
-            aux_loss = joint_aux_loss(&mut caches, moe.router.experts).map(|aux| aux * moe.aux_loss_coef as f64);
+            aux_loss = joint_aux_loss(&mut caches, moe).map(|aux| aux * moe.aux_loss.loss_weight() as f64);
         }
         for (sides, i) in forwards.into_iter().zip(range) {
             let term = &terms[i];
