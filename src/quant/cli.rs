@@ -7,6 +7,9 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  mftcoder quantize --model fixtures/llama/gqa_tied --out out/gqa_tied-nf4
+  mftcoder quantize --model .cache/smollm2-135m-instruct --out out/smollm2-nf4 --quant nf4 --double-quant")]
 pub struct QuantizeArgs {
     /// Hugging Face model directory (config.json + safetensors).
     #[arg(long)]
