@@ -62,7 +62,7 @@ pub const FIELDS: &[Field] = &[
         "tb_dir",
         "TensorBoard event files: total and per-task loss, CoBa weights, learning rate, grad norm, tokens/s (dpo: the HF Trainer's tags).",
         "a directory or null",
-        Differs("optional here (MFTCoder requires it); null writes no events"),
+        Differs("optional (MFTCoder requires it); null writes no events"),
     ),
     both(
         "pretrained_model_path",
@@ -73,7 +73,7 @@ pub const FIELDS: &[Field] = &[
     both(
         "model_type",
         "The architecture MFTCoder would load (its `MODEL_TYPES` key).",
-        "llama, code_llama, deepseek, mistral, mixtral, qwen2, qwen2_moe, starcoder, starcoder2, gemma, gpt_neox, phi, or null",
+        "llama, code_llama, deepseek, mistral, mixtral, qwen2, qwen2_moe, starcoder, starcoder2, gemma, gpt_neox, phi, deepseek_v2, qwen, chatglm2, chatglm3, baichuan, aquila2 (the last six not built yet), or null",
         Differs(
             "checked against config.json's `model_type`: a key naming another architecture is refused (MFTCoder would load the weights into the wrong class); null skips the check",
         ),
@@ -514,6 +514,14 @@ mod tests {
             for (f, _) in fields(command) {
                 assert!(seen.insert(f.name), "`{}` twice for {command:?}", f.name);
             }
+        }
+    }
+
+    #[test]
+    fn model_type_lists_every_key_the_check_knows() {
+        let field = FIELDS.iter().find(|f| f.name == "model_type").unwrap();
+        for (key, _) in crate::io::model_dir::MODEL_TYPES {
+            assert!(field.allowed.split([',', ' ']).any(|k| k == *key), "`{key}` missing from model_type's values");
         }
     }
 

@@ -34,6 +34,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
+    crate::io::model_dir::check_model_dir("--model", &args.model)?;
     let quant_type = QuantType::parse(&args.quant)?;
     let mut opts =
         QuantOptions { blocksize: args.blocksize, double_quant: args.double_quant, ..QuantOptions::default() };
