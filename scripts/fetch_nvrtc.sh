@@ -3,7 +3,7 @@
 # and checked — on a machine without a GPU or a CUDA toolkit:
 #
 #   bash scripts/fetch_nvrtc.sh
-#   LD_LIBRARY_PATH=$PWD/.cache/nvrtc/nvidia/cu13/lib cargo test --features cuda --lib backend::cuda::kernels
+#   LD_LIBRARY_PATH=$PWD/.cache/nvrtc/nvidia/cu13/lib cargo test --release --features cuda --lib backend::cuda::kernels
 #
 # Optional: nothing in the default build or tests needs it (the NVRTC test skips without the library).
 set -euo pipefail

@@ -16,6 +16,9 @@ use clap::Args;
 use std::time::Instant;
 
 #[derive(Args, Clone, Debug)]
+#[command(after_help = "Examples:
+  mftcoder bench --model tiny --mode lora --steps 3 --warmup 1
+  mftcoder bench --device cuda --model 134m --mode full")]
 pub struct BenchArgs {
     /// `134m` (768 hidden, 12 layers, 12 heads, 2048 MLP, 32k vocab), `1.1b` (TinyLlama: 2048 hidden, 22
     /// layers, 32 heads, 4 KV heads, 5632 MLP), `tiny` (a CPU-sized 4-layer model) or `tiny-moe` (`tiny` with
@@ -31,8 +34,10 @@ pub struct BenchArgs {
     /// Tokens per row (default: 1024 for 134m, 2048 for 1.1b, 128 for tiny).
     #[arg(long)]
     pub seq: Option<usize>,
+    /// Untimed steps first (compilation, allocator and caches warm up).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Timed steps (the report gives their median).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
 }

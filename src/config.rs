@@ -5,6 +5,7 @@
 //! matter on a multi-GPU cluster are accepted and reported as ignored; a field we do not know is an error that
 //! names it and suggests the nearest valid one.
 
+use crate::config_reference::Command;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -147,24 +148,6 @@ impl Default for TrainConfig {
 }
 // ANCHOR_END: train_config_defaults
 
-/// Accepted for compatibility, with no effect on one machine (printed as a notice).
-const IGNORED_FIELDS: &[&str] = &[
-    "distributed_type",
-    "init_timeout_seconds",
-    "world_size",
-    "model_parallel_size",
-    "use_xformers",
-    "attn_implementation",
-    "low_cpu_mem_usage",
-    "tokenizer_type",
-    "use_random_sampler",
-    "trust_remote_code",
-    "use_slow_tokenizer",
-    "make_vocab_size_divisible_by",
-    "weight_by_num_documents",
-    "data_weights",
-];
-
 /// Every field `TrainConfig` reads, in declaration order (the unknown-field check; the order a resumed run's
 /// config is compared in).
 pub const KNOWN_FIELDS: &[&str] = &[
@@ -241,13 +224,15 @@ impl TrainConfig {
         let Value::Object(mut map) = value else { bail!("a config must be a JSON object") };
         let mut notices = Vec::new();
         for key in map.keys().cloned().collect::<Vec<_>>() {
-            if IGNORED_FIELDS.contains(&key.as_str()) {
-                notices.push(format!("`{key}` only matters on multi-GPU setups and is ignored here"));
-                map.remove(&key);
-            } else if !KNOWN_FIELDS.contains(&key.as_str()) {
-                let nearest = nearest_field(&key);
-                bail!("unknown field `{key}` (did you mean `{nearest}`?)");
+            let notice = crate::config_reference::notice(Command::Train, &key);
+            if !KNOWN_FIELDS.contains(&key.as_str()) {
+                if notice.is_none() {
+                    let nearest = nearest_field(&key);
+                    bail!("unknown field `{key}` (did you mean `{nearest}`?)");
+                }
+                map.remove(&key); // MFTCoder's, with no effect here: TrainConfig does not hold it
             }
+            notices.extend(notice);
         }
         for required in ["data_paths", "output_dir", "pretrained_model_path"] {
             if map.get(required).is_none_or(Value::is_null) {
@@ -307,8 +292,9 @@ impl TrainConfig {
             &self.lr_scheduler_type,
             &["linear", "cosine", "constant", "constant_with_warmup"],
         )?;
-        if let Some(p) = &self.peft_type {
-            one_of("peft_type", p, &["lora", "qlora"])?;
+        if let Some(p) = self.peft_type.as_deref().filter(|p| !matches!(*p, "lora" | "qlora")) {
+            let hint = if p == "null" { " (write null without quotes)" } else { "" };
+            bail!("field `peft_type` is \"{p}\"; allowed: \"lora\", \"qlora\", null (full parameters){hint}");
         }
         if self.data_paths.is_empty() {
             bail!("field `data_paths` names no path");
@@ -486,7 +472,8 @@ pub fn parse_bracket_list(s: &str) -> Vec<String> {
 }
 
 fn nearest_field(key: &str) -> &'static str {
-    KNOWN_FIELDS.iter().chain(IGNORED_FIELDS).min_by_key(|f| edit_distance(key, f)).copied().unwrap_or("data_paths")
+    let names = crate::config_reference::fields(Command::Train).map(|(f, _)| f.name);
+    nearest(key, names).unwrap_or("data_paths")
 }
 
 /// The candidate closest to `key` by edit distance ("did you mean").

@@ -22,6 +22,7 @@ const TOKENIZER_JSON: &str = include_str!("../fixtures/tokenizer/tokenizer.json"
 const TOKENIZER_CONFIG_JSON: &str = include_str!("../fixtures/tokenizer/tokenizer_config.json");
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:\n  mftcoder demo\n  mftcoder demo --out /tmp/mftcoder-demo")]
 pub struct DemoArgs {
     /// Where everything goes (created; must not hold an earlier demo).
     #[arg(long, default_value = "demo-output")]

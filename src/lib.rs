@@ -3,7 +3,10 @@
 //! The crate map, one line per module:
 pub mod backend; // the Backend seam: the primitive ops a model is written against (CPU: ndarray; CUDA: cudarc)
 pub mod bench; // `mftcoder bench`: training-step throughput beside PyTorch's H200 figures
+pub mod cli; // what the subcommands share: DeviceArgs, on_backend!, a model opened with its adapter
 pub mod config; // training configs with MFTCoder's field names and defaults
+pub mod config_examples; // `mftcoder config`: ready configs in MFTCoder's field names, the field reference
+pub mod config_reference; // every MFTCoder config field: meaning, allowed values, what this project does with it
 pub mod data; // MFTCoder's jsonl formats, templates, loss masks, packing, blending, .bin/.idx
 pub mod demo; // `mftcoder demo`: pre-train, multi-task LoRA with CoBa, merge, answer — on a fresh machine
 pub mod infer; // generation with a KV cache, sampling, the MFTCoder chat template

@@ -4,9 +4,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::config::TrainConfig;
+use mftcoder::cli::{ADAPTER_HELP, DeviceArgs, load_model};
 use mftcoder::infer::{chat_template, generate};
 use mftcoder::io::hf_config::{HfConfig, generation_eos_ids};
+use mftcoder::io::model_dir::check_model_dir;
 use mftcoder::io::safetensors::{OwnedTensor, save};
 use mftcoder::io::tokenizer::Tokenizer;
 use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
@@ -14,9 +15,9 @@ use mftcoder::models::{
     self,
     decoder::{Logits, Sequence, hf_shape},
 };
-use mftcoder::train::preference::{self, PreferenceConfig};
-use mftcoder::train::trainer;
-use std::path::{Path, PathBuf};
+use mftcoder::on_backend;
+use mftcoder::train::cli as train_cli;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -50,15 +51,22 @@ enum Command {
     /// Fold a LoRA adapter into its base model and write a plain Hugging Face model directory.
     Merge(MergeArgs),
     /// Fine-tune on MFTCoder jsonl tasks (full parameters when `peft_type` is null), from an MFTCoder config.
-    Train(TrainArgs),
+    #[command(after_help = train_cli::TRAIN_HELP)]
+    Train(train_cli::TrainArgs),
     /// Continued pre-training (full parameters) on `.bin/.idx` prefixes or jsonl, from an MFTCoder config.
-    Pretrain(TrainArgs),
+    #[command(after_help = train_cli::PRETRAIN_HELP)]
+    Pretrain(train_cli::TrainArgs),
     /// Preference training — DPO, RPO or ORPO — on {"chosen", "rejected"} jsonl, from an MFTCoder xxpo config.
-    Dpo(TrainArgs),
+    #[command(after_help = train_cli::DPO_HELP)]
+    Dpo(train_cli::DpoArgs),
     /// Quantize a model's linear weights to 4 bits (NF4/FP4), saved as transformers + bitsandbytes save them.
     Quantize(mftcoder::quant::cli::QuantizeArgs),
-    /// Training-step throughput on the PyTorch table's shapes (gpu.md), printed beside PyTorch's H200 figures.
+    /// Training-step throughput on the shapes of PyTorch's H200 table (`benches/gpu_torch.py`), printed beside
+    /// PyTorch's figures.
     Bench(BenchCmd),
+    /// The config reference: every field's meaning, default and allowed values (`--explain`), or a ready config
+    /// in MFTCoder's field names (`--example lora|qlora|full|coba|dpo|pretrain`).
+    Config(mftcoder::config_examples::ConfigArgs),
 }
 
 #[derive(Args)]
@@ -70,11 +78,15 @@ struct BenchCmd {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  mftcoder merge --base .cache/smollm2-135m-instruct --adapter out/own-data/lora --out out/own-data/merged
+  mftcoder merge --base .cache/smollm2-135m-instruct --adapter out/own-data/lora/step_40 --out merged --max-shard-size 200MB")]
 struct MergeArgs {
     /// The base model directory the adapter was trained on.
     #[arg(long)]
     base: PathBuf,
-    /// The adapter directory (PEFT format).
+    /// The adapter: a PEFT directory (a LoRA checkpoint such as `out/lora/step_40`), or a training output
+    /// directory or its `latest` file, standing for the checkpoint `latest` names.
     #[arg(long)]
     adapter: PathBuf,
     /// The output directory (must not exist).
@@ -85,75 +97,28 @@ struct MergeArgs {
     max_shard_size: usize,
 }
 
-/// Where to run.
-#[derive(Args, Clone)]
-struct DeviceArgs {
-    /// `cpu` (the reference path) or `cuda` / `cuda:N` (a build with `--features cuda` and an NVIDIA GPU).
-    #[arg(long)]
-    device: Option<String>,
-    /// Matrix products on the GPU: `f32` or `bf16` (mixed precision, f32 accumulation and master weights).
-    #[arg(long)]
-    precision: Option<String>,
-}
-
-/// Run `$f(&backend, args…)` on the backend the device arguments name: the CPU, or (with the `cuda` feature)
-/// a GPU; a GPU asked of a build without the feature is a one-line error.
-macro_rules! on_backend {
-    ($device:expr, $precision:expr, $f:ident($($arg:expr),* $(,)?)) => {{
-        let device: mftcoder::backend::Device = $device.parse()?;
-        match device {
-            mftcoder::backend::Device::Cpu => $f(&Cpu, $($arg),*),
-            #[cfg(feature = "cuda")]
-            mftcoder::backend::Device::Cuda(ordinal) => {
-                let precision: mftcoder::backend::cuda::Precision = $precision.parse()?;
-                let gpu = mftcoder::backend::cuda::Cuda::new(ordinal, precision)?;
-                eprintln!("device: {} ({precision:?} matrix products)", gpu.device_name());
-                $f(&gpu, $($arg),*)
-            }
-            #[cfg(not(feature = "cuda"))]
-            mftcoder::backend::Device::Cuda(_) => {
-                let _ = &$precision;
-                bail!("this build has no GPU support: rebuild with `cargo build --release --features cuda`")
-            }
-        }
-    }};
-}
-
-#[derive(Args)]
-struct TrainArgs {
-    /// JSON config with MFTCoder's field names (`MftTrainArgs` / `MptTrainArgs`).
-    #[arg(long)]
-    config: PathBuf,
-    #[command(flatten)]
-    device: DeviceArgs,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-    /// When `output_dir` holds another run (another config, base model or data), remove that run's files
-    /// and start over instead of stopping (transformers' `overwrite_output_dir`).
-    #[arg(long)]
-    overwrite_output_dir: bool,
-}
-
 #[derive(Args)]
 struct InputArgs {
-    /// Comma-separated token ids, e.g. `1,2,3`.
-    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "text", required_unless_present = "text")]
+    /// The input as one comma-separated list of token ids, e.g. `--ids 1,2,3` (required without --text).
+    #[arg(long, value_delimiter = ',', conflicts_with = "text", required_unless_present = "text")]
     ids: Vec<u32>,
-    /// Text, encoded with the model's tokenizer.json (special tokens added as `tokenizer(text)` does).
+    /// Text, encoded with the model's tokenizer.json (special tokens added as `tokenizer(text)` does) (required
+    /// without --ids).
     #[arg(long)]
     text: Option<String>,
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  mftcoder forward --model fixtures/llama/gqa_tied --ids 1,5,9 --out logits.safetensors
+  mftcoder forward --model fixtures/llama/gqa_tied --text 'def add(a, b):' --backward --out grads.safetensors")]
 struct ForwardArgs {
     /// Hugging Face model directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
     input: InputArgs,
-    /// A LoRA adapter directory (PEFT format: adapter_config.json + adapter_model.safetensors).
-    #[arg(long)]
+    #[arg(long, help = ADAPTER_HELP)]
     adapter: Option<PathBuf>,
     /// Output safetensors file: `logits` f32 [T, vocab] and `input_ids` i64 [T].
     #[arg(long)]
@@ -167,29 +132,34 @@ struct ForwardArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  mftcoder generate --model fixtures/llama/gqa_tied --ids 1,5,9 --max-new-tokens 8 --json
+  mftcoder generate --model .cache/smollm2-135m-instruct --chat --prompt 'Write a Python function that reverses a string.'")]
 struct GenerateArgs {
+    /// Hugging Face model directory (config.json + safetensors; tokenizer.json for text).
     #[arg(long)]
     model: PathBuf,
-    /// A LoRA adapter directory (PEFT format).
-    #[arg(long)]
+    #[arg(long, help = ADAPTER_HELP)]
     adapter: Option<PathBuf>,
-    /// Prompt text (encoded with the model's tokenizer).
+    /// Prompt text, encoded with the model's tokenizer (required without --ids).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     prompt: Option<String>,
-    /// Prompt as comma-separated token ids.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    /// The prompt as one comma-separated list of token ids, e.g. `--ids 1,2,3` (required without --prompt).
+    #[arg(long, value_delimiter = ',')]
     ids: Vec<u32>,
+    /// Tokens to generate at most (fewer when the model ends its answer with an EOS token).
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Wrap the prompt in the MFTCoder chat template (`<s>human\n{prompt}\n<s>bot\n`), no special tokens added.
     #[arg(long, requires = "prompt")]
     chat: bool,
-    /// Sample at this temperature instead of decoding greedily (0 = greedy).
+    /// Sample at this temperature instead of decoding greedily (default: greedy; 0 = greedy).
     #[arg(long)]
     temperature: Option<f32>,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass.
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// The sampler's seed: the same seed, prompt and model give the same sample.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print `{"prompt_ids": [...], "generated_ids": [...], "text": "..."}` instead of the text.
@@ -199,8 +169,12 @@ struct GenerateArgs {
     device: DeviceArgs,
 }
 
+const EVAL_EXAMPLES: &str = "Examples:
+  mftcoder eval --problems HumanEval.jsonl --completions samples.jsonl --execute --k 1
+  mftcoder eval --problems HumanEval.jsonl --model .cache/smollm2-135m-instruct --chat --execute";
+
 #[derive(Args)]
-#[command(after_help = mftcoder::infer::sandbox::HELP)]
+#[command(after_help = format!("{}\n\n{EVAL_EXAMPLES}", mftcoder::infer::sandbox::HELP.trim_end()))]
 struct EvalArgs {
     /// HumanEval-format jsonl: `task_id`, `prompt`, `test`, `entry_point`.
     #[arg(long)]
@@ -209,13 +183,13 @@ struct EvalArgs {
     /// code is untrusted).
     #[arg(long)]
     execute: bool,
-    /// Score these completions (jsonl `task_id`, `completion`) instead of generating.
+    /// Score these completions (jsonl `task_id`, `completion`) instead of generating (required without --model).
     #[arg(long, conflicts_with = "model", required_unless_present = "model")]
     completions: Option<PathBuf>,
+    /// Hugging Face model directory to sample completions from (default: none; needs --completions without it).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// A LoRA adapter directory (PEFT format).
-    #[arg(long, requires = "model")]
+    #[arg(long, requires = "model", help = ADAPTER_HELP)]
     adapter: Option<PathBuf>,
     /// Ask in MFTCoder's chat template (`<s>human\n# language: Python\n{prompt}\n<s>bot\n`) and take the answer's
     /// code; without it the prompt is continued and cut at the next top-level statement.
@@ -227,13 +201,16 @@ struct EvalArgs {
     /// The k of pass@k, comma-separated (each ≤ samples).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     k: Vec<usize>,
+    /// Tokens to generate at most per completion.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
-    /// Sampling temperature (0 or absent: greedy).
+    /// Sampling temperature (default: greedy; 0 = greedy).
     #[arg(long)]
     temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
+    /// The sampler's seed (each sample of a problem draws from it in turn).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Seconds one program may run before it counts as timed out.
@@ -242,9 +219,10 @@ struct EvalArgs {
     /// Address space one program may use, in MiB (RLIMIT_AS).
     #[arg(long, default_value_t = 2048)]
     memory_mb: u64,
+    /// The Python interpreter that runs the tests (a name looked up on PATH, or a path).
     #[arg(long, default_value = "python3")]
     python: String,
-    /// Write one JSON line per sample: task_id, completion, program, outcome.
+    /// Write one JSON line per sample: task_id, completion, program, outcome (default: none).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -252,7 +230,11 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  mftcoder info --model fixtures/llama/gqa_tied
+  mftcoder info --model .cache/smollm2-135m-instruct")]
 struct InfoArgs {
+    /// Hugging Face model directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
 }
@@ -277,15 +259,13 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args),
         Command::Encode(args) => mftcoder::data::cli::encode(args),
         Command::Tokenize(args) => mftcoder::data::cli::tokenize(args),
-        Command::Merge(args) => {
-            mftcoder::peft::merge::merge_into_directory(&args.base, &args.adapter, &args.out, args.max_shard_size)
-                .map(|n| eprintln!("merged {n} matrices into {}", args.out.display()))
-        }
-        Command::Train(args) => train_cmd(args, false),
-        Command::Dpo(args) => dpo_cmd(args),
-        Command::Pretrain(args) => train_cmd(args, true),
+        Command::Merge(args) => merge_cmd(args),
+        Command::Train(args) => train_cli::train(args, false),
+        Command::Dpo(args) => train_cli::dpo(args),
+        Command::Pretrain(args) => train_cli::train(args, true),
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
         Command::Bench(args) => bench_cmd(args),
+        Command::Config(args) => mftcoder::config_examples::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,6 +282,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
 }
 
 fn forward_on<B: Backend>(b: &B, args: ForwardArgs) -> Result<()> {
+    check_model_dir("--model", &args.model)?;
     let ids = match &args.input.text {
         Some(text) => Tokenizer::load(&args.model)?.encode(text, true)?,
         None => args.input.ids.clone(),
@@ -341,15 +322,13 @@ fn forward_on<B: Backend>(b: &B, args: ForwardArgs) -> Result<()> {
     Ok(())
 }
 
-/// A model directory, with a PEFT LoRA adapter attached when one is given.
-fn load_model<B: Backend>(b: &B, model: &Path, adapter: Option<&Path>) -> Result<models::decoder::Decoder<B>> {
-    let mut llama = models::load_causal_lm(b, model)?;
-    if let Some(dir) = adapter {
-        let adapter = mftcoder::peft::Adapter::load(dir)?;
-        mftcoder::peft::attach::attach_adapter(&mut llama, b, &adapter)
-            .with_context(|| format!("{}", dir.display()))?;
-    }
-    Ok(llama)
+fn merge_cmd(args: MergeArgs) -> Result<()> {
+    check_model_dir("--base", &args.base)?;
+    let adapter = mftcoder::peft::locate::resolve_adapter(&args.adapter)?;
+    mftcoder::peft::locate::check_adapter_base(&adapter, &args.base)?;
+    let n = mftcoder::peft::merge::merge_into_directory(&args.base, &adapter, &args.out, args.max_shard_size)?;
+    eprintln!("merged {n} matrices into {}", args.out.display());
+    Ok(())
 }
 
 fn generate_cmd(args: GenerateArgs) -> Result<()> {
@@ -358,6 +337,7 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
 }
 
 fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
+    check_model_dir("--model", &args.model)?;
     let (tokenizer, prompt_ids) = match &args.prompt {
         Some(prompt) => {
             let tok = Tokenizer::load(&args.model).context("text prompts need the model's tokenizer")?;
@@ -444,6 +424,7 @@ fn sample_completions<B: Backend>(
     problems: &[mftcoder::infer::humaneval::Problem],
 ) -> Result<Vec<mftcoder::infer::humaneval::Sample>> {
     let model_dir = args.model.as_deref().expect("clap requires --model without --completions");
+    check_model_dir("--model", model_dir)?;
     let tok = Tokenizer::load(model_dir)?;
     let eos = generation_eos_ids(model_dir, &HfConfig::read(model_dir)?)?;
     let model = load_model(b, model_dir, args.adapter.as_deref())?;
@@ -459,68 +440,9 @@ fn sample_completions<B: Backend>(
 }
 
 fn info(args: InfoArgs) -> Result<()> {
+    check_model_dir("--model", &args.model)?;
     print!("{}", models::info::describe(&args.model)?);
     Ok(())
-}
-
-fn train_cmd(args: TrainArgs, pretrain: bool) -> Result<()> {
-    let loaded = TrainConfig::from_file(&args.config)?;
-    for notice in &loaded.notices {
-        eprintln!("note: {notice}");
-    }
-    let mut cfg = loaded.config;
-    if pretrain {
-        cfg.peft_type = None; // continued pre-training trains every parameter (MptTrainArgs has no PEFT fields)
-    }
-    if let Some(device) = &args.device.device {
-        cfg.device = device.clone();
-    }
-    if let Some(precision) = &args.device.precision {
-        cfg.precision = precision.clone();
-    }
-    let options = trainer::RunOptions { quiet: args.quiet, pretrain, overwrite_output_dir: args.overwrite_output_dir };
-    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), train_on(&cfg, options))?;
-    eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
-    if let Some(last) = report.evaluations.last() {
-        eprintln!("{:<24} {:>12} {:>12}", "task", "valid loss", "perplexity");
-        for (name, loss) in &last.task_loss {
-            match loss {
-                Some(l) => eprintln!("{name:<24} {l:>12.4} {:>12.3}", l.exp()),
-                None => eprintln!("{name:<24} {:>12} {:>12}", "-", "-"),
-            }
-        }
-        eprintln!("{:<24} {:>12.4} {:>12.3}", "(overall)", last.eval_loss, last.perplexity);
-    }
-    Ok(())
-}
-
-fn dpo_cmd(args: TrainArgs) -> Result<()> {
-    let mut cfg = PreferenceConfig::from_file(&args.config)?;
-    if let Some(device) = &args.device.device {
-        cfg.device = device.clone();
-    }
-    if let Some(precision) = &args.device.precision {
-        cfg.precision = precision.clone();
-    }
-    let options =
-        trainer::RunOptions { quiet: args.quiet, pretrain: false, overwrite_output_dir: args.overwrite_output_dir };
-    let report = on_backend!(cfg.device.as_str(), cfg.precision.as_str(), dpo_on(&cfg, options))?;
-    eprintln!("trained {} steps; final checkpoint {}", report.completed_steps, report.final_checkpoint.display());
-    if let Some(last) = report.evaluations.last() {
-        eprintln!(
-            "validation at step {}: loss {:.4}, reward accuracy {:.2}, reward margin {:.4}",
-            last.step, last.loss, last.reward_accuracy, last.reward_margin
-        );
-    }
-    Ok(())
-}
-
-fn dpo_on<B: Backend>(
-    b: &B,
-    cfg: &PreferenceConfig,
-    options: trainer::RunOptions,
-) -> Result<preference::PreferenceReport> {
-    preference::train_preference(b, cfg, options)
 }
 
 fn bench_cmd(args: BenchCmd) -> Result<()> {
@@ -563,10 +485,6 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
     Ok(())
 }
 
-fn train_on<B: Backend>(b: &B, cfg: &TrainConfig, options: trainer::RunOptions) -> Result<trainer::TrainReport> {
-    trainer::train(b, cfg, options)
-}
-
 /// "5GB", "200MB", "100KB" or a plain byte count (decimal units, as transformers' `max_shard_size`).
 fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let s = s.trim();
@@ -580,4 +498,69 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
         _ => return Err(format!("`{s}`: unit must be B, KB, MB or GB")),
     };
     Ok((value * scale) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand says what it does and what it defaults to (a switch is off; a required
+    /// flag has no default); every subcommand's help ends with examples that parse.
+    #[test]
+    fn every_flag_is_described_with_its_default_and_every_subcommand_has_examples() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            for arg in sub.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version")) {
+                let flag = arg.get_long().unwrap();
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("`{name} --{flag}` has no description"));
+                }
+                let switch = !arg.get_action().takes_values();
+                let says = ["default", "required"].iter().any(|w| help.contains(w));
+                if !(switch || arg.is_required_set() || !arg.get_default_values().is_empty() || says) {
+                    missing.push(format!("`{name} --{flag}` shows no default: give it one, or say `(default: …)`"));
+                }
+            }
+            let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            let examples =
+                after.split("Examples:").nth(1).unwrap_or_else(|| panic!("`{name} --help` ends with no examples"));
+            let lines: Vec<&str> = examples.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            assert!((1..=2).contains(&lines.len()), "`{name}`: one or two examples, got {lines:?}");
+            for line in lines {
+                let words = shell_words(line);
+                assert_eq!(words[0], "mftcoder", "`{name}` example: {line}");
+                let parsed = Cli::command().try_get_matches_from(&words);
+                assert!(parsed.is_ok(), "`{name}` example `{line}` does not parse: {}", parsed.unwrap_err());
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    /// A command line split as a POSIX shell splits it (spaces; single and double quotes).
+    fn shell_words(line: &str) -> Vec<String> {
+        let (mut words, mut word, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+        for c in line.chars() {
+            match (quote, c) {
+                (None, '\'' | '"') => (quote, started) = (Some(c), true),
+                (Some(q), c) if c == q => quote = None,
+                (None, ' ') if started => {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+                (None, ' ') => {}
+                (_, c) => {
+                    word.push(c);
+                    started = true;
+                }
+            }
+        }
+        if started {
+            words.push(word);
+        }
+        words
+    }
 }

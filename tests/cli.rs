@@ -12,11 +12,11 @@ fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama").join(case)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mftcoder-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+mod common;
+use common::Scratch;
+
+fn scratch(name: &str) -> Scratch {
+    Scratch::new(&format!("cli-{name}"))
 }
 
 fn stderr(out: &Output) -> String {
@@ -39,7 +39,8 @@ fn forward_writes_logits_and_ids_matching_the_golden() {
     let case = fixture("mqa_headdim_linear");
     let golden = WeightStore::open(&case.join("golden.safetensors")).unwrap();
     let ids: Vec<String> = golden.tensor_i64("input_ids").unwrap().iter().map(i64::to_string).collect();
-    let out_path = scratch("forward").join("logits.safetensors");
+    let dir = scratch("forward");
+    let out_path = dir.join("logits.safetensors");
     let out = bin()
         .args([
             "forward",
@@ -68,7 +69,8 @@ fn forward_accepts_text() {
     let case = fixture("gqa_tied");
     let golden = WeightStore::open(&case.join("golden.safetensors")).unwrap();
     let text = golden.metadata().unwrap()["text"].clone();
-    let out_path = scratch("forward-text").join("logits.safetensors");
+    let dir = scratch("forward-text");
+    let out_path = dir.join("logits.safetensors");
     let out = bin()
         .args(["forward", "--model", case.to_str().unwrap(), "--text", &text, "--out", out_path.to_str().unwrap()])
         .output()
@@ -152,7 +154,8 @@ fn info_describes_the_model() {
 
 #[test]
 fn missing_model_directory_is_one_line() {
-    let out_path = scratch("missing").join("x.safetensors");
+    let dir = scratch("missing");
+    let out_path = dir.join("x.safetensors");
     let out = bin()
         .args(["forward", "--model", "/nonexistent/model", "--ids", "1,2", "--out", out_path.to_str().unwrap()])
         .output()
@@ -162,7 +165,7 @@ fn missing_model_directory_is_one_line() {
 }
 
 /// Copy a fixture model, then rewrite its weights through `edit`.
-fn broken_copy(name: &str, edit: impl FnOnce(&mut Vec<OwnedTensor>)) -> PathBuf {
+fn broken_copy(name: &str, edit: impl FnOnce(&mut Vec<OwnedTensor>)) -> Scratch {
     let src = fixture("odd_sizes_bf16_bias");
     let dir = scratch(name);
     for f in ["config.json", "generation_config.json", "tokenizer.json"] {
@@ -232,7 +235,8 @@ fn unsupported_architecture_is_named() {
 
 #[test]
 fn out_of_vocabulary_id_is_an_error() {
-    let out_path = scratch("oov").join("x.safetensors");
+    let dir = scratch("oov");
+    let out_path = dir.join("x.safetensors");
     let out = bin()
         .args([
             "forward",
@@ -255,7 +259,8 @@ fn forward_backward_dumps_loss_and_every_gradient() {
         WeightStore::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama_grads/gqa_tied.safetensors"))
             .unwrap();
     let ids: Vec<String> = golden.tensor_i64("input_ids").unwrap().iter().map(i64::to_string).collect();
-    let out_path = scratch("backward").join("grads.safetensors");
+    let dir = scratch("backward");
+    let out_path = dir.join("grads.safetensors");
     let out = bin()
         .args([
             "forward",

@@ -18,11 +18,11 @@ fn mftcoder(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mftcoder")).args(args).output().expect("run mftcoder")
 }
 
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mftcoder-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+mod common;
+use common::Scratch;
+
+fn temp(name: &str) -> Scratch {
+    Scratch::new(&format!("cli-{name}"))
 }
 
 fn s(p: &Path) -> &str {

@@ -39,6 +39,7 @@ fn emulator() -> Option<&'static Emulator> {
             // SAFETY: a library we just built; RTLD_NOW resolves everything at load.
             let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
             assert!(!handle.is_null(), "dlopen {}", lib.display());
+            let _ = std::fs::remove_file(&lib); // the loaded library stays mapped; the file is not needed
             Some(Emulator(handle))
         })
         .as_ref()

@@ -28,10 +28,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mftcoder-lora-golden-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+mod common;
+use common::Scratch;
+
+/// A scratch directory (removed when the test ends) and a path inside it that does not exist yet.
+fn scratch(name: &str) -> (Scratch, PathBuf) {
+    let dir = Scratch::new(&format!("lora-golden-{name}"));
+    let inside = dir.join("dir");
+    (dir, inside)
 }
 
 struct Case {
@@ -182,7 +186,7 @@ fn saving_a_peft_adapter_back_writes_peft_files() {
     ];
     for (i, peft) in dirs.iter().enumerate() {
         let adapter = Adapter::load(peft).unwrap();
-        let ours = scratch(&format!("resave-{i}"));
+        let (_scratch, ours) = scratch(&format!("resave-{i}"));
         adapter.save(&ours, &peft_base_name(peft)).unwrap();
         assert_same_adapter_files(&ours, peft);
         assert_eq!(Adapter::load(&ours).unwrap(), adapter);
@@ -251,7 +255,7 @@ fn merged_weights_give_pefts_merged_logits() {
         }
         assert_eq!(n_merged, adapter.tensors.len());
         assert_eq!(n_biases, adapter.biases.len());
-        let model_dir = scratch(&format!("merged-{}", case.name));
+        let (_scratch, model_dir) = scratch(&format!("merged-{}", case.name));
         std::fs::create_dir_all(&model_dir).unwrap();
         std::fs::copy(base_dir.join("config.json"), model_dir.join("config.json")).unwrap();
         save(&model_dir.join("model.safetensors"), &merged).unwrap();

@@ -63,8 +63,8 @@ fn peft_adapters_give_peft_logits_and_gradients() {
 fn merged_model_directory_gives_the_adapted_logits() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     for ((case, base, lora), shard) in CASES.into_iter().zip(["100KB", "5GB", "5GB"]) {
-        let out = std::env::temp_dir().join(format!("mftcoder-merge-{}-{case}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let scratch = tempfile::Builder::new().prefix(&format!("mftcoder-merge-{case}-")).tempdir().unwrap();
+        let out = scratch.path().join("merged"); // merge writes a directory that does not exist yet
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder"))
             .args([
                 "merge",

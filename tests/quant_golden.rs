@@ -162,10 +162,14 @@ fn torch_sum_and_mean_follow_torch_bit_for_bit() {
     }
 }
 
-fn tmp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mftcoder-quant-golden-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+mod common;
+use common::Scratch;
+
+/// A scratch directory (removed when the test ends) and a path inside it that does not exist yet.
+fn tmp_dir(tag: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(&format!("quant-golden-{tag}"));
+    let out = scratch.join("out");
+    (scratch, out)
 }
 
 /// Every tensor of `want` is in `got` with the same dtype, shape and bytes, and nothing else is.
@@ -190,16 +194,16 @@ fn assert_same_tensors(got: &WeightStore, want: &WeightStore, only: Option<&BTre
 #[test]
 fn quantize_cli_writes_what_transformers_saves() {
     let want_dir = fixtures().join("quant/odd_sizes_nf4_dq");
-    let out = tmp_dir("cli");
+    let (_scratch, out) = tmp_dir("cli");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder"))
         .args(["quantize", "--model"])
         .arg(fixtures().join("llama/odd_sizes_bf16_bias"))
         .arg("--out")
         .arg(&out)
         .args(["--quant", "nf4", "--double-quant"])
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let (got, want) = (WeightStore::open(&out).unwrap(), WeightStore::open(&want_dir).unwrap());
     let n = assert_same_tensors(&got, &want, None);
     let same_file = std::fs::read(out.join("model.safetensors")).unwrap()
@@ -218,7 +222,7 @@ fn quantize_cli_writes_what_transformers_saves() {
 #[test]
 fn fp4_without_double_quant_matches_transformers_too() {
     let want = WeightStore::open(&fixtures().join("quant/odd_sizes_fp4.safetensors")).unwrap();
-    let out = tmp_dir("fp4");
+    let (_scratch, out) = tmp_dir("fp4");
     let opts = QuantOptions { blocksize: 64, double_quant: false, torch_threads: 2 };
     quantize_checkpoint(&fixtures().join("llama/odd_sizes_bf16_bias"), &out, QuantType::Fp4, opts).unwrap();
     let got = WeightStore::open(&out).unwrap();

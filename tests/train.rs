@@ -11,11 +11,11 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mftcoder"))
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mftcoder-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+mod common;
+use common::Scratch;
+
+fn scratch(name: &str) -> Scratch {
+    Scratch::new(&format!("train-{name}"))
 }
 
 /// Two small code-ish tasks (MFTCoder chat_rounds and prompt/answer records), deterministic.

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  mftcoder encode --tokenizer fixtures/tokenizer --data fixtures/data/tasks/pairs.jsonl --seq-length 64 --unpadded
+  mftcoder encode --tokenizer .cache/smollm2-135m-instruct --data book/examples/own-data/data/docstring --seq-length 256 --padding-mode pack")]
 pub struct EncodeArgs {
     /// Directory with tokenizer.json (and tokenizer_config.json / config.json for the EOS), or the file itself.
     #[arg(long)]
@@ -23,11 +26,15 @@ pub struct EncodeArgs {
     /// Tokens per sample after the label shift; samples hold `seq_length + 1` tokens.
     #[arg(long)]
     pub seq_length: usize,
+    /// How samples fill `seq_length`: one per row padded, several packed per row, or one concatenated stream
+    /// (MFTCoder's `padding_mode`).
     #[arg(long, default_value = "padding", value_parser = ["padding", "pack", "concat"])]
     pub padding_mode: String,
+    /// `sft`: loss on the bot turns only; `pretrain`: on every token (MFTCoder's `tokenize_mode`).
     #[arg(long, default_value = "sft", value_parser = ["sft", "pretrain"])]
     pub tokenize_mode: String,
-    /// Role markers as JSON: `{"system": "...", "user": "...", "assistant": "..."}`.
+    /// Role markers as JSON: `{"system": "...", "user": "...", "assistant": "..."}` (default: MFTCoder's
+    /// `<s>system`, `<s>human`, `<s>bot`).
     #[arg(long)]
     pub role_markers: Option<String>,
     /// Keep the first `seq_length + 1` tokens of a longer record instead of dropping it.
@@ -42,7 +49,7 @@ pub struct EncodeArgs {
     /// Print samples without their padding (by default they are padded to `seq_length + 1`, as MFTCoder stores them).
     #[arg(long)]
     pub unpadded: bool,
-    /// Write the samples to this file (atomically) instead of standard output.
+    /// Write the samples to this file (atomically) instead of standard output (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -134,6 +141,9 @@ pub fn encode(args: EncodeArgs) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  mftcoder tokenize --tokenizer fixtures/tokenizer --data fixtures/data/pretrain --out out/tokenized/pretrain
+  mftcoder tokenize --tokenizer .cache/smollm2-135m-instruct --data book/examples/own-data/data/docstring --out out/tokenized/docstring --threads 2")]
 pub struct TokenizeArgs {
     /// Directory with tokenizer.json (and tokenizer_config.json / config.json for the EOS).
     #[arg(long)]

@@ -1,5 +1,6 @@
 //! Reading and writing the files the Hugging Face ecosystem uses.
 pub mod hf_config;
+pub mod model_dir;
 pub mod safetensors;
 pub mod tokenizer;
 

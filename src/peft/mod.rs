@@ -2,6 +2,7 @@
 //! (`adapter_io`), so adapters trained here load in PEFT and the other way round.
 pub mod adapter_io;
 pub mod attach;
+pub mod locate;
 pub mod lora;
 pub mod merge;
 pub mod target_modules;

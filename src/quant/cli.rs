@@ -7,6 +7,9 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  mftcoder quantize --model fixtures/llama/gqa_tied --out out/gqa_tied-nf4
+  mftcoder quantize --model .cache/smollm2-135m-instruct --out out/smollm2-nf4 --quant nf4 --double-quant")]
 pub struct QuantizeArgs {
     /// Hugging Face model directory (config.json + safetensors).
     #[arg(long)]
@@ -31,6 +34,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
+    crate::io::model_dir::check_model_dir("--model", &args.model)?;
     let quant_type = QuantType::parse(&args.quant)?;
     let mut opts =
         QuantOptions { blocksize: args.blocksize, double_quant: args.double_quant, ..QuantOptions::default() };

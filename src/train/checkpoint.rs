@@ -55,8 +55,16 @@ impl TrainerState {
 }
 
 /// Files copied from the base model into every full-parameter checkpoint, so it is a loadable HF directory.
-const MODEL_SIDE_FILES: &[&str] =
-    &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+/// `chat_template.jinja` is where transformers 5 keeps the chat template (older ones: `tokenizer_config.json`'s
+/// `chat_template`), so `AutoTokenizer` on a checkpoint has the base's template.
+const MODEL_SIDE_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
 
 /// The model's parameters as HF-named, HF-shaped f32 tensors.
 pub fn model_tensors<B: Backend>(b: &B, model: &mut Decoder<B>) -> Vec<OwnedTensor> {

@@ -305,11 +305,9 @@ fn save(out_dir: &Path, name: &str, png: &[u8]) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mftcoder-plots-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Removed when the test ends.
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("mftcoder-plots-{name}-")).tempdir().unwrap()
     }
 
     /// 40 steps of two tasks with CoBa-like weights (uniform, then moving), an evaluation every 10 steps.
@@ -358,7 +356,8 @@ mod tests {
 
     #[test]
     fn plots_are_png_files_with_every_task_drawn() {
-        let dir = scratch("render");
+        let tmp = scratch("render");
+        let dir = tmp.path();
         std::fs::write(dir.join("metrics.jsonl"), synthetic_metrics(true)).unwrap();
         let written = write_plots(&dir).unwrap();
         assert_eq!(written, [dir.join(LOSS_PNG), dir.join(WEIGHTS_PNG), dir.join(LR_PNG)]);
@@ -384,7 +383,8 @@ mod tests {
 
     #[test]
     fn fixed_task_weights_make_no_weights_plot() {
-        let dir = scratch("fixed");
+        let tmp = scratch("fixed");
+        let dir = tmp.path();
         std::fs::write(dir.join("metrics.jsonl"), synthetic_metrics(false)).unwrap();
         let written = write_plots(&dir).unwrap();
         assert_eq!(written, [dir.join(LOSS_PNG), dir.join(LR_PNG)]);
@@ -393,7 +393,8 @@ mod tests {
 
     #[test]
     fn a_missing_metrics_file_is_an_error_not_a_panic() {
-        let dir = scratch("missing");
+        let tmp = scratch("missing");
+        let dir = tmp.path();
         let err = write_plots(&dir).unwrap_err();
         assert!(format!("{err:#}").contains("metrics.jsonl"), "{err:#}");
     }

@@ -24,13 +24,13 @@ use crate::quant::QuantType;
 use crate::rng::Rng;
 pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data};
 use crate::train::checkpoint::{self, TrainerState};
+use crate::train::metrics::{MetricsLog, Tags};
 use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on, first_non_finite};
 use crate::train::plots;
 use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
 use anyhow::{Context, Result, anyhow, bail};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Per-task validation loss and the overall loss of the configured mode.
@@ -110,7 +110,7 @@ pub fn lora_settings(
                 target_modules,
             }))
         }
-        Some(other) => bail!("field `peft_type` is `{other}`; allowed: \"lora\", \"qlora\" or null"),
+        Some(other) => bail!("field `peft_type` is \"{other}\"; allowed: \"lora\", \"qlora\", null (full parameters)"),
     }
 }
 
@@ -147,6 +147,8 @@ struct StepResult {
 }
 
 pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<TrainReport> {
+    crate::io::model_dir::check_model_dir("pretrained_model_path", &cfg.pretrained_model_path)?;
+    crate::io::model_dir::check_model_type(cfg.model_type.as_deref(), &cfg.pretrained_model_path)?;
     let lora = lora_config(cfg)?;
     let out = &cfg.output_dir;
     let _lock = RunLock::acquire(out)?; // held until this function returns, however it returns
@@ -231,13 +233,8 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
         }
     }
     let mut rng = Rng::from_state(state.rng_state); // LoRA dropout masks; checkpointed so a resumed run draws the same
-    let metrics_path = out.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, state.completed_steps)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+    let tags = Tags::Mft { coba: cfg.weighted_loss_mode == "coba" };
+    let mut metrics = MetricsLog::open(out, cfg.tb_dir.as_deref(), state.completed_steps, tags)?;
 
     if cfg.weighted_loss_mode == "coba" && state.coba.is_none() {
         // CoBa measures each task's validation loss relative to where it started: evaluate once before step 0
@@ -309,17 +306,12 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             let elapsed = started.elapsed().as_secs_f64();
             let task_json: serde_json::Map<String, serde_json::Value> =
                 names.iter().zip(&result.task_loss).filter_map(|(n, l)| l.map(|l| (n.clone(), l.into()))).collect();
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
+            metrics.record(&serde_json::json!({"step": state.completed_steps, "epoch": state.epoch, "lr": lr,
                 "loss": result.loss, "task_loss": task_json, "grad_norm": result.grad_norm, "tokens": result.tokens,
                 "aux_loss": result.aux_loss,
                 "tokens_per_s": tokens_seen as f64 / elapsed.max(1e-9), "elapsed_s": elapsed,
                 "rss_mib": crate::runtime::resident_bytes().map(|b| b as f64 / (1 << 20) as f64),
-                "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()})
-            )?;
-            metrics.flush()?;
+                "task_weights": names.iter().cloned().zip(step_weights.iter().map(|&w| serde_json::Value::from(w))).collect::<serde_json::Map<_, _>>()}))?;
             // message first, then position: each redraw shows a step with its own numbers
             let aux = result.aux_loss.map_or(String::new(), |a| format!(" | aux {a:.3}"));
             progress.set_message(format!(
@@ -334,13 +326,8 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             let mut stop = false;
             if cfg.evaluation_steps > 0 && c % cfg.evaluation_steps == 0 {
                 let ev = evaluate(b, &model, &data, cfg, mode, &task_weights, c)?;
-                writeln!(
-                    metrics,
-                    "{}",
-                    serde_json::json!({"step": c, "eval_loss": ev.eval_loss, "perplexity": ev.perplexity,
-                    "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()})
-                )?;
-                metrics.flush()?;
+                metrics.record(&serde_json::json!({"step": c, "eval_loss": ev.eval_loss, "perplexity": ev.perplexity,
+                    "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()}))?;
                 plots::refresh(out, &progress); // loss, weights and lr PNGs beside the checkpoints
                 if state.best_eval_loss.is_none_or(|best| ev.eval_loss <= best) {
                     state.best_eval_loss = Some(ev.eval_loss);
@@ -364,6 +351,14 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
                 checkpoint::write_latest(out, &dir, lr)?;
                 let limit = cfg.saving_limit.unwrap_or(2).max(1);
                 checkpoint::enforce_saving_limit(out, limit, state.best_step, c, &run.run_id)?;
+                last_checkpoint = Some(dir);
+            }
+            if cfg.epoch_checkpointing && (epoch_done || finished) {
+                // MFTCoder's `epoch_{e}` (1-based) after each epoch, and after the one a stop cut short
+                let e = if epoch_done { state.epoch } else { state.epoch + 1 };
+                let dir = out.join(format!("epoch_{e}"));
+                checkpoint::save_checkpoint(b, &dir, base, &mut model, &opt, &state, lora.as_ref(), &run.run_id)?;
+                checkpoint::write_latest(out, &dir, lr)?;
                 last_checkpoint = Some(dir);
             }
             if stop {
@@ -568,26 +563,4 @@ fn progress_bar(total: usize, done: usize, quiet: bool) -> indicatif::ProgressBa
     );
     bar.set_position(done as u64);
     bar
-}
-
-/// On resume, drop metric lines of steps after the checkpoint (they will be recomputed identically).
-fn truncate_metrics(path: &Path, completed: usize) -> Result<()> {
-    if !path.is_file() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= completed)
-        })
-        .collect();
-    let mut body = kept.join("\n");
-    if !body.is_empty() {
-        body.push('\n');
-    }
-    crate::io::write_atomic(path, body.as_bytes())
 }

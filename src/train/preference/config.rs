@@ -1,6 +1,7 @@
 //! `mftcoder dpo`'s configuration: MFTCoder's `XXPOTrainArgs` (reference §7.3), field for field.
 
 use crate::config::{check_int, check_real};
+use crate::config_reference::Command;
 use crate::loss::preference::Objective;
 use crate::peft::LoraConfig;
 use crate::train::trainer::lora_settings;
@@ -51,9 +52,14 @@ pub struct PreferenceConfig {
     pub max_grad_norm: f64,
     pub device: String,
     pub precision: String,
+    /// TensorBoard event files (the HF Trainer's tags), as MFTCoder's `logging_dir=tb_dir`.
+    pub tb_dir: Option<PathBuf>,
+    /// Checked against the checkpoint's config.json (`crate::io::model_dir::check_model_type`).
+    pub model_type: Option<String>,
+    /// One line per field the config sets that has no effect here (`config_reference`), for the user.
+    #[serde(skip)]
+    pub notices: Vec<String>,
     // accepted, not used (MFTCoder ignores them too, or they configure its cluster launch)
-    pub tb_dir: Option<Value>,
-    pub model_type: Option<Value>,
     pub quantization: Option<Value>,
     pub tokenizer_type: Option<Value>,
     pub min_lr: Option<Value>,
@@ -115,6 +121,7 @@ impl Default for PreferenceConfig {
             precision: "f32".into(),
             tb_dir: None,
             model_type: None,
+            notices: Vec::new(),
             quantization: None,
             tokenizer_type: None,
             min_lr: None,
@@ -154,14 +161,18 @@ impl PreferenceConfig {
             let suggestion = crate::config::nearest(key, known.iter().copied()).unwrap_or("data_paths");
             bail!("{}: unknown field `{key}` (did you mean `{suggestion}`?)", path.display());
         }
-        let cfg: PreferenceConfig = crate::config::from_fields(map).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let notices = map.keys().filter_map(|k| crate::config_reference::notice(Command::Dpo, k)).collect();
+        let mut cfg: PreferenceConfig =
+            crate::config::from_fields(map).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         cfg.validate().with_context(|| path.display().to_string())?;
+        cfg.notices = notices;
         Ok(cfg)
     }
 
     /// Every field in its allowed range (the ranges `train` uses for the fields both have).
     fn validate(&self) -> Result<()> {
         self.objective()?;
+        self.lora()?;
         if self.data_paths.is_empty() {
             bail!("field `data_paths` is empty");
         }

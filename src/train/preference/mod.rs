@@ -18,12 +18,12 @@ use crate::models::load_causal_lm;
 use crate::peft::attach::init_adapters;
 use crate::rng::Rng;
 use crate::train::checkpoint::{self, TrainerState};
+use crate::train::metrics::{MetricsLog, Tags};
 use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on, first_non_finite};
 use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
 use crate::train::trainer::{RunOptions, quantize_base};
 use anyhow::{Context, Result, anyhow, bail};
-use std::io::Write;
 use std::path::PathBuf;
 
 /// prompt + answer, and the rows whose next-token target is an answer token (row t predicts token t+1; an
@@ -208,6 +208,23 @@ fn reference_logps<B: Backend>(
     }
 }
 
+// ANCHOR: validation_pairs
+/// How many of `n` pairs validate: MFTCoder's `train_test_split(test_size = s1 / (s0 + s1))` of `data_split`
+/// "s0,s1[,…]", where datasets takes ceil(test_size · n) — so "99,1" of 40 pairs validates on 1, not 0.
+pub fn validation_pairs(data_split: &str, n: usize) -> Result<usize> {
+    let shares: Vec<f64> = data_split
+        .split(',')
+        .map(|s| s.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow!("field `data_split` must be comma-separated numbers, got `{data_split}`"))?;
+    let (s0, s1) = (shares[0], shares.get(1).copied().unwrap_or(0.0));
+    if s0 + s1 <= 0.0 {
+        return Ok(0);
+    }
+    Ok((s1 / (s0 + s1) * n as f64).ceil() as usize)
+}
+// ANCHOR_END: validation_pairs
+
 /// Fisher–Yates with the project's generator (the same order on every machine).
 fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
     for i in (1..items.len()).rev() {
@@ -258,6 +275,8 @@ pub struct PreferenceReport {
 
 // ANCHOR: preference_train
 pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOptions) -> Result<PreferenceReport> {
+    crate::io::model_dir::check_model_dir("pretrained_model_path", &cfg.pretrained_model_path)?;
+    crate::io::model_dir::check_model_type(cfg.model_type.as_deref(), &cfg.pretrained_model_path)?;
     let quiet = opts.quiet;
     let objective = cfg.objective()?;
     let lora = cfg.lora()?;
@@ -277,17 +296,9 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
     let eos = *policy.config.eos_token_ids.first().context("config.json has no `eos_token_id`")?;
     let mut pairs = load_pairs(cfg, &tok, eos)?;
 
-    // split: the data_split fractions of a seeded shuffle (train, then validation)
+    // split: a seeded shuffle, then the validation pairs off the end
     shuffle(&mut pairs, &mut Rng::new(cfg.seed));
-    let shares: Vec<f64> = cfg
-        .data_split
-        .split(',')
-        .map(|s| s.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| anyhow!("field `data_split` must be comma-separated numbers, got `{}`", cfg.data_split))?;
-    let total: f64 = shares.iter().sum();
-    let n_eval =
-        if shares.len() > 1 && total > 0.0 { ((shares[1] / total) * pairs.len() as f64).round() as usize } else { 0 };
+    let n_eval = validation_pairs(&cfg.data_split, pairs.len())?;
     let eval_pairs = pairs.split_off(pairs.len() - n_eval.min(pairs.len() - 1));
     let per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps;
     let steps_per_epoch = pairs.len() / per_step;
@@ -324,21 +335,15 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
     let mut opt =
         AdamW::new_on(b, AdamWConfig { weight_decay: cfg.weight_decay as f32, ..AdamWConfig::default() }, &shapes);
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics =
-        std::fs::File::create(&metrics_path).with_context(|| format!("{}: cannot create", metrics_path.display()))?;
+    let mut metrics = MetricsLog::open(out, cfg.tb_dir.as_deref(), 0, Tags::Trainer)?;
     let mut rng = Rng::new(cfg.seed ^ 0x5EED);
     let (mut evaluations, mut saved) = (Vec::new(), Vec::new());
     let mut state = TrainerState::start(total_steps, rng.state());
     if !eval_pairs.is_empty() {
         // where the policy starts (DPO: the reference itself, so loss log 2 and margin 0)
         let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, 0)?;
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"step": 0, "eval_loss": ev.loss, "eval_rewards/accuracies": ev.reward_accuracy,
-            "eval_rewards/margins": ev.reward_margin})
-        )?;
+        metrics.record(&serde_json::json!({"step": 0, "eval_loss": ev.loss,
+            "eval_rewards/accuracies": ev.reward_accuracy, "eval_rewards/margins": ev.reward_margin}))?;
         evaluations.push(ev);
     }
     let started = std::time::Instant::now();
@@ -395,14 +400,10 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
             let chosen_reward = terms.iter().map(|t| t.chosen_reward).sum::<f64>() / n;
             let rejected_reward = terms.iter().map(|t| t.rejected_reward).sum::<f64>() / n;
             let accuracy = terms.iter().filter(|t| t.chosen_reward > t.rejected_reward).count() as f64 / n;
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::json!({"step": state.completed_steps, "epoch": epoch, "lr": lr, "loss": loss,
-                "grad_norm": grad_norm, "rewards/chosen": chosen_reward, "rewards/rejected": rejected_reward,
-                "rewards/accuracies": accuracy, "rewards/margins": chosen_reward - rejected_reward,
-                "elapsed_s": started.elapsed().as_secs_f64()})
-            )?;
+            metrics.record(&serde_json::json!({"step": state.completed_steps, "epoch": epoch, "lr": lr,
+                "loss": loss, "grad_norm": grad_norm, "rewards/chosen": chosen_reward,
+                "rewards/rejected": rejected_reward, "rewards/accuracies": accuracy,
+                "rewards/margins": chosen_reward - rejected_reward, "elapsed_s": started.elapsed().as_secs_f64()}))?;
             let c = state.completed_steps;
             if !quiet && (cfg.logging_steps > 0 && c % cfg.logging_steps == 0 || c == total_steps) {
                 eprintln!(
@@ -412,15 +413,10 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
             }
             if !eval_pairs.is_empty() && (cfg.eval_steps > 0 && c % cfg.eval_steps == 0 || c == total_steps) {
                 let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, c)?;
-                writeln!(
-                    metrics,
-                    "{}",
-                    serde_json::json!({"step": c, "eval_loss": ev.loss, "eval_rewards/accuracies": ev.reward_accuracy,
-                    "eval_rewards/margins": ev.reward_margin})
-                )?;
+                metrics.record(&serde_json::json!({"step": c, "eval_loss": ev.loss,
+                    "eval_rewards/accuracies": ev.reward_accuracy, "eval_rewards/margins": ev.reward_margin}))?;
                 evaluations.push(ev);
             }
-            metrics.flush()?;
             if cfg.save_steps > 0 && c % cfg.save_steps == 0 && c < total_steps {
                 let dir = out.join(format!("checkpoint-{c}"));
                 checkpoint::save_checkpoint(b, &dir, base, &mut policy, &opt, &state, lora.as_ref(), &run.run_id)?;
@@ -439,3 +435,18 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
     Ok(PreferenceReport { completed_steps: state.completed_steps, final_checkpoint: final_dir, evaluations })
 }
 // ANCHOR_END: preference_train
+
+#[cfg(test)]
+mod tests {
+    use super::validation_pairs;
+
+    #[test]
+    fn validation_share_rounds_up_as_datasets_does() {
+        // datasets 5.2.0 `Dataset.train_test_split(test_size=s1/(s0+s1))` on 40 rows: 39/1 for "99,1", 32/8 for "80,20"
+        assert_eq!(validation_pairs("99,1", 40).unwrap(), 1);
+        assert_eq!(validation_pairs("80,20", 40).unwrap(), 8);
+        assert_eq!(validation_pairs("98,2,0", 40).unwrap(), 1, "the third share is not part of test_size");
+        assert_eq!(validation_pairs("100,0", 40).unwrap(), 0);
+        assert!(validation_pairs("a,b", 40).is_err());
+    }
+}
