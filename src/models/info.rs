@@ -2,7 +2,7 @@
 //! and dtypes, and the tokenizer.
 
 use super::decoder::Positions;
-use crate::io::hf_config::HfConfig;
+use crate::io::hf_config::{HfConfig, RopeScaling};
 use crate::io::safetensors::WeightStore;
 use crate::io::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -41,19 +41,49 @@ pub fn describe(model_dir: &Path) -> Result<String> {
         )?;
         let positions = match &c.positions {
             Positions::Rotary { rope, dims } => {
-                format!(
-                    "RoPE θ = {}, scaling {:?}, on {dims} of {} entries per head",
-                    rope.theta, rope.scaling, c.head_dim
-                )
+                let scaling = match &rope.scaling {
+                    RopeScaling::None => "none".to_string(),
+                    RopeScaling::Linear { factor } => format!("linear × {factor}"),
+                    RopeScaling::Yarn(y) => format!(
+                        "YaRN × {} from {} positions (cos/sin × {:.4})",
+                        y.factor, y.original_max_position_embeddings, y.attention_factor
+                    ),
+                };
+                format!("RoPE θ = {}, scaling {scaling}, on {dims} of {} entries per head", rope.theta, c.head_dim)
             }
             Positions::Learned => format!("learned, {} positions", c.max_position_embeddings),
         };
         writeln!(out, "positions:    {positions}; tied embeddings: {}", c.tie_word_embeddings)?;
-        let qkv = match c.attention.fused_qkv {
-            Some(layout) => format!("fused q/k/v ({} head groups)", layout.groups),
-            None => "separate q/k/v".into(),
+        let qkv = match (c.attention.fused_qkv, &c.attention.latent) {
+            (_, Some(la)) => format!(
+                "latent attention (q rank {}, kv rank {}, q/k {} + {} rotated, v {})",
+                la.q_rank.map_or("none".into(), |r| r.to_string()),
+                la.kv_rank,
+                la.nope_dim,
+                la.rope_dim,
+                la.v_dim
+            ),
+            (Some(layout), None) => format!("fused q/k/v ({} head groups)", layout.groups),
+            (None, None) => "separate q/k/v".into(),
         };
         writeln!(out, "layers:       {qkv}, {:?} residual, {:?} norm, {:?} MLP", c.residual, c.norm, c.mlp)?;
+        if let Some(moe) = &c.moe {
+            let sparse: Vec<String> =
+                (0..c.num_hidden_layers).filter(|&l| moe.sparse_layers[l]).map(|l| l.to_string()).collect();
+            writeln!(
+                out,
+                "experts:      {} of width {}, top {} ({:?}{}), in layers {}; shared: {}; aux {:?}",
+                moe.router.experts,
+                moe.expert_intermediate_size,
+                moe.router.top_k,
+                moe.router.selection,
+                if moe.router.normalize { ", renormalised" } else { "" },
+                sparse.join(", "),
+                moe.shared_expert
+                    .map_or("none".into(), |(w, gated)| format!("width {w}{}", if gated { ", gated" } else { "" })),
+                moe.aux_loss
+            )?;
+        }
         let windows: Vec<String> =
             c.attention.windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
         if c.attention.windows.iter().any(Option::is_some) {
