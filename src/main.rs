@@ -59,6 +59,8 @@ enum Command {
     Quantize(mftcoder::quant::cli::QuantizeArgs),
     /// Training-step throughput on the PyTorch table's shapes (gpu.md), printed beside PyTorch's H200 figures.
     Bench(BenchCmd),
+    /// Read a llama.cpp GGUF file into a Hugging Face model directory (dequantized, tokenizer rebuilt).
+    Import(mftcoder::gguf::cli::ImportArgs),
 }
 
 #[derive(Args)]
@@ -286,6 +288,7 @@ fn main() -> ExitCode {
         Command::Pretrain(args) => train_cmd(args, true),
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
         Command::Bench(args) => bench_cmd(args),
+        Command::Import(args) => mftcoder::gguf::cli::import(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
