@@ -17,7 +17,7 @@ use super::dequant::f16_at;
 /// bytes 4-7:  mm mmmmmm   min j (j < 4) in the low 6 bits;   top 2 bits: high bits of min j + 4
 /// bytes 8-11: mmmm ssss   low 4 bits of scale j + 4 and of min j + 4
 /// ```
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

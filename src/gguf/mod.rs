@@ -17,7 +17,9 @@ pub mod ggml_type;
 pub mod import;
 pub mod k_quants;
 pub mod permute;
+pub mod quantize;
 pub mod vocab;
+pub mod writer;
 
 use crate::io::hf_config::HfConfig;
 use crate::io::safetensors::WeightStore;

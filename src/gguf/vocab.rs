@@ -5,9 +5,12 @@
 //! `tokens` and `token_type` list every id, `pre` names the pre-tokenizer regex the merges were learned with,
 //! and the special ids sit in `bos_token_id`, `eos_token_id`, `unknown_token_id`, `padding_token_id`. This
 //! module writes the same tokenizer in the `tokenizers` JSON form, as transformers' GGUF loader does (its
-//! `gguf_tokenizer_mapping.py`), with one difference: the `pre` types llama.cpp splits digits for (`smollm`,
-//! `starcoder`, ...) get `Digits` before `ByteLevel`, as their original `tokenizer.json` has (transformers
-//! falls back to GPT-2's regex, which differs on a space before a non-ASCII digit).
+//! `gguf_tokenizer_mapping.py`), except where that loader splits text differently from llama.cpp — the
+//! file's own runtime — and from the model's original `tokenizer.json`:
+//! - the `pre` types llama.cpp splits digits for (`smollm`, `starcoder`, ...) get `Digits` before
+//!   `ByteLevel` (transformers uses GPT-2's regex, which differs on a space before a non-ASCII digit);
+//! - a SentencePiece vocabulary gets Llama-2's normalizer (prepend `▁`, spaces to `▁`), so text that starts
+//!   with a space gets its prefix too (transformers' `Metaspace` skips it).
 
 use super::container::GgufFile;
 use anyhow::{Result, bail};
@@ -252,9 +255,15 @@ pub fn rebuild(g: &GgufFile) -> Result<RebuiltTokenizer> {
                     .collect(),
                 None => merges_from_scores(&tokens, &scores).into_iter().map(|(l, r)| json!([l, r])).collect(),
             };
+            // llama.cpp (and SentencePiece) put a space before the text and after every special token, even
+            // where the text starts with one: the normalizer of Llama-2's own tokenizer.json, not `Metaspace`
+            // (which skips the prefix before a leading space; transformers' GGUF loader uses that)
             let prefix = g.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-            let pre = json!({"type": "Metaspace", "replacement": "▁",
-                "prepend_scheme": if prefix { "first" } else { "never" }, "split": false});
+            let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"});
+            let normalizer = match prefix {
+                true => json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, replace]}),
+                false => replace,
+            };
             let model = json!({"type": "BPE", "dropout": null, "unk_token": unk.map(|u| tokens[u].clone()),
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
                 "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges});
@@ -266,7 +275,7 @@ pub fn rebuild(g: &GgufFile) -> Result<RebuiltTokenizer> {
             if prefix {
                 steps.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
             }
-            (model, pre, Value::Null, json!({"type": "Sequence", "decoders": steps}))
+            (model, Value::Null, normalizer, json!({"type": "Sequence", "decoders": steps}))
         }
         other => bail!(
             "{}: metadata `tokenizer.ggml.model` is `{other}`, which cannot be rebuilt (supported: gpt2, llama)",
