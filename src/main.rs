@@ -61,6 +61,8 @@ enum Command {
     Bench(BenchCmd),
     /// Read a llama.cpp GGUF file into a Hugging Face model directory (dequantized, tokenizer rebuilt).
     Import(mftcoder::gguf::cli::ImportArgs),
+    /// Write a model directory as a GGUF file for llama.cpp / Ollama (f16, q8_0 or q4_k), with its tokenizer.
+    Export(mftcoder::gguf::cli::ExportArgs),
 }
 
 #[derive(Args)]
@@ -289,6 +291,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Import(args) => mftcoder::gguf::cli::import(args),
+        Command::Export(args) => mftcoder::gguf::cli::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

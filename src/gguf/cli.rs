@@ -38,3 +38,37 @@ pub fn import(args: ImportArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The model directory to export (a base model or a merged fine-tune: config.json, safetensors,
+    /// tokenizer.json; a GGUF file works too). Llama-style models: model_type llama, mistral, qwen2.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Write GGUF (llama.cpp / Ollama); the only format `export` writes, so it may be left out.
+    #[arg(long)]
+    pub gguf: bool,
+    /// The type of the matrices: f16, q8_0 (8.5 bits per weight), q4_k (4.5; rows that are not whole
+    /// 256-value blocks fall back to q8_0), or f32 (exact; llama.cpp then computes in f32 too). Norms and
+    /// biases stay f32.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub quant: super::export::Quant,
+    /// The GGUF file to write (must not exist).
+    pub out: PathBuf,
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let report = super::export::export_gguf(&args.model, &args.out, args.quant)?;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    let types: Vec<String> = report.types.iter().map(|(t, n)| format!("{t} × {n}")).collect();
+    eprintln!(
+        "exported {} tensors ({}) to {} ({:.1} MB)",
+        report.tensors,
+        types.join(", "),
+        args.out.display(),
+        report.bytes as f64 / 1e6
+    );
+    Ok(())
+}

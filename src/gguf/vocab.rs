@@ -68,7 +68,7 @@ fn split(pattern: &str) -> Value {
 // ANCHOR: pre_tokenizer
 /// The pre-tokenizer of a byte-level vocabulary, by llama.cpp's `tokenizer.ggml.pre` name (its
 /// `llama-vocab.cpp` lists the regexes); `None` for a name not known here.
-fn byte_level_pre_tokenizer(pre: &str) -> Option<Value> {
+pub(super) fn byte_level_pre_tokenizer(pre: &str) -> Option<Value> {
     let digits = json!({"type": "Digits", "individual_digits": true});
     Some(match pre {
         "default" | "gpt-2" | "gpt2" | "phi-2" | "mpt" | "olmo" | "roberta-bpe" | "jina-v2-code" => byte_level(true),
