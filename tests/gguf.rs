@@ -236,7 +236,10 @@ fn bad_gguf_files_are_one_line_errors_and_leave_no_output() {
 
 /// `Σ bits[i]·(2i+1) mod 2⁶⁴` over a tensor's f32 bit patterns, as scripts/smollm2_goldens.py computes it.
 fn checksum(values: &[f32]) -> u64 {
-    values.iter().enumerate().fold(0u64, |s, (i, v)| s.wrapping_add(u64::from(v.to_bits()).wrapping_mul(2 * i as u64 + 1)))
+    values
+        .iter()
+        .enumerate()
+        .fold(0u64, |s, (i, v)| s.wrapping_add(u64::from(v.to_bits()).wrapping_mul(2 * i as u64 + 1)))
 }
 
 /// Texts whose ids the SmolLM2 test compares (scripts/smollm2_goldens.py records transformers' ids for its own).

@@ -159,7 +159,8 @@ pub fn export_gguf(model_dir: &Path, out: &Path, quant: Quant) -> Result<ExportR
         w.tensor(gguf, shape.iter().rev().map(|&d| d as u64).collect(), ty);
         shapes.push(shape);
     }
-    let fell_back = named.iter().zip(&shapes).filter(|(_, s)| s.len() == 2 && tensor_type(quant, s) != wanted(quant)).count();
+    let fell_back =
+        named.iter().zip(&shapes).filter(|(_, s)| s.len() == 2 && tensor_type(quant, s) != wanted(quant)).count();
     if fell_back > 0 {
         notes.push(format!(
             "{fell_back} matrices have rows that are not whole {} blocks; written as {}",

@@ -20,7 +20,9 @@ const PRE_NAMES: &[&str] = &["gpt-2", "smollm", "llama-bpe", "qwen2", "deepseek-
 /// Drop what does not change how text is split (`trim_offsets` only moves offsets).
 fn split_shape(v: &Json) -> Json {
     match v {
-        Json::Object(m) => Json::Object(m.iter().filter(|(k, _)| *k != "trim_offsets").map(|(k, v)| (k.clone(), split_shape(v))).collect()),
+        Json::Object(m) => Json::Object(
+            m.iter().filter(|(k, _)| *k != "trim_offsets").map(|(k, v)| (k.clone(), split_shape(v))).collect(),
+        ),
         Json::Array(items) => Json::Array(items.iter().map(split_shape).collect()),
         other => other.clone(),
     }
@@ -28,7 +30,10 @@ fn split_shape(v: &Json) -> Json {
 
 fn pre_name(pre_tokenizer: &Json) -> Option<&'static str> {
     let shape = split_shape(pre_tokenizer);
-    PRE_NAMES.iter().copied().find(|name| byte_level_pre_tokenizer(name).map(|p| split_shape(&p)) == Some(shape.clone()))
+    PRE_NAMES
+        .iter()
+        .copied()
+        .find(|name| byte_level_pre_tokenizer(name).map(|p| split_shape(&p)) == Some(shape.clone()))
 }
 
 fn strings(items: Vec<String>) -> Value {
@@ -83,7 +88,12 @@ fn chat_template(dir: &Path, config: &Json) -> Result<Option<String>> {
 // ANCHOR: tokenizer_metadata
 /// The `tokenizer.*` keys for the tokenizer of `dir` (tokenizer.json, tokenizer_config.json, chat template),
 /// with `n_vocab` ids (the embedding's rows) and the special ids config.json names as the fallback.
-pub fn tokenizer_metadata(dir: &Path, tok: &Json, n_vocab: usize, config_ids: [Option<u32>; 3]) -> Result<Vec<(String, Value)>> {
+pub fn tokenizer_metadata(
+    dir: &Path,
+    tok: &Json,
+    n_vocab: usize,
+    config_ids: [Option<u32>; 3],
+) -> Result<Vec<(String, Value)>> {
     let path = dir.join("tokenizer.json");
     let model = &tok["model"];
     if model["type"] != "BPE" {
@@ -99,7 +109,8 @@ pub fn tokenizer_metadata(dir: &Path, tok: &Json, n_vocab: usize, config_ids: [O
             None => bail!("{}: token `{text}` has id {id}, past the model's {n_vocab} embeddings", path.display()),
         }
     };
-    let vocab = model["vocab"].as_object().with_context(|| format!("{}: `model.vocab` is not an object", path.display()))?;
+    let vocab =
+        model["vocab"].as_object().with_context(|| format!("{}: `model.vocab` is not an object", path.display()))?;
     let is_spm = model["byte_fallback"] == true;
     for (text, id) in vocab {
         let id = id.as_u64().with_context(|| format!("{}: vocab id of `{text}` is not an integer", path.display()))?;
@@ -144,7 +155,8 @@ pub fn tokenizer_metadata(dir: &Path, tok: &Json, n_vocab: usize, config_ids: [O
             }
         }
         let normalizer = tok["normalizer"].to_string();
-        let prefix = normalizer.contains("Prepend") || tok["pre_tokenizer"]["prepend_scheme"].as_str().is_some_and(|s| s != "never");
+        let prefix = normalizer.contains("Prepend")
+            || tok["pre_tokenizer"]["prepend_scheme"].as_str().is_some_and(|s| s != "never");
         m.push((key("tokens"), strings(tokens.clone())));
         m.push((key("scores"), Value::Array(ValueType::F32, scores)));
         m.push((key("token_type"), Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect())));
@@ -167,7 +179,9 @@ pub fn tokenizer_metadata(dir: &Path, tok: &Json, n_vocab: usize, config_ids: [O
 
     let config_path = dir.join("tokenizer_config.json");
     let config: Json = match std::fs::read_to_string(&config_path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?,
+        Ok(text) => {
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?
+        }
         Err(_) => Json::Null,
     };
     let id_of = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
@@ -175,7 +189,10 @@ pub fn tokenizer_metadata(dir: &Path, tok: &Json, n_vocab: usize, config_ids: [O
     let specials = [
         ("bos_token_id", token_text(config.get("bos_token")).and_then(|t| id_of(&t)).or(bos)),
         ("eos_token_id", token_text(config.get("eos_token")).and_then(|t| id_of(&t)).or(eos)),
-        ("unknown_token_id", token_text(config.get("unk_token")).or_else(|| token_text(model.get("unk_token"))).and_then(|t| id_of(&t))),
+        (
+            "unknown_token_id",
+            token_text(config.get("unk_token")).or_else(|| token_text(model.get("unk_token"))).and_then(|t| id_of(&t)),
+        ),
         ("padding_token_id", token_text(config.get("pad_token")).and_then(|t| id_of(&t)).or(pad)),
     ];
     for (name, id) in specials {
