@@ -296,3 +296,19 @@ fn smollm2_import_matches_transformers_bit_for_bit() {
         }
     }
 }
+
+/// GGUFs written by llama.cpp's own converter (fixtures/gguf/convert_with_llama_cpp.py): Gemma (norms stored
+/// as w + 1) and StarCoder2 (LayerNorm, c_fc / c_proj, biases) give transformers' logits on the source model.
+#[test]
+fn gemma_and_starcoder2_files_from_llama_cpps_converter_give_transformers_logits() {
+    for case in ["gemma_headdim", "starcoder2_untied_nowindow"] {
+        let path = fixture(&format!("llama_cpp_{case}.gguf"));
+        let golden = WeightStore::open(&fixture("../families").join(case).join("golden.safetensors")).unwrap();
+        let ids: Vec<u32> = golden.tensor_i64("input_ids").unwrap().iter().map(|&i| i as u32).collect();
+        let model = models::load_causal_lm(&Cpu, &path).unwrap();
+        let logits = Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap());
+        let want = golden.tensor_f32("logits").unwrap();
+        let diff = max_abs_diff(logits.as_slice().unwrap(), want.as_slice().unwrap());
+        assert!(diff <= 1e-4, "{case}: max |Δlogits| = {diff} (tolerance 1e-4, f32)");
+    }
+}

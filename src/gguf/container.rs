@@ -42,6 +42,9 @@ pub enum Value {
     F64(f64),
 }
 
+/// Metadata in file order.
+pub type Metadata = Vec<(String, Value)>;
+
 /// The type tags of `enum gguf_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueType {

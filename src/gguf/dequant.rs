@@ -19,7 +19,7 @@ pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
 /// The f32 values of `bytes` stored as `ty` (a whole number of blocks), in storage order.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
     let (block, size) = ty.block();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         bail!("{} bytes are not a whole number of {} blocks of {size} bytes", bytes.len(), ty.name());
     }
     let mut out = vec![0f32; bytes.len() / size * block];

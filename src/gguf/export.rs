@@ -61,8 +61,8 @@ fn tensor_type(quant: Quant, shape: &[usize]) -> GgmlType {
     }
     match quant {
         Quant::F32 => GgmlType::F32,
-        Quant::Q4K if cols % 256 == 0 => GgmlType::Q4K,
-        Quant::Q4K | Quant::Q8_0 if cols % 32 == 0 => GgmlType::Q8_0,
+        Quant::Q4K if cols.is_multiple_of(256) => GgmlType::Q4K,
+        Quant::Q4K | Quant::Q8_0 if cols.is_multiple_of(32) => GgmlType::Q8_0,
         _ => GgmlType::F16,
     }
 }

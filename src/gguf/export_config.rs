@@ -3,14 +3,14 @@
 //! applies before anything is written).
 
 use super::arch::Arch;
-use super::container::Value;
+use super::container::{Metadata, Value};
 use crate::io::hf_config::{HfConfig, RopeScaling};
 use crate::models::decoder::{DecoderConfig, Positions};
 use anyhow::{Result, bail};
 
 // ANCHOR: model_metadata
 /// The `{arch}.*` keys of a model, in the order llama.cpp's converter writes them, and notes for the user.
-pub fn model_metadata(arch: &Arch, hf: &HfConfig, c: &DecoderConfig) -> Result<(Vec<(String, Value)>, Vec<String>)> {
+pub fn model_metadata(arch: &Arch, hf: &HfConfig, c: &DecoderConfig) -> Result<(Metadata, Vec<String>)> {
     let path = hf.path.display();
     let Positions::Rotary { rope, dims } = &c.positions else {
         bail!("{path}: learned positions cannot be exported for `{}`", arch.model_type);

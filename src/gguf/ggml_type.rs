@@ -145,7 +145,7 @@ impl GgmlType {
     /// Bytes of `n` values (a whole number of blocks), or an error when `n` is not one.
     pub fn bytes_for(self, n: u64) -> Result<u64> {
         let (block, bytes) = self.block();
-        if n % block as u64 != 0 {
+        if !n.is_multiple_of(block as u64) {
             bail!("{n} values are not a whole number of {} blocks of {block}", self.name());
         }
         (n / block as u64).checked_mul(bytes as u64).ok_or_else(|| anyhow::anyhow!("{n} values: size overflows"))

@@ -107,6 +107,27 @@ pub fn import(g: &GgufFile) -> Result<ImportedModel> {
     Ok(ImportedModel { config, generation_config, tokenizer: rebuild(g)?, tensors })
 }
 
+/// Every file of the HF directory but the weights.
+fn side_files(
+    config: &Map<String, Value>,
+    generation_config: &Map<String, Value>,
+    tokenizer: &RebuiltTokenizer,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    Ok(vec![
+        ("config.json", pretty(&Value::Object(config.clone()))?),
+        ("generation_config.json", pretty(&Value::Object(generation_config.clone()))?),
+        ("tokenizer.json", serde_json::to_vec(&tokenizer.tokenizer_json)?),
+        ("tokenizer_config.json", pretty(&tokenizer.tokenizer_config)?),
+    ])
+}
+
+/// The files a model directory holds beside its weights, for a GGUF file (a merge or a full fine-tune of it
+/// writes them into its output, as it copies them from a directory).
+pub fn side_files_of(g: &GgufFile) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let (config, generation_config) = configs(g)?;
+    side_files(&config, &generation_config, &rebuild(g)?)
+}
+
 fn pretty(v: &Value) -> Result<Vec<u8>> {
     Ok((serde_json::to_string_pretty(v)? + "\n").into_bytes())
 }
@@ -122,13 +143,8 @@ pub fn write_directory(m: &ImportedModel, out: &Path) -> Result<()> {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let meta = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    let files = [
-        ("config.json", pretty(&Value::Object(m.config.clone()))?),
-        ("generation_config.json", pretty(&Value::Object(m.generation_config.clone()))?),
-        ("tokenizer.json", serde_json::to_vec(&m.tokenizer.tokenizer_json)?),
-        ("tokenizer_config.json", pretty(&m.tokenizer.tokenizer_config)?),
-        ("model.safetensors", crate::io::safetensors::serialize(&m.tensors, Some(meta))?),
-    ];
+    let mut files = side_files(&m.config, &m.generation_config, &m.tokenizer)?;
+    files.push(("model.safetensors", crate::io::safetensors::serialize(&m.tensors, Some(meta))?));
     let written = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
         for (file, bytes) in &files {

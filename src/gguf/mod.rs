@@ -58,6 +58,12 @@ pub fn generation_eos_ids(path: &Path) -> Result<Vec<u32>> {
     Ok(ids.into_iter().map(|id: u64| id as u32).collect())
 }
 
+/// `tokenizer.ggml.eos_token_id`: the token the rebuilt tokenizer_config.json names `eos_token`.
+pub fn eos_token_id(path: &Path) -> Result<u32> {
+    let g = GgufFile::open(path)?;
+    Ok(g.u64("tokenizer.ggml.eos_token_id")? as u32)
+}
+
 /// The `tokenizer.json` text of a GGUF file's tokenizer; notes about it go to stderr.
 pub fn tokenizer_json(path: &Path) -> Result<String> {
     let rebuilt = vocab::rebuild(&GgufFile::open(path)?)?;

@@ -28,11 +28,11 @@ fn permuted_row(r: usize, head_dim: usize, to_gguf: bool) -> usize {
 /// Reorder the rows of a row-major `[heads·head_dim, cols]` tensor (`cols` = 1 for a bias): llama.cpp's
 /// permutation with `to_gguf`, its inverse without.
 pub fn permute_rows<T: Copy + Default>(values: &[T], heads: usize, cols: usize, to_gguf: bool) -> Result<Vec<T>> {
-    if heads == 0 || cols == 0 || values.len() % (heads * cols) != 0 {
+    if heads == 0 || cols == 0 || !values.len().is_multiple_of(heads * cols) {
         bail!("{} values are not {heads} heads of rows of {cols}", values.len());
     }
     let head_dim = values.len() / cols / heads;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         bail!("head size {head_dim} is odd; rotary pairs need an even one");
     }
     let mut out = vec![T::default(); values.len()];

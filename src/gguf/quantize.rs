@@ -13,7 +13,7 @@ fn f16_bytes(x: f32) -> [u8; 2] {
 /// Q8_0: per 32 values, `d = amax / 127` and `q = round(x / d)` (half away from zero), `d` stored as f16.
 /// The integers use the f32 `d`, not the rounded f16 one, as llama.cpp does.
 pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
-    assert!(x.len() % 32 == 0, "Q8_0 rows are whole blocks of 32");
+    assert!(x.len().is_multiple_of(32), "Q8_0 rows are whole blocks of 32");
     let mut out = Vec::with_capacity(x.len() / 32 * 34);
     for block in x.chunks_exact(32) {
         let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -104,7 +104,7 @@ fn best_scale_min(x: &[f32], weights: &[f32], nmax: u8, levels: &mut [u8]) -> (f
 /// quantized to 6 bits against the super-block's largest (`d = max_scale / 63`, `dmin = max_min / 63`, f16),
 /// and every value is re-quantized against the scale it will really be read back with.
 pub fn quantize_q4_k(x: &[f32]) -> Vec<u8> {
-    assert!(x.len() % QK_K == 0, "Q4_K rows are whole blocks of 256");
+    assert!(x.len().is_multiple_of(QK_K), "Q4_K rows are whole blocks of 256");
     let mut out = Vec::with_capacity(x.len() / QK_K * 144);
     for x in x.chunks_exact(QK_K) {
         let mut levels = [0u8; QK_K];
