@@ -9,6 +9,7 @@ pub mod config_examples; // `mftcoder config`: ready configs in MFTCoder's field
 pub mod config_reference; // every MFTCoder config field: meaning, allowed values, what this project does with it
 pub mod data; // MFTCoder's jsonl formats, templates, loss masks, packing, blending, .bin/.idx
 pub mod demo; // `mftcoder demo`: pre-train, multi-task LoRA with CoBa, merge, answer — on a fresh machine
+pub mod gguf; // llama.cpp's GGUF files: import (dequantize, un-permute, rebuild the tokenizer) and export
 pub mod infer; // generation with a KV cache, sampling, the MFTCoder chat template
 pub mod io; // safetensors (mmap, sharded), config.json helpers, tokenizer.json
 pub mod loss; // next-token cross-entropy; (later) MFTCoder's multi-task weightings, CoBa, DPO

@@ -67,6 +67,10 @@ enum Command {
     /// The config reference: every field's meaning, default and allowed values (`--explain`), or a ready config
     /// in MFTCoder's field names (`--example lora|qlora|full|coba|dpo|pretrain`).
     Config(mftcoder::config_examples::ConfigArgs),
+    /// Read a llama.cpp GGUF file into a Hugging Face model directory (dequantized, tokenizer rebuilt).
+    Import(mftcoder::gguf::cli::ImportArgs),
+    /// Write a model directory as a GGUF file for llama.cpp / Ollama (f16, q8_0 or q4_k), with its tokenizer.
+    Export(mftcoder::gguf::cli::ExportArgs),
 }
 
 #[derive(Args)]
@@ -266,6 +270,8 @@ fn main() -> ExitCode {
         Command::Quantize(args) => mftcoder::quant::cli::quantize(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Config(args) => mftcoder::config_examples::run(args),
+        Command::Import(args) => mftcoder::gguf::cli::import(args),
+        Command::Export(args) => mftcoder::gguf::cli::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,6 +73,9 @@ impl<'t> Encoder<'t> {
 ///
 /// Unlike MFTCoder (which tests `if tokenizer.eos_token_id:`), an EOS id of 0 is accepted.
 pub fn resolve_eos(tokenizer: &Tokenizer) -> Result<u32> {
+    if crate::gguf::is_gguf(&tokenizer.path) {
+        return crate::gguf::eos_token_id(&tokenizer.path); // what its rebuilt tokenizer_config.json names
+    }
     let dir = tokenizer.path.parent().unwrap_or(Path::new("."));
     let token_named = |name: &str, file: &Path| -> Result<u32> {
         tokenizer

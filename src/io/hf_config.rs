@@ -23,6 +23,9 @@ pub struct HfConfig {
 
 impl HfConfig {
     pub fn read(model_dir: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(model_dir) {
+            return crate::gguf::hf_config(model_dir); // a GGUF file's metadata, as config.json
+        }
         let path = model_dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let value: Value = serde_json::from_str(&text)
@@ -301,6 +304,9 @@ pub struct Yarn {
 /// The end-of-sequence ids generation stops at: `generation_config.json` wins over `config.json`,
 /// as in transformers' `generate`.
 pub fn generation_eos_ids(model_dir: &Path, config: &HfConfig) -> Result<Vec<u32>> {
+    if crate::gguf::is_gguf(model_dir) {
+        return crate::gguf::generation_eos_ids(model_dir);
+    }
     let path = model_dir.join("generation_config.json");
     if path.is_file() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;

@@ -46,6 +46,9 @@ impl WeightStore {
     /// Open `dir/model.safetensors`, or every shard listed in `dir/model.safetensors.index.json`,
     /// or a single `.safetensors` file given directly.
     pub fn open(path: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(path) {
+            return crate::gguf::weight_store(path); // a GGUF file, dequantized in memory
+        }
         let single = if path.is_file() { path.to_path_buf() } else { path.join("model.safetensors") };
         let index = path.join("model.safetensors.index.json");
         if path.is_dir() && index.is_file() {
@@ -106,6 +109,10 @@ impl WeightStore {
         // SAFETY: the map is read-only; a checkpoint rewritten underneath a running process is outside our contract.
         let mmap =
             unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map into memory", path.display()))?;
+        self.add_map(path, mmap)
+    }
+
+    fn add_map(&mut self, path: &Path, mmap: Mmap) -> Result<()> {
         if let Some(name) = duplicate_header_key(&mmap) {
             bail!("{}: tensor `{name}` is listed twice in the header (not a valid safetensors file)", path.display());
         }
@@ -122,6 +129,16 @@ impl WeightStore {
         Ok(())
     }
     // ANCHOR_END: weight_store_add_file
+
+    /// A store over safetensors bytes built in memory (a GGUF file loaded without writing), named `label`
+    /// in messages; the bytes are copied into an anonymous map.
+    pub fn from_bytes(label: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let mut store = WeightStore { files: Vec::new(), location: BTreeMap::new(), check_finite: true };
+        store.add_map(label, map.make_read_only()?)?;
+        Ok(store)
+    }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.location.keys().map(String::as_str)

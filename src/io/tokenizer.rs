@@ -11,6 +11,12 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Load `dir/tokenizer.json` (or a `tokenizer.json` path given directly).
     pub fn load(path: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(path) {
+            let json = crate::gguf::tokenizer_json(path)?; // rebuilt from the file's tokenizer.ggml.* metadata
+            let inner = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&json)
+                .map_err(|e| anyhow!("{}: cannot load the rebuilt tokenizer: {e}", path.display()))?;
+            return Ok(Tokenizer { path: path.to_path_buf(), inner });
+        }
         let path = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
         if !path.is_file() {
             return Err(anyhow!("{}: no such file (a tokenizer.json is needed to work with text)", path.display()));

@@ -120,6 +120,12 @@ pub fn write_model_directory(
             let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
             std::fs::write(tmp.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?)?;
         }
+        if crate::gguf::is_gguf(base_dir) {
+            for (file, bytes) in crate::gguf::import::side_files_of(&crate::gguf::container::GgufFile::open(base_dir)?)?
+            {
+                std::fs::write(tmp.join(file), bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            }
+        }
         for file in SIDE_FILES {
             let src = base_dir.join(file);
             if src.is_file() {

@@ -137,6 +137,13 @@ fn write_checkpoint_files<B: Backend>(
                 bail!("refusing to write a checkpoint: parameter `{}` is not finite", bad.name);
             }
             save(&tmp.join("model.safetensors"), &tensors)?;
+            if crate::gguf::is_gguf(base_model_dir) {
+                let g = crate::gguf::container::GgufFile::open(base_model_dir)?;
+                for (file, bytes) in crate::gguf::import::side_files_of(&g)? {
+                    std::fs::write(tmp.join(file), bytes)
+                        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+                }
+            }
             for file in MODEL_SIDE_FILES {
                 let src = base_model_dir.join(file);
                 if src.is_file() {

