@@ -1,0 +1,107 @@
+//! Qwen-1's `qwen.tiktoken` loaded as a `tokenizers` BPE, token for token against the reference
+//! (`tokenization_qwen.py` over tiktoken; goldens from `fixtures/tokenizer/qwen/make_golden.py`).
+//!
+//! The committed fixture is the real file truncated to its first 8192 ranks; the real file and a large corpus
+//! (`scripts/fetch_qwen_tiktoken.sh --corpus`) drive the ignored tests:
+//! `cargo test --release --test qwen_tiktoken -- --include-ignored`.
+
+use mftcoder::io::tokenizer::Tokenizer;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn golden() -> Value {
+    let text = std::fs::read_to_string(root().join("fixtures/tokenizer/qwen/golden.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Every text's ids under `vocab` ("full" or "small"), with and without `add_special_tokens` (Qwen adds none).
+fn check_encode(tok: &Tokenizer, cases: &[Value], vocab: &str) -> usize {
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case[vocab]);
+        assert_eq!(tok.encode(text, false).unwrap(), want, "{vocab} vocabulary, text {text:?}");
+        assert_eq!(tok.encode_fast(text, true).unwrap(), want, "{vocab} vocabulary, text {text:?}");
+    }
+    cases.len()
+}
+
+fn check_decode(tok: &Tokenizer, cases: &[Value]) {
+    for case in cases {
+        let want = case["text"].as_str().unwrap();
+        assert_eq!(tok.decode(&ids(&case["ids"]), false).unwrap(), want, "ids {}", case["ids"]);
+    }
+}
+
+#[test]
+fn truncated_ranks_encode_and_decode_as_tiktoken() {
+    let g = golden();
+    let tok = Tokenizer::load(&root().join("fixtures/tokenizer/qwen")).unwrap();
+    assert!(tok.path.ends_with("qwen.tiktoken"), "{}", tok.path.display());
+    check_encode(&tok, g["encode"].as_array().unwrap(), "small");
+    check_decode(&tok, g["decode_small"].as_array().unwrap());
+    let cutoff = g["meta"]["cutoff"].as_u64().unwrap() as u32;
+    assert_eq!(tok.base_vocab_size(), cutoff as usize);
+    assert_eq!(tok.vocab_size(), cutoff as usize + 208);
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(cutoff));
+    assert_eq!(tok.token_to_id("<|im_end|>"), Some(cutoff + 2));
+    assert_eq!(tok.token_to_id("<|extra_204|>"), Some(cutoff + 207));
+    assert_eq!(tok.special_tokens().len(), 208);
+    // skip_special_tokens drops them, as the reference's `i < eod_id` filter does
+    let with_special = tok.encode("a<|im_start|>b<|endoftext|>", false).unwrap();
+    assert_eq!(tok.decode(&with_special, true).unwrap(), "ab");
+}
+
+#[test]
+fn bad_ranks_files_get_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str); 4] = [
+        ("IQ== 0\nIg==\n", "expected `base64_token rank`"),
+        ("IQ== 0\n!!! 1\n", "is not base64"),
+        ("IQ== 0\nIg== 2\n", "rank 1 is missing"),
+        ("IQ== 0\nIg== 1\n", "has no rank"),
+    ];
+    for (text, want) in cases {
+        let path = dir.path().join("qwen.tiktoken");
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", Tokenizer::load(dir.path()).err().expect(text));
+        assert!(err.contains(want) && err.contains("qwen.tiktoken"), "{text:?}: {err}");
+    }
+}
+
+fn real_file() -> PathBuf {
+    let path = root().join(".cache/qwen_tiktoken/qwen.tiktoken");
+    assert!(path.is_file(), "{}: run scripts/fetch_qwen_tiktoken.sh", path.display());
+    path
+}
+
+#[test]
+#[ignore = "needs .cache/qwen_tiktoken/qwen.tiktoken: scripts/fetch_qwen_tiktoken.sh"]
+fn real_qwen_tiktoken_matches_tokenization_qwen() {
+    let g = golden();
+    let tok = Tokenizer::load(&real_file()).unwrap();
+    check_encode(&tok, g["encode"].as_array().unwrap(), "full");
+    check_decode(&tok, g["decode"].as_array().unwrap());
+    assert_eq!(tok.vocab_size(), 151851);
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(151643));
+    assert_eq!(tok.token_to_id("<|im_start|>"), Some(151644));
+    assert_eq!(tok.token_to_id("<|im_end|>"), Some(151645));
+}
+
+#[test]
+#[ignore = "needs .cache/qwen_tiktoken/big_corpus.json: scripts/fetch_qwen_tiktoken.sh --corpus"]
+fn large_corpus_matches_tiktoken_for_both_vocabularies() {
+    let path = root().join(".cache/qwen_tiktoken/big_corpus.json");
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let full = Tokenizer::load(&real_file()).unwrap();
+    let small = Tokenizer::load(Path::new(&root().join("fixtures/tokenizer/qwen"))).unwrap();
+    assert!(check_encode(&full, &cases, "full") > 3000);
+    check_encode(&small, &cases, "small");
+}
