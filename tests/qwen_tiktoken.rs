@@ -60,6 +60,22 @@ fn truncated_ranks_encode_and_decode_as_tiktoken() {
 }
 
 #[test]
+fn a_piece_that_is_a_token_stays_whole_even_where_no_merge_reaches_it() {
+    let g = &golden()["handmade"];
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = g["ranks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(r, t)| format!("{} {r}", t.as_str().unwrap()))
+        .collect();
+    std::fs::write(dir.path().join("qwen.tiktoken"), lines.join("\n")).unwrap();
+    let tok = Tokenizer::load(dir.path()).unwrap();
+    assert_eq!(tok.encode(g["text"].as_str().unwrap(), false).unwrap(), ids(&g["ids"]));
+}
+
+#[test]
 fn bad_ranks_files_get_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &str); 4] = [
@@ -104,4 +120,62 @@ fn large_corpus_matches_tiktoken_for_both_vocabularies() {
     let small = Tokenizer::load(Path::new(&root().join("fixtures/tokenizer/qwen"))).unwrap();
     assert!(check_encode(&full, &cases, "full") > 3000);
     check_encode(&small, &cases, "small");
+}
+
+mod common;
+
+fn mftcoder(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder")).args(args).output().expect("run mftcoder")
+}
+
+/// A model directory as Qwen-1 ships its tokenizer: the tiny Llama fixture's weights, `qwen.tiktoken`, no
+/// `tokenizer.json`.
+fn qwen_style_dir() -> common::Scratch {
+    let dir = common::Scratch::new("qwen-tiktoken");
+    let llama = root().join("fixtures/llama/gqa_tied");
+    for entry in std::fs::read_dir(&llama).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if !name.starts_with("tokenizer") && !name.starts_with("golden") {
+            std::fs::copy(&path, dir.join(name)).unwrap();
+        }
+    }
+    std::fs::copy(root().join("fixtures/tokenizer/qwen/qwen.tiktoken"), dir.join("qwen.tiktoken")).unwrap();
+    dir
+}
+
+#[test]
+fn info_generate_and_encode_work_on_a_qwen_tiktoken_directory() {
+    let dir = qwen_style_dir();
+    let d = dir.to_str().unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+
+    let info = mftcoder(&["info", "--model", d]);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info = String::from_utf8(info.stdout).unwrap();
+    assert!(info.contains("BPE, 8400 tokens") && info.contains("<|endoftext|>=8192"), "{info}");
+
+    let prompt = "a = b";
+    let want_prompt = tok.encode(prompt, true).unwrap();
+    assert!(want_prompt.iter().all(|&i| i < 320), "the prompt must fit the fixture model's 320 ids: {want_prompt:?}");
+    let out = mftcoder(&["generate", "--model", d, "--prompt", prompt, "--max-new-tokens", "6", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&json["prompt_ids"]), want_prompt);
+    let generated = ids(&json["generated_ids"]);
+    assert!(!generated.is_empty());
+    assert_eq!(json["text"].as_str().unwrap(), tok.decode(&generated, true).unwrap());
+
+    // MFTCoder's training layout: the user turn and the assistant marker are one segment, then the answer + EOS
+    let data = dir.join("chat.jsonl");
+    let record =
+        r#"{"chat_rounds": [{"role": "human", "content": "写一个函数"}, {"role": "bot", "content": "def f(): pass"}]}"#;
+    std::fs::write(&data, format!("{record}\n")).unwrap();
+    let out = mftcoder(&["encode", "--tokenizer", d, "--data", data.to_str().unwrap(), "--seq-length", "64"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().next().unwrap()).unwrap();
+    let mut want = tok.encode("<s>human\n写一个函数\n<s>bot\n", false).unwrap();
+    want.extend(tok.encode("def f(): pass\n", false).unwrap());
+    want.push(2); // config.json's eos_token_id
+    assert_eq!(ids(&line["input_ids"])[..want.len()], want[..]);
 }

@@ -20,7 +20,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 // ANCHOR: qwen_constants
 /// `tokenization_qwen.py`'s `PAT_STR`.
-pub const QWEN_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Qwen-1's special tokens in id order, right after the BPE ranks (`SPECIAL_START_ID = 151643` in the reference,
 /// which is where the full `qwen.tiktoken` ends).
