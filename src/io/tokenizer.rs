@@ -1,7 +1,11 @@
-//! `tokenizer.json` through the Hugging Face `tokenizers` crate (no network features: built from local files).
+//! `tokenizer.json` (or Qwen-1's `qwen.tiktoken`, see [`super::tiktoken`]) through the Hugging Face `tokenizers` crate (no network features: built from local files).
 
+use super::tiktoken;
 use anyhow::{Result, anyhow};
 use std::path::{Path, PathBuf};
+
+/// Qwen-1's tiktoken ranks file.
+const QWEN_RANKS: &str = "qwen.tiktoken";
 
 pub struct Tokenizer {
     pub path: PathBuf,
@@ -9,7 +13,8 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Load `dir/tokenizer.json` (or a `tokenizer.json` path given directly).
+    /// Load `dir/tokenizer.json`, or else Qwen-1's `dir/qwen.tiktoken` (or either file given directly), or the
+    /// tokenizer a GGUF file's metadata describes.
     pub fn load(path: &Path) -> Result<Self> {
         if crate::gguf::is_gguf(path) {
             let json = crate::gguf::tokenizer_json(path)?; // rebuilt from the file's tokenizer.ggml.* metadata
@@ -17,12 +22,25 @@ impl Tokenizer {
                 .map_err(|e| anyhow!("{}: cannot load the rebuilt tokenizer: {e}", path.display()))?;
             return Ok(Tokenizer { path: path.to_path_buf(), inner });
         }
-        let path = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
+        let path = if path.is_dir() && !path.join("tokenizer.json").is_file() && path.join(QWEN_RANKS).is_file() {
+            path.join(QWEN_RANKS)
+        } else if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_path_buf()
+        };
         if !path.is_file() {
-            return Err(anyhow!("{}: no such file (a tokenizer.json is needed to work with text)", path.display()));
+            return Err(anyhow!(
+                "{}: no such file (a tokenizer.json or {QWEN_RANKS} is needed to work with text)",
+                path.display()
+            ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let inner = if path.extension().is_some_and(|e| e == "tiktoken") {
+            tiktoken::load_qwen(&path)?
+        } else {
+            tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?
+        };
         Ok(Tokenizer { path, inner })
     }
 
