@@ -6,25 +6,11 @@ use mftcoder::io::safetensors::{OwnedTensor, WeightStore, save};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::Scratch;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mftcoder"))
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mftcoder-bad-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn fixture(case: &str) -> PathBuf {
@@ -110,17 +96,17 @@ fn merged(base: serde_json::Value, fragment: &str) -> serde_json::Value {
 fn bad_train_config_values_are_one_line_errors_that_leave_nothing_behind() {
     let s = Scratch::new("train");
     for task in ["a", "b"] {
-        std::fs::create_dir_all(s.0.join(task)).unwrap();
+        std::fs::create_dir_all(s.join(task)).unwrap();
         let lines: String =
             (0..20).map(|i| format!("{}\n", serde_json::json!({"prompt": format!("{i}"), "answer": "x"}))).collect();
-        std::fs::write(s.0.join(task).join("t.jsonl"), lines).unwrap();
+        std::fs::write(s.join(task).join("t.jsonl"), lines).unwrap();
     }
-    let out_dir = s.0.join("out");
-    let base = serde_json::json!({"data_paths": [s.0.join("a"), s.0.join("b")], "output_dir": out_dir,
+    let out_dir = s.join("out");
+    let base = serde_json::json!({"data_paths": [s.join("a"), s.join("b")], "output_dir": out_dir,
         "pretrained_model_path": fixture("gqa_tied"), "peft_type": null, "seq_length": 32,
         "per_device_train_batch_size": 2, "num_train_epochs": 1, "data_split": "80,20,0", "evaluation_steps": 0});
     for (i, (fragment, needles)) in TRAIN_CASES.iter().enumerate() {
-        let path = s.0.join(format!("cfg-{i}.json"));
+        let path = s.join(format!("cfg-{i}.json"));
         std::fs::write(&path, merged(base.clone(), fragment).to_string()).unwrap();
         for command in ["train", "pretrain"] {
             if command == "pretrain" && fragment.contains("lora") {
@@ -136,16 +122,16 @@ fn bad_train_config_values_are_one_line_errors_that_leave_nothing_behind() {
 #[test]
 fn bad_dpo_config_values_are_one_line_errors_that_leave_nothing_behind() {
     let s = Scratch::new("dpo");
-    let pairs = s.0.join("pairs.jsonl");
+    let pairs = s.join("pairs.jsonl");
     let pair = serde_json::json!({"chosen": [{"role": "human", "content": "q"}, {"role": "bot", "content": "a"}],
                                   "rejected": [{"role": "human", "content": "q"}, {"role": "bot", "content": "b"}]});
     std::fs::write(&pairs, format!("{pair}\n").repeat(4)).unwrap();
-    let out_dir = s.0.join("out");
+    let out_dir = s.join("out");
     let base = serde_json::json!({"data_paths": [pairs], "output_dir": out_dir, "pretrained_model_path": fixture("gqa_tied"),
         "peft_type": "lora", "lora_rank": 4, "per_device_train_batch_size": 2, "num_train_epochs": 1,
         "max_prompt_length": 16, "max_length": 32});
     for (i, (fragment, needles)) in DPO_CASES.iter().enumerate() {
-        let path = s.0.join(format!("dpo-{i}.json"));
+        let path = s.join(format!("dpo-{i}.json"));
         std::fs::write(&path, merged(base.clone(), fragment).to_string()).unwrap();
         let out = bin().args(["dpo", "--config", path.to_str().unwrap(), "--quiet"]).output().unwrap();
         assert_clean_error(&format!("dpo {fragment}"), &out, needles);
@@ -157,7 +143,7 @@ fn bad_dpo_config_values_are_one_line_errors_that_leave_nothing_behind() {
 /// be rewritten by `raw`).
 fn broken_model(s: &Scratch, name: &str, edit: impl FnOnce(&mut Vec<OwnedTensor>)) -> PathBuf {
     let src = fixture("odd_sizes_bf16_bias");
-    let dir = s.0.join(name);
+    let dir = s.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "generation_config.json", "tokenizer.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
@@ -217,13 +203,13 @@ fn broken_checkpoints_are_one_line_errors_naming_the_tensor_or_the_shard() {
     assert_clean_error("duplicate header key", &out, &[&format!("tensor `{a}` is listed twice")]);
 
     // a shard outside the model directory: refused before it is opened
-    let dir = s.0.join("escape");
+    let dir = s.join("escape");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["config.json", "generation_config.json", "tokenizer.json"] {
         std::fs::copy(fixture("odd_sizes_bf16_bias").join(f), dir.join(f)).unwrap();
     }
-    std::fs::copy(fixture("odd_sizes_bf16_bias").join("model.safetensors"), s.0.join("outside.safetensors")).unwrap();
-    let store = WeightStore::open(&s.0.join("outside.safetensors")).unwrap();
+    std::fs::copy(fixture("odd_sizes_bf16_bias").join("model.safetensors"), s.join("outside.safetensors")).unwrap();
+    let store = WeightStore::open(&s.join("outside.safetensors")).unwrap();
     let map: serde_json::Map<String, serde_json::Value> =
         store.names().map(|n| (n.to_string(), "../outside.safetensors".into())).collect();
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string())

@@ -15,6 +15,9 @@ use mftcoder::models::{self, decoder::Logits};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::Scratch;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf").join(name)
 }
@@ -29,24 +32,6 @@ fn bytes(store: &WeightStore, name: &str) -> Vec<u8> {
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
-}
-
-/// A scratch directory removed when the test ends, pass or fail.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mftcoder-gguf-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn mftcoder(args: &[&str]) -> Output {
@@ -160,7 +145,7 @@ fn an_f16_sentencepiece_gguf_keeps_f16_and_matches_transformers_logits_and_llama
 #[test]
 fn import_writes_a_model_directory_that_loads_like_the_gguf() {
     let dir = Scratch::new("import");
-    let out = dir.0.join("model");
+    let out = dir.join("model");
     let gguf = fixture("mqa_spm_f16.gguf");
     let run = mftcoder(&["import", "--gguf", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -211,18 +196,18 @@ fn import_writes_a_model_directory_that_loads_like_the_gguf() {
 fn bad_gguf_files_are_one_line_errors_and_leave_no_output() {
     let dir = Scratch::new("bad");
     let good = std::fs::read(fixture("gqa_tied_q.gguf")).unwrap();
-    let truncated = dir.0.join("truncated.gguf");
+    let truncated = dir.join("truncated.gguf");
     std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
     // `general.architecture` = "llama" → "mamba": same length, so every offset stays valid
     let at = good.windows(5).position(|w| w == b"llama").unwrap();
     let mut other = good.clone();
     other[at..at + 5].copy_from_slice(b"mamba");
-    let unsupported = dir.0.join("mamba.gguf");
+    let unsupported = dir.join("mamba.gguf");
     std::fs::write(&unsupported, &other).unwrap();
     for (file, needle) in
         [(&truncated, "runs past the end of the file"), (&unsupported, "`general.architecture` is `mamba`")]
     {
-        let out = dir.0.join("out");
+        let out = dir.join("out");
         let run = mftcoder(&["import", "--gguf", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(2), "{err}");

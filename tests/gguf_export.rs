@@ -14,26 +14,11 @@ use mftcoder::rng::Rng;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::Scratch;
+
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
-}
-
-/// A scratch directory removed when the test ends, pass or fail.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mftcoder-gguf-export-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const TEXTS: [&str; 3] =
@@ -53,7 +38,7 @@ fn an_f32_export_reads_back_with_transformers_logits_for_llama_and_qwen2() {
     let dir = Scratch::new("f32");
     for case in ["llama/gqa_tied", "llama/mqa_headdim_linear", "families/qwen2_bias_tied"] {
         let src = fixture(case);
-        let out = dir.0.join(format!("{}.gguf", case.replace('/', "_")));
+        let out = dir.join(format!("{}.gguf", case.replace('/', "_")));
         export_gguf(&src, &out, Quant::F32).unwrap();
         let diff = golden_logits_match(&out, &src);
         assert!(diff <= 1e-4, "{case}: max |Δlogits| = {diff} against transformers (tolerance 1e-4)");
@@ -68,14 +53,14 @@ fn an_f32_export_reads_back_with_transformers_logits_for_llama_and_qwen2() {
 fn f16_round_trips_exactly_to_f16_and_keeps_tokenizer_and_chat_template() {
     let dir = Scratch::new("f16");
     let src = fixture("gguf/mqa_spm_f16.gguf"); // a SentencePiece vocabulary with a chat template
-    let imported = dir.0.join("imported");
+    let imported = dir.join("imported");
     let run = Command::new(env!("CARGO_BIN_EXE_mftcoder"))
         .args(["import", "--gguf", src.to_str().unwrap(), "--out", imported.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     for (quant, source) in [(Quant::F16, &imported), (Quant::F16, &fixture("llama/gqa_tied"))] {
-        let out = dir.0.join(format!("{}-{quant:?}.gguf", source.file_name().unwrap().to_string_lossy()));
+        let out = dir.join(format!("{}-{quant:?}.gguf", source.file_name().unwrap().to_string_lossy()));
         export_gguf(source, &out, quant).unwrap();
         let (back, orig) = (WeightStore::open(&out).unwrap(), WeightStore::open(source).unwrap());
         assert_eq!(
@@ -92,10 +77,10 @@ fn f16_round_trips_exactly_to_f16_and_keeps_tokenizer_and_chat_template() {
             assert_eq!(ours.encode(text, true).unwrap(), theirs.encode(text, true).unwrap(), "{text:?}");
         }
     }
-    let g = GgufFile::open(&dir.0.join("imported-F16.gguf")).unwrap();
+    let g = GgufFile::open(&dir.join("imported-F16.gguf")).unwrap();
     assert!(g.str("tokenizer.chat_template").unwrap().contains("m['role']"));
     assert_eq!(g.str("tokenizer.ggml.model").unwrap(), "llama");
-    let g = GgufFile::open(&dir.0.join("gqa_tied-F16.gguf")).unwrap();
+    let g = GgufFile::open(&dir.join("gqa_tied-F16.gguf")).unwrap();
     assert_eq!((g.str("tokenizer.ggml.model").unwrap(), g.str("tokenizer.ggml.pre").unwrap()), ("gpt2", "gpt-2"));
     let tokens = g.array("tokenizer.ggml.tokens", "a string", |v| v.as_str()).unwrap();
     assert_eq!((tokens.len(), tokens[319]), (320, "[PAD319]"), "padded to the embedding's rows");
@@ -141,9 +126,9 @@ fn wide_model(dir: &Path) -> PathBuf {
 #[test]
 fn q8_0_and_q4_k_exports_read_back_within_their_quantization_step() {
     let dir = Scratch::new("quant");
-    let model = wide_model(&dir.0);
+    let model = wide_model(&dir);
     for (quant, levels) in [(Quant::Q8_0, 254.0f32), (Quant::Q4K, 15.0)] {
-        let out = dir.0.join(format!("{quant:?}.gguf"));
+        let out = dir.join(format!("{quant:?}.gguf"));
         export_gguf(&model, &out, quant).unwrap();
         let g = GgufFile::open(&out).unwrap();
         let want = if quant == Quant::Q4K { "Q4_K" } else { "Q8_0" };
@@ -181,9 +166,9 @@ fn export_refuses_what_it_cannot_write_in_one_line() {
         (fixture("families/gemma_tied"), "`model_type` is `gemma`, which cannot be exported to GGUF yet"),
         (fixture("llama/gqa_tied"), "already exists"),
     ];
-    std::fs::write(dir.0.join("exists.gguf"), b"").unwrap();
+    std::fs::write(dir.join("exists.gguf"), b"").unwrap();
     for (i, (model, needle)) in cases.iter().enumerate() {
-        let out = if i == 1 { dir.0.join("exists.gguf") } else { dir.0.join(format!("{i}.gguf")) };
+        let out = if i == 1 { dir.join("exists.gguf") } else { dir.join(format!("{i}.gguf")) };
         let run = Command::new(env!("CARGO_BIN_EXE_mftcoder"))
             .args(["export", "--model", model.to_str().unwrap(), "--gguf", "--quant", "q8_0", out.to_str().unwrap()])
             .output()
@@ -193,6 +178,6 @@ fn export_refuses_what_it_cannot_write_in_one_line() {
         assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{err}");
         assert!(i == 1 || !out.exists(), "no partial file");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&dir.0).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }

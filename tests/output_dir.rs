@@ -7,26 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::Scratch;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mftcoder"))
-}
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mftcoder-outdir-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn fixture_model() -> PathBuf {
@@ -98,10 +83,10 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn a_second_run_into_an_output_directory_in_use_is_refused() {
     let s = Scratch::new("concurrent");
-    let cfg = config(&s.0, serde_json::json!({"num_train_epochs": 40}));
+    let cfg = config(&s, serde_json::json!({"num_train_epochs": 40}));
     let first =
         bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).stderr(Stdio::piped()).spawn().unwrap();
-    let lock = s.0.join("out/.mftcoder.lock");
+    let lock = s.join("out/.mftcoder.lock");
     let t0 = Instant::now();
     while !lock.is_file() {
         assert!(t0.elapsed() < Duration::from_secs(30), "the first run never took the lock");
@@ -117,9 +102,9 @@ fn a_second_run_into_an_output_directory_in_use_is_refused() {
 #[test]
 fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_notice() {
     let s = Scratch::new("stale");
-    let cfg = config(&s.0, serde_json::json!({}));
-    std::fs::create_dir_all(s.0.join("out")).unwrap();
-    std::fs::write(s.0.join("out/.mftcoder.lock"), "999999999\n").unwrap(); // above any pid_max
+    let cfg = config(&s, serde_json::json!({}));
+    std::fs::create_dir_all(s.join("out")).unwrap();
+    std::fs::write(s.join("out/.mftcoder.lock"), "999999999\n").unwrap(); // above any pid_max
     let run = train(&cfg, &[]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stderr(&run).contains("taking over the lock of process 999999999"), "{}", stderr(&run));
@@ -128,41 +113,41 @@ fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_notice() {
 #[test]
 fn a_run_with_another_config_is_refused_and_leaves_the_recorded_run_untouched() {
     let s = Scratch::new("other-config");
-    let cfg = config(&s.0, serde_json::json!({}));
+    let cfg = config(&s, serde_json::json!({}));
     let first = train(&cfg, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let before = snapshot(&s.0.join("out"));
+    let before = snapshot(&s.join("out"));
     assert!(before.iter().any(|(p, _)| p.ends_with("metrics.jsonl")));
 
-    let other = config(&s.0, serde_json::json!({"learning_rate": 2e-3}));
+    let other = config(&s, serde_json::json!({"learning_rate": 2e-3}));
     let refused = train(&other, &[]);
     one_line_error(
         &refused,
         &["holds another run", "field `learning_rate` was 0.001, is now 0.002", "--overwrite-output-dir"],
     );
-    assert_eq!(snapshot(&s.0.join("out")), before, "the earlier run's files changed");
+    assert_eq!(snapshot(&s.join("out")), before, "the earlier run's files changed");
 
     // other data: named too
-    let data = s.0.join("data/train.jsonl");
+    let data = s.join("data/train.jsonl");
     let text = std::fs::read_to_string(&data).unwrap();
     std::fs::write(&data, text.replace("\"1 + 1 =\"", "\"one plus one\"")).unwrap();
-    let cfg = config(&s.0, serde_json::json!({}));
+    let cfg = config(&s, serde_json::json!({}));
     one_line_error(&train(&cfg, &[]), &["the data files changed"]);
-    assert_eq!(snapshot(&s.0.join("out")), before);
+    assert_eq!(snapshot(&s.join("out")), before);
 
     let fresh = train(&other, &["--overwrite-output-dir"]);
     let err = stderr(&fresh);
     assert!(fresh.status.success(), "{err}");
     assert!(err.contains("removed") && !err.contains("resuming"), "{err}");
     let record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.0.join("out/mftcoder_run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(s.join("out/mftcoder_run.json")).unwrap()).unwrap();
     assert_eq!(record["config"]["learning_rate"], 2e-3);
 }
 
 #[test]
 fn the_same_run_resumes_and_a_finished_one_says_so() {
     let s = Scratch::new("same");
-    let cfg = config(&s.0, serde_json::json!({}));
+    let cfg = config(&s, serde_json::json!({}));
     assert!(train(&cfg, &[]).status.success());
     let again = train(&cfg, &[]);
     let err = stderr(&again);
@@ -176,28 +161,28 @@ fn a_step_that_makes_the_weights_non_finite_stops_before_it_is_saved() {
     // step 1 runs at lr 0 (warm-up), step 2 at 1.5e38: f32 overflows in the update itself, while its loss and
     // gradients (computed before the update) are finite
     let cfg = config(
-        &s.0,
+        &s,
         serde_json::json!({"learning_rate": 3e38, "lr_scheduler_type": "constant_with_warmup",
                            "num_warmup_steps": 2, "checkpointing_steps": 1, "gradient_clipping": 0.0}),
     );
     let run = train(&cfg, &[]);
     one_line_error(&run, &["step 2", "non-finite", "latest"]);
     let latest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.0.join("out/latest")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(s.join("out/latest")).unwrap()).unwrap();
     let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
     assert!(ckpt.ends_with("step_1"), "{ckpt:?}");
     let store = mftcoder::io::safetensors::WeightStore::open(&ckpt).unwrap();
     for name in store.names() {
         assert!(store.tensor_f32(name).unwrap().iter().all(|v| v.is_finite()), "{name} is not finite");
     }
-    assert!(!s.0.join("out/step_2").exists());
+    assert!(!s.join("out/step_2").exists());
 }
 
 #[test]
 fn partial_files_of_killed_runs_are_removed_at_start_up() {
     let s = Scratch::new("partials");
-    let cfg = config(&s.0, serde_json::json!({}));
-    let out = s.0.join("out");
+    let cfg = config(&s, serde_json::json!({}));
+    let out = s.join("out");
     std::fs::create_dir_all(out.join(".step_4.partial-999999999")).unwrap();
     std::fs::write(out.join(".step_4.partial-999999999/model.safetensors"), b"half").unwrap();
     std::fs::write(out.join(".write-test-999999999"), b"ok").unwrap();
@@ -216,14 +201,14 @@ fn partial_files_of_killed_runs_are_removed_at_start_up() {
 #[test]
 fn dpo_refuses_an_output_directory_of_another_run() {
     let s = Scratch::new("dpo");
-    let train_cfg = config(&s.0, serde_json::json!({}));
+    let train_cfg = config(&s, serde_json::json!({}));
     assert!(train(&train_cfg, &[]).status.success());
-    let pairs = s.0.join("pairs.jsonl");
+    let pairs = s.join("pairs.jsonl");
     let pair = serde_json::json!({"chosen": [{"role": "human", "content": "1+1"}, {"role": "bot", "content": "2"}],
                                   "rejected": [{"role": "human", "content": "1+1"}, {"role": "bot", "content": "3"}]});
     std::fs::write(&pairs, format!("{pair}\n").repeat(8)).unwrap();
-    let dpo_cfg = s.0.join("dpo.json");
-    let cfg = serde_json::json!({"data_paths": [pairs], "output_dir": s.0.join("out"), "pretrained_model_path": fixture_model(),
+    let dpo_cfg = s.join("dpo.json");
+    let cfg = serde_json::json!({"data_paths": [pairs], "output_dir": s.join("out"), "pretrained_model_path": fixture_model(),
         "peft_type": "lora", "lora_rank": 4, "per_device_train_batch_size": 2, "num_train_epochs": 1, "data_split": "100,0",
         "max_prompt_length": 16, "max_length": 32});
     std::fs::write(&dpo_cfg, cfg.to_string()).unwrap();
@@ -234,7 +219,7 @@ fn dpo_refuses_an_output_directory_of_another_run() {
 #[test]
 fn a_save_that_fails_removes_its_partial_checkpoint() {
     let s = Scratch::new("save-fails");
-    let cfg = config(&s.0, serde_json::json!({}));
+    let cfg = config(&s, serde_json::json!({}));
     // files up to 100 KiB: the run starts, the 330 KB model.safetensors of the first checkpoint cannot be written
     // (SIGXFSZ ignored, so the write fails with EFBIG as on a full disk)
     let script = format!(
@@ -244,7 +229,7 @@ fn a_save_that_fails_removes_its_partial_checkpoint() {
     );
     let run = Command::new("bash").args(["-c", &script]).output().unwrap();
     one_line_error(&run, &["step_4"]);
-    let left: Vec<_> = std::fs::read_dir(s.0.join("out"))
+    let left: Vec<_> = std::fs::read_dir(s.join("out"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -71,6 +71,22 @@ pub struct KvCache<B: Backend> {
     pub(super) len: usize,
 }
 
+/// The pair a layer caches for all positions so far: `past` (if any) with the new rows appended below, stored
+/// back in the slot (without a slot, just the new rows).
+pub(super) fn append_to_slot<B: Backend>(
+    b: &B,
+    slot: Option<&mut Option<(B::Tensor, B::Tensor)>>,
+    new: (B::Tensor, B::Tensor),
+) -> (B::Tensor, B::Tensor) {
+    let Some(slot) = slot else { return new };
+    let all = match slot.take() {
+        Some((a_past, b_past)) => (b.concat_rows(&a_past, &new.0), b.concat_rows(&b_past, &new.1)),
+        None => new,
+    };
+    *slot = Some(all.clone());
+    all
+}
+
 impl<B: Backend> KvCache<B> {
     pub fn new(n_layers: usize) -> Self {
         KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0 }
@@ -344,19 +360,8 @@ impl<B: Backend> Decoder<B> {
                 }
                 _ => {
                     let qkv = self.project_qkv(b, layer, &h, &positions, |_| None);
-                    match slot {
-                        Some(slot) => {
-                            let (k, v) = match slot.take() {
-                                Some((k_past, v_past)) => {
-                                    (b.concat_rows(&k_past, &qkv.k), b.concat_rows(&v_past, &qkv.v))
-                                }
-                                None => (qkv.k, qkv.v),
-                            };
-                            *slot = Some((k.clone(), v.clone()));
-                            (qkv.q, k, v)
-                        }
-                        None => (qkv.q, qkv.k, qkv.v),
-                    }
+                    let (k, v) = append_to_slot(b, slot, (qkv.k, qkv.v));
+                    (qkv.q, k, v)
                 }
             };
             let mask = AttentionMask { q_offset: start, segment_ids: None, window: self.config.attention.windows[l] };

@@ -548,3 +548,59 @@ fn dropout_seed_for(seed: u64, layer: usize, proj: u64) -> u64 {
     let mut r = crate::rng::Rng::new(seed ^ ((layer as u64) << 8 | proj).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     r.next_u64()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::Cpu;
+    use crate::models::decoder::{DecoderConfig, RouterSpec, Selection};
+
+    /// Two forwards balanced jointly (DPO's chosen and rejected) give the balance loss and gradients of one
+    /// forward over both as separate documents: per batch as one sequence, per sequence as two.
+    #[test]
+    fn joint_balance_of_two_forwards_is_that_of_one_flattened_forward() {
+        for per_sequence in [false, true] {
+            let mut config = DecoderConfig::with_shape(40, 16, 24, 2, 2, 2);
+            config.moe = Some(Moe {
+                router: RouterSpec {
+                    experts: 4,
+                    top_k: 2,
+                    normalize: false,
+                    scaling: 1.0,
+                    selection: Selection::Greedy,
+                },
+                expert_intermediate_size: 8,
+                sparse_layers: vec![true, true],
+                shared_expert: None,
+                aux_loss: AuxLoss::SequenceBalance { alpha: 0.1, per_sequence },
+            });
+            config.names = crate::models::qwen2_moe::NAMES;
+            let model = Decoder::random(&Cpu, config, 3);
+            let moe = model.config.moe.clone().unwrap();
+            let (a, b): (Vec<u32>, Vec<u32>) = ((1..9).collect(), (20..28).collect());
+            let positions: Vec<usize> = (0..8).collect();
+            let seq = |ids| Sequence { ids, positions: &positions, segment_ids: None };
+            let (_, mut ca) = model.forward_train(&Cpu, seq(&a)).unwrap();
+            let (_, mut cb) = model.forward_train(&Cpu, seq(&b)).unwrap();
+            let joint = joint_aux_loss(&mut [&mut ca, &mut cb], &moe).unwrap();
+
+            let ids: Vec<u32> = a.iter().chain(&b).copied().collect();
+            let both: Vec<usize> = (0..8).chain(0..8).collect();
+            let segments: Vec<u32> = (0..16).map(|i| (i / 8) << 16).collect();
+            let (_, mut flat) = model
+                .forward_train(&Cpu, Sequence { ids: &ids, positions: &both, segment_ids: Some(&segments) })
+                .unwrap();
+            flat.set_router_rows(&moe, RouterRows { mask: &[1.0; 16], row_len: 8 });
+            let (want, want_grads) = flat.aux.as_ref().unwrap();
+            assert!((joint - want).abs() < 1e-5, "per_sequence {per_sequence}: {joint} vs {want}");
+            for l in 0..2 {
+                let want = want_grads[l].as_ref().unwrap();
+                for (c, rows) in [(&ca, 0..8), (&cb, 8..16)] {
+                    let got = c.aux.as_ref().unwrap().1[l].as_ref().unwrap();
+                    let diff = (got - &want.slice(ndarray::s![rows, ..])).iter().fold(0.0f32, |m, d| m.max(d.abs()));
+                    assert!(diff < 1e-6, "per_sequence {per_sequence}, layer {l}: gradients differ by {diff}");
+                }
+            }
+        }
+    }
+}

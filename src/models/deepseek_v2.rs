@@ -13,6 +13,7 @@ use super::decoder::{
 use super::decoder::{Selection, TensorNames};
 use super::llama::{DecoderDefaults, NAMES as LLAMA_NAMES, llama_shaped_with_rope, norm_eps, require_activation};
 use super::mixtral::{MAX_EXPERTS, top_k};
+use super::qwen2_moe::MOE_NAMES as QWEN2_MOE_NAMES;
 use crate::io::hf_config::{HfConfig, MAX_WIDTH, RopeScaling};
 use anyhow::{Result, bail};
 
@@ -27,15 +28,8 @@ pub const NAMES: TensorNames = TensorNames {
         kv_a_norm: "self_attn.kv_a_layernorm",
         kv_b: "self_attn.kv_b_proj",
     }),
-    moe: Some(MoeNames {
-        router: "mlp.gate",
-        experts: "mlp.experts",
-        gate: "gate_proj",
-        up: "up_proj",
-        down: "down_proj",
-        shared_expert: Some("mlp.shared_experts"),
-        shared_expert_gate: None,
-    }),
+    // ungated shared experts under `shared_experts`
+    moe: Some(MoeNames { shared_expert: Some("mlp.shared_experts"), shared_expert_gate: None, ..QWEN2_MOE_NAMES }),
     ..LLAMA_NAMES
 };
 // ANCHOR_END: deepseek_v2_names

@@ -338,17 +338,7 @@ impl<B: Backend> LatentQkv<B> {
         let off = |_: u64| None;
         let (q, _, _) = self.query(b, x, positions, inv_freq, &off);
         let (_, c_normed, k_rope, _) = self.latent(b, la, x, positions, inv_freq, &off);
-        let (c_all, k_rope_all) = match slot {
-            Some(slot) => {
-                let all = match slot.take() {
-                    Some((c_past, k_past)) => (b.concat_rows(&c_past, &c_normed), b.concat_rows(&k_past, &k_rope)),
-                    None => (c_normed, k_rope),
-                };
-                *slot = Some(all.clone());
-                all
-            }
-            None => (c_normed, k_rope),
-        };
+        let (c_all, k_rope_all) = super::decoder::append_to_slot(b, slot, (c_normed, k_rope));
         let (k, v, _) = self.expand(b, &c_all, &k_rope_all, &off);
         (q, k, v)
     }

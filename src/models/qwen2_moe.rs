@@ -10,17 +10,17 @@ use crate::io::hf_config::HfConfig;
 use anyhow::{Result, bail};
 
 // ANCHOR: qwen2_moe_names
-pub const NAMES: TensorNames = TensorNames {
-    moe: Some(MoeNames {
-        router: "mlp.gate",
-        experts: "mlp.experts",
-        gate: "gate_proj",
-        up: "up_proj",
-        down: "down_proj",
-        shared_expert: Some("mlp.shared_expert"),
-        shared_expert_gate: Some("mlp.shared_expert_gate"),
-    }),
-    ..LLAMA_NAMES
+pub const NAMES: TensorNames = TensorNames { moe: Some(MOE_NAMES), ..LLAMA_NAMES };
+
+/// The experts under `mlp.` with the dense MLP's projection names (DeepSeek-V2's too, shared experts aside).
+pub const MOE_NAMES: MoeNames = MoeNames {
+    router: "mlp.gate",
+    experts: "mlp.experts",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    shared_expert: Some("mlp.shared_expert"),
+    shared_expert_gate: Some("mlp.shared_expert_gate"),
 };
 // ANCHOR_END: qwen2_moe_names
 
