@@ -63,7 +63,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     c.head_dim = head_dim;
     c.attention.fused_qkv = Some(FusedQkv { groups: heads }); // `view(heads, 3·d)`: one group per head
     (c.attention.qkv_bias, c.attention.o_bias) = (attention_bias, attention_bias);
-    c.positions = Positions::Rotary { rope, dims };
+    c.positions = Positions::rotary(rope, dims);
     c.residual = if parallel { Residual::Parallel } else { Residual::Sequential };
     c.tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false);
     c.max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048);

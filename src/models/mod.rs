@@ -1,6 +1,7 @@
 //! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs`) and one
 //! file per family. Each family file maps `config.json` onto a [`decoder::DecoderConfig`] and names its
 //! tensors; it holds only what is special about the family.
+pub mod chatglm;
 pub mod decoder;
 pub mod decoder_config;
 pub mod decoder_train;
@@ -16,6 +17,7 @@ pub mod llama;
 pub mod mistral;
 pub mod mixtral;
 pub mod phi;
+pub mod qwen;
 pub mod qwen2;
 pub mod qwen2_moe;
 pub mod starcoder2;
@@ -40,6 +42,8 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "qwen2_moe",
     "deepseek_v2",
+    "qwen",
+    "chatglm",
 ];
 
 // ANCHOR: decoder_dispatch
@@ -57,6 +61,8 @@ pub fn decoder_config(config: &HfConfig) -> Result<DecoderConfig> {
         "mixtral" => mixtral::config_from_hf(config),
         "qwen2_moe" => qwen2_moe::config_from_hf(config),
         "deepseek_v2" => deepseek_v2::config_from_hf(config),
+        "qwen" => qwen::config_from_hf(config),
+        "chatglm" => chatglm::config_from_hf(config),
         other => bail!(
             "{}: field `model_type` is `{other}`, which is not supported (supported: {})",
             config.path.display(),
