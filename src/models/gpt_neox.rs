@@ -95,18 +95,15 @@ mod tests {
             serde_json::json!({"rope_parameters": {"rope_type": "default", "rope_theta": 500, "partial_rotary_factor": 0.5}}),
         );
         assert_eq!(legacy, v5.unwrap());
-        let Positions::Rotary { rope, dims } = legacy.positions else { panic!("rotary") };
+        let Positions::Rotary { rope, dims, .. } = legacy.positions else { panic!("rotary") };
         assert_eq!((rope.theta, dims), (500.0, 8));
         let defaults = config(serde_json::json!({})).unwrap();
         assert_eq!(
             defaults.positions,
-            Positions::Rotary {
-                rope: crate::io::hf_config::RopeSpec {
-                    theta: 10_000.0,
-                    scaling: crate::io::hf_config::RopeScaling::None
-                },
-                dims: 4
-            }
+            Positions::rotary(
+                crate::io::hf_config::RopeSpec { theta: 10_000.0, scaling: crate::io::hf_config::RopeScaling::None },
+                4
+            )
         );
         assert_eq!((defaults.residual, defaults.mlp), (Residual::Parallel, MlpKind::Plain(Gelu::Erf)));
         assert!(defaults.attention.qkv_bias && !defaults.tie_word_embeddings);
