@@ -30,6 +30,15 @@ for l in sys.stdin:
   ;;
 run)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  # NVRTC from the CUDA toolkit installed beside the driver, so what it emits is what the driver loads (the
+  # backend compiles sm_XY cubins first and falls back to PTX; the bench's device line says which it used)
+  for cuda_lib in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/targets/x86_64-linux/lib; do
+    if ls "$cuda_lib"/libnvrtc.so* >/dev/null 2>&1; then
+      export LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      echo "NVRTC: $(ls "$cuda_lib"/libnvrtc.so.* | head -1)"
+      break
+    fi
+  done
   echo "== CPU vs GPU property tests"
   timeout 240 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
   echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"

@@ -33,7 +33,7 @@ macro_rules! on_backend {
             $crate::backend::Device::Cuda(ordinal) => {
                 let precision: $crate::backend::cuda::Precision = $precision.parse()?;
                 let gpu = $crate::backend::cuda::Cuda::new(ordinal, precision)?;
-                eprintln!("device: {} ({precision:?} matrix products)", gpu.device_name());
+                eprintln!("device: {} ({precision:?} matrix products, kernels as {:?})", gpu.device_name(), gpu.kernel_code());
                 $f(&gpu, $($arg),*)
             }
             #[cfg(not(feature = "cuda"))]

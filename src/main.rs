@@ -478,7 +478,7 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
                 Precision::Bf16 => 989.4e12,
                 Precision::F32 => 66.9e12,
             };
-            let name = format!("{} ({precision:?})", gpu.device_name());
+            let name = format!("{} ({precision:?}, kernels as {:?})", gpu.device_name(), gpu.kernel_code());
             mftcoder::bench::print_report(
                 &args.bench,
                 &name,

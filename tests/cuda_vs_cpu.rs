@@ -653,6 +653,19 @@ fn bf16_lora_training_step_stays_close() {
     }
 }
 
+/// The kernels are the device's own machine code (`sm_XY` cubins), which a driver older than the NVRTC still
+/// loads; PTX is only the fallback.
+#[test]
+fn kernels_load_as_the_devices_machine_code() {
+    let Some(g) = gpu(Precision::F32) else { return };
+    let code = g.kernel_code();
+    assert!(
+        matches!(code, mftcoder::backend::cuda::kernels::KernelCode::Cubin(sm) if sm.starts_with("sm_")),
+        "{code:?}"
+    );
+    eprintln!("{} runs the kernels as {code:?}", g.device_name());
+}
+
 // ---- without a GPU: all of the above on an emulated device ----
 
 /// Where no GPU answers, run this file's tests again in a child process whose libcuda, libnvrtc and libcublas

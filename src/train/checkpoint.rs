@@ -126,7 +126,7 @@ fn write_checkpoint_files<B: Backend>(
             }
             save(&tmp.join("model.safetensors"), &tensors)?;
             // the base's config, tokenizer, chat template and remote code: a loadable HF directory
-            crate::io::side_files::copy_side_files(base_model_dir, &tmp, &[])?;
+            crate::io::side_files::copy_side_files(base_model_dir, tmp, &[])?;
         }
     }
     let mut moments = Vec::with_capacity(2 * names.len());

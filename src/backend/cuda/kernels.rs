@@ -4,6 +4,7 @@
 use anyhow::{Result, anyhow};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
 /// Prepended to every file: warp/block reductions, the bf16 conversion, the grid-stride loop.
@@ -56,33 +57,89 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask"]),
 ];
 
+/// A file as NVRTC compiles it: the shared header first, with `#line`s so errors name the right file.
+fn full_source(file: &str, source: &str) -> String {
+    format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{file}\"\n{source}")
+}
+
+/// Precise `expf`/division (no fast math): the property tests compare against the CPU path at f32 tolerances.
+fn options(arch: &str) -> Vec<String> {
+    vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()]
+}
+
 // ANCHOR: compile
-/// Compile one file for a virtual architecture such as `compute_90`. Precise `expf`/division (no fast math):
-/// the property tests compare against the CPU path at f32 tolerances.
+/// Compile one file to PTX for a virtual architecture such as `compute_90`: portable, but the driver must
+/// JIT it, and a driver older than the NVRTC refuses PTX of a newer ISA version (the PyPI NVRTC 13.2 against
+/// a CUDA 13.0 driver).
 pub fn compile(file: &str, source: &str, arch: &str) -> Result<Ptx> {
-    let opts = CompileOptions {
-        name: Some(file.to_string()),
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()],
-        ..Default::default()
-    };
-    compile_ptx_with_opts(format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{file}\"\n{source}"), opts)
+    let opts = CompileOptions { name: Some(file.to_string()), options: options(arch), ..Default::default() };
+    compile_ptx_with_opts(full_source(file, source), opts)
         .map_err(|e| anyhow!("NVRTC could not compile {file} for {arch}: {e}"))
+}
+
+/// Compile one file to a cubin for a real architecture such as `sm_90`: the device's own machine code, which
+/// the driver loads without a JIT, so an NVRTC newer than the driver (within its major version) still works.
+pub fn compile_cubin(file: &str, source: &str, sm: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    let src = CString::new(full_source(file, source)).map_err(|_| anyhow!("{file}: a NUL byte in the source"))?;
+    let name = CString::new(file).map_err(|_| anyhow!("{file}: a NUL byte in the name"))?;
+    let program = result::create_program(&src, Some(&name)).map_err(|e| anyhow!("NVRTC: {file}: {e:?}"))?;
+    // SAFETY: `program` was created above and is destroyed once, below; `src` and `name` outlive it.
+    unsafe {
+        let cubin = (|| {
+            if let Err(e) = result::compile_program(program, &options(sm)) {
+                let log = match result::get_program_log(program) {
+                    Ok(log) if !log.is_empty() => CStr::from_ptr(log.as_ptr()).to_string_lossy().into_owned(),
+                    _ => String::new(),
+                };
+                return Err(anyhow!("NVRTC could not compile {file} for {sm}: {e:?}\n{log}"));
+            }
+            let mut size = 0usize;
+            sys::nvrtcGetCUBINSize(program, &mut size).result().map_err(|e| anyhow!("{file}: no cubin: {e:?}"))?;
+            let mut cubin = vec![0u8; size];
+            sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast()).result().map_err(|e| anyhow!("{file}: {e:?}"))?;
+            Ok(cubin)
+        })();
+        let _ = result::destroy_program(program);
+        cubin
+    }
 }
 // ANCHOR_END: compile
 
-/// Every file's PTX for `arch`, compiled once per process (the first backend opened pays ~1 s).
-pub fn compiled(arch: &str) -> Result<Vec<(&'static str, Ptx)>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Vec<(&'static str, String)>>>> = OnceLock::new();
+/// What the kernels were compiled to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KernelCode {
+    /// Machine code for `sm_XY`.
+    Cubin(String),
+    /// PTX for `compute_XY`, for the driver to JIT.
+    Ptx(String),
+}
+
+/// Every file compiled for a device of compute capability `major.minor`, once per process (the first backend
+/// opened pays ~1 s): `KernelCode::Cubin` when NVRTC can build `sm_XY` machine code, otherwise PTX.
+pub fn compiled(code: &KernelCode) -> Result<Vec<(&'static str, Ptx)>> {
+    type Images = Vec<(&'static str, Vec<u8>)>; // (file, cubin or PTX text)
+    static CACHE: OnceLock<Mutex<HashMap<KernelCode, Images>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().map_err(|_| anyhow!("the kernel cache lock is poisoned"))?;
-    if !cache.contains_key(arch) {
-        let mut ptx = Vec::with_capacity(SOURCES.len());
+    if !cache.contains_key(code) {
+        let mut images = Vec::with_capacity(SOURCES.len());
         for &(file, source, _) in SOURCES {
-            ptx.push((file, compile(file, source, arch)?.to_src()));
+            let image = match code {
+                KernelCode::Cubin(sm) => compile_cubin(file, source, sm)?,
+                KernelCode::Ptx(arch) => compile(file, source, arch)?.to_src().into_bytes(),
+            };
+            images.push((file, image));
         }
-        cache.insert(arch.to_string(), ptx);
+        cache.insert(code.clone(), images);
     }
-    Ok(cache[arch].iter().map(|(file, src)| (*file, Ptx::from_src(src.clone()))).collect())
+    Ok(cache[code]
+        .iter()
+        .map(|(file, image)| match code {
+            KernelCode::Cubin(_) => (*file, Ptx::from_binary(image.clone())),
+            KernelCode::Ptx(_) => (*file, Ptx::from_src(String::from_utf8_lossy(image).into_owned())),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -105,6 +162,19 @@ mod tests {
                 let text = ptx.to_src();
                 for name in names {
                     assert!(text.contains(&format!(".entry {name}(")), "{file} ({arch}) defines no kernel `{name}`");
+                }
+            }
+        }
+        // and to the machine code of Hopper (the H200) and Ampere: ELF images naming every kernel
+        for sm in ["sm_90", "sm_80"] {
+            for &(file, source, names) in SOURCES {
+                let cubin = compile_cubin(file, source, sm).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(&cubin[..4], b"\x7fELF", "{file} ({sm}): not an ELF image");
+                for name in names {
+                    let found = cubin
+                        .windows(name.len() + 1)
+                        .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
+                    assert!(found, "{file} ({sm}) has no symbol `{name}`");
                 }
             }
         }
