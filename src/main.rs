@@ -470,8 +470,10 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
             let gpu = Cuda::new(ordinal, precision)?;
             let baseline = gpu.memory_used()?;
             let mut peak = 0usize;
+            let mut counted = vec![gpu.counters()];
             let report = mftcoder::bench::run(&gpu, &args.bench, &|| gpu.synchronize(), &mut || {
                 peak = peak.max(gpu.memory_used().unwrap_or(0).saturating_sub(baseline));
+                counted.push(gpu.counters());
             })?;
             // dense peaks of an H100/H200 SXM: bf16 tensor cores 989 TFLOP/s, plain f32 67 TFLOP/s
             let peak_flops = match precision {
@@ -486,6 +488,9 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
                 Some(peak as f64 / (1u64 << 30) as f64),
                 Some(peak_flops),
             );
+            if let [.., before, last] = counted.as_slice() {
+                println!("last step: {}", last.since(*before)); // what the device did besides arithmetic
+            }
         }
         #[cfg(not(feature = "cuda"))]
         mftcoder::backend::Device::Cuda(_) => {

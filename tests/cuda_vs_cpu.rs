@@ -653,6 +653,22 @@ fn bf16_lora_training_step_stays_close() {
     }
 }
 
+/// What a LoRA step costs the device besides arithmetic, counted (the baseline the GPU issue halves): two
+/// identical steps make the same launches, allocations and reads, and the step reads the device back.
+#[test]
+fn a_training_step_is_counted() {
+    let Some(g) = gpu(Precision::F32) else { return };
+    let before = g.counters();
+    train_step(g, Mode::Lora);
+    let first = g.counters().since(before);
+    let middle = g.counters();
+    train_step(g, Mode::Lora);
+    let second = g.counters().since(middle);
+    assert_eq!(first, second, "two identical steps");
+    assert!(first.launches > 0 && first.gemms > 0 && first.allocations > 0 && first.host_reads > 0, "{first}");
+    eprintln!("a 2-layer LoRA step (model set-up and downloads included): {first}");
+}
+
 /// The kernels are the device's own machine code (`sm_XY` cubins), which a driver older than the NVRTC still
 /// loads; PTX is only the fallback.
 #[test]

@@ -54,6 +54,7 @@ pub fn matmul(cuda: &Cuda, a: &CudaTensor, trans_a: bool, b: &CudaTensor, trans_
     match cuda.precision {
         // SAFETY: the shapes are checked above; the leading dimensions are the row lengths of each buffer.
         Precision::F32 => {
+            cuda.counters.gemm();
             unsafe { cuda.blas.gemm(cfg, &b.data, &a.data, &mut out.data) }.unwrap_or_else(|e| fail("cuBLAS sgemm", e))
         }
         Precision::Bf16 => {
@@ -68,12 +69,14 @@ pub fn matmul(cuda: &Cuda, a: &CudaTensor, trans_a: bool, b: &CudaTensor, trans_
 fn to_bf16(cuda: &Cuda, t: &CudaTensor) -> CudaSlice<u16> {
     let n = t.rows * t.cols;
     // SAFETY: the kernel writes all n entries.
+    cuda.counters.allocation(2 * n.max(1));
     let mut out = unsafe { cuda.stream.alloc::<u16>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e));
     let blocks = n.div_ceil(256).clamp(1, 65_536) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let n = n as i64;
     let f = cuda.function("f32_to_bf16");
     let mut args = cuda.stream.launch_builder(f);
+    cuda.counters.launch();
     args.arg(&mut out).arg(&t.data).arg(&n);
     // SAFETY: (u16 out, f32 in, n) is the kernel's signature; both buffers hold n entries.
     unsafe { args.launch(cfg) }.unwrap_or_else(|e| fail("f32_to_bf16", e));
@@ -90,6 +93,7 @@ fn gemm_bf16_in_f32_out(
     c: &mut CudaSlice<f32>,
 ) {
     let (alpha, beta) = (cfg.alpha, cfg.beta);
+    cuda.counters.gemm();
     let stream = &cuda.stream;
     let (a_ptr, _a_guard) = a.device_ptr(stream);
     let (b_ptr, _b_guard) = b.device_ptr(stream);

@@ -12,12 +12,14 @@
 //! element-wise ops stay f32 (the f32 master weights of mixed-precision training).
 
 pub mod blas;
+pub mod counters;
 pub mod kernels;
 
 use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
 use anyhow::{Context, Result, anyhow, bail};
+use counters::{CounterSnapshot, DeviceCounters};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use kernels::KernelCode;
@@ -92,6 +94,7 @@ pub struct Cuda {
     functions: HashMap<&'static str, CudaFunction>,
     pub precision: Precision,
     kernel_code: KernelCode,
+    counters: DeviceCounters,
 }
 
 /// Threads per block for element-wise kernels (grid-stride loops, so any grid size is correct).
@@ -128,6 +131,7 @@ macro_rules! launch {
         let name: &str = $name;
         let cfg: LaunchConfig = $cfg;
         let mut args = $cuda.stream.launch_builder($cuda.function(name));
+        $cuda.counters.launch();
         $( args.arg($arg); )+
         // SAFETY: each call site passes the argument list of the kernel it names, in order, with device
         // buffers sized for the launch (checked by the shape asserts before it).
@@ -194,7 +198,12 @@ impl Cuda {
         let stream = ctx.default_stream();
         let (functions, kernel_code) = load_kernels(&ctx, major, minor)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
-        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code })
+        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters: DeviceCounters::default() })
+    }
+
+    /// Launches, allocations, uploads and blocking reads so far (`counters.rs`).
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
     }
 
     /// What the kernels were compiled to (`sm_90` machine code, or PTX the driver JITs).
@@ -221,6 +230,7 @@ impl Cuda {
     }
 
     fn alloc(&self, n: usize) -> CudaSlice<f32> {
+        self.counters.allocation(4 * n.max(1));
         // SAFETY: every caller writes all n entries before anything reads them.
         unsafe { self.stream.alloc::<f32>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e))
     }
@@ -230,10 +240,13 @@ impl Cuda {
     }
 
     fn to_device<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
+        self.counters.upload();
+        self.counters.allocation(std::mem::size_of_val(host).max(1));
         self.stream.clone_htod(host).unwrap_or_else(|e| fail("copy to device", e))
     }
 
     fn to_host<T: cudarc::driver::DeviceRepr>(&self, dev: &CudaSlice<T>) -> Vec<T> {
+        self.counters.host_read();
         self.stream.clone_dtoh(dev).unwrap_or_else(|e| fail("copy to host", e))
     }
 
@@ -275,6 +288,7 @@ impl Backend for Cuda {
         (t.rows, t.cols)
     }
     fn zeros(&self, rows: usize, cols: usize) -> CudaTensor {
+        self.counters.allocation(4 * (rows * cols).max(1));
         let data = self.stream.alloc_zeros::<f32>((rows * cols).max(1)).unwrap_or_else(|e| fail("alloc", e));
         CudaTensor { data, rows, cols }
     }

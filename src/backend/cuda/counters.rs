@@ -1,0 +1,87 @@
+//! What a step costs the device besides its arithmetic, counted where the backend talks to the driver:
+//! kernel launches (ours, and cuBLAS's products), device allocations and their bytes, host→device uploads,
+//! and device→host reads (each one blocks the host until the stream has caught up). The emulated device
+//! counts the same calls, so these numbers are measured on every `cargo test --features cuda`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct DeviceCounters {
+    launches: AtomicU64,
+    gemms: AtomicU64,
+    allocations: AtomicU64,
+    allocated_bytes: AtomicU64,
+    uploads: AtomicU64,
+    host_reads: AtomicU64,
+}
+
+/// The counters at one moment; `since` gives what happened between two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub launches: u64,
+    pub gemms: u64,
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    pub uploads: u64,
+    pub host_reads: u64,
+}
+
+impl DeviceCounters {
+    pub(super) fn launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn gemm(&self) {
+        self.gemms.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn allocation(&self, bytes: usize) {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.allocated_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    pub(super) fn upload(&self) {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn host_read(&self) {
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            launches: get(&self.launches),
+            gemms: get(&self.gemms),
+            allocations: get(&self.allocations),
+            allocated_bytes: get(&self.allocated_bytes),
+            uploads: get(&self.uploads),
+            host_reads: get(&self.host_reads),
+        }
+    }
+}
+
+impl CounterSnapshot {
+    /// What was counted after `earlier`.
+    pub fn since(self, earlier: CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            launches: self.launches - earlier.launches,
+            gemms: self.gemms - earlier.gemms,
+            allocations: self.allocations - earlier.allocations,
+            allocated_bytes: self.allocated_bytes - earlier.allocated_bytes,
+            uploads: self.uploads - earlier.uploads,
+            host_reads: self.host_reads - earlier.host_reads,
+        }
+    }
+}
+
+impl std::fmt::Display for CounterSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} uploads, {} blocking reads",
+            self.launches,
+            self.gemms,
+            self.allocations,
+            self.allocated_bytes as f64 / 1e6,
+            self.uploads,
+            self.host_reads
+        )
+    }
+}
