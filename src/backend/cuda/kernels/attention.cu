@@ -441,7 +441,8 @@ extern "C" __global__ void attention_backward_dq_per_key(float* dq, const float*
         const float* kj = k + j * kv_stride + w.kv_off;
         const float dot = dot_row(qi, kj, d, lane);
         const float p = expf(score(a, dot, slope, query_pos, j) - lse_i);
-        const float ds = clamp_binds(a, dot) ? 0.0f : p * (dot_row(doi, v + j * kv_stride + w.kv_off, d, lane) - delta_i);
+        const float dp = dot_row(doi, v + j * kv_stride + w.kv_off, d, lane);  // every lane: a warp sum
+        const float ds = clamp_binds(a, dot) ? 0.0f : p * (dp - delta_i);
 #pragma unroll
         for (int e = 0; e < PER_LANE; ++e) {
             const int idx = lane + 32 * e;
@@ -484,7 +485,8 @@ extern "C" __global__ void attention_backward_dkdv_per_key(float* dk, float* dv,
             const long long ih = (long long)i * heads + h;
             const float dot = dot_row(kj, qi, d, lane);
             const float p = expf(score(a, dot, slope, q_offset + i, j) - lse[ih]);
-            const float ds = clamp_binds(a, dot) ? 0.0f : p * (dot_row(vj, doi, d, lane) - delta[ih]);
+            const float dp = dot_row(vj, doi, d, lane);  // every lane takes part in the warp sum
+            const float ds = clamp_binds(a, dot) ? 0.0f : p * (dp - delta[ih]);
 #pragma unroll
             for (int e = 0; e < PER_LANE; ++e) {
                 const int idx = lane + 32 * e;
