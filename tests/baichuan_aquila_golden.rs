@@ -135,3 +135,21 @@ fn greedy_continuation_through_the_kv_cache_matches_the_reference() {
         golden_grads::assert_greedy_matches(case, &dir, &golden(case));
     }
 }
+
+#[test]
+fn info_names_alibi_normhead_the_variant_rule_and_the_clamp() {
+    let info = |case: &str| {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_mftcoder"))
+            .args(["info", "--model", case_dir(case).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        String::from_utf8(run.stdout).unwrap()
+    };
+    let baichuan = info("baichuan_alibi_5heads");
+    assert!(baichuan.contains("positions:    ALiBi") && baichuan.contains("NormHead"), "{baichuan}");
+    assert!(baichuan.contains("variant:      ALiBi") && baichuan.contains("MFTCoder's Baichuan2 file"), "{baichuan}");
+    let aquila = info("aquila_clamp_binds");
+    assert!(aquila.contains("clamped to ±1024") && !aquila.contains("NormHead"), "{aquila}");
+    assert!(!info("aquila_gqa").contains("NormHead"));
+}
