@@ -124,7 +124,11 @@ fn loss_and_gradients_match_pytorch_autograd() {
         let want = golden.tensor_f32("loss").unwrap()[[0]] as f64;
         assert!((result.loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {} vs {want}", result.loss);
         let (worst, _) = golden_grads::compare_grads(case, &golden, "", &result.grads);
-        eprintln!("{case}: loss {:.6}, {} gradients, worst relative error {worst:.2e}", result.loss, result.grads.len());
+        eprintln!(
+            "{case}: loss {:.6}, {} gradients, worst relative error {worst:.2e}",
+            result.loss,
+            result.grads.len()
+        );
     }
 }
 

@@ -165,7 +165,8 @@ type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>, bo
 fn attention<B: Backend>(b: &B, case: AttentionCase, seed: u64) -> Vec<Array2<f32>> {
     let (tq, cached, kv_heads, group, d, packed, window, alibi, score_clamp) = case;
     let (heads, tk) = (kv_heads * group, cached + tq);
-    let shape = AttentionShape { alibi, score_clamp, ..AttentionShape::new(heads, kv_heads, d, 1.0 / (d as f32).sqrt()) };
+    let shape =
+        AttentionShape { alibi, score_clamp, ..AttentionShape::new(heads, kv_heads, d, 1.0 / (d as f32).sqrt()) };
     // two packed documents, split at a third of the keys
     let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3)).collect();
     let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()), window };
@@ -505,8 +506,12 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             linear.quantize(b, QuantType::Nf4, true).unwrap();
         }
     }
-    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi | Mode::LoraMixtral | Mode::LoraDeepseekV2 | Mode::LoraBaichuanClamped =
-        mode
+    if let Mode::Lora
+    | Mode::Qlora
+    | Mode::LoraPhi
+    | Mode::LoraMixtral
+    | Mode::LoraDeepseekV2
+    | Mode::LoraBaichuanClamped = mode
     {
         let targets = match mode {
             Mode::LoraMixtral | Mode::LoraDeepseekV2 => mftcoder::peft::TargetModules::AllLinear,

@@ -529,11 +529,11 @@ fn attention_kernels_with_alibi_and_the_score_clamp() {
     let small_clamp = ScoreExtras { clamp: Some(0.5), ..PLAIN };
     let aquila = ScoreExtras { clamp: Some(1024.0), q_scale: 3000.0, tol: 1e-3, ..PLAIN };
     for (case, extras) in [
-        ((12, 0, 5, 1, 48, true, None), alibi),    // 5 heads: the interleaved slopes, packed documents
-        ((9, 3, 2, 2, 64, false, None), alibi),    // 4 heads after cached keys
-        ((1, 44, 3, 1, 48, true, None), alibi),    // decoding in a packed batch, 3 heads
+        ((12, 0, 5, 1, 48, true, None), alibi), // 5 heads: the interleaved slopes, packed documents
+        ((9, 3, 2, 2, 64, false, None), alibi), // 4 heads after cached keys
+        ((1, 44, 3, 1, 48, true, None), alibi), // decoding in a packed batch, 3 heads
         ((70, 0, 3, 2, 32, true, Some(33)), alibi), // 6 heads, tiles, documents and a window
-        ((11, 5, 5, 1, 256, true, None), alibi),   // per-key kernels
+        ((11, 5, 5, 1, 256, true, None), alibi), // per-key kernels
         ((12, 0, 2, 2, 48, true, None), small_clamp),
         ((5, 6, 1, 4, 64, false, None), small_clamp),
         ((11, 5, 2, 2, 256, true, None), small_clamp),

@@ -42,7 +42,9 @@ pub fn variant(cfg: &HfConfig) -> Result<(Variant, String)> {
         return Ok((Variant::Alibi, "ALiBi (no `auto_map.AutoModelForCausalLM`: MFTCoder's Baichuan2 file)".into()));
     };
     let Some(reference) = auto.as_str() else {
-        bail!("{path}: field `auto_map.AutoModelForCausalLM` must be a string like `modeling_baichuan.BaichuanForCausalLM`");
+        bail!(
+            "{path}: field `auto_map.AutoModelForCausalLM` must be a string like `modeling_baichuan.BaichuanForCausalLM`"
+        );
     };
     let module = reference.rsplit("--").next().unwrap_or(reference); // `repo--module.Class` names a Hub repo
     let Some((module, _class)) = module.rsplit_once('.') else {

@@ -365,8 +365,13 @@ impl<B: Backend> Decoder<B> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let normed = c.normalized_head.then(|| norm_head::normalize_rows(b, head)); // NormHead: ŵ is what ran
         let train_head_bias = train_base && self.lm_head_bias.is_some();
-        let (dh_final, dhead, dhead_bias) =
-            b.linear_backward(dlogits, &cache.h_final, normed.as_ref().map_or(head, |n| &n.0), train_base, train_head_bias);
+        let (dh_final, dhead, dhead_bias) = b.linear_backward(
+            dlogits,
+            &cache.h_final,
+            normed.as_ref().map_or(head, |n| &n.0),
+            train_base,
+            train_head_bias,
+        );
         let dhead = match (dhead, &normed) {
             (Some(g), Some((w_hat, inv))) => Some(norm_head::normalize_rows_backward(b, &g, w_hat, inv)),
             (dhead, _) => dhead,

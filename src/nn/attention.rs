@@ -205,7 +205,11 @@ fn mask_row(
         }
         None => {
             for (c, s) in row.iter_mut().enumerate() {
-                *s = if visible(mask, position, k0 + c) { scores.score(*s, position, k0 + c) } else { f32::NEG_INFINITY };
+                *s = if visible(mask, position, k0 + c) {
+                    scores.score(*s, position, k0 + c)
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             (0, row.len())
         }
@@ -527,7 +531,8 @@ mod tests {
                     (0..d).map(|c| a[[ra, ca * d + c]] as f64 * b[[rb, cb * d + c]] as f64).sum()
                 };
                 let dots: Vec<f32> = keys.iter().map(|&j| dot(q, i, h, k, j, g) as f32).collect();
-                let scores: Vec<f64> = keys.iter().zip(&dots).map(|(&j, &x)| head.score(x, position, j) as f64).collect();
+                let scores: Vec<f64> =
+                    keys.iter().zip(&dots).map(|(&j, &x)| head.score(x, position, j) as f64).collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
                 let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / total).collect();

@@ -135,7 +135,8 @@ mod in_attention {
     fn the_clamp_binds_on_large_scores_and_zeroes_their_gradient() {
         let mut rng = Rng::new(11);
         let (tq, cached, d) = (6, 2, 2);
-        let shape = AttentionShape { score_clamp: Some(1024.0), ..AttentionShape::new(2, 1, d, 1.0 / (d as f32).sqrt()) };
+        let shape =
+            AttentionShape { score_clamp: Some(1024.0), ..AttentionShape::new(2, 1, d, 1.0 / (d as f32).sqrt()) };
         let q = random(tq, 2 * d, &mut rng).mapv(|x| 40.0 * x);
         let k = random(tq + cached, d, &mut rng).mapv(|x| 40.0 * x);
         let v = random(tq + cached, d, &mut rng);
@@ -146,13 +147,22 @@ mod in_attention {
             let naive = naive_causal_attention(q.view(), k.view(), v.view(), &shape, &mask);
             assert!(max_abs_diff(&tiled, &naive) < 1e-5, "{}", max_abs_diff(&tiled, &naive));
             // the clamp changes the output: scores beyond ±1024 were there
-            let unclamped = causal_attention(q.view(), k.view(), v.view(), &AttentionShape { score_clamp: None, ..shape }, &mask);
+            let unclamped =
+                causal_attention(q.view(), k.view(), v.view(), &AttentionShape { score_clamp: None, ..shape }, &mask);
             assert!(max_abs_diff(&tiled, &unclamped) > 0.1, "the clamp never bound");
 
             let r = random(tq, 2 * d, &mut rng);
             let (out, lse) = causal_attention_with_lse(q.view(), k.view(), v.view(), &shape, &mask);
-            let (dq, dk, dv) =
-                causal_attention_backward(r.view(), q.view(), k.view(), v.view(), out.view(), lse.view(), &shape, &mask);
+            let (dq, dk, dv) = causal_attention_backward(
+                r.view(),
+                q.view(),
+                k.view(),
+                v.view(),
+                out.view(),
+                lse.view(),
+                &shape,
+                &mask,
+            );
             let objective = |q: &Array2<f32>, k: &Array2<f32>, v: &Array2<f32>| {
                 weighted_sum(&causal_attention(q.view(), k.view(), v.view(), &shape, &mask), &r)
             };
@@ -168,8 +178,15 @@ mod in_attention {
         let mut rng = Rng::new(5);
         let (t, heads, d) = (7, 5, 2);
         let plain = AttentionShape::new(heads, heads, d, 0.5);
-        let (q, k, v) = (random(t, heads * d, &mut rng), random(t, heads * d, &mut rng), random(t, heads * d, &mut rng));
-        let got = causal_attention(q.view(), k.view(), v.view(), &AttentionShape { alibi: true, ..plain }, &Default::default());
+        let (q, k, v) =
+            (random(t, heads * d, &mut rng), random(t, heads * d, &mut rng), random(t, heads * d, &mut rng));
+        let got = causal_attention(
+            q.view(),
+            k.view(),
+            v.view(),
+            &AttentionShape { alibi: true, ..plain },
+            &Default::default(),
+        );
         for h in 0..heads {
             let slope = alibi_slope(heads, h) as f64;
             for i in 0..t {
