@@ -87,7 +87,7 @@ fn logits_match_the_reference() {
 
 /// Rotary positions on none of a head's entries: no position input at all.
 fn no_positions() -> Positions {
-    Positions::Rotary { rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None }, dims: 0 }
+    Positions::rotary(RopeSpec { theta: 10_000.0, scaling: RopeScaling::None }, 0)
 }
 
 /// Each part the goldens are to pin down: without it the logits move.

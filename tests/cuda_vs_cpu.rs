@@ -438,7 +438,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
                 (NormKind::Layer, MlpKind::Plain(Gelu::Erf), Residual::Parallel);
             (config.num_key_value_heads, config.attention.fused_qkv) = (4, Some(FusedQkv { groups: 4 }));
             (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
-            config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: 4 };
+            config.positions = Positions::rotary(config.rope().unwrap().clone(), 4);
             config.names = mftcoder::models::gpt_neox::NAMES;
         }
         Mode::LoraMixtral | Mode::FullQwen2Moe => {
@@ -465,7 +465,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             };
             (config.num_key_value_heads, config.head_dim) = (4, la.head_width());
             config.attention.scale = 0.2;
-            config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: la.rope_dim };
+            config.positions = Positions::rotary(config.rope().unwrap().clone(), la.rope_dim);
             config.attention.latent = Some(la);
             config.moe = Some(Moe {
                 router: RouterSpec {
@@ -495,7 +495,7 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
                 (NormKind::Layer, MlpKind::Plain(Gelu::Tanh), Residual::ParallelSharedNorm);
             (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
             (config.attention.qk_norm, config.lm_head_bias) = (true, true);
-            config.positions = Positions::Rotary { rope: config.rope().unwrap().clone(), dims: 8 };
+            config.positions = Positions::rotary(config.rope().unwrap().clone(), 8);
             config.names = mftcoder::models::phi::NAMES;
         }
         _ => {}

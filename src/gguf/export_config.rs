@@ -5,15 +5,20 @@
 use super::arch::Arch;
 use super::container::{Metadata, Value};
 use crate::io::hf_config::{HfConfig, RopeScaling};
-use crate::models::decoder::{DecoderConfig, Positions};
+use crate::models::decoder::{DecoderConfig, Positions, RotaryPairing};
 use anyhow::{Result, bail};
 
 // ANCHOR: model_metadata
 /// The `{arch}.*` keys of a model, in the order llama.cpp's converter writes them, and notes for the user.
 pub fn model_metadata(arch: &Arch, hf: &HfConfig, c: &DecoderConfig) -> Result<(Metadata, Vec<String>)> {
     let path = hf.path.display();
-    let Positions::Rotary { rope, dims } = &c.positions else {
-        bail!("{path}: learned positions cannot be exported for `{}`", arch.model_type);
+    let (rope, dims) = match &c.positions {
+        Positions::Rotary { rope, dims, pairing: RotaryPairing::Halves } => (rope, dims),
+        Positions::Rotary { pairing: RotaryPairing::Interleaved, .. } => {
+            bail!("{path}: interleaved rotary pairs cannot be exported for `{}`", arch.model_type)
+        }
+        Positions::Learned => bail!("{path}: learned positions cannot be exported for `{}`", arch.model_type),
+        Positions::Alibi => bail!("{path}: ALiBi positions cannot be exported for `{}`", arch.model_type),
     };
     if *dims != c.head_dim {
         bail!("{path}: partial rotary ({dims} of {} dimensions) cannot be exported for Llama-style GGUF", c.head_dim);

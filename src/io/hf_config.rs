@@ -284,6 +284,11 @@ pub enum RopeScaling {
     },
     /// YaRN (Peng et al., 2023): low frequencies divided by `factor`, high ones kept, a ramp between.
     Yarn(Yarn),
+    /// Qwen-1's `use_dynamic_ntk`: at inference, a context longer than the `seq_length` it was trained on
+    /// raises θ (see `nn::rope::ntk_alpha`); training keeps θ.
+    QwenDynamicNtk {
+        seq_length: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

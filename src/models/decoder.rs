@@ -16,8 +16,9 @@ pub use super::feed_forward::{FeedForward, Mlp, SparseMoe};
 pub use super::latent_attention::{LatentModule, LatentQkv};
 pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
 use crate::backend::{AttentionMask, Backend};
+use crate::io::hf_config::RopeScaling;
 use crate::io::safetensors::WeightStore;
-use crate::nn::rope::inverse_frequencies;
+use crate::nn::rope::{inverse_frequencies, inverse_frequencies_for_context};
 use anyhow::{Result, bail};
 use ndarray::Array2;
 use std::borrow::Cow;
@@ -69,6 +70,9 @@ pub struct Decoder<B: Backend> {
 pub struct KvCache<B: Backend> {
     pub(super) layers: Vec<Option<(B::Tensor, B::Tensor)>>,
     pub(super) len: usize,
+    /// RoPE's frequencies as the first forward chose them for its context (Qwen-1's dynamic NTK keeps them
+    /// for the whole generation); `None` before it.
+    pub(super) inv_freq: Option<Vec<f32>>,
 }
 
 /// The pair a layer caches for all positions so far: `past` (if any) with the new rows appended below, stored
@@ -89,7 +93,7 @@ pub(super) fn append_to_slot<B: Backend>(
 
 impl<B: Backend> KvCache<B> {
     pub fn new(n_layers: usize) -> Self {
-        KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0 }
+        KvCache { layers: (0..n_layers).map(|_| None).collect(), len: 0, inv_freq: None }
     }
     /// Number of positions cached.
     pub fn len(&self) -> usize {
@@ -116,7 +120,7 @@ fn row(store: &WeightStore, name: &str, len: usize) -> Result<Array2<f32>> {
 /// The rotated width's ωᵢ, or none with learned positions.
 fn rotary_frequencies(c: &DecoderConfig) -> Vec<f32> {
     match &c.positions {
-        Positions::Rotary { rope, dims } => inverse_frequencies(rope, *dims),
+        Positions::Rotary { rope, dims, .. } => inverse_frequencies(rope, *dims),
         Positions::Learned | Positions::Alibi => Vec::new(),
     }
 }
@@ -139,6 +143,12 @@ impl DecoderConfig {
             ),
             (self.attention.windows.len() == self.num_hidden_layers, "one attention window per layer"),
             (matches!(n.qkv, QkvNames::Latent(_)) == self.attention.latent.is_some(), "latent attention and its names"),
+            (
+                !matches!(self.positions, Positions::Rotary { pairing: RotaryPairing::Interleaved, .. })
+                    || (!self.attention.qk_norm && self.attention.latent.is_none()),
+                "interleaved rotary pairs and q/k norms or latent attention",
+            ),
+            (self.mlp != MlpKind::FusedSwiGlu || self.moe.is_none(), "a fused gate/up MLP and experts"),
             (
                 self.attention.latent.as_ref().is_none_or(|la| {
                     self.head_dim == la.head_width()
@@ -347,6 +357,8 @@ impl<B: Backend> Decoder<B> {
         let positions: Vec<usize> = (start..start + ids.len()).collect();
         self.check_inputs(ids, start + ids.len() - 1).map_err(|e| e.context("forward"))?;
         let shape = self.config.attention_shape();
+        let inv_freq = self.inference_frequencies(cache.as_deref_mut(), start + ids.len());
+        let logn = self.logn_factors(&positions);
 
         let mut x = self.embed(b, ids, &positions); // [T, H]
         for (l, layer) in self.layers.iter().enumerate() {
@@ -359,10 +371,14 @@ impl<B: Backend> Decoder<B> {
                     mla.forward_cached(b, la, &h, &positions, &self.inv_freq, slot)
                 }
                 _ => {
-                    let qkv = self.project_qkv(b, layer, &h, &positions, |_| None);
+                    let qkv = self.project_qkv(b, layer, &h, &positions, &inv_freq, |_| None);
                     let (k, v) = append_to_slot(b, slot, (qkv.k, qkv.v));
                     (qkv.q, k, v)
                 }
+            };
+            let q = match &logn {
+                Some(factors) => b.scale_rows(&q, factors),
+                None => q,
             };
             let mask = AttentionMask { q_offset: start, segment_ids: None, window: self.config.attention.windows[l] };
             let attn = b.causal_attention(&q, &k, &v, &shape, &mask); // [T, heads·d]
@@ -382,6 +398,10 @@ impl<B: Backend> Decoder<B> {
                     let mlp_out = layer.ffn.forward(b, &self.config, &h, &|_| None).0;
                     b.add(&b.add(&x, &attn_out), &mlp_out)
                 }
+                Residual::SequentialNormedSkip => {
+                    let h_mlp = self.mlp_norm(layer).forward(b, &b.add(&h, &attn_out));
+                    b.add(&h_mlp, &layer.ffn.forward(b, &self.config, &h_mlp, &|_| None).0)
+                }
             };
         }
         if let Some(kv) = cache {
@@ -393,6 +413,33 @@ impl<B: Backend> Decoder<B> {
         Ok(self.head(b, &self.norm.forward(b, &x))) // [T, vocab]
     }
     // ANCHOR_END: decoder_forward
+
+    // ANCHOR: inference_lengths
+    /// RoPE's frequencies for an inference forward whose context reaches `context_len` tokens: the
+    /// trained ones, or — with Qwen-1's dynamic NTK — those of the context the first forward saw, kept in
+    /// the cache for every later step (as the reference keeps its first α).
+    fn inference_frequencies(&self, cache: Option<&mut KvCache<B>>, context_len: usize) -> Cow<'_, [f32]> {
+        let Some(rope) = self.config.rope().filter(|r| matches!(r.scaling, RopeScaling::QwenDynamicNtk { .. })) else {
+            return Cow::Borrowed(&self.inv_freq);
+        };
+        let Positions::Rotary { dims, .. } = self.config.positions else { unreachable!("a rope spec is rotary") };
+        let fresh = || inverse_frequencies_for_context(rope, dims, context_len);
+        match cache {
+            Some(kv) => Cow::Owned(kv.inv_freq.get_or_insert_with(fresh).clone()),
+            None => Cow::Owned(fresh()),
+        }
+    }
+
+    /// Qwen-1's log-length query scale at inference: log_L(p + 1) for the positions p ≥ L, 1 before
+    /// (`None` without `use_logn_attn`, or while every position is inside L).
+    fn logn_factors(&self, positions: &[usize]) -> Option<Vec<f32>> {
+        let trained = self.config.attention.logn_beyond?;
+        positions.iter().any(|&p| p >= trained).then(|| {
+            let factor = |p: usize| if p >= trained { ((p + 1) as f64).ln() / (trained as f64).ln() } else { 1.0 };
+            positions.iter().map(|&p| factor(p) as f32).collect()
+        })
+    }
+    // ANCHOR_END: inference_lengths
 
     /// The attention output as o_proj reads it (a latent layer cuts each head's value padding).
     pub(super) fn o_proj_input<'t>(&self, b: &B, layer: &DecoderLayer<B>, attn: &'t B::Tensor) -> Cow<'t, B::Tensor> {

@@ -76,18 +76,40 @@ pub struct Attention {
     pub latent: Option<LatentAttention>,
     /// Clamp the scaled scores to ±this before the mask (Aquila2 with `use_xformers: false`: 1024).
     pub score_clamp: Option<f32>,
+    /// Qwen-1's `use_logn_attn`, with its trained `seq_length` L: at inference the query at position p ≥ L
+    /// is scaled by log_L(p + 1), keeping the attention's entropy as the context outgrows L. Training
+    /// leaves queries alone (as the reference does in train mode).
+    pub logn_beyond: Option<usize>,
 }
 
 /// How a token learns where it is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Positions {
     /// RoPE on the first `dims` entries of every q and k head (all of them, or a fraction: GPT-NeoX's
-    /// `rotary_pct`, Phi's `partial_rotary_factor`), in the rotate-half pairing; the rest pass through.
-    Rotary { rope: RopeSpec, dims: usize },
+    /// `rotary_pct`, Phi's `partial_rotary_factor`), paired as `pairing` says; the rest pass through.
+    Rotary { rope: RopeSpec, dims: usize, pairing: RotaryPairing },
     /// A learned table of `max_position_embeddings` rows added to the token embeddings (GPT-BigCode's `wpe`).
     Learned,
     /// No position input at all: ALiBi's per-head linear bias on the attention scores (Baichuan2-13B).
     Alibi,
+}
+
+impl Positions {
+    /// RoPE on the first `dims` entries of each head in the rotate-half pairing (most families).
+    pub fn rotary(rope: RopeSpec, dims: usize) -> Self {
+        Positions::Rotary { rope, dims, pairing: RotaryPairing::Halves }
+    }
+}
+
+/// Which entries of a head RoPE turns together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotaryPairing {
+    /// Entry i with entry i + dims/2 (rotate-half: Llama and most others).
+    Halves,
+    /// Entries 2i and 2i + 1 (ChatGLM, from GLM's 2D rotary). The decoder reorders the rotated entries of
+    /// every q and k head to [even | odd] and turns halves: one permutation of both q and k leaves q·k as
+    /// it was (`nn::rope::interleaved_to_halves`).
+    Interleaved,
 }
 
 /// How each layer's two blocks meet the residual stream.
@@ -99,6 +121,9 @@ pub enum Residual {
     Parallel,
     /// x' = x + attn(n(x)) + mlp(n(x)), one norm for both  (Phi)
     ParallelSharedNorm,
+    /// h = n₁(x) + attn(n₁(x)); x' = n₂(h) + mlp(n₂(h)): the skips carry the normed stream
+    /// (ChatGLM's `apply_residual_connection_post_layernorm`)
+    SequentialNormedSkip,
 }
 
 /// The MLP of each layer: gated (`down(act(gate(x)) ⊙ up(x))`) or plain (`down(act(up(x)))`).
@@ -110,6 +135,9 @@ pub enum MlpKind {
     GatedGelu,
     /// GELU between two projections: StarCoder2 and GPT-BigCode (tanh), GPT-NeoX (exact erf), Phi (tanh).
     Plain(Gelu),
+    /// SwiGLU with gate and up in one projection whose output is [gate | up], each `intermediate_size`
+    /// wide (ChatGLM's `dense_h_to_4h`); the up name holds it, and there is no gate name.
+    FusedSwiGlu,
 }
 
 /// A sparse mixture-of-experts feed-forward block: a router, `experts` MLPs of which each token visits
@@ -241,10 +269,12 @@ impl DecoderConfig {
                 qk_norm: false,
                 latent: None,
                 score_clamp: None,
+                logn_beyond: None,
             },
             positions: Positions::Rotary {
                 rope: RopeSpec { theta: 10_000.0, scaling: RopeScaling::None },
                 dims: head_dim,
+                pairing: RotaryPairing::Halves,
             },
             residual: Residual::Sequential,
             norm: NormKind::Rms,
@@ -293,7 +323,7 @@ impl DecoderConfig {
         self.num_attention_heads * per_head
     }
 
-    /// Whether the MLP has a gate projection.
+    /// Whether the MLP has a gate projection of its own.
     pub fn mlp_is_gated(&self) -> bool {
         matches!(self.mlp, MlpKind::GatedSilu | MlpKind::GatedGelu)
     }

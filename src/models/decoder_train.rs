@@ -1,14 +1,18 @@
 //! Training the decoder: the forward that keeps what the backward needs, and the hand-written backward beside
 //! it. The attention inputs (`project_qkv`) and the MLP (`mlp_forward`) are shared with inference.
 
-use super::decoder::{Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, Residual};
+use super::decoder::{
+    Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, Residual, RotaryPairing,
+};
 use super::decoder_config::{AuxLoss, Moe};
 use super::feed_forward::FfnCache;
 use super::latent_attention::LatentCache;
 use super::norm_head;
 use crate::backend::{AttentionMask, Backend};
 use crate::loss::moe_aux::{RouterRows, load_balancing_loss, sequence_balance_loss};
+use crate::nn::column_gather::{gather_columns, gather_columns_backward};
 use crate::nn::moe_router::Routing;
+use crate::nn::rope::interleaved_to_halves;
 use anyhow::{Result, bail};
 use ndarray::Array2;
 
@@ -232,15 +236,43 @@ fn per_head<B: Backend>(b: &B, norm: &Norm<B>, x: &B::Tensor, heads: usize) -> B
 }
 
 impl<B: Backend> Decoder<B> {
+    // ANCHOR: rotate
+    /// RoPE on x: [T, heads·d] at `positions` with frequencies `inv_freq`, in the config's pairing:
+    /// interleaved pairs are first reordered to halves (the same order for q and k, so q·k is unchanged).
+    fn rotate(&self, b: &B, x: &B::Tensor, heads: usize, positions: &[usize], inv_freq: &[f32]) -> B::Tensor {
+        let d = self.config.head_dim;
+        match self.config.positions {
+            Positions::Rotary { pairing: RotaryPairing::Interleaved, dims, .. } => {
+                b.rope(&gather_columns(b, x, &interleaved_to_halves(heads, d, dims)), heads, d, positions, inv_freq)
+            }
+            _ => b.rope(x, heads, d, positions, inv_freq),
+        }
+    }
+
+    /// The backward of [`Decoder::rotate`]: ∂L/∂(rotated x) → ∂L/∂x.
+    fn rotate_backward(&self, b: &B, dy: &B::Tensor, heads: usize, positions: &[usize]) -> B::Tensor {
+        let d = self.config.head_dim;
+        let dx = b.rope_backward(dy, heads, d, positions, &self.inv_freq);
+        match self.config.positions {
+            Positions::Rotary { pairing: RotaryPairing::Interleaved, dims, .. } => {
+                gather_columns_backward(b, &dx, &interleaved_to_halves(heads, d, dims), heads * d)
+            }
+            _ => dx,
+        }
+    }
+    // ANCHOR_END: rotate
+
     // ANCHOR: project_qkv
     /// h: [T, H] (the normed input) → q [T, heads·d], k, v [T, kv·d]: projected (or split from the fused
-    /// projection), per-head normed where the config says so, and rotated at `positions` with RoPE.
+    /// projection), per-head normed where the config says so, and rotated at `positions` with RoPE of
+    /// frequencies `inv_freq`.
     pub(super) fn project_qkv(
         &self,
         b: &B,
         layer: &DecoderLayer<B>,
         h: &B::Tensor,
         positions: &[usize],
+        inv_freq: &[f32],
         seed: impl Fn(u64) -> Option<u64>,
     ) -> ProjectedQkv<B> {
         let shape = self.config.attention_shape();
@@ -272,8 +304,8 @@ impl<B: Backend> Decoder<B> {
         };
         let (q, k) = match self.config.positions {
             Positions::Rotary { .. } => (
-                b.rope(&q, shape.n_heads, shape.head_dim, positions, &self.inv_freq),
-                b.rope(&k, shape.n_kv_heads, shape.head_dim, positions, &self.inv_freq),
+                self.rotate(b, &q, shape.n_heads, positions, inv_freq),
+                self.rotate(b, &k, shape.n_kv_heads, positions, inv_freq),
             ),
             Positions::Learned | Positions::Alibi => (q, k),
         };
@@ -326,7 +358,8 @@ impl<B: Backend> Decoder<B> {
         let mask =
             AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: self.config.attention.windows[l] };
         let h_attn = layer.input_norm.forward(b, &x);
-        let ProjectedQkv { q, k, v, saved: qkv } = self.project_qkv(b, layer, &h_attn, seq.positions, seed);
+        let ProjectedQkv { q, k, v, saved: qkv } =
+            self.project_qkv(b, layer, &h_attn, seq.positions, &self.inv_freq, seed);
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
         let (o, lora_o) = layer.o_proj.forward_train(b, &self.o_proj_input(b, layer, &attn), seed(3));
         let c = &self.config;
@@ -345,6 +378,12 @@ impl<B: Backend> Decoder<B> {
             Residual::ParallelSharedNorm => {
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_attn, &seed);
                 (b.add(&b.add(&x, &o), &mlp_out), None, None, ffn)
+            }
+            Residual::SequentialNormedSkip => {
+                let x_mid = b.add(&h_attn, &o);
+                let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
+                let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
+                (b.add(&h_mlp, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
             }
         };
         let cache = LayerCache { x, h_attn, q, k, v, qkv, attn, lse, x_mid, h_mlp, ffn, lora_o };
@@ -456,6 +495,13 @@ impl<B: Backend> Decoder<B> {
                     Some(self.mlp_norm(layer).backward(b, &dh_mlp, &lc.x, train_base, &norm_name, grads));
             }
             Residual::ParallelSharedNorm => dh_attn_from_mlp = Some(dh_mlp),
+            Residual::SequentialNormedSkip => {
+                // x' = h_mlp + mlp(h_mlp): the skip and the MLP both feed h_mlp = n₂(x_mid)
+                let x_mid = lc.x_mid.as_ref().expect("sequential layers cache x_mid");
+                let mut dh_mlp = dh_mlp;
+                b.add_assign(&mut dh_mlp, dx);
+                *dx = self.mlp_norm(layer).backward(b, &dh_mlp, x_mid, train_base, &norm_name, grads);
+            }
         }
 
         // attention block: out = o(attention(q, k, v)); dx is ∂L/∂out
@@ -484,8 +530,14 @@ impl<B: Backend> Decoder<B> {
             b.add_assign(&mut dh, &d); // one shared norm feeds both blocks
         }
         let norm_name = format!("{p}.{}", n.input_norm);
+        if c.residual == Residual::SequentialNormedSkip {
+            b.add_assign(&mut dh, dx); // x_mid = h + attn(h): the skip leaves from the normed h
+        }
         let dx_in = layer.input_norm.backward(b, &dh, &lc.x, train_base, &norm_name, grads);
-        b.add_assign(dx, &dx_in); // dx is now ∂L/∂x entering layer l
+        match c.residual {
+            Residual::SequentialNormedSkip => *dx = dx_in, // x reaches the output only through n₁
+            _ => b.add_assign(dx, &dx_in),                 // dx is now ∂L/∂x entering layer l
+        }
         if let Some(d) = dx_from_mlp_norm {
             b.add_assign(dx, &d); // parallel residual: the MLP's norm read x too
         }
@@ -514,10 +566,9 @@ impl<B: Backend> Decoder<B> {
         let c = &self.config;
         let (n, shape) = (c.names, c.attention_shape());
         let (dq, dk) = match c.positions {
-            Positions::Rotary { .. } => (
-                b.rope_backward(&dq, shape.n_heads, shape.head_dim, pos, &self.inv_freq),
-                b.rope_backward(&dk, shape.n_kv_heads, shape.head_dim, pos, &self.inv_freq),
-            ),
+            Positions::Rotary { .. } => {
+                (self.rotate_backward(b, &dq, shape.n_heads, pos), self.rotate_backward(b, &dk, shape.n_kv_heads, pos))
+            }
             Positions::Learned | Positions::Alibi => (dq, dk),
         };
         let (dq, dk) = match (&layer.qk_norms, qk_raw, n.qk_norms) {

@@ -85,7 +85,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     (c.attention.qkv_bias, c.attention.o_bias) = (attention_bias, attention_bias);
     c.mlp_bias = cfg.opt_bool("mlp_bias")?.unwrap_or(false);
     c.head_dim = latent.head_width();
-    c.positions = Positions::Rotary { rope, dims: latent.rope_dim };
+    c.positions = Positions::rotary(rope, latent.rope_dim);
     c.attention.latent = Some(latent);
     c.names = NAMES;
     c.moe = experts(cfg, c.num_hidden_layers)?;

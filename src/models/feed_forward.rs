@@ -15,6 +15,7 @@ use super::decoder_config::{DecoderConfig, MlpKind, MoeNames, TensorNames};
 use super::layers::{Gradients, Linear};
 use crate::backend::Backend;
 use crate::io::safetensors::WeightStore;
+use crate::nn::gate_up::{join_gate_up, split_gate_up};
 use crate::nn::mlp::Gelu;
 use crate::nn::moe_router::{Routing, route, route_backward};
 use anyhow::Result;
@@ -108,24 +109,30 @@ fn expert_paths(p: &str, m: &MoeNames, e: usize) -> [Option<String>; 3] {
 }
 
 impl<B: Backend> Mlp<B> {
+    /// `up_width`: `inner`, or 2·`inner` when up holds [gate | up].
     fn load(
         b: &B,
         store: &WeightStore,
         paths: &[Option<String>; 3],
-        inner: usize,
+        (inner, up_width): (usize, usize),
         hidden: usize,
         bias: bool,
     ) -> Result<Self> {
         let linear = |path: &str, out, inp| Linear::load(b, store, path, out, inp, bias);
         Ok(Mlp {
             gate: paths[0].as_deref().map(|p| linear(p, inner, hidden)).transpose()?,
-            up: linear(paths[1].as_deref().expect("an up projection"), inner, hidden)?,
+            up: linear(paths[1].as_deref().expect("an up projection"), up_width, hidden)?,
             down: linear(paths[2].as_deref().expect("a down projection"), hidden, inner)?,
         })
     }
 
-    fn random(random: &mut dyn FnMut(usize, usize) -> Linear<B>, gated: bool, inner: usize, hidden: usize) -> Self {
-        Mlp { gate: gated.then(|| random(inner, hidden)), up: random(inner, hidden), down: random(hidden, inner) }
+    fn random(random: &mut dyn FnMut(usize, usize) -> Linear<B>, kind: MlpKind, inner: usize, hidden: usize) -> Self {
+        let gated = matches!(kind, MlpKind::GatedSilu | MlpKind::GatedGelu);
+        Mlp {
+            gate: gated.then(|| random(inner, hidden)),
+            up: random(up_width(kind, inner), hidden),
+            down: random(hidden, inner),
+        }
     }
 
     fn linears_mut<'a>(&'a mut self, paths: [Option<String>; 3], out: &mut Vec<(String, &'a mut Linear<B>)>) {
@@ -192,13 +199,18 @@ impl<B: Backend> Mlp<B> {
 }
 
 // ANCHOR: mlp_activation
-/// What the MLP's down projection reads: silu(gate) ⊙ up, gelu(gate) ⊙ up, or gelu(up) without a gate.
+/// What the MLP's down projection reads: silu(gate) ⊙ up, gelu(gate) ⊙ up, gelu(up) without a gate, or
+/// silu(gate) ⊙ up from the halves of one fused output.
 fn activate<B: Backend>(b: &B, kind: MlpKind, gate: Option<&B::Tensor>, up: &B::Tensor) -> B::Tensor {
     match (kind, gate) {
         (MlpKind::GatedSilu, Some(gate)) => b.swiglu(gate, up),
         (MlpKind::GatedGelu, Some(gate)) => b.mul(&b.gelu_tanh(gate), up),
         (MlpKind::Plain(Gelu::Tanh), None) => b.gelu_tanh(up),
         (MlpKind::Plain(Gelu::Erf), None) => b.gelu_erf(up),
+        (MlpKind::FusedSwiGlu, None) => {
+            let (gate, up) = split_gate_up(b, up);
+            b.swiglu(&gate, &up)
+        }
         (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
     }
 }
@@ -223,10 +235,20 @@ fn activate_backward<B: Backend>(
         }
         (MlpKind::Plain(Gelu::Tanh), None) => (None, b.gelu_tanh_backward(dactivated, up)),
         (MlpKind::Plain(Gelu::Erf), None) => (None, b.gelu_erf_backward(dactivated, up)),
+        (MlpKind::FusedSwiGlu, None) => {
+            let (gate, up) = split_gate_up(b, up);
+            let (dgate, dup) = b.swiglu_backward(dactivated, &gate, &up);
+            (None, join_gate_up(b, &dgate, &dup))
+        }
         (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
     }
 }
 // ANCHOR_END: mlp_activation
+
+/// The up projection's output width: `inner`, or both halves of a fused [gate | up].
+fn up_width(kind: MlpKind, inner: usize) -> usize {
+    if kind == MlpKind::FusedSwiGlu { 2 * inner } else { inner }
+}
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -239,15 +261,19 @@ impl<B: Backend> FeedForward<B> {
         let h = c.hidden_size;
         let (Some(moe), Some(m)) = (c.moe.as_ref().filter(|_| c.is_sparse(l)), n.moe) else {
             let paths = dense_paths(p, n);
-            return Ok(FeedForward::Dense(Mlp::load(b, store, &paths, c.intermediate_size, h, c.mlp_bias)?));
+            let widths = (c.intermediate_size, up_width(c.mlp, c.intermediate_size));
+            return Ok(FeedForward::Dense(Mlp::load(b, store, &paths, widths, h, c.mlp_bias)?));
         };
         let router = Linear::load(b, store, &format!("{p}.{}", m.router), moe.router.experts, h, false)?;
         let experts = (0..moe.router.experts)
-            .map(|e| Mlp::load(b, store, &expert_paths(p, &m, e), moe.expert_intermediate_size, h, c.mlp_bias))
+            .map(|e| {
+                let inner = moe.expert_intermediate_size;
+                Mlp::load(b, store, &expert_paths(p, &m, e), (inner, inner), h, c.mlp_bias)
+            })
             .collect::<Result<_>>()?;
         let shared_expert = match (moe.shared_expert, m.shared_expert) {
             (Some((inner, _)), Some(name)) => {
-                Some(Mlp::load(b, store, &mlp_paths(&format!("{p}.{name}"), n), inner, h, c.mlp_bias)?)
+                Some(Mlp::load(b, store, &mlp_paths(&format!("{p}.{name}"), n), (inner, inner), h, c.mlp_bias)?)
             }
             _ => None,
         };
@@ -260,15 +286,15 @@ impl<B: Backend> FeedForward<B> {
 
     /// Layer `l`'s block with weights from `random(out, in)`.
     pub fn random(c: &DecoderConfig, l: usize, random: &mut dyn FnMut(usize, usize) -> Linear<B>) -> Self {
-        let (h, gated) = (c.hidden_size, c.mlp_is_gated());
+        let (h, kind) = (c.hidden_size, c.mlp);
         match c.moe.as_ref().filter(|_| c.is_sparse(l)) {
-            None => FeedForward::Dense(Mlp::random(random, gated, c.intermediate_size, h)),
+            None => FeedForward::Dense(Mlp::random(random, kind, c.intermediate_size, h)),
             Some(moe) => FeedForward::Sparse(SparseMoe {
                 router: random(moe.router.experts, h),
                 experts: (0..moe.router.experts)
-                    .map(|_| Mlp::random(random, gated, moe.expert_intermediate_size, h))
+                    .map(|_| Mlp::random(random, kind, moe.expert_intermediate_size, h))
                     .collect(),
-                shared_expert: moe.shared_expert.map(|(inner, _)| Mlp::random(random, gated, inner, h)),
+                shared_expert: moe.shared_expert.map(|(inner, _)| Mlp::random(random, kind, inner, h)),
                 shared_expert_gate: moe.shared_expert.filter(|s| s.1).map(|_| random(1, h)),
             }),
         }

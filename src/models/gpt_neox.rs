@@ -63,7 +63,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     c.head_dim = head_dim;
     c.attention.fused_qkv = Some(FusedQkv { groups: heads }); // `view(heads, 3·d)`: one group per head
     (c.attention.qkv_bias, c.attention.o_bias) = (attention_bias, attention_bias);
-    c.positions = Positions::Rotary { rope, dims };
+    c.positions = Positions::rotary(rope, dims);
     c.residual = if parallel { Residual::Parallel } else { Residual::Sequential };
     c.tie_word_embeddings = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(false);
     c.max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048);
@@ -95,7 +95,7 @@ mod tests {
             serde_json::json!({"rope_parameters": {"rope_type": "default", "rope_theta": 500, "partial_rotary_factor": 0.5}}),
         );
         assert_eq!(legacy, v5.unwrap());
-        let Positions::Rotary { rope, dims } = legacy.positions else { panic!("rotary") };
+        let Positions::Rotary { rope, dims, .. } = legacy.positions else { panic!("rotary") };
         assert_eq!((rope.theta, dims), (500.0, 8));
         let defaults = config(serde_json::json!({})).unwrap();
         assert_eq!(
@@ -105,7 +105,8 @@ mod tests {
                     theta: 10_000.0,
                     scaling: crate::io::hf_config::RopeScaling::None
                 },
-                dims: 4
+                dims: 4,
+                pairing: crate::models::decoder::RotaryPairing::Halves
             }
         );
         assert_eq!((defaults.residual, defaults.mlp), (Residual::Parallel, MlpKind::Plain(Gelu::Erf)));

@@ -1,7 +1,7 @@
 //! `mftcoder info`: what a model directory holds — architecture, the decoder config resolved from it, parameters
 //! and dtypes, and the tokenizer.
 
-use super::decoder::Positions;
+use super::decoder::{Positions, RotaryPairing};
 use crate::io::hf_config::{HfConfig, RopeScaling};
 use crate::io::safetensors::WeightStore;
 use crate::io::tokenizer::Tokenizer;
@@ -40,7 +40,7 @@ pub fn describe(model_dir: &Path) -> Result<String> {
             c.vocab_size
         )?;
         let positions = match &c.positions {
-            Positions::Rotary { rope, dims } => {
+            Positions::Rotary { rope, dims, pairing } => {
                 let scaling = match &rope.scaling {
                     RopeScaling::None => "none".to_string(),
                     RopeScaling::Linear { factor } => format!("linear × {factor}"),
@@ -48,8 +48,18 @@ pub fn describe(model_dir: &Path) -> Result<String> {
                         "YaRN × {} from {} positions (cos/sin × {:.4})",
                         y.factor, y.original_max_position_embeddings, y.attention_factor
                     ),
+                    RopeScaling::QwenDynamicNtk { seq_length } => {
+                        format!("dynamic NTK at inference past {seq_length} positions")
+                    }
                 };
-                format!("RoPE θ = {}, scaling {scaling}, on {dims} of {} entries per head", rope.theta, c.head_dim)
+                let pairs = match pairing {
+                    RotaryPairing::Halves => "rotate-half pairs",
+                    RotaryPairing::Interleaved => "interleaved pairs",
+                };
+                format!(
+                    "RoPE θ = {}, scaling {scaling}, on {dims} of {} entries per head ({pairs})",
+                    rope.theta, c.head_dim
+                )
             }
             Positions::Learned => format!("learned, {} positions", c.max_position_embeddings),
             Positions::Alibi => format!(
@@ -90,6 +100,9 @@ pub fn describe(model_dir: &Path) -> Result<String> {
         }
         let windows: Vec<String> =
             c.attention.windows.iter().map(|w| w.map_or("full".into(), |w| w.to_string())).collect();
+        if let Some(trained) = c.attention.logn_beyond {
+            writeln!(out, "attention:    queries scaled by log-length past {trained} positions, at inference")?;
+        }
         if c.attention.windows.iter().any(Option::is_some) {
             writeln!(out, "windows:      sliding attention per layer: {}", windows.join(", "))?;
         }

@@ -57,7 +57,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let mut c = llama_shaped(cfg, &DEFAULTS)?;
     require_activation(cfg, "hidden_act", &["silu"])?;
     c.norm_eps = norm_eps(cfg, "rms_norm_eps", 1e-5)?;
-    c.positions = Positions::Rotary { rope: cfg.rope(1e6)?, dims: c.head_dim };
+    c.positions = Positions::rotary(cfg.rope(1e6)?, c.head_dim);
     c.attention.windows = vec![sliding_window(cfg)?; c.num_hidden_layers]; // absent or null: no window
     let experts = cfg.size("num_local_experts", cfg.opt_usize("num_local_experts")?.unwrap_or(8), MAX_EXPERTS)?;
     if cfg.opt_f64("router_jitter_noise")?.is_some_and(|j| j > 0.0) {

@@ -3,6 +3,7 @@
 //! tensors; it holds only what is special about the family.
 pub mod aquila;
 pub mod baichuan;
+pub mod chatglm;
 pub mod decoder;
 pub mod decoder_config;
 pub mod decoder_train;
@@ -19,6 +20,7 @@ pub mod mistral;
 pub mod mixtral;
 pub mod norm_head;
 pub mod phi;
+pub mod qwen;
 pub mod qwen2;
 pub mod qwen2_moe;
 pub mod starcoder2;
@@ -45,6 +47,8 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "deepseek_v2",
     "baichuan",
     "aquila",
+    "qwen",
+    "chatglm",
 ];
 
 // ANCHOR: decoder_dispatch
@@ -64,6 +68,8 @@ pub fn decoder_config(config: &HfConfig) -> Result<DecoderConfig> {
         "deepseek_v2" => deepseek_v2::config_from_hf(config),
         "baichuan" => baichuan::config_from_hf(config),
         "aquila" => aquila::config_from_hf(config),
+        "qwen" => qwen::config_from_hf(config),
+        "chatglm" => chatglm::config_from_hf(config),
         other => bail!(
             "{}: field `model_type` is `{other}`, which is not supported (supported: {})",
             config.path.display(),

@@ -55,7 +55,7 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<DecoderConfig> {
     let mut c = gpt_shaped(cfg, shape, gelu(cfg, "hidden_act", "gelu_new")?, norm_eps(cfg, "layer_norm_eps", 1e-5)?)?;
     c.head_dim = head_dim;
     c.attention.qk_norm = cfg.opt_bool("qk_layernorm")?.unwrap_or(false);
-    c.positions = Positions::Rotary { rope, dims };
+    c.positions = Positions::rotary(rope, dims);
     c.residual = Residual::ParallelSharedNorm;
     c.lm_head_bias = true;
     c.max_position_embeddings = cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048);

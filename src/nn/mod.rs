@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod fastmath;
 pub mod fused_qkv;
+pub mod gate_up;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;

@@ -30,7 +30,7 @@ pub fn inverse_frequencies(spec: &RopeSpec, rotary_dims: usize) -> Vec<f32> {
             let pos_freq = base.powf(exponent);
             let inv = 1.0 / pos_freq;
             match &spec.scaling {
-                RopeScaling::None => inv,
+                RopeScaling::None | RopeScaling::QwenDynamicNtk { .. } => inv,
                 RopeScaling::Linear { factor } => inv / *factor as f32,
                 RopeScaling::Yarn(yarn) => {
                     // ramp 0: the original frequency (extrapolation), ramp 1: divided by the factor
@@ -43,6 +43,39 @@ pub fn inverse_frequencies(spec: &RopeSpec, rotary_dims: usize) -> Vec<f32> {
         .collect()
 }
 // ANCHOR_END: inv_freq
+
+// ANCHOR: interleaved_to_halves
+/// The column order that turns interleaved pairs into halves, for `heads` heads of width d whose first
+/// `dims` entries rotate: per head [0, 2, …, dims − 2, 1, 3, …, dims − 1, dims, …, d − 1]. Applied to both q
+/// and k (`nn::column_gather`) it leaves every q·k as it was, and pair (2i, 2i + 1) becomes (i, i + dims/2).
+pub fn interleaved_to_halves(heads: usize, head_dim: usize, dims: usize) -> Vec<Option<usize>> {
+    let within_head = (0..dims).step_by(2).chain((1..dims).step_by(2)).chain(dims..head_dim);
+    let within_head: Vec<usize> = within_head.collect();
+    (0..heads).flat_map(|h| within_head.iter().map(move |&j| Some(h * head_dim + j))).collect()
+}
+// ANCHOR_END: interleaved_to_halves
+
+// ANCHOR: dynamic_ntk
+/// ωᵢ for a context of `context_len` tokens at inference: [`inverse_frequencies`], except that Qwen-1's
+/// dynamic NTK raises θ to θ·α^(r/(r−2)) once the context outgrows the trained `seq_length` L.
+pub fn inverse_frequencies_for_context(spec: &RopeSpec, rotary_dims: usize, context_len: usize) -> Vec<f32> {
+    match spec.scaling {
+        RopeScaling::QwenDynamicNtk { seq_length } => {
+            let (alpha, r) = (ntk_alpha(context_len, seq_length), rotary_dims as f64);
+            let theta = spec.theta * alpha.powf(r / (r - 2.0));
+            inverse_frequencies(&RopeSpec { theta, scaling: RopeScaling::None }, rotary_dims)
+        }
+        _ => inverse_frequencies(spec, rotary_dims),
+    }
+}
+
+/// Qwen-1's NTK factor for n tokens over a trained length L: α = 2^⌈log₂(n/L) + 1⌉ − 1, at least 1 — so
+/// α = 1 up to L, 3 up to 2L, 7 up to 4L. (log₂ as the reference computes it, ln(n/L)/ln 2.)
+pub fn ntk_alpha(context_len: usize, seq_length: usize) -> f64 {
+    let doublings = (context_len as f64 / seq_length as f64).ln() / 2f64.ln() + 1.0;
+    (2f64.powf(doublings.ceil()) - 1.0).max(1.0)
+}
+// ANCHOR_END: dynamic_ntk
 
 // ANCHOR: yarn_ramp
 /// YaRN's ramp over the r/2 frequencies: 0 below the dimension whose wavelength turns β_fast times over the
@@ -176,6 +209,41 @@ mod tests {
     use crate::rng::Rng;
     use ndarray::Array2;
     use proptest::prelude::*;
+
+    /// Interleaved RoPE, written out pair by pair as ChatGLM does, equals rotate-half on the reordered head.
+    #[test]
+    fn interleaved_pairs_are_halves_after_reordering() {
+        let (heads, d, dims) = (2, 6, 4);
+        let mut rng = Rng::new(7);
+        let x = random(3, heads * d, &mut rng);
+        let inv_freq = [1.0f32, 0.1];
+        let mut reference = x.clone();
+        for t in 0..3 {
+            for h in 0..heads {
+                for i in 0..dims / 2 {
+                    let (angle, at) = (t as f32 * inv_freq[i], h * d + 2 * i);
+                    let (a, b) = (x[[t, at]], x[[t, at + 1]]);
+                    reference[[t, at]] = a * angle.cos() - b * angle.sin();
+                    reference[[t, at + 1]] = b * angle.cos() + a * angle.sin();
+                }
+            }
+        }
+        let order = interleaved_to_halves(heads, d, dims);
+        let reorder = |m: &Array2<f32>| Array2::from_shape_fn((3, heads * d), |(t, j)| m[[t, order[j].unwrap()]]);
+        let rotated = rope(reorder(&x).view(), heads, d, &[0, 1, 2], &inv_freq);
+        assert!(rotated.iter().zip(reorder(&reference).iter()).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+
+    #[test]
+    fn ntk_alpha_doubles_past_each_power_of_two_of_the_trained_length() {
+        let alphas: Vec<f64> = [1, 8, 16, 17, 32, 33, 64, 65].iter().map(|&n| ntk_alpha(n, 16)).collect();
+        assert_eq!(alphas, [1.0, 1.0, 1.0, 3.0, 3.0, 7.0, 7.0, 15.0]);
+        let spec = RopeSpec { theta: 10_000.0, scaling: RopeScaling::QwenDynamicNtk { seq_length: 16 } };
+        assert_eq!(inverse_frequencies_for_context(&spec, 8, 16), inverse_frequencies(&spec, 8));
+        // α = 3 over r = 8: θ' = 10⁴·3^(4/3)
+        let raised = RopeSpec { theta: 10_000.0 * 3f64.powf(8.0 / 6.0), scaling: RopeScaling::None };
+        assert_eq!(inverse_frequencies_for_context(&spec, 8, 20), inverse_frequencies(&raised, 8));
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
