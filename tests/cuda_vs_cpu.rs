@@ -21,8 +21,8 @@ use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::loss::preference::{Objective, PairLogps};
 use mftcoder::models::decoder::{
-    AuxLoss, Decoder, DecoderConfig, Gelu, LatentAttention, MlpKind, Moe, NormKind, Positions, Residual, RouterSpec,
-    Selection, Sequence,
+    AuxLoss, Decoder, DecoderConfig, Gelu, LatentAttention, MlpKind, Moe, NormKind, Positions, Residual, RotaryPairing,
+    RouterSpec, Selection, Sequence,
 };
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
@@ -407,6 +407,9 @@ enum Mode {
     /// LoRA on Baichuan2 with MFTCoder's targets (W_pack, o_proj, gate/up/down) and Aquila2's score clamp
     /// (at 0.75, a bound this model's scores pass).
     LoraBaichuanClamped,
+    /// Full fine-tuning of a ChatGLM shape: fused [q | k | v] with two multi-query groups, RoPE on half of each
+    /// head in interleaved pairs, fused [gate | up] SwiGLU, skips from the normed stream, LayerNorm, biases.
+    FullChatGlm,
 }
 
 /// A small Llama (GQA, packed two-document batch, the second layer with a sliding window of 9 as in Qwen2),
@@ -489,6 +492,15 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
                 config.attention.score_clamp = Some(0.75);
             }
             config.names = mftcoder::models::baichuan::NAMES;
+        }
+        Mode::FullChatGlm => {
+            (config.norm, config.mlp, config.residual) =
+                (NormKind::Layer, MlpKind::FusedSwiGlu, Residual::SequentialNormedSkip);
+            config.attention.fused_qkv = Some(FusedQkv { groups: 1 });
+            (config.attention.qkv_bias, config.attention.o_bias, config.mlp_bias) = (true, true, true);
+            let rope = config.rope().unwrap().clone();
+            config.positions = Positions::Rotary { rope, dims: 8, pairing: RotaryPairing::Interleaved };
+            config.names = mftcoder::models::chatglm::NAMES;
         }
         Mode::LoraPhi => {
             (config.norm, config.mlp, config.residual) =
@@ -607,6 +619,11 @@ fn gpt_bigcode_gpt_neox_and_phi_training_steps_match() {
 fn baichuan_and_clamped_training_steps_match() {
     compare_training_step(Mode::FullBaichuan);
     compare_training_step(Mode::LoraBaichuanClamped);
+}
+
+#[test]
+fn chatglm_training_step_matches() {
+    compare_training_step(Mode::FullChatGlm);
 }
 
 /// DPO, RPO and ORPO batches of two pairs through a small LoRA Llama: the preference loss, the policy's log-

@@ -351,6 +351,15 @@ fn lora_fine_tunes_of_other_decoders_lower_the_loss() {
         // latent attention (q_a, q_b, kv_a, kv_b, o) in every layer; layer 0 a dense MLP, layers 1–2 the router,
         // 4 experts × 3 and the shared experts' 3
         ("moe", "deepseek_v2_mla", 5 * 3 + 3 + 2 * (1 + 12 + 3), all_linear.clone()),
+        // MFTCoder's legacy lists: `c_proj` names both Qwen-1's attention output and its MLP's down projection
+        ("remote_code", "qwen_long", 2 * 5, serde_json::json!(["c_attn", "c_proj", "w1", "w2"])),
+        (
+            "remote_code",
+            "chatglm2_mqa",
+            2 * 4,
+            serde_json::json!(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
+        ),
+        ("remote_code", "chatglm3_postln", 2 * 4, all_linear.clone()),
         // MFTCoder's baichuan list (the fused W_pack); ALiBi, NormHead
         (
             "remote_code",
@@ -369,7 +378,10 @@ fn lora_fine_tunes_of_other_decoders_lower_the_loss() {
     for (section, case, adapted, targets) in cases {
         let dir = scratch(&format!("lora_{case}"));
         let out = dir.join("out");
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(section).join(case);
+        let mut base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(section).join(case);
+        if section == "remote_code" {
+            base = with_remote_code(&base, &dir.join("base"));
+        }
         let cfg = write_config(
             &dir,
             &out,
@@ -384,9 +396,51 @@ fn lora_fine_tunes_of_other_decoders_lower_the_loss() {
         assert!(evals.last().unwrap() < &(evals[0] - 0.3), "{case}: validation loss {evals:?} did not fall enough");
         let latest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
-        let adapter = mftcoder::peft::Adapter::load(Path::new(latest["latest_ckpt"].as_str().unwrap())).unwrap();
+        let ckpt = PathBuf::from(latest["latest_ckpt"].as_str().unwrap());
+        let adapter = mftcoder::peft::Adapter::load(&ckpt).unwrap();
         assert_eq!(adapter.tensors.len(), adapted, "{case}: every linear layer adapted");
+        if section == "remote_code" {
+            merge_keeps_the_remote_code(&base, &ckpt, &adapter, &dir.join("merged"));
+        }
     }
+}
+
+/// A copy of a fixture model with a remote-code file beside it, as hub checkpoints of these families ship
+/// (the fixtures themselves hold none: MFTCoder's modeling files are not copied into this repository).
+fn with_remote_code(fixture: &Path, copy: &Path) -> PathBuf {
+    std::fs::create_dir_all(copy).unwrap();
+    for entry in std::fs::read_dir(fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(copy.join("modeling_remote.py"), "# the checkpoint's own model code\n").unwrap();
+    copy.to_path_buf()
+}
+
+/// `mftcoder merge` writes a directory transformers can load with `trust_remote_code`: config.json with its
+/// `auto_map`, the `.py` files, and weights that give the adapted model's logits.
+fn merge_keeps_the_remote_code(base: &Path, ckpt: &Path, adapter: &mftcoder::peft::Adapter, merged: &Path) {
+    use mftcoder::backend::Backend;
+    use mftcoder::models::decoder::Logits;
+    let run = bin()
+        .args(["merge", "--base", base.to_str().unwrap(), "--adapter", ckpt.to_str().unwrap()])
+        .args(["--out", merged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let config = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+    };
+    assert!(config(merged)["auto_map"].is_object() && config(merged) == config(base));
+    assert!(merged.join("modeling_remote.py").is_file(), "the remote code travels with the merged model");
+    let mut adapted = load_causal_lm(&Cpu, base).unwrap();
+    mftcoder::peft::attach::attach_adapter(&mut adapted, &Cpu, adapter).unwrap();
+    let ids = [3u32, 17, 45, 9, 120, 77, 5, 250];
+    let logits =
+        |m: &mftcoder::models::decoder::Decoder<Cpu>| Cpu.download(&m.forward(&Cpu, &ids, None, Logits::All).unwrap());
+    let (want, got) = (logits(&adapted), logits(&load_causal_lm(&Cpu, merged).unwrap()));
+    let diff = want.iter().zip(got.iter()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-4, "{}: merged logits differ from the adapted model's by {diff:.3e}", base.display());
 }
 
 #[test]
@@ -528,12 +582,14 @@ fn dpo_with_lora_learns_to_prefer_the_chosen_answers() {
 /// The fused-projection families through DPO (LoRA on `c_attn` / `query_key_value` / Phi's projections /
 /// Baichuan2's `W_pack`) and QLoRA fine-tuning (the fused projection stored in 4 bits).
 #[test]
-fn dpo_and_qlora_train_the_fused_families_deepseek_v2_baichuan_and_aquila() {
+fn dpo_and_qlora_train_the_fused_families_deepseek_v2_and_the_remote_code_families() {
     let cases = [
         ("fused_families", "gpt_bigcode_mqa"),
         ("fused_families", "gpt_neox_parallel"),
         ("fused_families", "phi_partial_rotary"),
         ("moe", "deepseek_v2_group_limited"),
+        ("remote_code", "qwen_partial_bias"),
+        ("remote_code", "chatglm2_mqa"),
         ("remote_code", "baichuan_alibi_8heads"),
         ("remote_code", "aquila_gqa"),
     ];

@@ -2,6 +2,7 @@
 pub mod hf_config;
 pub mod model_dir;
 pub mod safetensors;
+pub mod side_files;
 pub mod tiktoken;
 pub mod tokenizer;
 

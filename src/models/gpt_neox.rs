@@ -100,14 +100,10 @@ mod tests {
         let defaults = config(serde_json::json!({})).unwrap();
         assert_eq!(
             defaults.positions,
-            Positions::Rotary {
-                rope: crate::io::hf_config::RopeSpec {
-                    theta: 10_000.0,
-                    scaling: crate::io::hf_config::RopeScaling::None
-                },
-                dims: 4,
-                pairing: crate::models::decoder::RotaryPairing::Halves
-            }
+            Positions::rotary(
+                crate::io::hf_config::RopeSpec { theta: 10_000.0, scaling: crate::io::hf_config::RopeScaling::None },
+                4
+            )
         );
         assert_eq!((defaults.residual, defaults.mlp), (Residual::Parallel, MlpKind::Plain(Gelu::Erf)));
         assert!(defaults.attention.qkv_bias && !defaults.tie_word_embeddings);

@@ -8,16 +8,6 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Files copied from the base directory so the merged one is complete.
-const SIDE_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-];
-
 // ANCHOR: merge_dirs
 /// Merge `adapter_dir` into `base_dir` and write `out_dir` (shards of at most `max_shard_bytes`, plus
 /// `model.safetensors.index.json` when there is more than one). Returns the number of merged matrices.
@@ -120,18 +110,7 @@ pub fn write_model_directory(
             let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
             std::fs::write(tmp.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?)?;
         }
-        if crate::gguf::is_gguf(base_dir) {
-            for (file, bytes) in crate::gguf::import::side_files_of(&crate::gguf::container::GgufFile::open(base_dir)?)?
-            {
-                std::fs::write(tmp.join(file), bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-            }
-        }
-        for file in SIDE_FILES {
-            let src = base_dir.join(file);
-            if src.is_file() {
-                std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy", src.display()))?;
-            }
-        }
+        crate::io::side_files::copy_side_files(base_dir, &tmp, &[])?;
         std::fs::rename(&tmp, out_dir)
             .with_context(|| format!("{}: cannot move the finished model into place", out_dir.display()))
     })();

@@ -18,19 +18,6 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Files copied unchanged from the source directory, when present.
-const COPIED_FILES: [&str; 9] = [
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-];
-
 /// Modules that are not `nn.Linear` layers, or that transformers keeps in full precision (the output head).
 const NOT_QUANTIZED: [&str; 9] = [
     "lm_head",
@@ -154,12 +141,7 @@ pub fn quantize_checkpoint(
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
         std::fs::write(tmp.join("config.json"), config_text)
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        for f in COPIED_FILES {
-            if model_dir.join(f).is_file() {
-                std::fs::copy(model_dir.join(f), tmp.join(f))
-                    .with_context(|| format!("{}: cannot copy", model_dir.join(f).display()))?;
-            }
-        }
+        crate::io::side_files::copy_side_files(model_dir, &tmp, &["config.json"])?; // written above
         std::fs::rename(&tmp, out_dir)
             .with_context(|| format!("{}: cannot move the finished directory into place", out_dir.display()))
     })();

@@ -54,18 +54,6 @@ impl TrainerState {
     }
 }
 
-/// Files copied from the base model into every full-parameter checkpoint, so it is a loadable HF directory.
-/// `chat_template.jinja` is where transformers 5 keeps the chat template (older ones: `tokenizer_config.json`'s
-/// `chat_template`), so `AutoTokenizer` on a checkpoint has the base's template.
-const MODEL_SIDE_FILES: &[&str] = &[
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-];
-
 /// The model's parameters as HF-named, HF-shaped f32 tensors.
 pub fn model_tensors<B: Backend>(b: &B, model: &mut Decoder<B>) -> Vec<OwnedTensor> {
     model
@@ -137,20 +125,8 @@ fn write_checkpoint_files<B: Backend>(
                 bail!("refusing to write a checkpoint: parameter `{}` is not finite", bad.name);
             }
             save(&tmp.join("model.safetensors"), &tensors)?;
-            if crate::gguf::is_gguf(base_model_dir) {
-                let g = crate::gguf::container::GgufFile::open(base_model_dir)?;
-                for (file, bytes) in crate::gguf::import::side_files_of(&g)? {
-                    std::fs::write(tmp.join(file), bytes)
-                        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-                }
-            }
-            for file in MODEL_SIDE_FILES {
-                let src = base_model_dir.join(file);
-                if src.is_file() {
-                    std::fs::copy(&src, tmp.join(file))
-                        .with_context(|| format!("{}: cannot copy into the checkpoint", src.display()))?;
-                }
-            }
+            // the base's config, tokenizer, chat template and remote code: a loadable HF directory
+            crate::io::side_files::copy_side_files(base_model_dir, &tmp, &[])?;
         }
     }
     let mut moments = Vec::with_capacity(2 * names.len());

@@ -293,7 +293,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
     let base = &cfg.pretrained_model_path;
     let tok = Tokenizer::load(base)?;
     let mut policy: Decoder<B> = load_causal_lm(b, base)?;
-    let eos = *policy.config.eos_token_ids.first().context("config.json has no `eos_token_id`")?;
+    let eos = crate::data::resolve_eos(&tok)?; // as the MFT trainer resolves it (the tokenizer's first)
     let mut pairs = load_pairs(cfg, &tok, eos)?;
 
     // split: a seeded shuffle, then the validation pairs off the end
