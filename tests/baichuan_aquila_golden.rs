@@ -8,11 +8,12 @@
 
 mod golden_grads;
 
-use mftcoder::backend::Backend;
+use golden_grads::{all_logits as logits, max_abs_diff};
+
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::io::hf_config::{HfConfig, RopeScaling, RopeSpec};
 use mftcoder::io::safetensors::WeightStore;
-use mftcoder::models::decoder::{Decoder, DecoderConfig, FusedQkv, Logits, Positions};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, FusedQkv, Positions};
 use mftcoder::models::{self, load_causal_lm};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
@@ -46,15 +47,6 @@ fn golden(case: &str) -> WeightStore {
 
 fn config(dir: &Path) -> DecoderConfig {
     models::decoder_config(&HfConfig::read(dir).unwrap()).unwrap()
-}
-
-fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
-    assert_eq!(a.dim(), b.dim());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn logits(model: &Decoder<Cpu>, ids: &[u32]) -> Array2<f32> {
-    Cpu.download(&model.forward(&Cpu, ids, None, Logits::All).unwrap())
 }
 
 #[test]
@@ -119,16 +111,7 @@ fn loss_and_gradients_match_pytorch_autograd() {
     for case in CASES {
         let golden = golden(case);
         let (dir, _keep) = model_dir(case);
-        let model = load_causal_lm(&Cpu, &dir).unwrap();
-        let result = golden_grads::loss_on_input_ids(&model, &golden);
-        let want = golden.tensor_f32("loss").unwrap()[[0]] as f64;
-        assert!((result.loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {} vs {want}", result.loss);
-        let (worst, _) = golden_grads::compare_grads(case, &golden, "", &result.grads);
-        eprintln!(
-            "{case}: loss {:.6}, {} gradients, worst relative error {worst:.2e}",
-            result.loss,
-            result.grads.len()
-        );
+        golden_grads::assert_loss_and_grads(case, &load_causal_lm(&Cpu, &dir).unwrap(), &golden);
     }
 }
 
