@@ -140,3 +140,14 @@ fn info_names_alibi_normhead_the_variant_rule_and_the_clamp() {
     assert!(aquila.contains("clamped to ±1024") && !aquila.contains("NormHead"), "{aquila}");
     assert!(!info("aquila_gqa").contains("NormHead"));
 }
+
+/// MFTCoder's training-config keys for these families (`baichuan`, `aquila2`) accept their checkpoints and
+/// refuse each other's.
+#[test]
+fn mftcoder_model_type_keys_match_the_checkpoints() {
+    use mftcoder::io::model_dir::check_model_type;
+    check_model_type(Some("baichuan"), &case_dir("baichuan_alibi_5heads")).unwrap();
+    check_model_type(Some("aquila2"), &case_dir("aquila_gqa")).unwrap();
+    let err = check_model_type(Some("baichuan"), &case_dir("aquila_gqa")).unwrap_err().to_string();
+    assert!(err.contains("set model_type to aquila2 (or null)"), "{err}");
+}
