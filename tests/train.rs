@@ -755,11 +755,11 @@ fn dpo_and_qlora_on_a_mixture_of_experts() {
     assert!(evals.last().unwrap() < &(evals[0] - 0.3), "validation loss {evals:?}");
 }
 
-/// Baichuan2 end to end: a full fine-tune trains NormHead's stored weight (saved raw, as the reference's
-/// training state holds it: rows of any length, normalised when used) and a LoRA fine-tune with MFTCoder's
-/// targets merges into a directory whose logits are the adapted model's, the head copied unchanged.
+/// Baichuan2 end to end: a full fine-tune trains NormHead's stored weight (rows of any length, normalised when
+/// used, and in place where MFTCoder evaluates) and a LoRA fine-tune with MFTCoder's targets merges into a
+/// directory whose logits are the adapted model's, the head copied unchanged.
 #[test]
-fn baichuan_full_fine_tune_saves_the_raw_head_and_a_merged_lora_gives_the_adapted_logits() {
+fn baichuan_full_fine_tune_trains_the_stored_head_and_a_merged_lora_gives_the_adapted_logits() {
     use mftcoder::backend::Backend;
     use mftcoder::models::decoder::Logits;
     use mftcoder::peft::attach::attach_adapter;
@@ -777,18 +777,23 @@ fn baichuan_full_fine_tune_saves_the_raw_head_and_a_merged_lora_gives_the_adapte
     let dir = scratch("baichuan_full");
     let out = dir.join("out");
     let extra = serde_json::json!({"pretrained_model_path": base, "peft_type": null, "learning_rate": 1e-3,
-                                   "num_train_epochs": 2});
+        "num_train_epochs": 2, "checkpointing_steps": 5, "evaluation_steps": 10, "saving_limit": 100});
     let cfg = write_config(&dir, &out, extra);
     let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
     assert!(evals.last().unwrap() < &evals[0], "validation loss {evals:?}");
-    let ckpt = latest(&out);
-    let store = mftcoder::io::safetensors::WeightStore::open(&ckpt).unwrap();
-    let head = store.matrix("lm_head.weight", 320, 40).unwrap();
-    let norms: Vec<f32> = head.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
-    assert!(norms.iter().any(|n| (n - 1.0).abs() > 0.1), "the saved head is the raw parameter, not normalised");
-    load_causal_lm(&Cpu, &ckpt).unwrap();
+    // the largest |‖row‖ − 1| of the head a checkpoint stores
+    let off_unit = |step: u32| -> f32 {
+        let store = mftcoder::io::safetensors::WeightStore::open(&out.join(format!("step_{step}"))).unwrap();
+        let head = store.matrix("lm_head.weight", 320, 40).unwrap();
+        head.rows().into_iter().map(|r| (r.dot(&r).sqrt() - 1.0).abs()).fold(0.0, f32::max)
+    };
+    // before the first evaluation the rows keep the fixture's spread of lengths; the evaluation at step 10
+    // normalises them in place, as the reference's first eval-mode forward does; training then moves them again
+    let (before, at_eval, after) = (off_unit(5), off_unit(10), off_unit(15));
+    assert!(before > 0.3 && at_eval < 1e-5 && after > 1e-5, "|‖row‖ − 1|: {before}, {at_eval}, {after}");
+    load_causal_lm(&Cpu, &out.join("step_15")).unwrap();
 
     let dir = scratch("baichuan_merge");
     let out = dir.join("out");

@@ -10,6 +10,7 @@
 //! — G with its component along ŵ removed: stretching a row changes nothing, so it gets no gradient.
 //! (Where n ≤ 10⁻¹² the max picks the constant and ∂L/∂w = G / 10⁻¹².)
 
+use super::decoder::Decoder;
 use crate::backend::Backend;
 
 /// `F.normalize`'s ε.
@@ -35,6 +36,19 @@ pub fn normalize_rows_backward<B: Backend>(b: &B, g: &B::Tensor, normed: &B::Ten
     dw
 }
 // ANCHOR_END: norm_head
+
+// ANCHOR: normalize_in_place
+impl<B: Backend> Decoder<B> {
+    /// What the reference's NormHead does on its first eval-mode forward after training: the stored weight
+    /// becomes its normalised rows (`self.weight.data = normalize(self.weight)`). The trainers call this where
+    /// MFTCoder evaluates, so the parameter the optimizer moves next is the reference's. The logits are unchanged.
+    pub fn normalize_head_in_place(&mut self, b: &B) {
+        if let (true, Some(head)) = (self.config.normalized_head, self.lm_head.as_mut()) {
+            *head = normalize_rows(b, head).0;
+        }
+    }
+}
+// ANCHOR_END: normalize_in_place
 
 #[cfg(test)]
 mod tests {
