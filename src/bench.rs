@@ -25,7 +25,8 @@ pub struct BenchArgs {
     /// each MLP split into 8 experts of a quarter of its width, top-2: the same active parameters).
     #[arg(long, default_value = "134m")]
     pub model: String,
-    /// `full` or `lora` (r = 16, α = 32, all seven projections).
+    /// `full`, `lora` (r = 16, α = 32, all seven projections) or `qlora` (that LoRA on NF4 + double-quantized
+    /// base weights).
     #[arg(long, default_value = "full")]
     pub mode: String,
     /// Rows per step (default: the PyTorch table's, 16 for 134m, 8 for 1.1b, 2 for tiny).
@@ -100,15 +101,21 @@ pub struct BenchReport {
 /// covers its work, and `after_step` samples memory.
 pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mut dyn FnMut()) -> Result<BenchReport> {
     let (config, default_batch, default_seq) = shape(&args.model)?;
-    let lora = match args.mode.as_str() {
-        "full" => false,
-        "lora" => true,
-        other => bail!("unknown bench mode `{other}` (allowed: full, lora)"),
+    let (lora, quantized) = match args.mode.as_str() {
+        "full" => (false, false),
+        "lora" => (true, false),
+        "qlora" => (true, true),
+        other => bail!("unknown bench mode `{other}` (allowed: full, lora, qlora)"),
     };
     let (batch, seq) = (args.batch.unwrap_or(default_batch), args.seq.unwrap_or(default_seq));
     let vocab = config.vocab_size;
     let mut model: Decoder<B> = Decoder::random(b, config, 1);
     let parameters: usize = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t).0 * b.dims(t).1).sum();
+    if quantized {
+        for (_, linear) in model.linears_mut() {
+            linear.quantize(b, crate::quant::QuantType::Nf4, true)?; // NF4 + double quantization, as QLoRA
+        }
+    }
     if lora {
         let config =
             LoraConfig { r: 16, lora_alpha: 32.0, target_modules: TargetModules::AllLinear, ..LoraConfig::default() };

@@ -166,7 +166,8 @@ struct GenerateArgs {
     /// The sampler's seed: the same seed, prompt and model give the same sample.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Print `{"prompt_ids": [...], "generated_ids": [...], "text": "..."}` instead of the text.
+    /// Print `{"prompt_ids": [...], "generated_ids": [...], "text": "...", "generate_seconds": s}` instead of the
+    /// text (the seconds of the prompt's forward and every decoding step, loading excluded).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -366,13 +367,16 @@ fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
         Some(t) if t > 0.0 => generate::Decoding::Sample { temperature: t, top_p: args.top_p, seed: args.seed },
         _ => generate::Decoding::Greedy,
     };
+    let started = std::time::Instant::now();
     let generated = generate::generate(&model, b, &prompt_ids, args.max_new_tokens, &decoding, &eos)?;
+    let seconds = started.elapsed().as_secs_f64(); // the prompt's forward and every decoding step
     let text = match &tokenizer {
         Some(tok) => tok.decode(&generated, true)?,
         None => String::new(),
     };
     if args.json {
-        let out = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": generated, "text": text});
+        let out = serde_json::json!({"prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
+            "generate_seconds": seconds});
         println!("{out}");
     } else if tokenizer.is_some() {
         println!("{text}");

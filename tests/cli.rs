@@ -106,7 +106,7 @@ fn generate_json_matches_the_greedy_golden() {
         assert_eq!(generated, golden.tensor_i64("greedy_ids").unwrap(), "{case}");
         let prompt_ids: Vec<i64> = json["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(prompt_ids, golden.tensor_i64("greedy_prompt_ids").unwrap());
-        assert!(json["text"].is_string());
+        assert!(json["text"].is_string() && json["generate_seconds"].as_f64().is_some_and(|s| s > 0.0));
     }
 }
 
@@ -319,17 +319,21 @@ fn a_gpu_asked_of_a_machine_without_one_is_one_line() {
 
 #[test]
 fn bench_runs_a_tiny_model_on_the_cpu() {
-    let out = bin()
-        .args(["bench", "--model", "tiny", "--mode", "lora", "--warmup", "0", "--steps", "2", "--seq", "32"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("tokens/s") && text.contains("mftcoder"), "{text}");
-    // two steps of LoRA on random tokens: the loss is finite and near ln(2048) ≈ 7.6
-    let loss_line = text.lines().find(|l| l.starts_with("loss ")).expect("a loss line");
-    let first: f64 = loss_line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!((first - 2048f64.ln()).abs() < 0.5, "{loss_line}");
+    for mode in ["lora", "qlora"] {
+        let out = bin()
+            .args(["bench", "--model", "tiny", "--mode", mode, "--warmup", "0", "--steps", "2", "--seq", "32"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("tokens/s") && text.contains("mftcoder") && text.contains(mode), "{text}");
+        // two steps on random tokens: the loss is finite and near ln(2048) ≈ 7.6, NF4 base or not
+        let loss_line = text.lines().find(|l| l.starts_with("loss ")).expect("a loss line");
+        let first: f64 = loss_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!((first - 2048f64.ln()).abs() < 0.5, "{mode}: {loss_line}");
+    }
+    let out = bin().args(["bench", "--model", "tiny", "--mode", "dora"]).output().unwrap();
+    assert_clean_error(&out, &["unknown bench mode `dora` (allowed: full, lora, qlora)"]);
 }
 
 // ---- eval: pass@k ----

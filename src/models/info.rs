@@ -77,6 +77,7 @@ pub fn describe(model_dir: &Path) -> Result<String> {
                 la.rope_dim,
                 la.v_dim
             ),
+            (Some(layout), None) if layout.groups == 1 => "fused q/k/v ([q | k | v])".into(),
             (Some(layout), None) => format!("fused q/k/v ({} head groups)", layout.groups),
             (None, None) => "separate q/k/v".into(),
         };
