@@ -73,7 +73,7 @@ pub const FIELDS: &[Field] = &[
     both(
         "model_type",
         "The architecture MFTCoder would load (its `MODEL_TYPES` key).",
-        "llama, code_llama, deepseek, mistral, mixtral, qwen2, qwen2_moe, starcoder, starcoder2, gemma, gpt_neox, phi, deepseek_v2, qwen, chatglm2, chatglm3, baichuan, aquila2 (the last six not built yet), or null",
+        "llama, code_llama, deepseek, mistral, mixtral, qwen2, qwen2_moe, starcoder, starcoder2, gemma, gpt_neox, phi, deepseek_v2, qwen, chatglm2, chatglm3, baichuan, aquila2, or null",
         Differs(
             "checked against config.json's `model_type`: a key naming another architecture is refused (MFTCoder would load the weights into the wrong class); null skips the check",
         ),

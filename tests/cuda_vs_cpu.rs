@@ -159,13 +159,14 @@ fn norm_rope_embedding<B: Backend>(
     )
 }
 
-/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed, sliding window)
-type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>);
+/// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed, sliding window, ALiBi, score clamp)
+type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>, bool, Option<f32>);
 
 fn attention<B: Backend>(b: &B, case: AttentionCase, seed: u64) -> Vec<Array2<f32>> {
-    let (tq, cached, kv_heads, group, d, packed, window) = case;
+    let (tq, cached, kv_heads, group, d, packed, window, alibi, score_clamp) = case;
     let (heads, tk) = (kv_heads * group, cached + tq);
-    let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+    let shape =
+        AttentionShape { alibi, score_clamp, ..AttentionShape::new(heads, kv_heads, d, 1.0 / (d as f32).sqrt()) };
     // two packed documents, split at a third of the keys
     let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3)).collect();
     let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()), window };
@@ -186,7 +187,7 @@ fn fused_qkv<B: Backend>(
     (heads, kv_heads, d, groups): (usize, usize, usize, usize),
     seed: u64,
 ) -> Vec<Array2<f32>> {
-    let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 };
+    let shape = AttentionShape::new(heads, kv_heads, d, 1.0);
     let layout = FusedQkv { groups };
     let qkv = b.upload(matrix(t, (heads + 2 * kv_heads) * d, seed, 1.0));
     let (q, k, v) = b.split_qkv(&qkv, &shape, layout);
@@ -269,10 +270,12 @@ proptest! {
         d in prop::sample::select(vec![8usize, 32, 48, 64, 128, 256]),
         packed in any::<bool>(),
         window in prop::option::of(1usize..20),
+        alibi in any::<bool>(),
+        clamp in prop::option::of(Just(0.75f32)), // a bound that normal scores pass (Aquila2's is 1024)
         seed in 0u64..1000,
     ) {
         let Some(g) = gpu(Precision::F32) else { return Ok(()) };
-        let case = (tq, cached, kv_heads, group, d, packed, window);
+        let case = (tq, cached, kv_heads, group, d, packed, window, alibi, clamp);
         check("attention", 1e-4, attention(&Cpu, case, seed), attention(g, case, seed));
     }
 
@@ -398,6 +401,12 @@ enum Mode {
     /// cos/sin factor), layer 0 dense, layer 1 group-limited routing with a routed scale and a shared expert;
     /// every projection adapted.
     LoraDeepseekV2,
+    /// Full fine-tuning of Baichuan2-13B's shape: ALiBi (no RoPE), one fused W_pack, NormHead (the head's
+    /// gradient through the row normalisation).
+    FullBaichuan,
+    /// LoRA on Baichuan2 with MFTCoder's targets (W_pack, o_proj, gate/up/down) and Aquila2's score clamp
+    /// (at 0.75, a bound this model's scores pass).
+    LoraBaichuanClamped,
     /// Full fine-tuning of a ChatGLM shape: fused [q | k | v] with two multi-query groups, RoPE on half of each
     /// head in interleaved pairs, fused [gate | up] SwiGLU, skips from the normed stream, LayerNorm, biases.
     FullChatGlm,
@@ -476,6 +485,14 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             });
             config.names = mftcoder::models::deepseek_v2::NAMES;
         }
+        Mode::FullBaichuan | Mode::LoraBaichuanClamped => {
+            (config.num_key_value_heads, config.attention.fused_qkv) = (4, Some(FusedQkv { groups: 1 }));
+            (config.positions, config.normalized_head) = (Positions::Alibi, true);
+            if let Mode::LoraBaichuanClamped = mode {
+                config.attention.score_clamp = Some(0.75);
+            }
+            config.names = mftcoder::models::baichuan::NAMES;
+        }
         Mode::FullChatGlm => {
             (config.norm, config.mlp, config.residual) =
                 (NormKind::Layer, MlpKind::FusedSwiGlu, Residual::SequentialNormedSkip);
@@ -501,9 +518,18 @@ fn train_step<B: Backend>(b: &B, mode: Mode) -> (f64, Vec<(String, Array2<f32>)>
             linear.quantize(b, QuantType::Nf4, true).unwrap();
         }
     }
-    if let Mode::Lora | Mode::Qlora | Mode::LoraPhi | Mode::LoraMixtral | Mode::LoraDeepseekV2 = mode {
+    if let Mode::Lora
+    | Mode::Qlora
+    | Mode::LoraPhi
+    | Mode::LoraMixtral
+    | Mode::LoraDeepseekV2
+    | Mode::LoraBaichuanClamped = mode
+    {
         let targets = match mode {
             Mode::LoraMixtral | Mode::LoraDeepseekV2 => mftcoder::peft::TargetModules::AllLinear,
+            Mode::LoraBaichuanClamped => mftcoder::peft::TargetModules::Names(
+                ["W_pack", "o_proj", "gate_proj", "down_proj", "up_proj"].map(String::from).into(),
+            ),
             _ => LoraConfig::default().target_modules,
         };
         let lora = LoraConfig { r: 8, lora_alpha: 16.0, target_modules: targets, ..LoraConfig::default() };
@@ -587,6 +613,12 @@ fn gpt_bigcode_gpt_neox_and_phi_training_steps_match() {
     compare_training_step(Mode::FullGptBigCode);
     compare_training_step(Mode::FullGptNeox);
     compare_training_step(Mode::LoraPhi);
+}
+
+#[test]
+fn baichuan_and_clamped_training_steps_match() {
+    compare_training_step(Mode::FullBaichuan);
+    compare_training_step(Mode::LoraBaichuanClamped);
 }
 
 #[test]

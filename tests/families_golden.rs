@@ -103,7 +103,7 @@ fn configs_resolve_as_transformers_does() {
     );
     let rotary = |case: &str| match config(case).positions {
         Positions::Rotary { rope, dims, .. } => (rope.theta, dims),
-        Positions::Learned => panic!("{case}: rotary"),
+        Positions::Learned | Positions::Alibi => panic!("{case}: rotary"),
     };
     assert_eq!((rotary("gpt_neox_parallel"), rotary("gpt_neox_sequential")), ((10_000.0, 4), (500.0, 6)));
     assert_eq!(

@@ -318,7 +318,7 @@ fn fused_qkv_split_and_join_kernels() {
         (3, 6, 2, 4, 2), // GQA in two groups of [3 q heads | 1 k head | 1 v head]
         (7, 4, 2, 5, 1), // GQA in one block, head_dim odd
     ] {
-        let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 };
+        let shape = AttentionShape::new(heads, kv_heads, d, 1.0);
         let layout = FusedQkv { groups };
         let (qw, kw) = (heads / groups * d, kv_heads / groups * d);
         let qkv = matrix(t, (heads + 2 * kv_heads) * d, 22, 1.0);
@@ -397,17 +397,39 @@ fn the_attention_launch_shapes_match_the_kernel_source() {
 /// (tq, cached keys, KV heads, query heads per KV head, head_dim, packed, sliding window)
 type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>);
 
-fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, window): AttentionCase) {
+/// What a case adds to the scores: ALiBi, a clamp, and a factor on q (large q makes scores pass the clamp),
+/// and the relative tolerance: 1e-5, or 1e-3 where scores are near ±1024 — there an f32 score carries an
+/// absolute rounding of ~1e-4, so p = exp(s − lse) carries ~1e-4 relative, whatever the order of summation.
+#[derive(Clone, Copy, Debug)]
+struct ScoreExtras {
+    alibi: bool,
+    clamp: Option<f32>,
+    q_scale: f64,
+    tol: f32,
+}
+
+const PLAIN: ScoreExtras = ScoreExtras { alibi: false, clamp: None, q_scale: 1.0, tol: 1e-5 };
+
+fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, window): AttentionCase, x: ScoreExtras) {
     let (heads, tk) = (kv_heads * group, cached + tq);
-    let shape = AttentionShape { n_heads: heads, n_kv_heads: kv_heads, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+    let shape = AttentionShape {
+        alibi: x.alibi,
+        score_clamp: x.clamp,
+        ..AttentionShape::new(heads, kv_heads, d, 1.0 / (d as f32).sqrt())
+    };
     // three documents of uneven length
     let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3) + u32::from(j >= tk - tk / 4)).collect();
     let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()), window };
     let (q, k, v) =
-        (matrix(tq, heads * d, 12, 1.0), matrix(tk, kv_heads * d, 13, 1.0), matrix(tk, kv_heads * d, 14, 1.0));
+        (matrix(tq, heads * d, 12, x.q_scale), matrix(tk, kv_heads * d, 13, 1.0), matrix(tk, kv_heads * d, 14, 1.0));
     let dout = matrix(tq, heads * d, 15, 1.0);
     let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
     let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
+    if x.clamp.is_some() {
+        let unclamped = Cpu.causal_attention(&q, &k, &v, &AttentionShape { score_clamp: None, ..shape }, &mask);
+        let moved = out.iter().zip(&unclamped).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(moved > 1e-2, "{x:?}: the clamp never bound (output moved by {moved})");
+    }
 
     let dims = AttentionDims::new(tq, tk, &shape, &mask);
     let (first, last) = segment_bounds(&segments);
@@ -420,7 +442,7 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, windo
     let (per_query, per_key) =
         if tiled { (tile_grid(tq, heads), tile_grid(tk, kv_heads)) } else { (warps(tq * heads), warps(tk * kv_heads)) };
     let what = format!(
-        "attention ({suffix}) tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed} window {window:?}"
+        "attention ({suffix}) tq {tq} cached {cached} kv {kv_heads}×{group} d {d} packed {packed} window {window:?} {x:?}"
     );
     unsafe {
         let forward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, Ids, Ids, AttentionDims) =
@@ -428,8 +450,8 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, windo
         let (g0, g1, g2) = per_query;
         let (mut e_out, mut e_lse) = (zeros(tq, heads * d), zeros(tq, heads));
         forward(g0, g1, g2, p(&mut e_out), p(&mut e_lse), c(&q), c(&k), c(&v), seg, seg_first, dims);
-        assert_close(&format!("{what}: out"), &out, &e_out, 1e-5);
-        assert_close(&format!("{what}: lse"), &lse, &e_lse, 1e-5);
+        assert_close(&format!("{what}: out"), &out, &e_out, x.tol);
+        assert_close(&format!("{what}: lse"), &lse, &e_lse, x.tol);
 
         // attention_delta is one warp per (query, head) for every head_dim
         let delta_k: unsafe extern "C" fn(u32, u32, u32, P, C, C, AttentionDims) = emu.kernel("attention_delta");
@@ -440,7 +462,7 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, windo
             emu.kernel(&format!("attention_backward_dq_{suffix}"));
         let mut e_dq = zeros(tq, heads * d);
         dq_k(g0, g1, g2, p(&mut e_dq), c(&dout), c(&q), c(&k), c(&v), c(&lse), c(&delta), seg, seg_first, dims);
-        assert_close(&format!("{what}: dq"), &dq, &e_dq, 1e-5);
+        assert_close(&format!("{what}: dq"), &dq, &e_dq, x.tol);
 
         let dkdv_k: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, C, C, C, Ids, Ids, AttentionDims) =
             emu.kernel(&format!("attention_backward_dkdv_{suffix}"));
@@ -464,8 +486,8 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, windo
             seg_last,
             dims,
         );
-        assert_close(&format!("{what}: dk"), &dk, &e_dk, 1e-5);
-        assert_close(&format!("{what}: dv"), &dv, &e_dv, 1e-5);
+        assert_close(&format!("{what}: dk"), &dk, &e_dk, x.tol);
+        assert_close(&format!("{what}: dv"), &dv, &e_dv, x.tol);
     }
 }
 
@@ -493,7 +515,32 @@ fn attention_forward_and_backward_kernels() {
         (6, 0, 1, 2, 200, false, None),
         (20, 10, 2, 1, 256, true, Some(7)),
     ] {
-        attention_case(emu, case);
+        attention_case(emu, case, PLAIN);
+    }
+}
+
+/// ALiBi (head counts that are and are not powers of two) and the clamp: a small bound that many normal scores
+/// pass, and Aquila2's 1024 with q × 3000 so that most scores lie beyond ±1024 (checked: the clamp changes the
+/// output).
+#[test]
+fn attention_kernels_with_alibi_and_the_score_clamp() {
+    let Some(emu) = emulator() else { return };
+    let alibi = ScoreExtras { alibi: true, ..PLAIN };
+    let small_clamp = ScoreExtras { clamp: Some(0.5), ..PLAIN };
+    let aquila = ScoreExtras { clamp: Some(1024.0), q_scale: 3000.0, tol: 1e-3, ..PLAIN };
+    for (case, extras) in [
+        ((12, 0, 5, 1, 48, true, None), alibi), // 5 heads: the interleaved slopes, packed documents
+        ((9, 3, 2, 2, 64, false, None), alibi), // 4 heads after cached keys
+        ((1, 44, 3, 1, 48, true, None), alibi), // decoding in a packed batch, 3 heads
+        ((70, 0, 3, 2, 32, true, Some(33)), alibi), // 6 heads, tiles, documents and a window
+        ((11, 5, 5, 1, 256, true, None), alibi), // per-key kernels
+        ((12, 0, 2, 2, 48, true, None), small_clamp),
+        ((5, 6, 1, 4, 64, false, None), small_clamp),
+        ((11, 5, 2, 2, 256, true, None), small_clamp),
+        ((12, 3, 2, 2, 64, false, None), aquila),
+        ((6, 0, 1, 2, 200, false, None), aquila),
+    ] {
+        attention_case(emu, case, extras);
     }
 }
 

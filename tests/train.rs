@@ -360,6 +360,20 @@ fn lora_fine_tunes_of_other_decoders_lower_the_loss() {
             serde_json::json!(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]),
         ),
         ("remote_code", "chatglm3_postln", 2 * 4, all_linear.clone()),
+        // MFTCoder's baichuan list (the fused W_pack); ALiBi, NormHead
+        (
+            "remote_code",
+            "baichuan_alibi_5heads",
+            2 * 5,
+            serde_json::json!(["W_pack", "o_proj", "gate_proj", "down_proj", "up_proj"]),
+        ),
+        // MFTCoder's aquila list (Llama's); layer 0's scores pass the ±1024 clamp
+        (
+            "remote_code",
+            "aquila_clamp_binds",
+            2 * 7,
+            serde_json::json!(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"]),
+        ),
     ];
     for (section, case, adapted, targets) in cases {
         let dir = scratch(&format!("lora_{case}"));
@@ -565,10 +579,10 @@ fn dpo_with_lora_learns_to_prefer_the_chosen_answers() {
     assert_eq!(adapter.tensors.len(), 2 * 7, "all-linear on 2 layers");
 }
 
-/// The fused-projection families through DPO (LoRA on `c_attn` / `query_key_value` / Phi's projections)
-/// and QLoRA fine-tuning (the fused projection stored in 4 bits).
+/// The fused-projection families through DPO (LoRA on `c_attn` / `query_key_value` / Phi's projections /
+/// Baichuan2's `W_pack`) and QLoRA fine-tuning (the fused projection stored in 4 bits).
 #[test]
-fn dpo_and_qlora_train_the_fused_families_deepseek_v2_qwen_and_chatglm() {
+fn dpo_and_qlora_train_the_fused_families_deepseek_v2_and_the_remote_code_families() {
     let cases = [
         ("fused_families", "gpt_bigcode_mqa"),
         ("fused_families", "gpt_neox_parallel"),
@@ -576,6 +590,8 @@ fn dpo_and_qlora_train_the_fused_families_deepseek_v2_qwen_and_chatglm() {
         ("moe", "deepseek_v2_group_limited"),
         ("remote_code", "qwen_partial_bias"),
         ("remote_code", "chatglm2_mqa"),
+        ("remote_code", "baichuan_alibi_8heads"),
+        ("remote_code", "aquila_gqa"),
     ];
     for (section, case) in cases {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(section).join(case);
@@ -737,4 +753,75 @@ fn dpo_and_qlora_on_a_mixture_of_experts() {
         err.lines().find(|l| l.contains("QLoRA:")).unwrap_or("")
     );
     assert!(evals.last().unwrap() < &(evals[0] - 0.3), "validation loss {evals:?}");
+}
+
+/// Baichuan2 end to end: a full fine-tune trains NormHead's stored weight (rows of any length, normalised when
+/// used, and in place where MFTCoder evaluates) and a LoRA fine-tune with MFTCoder's targets merges into a
+/// directory whose logits are the adapted model's, the head copied unchanged.
+#[test]
+fn baichuan_full_fine_tune_trains_the_stored_head_and_a_merged_lora_gives_the_adapted_logits() {
+    use mftcoder::backend::Backend;
+    use mftcoder::models::decoder::Logits;
+    use mftcoder::peft::attach::attach_adapter;
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/remote_code/baichuan_alibi_5heads");
+    let latest = |out: &Path| -> PathBuf {
+        let latest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("latest")).unwrap()).unwrap();
+        PathBuf::from(latest["latest_ckpt"].as_str().unwrap())
+    };
+    let ids: Vec<u32> = (0..30u32).map(|i| 3 + (i * 37) % 290).collect();
+    let logits = |model: &mftcoder::models::decoder::Decoder<Cpu>| {
+        Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap())
+    };
+
+    let dir = scratch("baichuan_full");
+    let out = dir.join("out");
+    let extra = serde_json::json!({"pretrained_model_path": base, "peft_type": null, "learning_rate": 1e-3,
+        "num_train_epochs": 2, "checkpointing_steps": 5, "evaluation_steps": 10, "saving_limit": 100});
+    let cfg = write_config(&dir, &out, extra);
+    let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let evals: Vec<f64> = metric_lines(&out).iter().filter_map(|m| m["eval_loss"].as_f64()).collect();
+    assert!(evals.last().unwrap() < &evals[0], "validation loss {evals:?}");
+    // the largest |‖row‖ − 1| of the head a checkpoint stores
+    let off_unit = |step: u32| -> f32 {
+        let store = mftcoder::io::safetensors::WeightStore::open(&out.join(format!("step_{step}"))).unwrap();
+        let head = store.matrix("lm_head.weight", 320, 40).unwrap();
+        head.rows().into_iter().map(|r| (r.dot(&r).sqrt() - 1.0).abs()).fold(0.0, f32::max)
+    };
+    // before the first evaluation the rows keep the fixture's spread of lengths; the evaluation at step 10
+    // normalises them in place, as the reference's first eval-mode forward does; training then moves them again
+    let (before, at_eval, after) = (off_unit(5), off_unit(10), off_unit(15));
+    assert!(before > 0.3 && at_eval < 1e-5 && after > 1e-5, "|‖row‖ − 1|: {before}, {at_eval}, {after}");
+    load_causal_lm(&Cpu, &out.join("step_15")).unwrap();
+
+    let dir = scratch("baichuan_merge");
+    let out = dir.join("out");
+    let extra = serde_json::json!({"pretrained_model_path": base, "peft_type": "lora", "lora_rank": 8,
+        "lora_alpha": 16, "lora_dropout": 0.0, "learning_rate": 1e-2, "num_train_epochs": 2,
+        "target_modules": ["W_pack", "o_proj", "gate_proj", "down_proj", "up_proj"]});
+    let cfg = write_config(&dir, &out, extra);
+    let run = bin().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let adapter_dir = latest(&out);
+    let merged_dir = dir.join("merged");
+    let args = ["merge", "--base", base.to_str().unwrap(), "--adapter", adapter_dir.to_str().unwrap()];
+    let run = bin().args(args).args(["--out", merged_dir.to_str().unwrap()]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut adapted = load_causal_lm(&Cpu, &base).unwrap();
+    let adapter = mftcoder::peft::Adapter::load(&adapter_dir).unwrap();
+    attach_adapter(&mut adapted, &Cpu, &adapter).unwrap();
+    let (want, merged) = (logits(&adapted), logits(&load_causal_lm(&Cpu, &merged_dir).unwrap()));
+    let diff = want.iter().zip(&merged).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let before = logits(&load_causal_lm(&Cpu, &base).unwrap());
+    let moved = before.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-2, "the adapter changed nothing");
+    assert!(diff <= 1e-4, "merged vs adapted logits: {diff}");
+    let merged_store = mftcoder::io::safetensors::WeightStore::open(&merged_dir).unwrap();
+    let base_store = mftcoder::io::safetensors::WeightStore::open(&base).unwrap();
+    assert_eq!(
+        merged_store.matrix("lm_head.weight", 320, 40).unwrap(),
+        base_store.matrix("lm_head.weight", 320, 40).unwrap(),
+        "NormHead's weight is copied as stored"
+    );
 }

@@ -227,6 +227,10 @@ pub struct AttentionDims {
     pub scale: f32,
     /// The sliding window, 0 for none.
     pub window: i32,
+    /// The score clamp (Aquila2), 0 for none.
+    pub clamp: f32,
+    /// ALiBi's bias on (1) or off (0).
+    pub alibi: i32,
 }
 
 impl AttentionDims {
@@ -241,6 +245,8 @@ impl AttentionDims {
             q_offset: mask.q_offset as i32,
             scale: shape.scale,
             window: mask.window.unwrap_or(0) as i32,
+            clamp: shape.score_clamp.unwrap_or(0.0),
+            alibi: i32::from(shape.alibi),
         }
     }
 }

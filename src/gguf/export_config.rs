@@ -18,6 +18,7 @@ pub fn model_metadata(arch: &Arch, hf: &HfConfig, c: &DecoderConfig) -> Result<(
             bail!("{path}: interleaved rotary pairs cannot be exported for `{}`", arch.model_type)
         }
         Positions::Learned => bail!("{path}: learned positions cannot be exported for `{}`", arch.model_type),
+        Positions::Alibi => bail!("{path}: ALiBi positions cannot be exported for `{}`", arch.model_type),
     };
     if *dims != c.head_dim {
         bail!("{path}: partial rotary ({dims} of {} dimensions) cannot be exported for Llama-style GGUF", c.head_dim);

@@ -121,7 +121,7 @@ fn row(store: &WeightStore, name: &str, len: usize) -> Result<Array2<f32>> {
 fn rotary_frequencies(c: &DecoderConfig) -> Vec<f32> {
     match &c.positions {
         Positions::Rotary { rope, dims, .. } => inverse_frequencies(rope, *dims),
-        Positions::Learned => Vec::new(),
+        Positions::Learned | Positions::Alibi => Vec::new(),
     }
 }
 
@@ -169,7 +169,7 @@ impl DecoderConfig {
             (
                 match &self.positions {
                     Positions::Rotary { dims, .. } => *dims % 2 == 0 && *dims <= self.head_dim,
-                    Positions::Learned => true,
+                    Positions::Learned | Positions::Alibi => true,
                 },
                 "an even rotary width within head_dim",
             ),
@@ -456,7 +456,11 @@ impl<B: Backend> Decoder<B> {
 
     /// h: [T, H] after the final norm → logits [T, vocab].
     pub(super) fn head(&self, b: &B, h: &B::Tensor) -> B::Tensor {
-        b.linear(h, self.lm_head.as_ref().unwrap_or(&self.embed_tokens), self.lm_head_bias.as_ref())
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if self.config.normalized_head {
+            return b.linear(h, &super::norm_head::normalize_rows(b, head).0, self.lm_head_bias.as_ref());
+        }
+        b.linear(h, head, self.lm_head_bias.as_ref())
     }
 
     /// The embedding rows of `ids` (times Gemma's √hidden where the config has it), plus the learned position

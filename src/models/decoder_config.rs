@@ -5,11 +5,11 @@
 //! | part | choices | who |
 //! |---|---|---|
 //! | q/k/v projections | separate, or one fused matrix in a stated layout ([`FusedQkv`]) | GPT-BigCode, GPT-NeoX fuse |
-//! | positions | RoPE over all or the first `dims` of each head; learned absolute embeddings | GPT-BigCode learns them |
+//! | positions | RoPE over all or the first `dims` of each head; learned absolute embeddings; ALiBi | GPT-BigCode learns them, Baichuan2-13B biases |
 //! | residual | sequential; parallel (attention and MLP read the same input), with one shared norm or two | GPT-NeoX, Phi |
 //! | norms | RMSNorm, (1 + w) RMSNorm, LayerNorm with bias | Gemma, StarCoder2, GPT-* |
 //! | MLP | gated SiLU / GELU, plain GELU (tanh or exact erf) | Llama, Gemma, StarCoder2, GPT-NeoX |
-//! | attention | biases, softmax scale, sliding windows per layer | Qwen2, GPT-BigCode, Mistral |
+//! | attention | biases, softmax scale, sliding windows per layer, a score clamp | Qwen2, GPT-BigCode, Mistral, Aquila2 |
 //! | feed-forward | the MLP, or in chosen layers a mixture of experts ([`Moe`]) | Mixtral, Qwen2-MoE, DeepSeek-V2 |
 //! | latent attention | q/k/v from a low-rank latent per token ([`LatentAttention`]) | DeepSeek-V2 |
 
@@ -47,6 +47,8 @@ pub struct DecoderConfig {
     pub tie_word_embeddings: bool,
     /// A bias on the output head (Phi).
     pub lm_head_bias: bool,
+    /// Baichuan2's `NormHead`: every forward uses the output head's rows L2-normalised (see `norm_head.rs`).
+    pub normalized_head: bool,
     pub max_position_embeddings: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
@@ -72,6 +74,8 @@ pub struct Attention {
     /// Keys and values from a low-rank latent (DeepSeek-V2's MLA); `head_dim` is then its
     /// [`LatentAttention::head_width`] and `qkv_bias` the bias of its two down-projections.
     pub latent: Option<LatentAttention>,
+    /// Clamp the scaled scores to ±this before the mask (Aquila2 with `use_xformers: false`: 1024).
+    pub score_clamp: Option<f32>,
     /// Qwen-1's `use_logn_attn`, with its trained `seq_length` L: at inference the query at position p ≥ L
     /// is scaled by log_L(p + 1), keeping the attention's entropy as the context outgrows L. Training
     /// leaves queries alone (as the reference does in train mode).
@@ -86,6 +90,8 @@ pub enum Positions {
     Rotary { rope: RopeSpec, dims: usize, pairing: RotaryPairing },
     /// A learned table of `max_position_embeddings` rows added to the token embeddings (GPT-BigCode's `wpe`).
     Learned,
+    /// No position input at all: ALiBi's per-head linear bias on the attention scores (Baichuan2-13B).
+    Alibi,
 }
 
 impl Positions {
@@ -262,6 +268,7 @@ impl DecoderConfig {
                 windows: vec![None; layers],
                 qk_norm: false,
                 latent: None,
+                score_clamp: None,
                 logn_beyond: None,
             },
             positions: Positions::Rotary {
@@ -278,6 +285,7 @@ impl DecoderConfig {
             embedding_scale: None,
             tie_word_embeddings: false,
             lm_head_bias: false,
+            normalized_head: false,
             max_position_embeddings: 2048,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
@@ -291,6 +299,8 @@ impl DecoderConfig {
             n_kv_heads: self.num_key_value_heads,
             head_dim: self.head_dim,
             scale: self.attention.scale,
+            alibi: self.positions == Positions::Alibi,
+            score_clamp: self.attention.score_clamp,
         }
     }
 
@@ -298,7 +308,7 @@ impl DecoderConfig {
     pub fn rope(&self) -> Option<&RopeSpec> {
         match &self.positions {
             Positions::Rotary { rope, .. } => Some(rope),
-            Positions::Learned => None,
+            Positions::Learned | Positions::Alibi => None,
         }
     }
 

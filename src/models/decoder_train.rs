@@ -7,6 +7,7 @@ use super::decoder::{
 use super::decoder_config::{AuxLoss, Moe};
 use super::feed_forward::FfnCache;
 use super::latent_attention::LatentCache;
+use super::norm_head;
 use crate::backend::{AttentionMask, Backend};
 use crate::loss::moe_aux::{RouterRows, load_balancing_loss, sequence_balance_loss};
 use crate::nn::column_gather::{gather_columns, gather_columns_backward};
@@ -306,7 +307,7 @@ impl<B: Backend> Decoder<B> {
                 self.rotate(b, &q, shape.n_heads, positions, inv_freq),
                 self.rotate(b, &k, shape.n_kv_heads, positions, inv_freq),
             ),
-            Positions::Learned => (q, k),
+            Positions::Learned | Positions::Alibi => (q, k),
         };
         ProjectedQkv { q, k, v, saved: QkvSaved::Direct { qk_raw, lora_h } }
     }
@@ -401,9 +402,19 @@ impl<B: Backend> Decoder<B> {
 
         // head and final norm
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let normed = c.normalized_head.then(|| norm_head::normalize_rows(b, head)); // NormHead: ŵ is what ran
         let train_head_bias = train_base && self.lm_head_bias.is_some();
-        let (dh_final, dhead, dhead_bias) =
-            b.linear_backward(dlogits, &cache.h_final, head, train_base, train_head_bias);
+        let (dh_final, dhead, dhead_bias) = b.linear_backward(
+            dlogits,
+            &cache.h_final,
+            normed.as_ref().map_or(head, |n| &n.0),
+            train_base,
+            train_head_bias,
+        );
+        let dhead = match (dhead, &normed) {
+            (Some(g), Some((w_hat, inv))) => Some(norm_head::normalize_rows_backward(b, &g, w_hat, inv)),
+            (dhead, _) => dhead,
+        };
         let mut dx = self.norm.backward(b, &dh_final, &cache.x_final, train_base, n.final_norm, &mut grads);
         let mut dembed_from_head = None;
         if c.tie_word_embeddings {
@@ -558,7 +569,7 @@ impl<B: Backend> Decoder<B> {
             Positions::Rotary { .. } => {
                 (self.rotate_backward(b, &dq, shape.n_heads, pos), self.rotate_backward(b, &dk, shape.n_kv_heads, pos))
             }
-            Positions::Learned => (dq, dk),
+            Positions::Learned | Positions::Alibi => (dq, dk),
         };
         let (dq, dk) = match (&layer.qk_norms, qk_raw, n.qk_norms) {
             (Some((q_norm, k_norm)), Some((q_raw, k_raw)), Some((qn, kn))) => {

@@ -62,6 +62,10 @@ pub fn describe(model_dir: &Path) -> Result<String> {
                 )
             }
             Positions::Learned => format!("learned, {} positions", c.max_position_embeddings),
+            Positions::Alibi => format!(
+                "ALiBi (a linear bias per head, {} slopes), model_max_length {}",
+                c.num_attention_heads, c.max_position_embeddings
+            ),
         };
         writeln!(out, "positions:    {positions}; tied embeddings: {}", c.tie_word_embeddings)?;
         let qkv = match (c.attention.fused_qkv, &c.attention.latent) {
@@ -108,6 +112,15 @@ pub fn describe(model_dir: &Path) -> Result<String> {
             "biases:       q/k/v {}, o {}, MLP {}, head {}",
             c.attention.qkv_bias, c.attention.o_bias, c.mlp_bias, c.lm_head_bias
         )?;
+        if let Some(clamp) = c.attention.score_clamp {
+            writeln!(out, "scores:       clamped to ±{clamp} before the mask (use_xformers: false)")?;
+        }
+        if c.normalized_head {
+            writeln!(out, "head:         NormHead (lm_head rows L2-normalised in every forward)")?;
+        }
+        if model_type == "baichuan" {
+            writeln!(out, "variant:      {}", super::baichuan::variant(&config)?.1)?;
+        }
     }
     writeln!(
         out,

@@ -1,6 +1,8 @@
 //! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs`) and one
 //! file per family. Each family file maps `config.json` onto a [`decoder::DecoderConfig`] and names its
 //! tensors; it holds only what is special about the family.
+pub mod aquila;
+pub mod baichuan;
 pub mod chatglm;
 pub mod decoder;
 pub mod decoder_config;
@@ -16,6 +18,7 @@ pub mod layers;
 pub mod llama;
 pub mod mistral;
 pub mod mixtral;
+pub mod norm_head;
 pub mod phi;
 pub mod qwen;
 pub mod qwen2;
@@ -42,6 +45,8 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "qwen2_moe",
     "deepseek_v2",
+    "baichuan",
+    "aquila",
     "qwen",
     "chatglm",
 ];
@@ -61,6 +66,8 @@ pub fn decoder_config(config: &HfConfig) -> Result<DecoderConfig> {
         "mixtral" => mixtral::config_from_hf(config),
         "qwen2_moe" => qwen2_moe::config_from_hf(config),
         "deepseek_v2" => deepseek_v2::config_from_hf(config),
+        "baichuan" => baichuan::config_from_hf(config),
+        "aquila" => aquila::config_from_hf(config),
         "qwen" => qwen::config_from_hf(config),
         "chatglm" => chatglm::config_from_hf(config),
         other => bail!(

@@ -13,6 +13,7 @@
 //! The forward also returns lse = m + ln l per query row and head; the backward (FlashAttention-2) uses it to
 //! recompute each probability tile instead of storing the T×T matrix.
 
+use super::attention_scores::HeadScores;
 use super::fastmath;
 use super::matmul::{matmul, matmul_into, scaled_matmul_into};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip, s};
@@ -30,6 +31,17 @@ pub struct AttentionShape {
     pub head_dim: usize,
     /// Multiplies q·k; 1/√head_dim for Llama.
     pub scale: f32,
+    /// ALiBi's per-head linear bias on the scores (Baichuan2-13B; see `attention_scores`).
+    pub alibi: bool,
+    /// Clamp the scaled scores to ±this before the mask (Aquila2 without xformers).
+    pub score_clamp: Option<f32>,
+}
+
+impl AttentionShape {
+    /// Plain scaled dot-product scores: no ALiBi, no clamp.
+    pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize, scale: f32) -> Self {
+        AttentionShape { n_heads, n_kv_heads, head_dim, scale, alibi: false, score_clamp: None }
+    }
 }
 
 /// Which keys each query may see.
@@ -93,7 +105,8 @@ pub fn causal_attention_with_lse(
             let q_tile = q.slice(s![rows.clone(), h * d..(h + 1) * d]);
             let k_head = k.slice(s![.., g * d..(g + 1) * d]);
             let v_head = v.slice(s![.., g * d..(g + 1) * d]);
-            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, shape.scale, mask, spans.as_ref());
+            let scores = HeadScores::of(shape, h);
+            let (out, lse) = attend_tile(q_tile, k_head, v_head, rows.start, &scores, mask, spans.as_ref());
             (h, rows.start, out, lse)
         })
         .collect();
@@ -159,14 +172,14 @@ impl SegmentSpans {
 }
 // ANCHOR_END: segment_spans
 
-/// Scale the scores of one query row over keys k0.. in place and set the invisible ones to −∞; returns the
+/// Turn one query row's q·k over keys k0.. into scores in place and set the invisible ones to −∞; returns the
 /// visible span as indices into `row`. With contiguous segments (or none) the visible keys are one range,
 /// [segment start, position], so whole runs are filled without a per-key test.
 fn mask_row(
     row: &mut [f32],
     k0: usize,
     position: usize,
-    scale: f32,
+    scores: &HeadScores,
     mask: &AttentionMask,
     spans: Option<&SegmentSpans>,
 ) -> (usize, usize) {
@@ -182,13 +195,21 @@ fn mask_row(
             let hi = end.clamp(k0, k1) - k0;
             let hi = hi.max(lo);
             row[..lo].fill(f32::NEG_INFINITY);
-            row[lo..hi].iter_mut().for_each(|s| *s *= scale);
+            if scores.is_plain() {
+                row[lo..hi].iter_mut().for_each(|s| *s *= scores.scale);
+            } else {
+                row[lo..hi].iter_mut().enumerate().for_each(|(c, s)| *s = scores.score(*s, position, k0 + lo + c));
+            }
             row[hi..].fill(f32::NEG_INFINITY);
             (lo, hi)
         }
         None => {
             for (c, s) in row.iter_mut().enumerate() {
-                *s = if visible(mask, position, k0 + c) { *s * scale } else { f32::NEG_INFINITY };
+                *s = if visible(mask, position, k0 + c) {
+                    scores.score(*s, position, k0 + c)
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             (0, row.len())
         }
@@ -213,7 +234,7 @@ fn attend_tile(
     k_head: ArrayView2<f32>,
     v_head: ArrayView2<f32>,
     row0: usize,
-    scale: f32,
+    head: &HeadScores,
     mask: &AttentionMask,
     spans: Option<&SegmentSpans>,
 ) -> (Array2<f32>, Array1<f32>) {
@@ -232,7 +253,7 @@ fn attend_tile(
         for (r, mut score_row) in scores.rows_mut().into_iter().enumerate() {
             let position = mask.q_offset + row0 + r;
             let row = score_row.as_slice_mut().expect("a fresh score tile is contiguous");
-            let (lo, hi) = mask_row(row, k0, position, scale, mask, spans); // visible: row[lo..hi]
+            let (lo, hi) = mask_row(row, k0, position, head, mask, spans); // visible: row[lo..hi]
             let block_max = row[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let new_max = running_max[r].max(block_max);
             if new_max == f32::NEG_INFINITY {
@@ -287,7 +308,7 @@ pub fn causal_attention_backward(
     assert_eq!(dout.dim(), q.dim(), "attention_backward: dout shape");
     assert_eq!(out.dim(), q.dim(), "attention_backward: out shape");
     assert_eq!(lse.dim(), (q.nrows(), shape.n_heads), "attention_backward: lse shape");
-    let AttentionShape { n_heads, n_kv_heads, head_dim: d, scale } = *shape;
+    let AttentionShape { n_heads, n_kv_heads, head_dim: d, .. } = *shape;
     let group = n_heads / n_kv_heads;
     let cols = |h: usize| h * d..(h + 1) * d;
     let spans = SegmentSpans::of(mask);
@@ -303,7 +324,7 @@ pub fn causal_attention_backward(
                 v.slice(s![.., cols(g)]),
                 out.slice(s![.., cols(h)]),
                 lse.column(h),
-                scale,
+                &HeadScores::of(shape, h),
                 mask,
                 spans.as_ref(),
             )
@@ -334,10 +355,11 @@ fn head_backward(
     v_h: ArrayView2<f32>,
     o_h: ArrayView2<f32>,
     lse_h: ArrayView1<f32>,
-    scale: f32,
+    scores: &HeadScores,
     mask: &AttentionMask,
     spans: Option<&SegmentSpans>,
 ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+    let scale = scores.scale;
     let (tq, d) = q_h.dim();
     let tk = k_h.nrows();
     // D = rowsum(dO ∘ O): [Tq]
@@ -364,11 +386,12 @@ fn head_backward(
             let (q_tile, do_tile) = (q_h.slice(s![r0..r1, ..]), do_h.slice(s![r0..r1, ..])); // [qb, d]
             // P = exp(S·scale − lse), zero where masked: [qb, kb]
             let mut p = matmul(q_tile, k_blk.t());
+            let dots = scores.clamp.is_some().then(|| p.clone()); // where the clamp binds, dS = 0
             for (r, mut p_row) in p.rows_mut().into_iter().enumerate() {
                 let position = mask.q_offset + r0 + r;
                 let row_lse = lse_h[r0 + r];
                 let row = p_row.as_slice_mut().expect("a fresh tile is contiguous");
-                mask_row(row, k0, position, scale, mask, spans); // masked keys become −∞, so exp gives 0
+                mask_row(row, k0, position, scores, mask, spans); // masked keys become −∞, so exp gives 0
                 row.iter_mut().for_each(|x| *x = fastmath::exp(*x - row_lse));
             }
             // dV += Pᵀ·dO: [kb, d]
@@ -378,6 +401,9 @@ fn head_backward(
             Zip::from(ds.rows_mut()).and(p.rows()).and(delta.slice(s![r0..r1])).for_each(|mut ds_row, p_row, &dr| {
                 Zip::from(&mut ds_row).and(&p_row).for_each(|x, &pv| *x = pv * (*x - dr));
             });
+            if let Some(dots) = dots {
+                Zip::from(&mut ds).and(&dots).for_each(|x, &dot| *x = if scores.clamp_binds(dot) { 0.0 } else { *x });
+            }
             // dQ += dS·K·scale: [qb, d];  dK += dSᵀ·Q·scale: [kb, d]
             scaled_matmul_into(ds.view(), k_blk, scale, 1.0, dq.slice_mut(s![r0..r1, ..]));
             scaled_matmul_into(ds.t(), q_tile, scale, 1.0, dk.slice_mut(s![k0..k1, ..]));
@@ -387,49 +413,11 @@ fn head_backward(
 }
 // ANCHOR_END: attention_backward
 
-// ANCHOR: naive_attention
-/// The textbook version that materialises the full score matrix: the reference the tiled kernel is tested
-/// against (and a readable statement of what it computes).
-pub fn naive_causal_attention(
-    q: ArrayView2<f32>,
-    k: ArrayView2<f32>,
-    v: ArrayView2<f32>,
-    shape: &AttentionShape,
-    mask: &AttentionMask,
-) -> Array2<f32> {
-    let d = shape.head_dim;
-    let group = shape.n_heads / shape.n_kv_heads;
-    let mut out = Array2::zeros((q.nrows(), shape.n_heads * d));
-    for h in 0..shape.n_heads {
-        let g = h / group;
-        for i in 0..q.nrows() {
-            let position = mask.q_offset + i;
-            let visible: Vec<usize> = (0..=position)
-                .filter(|&j| mask.segment_ids.is_none_or(|seg| seg[j] == seg[position]))
-                .filter(|&j| mask.window.is_none_or(|w| position - j < w))
-                .collect();
-            let scores: Vec<f64> = visible
-                .iter()
-                .map(|&j| {
-                    let dot: f64 = (0..d).map(|c| q[[i, h * d + c]] as f64 * k[[j, g * d + c]] as f64).sum();
-                    dot * shape.scale as f64
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let total: f64 = weights.iter().sum();
-            for c in 0..d {
-                let value: f64 = visible.iter().zip(&weights).map(|(&j, w)| w * v[[j, g * d + c]] as f64).sum();
-                out[[i, h * d + c]] = (value / total) as f32;
-            }
-        }
-    }
-    out
-}
-// ANCHOR_END: naive_attention
+pub use super::attention_reference::naive_causal_attention;
 
 #[cfg(test)]
 mod tests {
+    use super::super::attention_reference::naive_backward;
     use super::*;
     use crate::nn::grad_check::{check, random, weighted_sum};
     use crate::rng::Rng;
@@ -444,10 +432,10 @@ mod tests {
         #[test]
         fn tiled_equals_naive(tq in 1usize..150, extra_keys in 0usize..140, kv in 1usize..3, group in 1usize..3,
                               d in 1usize..9, packed in any::<bool>(), window in prop::option::of(1usize..80),
-                              seed in any::<u64>()) {
+                              alibi in any::<bool>(), clamp in prop::option::of(0.3f32..2.0), seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
-            let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d * 2,
-                                         scale: 1.0 / ((d * 2) as f32).sqrt() };
+            let shape = AttentionShape { alibi, score_clamp: clamp,
+                                         ..AttentionShape::new(kv * group, kv, d * 2, 1.0 / ((d * 2) as f32).sqrt()) };
             let tk = tq + extra_keys;
             let q = random(tq, shape.n_heads * shape.head_dim, &mut rng);
             let k = random(tk, kv * shape.head_dim, &mut rng);
@@ -479,57 +467,16 @@ mod tests {
         segments
     }
 
-    /// The textbook backward over the full probability matrix, in f64: the reference for the tiled kernel.
-    fn naive_backward(
-        dout: &Array2<f32>,
-        q: &Array2<f32>,
-        k: &Array2<f32>,
-        v: &Array2<f32>,
-        shape: &AttentionShape,
-        mask: &AttentionMask,
-    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
-        let d = shape.head_dim;
-        let group = shape.n_heads / shape.n_kv_heads;
-        let scale = shape.scale as f64;
-        let mut dq = Array2::<f64>::zeros(q.raw_dim());
-        let mut dk = Array2::<f64>::zeros(k.raw_dim());
-        let mut dv = Array2::<f64>::zeros(v.raw_dim());
-        for h in 0..shape.n_heads {
-            let g = h / group;
-            for i in 0..q.nrows() {
-                let position = mask.q_offset + i;
-                let keys: Vec<usize> = (0..=position).filter(|&j| visible(mask, position, j)).collect();
-                let dot = |a: &Array2<f32>, ra: usize, ca: usize, b: &Array2<f32>, rb: usize, cb: usize| -> f64 {
-                    (0..d).map(|c| a[[ra, ca * d + c]] as f64 * b[[rb, cb * d + c]] as f64).sum()
-                };
-                let scores: Vec<f64> = keys.iter().map(|&j| dot(q, i, h, k, j, g) * scale).collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / total).collect();
-                let dp: Vec<f64> = keys.iter().map(|&j| dot(dout, i, h, v, j, g)).collect();
-                let big_d: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
-                for (n, &j) in keys.iter().enumerate() {
-                    let ds = p[n] * (dp[n] - big_d);
-                    for c in 0..d {
-                        dq[[i, h * d + c]] += ds * k[[j, g * d + c]] as f64 * scale;
-                        dk[[j, g * d + c]] += ds * q[[i, h * d + c]] as f64 * scale;
-                        dv[[j, g * d + c]] += p[n] * dout[[i, h * d + c]] as f64;
-                    }
-                }
-            }
-        }
-        (dq.mapv(|x| x as f32), dk.mapv(|x| x as f32), dv.mapv(|x| x as f32))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
         fn backward_matches_finite_differences(tq in 1usize..6, extra_keys in 0usize..4, kv in 1usize..3,
                                                group in 1usize..3, half in 1usize..3, packed in any::<bool>(),
-                                               window in prop::option::of(1usize..5), seed in any::<u64>()) {
+                                               window in prop::option::of(1usize..5), alibi in any::<bool>(),
+                                               seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
             let d = 2 * half;
-            let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d, scale: 1.0 / (d as f32).sqrt() };
+            let shape = AttentionShape { alibi, ..AttentionShape::new(kv * group, kv, d, 1.0 / (d as f32).sqrt()) };
             let tk = tq + extra_keys;
             let q = random(tq, shape.n_heads * d, &mut rng);
             let k = random(tk, kv * d, &mut rng);
@@ -552,10 +499,11 @@ mod tests {
         #[test]
         fn tiled_backward_equals_naive(tq in 1usize..150, extra_keys in 0usize..140, kv in 1usize..3,
                                        group in 1usize..3, d in 1usize..5, packed in any::<bool>(),
-                                       window in prop::option::of(1usize..80), seed in any::<u64>()) {
+                                       window in prop::option::of(1usize..80), alibi in any::<bool>(),
+                                       clamp in prop::option::of(0.3f32..2.0), seed in any::<u64>()) {
             let mut rng = Rng::new(seed);
-            let shape = AttentionShape { n_heads: kv * group, n_kv_heads: kv, head_dim: d * 2,
-                                         scale: 1.0 / ((d * 2) as f32).sqrt() };
+            let shape = AttentionShape { alibi, score_clamp: clamp,
+                                         ..AttentionShape::new(kv * group, kv, d * 2, 1.0 / ((d * 2) as f32).sqrt()) };
             let tk = tq + extra_keys;
             let q = random(tq, shape.n_heads * shape.head_dim, &mut rng);
             let k = random(tk, kv * shape.head_dim, &mut rng);
@@ -578,7 +526,7 @@ mod tests {
     #[test]
     fn lse_is_the_log_normaliser() {
         // one head, d = 1, scale 1: lse of row i = ln Σ_{j≤i} exp(q_i·k_j)
-        let shape = AttentionShape { n_heads: 1, n_kv_heads: 1, head_dim: 1, scale: 1.0 };
+        let shape = AttentionShape::new(1, 1, 1, 1.0);
         let q = Array2::from_shape_vec((3, 1), vec![0.5f32, -1.0, 2.0]).unwrap();
         let k = Array2::from_shape_vec((3, 1), vec![1.0f32, 2.0, -0.5]).unwrap();
         let (_, lse) = causal_attention_with_lse(q.view(), k.view(), k.view(), &shape, &AttentionMask::default());
@@ -591,7 +539,7 @@ mod tests {
     #[test]
     fn first_query_copies_the_first_value() {
         let mut rng = Rng::new(1);
-        let shape = AttentionShape { n_heads: 2, n_kv_heads: 1, head_dim: 4, scale: 0.5 };
+        let shape = AttentionShape::new(2, 1, 4, 0.5);
         let (q, k, v) = (random(5, 8, &mut rng), random(5, 4, &mut rng), random(5, 4, &mut rng));
         let out = causal_attention(q.view(), k.view(), v.view(), &shape, &AttentionMask::default());
         for h in 0..2 {

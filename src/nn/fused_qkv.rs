@@ -100,7 +100,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn shape(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> AttentionShape {
-        AttentionShape { n_heads, n_kv_heads, head_dim, scale: 1.0 }
+        AttentionShape::new(n_heads, n_kv_heads, head_dim, 1.0)
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Building blocks on the CPU reference path: each file holds one concept — the math in a short comment,
 //! the forward, and its tests. The CPU backend (`backend::cpu`) is a thin seam over these functions.
 pub mod attention;
+pub mod attention_reference;
+pub mod attention_scores;
 pub mod column_gather;
 pub mod cross_entropy;
 pub mod embedding;

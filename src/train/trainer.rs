@@ -247,6 +247,7 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             clamp_divergence: true,
         };
         let mut coba = CobaState::new(names.len(), config);
+        model.normalize_head_in_place(b); // an eval-mode forward: Baichuan2's NormHead normalises its weight
         let initial = evaluate(b, &model, &data, cfg, mode, &task_weights, 0)?;
         coba.set_initial_losses(&initial.task_loss.iter().map(|(_, l)| *l).collect::<Vec<_>>());
         state.coba = Some(coba);
@@ -291,6 +292,7 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             .with_context(|| format!("step {}", step + 1))?;
             if let Some(coba) = state.coba.as_mut() {
                 if coba.wants_validation(step) {
+                    model.normalize_head_in_place(b);
                     let samples: Vec<Vec<Option<f64>>> = (0..coba.config.sample_valid_num)
                         .map(|_| sample_validation(b, &model, &data, cfg, &mut rng))
                         .collect::<Result<_>>()?;
@@ -325,6 +327,7 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
             let c = state.completed_steps;
             let mut stop = false;
             if cfg.evaluation_steps > 0 && c % cfg.evaluation_steps == 0 {
+                model.normalize_head_in_place(b);
                 let ev = evaluate(b, &model, &data, cfg, mode, &task_weights, c)?;
                 metrics.record(&serde_json::json!({"step": c, "eval_loss": ev.eval_loss, "perplexity": ev.perplexity,
                     "eval_task_loss": ev.task_loss.iter().filter_map(|(n, l)| l.map(|l| (n.clone(), serde_json::Value::from(l)))).collect::<serde_json::Map<_, _>>()}))?;

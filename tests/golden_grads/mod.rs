@@ -59,3 +59,32 @@ pub fn loss_on_input_ids(
     let seq = mftcoder::models::decoder::Sequence { ids: &ids, positions: &positions, segment_ids: None };
     mean_token_loss(model, &Cpu, seq, &targets, &weights).unwrap()
 }
+
+/// The largest |a − b| of two equally shaped matrices.
+#[allow(dead_code)]
+pub fn max_abs_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Every position's logits, no cache.
+#[allow(dead_code)]
+pub fn all_logits(model: &mftcoder::models::decoder::Decoder<Cpu>, ids: &[u32]) -> ndarray::Array2<f32> {
+    use mftcoder::backend::Backend;
+    Cpu.download(&model.forward(&Cpu, ids, None, mftcoder::models::decoder::Logits::All).unwrap())
+}
+
+/// [`loss_on_input_ids`] against the golden's `loss` (≤ 1e-5 relative) and every gradient ([`compare_grads`]);
+/// prints the numbers.
+#[allow(dead_code)]
+pub fn assert_loss_and_grads(case: &str, model: &mftcoder::models::decoder::Decoder<Cpu>, golden: &WeightStore) {
+    let result = loss_on_input_ids(model, golden);
+    let want = golden.tensor_f32("loss").unwrap()[[0]] as f64;
+    assert!((result.loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {} vs {want}", result.loss);
+    let (worst, _) = compare_grads(case, golden, "", &result.grads);
+    eprintln!(
+        "{case}: loss {:.6} ({want:.6}), {} gradients, worst relative error {worst:.2e}",
+        result.loss,
+        result.grads.len()
+    );
+}

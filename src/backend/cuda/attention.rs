@@ -6,7 +6,8 @@ use crate::backend::{AttentionDims, AttentionMask, AttentionShape, segment_bound
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
 
-// SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints, a float, an int; no padding).
+// SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints, a float, an int, a float, an int;
+// no padding).
 unsafe impl cudarc::driver::DeviceRepr for AttentionDims {}
 
 fn attention_dims(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) -> AttentionDims {
@@ -160,8 +161,9 @@ fn check_attention(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: &Atten
 mod tests {
     #[test]
     fn attention_dims_have_the_c_struct_layout() {
-        // six ints, a float and an int, 4-byte aligned, no padding: what `struct AttentionDims` is in attention.cu
-        assert_eq!(std::mem::size_of::<super::AttentionDims>(), 32);
+        // six ints, a float, an int, a float and an int, 4-byte aligned, no padding: `struct AttentionDims` in
+        // attention.cu
+        assert_eq!(std::mem::size_of::<super::AttentionDims>(), 40);
         assert_eq!(std::mem::align_of::<super::AttentionDims>(), 4);
     }
 

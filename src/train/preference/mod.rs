@@ -341,6 +341,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
     let mut state = TrainerState::start(total_steps, rng.state());
     if !eval_pairs.is_empty() {
         // where the policy starts (DPO: the reference itself, so loss log 2 and margin 0)
+        policy.normalize_head_in_place(b); // an eval-mode forward: Baichuan2's NormHead normalises its weight
         let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, 0)?;
         metrics.record(&serde_json::json!({"step": 0, "eval_loss": ev.loss,
             "eval_rewards/accuracies": ev.reward_accuracy, "eval_rewards/margins": ev.reward_margin}))?;
@@ -412,6 +413,7 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
                 );
             }
             if !eval_pairs.is_empty() && (cfg.eval_steps > 0 && c % cfg.eval_steps == 0 || c == total_steps) {
+                policy.normalize_head_in_place(b);
                 let ev = evaluate(&mut policy, frozen.as_ref(), b, &eval_pairs, &objective, c)?;
                 metrics.record(&serde_json::json!({"step": c, "eval_loss": ev.loss,
                     "eval_rewards/accuracies": ev.reward_accuracy, "eval_rewards/margins": ev.reward_margin}))?;

@@ -21,13 +21,43 @@
 // last positions holding p's segment id, so the loops skip other documents without testing each key
 // (segment ids need not be contiguous: visibility is still checked per key). All three may be null. With a
 // sliding window w > 0 (Mistral, Qwen2) a query also sees only keys with query_pos − j < w.
+//
+// Scores: s = clamp(q·k·scale, ±clamp) + slope_h·(j − query_pos) — the clamp when clamp > 0 (Aquila2), the
+// ALiBi bias when alibi != 0 (Baichuan2-13B; the slopes of `nn::attention_scores`). Where the clamp binds the
+// score's gradient is zero.
 
 // The sizes every attention kernel takes (by value; the Rust side mirrors it field for field).
 struct AttentionDims {
     int tq, tk, heads, kv_heads, d, q_offset;
     float scale;
     int window;  // 0: no sliding window
+    float clamp; // 0: no clamp
+    int alibi;   // 0: no ALiBi bias
 };
+
+// ANCHOR: kernel_scores
+// ALiBi's slope of head h (0 without ALiBi): 2^(−8(h+1)/p) for the first p = 2^⌊log₂ heads⌋ heads, then every
+// other slope of 2p's list — in double, like the CPU path, so both round to the same float.
+__device__ __forceinline__ float alibi_slope(const AttentionDims& a, int h) {
+    if (!a.alibi) return 0.0f;
+    int p = 1;
+    while (2 * p <= a.heads) p *= 2;
+    const double e = h < p ? -8.0 * (h + 1) / p : -4.0 * (2 * (h - p) + 1) / p;
+    return (float)exp2(e);
+}
+
+// The score the softmax sees for key `key` from position `query_pos`, given q·k.
+__device__ __forceinline__ float score(const AttentionDims& a, float dot, float slope, int query_pos, int key) {
+    float s = dot * a.scale;
+    if (a.clamp > 0.0f) s = fminf(fmaxf(s, -a.clamp), a.clamp);
+    return s + slope * (float)(key - query_pos);
+}
+
+// Whether the clamp binds, so that ∂s/∂(q·k) = 0.
+__device__ __forceinline__ bool clamp_binds(const AttentionDims& a, float dot) {
+    return a.clamp > 0.0f && fabsf(dot * a.scale) > a.clamp;
+}
+// ANCHOR_END: kernel_scores
 
 // ANCHOR: kernel_visible
 __device__ __forceinline__ bool visible(const AttentionDims& a, const unsigned int* segment_ids, int query_pos,
@@ -147,6 +177,7 @@ extern "C" __global__ void attention_forward_tiled(float* out, float* lse, const
     const long long kv_stride = (long long)a.kv_heads * d;
     float* my_q = q_rows + b.warp * TILED_MAX_D;
     if (b.active) copy_row(my_q, q + b.q_at, d, lane);
+    const float slope = alibi_slope(a, b.h);
     float m = -INFINITY, l = 0.0f, acc[TILED_PER_LANE];
 #pragma unroll
     for (int e = 0; e < TILED_PER_LANE; ++e) acc[e] = 0.0f;
@@ -160,7 +191,7 @@ extern "C" __global__ void attention_forward_tiled(float* out, float* lse, const
         // lane = key: one score per lane, invisible keys −∞
         const int j = t0 + lane;
         const bool see = lane < n && visible(a, segment_ids, b.query_pos, j);
-        const float s = see ? dot_tile_row(my_q, k_tile, d, lane) * a.scale : -INFINITY;
+        const float s = see ? score(a, dot_tile_row(my_q, k_tile, d, lane), slope, b.query_pos, j) : -INFINITY;
         const float tile_max = warp_max(s);
         if (tile_max == -INFINITY) continue;  // another document's keys only (the same in every lane)
         const float m_new = fmaxf(m, tile_max);
@@ -194,6 +225,7 @@ extern "C" __global__ void attention_backward_dq_tiled(float* dq, const float* d
     const long long kv_stride = (long long)a.kv_heads * d, ih = (long long)b.i * a.heads + b.h;
     float* my_q = q_rows + b.warp * TILED_MAX_D;
     float* my_dout = dout_rows + b.warp * TILED_MAX_D;
+    const float slope = alibi_slope(a, b.h);
     float lse_i = 0.0f, delta_i = 0.0f, acc[TILED_PER_LANE];
     if (b.active) {
         copy_row(my_q, q + b.q_at, d, lane);
@@ -212,8 +244,9 @@ extern "C" __global__ void attention_backward_dq_tiled(float* dq, const float* d
         if (!b.active || t0 > b.query_pos || t0 + n <= b.my_first) continue;
         float ds = 0.0f;  // lane = key
         if (lane < n && visible(a, segment_ids, b.query_pos, t0 + lane)) {
-            const float p = expf(dot_tile_row(my_q, k_tile, d, lane) * a.scale - lse_i);
-            ds = p * (dot_tile_row(my_dout, v_tile, d, lane) - delta_i);
+            const float dot = dot_tile_row(my_q, k_tile, d, lane);
+            const float p = expf(score(a, dot, slope, b.query_pos, t0 + lane) - lse_i);
+            ds = clamp_binds(a, dot) ? 0.0f : p * (dot_tile_row(my_dout, v_tile, d, lane) - delta_i);
         }
         accumulate_tile(acc, ds, k_tile, n, d, lane);
     }
@@ -258,6 +291,7 @@ extern "C" __global__ void attention_backward_dkdv_tiled(float* dk, float* dv, c
 #pragma unroll
     for (int e = 0; e < TILED_PER_LANE; ++e) dk_acc[e] = dv_acc[e] = 0.0f;
     for (int h = g * group; h < (g + 1) * group; ++h) {
+        const float slope = alibi_slope(a, h);
         for (int t0 = query_lo; t0 <= query_hi; t0 += TILE) {
             const int n = min(TILE, query_hi + 1 - t0);  // queries t0 .. t0 + n − 1
             __syncthreads();
@@ -272,8 +306,9 @@ extern "C" __global__ void attention_backward_dkdv_tiled(float* dk, float* dv, c
             if (!active || t0 > my_hi || t0 + n <= my_lo) continue;
             float p = 0.0f, ds = 0.0f;  // lane = query
             if (lane < n && visible(a, segment_ids, a.q_offset + t0 + lane, j)) {
-                p = expf(dot_tile_row(my_k, q_tile, d, lane) * a.scale - lse_tile[lane]);
-                ds = p * (dot_tile_row(my_v, dout_tile, d, lane) - delta_tile[lane]);
+                const float dot = dot_tile_row(my_k, q_tile, d, lane);
+                p = expf(score(a, dot, slope, a.q_offset + t0 + lane, j) - lse_tile[lane]);
+                ds = clamp_binds(a, dot) ? 0.0f : p * (dot_tile_row(my_v, dout_tile, d, lane) - delta_tile[lane]);
             }
             accumulate_tile(dv_acc, p, dout_tile, n, d, lane);
             accumulate_tile(dk_acc, ds, q_tile, n, d, lane);
@@ -348,12 +383,13 @@ extern "C" __global__ void attention_forward_per_key(float* out, float* lse, con
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
     const int query_pos = a.q_offset + w.i;
+    const float slope = alibi_slope(a, w.h);
     float m = -INFINITY, l = 0.0f;
     for (int j = first_key(a, segment_first, query_pos); j <= query_pos; ++j) {
         if (!visible(a, segment_ids, query_pos, j)) continue;
         const float* kj = k + j * kv_stride + w.kv_off;
         const float* vj = v + j * kv_stride + w.kv_off;
-        const float s = dot_row(qi, kj, d, lane) * a.scale;
+        const float s = score(a, dot_row(qi, kj, d, lane), slope, query_pos, j);
         const float m_new = fmaxf(m, s);
         const float correction = expf(m - m_new), p = expf(s - m_new);  // exp(−∞) = 0 on the first key
         l = l * correction + p;
@@ -398,13 +434,15 @@ extern "C" __global__ void attention_backward_dq_per_key(float* dq, const float*
     load_row(doi, dout + w.q_at, d, lane);
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
-    const float lse_i = lse[ih], delta_i = delta[ih];
+    const float lse_i = lse[ih], delta_i = delta[ih], slope = alibi_slope(a, w.h);
     const int query_pos = a.q_offset + w.i;
     for (int j = first_key(a, segment_first, query_pos); j <= query_pos; ++j) {
         if (!visible(a, segment_ids, query_pos, j)) continue;
         const float* kj = k + j * kv_stride + w.kv_off;
-        const float p = expf(dot_row(qi, kj, d, lane) * a.scale - lse_i);
-        const float ds = p * (dot_row(doi, v + j * kv_stride + w.kv_off, d, lane) - delta_i);
+        const float dot = dot_row(qi, kj, d, lane);
+        const float p = expf(score(a, dot, slope, query_pos, j) - lse_i);
+        const float dp = dot_row(doi, v + j * kv_stride + w.kv_off, d, lane);  // every lane: a warp sum
+        const float ds = clamp_binds(a, dot) ? 0.0f : p * (dp - delta_i);
 #pragma unroll
         for (int e = 0; e < PER_LANE; ++e) {
             const int idx = lane + 32 * e;
@@ -439,13 +477,16 @@ extern "C" __global__ void attention_backward_dkdv_per_key(float* dk, float* dv,
     // from the first query that can see key j to the last of its document (a later one is another document's)
     const int first = first_query(a, j), last = last_query(a, segment_last, j);
     for (int h = g * group; h < (g + 1) * group; ++h) {
+        const float slope = alibi_slope(a, h);
         for (int i = first; i <= last; ++i) {
             if (!visible(a, segment_ids, q_offset + i, j)) continue;
             const float* qi = q + i * q_stride + h * d;
             const float* doi = dout + i * q_stride + h * d;
             const long long ih = (long long)i * heads + h;
-            const float p = expf(dot_row(kj, qi, d, lane) * a.scale - lse[ih]);
-            const float ds = p * (dot_row(vj, doi, d, lane) - delta[ih]);
+            const float dot = dot_row(kj, qi, d, lane);
+            const float p = expf(score(a, dot, slope, q_offset + i, j) - lse[ih]);
+            const float dp = dot_row(vj, doi, d, lane);  // every lane takes part in the warp sum
+            const float ds = clamp_binds(a, dot) ? 0.0f : p * (dp - delta[ih]);
 #pragma unroll
             for (int e = 0; e < PER_LANE; ++e) {
                 const int idx = lane + 32 * e;
