@@ -2,6 +2,9 @@
 pub mod hf_config;
 pub mod model_dir;
 pub mod safetensors;
+pub mod sentencepiece;
+pub mod sp_family;
+pub mod sp_proto;
 pub mod tiktoken;
 pub mod tokenizer;
 
