@@ -95,8 +95,9 @@ pub fn build(path: &Path, m: &ModelProto) -> Result<tokenizers::Tokenizer> {
                 .into()
         }
         ModelType::Unigram => {
-            // pieces the lattice must not use (control, unknown, byte, unused) rank below any unknown run
-            let floor = m.pieces.iter().map(|p| p.score as f64).fold(f64::INFINITY, f64::min) - 20.0;
+            // pieces SentencePiece's lattice never uses (control, unknown, byte, unused): a score no path takes
+            // while another exists (every path pays the same for the unknown characters it must cover)
+            let floor = -1e6;
             let vocab = m
                 .pieces
                 .iter()
