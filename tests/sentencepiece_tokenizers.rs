@@ -51,7 +51,12 @@ fn check_random(tok: &Tokenizer, g: &Value) {
     assert!(cases.len() >= 250);
     for case in cases {
         let text = case[0].as_str().unwrap();
-        assert_eq!(tok.encode_fast(text, false).unwrap(), ids(&case[1]), "{}: random text {text:?}", tok.path.display());
+        assert_eq!(
+            tok.encode_fast(text, false).unwrap(),
+            ids(&case[1]),
+            "{}: random text {text:?}",
+            tok.path.display()
+        );
     }
 }
 
@@ -179,8 +184,10 @@ fn the_family_comes_from_the_configs_and_the_chatglm_code_file() {
     assert!(family(&[("tokenizer_config.json", class)]).contains("ChatGLM2"));
     let v3 = "SPECIALS = ['<|user|>', '<|observation|>']";
     assert!(family(&[("tokenizer_config.json", class), ("tokenization_chatglm.py", v3)]).contains("ChatGLM3"));
-    assert!(family(&[("tokenization_chatglm.py", "x"), ("config.json", r#"{"model_type": "chatglm"}"#)])
-        .contains("ChatGLM2"));
+    assert!(
+        family(&[("tokenization_chatglm.py", "x"), ("config.json", r#"{"model_type": "chatglm"}"#)])
+            .contains("ChatGLM2")
+    );
     let named = r#"{"model_type": "chatglm", "_name_or_path": "THUDM/chatglm3-6b"}"#;
     assert!(family(&[("config.json", named)]).contains("ChatGLM3"));
     assert!(family(&[("config.json", r#"{"model_type": "baichuan"}"#)]).contains("Baichuan2"));
@@ -206,7 +213,14 @@ fn bad_models_and_configs_get_one_clear_error() {
     let e = err(&cut);
     assert!(e.contains("tokenizer.model: ") && e.contains("past the end"), "{e}");
     let unknown_id = dir_with("chatglm2", &[]);
-    assert!(Tokenizer::load(&unknown_id).unwrap().decode(&[1_000_000], false).unwrap_err().to_string().contains("out of range"));
+    assert!(
+        Tokenizer::load(&unknown_id)
+            .unwrap()
+            .decode(&[1_000_000], false)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range")
+    );
 }
 
 fn mftcoder(args: &[&str]) -> std::process::Output {
@@ -231,7 +245,10 @@ fn info_encode_and_tokenize_work_on_a_tokenizer_model_directory() {
     let info = mftcoder(&["info", "--model", d]);
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
     let info = String::from_utf8(info.stdout).unwrap();
-    assert!(info.contains("SentencePiece tokenizer.model, ChatGLM3 wrapper (BPE)") && info.contains("[gMASK]="), "{info}");
+    assert!(
+        info.contains("SentencePiece tokenizer.model, ChatGLM3 wrapper (BPE)") && info.contains("[gMASK]="),
+        "{info}"
+    );
 
     let data = dir.join("chat.jsonl");
     std::fs::write(&data, format!("{}\n", g["record"]["record"])).unwrap();
@@ -240,6 +257,14 @@ fn info_encode_and_tokenize_work_on_a_tokenizer_model_directory() {
     let line: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().next().unwrap()).unwrap();
     let want = ids(&g["record"]["ids"]);
     assert_eq!(ids(&line["input_ids"])[..want.len()], want[..]);
+
+    // a merged model keeps the tokenizer.model it was trained with
+    let merged = dir.join("merged");
+    let adapter = root().join("fixtures/lora/gqa_tied/adapter");
+    let out =
+        mftcoder(&["merge", "--base", d, "--adapter", adapter.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(Tokenizer::load(&merged).unwrap().format().contains("ChatGLM3"));
 
     // offline tokenization: each document's ids and the EOS, read back from the .bin/.idx
     let tok = Tokenizer::load(&dir).unwrap();

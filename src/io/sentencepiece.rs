@@ -199,11 +199,13 @@ impl SpDecoder {
             flush_bytes(&mut bytes, &mut out);
             let mut text = text;
             let mut consumed = false;
-            if at_start && self.strip_first_space && matches!(item, DecodeItem::Id(_)) {
-                if let Some(rest) = text.strip_prefix(SPACE) {
-                    text = rest;
-                    consumed = true;
-                }
+            if at_start
+                && self.strip_first_space
+                && matches!(item, DecodeItem::Id(_))
+                && let Some(rest) = text.strip_prefix(SPACE)
+            {
+                text = rest;
+                consumed = true;
             }
             if consumed || !text.is_empty() {
                 at_start = false;

@@ -173,7 +173,8 @@ impl SpTokenizer {
                 let eos = named("eos_token", Some("</s>"))?;
                 let unk = named("unk_token", Some("<unk>"))?;
                 let pad = named("pad_token", None)?;
-                let mut specials: Vec<(u32, String)> = [&bos, &eos, &unk, &pad].into_iter().flatten().cloned().collect();
+                let mut specials: Vec<(u32, String)> =
+                    [&bos, &eos, &unk, &pad].into_iter().flatten().cloned().collect();
                 specials.sort();
                 specials.dedup();
                 // matched in the raw text, each stretch between them encoded on its own (the slow tokenizer's split)

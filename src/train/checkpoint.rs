@@ -61,6 +61,8 @@ const MODEL_SIDE_FILES: &[&str] = &[
     "config.json",
     "generation_config.json",
     "tokenizer.json",
+    "tokenizer.model",
+    "qwen.tiktoken",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
