@@ -167,6 +167,15 @@ fn a_plain_unigram_model_matches_sentencepiece_processor() {
     }
 }
 
+#[test]
+fn a_text_longer_than_one_encoding_piece_gets_one_dummy_prefix() {
+    let tok = Tokenizer::load(&fixture("chatglm2")).unwrap();
+    let line = "def fib(n):\n    return fib(n - 1) + 我们 😀\n";
+    let text = line.repeat((1 << 20) / line.len() + 50);
+    let whole = tok.encode(&text, false).unwrap();
+    assert_eq!(tok.encode_bounded(&text).unwrap(), whole);
+}
+
 /// A scratch directory holding a fixture's `tokenizer.model` and the given extra files.
 fn dir_with(model_of: &str, files: &[(&str, &str)]) -> common::Scratch {
     let dir = common::Scratch::new("sp-family");

@@ -49,7 +49,7 @@ fn merges_from_scores(m: &ModelProto) -> Vec<(String, String)> {
 /// SentencePiece's normalizer: the precompiled character map (when the model has one), extra spaces
 /// removed (leading, trailing, runs) when asked, spaces escaped as `▁`, and the dummy `▁` in front.
 /// `Prepend` acts on each stretch between added tokens, as the slow tokenizers call SentencePiece on each.
-fn normalizer(m: &ModelProto) -> Result<NormalizerWrapper> {
+fn normalizer(m: &ModelProto, dummy_prefix: bool) -> Result<NormalizerWrapper> {
     let replace = |pattern: tokenizers::normalizers::replace::ReplacePattern, with: &str| {
         Replace::new(pattern, with).map(NormalizerWrapper::from).map_err(|e| anyhow!("normalizer: {e}"))
     };
@@ -67,7 +67,7 @@ fn normalizer(m: &ModelProto) -> Result<NormalizerWrapper> {
     if m.escape_whitespaces {
         steps.push(replace(Literal(" ".into()), &SPACE.to_string())?);
     }
-    if m.add_dummy_prefix {
+    if dummy_prefix {
         steps.push(Prepend::new(SPACE.to_string()).into());
     }
     Ok(Sequence::new(steps).into())
@@ -122,7 +122,7 @@ pub fn build(path: &Path, m: &ModelProto) -> Result<tokenizers::Tokenizer> {
     }
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     tokenizer
-        .with_normalizer(Some(normalizer(m).map_err(|e| at("normalizer", &e))?))
+        .with_normalizer(Some(normalizer(m, m.add_dummy_prefix).map_err(|e| at("normalizer", &e))?))
         .map_err(|e| at("normalizer", &e))?;
     let added: Vec<AddedToken> =
         user_defined.iter().map(|p| AddedToken::from(p.to_string(), false).normalized(true)).collect();
@@ -130,6 +130,17 @@ pub fn build(path: &Path, m: &ModelProto) -> Result<tokenizers::Tokenizer> {
     Ok(tokenizer)
 }
 // ANCHOR_END: sp_tokenizer
+
+/// `tokenizer` (built by [`build`]) for text that continues a text already encoded: without the dummy prefix,
+/// which SentencePiece puts only in front of the whole text. `None` when the model has no dummy prefix.
+pub fn continuation(m: &ModelProto, tokenizer: &tokenizers::Tokenizer) -> Result<Option<tokenizers::Tokenizer>> {
+    if !m.add_dummy_prefix {
+        return Ok(None);
+    }
+    let mut cont = tokenizer.clone();
+    cont.with_normalizer(Some(normalizer(m, false)?)).map_err(|e| anyhow!("normalizer: {e}"))?;
+    Ok(Some(cont))
+}
 
 /// Read and check `tokenizer.model`.
 pub fn read(path: &Path) -> Result<ModelProto> {

@@ -64,6 +64,8 @@ pub struct SpTokenizer {
     /// ChatGLM: ids whose token is the empty string (bos, eos, and pad = unk).
     hidden: Vec<u32>,
     pub eos: Option<u32>,
+    /// The pipeline for text after a cut in a longer text (no dummy prefix; see [`sentencepiece::continuation`]).
+    pub continuation: Option<tokenizers::Tokenizer>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -151,6 +153,7 @@ impl SpTokenizer {
             specials: Vec::new(),
             hidden: Vec::new(),
             eos: m.id(m.eos_id),
+            continuation: None,
         };
         match family {
             Family::ChatGlm2 | Family::ChatGlm3 => {
@@ -188,6 +191,7 @@ impl SpTokenizer {
             }
             Family::Plain => sp.eos = None, // the configs, as for any tokenizer
         }
+        sp.continuation = sentencepiece::continuation(&m, &inner).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok((inner, sp))
     }
     // ANCHOR_END: sp_load

@@ -106,11 +106,13 @@ impl Tokenizer {
     // ANCHOR: encode_bounded
     /// [`Tokenizer::encode_fast`] without special tokens, in pieces of at most 1 MiB cut after a line break,
     /// so the tokenizer's working memory (hundreds of bytes per input byte) stays bounded however long the
-    /// text. Texts up to 1 MiB are encoded whole; a longer one can differ from a whole encoding only at its cuts.
+    /// text. Texts up to 1 MiB are encoded whole; a longer one can differ from a whole encoding only at its cuts
+    /// (the pieces after the first continue the text: no SentencePiece dummy prefix in front of them).
     pub fn encode_bounded(&self, text: &str) -> Result<Vec<u32>> {
         const PIECE: usize = 1 << 20;
         let mut ids = Vec::new();
         let mut rest = text;
+        let mut first = true;
         while rest.len() > PIECE {
             let mut cut = PIECE;
             while !rest.is_char_boundary(cut) {
@@ -121,13 +123,25 @@ impl Tokenizer {
             let line_end =
                 (1..window.len()).rev().find(|&i| window[i - 1] == b'\n' && !window[i].is_ascii_whitespace());
             let cut = line_end.unwrap_or(cut);
-            ids.extend(self.encode_fast(&rest[..cut], false)?);
+            ids.extend(self.encode_piece(&rest[..cut], first)?);
             rest = &rest[cut..];
+            first = false;
         }
-        ids.extend(self.encode_fast(rest, false)?);
+        ids.extend(self.encode_piece(rest, first)?);
         Ok(ids)
     }
     // ANCHOR_END: encode_bounded
+
+    fn encode_piece(&self, text: &str, first: bool) -> Result<Vec<u32>> {
+        match self.sp.as_ref().and_then(|sp| sp.continuation.as_ref()) {
+            Some(continuation) if !first => Ok(continuation
+                .encode_fast(text, false)
+                .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?
+                .get_ids()
+                .to_vec()),
+            _ => self.encode_fast(text, false),
+        }
+    }
 
     /// Vocabulary size without the added tokens: what transformers calls `tokenizer.vocab_size`.
     /// (ChatGLM's counts its own tokens after the pieces, as its `vocab_size` does.)
