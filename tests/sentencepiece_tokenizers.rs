@@ -148,12 +148,11 @@ fn baichuan2_matches_tokenization_baichuan_with_and_without_bos() {
     }
 }
 
-#[test]
-fn a_plain_unigram_model_matches_sentencepiece_processor() {
-    let g = golden("sentencepiece_unigram");
-    let tok = Tokenizer::load(&fixture("sentencepiece_unigram")).unwrap();
+fn check_plain(name: &str, model: &str) {
+    let g = golden(name);
+    let tok = Tokenizer::load(&fixture(name)).unwrap();
     assert_eq!(tok.format(), "SentencePiece tokenizer.model, plain SentencePiece wrapper");
-    assert!(tok.summary().contains("(Unigram)"), "{}", tok.summary());
+    assert!(tok.summary().contains(&format!("({model})")), "{}", tok.summary());
     assert_eq!(tok.vocab_size() as u64, g["meta"]["vocab_size"].as_u64().unwrap());
     for case in g["encode"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
@@ -165,6 +164,16 @@ fn a_plain_unigram_model_matches_sentencepiece_processor() {
     for case in g["decode"].as_array().unwrap() {
         assert_eq!(tok.decode(&ids(&case["ids"]), false).unwrap(), case["text"].as_str().unwrap(), "{case}");
     }
+}
+
+#[test]
+fn a_plain_unigram_model_matches_sentencepiece_processor() {
+    check_plain("sentencepiece_unigram", "Unigram");
+}
+
+#[test]
+fn a_bpe_model_without_byte_fallback_matches_sentencepiece_processor() {
+    check_plain("sentencepiece_bpe_unk", "BPE");
 }
 
 #[test]

@@ -3,6 +3,7 @@ pub mod hf_config;
 pub mod model_dir;
 pub mod safetensors;
 pub mod sentencepiece;
+pub mod sp_charsmap;
 pub mod sp_family;
 pub mod sp_proto;
 pub mod tiktoken;

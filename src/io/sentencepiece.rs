@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::models::bpe::BPE;
 use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::{Precompiled, Prepend, Replace, Sequence};
+use tokenizers::normalizers::{Prepend, Replace, Sequence};
 use tokenizers::{AddedToken, NormalizerWrapper};
 
 /// SentencePiece's whitespace symbol.
@@ -46,20 +46,16 @@ fn merges_from_scores(m: &ModelProto) -> Vec<(String, String)> {
 // ANCHOR_END: bpe_merges
 
 // ANCHOR: sp_normalizer
-/// SentencePiece's normalizer: the precompiled character map (when the model has one), extra spaces
-/// removed (leading, trailing, runs) when asked, spaces escaped as `▁`, and the dummy `▁` in front.
-/// `Prepend` acts on each stretch between added tokens, as the slow tokenizers call SentencePiece on each.
+/// SentencePiece's normalizer after its character map (which [`super::sp_charsmap`] applies to the text before
+/// the pipeline sees it): extra spaces removed (leading, trailing, runs) when asked, spaces escaped as `▁`, and
+/// the dummy `▁` in front. `Prepend` acts on each stretch between added tokens, as the slow tokenizers call
+/// SentencePiece on each.
 fn normalizer(m: &ModelProto, dummy_prefix: bool) -> Result<NormalizerWrapper> {
     let replace = |pattern: tokenizers::normalizers::replace::ReplacePattern, with: &str| {
         Replace::new(pattern, with).map(NormalizerWrapper::from).map_err(|e| anyhow!("normalizer: {e}"))
     };
     use tokenizers::normalizers::replace::ReplacePattern::{Regex, String as Literal};
     let mut steps: Vec<NormalizerWrapper> = Vec::new();
-    if !m.precompiled_charsmap.is_empty() {
-        let map = Precompiled::from(&m.precompiled_charsmap)
-            .map_err(|e| anyhow!("normalizer_spec.precompiled_charsmap ({}): {e}", m.normalizer_name))?;
-        steps.push(map.into());
-    }
     if m.remove_extra_whitespaces {
         steps.push(replace(Regex("^ +| +$".into()), "")?);
         steps.push(replace(Regex(" {2,}".into()), " ")?);

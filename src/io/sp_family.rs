@@ -10,9 +10,11 @@
 //! `name_or_path`/`_name_or_path`; otherwise the directory is ChatGLM2.
 
 use super::sentencepiece::{self, DecodeItem, SpDecoder};
+use super::sp_charsmap::CharsMap;
 use super::sp_proto::ModelProto;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::path::Path;
 use tokenizers::AddedToken;
 
@@ -66,6 +68,8 @@ pub struct SpTokenizer {
     pub eos: Option<u32>,
     /// The pipeline for text after a cut in a longer text (no dummy prefix; see [`sentencepiece::continuation`]).
     pub continuation: Option<tokenizers::Tokenizer>,
+    /// The model's precompiled character map, applied to the text before the pipeline.
+    charsmap: Option<CharsMap>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -154,6 +158,13 @@ impl SpTokenizer {
             hidden: Vec::new(),
             eos: m.id(m.eos_id),
             continuation: None,
+            charsmap: match m.precompiled_charsmap.is_empty() {
+                true => None,
+                false => Some(
+                    CharsMap::parse(&m.precompiled_charsmap)
+                        .map_err(|e| anyhow!("{}: normalizer_spec ({}): {e}", path.display(), m.normalizer_name))?,
+                ),
+            },
         };
         match family {
             Family::ChatGlm2 | Family::ChatGlm3 => {
@@ -195,6 +206,15 @@ impl SpTokenizer {
         Ok((inner, sp))
     }
     // ANCHOR_END: sp_load
+
+    /// `text` through the model's character map (SentencePiece's first normalization step), if it has one.
+    /// (Baichuan2's special tokens are then matched after it rather than before; its models have no map.)
+    pub fn map_chars<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        match &self.charsmap {
+            Some(map) => Cow::Owned(map.normalize(text)),
+            None => Cow::Borrowed(text),
+        }
+    }
 
     /// `build_inputs_with_special_tokens`: the family's prefix and suffix around `ids`.
     pub fn with_special_tokens(&self, ids: Vec<u32>) -> Vec<u32> {

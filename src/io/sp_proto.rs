@@ -8,6 +8,7 @@
 //!                 35: byte_fallback   40..43: unk_id, bos_id, eos_id, pad_id (0, 1, 2, -1)   44: unk_surface
 //! NormalizerSpec  1: name   2: precompiled_charsmap   3: add_dummy_prefix   4: remove_extra_whitespaces
 //!                 5: escape_whitespaces (the last three default true)
+//! ModelProto      5: denormalizer_spec (a NormalizerSpec applied when decoding: refused unless its map is empty)
 //! ```
 
 use anyhow::{Result, bail};
@@ -222,6 +223,16 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
                     }
                 }
             }
+            (5, Field::Bytes(b)) => {
+                let mut spec = Wire::new(b, "denormalizer_spec");
+                while let Some((number, field)) = spec.next().map_err(at)? {
+                    if let (2, Field::Bytes(map)) = (number, field)
+                        && !map.is_empty()
+                    {
+                        bail!("{}: denormalizer_spec.precompiled_charsmap is set (supported: empty)", path.display());
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -306,6 +317,10 @@ mod tests {
         bytes_field(2, &[3 << 3, 3], &mut word);
         let err = parse(Path::new("t.model"), &word).unwrap_err().to_string();
         assert!(err.contains("t.model: trainer_spec.model_type is 3"), "{err}");
+        let mut denorm = unk.clone();
+        bytes_field(5, &[2 << 3 | 2, 1, 0], &mut denorm);
+        let err = parse(Path::new("t.model"), &denorm).unwrap_err().to_string();
+        assert!(err.contains("denormalizer_spec.precompiled_charsmap is set"), "{err}");
         let err = parse(Path::new("t.model"), &unk[..unk.len() - 2]).unwrap_err().to_string();
         assert!(err.contains("past the end"), "{err}");
         let mut normal = Vec::new();

@@ -78,13 +78,22 @@ impl Tokenizer {
     /// Encode `text`. With `add_special_tokens` the tokenizer's post-processor runs (a Llama tokenizer adds
     /// its BOS), as `tokenizer(text)` does in transformers; added tokens (`<s>`, `<|im_start|>`) are always matched.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let text = self.map_chars(text);
         let encoding = self
             .inner
-            .encode(text, add_special_tokens && self.sp.is_none())
+            .encode(text.as_ref(), add_special_tokens && self.sp.is_none())
             .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
         Ok(self.with_special_tokens(encoding.get_ids().to_vec(), add_special_tokens))
     }
     // ANCHOR_END: tokenizer_encode
+
+    /// A SentencePiece model's character map applied to `text` (nothing for other tokenizers).
+    fn map_chars<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        match &self.sp {
+            Some(sp) => sp.map_chars(text),
+            None => std::borrow::Cow::Borrowed(text),
+        }
+    }
 
     /// A SentencePiece family's prefix/suffix (ChatGLM's `[gMASK] sop`, Baichuan's BOS) when asked for.
     fn with_special_tokens(&self, ids: Vec<u32>, add_special_tokens: bool) -> Vec<u32> {
@@ -96,9 +105,10 @@ impl Tokenizer {
 
     /// The same ids as [`Tokenizer::encode`], without computing offsets (the data pipeline's hot path).
     pub fn encode_fast(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let text = self.map_chars(text);
         let encoding = self
             .inner
-            .encode_fast(text, add_special_tokens && self.sp.is_none())
+            .encode_fast(text.as_ref(), add_special_tokens && self.sp.is_none())
             .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
         Ok(self.with_special_tokens(encoding.get_ids().to_vec(), add_special_tokens))
     }
@@ -135,7 +145,7 @@ impl Tokenizer {
     fn encode_piece(&self, text: &str, first: bool) -> Result<Vec<u32>> {
         match self.sp.as_ref().and_then(|sp| sp.continuation.as_ref()) {
             Some(continuation) if !first => Ok(continuation
-                .encode_fast(text, false)
+                .encode_fast(self.map_chars(text).as_ref(), false)
                 .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?
                 .get_ids()
                 .to_vec()),
