@@ -18,7 +18,7 @@ impl CharsMap {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let Some((size, rest)) = bytes.split_first_chunk::<4>() else { bail!("precompiled_charsmap is truncated") };
         let size = u32::from_le_bytes(*size) as usize;
-        if size % 4 != 0 || size > rest.len() || size == 0 {
+        if !size.is_multiple_of(4) || size > rest.len() || size == 0 {
             bail!("precompiled_charsmap's trie size {size} does not fit its {} bytes", rest.len());
         }
         let units = rest[..size].chunks_exact(4).map(|u| u32::from_le_bytes(u.try_into().expect("4 bytes"))).collect();
@@ -71,3 +71,17 @@ impl CharsMap {
     }
 }
 // ANCHOR_END: charsmap
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_whose_trie_does_not_fit_is_refused() {
+        assert!(CharsMap::parse(&[1, 0]).unwrap_err().to_string().contains("truncated"));
+        let err = CharsMap::parse(&[8, 0, 0, 0, 1, 2, 3, 4]).unwrap_err().to_string();
+        assert!(err.contains("trie size 8 does not fit its 4 bytes"), "{err}");
+        let empty = CharsMap::parse(&[4, 0, 0, 0, 0, 0, 0, 0]).unwrap(); // a root with no children
+        assert_eq!(empty.normalize("a\r\nb"), "a\r\nb");
+    }
+}
