@@ -177,6 +177,11 @@ fn a_bpe_model_without_byte_fallback_matches_sentencepiece_processor() {
 }
 
 #[test]
+fn user_defined_pieces_with_the_dummy_prefix_match_sentencepiece_processor() {
+    check_plain("sentencepiece_bpe_user_defined", "BPE");
+}
+
+#[test]
 fn a_text_longer_than_one_encoding_piece_gets_one_dummy_prefix() {
     let tok = Tokenizer::load(&fixture("chatglm2")).unwrap();
     let line = "def fib(n):\n    return fib(n - 1) + 我们 😀\n";

@@ -7,7 +7,7 @@
 //! piece becomes its UTF-8 bytes `<0xXX>` (byte fallback) or `<unk>`.
 
 use super::sp_proto::{ModelProto, ModelType, PieceKind};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::models::bpe::BPE;
@@ -109,16 +109,11 @@ pub fn build(path: &Path, m: &ModelProto) -> Result<tokenizers::Tokenizer> {
     };
     let user_defined: Vec<&str> =
         m.pieces.iter().filter(|p| p.kind == PieceKind::UserDefined).map(|p| p.piece.as_str()).collect();
-    if let (true, Some(first)) = (m.add_dummy_prefix, user_defined.first()) {
-        bail!(
-            "{}: normalizer_spec.add_dummy_prefix is true and there are USER_DEFINED pieces (e.g. {first:?}): \
-             not supported together",
-            path.display()
-        );
-    }
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     tokenizer
-        .with_normalizer(Some(normalizer(m, m.add_dummy_prefix).map_err(|e| at("normalizer", &e))?))
+        .with_normalizer(Some(
+            normalizer(m, m.add_dummy_prefix && !dummy_prefix_by_wrapper(m)).map_err(|e| at("normalizer", &e))?,
+        ))
         .map_err(|e| at("normalizer", &e))?;
     let added: Vec<AddedToken> =
         user_defined.iter().map(|p| AddedToken::from(p.to_string(), false).normalized(true)).collect();
@@ -127,10 +122,18 @@ pub fn build(path: &Path, m: &ModelProto) -> Result<tokenizers::Tokenizer> {
 }
 // ANCHOR_END: sp_tokenizer
 
+/// Whether the dummy prefix is left to the wrapper ([`super::sp_family::SpTokenizer::prepare`]) rather than a
+/// `Prepend` normalizer: with USER_DEFINED pieces, whose added tokens the normalizer would spell with a `▁` in
+/// front. (The wrapper's prefix goes once in front of the text, as SentencePiece's; `Prepend`'s in front of each
+/// stretch between added tokens, as the slow tokenizers' — the two differ only with special tokens in the text.)
+pub fn dummy_prefix_by_wrapper(m: &ModelProto) -> bool {
+    m.add_dummy_prefix && m.pieces.iter().any(|p| p.kind == PieceKind::UserDefined)
+}
+
 /// `tokenizer` (built by [`build`]) for text that continues a text already encoded: without the dummy prefix,
-/// which SentencePiece puts only in front of the whole text. `None` when the model has no dummy prefix.
+/// which SentencePiece puts only in front of the whole text. `None` when no normalizer puts one.
 pub fn continuation(m: &ModelProto, tokenizer: &tokenizers::Tokenizer) -> Result<Option<tokenizers::Tokenizer>> {
-    if !m.add_dummy_prefix {
+    if !m.add_dummy_prefix || dummy_prefix_by_wrapper(m) {
         return Ok(None);
     }
     let mut cont = tokenizer.clone();

@@ -70,6 +70,9 @@ pub struct SpTokenizer {
     pub continuation: Option<tokenizers::Tokenizer>,
     /// The model's precompiled character map, applied to the text before the pipeline.
     charsmap: Option<CharsMap>,
+    /// Put the dummy prefix in front of the text here (see [`sentencepiece::dummy_prefix_by_wrapper`]), after
+    /// dropping leading spaces when the model removes extra whitespace.
+    wrapper_prefix: Option<bool>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -158,6 +161,7 @@ impl SpTokenizer {
             hidden: Vec::new(),
             eos: m.id(m.eos_id),
             continuation: None,
+            wrapper_prefix: sentencepiece::dummy_prefix_by_wrapper(&m).then_some(m.remove_extra_whitespaces),
             charsmap: match m.precompiled_charsmap.is_empty() {
                 true => None,
                 false => Some(
@@ -207,13 +211,21 @@ impl SpTokenizer {
     }
     // ANCHOR_END: sp_load
 
-    /// `text` through the model's character map (SentencePiece's first normalization step), if it has one.
-    /// (Baichuan2's special tokens are then matched after it rather than before; its models have no map.)
-    pub fn map_chars<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        match &self.charsmap {
+    /// `text` through the model's character map (SentencePiece's first normalization step), if it has one,
+    /// and with the dummy prefix where the wrapper puts it (`first`: the text does not continue another).
+    /// (Baichuan2's special tokens are then matched after the map rather than before; its models have none.)
+    pub fn prepare<'t>(&self, text: &'t str, first: bool) -> Cow<'t, str> {
+        let mut text = match &self.charsmap {
             Some(map) => Cow::Owned(map.normalize(text)),
             None => Cow::Borrowed(text),
+        };
+        if let (Some(strip), true) = (self.wrapper_prefix, first) {
+            let rest = if strip { text.trim_start_matches(' ') } else { &text };
+            if !rest.is_empty() {
+                text = Cow::Owned(format!("\u{2581}{rest}"));
+            }
         }
+        text
     }
 
     /// `build_inputs_with_special_tokens`: the family's prefix and suffix around `ids`.

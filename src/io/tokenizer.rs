@@ -90,7 +90,7 @@ impl Tokenizer {
     /// A SentencePiece model's character map applied to `text` (nothing for other tokenizers).
     fn map_chars<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
         match &self.sp {
-            Some(sp) => sp.map_chars(text),
+            Some(sp) => sp.prepare(text, true),
             None => std::borrow::Cow::Borrowed(text),
         }
     }
@@ -117,7 +117,8 @@ impl Tokenizer {
     /// [`Tokenizer::encode_fast`] without special tokens, in pieces of at most 1 MiB cut after a line break,
     /// so the tokenizer's working memory (hundreds of bytes per input byte) stays bounded however long the
     /// text. Texts up to 1 MiB are encoded whole; a longer one can differ from a whole encoding only at its cuts
-    /// (the pieces after the first continue the text: no SentencePiece dummy prefix in front of them).
+    /// (the pieces after the first continue the text: no SentencePiece dummy prefix in front of them; a model
+    /// that maps the cut's newline to a space and removes extra whitespace drops that space).
     pub fn encode_bounded(&self, text: &str) -> Result<Vec<u32>> {
         const PIECE: usize = 1 << 20;
         let mut ids = Vec::new();
@@ -143,14 +144,14 @@ impl Tokenizer {
     // ANCHOR_END: encode_bounded
 
     fn encode_piece(&self, text: &str, first: bool) -> Result<Vec<u32>> {
-        match self.sp.as_ref().and_then(|sp| sp.continuation.as_ref()) {
-            Some(continuation) if !first => Ok(continuation
-                .encode_fast(self.map_chars(text).as_ref(), false)
-                .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?
-                .get_ids()
-                .to_vec()),
-            _ => self.encode_fast(text, false),
-        }
+        let Some(sp) = self.sp.as_ref().filter(|_| !first) else { return self.encode_fast(text, false) };
+        let encoding = sp
+            .continuation
+            .as_ref()
+            .unwrap_or(&self.inner)
+            .encode_fast(sp.prepare(text, false).as_ref(), false)
+            .map_err(|e| anyhow!("{}: cannot encode text: {e}", self.path.display()))?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Vocabulary size without the added tokens: what transformers calls `tokenizer.vocab_size`.
