@@ -57,7 +57,8 @@ fn normalizer(m: &ModelProto, dummy_prefix: bool) -> Result<NormalizerWrapper> {
     use tokenizers::normalizers::replace::ReplacePattern::{Regex, String as Literal};
     let mut steps: Vec<NormalizerWrapper> = Vec::new();
     if m.remove_extra_whitespaces {
-        steps.push(replace(Regex("^ +| +$".into()), "")?);
+        // trailing `▁` typed in the text goes too: SentencePiece strips the escaped end
+        steps.push(replace(Regex("^ +|[ \u{2581}]+$".into()), "")?);
         steps.push(replace(Regex(" {2,}".into()), " ")?);
     }
     if m.escape_whitespaces {
@@ -162,6 +163,8 @@ pub struct SpDecoder {
     unk_surface: String,
     /// Drop the `▁` that starts the first visible piece (the dummy prefix).
     strip_first_space: bool,
+    /// With `remove_extra_whitespaces`: drop every `▁` that starts the text, not only the first.
+    strip_all_leading: bool,
 }
 
 /// `<0xE4>` → 0xE4.
@@ -176,12 +179,14 @@ impl SpDecoder {
             pieces: m.pieces.iter().map(|p| (p.piece.clone(), p.kind)).collect(),
             unk_surface: m.unk_surface.clone(),
             strip_first_space: m.add_dummy_prefix || m.remove_extra_whitespaces,
+            strip_all_leading: m.remove_extra_whitespaces,
         }
     }
 
     /// SentencePiece's decode: control pieces vanish, the unknown piece is `unk_surface`, a run of byte
     /// pieces is UTF-8 with one U+FFFD per byte that starts no valid character, `▁` is a space, and the
-    /// first piece that writes something (or starts with `▁`) loses one leading `▁`.
+    /// first piece that writes something (or starts with `▁`) loses one leading `▁` — every leading `▁` of the
+    /// text when the model removes extra whitespace.
     pub fn decode(&self, items: &[DecodeItem]) -> Result<String> {
         let mut out = String::new();
         let mut bytes = Vec::new();
@@ -214,10 +219,11 @@ impl SpDecoder {
                 && matches!(item, DecodeItem::Id(_))
                 && let Some(rest) = text.strip_prefix(SPACE)
             {
-                text = rest;
+                text = if self.strip_all_leading { rest.trim_start_matches(SPACE) } else { rest };
                 consumed = true;
             }
-            if consumed || !text.is_empty() {
+            // what ends the start: a visible piece, or (keeping every `▁` after it) a consumed prefix
+            if !text.is_empty() || (consumed && !self.strip_all_leading) {
                 at_start = false;
             }
             out.extend(text.chars().map(|c| if c == SPACE { ' ' } else { c }));
