@@ -153,7 +153,7 @@ fn info_generate_and_encode_work_on_a_qwen_tiktoken_directory() {
     let info = mftcoder(&["info", "--model", d]);
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
     let info = String::from_utf8(info.stdout).unwrap();
-    assert!(info.contains("BPE, 8400 tokens") && info.contains("<|endoftext|>=8192"), "{info}");
+    assert!(info.contains("tiktoken ranks (BPE), 8400 tokens") && info.contains("<|endoftext|>=8192"), "{info}");
 
     let prompt = "a = b";
     let want_prompt = tok.encode(prompt, true).unwrap();

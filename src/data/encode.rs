@@ -68,13 +68,18 @@ impl<'t> Encoder<'t> {
     }
 }
 
-/// MFTCoder's EOS (`init_tokenizer`): `tokenizer_config.json` `eos_token` beside the tokenizer, else the model's
+/// MFTCoder's EOS (`init_tokenizer`): the tokenizer class's own EOS where it has one that no config names (a
+/// SentencePiece family's: ChatGLM's `eos_token_id` is the model's `eos_id`, Baichuan2's is `eos_token` or
+/// `</s>`), else `tokenizer_config.json` `eos_token` beside the tokenizer, else the model's
 /// `config.json` `eos_token_id` (the first of a list), else its `eos_token`. The pad id is this EOS too.
 ///
 /// Unlike MFTCoder (which tests `if tokenizer.eos_token_id:`), an EOS id of 0 is accepted.
 pub fn resolve_eos(tokenizer: &Tokenizer) -> Result<u32> {
     if crate::gguf::is_gguf(&tokenizer.path) {
         return crate::gguf::eos_token_id(&tokenizer.path); // what its rebuilt tokenizer_config.json names
+    }
+    if let Some(eos) = tokenizer.class_eos() {
+        return Ok(eos);
     }
     let dir = tokenizer.path.parent().unwrap_or(Path::new("."));
     let token_named = |name: &str, file: &Path| -> Result<u32> {

@@ -2,7 +2,11 @@
 pub mod hf_config;
 pub mod model_dir;
 pub mod safetensors;
+pub mod sentencepiece;
 pub mod side_files;
+pub mod sp_charsmap;
+pub mod sp_family;
+pub mod sp_proto;
 pub mod tiktoken;
 pub mod tokenizer;
 
