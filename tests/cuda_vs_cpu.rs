@@ -701,6 +701,34 @@ fn a_training_step_is_counted() {
     eprintln!("a 2-layer LoRA step (model set-up and downloads included): {first}");
 }
 
+/// The bench's steady state on the `tiny` shape (4 layers): what one LoRA and one QLoRA step cost the device
+/// besides arithmetic, per step and per layer — the numbers the GPU issue sets targets against. Consecutive
+/// steps must cost the same.
+#[test]
+fn bench_steps_are_counted_in_steady_state() {
+    let Some(g) = gpu(Precision::F32) else { return };
+    for mode in ["lora", "qlora"] {
+        let args = mftcoder::bench::BenchArgs {
+            model: "tiny".into(),
+            mode: mode.into(),
+            batch: Some(1),
+            seq: Some(32),
+            warmup: 1,
+            steps: 2,
+        };
+        let mut counted = vec![g.counters()];
+        mftcoder::bench::run(g, &args, &|| g.synchronize(), &mut || counted.push(g.counters())).unwrap();
+        let steps: Vec<_> = counted.windows(2).map(|w| w[1].since(w[0])).collect();
+        assert_eq!(steps[1], steps[2], "{mode}: two steady-state steps");
+        let s = steps[2];
+        eprintln!(
+            "tiny {mode} step (r 16, all linear layers, 1 × 32): {s}; per layer {:.0} launches + {:.0} products",
+            s.launches as f64 / 4.0,
+            s.gemms as f64 / 4.0
+        );
+    }
+}
+
 /// The kernels are the device's own machine code (`sm_XY` cubins), which a driver older than the NVRTC still
 /// loads; PTX is only the fallback.
 #[test]
@@ -753,7 +781,8 @@ fn everything_above_on_an_emulated_device() {
     assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
     let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary");
     eprintln!("emulated device: {summary}");
-    for line in stderr.lines().filter(|l| l.contains("tensors within")) {
+    let measured = |l: &&str| l.contains("tensors within") || l.contains("runs the kernels") || l.contains("LoRA step");
+    for line in stderr.lines().filter(measured) {
         eprintln!("emulated device: {line}");
     }
 }
