@@ -1,6 +1,7 @@
-//! The one decoder every family runs on: loading, inference with a KV cache, and the parameter walk. What a
-//! family varies is in its [`DecoderConfig`] (`decoder_config.rs`); the training forward and the hand-written
-//! backward are beside this file in `decoder_train.rs`.
+//! The one decoder every family runs on: loading and inference with a KV cache. What a family varies is in its
+//! [`DecoderConfig`] (`decoder_config.rs`); the training forward and the hand-written backward are beside this
+//! file in `decoder_train.rs`, the mixture-of-experts balance loss in `moe_balance.rs`, and the walk over the
+//! parameters by name in `parameters.rs`.
 //!
 //! For each layer, with n₁, n₂ the layer's norms (one shared norm for Phi):
 //!   q, k, v = split(qkv(n₁(x)))  or  q(n₁(x)), k(n₁(x)), v(n₁(x));   q, k ← rope(q), rope(k)  (rotary positions)
@@ -11,10 +12,12 @@
 //! the input is embed(ids) + positions(p) instead of rotating q and k.
 
 pub use super::decoder_config::*;
-pub use super::decoder_train::{LayerCache, Sequence, TrainCache, joint_aux_loss};
+pub use super::decoder_train::{LayerCache, Sequence, TrainCache};
 pub use super::feed_forward::{FeedForward, Mlp, SparseMoe};
 pub use super::latent_attention::{LatentModule, LatentQkv};
 pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
+pub use super::moe_balance::joint_aux_loss;
+pub use super::parameters::hf_shape;
 use crate::backend::{AttentionMask, Backend};
 use crate::io::hf_config::RopeScaling;
 use crate::io::safetensors::WeightStore;
@@ -479,132 +482,4 @@ impl<B: Backend> Decoder<B> {
             None => x,
         }
     }
-}
-
-impl<B: Backend> Decoder<B> {
-    /// Every linear layer of the decoder with its HF module path (`model.layers.3.self_attn.q_proj`), in layer
-    /// order; the output head is not among them (PEFT's `all-linear` leaves it out too).
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
-        let n = self.config.names;
-        let config = &self.config;
-        let mut out = Vec::new();
-        for (l, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("{}.{l}", n.layers);
-            match (&mut layer.qkv, n.qkv) {
-                (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
-                    out.push((format!("{p}.{qn}"), q));
-                    out.push((format!("{p}.{kn}"), k));
-                    out.push((format!("{p}.{vn}"), v));
-                }
-                (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => out.push((format!("{p}.{name}"), qkv)),
-                (QkvProjection::Latent(mla), QkvNames::Latent(names)) => {
-                    out.extend(mla.modules_mut(&names, &p).into_iter().filter_map(|(path, m)| match m {
-                        LatentModule::Linear(lin) => Some((path, lin)),
-                        LatentModule::Norm(_) => None,
-                    }))
-                }
-                _ => unreachable!("checked at load"),
-            }
-            out.push((format!("{p}.{}", n.o), &mut layer.o_proj));
-            out.extend(layer.ffn.linears_mut(config, &p));
-        }
-        out
-    }
-
-    /// The parameters the optimizer updates, named as in [`Gradients`]: every parameter for full fine-tuning,
-    /// only the LoRA factors (`….lora_A`, `….lora_B`) when the base is frozen.
-    pub fn trainable_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
-        if !self.frozen_base {
-            return self.named_parameters_mut();
-        }
-        let mut out = Vec::new();
-        for (path, linear) in self.linears_mut() {
-            if let Some(lora) = linear.lora.as_mut() {
-                out.push((format!("{path}.lora_A"), &mut lora.a));
-                out.push((format!("{path}.lora_B"), &mut lora.b));
-            }
-            if let (true, Some(bias)) = (linear.train_bias, linear.bias.as_mut()) {
-                out.push((format!("{path}.bias"), bias));
-            }
-        }
-        out
-    }
-
-    /// Every parameter with its Hugging Face name, in a fixed order (embeddings, layers, norm, head).
-    pub fn named_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
-        let n = self.config.names;
-        let config = &self.config;
-        let mut out: Vec<(String, &mut B::Tensor)> = vec![(format!("{}.weight", n.embed), &mut self.embed_tokens)];
-        if let (Some(name), Some(table)) = (n.positions, self.position_embeddings.as_mut()) {
-            out.push((format!("{name}.weight"), table));
-        }
-        for (l, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("{}.{l}", n.layers);
-            push_norm(&mut out, format!("{p}.{}", n.input_norm), &mut layer.input_norm);
-            match (&mut layer.qkv, n.qkv) {
-                (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
-                    push_linear(&mut out, format!("{p}.{qn}"), q);
-                    push_linear(&mut out, format!("{p}.{kn}"), k);
-                    push_linear(&mut out, format!("{p}.{vn}"), v);
-                }
-                (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => push_linear(&mut out, format!("{p}.{name}"), qkv),
-                (QkvProjection::Latent(mla), QkvNames::Latent(names)) => {
-                    for (path, module) in mla.modules_mut(&names, &p) {
-                        match module {
-                            LatentModule::Linear(lin) => push_linear(&mut out, path, lin),
-                            LatentModule::Norm(norm) => push_norm(&mut out, path, norm),
-                        }
-                    }
-                }
-                _ => unreachable!("checked at load"),
-            }
-            if let (Some((qn, kn)), Some((q_norm, k_norm))) = (n.qk_norms, layer.qk_norms.as_mut()) {
-                push_norm(&mut out, format!("{p}.{qn}"), q_norm);
-                push_norm(&mut out, format!("{p}.{kn}"), k_norm);
-            }
-            push_linear(&mut out, format!("{p}.{}", n.o), &mut layer.o_proj);
-            if let (Some(name), Some(norm)) = (n.post_attention_norm, layer.post_attention_norm.as_mut()) {
-                push_norm(&mut out, format!("{p}.{name}"), norm);
-            }
-            for (path, lin) in layer.ffn.linears_mut(config, &p) {
-                push_linear(&mut out, path, lin);
-            }
-        }
-        push_norm(&mut out, n.final_norm.to_string(), &mut self.norm);
-        if let Some(head) = self.lm_head.as_mut() {
-            out.push((format!("{}.weight", n.lm_head), head));
-        }
-        if let Some(bias) = self.lm_head_bias.as_mut() {
-            out.push((format!("{}.bias", n.lm_head), bias));
-        }
-        out
-    }
-}
-
-/// A dense linear layer's weight and its bias under `name`.
-fn push_linear<'a, B: Backend>(out: &mut Vec<(String, &'a mut B::Tensor)>, name: String, lin: &'a mut Linear<B>) {
-    if let Weight::Dense(w) = &mut lin.weight {
-        out.push((format!("{name}.weight"), w));
-    }
-    if let Some(bias) = lin.bias.as_mut() {
-        out.push((format!("{name}.bias"), bias));
-    }
-}
-
-/// A norm's weight (and LayerNorm's bias) under `name`.
-fn push_norm<'a, B: Backend>(out: &mut Vec<(String, &'a mut B::Tensor)>, name: String, norm: &'a mut Norm<B>) {
-    out.push((format!("{name}.weight"), &mut norm.weight));
-    if let Some(bias) = norm.bias.as_mut() {
-        out.push((format!("{name}.bias"), bias));
-    }
-}
-
-/// The shape a parameter has in a Hugging Face checkpoint: norms and biases are vectors there, [1, n] rows here.
-/// Norms are named `…norm` / `…layernorm` / `…layer_norm`, or GPT-2's `ln_1`, `ln_2`, `ln_f`.
-pub fn hf_shape(name: &str, (rows, cols): (usize, usize)) -> Vec<usize> {
-    let is_norm_weight = name.strip_suffix(".weight").is_some_and(|module| {
-        let last = module.rsplit('.').next().unwrap_or(module);
-        last.contains("norm") || last.starts_with("ln_")
-    });
-    if rows == 1 && (name.ends_with(".bias") || is_norm_weight) { vec![cols] } else { vec![rows, cols] }
 }

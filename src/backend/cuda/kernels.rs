@@ -1,10 +1,12 @@
 //! The kernel sources (`kernels/*.cu`, one file per CPU module they mirror), compiled by NVRTC at first use
-//! and cached for the rest of the process.
+//! and cached for the rest of the process, and loaded onto a device as its own machine code or as PTX.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
+use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 
 /// Prepended to every file: warp/block reductions, the bf16 conversion, the grid-stride loop.
@@ -141,6 +143,40 @@ pub fn compiled(code: &KernelCode) -> Result<Vec<(&'static str, Ptx)>> {
         })
         .collect())
 }
+
+// ANCHOR: load_kernels
+/// Every kernel of the device's compute capability: its own `sm_XY` machine code where NVRTC builds it and
+/// the driver loads it, else PTX for `compute_XY` (an NVRTC that does not know the GPU yet, a driver that
+/// rejects the image). Both failures are reported when neither works.
+pub(super) fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    major: i32,
+    minor: i32,
+) -> Result<(HashMap<&'static str, CudaFunction>, KernelCode)> {
+    let load = |code: &KernelCode| -> Result<HashMap<&'static str, CudaFunction>> {
+        let mut functions = HashMap::new();
+        for ((file, image), &(_, _, names)) in compiled(code)?.into_iter().zip(SOURCES) {
+            let module = ctx.load_module(image).map_err(|e| anyhow!("loading {file} ({code:?}): {e:?}"))?;
+            for &name in names {
+                let f = module.load_function(name).map_err(|e| anyhow!("{file}: kernel `{name}`: {e:?}"))?;
+                functions.insert(name, f);
+            }
+        }
+        Ok(functions)
+    };
+    let cubin = KernelCode::Cubin(format!("sm_{major}{minor}"));
+    let ptx = KernelCode::Ptx(format!("compute_{major}{minor}"));
+    match load(&cubin) {
+        Ok(functions) => Ok((functions, cubin)),
+        Err(cubin_error) => match load(&ptx) {
+            Ok(functions) => Ok((functions, ptx)),
+            Err(ptx_error) => {
+                bail!("the CUDA kernels load neither as {cubin:?} ({cubin_error}) nor as {ptx:?} ({ptx_error})")
+            }
+        },
+    }
+}
+// ANCHOR_END: load_kernels
 
 #[cfg(test)]
 mod tests {

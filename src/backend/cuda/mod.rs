@@ -18,7 +18,7 @@ pub mod kernels;
 use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use counters::{CounterSnapshot, DeviceCounters};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
@@ -149,40 +149,6 @@ mod quant4; // 4-bit blocks on the device and their dequantization
 mod rope; // RoPE's rotation, forward and backward
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
 
-// ANCHOR: load_kernels
-/// Every kernel of the device's compute capability: its own `sm_XY` machine code where NVRTC builds it and
-/// the driver loads it, else PTX for `compute_XY` (an NVRTC that does not know the GPU yet, a driver that
-/// rejects the image). Both failures are reported when neither works.
-fn load_kernels(
-    ctx: &Arc<CudaContext>,
-    major: i32,
-    minor: i32,
-) -> Result<(HashMap<&'static str, CudaFunction>, KernelCode)> {
-    let load = |code: &KernelCode| -> Result<HashMap<&'static str, CudaFunction>> {
-        let mut functions = HashMap::new();
-        for ((file, image), &(_, _, names)) in kernels::compiled(code)?.into_iter().zip(kernels::SOURCES) {
-            let module = ctx.load_module(image).map_err(|e| anyhow!("loading {file} ({code:?}): {e:?}"))?;
-            for &name in names {
-                let f = module.load_function(name).map_err(|e| anyhow!("{file}: kernel `{name}`: {e:?}"))?;
-                functions.insert(name, f);
-            }
-        }
-        Ok(functions)
-    };
-    let cubin = KernelCode::Cubin(format!("sm_{major}{minor}"));
-    let ptx = KernelCode::Ptx(format!("compute_{major}{minor}"));
-    match load(&cubin) {
-        Ok(functions) => Ok((functions, cubin)),
-        Err(cubin_error) => match load(&ptx) {
-            Ok(functions) => Ok((functions, ptx)),
-            Err(ptx_error) => {
-                bail!("the CUDA kernels load neither as {cubin:?} ({cubin_error}) nor as {ptx:?} ({ptx_error})")
-            }
-        },
-    }
-}
-// ANCHOR_END: load_kernels
-
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
 }
@@ -196,7 +162,7 @@ impl Cuda {
         // SAFETY: no other stream touches this context's buffers.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        let (functions, kernel_code) = load_kernels(&ctx, major, minor)?;
+        let (functions, kernel_code) = kernels::load_kernels(&ctx, major, minor)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
         Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters: DeviceCounters::default() })
     }
