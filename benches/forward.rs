@@ -27,5 +27,35 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward);
+/// One token through the products of SmolLM2-135M's 30 layers (hidden 576, MLP 1536, 3 KV heads of 64):
+/// ~135 M f32 weights with the tied head, far more than any cache, so each product streams its weights from memory, as in
+/// decoding. Timed for both weight layouts: row-major W [out, in] (a dot product per output) and the
+/// column-major W (an axpy per input, what `Cpu::upload_weight` gives the training products).
+fn single_token_products(c: &mut Criterion) {
+    use mftcoder::nn::linear::{column_major, linear};
+    use ndarray::Array2;
+    let shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)];
+    let mut rng = mftcoder::rng::Rng::new(1);
+    let mut random = |rows: usize, cols: usize| Array2::from_shape_fn((rows, cols), |_| rng.next_f32() - 0.5);
+    let mut row_major: Vec<Array2<f32>> = (0..30).flat_map(|_| shapes.map(|(o, i)| random(o, i))).collect();
+    row_major.push(random(49152, 576)); // the tied head
+    let col_major: Vec<Array2<f32>> = row_major.iter().map(|w| column_major(w.clone())).collect();
+    let x576 = random(1, 576);
+    let x1536 = random(1, 1536);
+    let mut group = c.benchmark_group("single_token_products");
+    group.sample_size(20);
+    for (name, weights) in [("row_major", &row_major), ("column_major", &col_major)] {
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                for w in weights.iter() {
+                    let x = if w.ncols() == 576 { &x576 } else { &x1536 };
+                    black_box(linear(x.view(), w.view(), None));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward, single_token_products);
 criterion_main!(benches);

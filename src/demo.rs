@@ -164,7 +164,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&merged);
     let n = merge_into_directory(&pretrained, &report.final_checkpoint, &merged, 5_000_000_000)?;
     println!("[4/5] merged {n} adapted matrices → {}", merged.display());
-    let model = crate::models::load_causal_lm(&cpu, &merged)?;
+    let model = crate::models::load_causal_lm(&cpu, &merged)?.for_decoding(&cpu);
     let tokenizer = Tokenizer::load(&merged)?;
     println!("[5/5] answers of the merged model (greedy, MFTCoder chat template):");
     for (task, name) in TASKS.iter().enumerate() {

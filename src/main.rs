@@ -362,7 +362,7 @@ fn generate_on<B: Backend>(b: &B, args: GenerateArgs) -> Result<()> {
     }
     let config = HfConfig::read(&args.model)?;
     let eos = generation_eos_ids(&args.model, &config)?;
-    let model = load_model(b, &args.model, args.adapter.as_deref())?;
+    let model = load_model(b, &args.model, args.adapter.as_deref())?.for_decoding(b);
     let decoding = match args.temperature {
         Some(t) if t > 0.0 => generate::Decoding::Sample { temperature: t, top_p: args.top_p, seed: args.seed },
         _ => generate::Decoding::Greedy,
@@ -437,7 +437,7 @@ fn sample_completions<B: Backend>(
     check_model_dir("--model", model_dir)?;
     let tok = Tokenizer::load(model_dir)?;
     let eos = generation_eos_ids(model_dir, &HfConfig::read(model_dir)?)?;
-    let model = load_model(b, model_dir, args.adapter.as_deref())?;
+    let model = load_model(b, model_dir, args.adapter.as_deref())?.for_decoding(b);
     let sampling = mftcoder::infer::humaneval::Sampling {
         chat: args.chat,
         samples: args.samples,

@@ -24,6 +24,9 @@ impl Backend for Cpu {
     fn upload_weight(&self, host: Array2<f32>) -> Array2<f32> {
         nn::linear::column_major(host)
     }
+    fn decoding_layout(&self, w: &Array2<f32>) -> Option<Array2<f32>> {
+        (!w.is_standard_layout()).then(|| nn::linear::row_major(w.view()))
+    }
     fn download(&self, t: &Array2<f32>) -> Array2<f32> {
         t.clone()
     }
@@ -36,6 +39,26 @@ impl Backend for Cpu {
     fn upload_4bit(&self, _q: &Quantized4bit) {}
     fn dequantize_4bit(&self, host: &Quantized4bit, _packed: &()) -> Array2<f32> {
         self.upload_weight(host.dequantize())
+    }
+    fn linear_4bit(
+        &self,
+        x: &Array2<f32>,
+        host: &Quantized4bit,
+        _packed: &(),
+        bias: Option<&Array2<f32>>,
+    ) -> Array2<f32> {
+        nn::linear_4bit::linear_4bit(x.view(), host, bias.map(|b| b.row(0)))
+    }
+    fn linear_4bit_backward(
+        &self,
+        dy: &Array2<f32>,
+        _x: &Array2<f32>,
+        host: &Quantized4bit,
+        _packed: &(),
+        bias_grad: bool,
+    ) -> (Array2<f32>, Option<Array2<f32>>) {
+        let (dx, db) = nn::linear_4bit::linear_4bit_backward(dy.view(), host, bias_grad);
+        (dx, db.map(|b| b.insert_axis(Axis(0))))
     }
     fn embedding(&self, table: &Array2<f32>, ids: &[u32]) -> Array2<f32> {
         nn::embedding::embedding(table.view(), ids)
@@ -92,6 +115,9 @@ impl Backend for Cpu {
     }
     fn concat_rows(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         concatenate(Axis(0), &[a.view(), b.view()]).expect("concat_rows: column counts differ")
+    }
+    fn append_rows(&self, rows: &mut Array2<f32>, new: &Array2<f32>) {
+        rows.append(Axis(0), new.view()).expect("append_rows: column counts differ") // amortized, like Vec::push
     }
     fn scale_rows(&self, x: &Array2<f32>, weights: &[f32]) -> Array2<f32> {
         nn::row_scale::scale_rows(x.view(), weights)

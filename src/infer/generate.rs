@@ -2,7 +2,7 @@
 //! attending to the cached keys and values instead of recomputing the whole prefix.
 
 use crate::backend::Backend;
-use crate::models::decoder::{Decoder, Logits};
+use crate::models::decoder::{Decoder, Logits, Weight};
 use crate::rng::Rng;
 use anyhow::Result;
 
@@ -15,6 +15,31 @@ pub enum Decoding {
     /// reaches `top_p` (nucleus sampling), drawn with a seeded generator.
     Sample { temperature: f32, top_p: f32, seed: u64 },
 }
+
+// ANCHOR: decoding_layout
+impl<B: Backend> Decoder<B> {
+    /// The model with every dense weight moved to the layout the backend's one-row products read fastest
+    /// ([`Backend::decoding_layout`]), one matrix at a time. For generation only: training and scoring run
+    /// products of many rows, which the load-time layout serves best.
+    pub fn for_decoding(mut self, b: &B) -> Self {
+        let relayout = |w: &mut B::Tensor| {
+            if let Some(moved) = b.decoding_layout(w) {
+                *w = moved;
+            }
+        };
+        for (_, linear) in self.linears_mut() {
+            if let Weight::Dense(w) = &mut linear.weight {
+                relayout(w);
+            }
+        }
+        match self.lm_head.as_mut() {
+            Some(head) => relayout(head),
+            None => relayout(&mut self.embed_tokens), // tied: the table is the head's W
+        }
+        self
+    }
+}
+// ANCHOR_END: decoding_layout
 
 // ANCHOR: generate
 /// Continue `prompt` by up to `max_new_tokens` tokens; stops after emitting any id in `eos_ids` (included).
@@ -98,6 +123,26 @@ pub fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoding_layout_changes_no_result_but_rounding() {
+        use crate::backend::cpu::Cpu;
+        use crate::models::decoder::DecoderConfig;
+        let mut config = DecoderConfig::with_shape(96, 64, 160, 2, 4, 2);
+        config.tie_word_embeddings = true;
+        let trained_layout = Decoder::random(&Cpu, config, 3);
+        let decoding_layout = Decoder::random(&Cpu, trained_layout.config.clone(), 3).for_decoding(&Cpu);
+        assert!(!trained_layout.embed_tokens.is_standard_layout() && decoding_layout.embed_tokens.is_standard_layout());
+        let (mut before, mut after) = (trained_layout.new_cache(), decoding_layout.new_cache());
+        for ids in [&[5u32, 17, 2, 40][..], &[9], &[63]] {
+            let a = trained_layout.forward(&Cpu, ids, Some(&mut before), Logits::Last).unwrap();
+            let b = decoding_layout.forward(&Cpu, ids, Some(&mut after), Logits::Last).unwrap();
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "logits moved by {worst}");
+        }
+        let greedy = |m: &Decoder<Cpu>| generate(m, &Cpu, &[1, 2, 3], 12, &Decoding::Greedy, &[]).unwrap();
+        assert_eq!(greedy(&trained_layout), greedy(&decoding_layout));
+    }
 
     #[test]
     fn argmax_takes_the_first_of_ties() {

@@ -78,20 +78,24 @@ pub struct KvCache<B: Backend> {
     pub(super) inv_freq: Option<Vec<f32>>,
 }
 
-/// The pair a layer caches for all positions so far: `past` (if any) with the new rows appended below, stored
-/// back in the slot (without a slot, just the new rows).
-pub(super) fn append_to_slot<B: Backend>(
+/// The pair a layer caches for all positions so far: the new rows appended in place below what the slot holds
+/// (without a slot, just the new rows). Appending grows the cache like a `Vec`, so a decoding step copies only
+/// its own row, not the whole history.
+pub(super) fn append_to_slot<'s, B: Backend>(
     b: &B,
-    slot: Option<&mut Option<(B::Tensor, B::Tensor)>>,
+    slot: Option<&'s mut Option<(B::Tensor, B::Tensor)>>,
     new: (B::Tensor, B::Tensor),
-) -> (B::Tensor, B::Tensor) {
-    let Some(slot) = slot else { return new };
-    let all = match slot.take() {
-        Some((a_past, b_past)) => (b.concat_rows(&a_past, &new.0), b.concat_rows(&b_past, &new.1)),
-        None => new,
-    };
-    *slot = Some(all.clone());
-    all
+) -> (Cow<'s, B::Tensor>, Cow<'s, B::Tensor>) {
+    let Some(slot) = slot else { return (Cow::Owned(new.0), Cow::Owned(new.1)) };
+    match slot {
+        Some((a_past, b_past)) => {
+            b.append_rows(a_past, &new.0);
+            b.append_rows(b_past, &new.1);
+        }
+        None => *slot = Some(new),
+    }
+    let (a_all, b_all) = slot.as_ref().expect("just filled");
+    (Cow::Borrowed(a_all), Cow::Borrowed(b_all))
 }
 
 impl<B: Backend> KvCache<B> {
@@ -371,7 +375,8 @@ impl<B: Backend> Decoder<B> {
                 // the slot holds the normed latents and the rotated shared keys
                 QkvProjection::Latent(mla) => {
                     let la = self.config.attention.latent.as_ref().expect("checked at load");
-                    mla.forward_cached(b, la, &h, &positions, &self.inv_freq, slot)
+                    let (q, k, v) = mla.forward_cached(b, la, &h, &positions, &self.inv_freq, slot);
+                    (q, Cow::Owned(k), Cow::Owned(v))
                 }
                 _ => {
                     let qkv = self.project_qkv(b, layer, &h, &positions, &inv_freq, |_| None);

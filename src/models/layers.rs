@@ -63,11 +63,11 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    /// W for one product: the tensor itself, or a dequantized temporary for a packed weight.
-    fn weight_tensor(&self, b: &B) -> Cow<'_, B::Tensor> {
+    /// x·Wᵀ + b, through the backend's 4-bit product for a packed weight.
+    fn base_forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
         match &self.weight {
-            Weight::Dense(w) => Cow::Borrowed(w),
-            Weight::Packed(q, on_backend) => Cow::Owned(b.dequantize_4bit(q, on_backend)),
+            Weight::Dense(w) => b.linear(x, w, self.bias.as_ref()),
+            Weight::Packed(q, on_backend) => b.linear_4bit(x, q, on_backend, self.bias.as_ref()),
         }
     }
 
@@ -91,7 +91,7 @@ impl<B: Backend> Linear<B> {
     /// y and, with an adapter, h = x̃·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
     /// `dropout_seed` (training only) turns on the adapter's dropout: x̃ = x ∘ m, m drawn from the seed.
     pub fn forward_train(&self, b: &B, x: &B::Tensor, dropout_seed: Option<u64>) -> (B::Tensor, Option<B::Tensor>) {
-        let mut y = b.linear(x, &self.weight_tensor(b), self.bias.as_ref());
+        let mut y = self.base_forward(b, x);
         let Some(lora) = &self.lora else { return (y, None) };
         let dropped;
         let x_in = match dropout_seed.filter(|_| lora.dropout > 0.0) {
@@ -128,7 +128,13 @@ impl<B: Backend> Linear<B> {
     ) -> B::Tensor {
         let train_bias = (train_base || self.train_bias) && self.bias.is_some();
         let train_weight = train_base && matches!(self.weight, Weight::Dense(_)); // 4-bit bases are always frozen
-        let (mut dx, dw, db) = b.linear_backward(dy, x, &self.weight_tensor(b), train_weight, train_bias);
+        let (mut dx, dw, db) = match &self.weight {
+            Weight::Dense(w) => b.linear_backward(dy, x, w, train_weight, train_bias),
+            Weight::Packed(q, on_backend) => {
+                let (dx, db) = b.linear_4bit_backward(dy, x, q, on_backend, train_bias);
+                (dx, None, db)
+            }
+        };
         if let Some(dw) = dw {
             grads.insert(format!("{name}.weight"), dw);
         }

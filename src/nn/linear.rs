@@ -24,6 +24,16 @@ pub fn linear(x: ArrayView2<f32>, weight: ArrayView2<f32>, bias: Option<ArrayVie
 /// Up to this many rows (decoding, short prompts) go through [`gemv_rows`] instead of a packed GEMM.
 const GEMV_ROWS: usize = 16;
 
+/// The width of each band when `out` outputs are split across the thread pool: `threads·k` equal bands, a
+/// multiple of 16 wide, at most `widest` (k is the least that allows it). Equal bands matter: decoding is
+/// bound by memory bandwidth, which one thread cannot use alone, so a pool waiting on one long band (576
+/// outputs as 512 + 64, or 192 as one band) runs at one thread's speed.
+fn band_width(out: usize, widest: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let k = out.div_ceil(threads * widest).max(1);
+    out.div_ceil(threads * k).next_multiple_of(16).max(1)
+}
+
 /// y[r, o] = ⟨x[r, :], W[o, :]⟩ for a handful of rows: each output is a contiguous dot product over a weight
 /// row, so the weights stream through memory once, split across threads by output rows. A general GEMM would
 /// first copy ("pack") the whole weight matrix, doubling the memory traffic that bounds decoding speed.
@@ -33,10 +43,11 @@ fn gemv_rows(x: ArrayView2<f32>, weight: ArrayView2<f32>) -> Array2<f32> {
     let w = weight.as_slice().expect("standard layout");
     let inp = weight.ncols();
     let xs: Vec<Vec<f32>> = x.rows().into_iter().map(|r| r.to_vec()).collect();
+    let band = band_width(out, 64); // rows are independent dot products: small bands balance best
     let mut y = Array2::<f32>::zeros((out, n)); // transposed while filling, so each task writes one contiguous chunk
-    y.as_slice_mut().expect("fresh array").par_chunks_mut(n * 256).enumerate().for_each(|(chunk, ys)| {
+    y.as_slice_mut().expect("fresh array").par_chunks_mut(n * band).enumerate().for_each(|(chunk, ys)| {
         for (i, y_on) in ys.chunks_mut(n).enumerate() {
-            let row = &w[(chunk * 256 + i) * inp..(chunk * 256 + i + 1) * inp];
+            let row = &w[(chunk * band + i) * inp..(chunk * band + i + 1) * inp];
             for (r, y) in y_on.iter_mut().enumerate() {
                 *y = dot(row, &xs[r]);
             }
@@ -49,25 +60,26 @@ fn gemv_rows(x: ArrayView2<f32>, weight: ArrayView2<f32>) -> Array2<f32> {
 /// thread accumulating a contiguous band of outputs while the weight streams through once.
 fn gemv_rows_transposed(x: ArrayView2<f32>, weight_t: ArrayView2<f32>) -> Array2<f32> {
     use rayon::prelude::*;
-    const BAND: usize = 512;
     let (n, out) = (x.nrows(), weight_t.ncols());
     let wt = weight_t.as_slice().expect("standard layout");
-    let mut y = Array2::<f32>::zeros((n, out));
-    let bands: Vec<(usize, Vec<f32>)> = (0..out.div_ceil(BAND))
+    let xs: Vec<Vec<f32>> = x.rows().into_iter().map(|r| r.to_vec()).collect();
+    let band = band_width(out, 1024); // each band reads its slice of every row of Wᵀ: wide slices stream best
+    let bands: Vec<(usize, Vec<f32>)> = (0..out.div_ceil(band))
         .into_par_iter()
-        .map(|band| {
-            let (o0, o1) = (band * BAND, ((band + 1) * BAND).min(out));
+        .map(|b| {
+            let (o0, o1) = (b * band, ((b + 1) * band).min(out));
             let mut acc = vec![0.0f32; n * (o1 - o0)];
             for (i, w_row) in wt.chunks_exact(out).enumerate() {
                 let w = &w_row[o0..o1];
-                for (r, acc_r) in acc.chunks_exact_mut(o1 - o0).enumerate() {
-                    let xi = x[[r, i]];
+                for (acc_r, x_r) in acc.chunks_exact_mut(o1 - o0).zip(&xs) {
+                    let xi = x_r[i];
                     acc_r.iter_mut().zip(w).for_each(|(a, &wv)| *a += xi * wv);
                 }
             }
             (o0, acc)
         })
         .collect();
+    let mut y = Array2::<f32>::zeros((n, out));
     for (o0, acc) in bands {
         let width = acc.len() / n;
         for r in 0..n {
@@ -86,6 +98,11 @@ pub fn column_major(w: Array2<f32>) -> Array2<f32> {
     let mut out = Array2::zeros(w.raw_dim().f());
     out.assign(&w);
     out
+}
+
+/// A row-major copy of `w` (the layout single-row products read as contiguous dot products).
+pub fn row_major(w: ArrayView2<f32>) -> Array2<f32> {
+    w.as_standard_layout().into_owned()
 }
 
 /// A dot product with 16 independent accumulators, so the compiler can keep them in vector registers
@@ -140,19 +157,21 @@ pub fn linear_backward(
             matmul(dy.t(), x)
         }
     });
-    // The bias gradient sums over every row (T·B of them): accumulate in f64.
-    let dbias = bias_grad.then(|| {
-        let mut acc = vec![0.0f64; dy.ncols()];
-        for row in dy.rows() {
-            for (a, &g) in acc.iter_mut().zip(row) {
-                *a += g as f64;
-            }
-        }
-        acc.into_iter().map(|a| a as f32).collect::<Array1<f32>>()
-    });
+    let dbias = bias_grad.then(|| bias_gradient(dy));
     LinearGrads { dx, dweight, dbias }
 }
 // ANCHOR_END: linear_backward
+
+/// ∂L/∂b = Σ_rows dy [out]. The sum runs over every row (T·B of them): accumulated in f64.
+pub fn bias_gradient(dy: ArrayView2<f32>) -> Array1<f32> {
+    let mut acc = vec![0.0f64; dy.ncols()];
+    for row in dy.rows() {
+        for (a, &g) in acc.iter_mut().zip(row) {
+            *a += g as f64;
+        }
+    }
+    acc.into_iter().map(|a| a as f32).collect()
+}
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +212,26 @@ mod tests {
             let (dwc, dw) = (gc.dweight.unwrap(), g.dweight.unwrap());
             assert!(close(&dwc, &dw));
             assert_eq!(dwc.strides(), wc.strides(), "the gradient shares the weight's layout");
+        }
+    }
+
+    #[test]
+    fn single_token_products_do_not_depend_on_the_thread_count() {
+        for out in [1usize, 15, 192, 576, 1000] {
+            let x = Array2::from_shape_fn((2, 70), |(i, j)| ((i * 31 + j * 7) % 13) as f32 * 0.1 - 0.6);
+            let w = Array2::from_shape_fn((out, 70), |(i, j)| ((i * 5 + j * 11) % 17) as f32 * 0.05 - 0.4);
+            let wc = column_major(w.clone());
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| (linear(x.view(), w.view(), None), linear(x.view(), wc.view(), None)))
+            };
+            let (one, two, five) = (run(1), run(2), run(5));
+            assert_eq!((&one.0, &one.1), (&two.0, &two.1), "out {out}");
+            assert_eq!((&one.0, &one.1), (&five.0, &five.1), "out {out}");
+            let reference = x.dot(&w.t());
+            for y in [&one.0, &one.1] {
+                assert!(y.iter().zip(&reference).all(|(a, b)| (a - b).abs() < 1e-4), "out {out}");
+            }
         }
     }
 

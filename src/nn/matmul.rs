@@ -51,6 +51,13 @@ pub fn scaled_matmul_into(a: ArrayView2<f32>, b: ArrayView2<f32>, scale: f32, be
 }
 // ANCHOR_END: matmul
 
+/// c ← beta·c + scale·a·b on the calling thread (for callers that parallelise over outputs themselves).
+pub fn matmul_serial_into(a: ArrayView2<f32>, b: ArrayView2<f32>, scale: f32, beta: f32, c: ArrayViewMut2<f32>) {
+    assert_eq!(b.nrows(), a.ncols(), "matmul: inner dimensions {} and {}", a.ncols(), b.nrows());
+    assert_eq!(c.dim(), (a.nrows(), b.ncols()), "matmul: output shape");
+    gemm_serial(a, b, scale, beta, c)
+}
+
 fn gemm_serial(a: ArrayView2<f32>, b: ArrayView2<f32>, scale: f32, beta: f32, mut c: ArrayViewMut2<f32>) {
     let (m, k) = a.dim();
     let n = b.ncols();

@@ -11,6 +11,7 @@ pub mod fused_qkv;
 pub mod gate_up;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_4bit;
 pub mod matmul;
 pub mod mlp;
 pub mod moe_router;

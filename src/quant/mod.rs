@@ -203,6 +203,41 @@ impl Quantized4bit {
     }
     // ANCHOR_END: dequantize
 
+    // ANCHOR: dequantize_range
+    /// Write ŵ for the flat (row-major) elements `start .. start + out.len()` into `out`, with `scales` from
+    /// [`Quantized4bit::scales`]: the same f32 values as [`Quantized4bit::dequantize_into`], for any range, so
+    /// a product can dequantize one band of rows at a time (`nn::linear_4bit`).
+    pub fn dequantize_range_into(&self, scales: &[f32], start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        assert!(end <= self.numel(), "dequantize_range_into: {start}..{end} is past {} elements", self.numel());
+        let code = self.quant_type.code();
+        let nibble = |j: usize| {
+            let byte = self.packed[j / 2];
+            code[if j % 2 == 0 { byte >> 4 } else { byte & 15 } as usize]
+        };
+        let mut j = start;
+        let mut out = out.iter_mut();
+        while j < end {
+            let block_end = ((j / self.blocksize + 1) * self.blocksize).min(end); // j..block_end share a scale
+            let scale = scales[j / self.blocksize];
+            if j % 2 == 1 {
+                *out.next().expect("sized") = nibble(j) * scale;
+                j += 1;
+            }
+            let pairs = (block_end - j) / 2;
+            for &byte in &self.packed[j / 2..j / 2 + pairs] {
+                *out.next().expect("sized") = code[(byte >> 4) as usize] * scale;
+                *out.next().expect("sized") = code[(byte & 15) as usize] * scale;
+            }
+            j += 2 * pairs;
+            if j < block_end {
+                *out.next().expect("sized") = nibble(j) * scale;
+                j += 1;
+            }
+        }
+    }
+    // ANCHOR_END: dequantize_range
+
     /// Storage bits per weight: the packed codes, the scales (8-bit codes + nested f32 absmax + the f32 offset
     /// with double quantization, else f32), not counting the constant code tables.
     pub fn bits_per_param(&self) -> f64 {
@@ -237,6 +272,22 @@ mod tests {
                     let tol = widest / 2.0 * scales[k / 64] + 0.02 * dq as i32 as f32;
                     assert!((a - b).abs() <= tol, "{qt:?} dq={dq} element {k}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn any_range_dequantizes_to_the_whole_matrix_values() {
+        // 33 × 17 = 561 elements: odd, blocks of 32 and 64 straddle rows, a short last block
+        for blocksize in [32, 64] {
+            let opts = QuantOptions { blocksize, double_quant: true, torch_threads: 1 };
+            let q = Quantized4bit::quantize_with(sample(33, 17).view(), QuantType::Nf4, opts).unwrap();
+            let (whole, scales) = (q.dequantize(), q.scales());
+            let flat = whole.as_slice().unwrap();
+            for (start, len) in [(0, 561), (0, 1), (1, 1), (17, 34), (63, 66), (64, 64), (100, 3), (559, 2), (31, 1)] {
+                let mut part = vec![f32::NAN; len];
+                q.dequantize_range_into(&scales, start, &mut part);
+                assert_eq!(part, flat[start..start + len], "blocksize {blocksize}, {start}..{}", start + len);
             }
         }
     }
