@@ -86,7 +86,8 @@ fn from_bf16(b: u16) -> f32 {
 fn relative_error(want: &Array2<f32>, got: &Array2<f32>) -> f32 {
     assert_eq!(want.dim(), got.dim());
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, |m, x| if x.is_nan() { x } else { m.max(x) });
+    let worst =
+        want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, |m, x| if x.is_nan() { x } else { m.max(x) });
     worst / scale
 }
 
@@ -165,7 +166,11 @@ fn flash_case(emu: &Emulator, case: Case, seed: u64) -> [f32; 5] {
     // three documents of uneven length
     let segments: Vec<u32> = (0..tk).map(|j| u32::from(j >= tk / 3) + u32::from(j >= tk - tk / 4)).collect();
     let mask = AttentionMask { q_offset: cached, segment_ids: packed.then_some(segments.as_slice()), window };
-    let (q, k, v) = (matrix(tq, heads * d, seed, 1.0), matrix(tk, kv_heads * d, seed + 1, 1.0), matrix(tk, kv_heads * d, seed + 2, 1.0));
+    let (q, k, v) = (
+        matrix(tq, heads * d, seed, 1.0),
+        matrix(tk, kv_heads * d, seed + 1, 1.0),
+        matrix(tk, kv_heads * d, seed + 2, 1.0),
+    );
     let dout = matrix(tq, heads * d, seed + 3, 1.0);
     let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
     let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
@@ -184,7 +189,19 @@ fn flash_case(emu: &Emulator, case: Case, seed: u64) -> [f32; 5] {
     unsafe {
         let forward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, Ids, Ids, AttentionDims) =
             emu.kernel(&flash_kernel("forward", d));
-        forward(pq.0, pq.1, pq.2, e_out.as_mut_ptr(), e_lse.as_mut_ptr(), q.as_ptr(), k.as_ptr(), v.as_ptr(), seg, seg_first, dims);
+        forward(
+            pq.0,
+            pq.1,
+            pq.2,
+            e_out.as_mut_ptr(),
+            e_lse.as_mut_ptr(),
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            seg,
+            seg_first,
+            dims,
+        );
         // the backward's row term from the kernel's own output, as attention.rs computes it
         let delta_k: unsafe extern "C" fn(u32, u32, u32, P, C, C, AttentionDims) = emu.kernel("attention_delta");
         delta_k((tq * heads).div_ceil(4) as u32, 1, 128, delta.as_mut_ptr(), dout.as_ptr(), e_out.as_ptr(), dims);
@@ -204,11 +221,17 @@ fn flash_case(emu: &Emulator, case: Case, seed: u64) -> [f32; 5] {
         relative_error(&dk, &e_dk),
         relative_error(&dv, &e_dv),
     ];
-    eprintln!("flash {case:?}: relative errors out {:.1e} lse {:.1e} dq {:.1e} dk {:.1e} dv {:.1e}", errors[0], errors[1], errors[2], errors[3], errors[4]);
-    for (what, (err, tol)) in ["out", "lse", "dq", "dk", "dv"]
-        .iter()
-        .zip(errors.iter().zip([FORWARD_TOL, FORWARD_TOL, BACKWARD_TOL, BACKWARD_TOL, BACKWARD_TOL]))
-    {
+    eprintln!(
+        "flash {case:?}: relative errors out {:.1e} lse {:.1e} dq {:.1e} dk {:.1e} dv {:.1e}",
+        errors[0], errors[1], errors[2], errors[3], errors[4]
+    );
+    for (what, (err, tol)) in ["out", "lse", "dq", "dk", "dv"].iter().zip(errors.iter().zip([
+        FORWARD_TOL,
+        FORWARD_TOL,
+        BACKWARD_TOL,
+        BACKWARD_TOL,
+        BACKWARD_TOL,
+    ])) {
         assert!(*err <= tol, "flash {case:?}: {what} relative error {err:e} > {tol:e}");
     }
     errors
@@ -219,19 +242,19 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
     let Some(emu) = emulator() else { return };
     let mut worst = [0.0f32; 5];
     for (n, case) in [
-        (7, 0, 1, 1, 64, false, None, false),      // less than one block, one head
-        (70, 0, 2, 2, 64, false, None, false),     // two query blocks, three key tiles, GQA, tq not a multiple of 64
-        (45, 0, 2, 2, 48, true, None, false),      // three packed documents; head_dim 48 (zero-padded to 64)
-        (33, 20, 1, 4, 128, true, None, false),    // 20 cached keys, packed, MQA (one KV head for 4 query heads)
-        (1, 40, 2, 2, 64, false, None, false),     // decoding: one query after 40 cached keys
-        (1, 44, 1, 3, 128, true, None, false),     // decoding in a packed batch: only the last document seen
-        (70, 0, 2, 1, 64, false, Some(8), false),  // a sliding window of 8
-        (66, 5, 1, 2, 80, true, Some(33), false),  // a window longer than a tile, documents, head_dim 80 → 128
-        (40, 0, 3, 2, 64, true, None, true),       // ALiBi on 6 heads (not a power of two), packed
-        (20, 3, 2, 2, 128, false, None, true),     // ALiBi after cached keys, head_dim 128
-        (24, 0, 1, 2, 256, false, None, false),    // head_dim 256 (Gemma)
-        (19, 7, 2, 1, 256, true, Some(9), true),   // head_dim 256 with everything: cache, documents, window, ALiBi
-        (130, 0, 1, 1, 32, false, None, false),    // three query blocks; head_dim 32 (half a bound)
+        (7, 0, 1, 1, 64, false, None, false),     // less than one block, one head
+        (70, 0, 2, 2, 64, false, None, false),    // two query blocks, three key tiles, GQA, tq not a multiple of 64
+        (45, 0, 2, 2, 48, true, None, false),     // three packed documents; head_dim 48 (zero-padded to 64)
+        (33, 20, 1, 4, 128, true, None, false),   // 20 cached keys, packed, MQA (one KV head for 4 query heads)
+        (1, 40, 2, 2, 64, false, None, false),    // decoding: one query after 40 cached keys
+        (1, 44, 1, 3, 128, true, None, false),    // decoding in a packed batch: only the last document seen
+        (70, 0, 2, 1, 64, false, Some(8), false), // a sliding window of 8
+        (66, 5, 1, 2, 80, true, Some(33), false), // a window longer than a tile, documents, head_dim 80 → 128
+        (40, 0, 3, 2, 64, true, None, true),      // ALiBi on 6 heads (not a power of two), packed
+        (20, 3, 2, 2, 128, false, None, true),    // ALiBi after cached keys, head_dim 128
+        (24, 0, 1, 2, 256, false, None, false),   // head_dim 256 (Gemma)
+        (19, 7, 2, 1, 256, true, Some(9), true),  // head_dim 256 with everything: cache, documents, window, ALiBi
+        (130, 0, 1, 1, 32, false, None, false),   // three query blocks; head_dim 32 (half a bound)
     ]
     .into_iter()
     .enumerate()

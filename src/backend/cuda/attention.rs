@@ -268,7 +268,9 @@ mod tests {
                 for clamp in [None, Some(1.0)] {
                     let k = attention_kernels(precision, d, clamp);
                     assert_eq!(k.flash, precision == Precision::Bf16 && clamp.is_none(), "{k:?}");
-                    for (mine, theirs) in [(k.forward, reference.forward), (k.dq, reference.dq), (k.dkdv, reference.dkdv)] {
+                    for (mine, theirs) in
+                        [(k.forward, reference.forward), (k.dq, reference.dq), (k.dkdv, reference.dkdv)]
+                    {
                         let source = if mine.starts_with("flash") { flash } else { exact };
                         assert_eq!(parameters(source, mine), parameters(exact, theirs), "{mine} against {theirs}");
                     }
