@@ -133,10 +133,10 @@ impl Cuda {
         attention_kernels(self.precision, shape.head_dim, shape.score_clamp)
     }
 
-    /// Count a launch of the family's kernels (the tensor-core ones only).
-    fn count_flash(&self, kernels: &AttentionKernels) {
+    /// Count `launches` launches of the family's kernels (the tensor-core ones only).
+    fn count_flash(&self, kernels: &AttentionKernels, launches: u64) {
         if kernels.flash {
-            FLASH_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+            FLASH_LAUNCHES.fetch_add(launches, Ordering::Relaxed);
         }
     }
 
@@ -166,7 +166,7 @@ impl Cuda {
         let kernels = self.attention_kernels(shape);
         let (grid, _) = kernels.grids(q.rows, k.rows, shape.n_heads, shape.n_kv_heads);
         let kernel = kernels.forward; // the same parameters in every family (`families_share_parameter_lists`)
-        self.count_flash(&kernels);
+        self.count_flash(&kernels, 1);
         launch!(self, kernel, grid, &mut out.data, &mut lse.data, &q.data, &k.data, &v.data, &seg, &seg_first, &dims);
         (out, lse)
     }
@@ -198,8 +198,7 @@ impl Cuda {
         let kernels = self.attention_kernels(shape);
         let (dq_grid, dkdv_grid) = kernels.grids(q.rows, k.rows, shape.n_heads, shape.n_kv_heads);
         let (dq_kernel, dkdv_kernel) = (kernels.dq, kernels.dkdv);
-        self.count_flash(&kernels);
-        self.count_flash(&kernels);
+        self.count_flash(&kernels, 2); // dq, dk/dv
         let (q_, k_, v_, dout_) = (&q.data, &k.data, &v.data, &dout.data);
         launch!(self, dq_kernel, dq_grid, &mut dq.data, dout_, q_, k_, v_, lse, delta, &seg, &seg_first, &dims);
         launch!(

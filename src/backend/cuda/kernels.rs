@@ -225,6 +225,10 @@ mod tests {
                 for name in names {
                     assert!(text.contains(&format!(".entry {name}(")), "{file} ({arch}) defines no kernel `{name}`");
                 }
+                // the tensor-core attention is the instruction itself on sm_80 and later, not mma.cuh's fallback
+                if file == "flash_attention.cu" {
+                    assert!(text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{arch}: no mma.sync");
+                }
             }
         }
         // and to the machine code of Hopper (the H200) and Ampere: ELF images naming every kernel
