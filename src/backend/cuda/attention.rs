@@ -224,7 +224,7 @@ impl Cuda {
 fn check_attention(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: &AttentionShape, mask: &AttentionMask) {
     assert!(shape.head_dim <= 256, "attention: head_dim {} > 256, the kernels' limit", shape.head_dim);
     assert!(
-        shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
+        shape.n_kv_heads > 0 && shape.n_heads.is_multiple_of(shape.n_kv_heads),
         "attention: heads not a multiple of KV heads"
     );
     assert_eq!(q.cols, shape.n_heads * shape.head_dim, "attention: q columns");

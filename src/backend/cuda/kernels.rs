@@ -227,7 +227,10 @@ mod tests {
                 }
                 // the tensor-core attention is the instruction itself on sm_80 and later, not mma.cuh's fallback
                 if file == "flash_attention.cu" {
-                    assert!(text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{arch}: no mma.sync");
+                    assert!(
+                        text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                        "{arch}: no mma.sync"
+                    );
                 }
             }
         }
