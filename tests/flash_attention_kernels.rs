@@ -255,6 +255,7 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
         (24, 0, 1, 2, 256, false, None, false),   // head_dim 256 (Gemma)
         (19, 7, 2, 1, 256, true, Some(9), true),  // head_dim 256 with everything: cache, documents, window, ALiBi
         (130, 0, 1, 1, 32, false, None, false),   // three query blocks; head_dim 32 (half a bound)
+        (80, 24, 2, 2, 64, true, Some(40), true), // two query blocks after 24 cached keys, documents, window, ALiBi
     ]
     .into_iter()
     .enumerate()
