@@ -371,6 +371,62 @@ fn bf16_products_stay_within_the_argued_tolerance() {
     }
 }
 
+/// Mixed precision sends attention to the tensor-core kernels (flash_attention.cu) through the backend's own
+/// launches (grids, segment tables, the head_dim bound): three launches per forward and backward, within 3e-2 —
+/// the bf16 tolerance argued in tests/flash_attention_kernels.rs (scores, probabilities and the gradients'
+/// second product each round to 8 significant bits; measured there at ≤ 8e-3). The score clamp (Aquila2) stays
+/// on the exact f32 kernels, so it keeps the f32 attention's 1e-4 and launches no tensor-core kernel.
+#[test]
+fn bf16_attention_runs_on_the_tensor_core_kernels() {
+    let Some(g) = gpu(Precision::Bf16) else { return };
+    assert!(!mftcoder::backend::cuda::attention_kernels(Precision::F32, 64, None).flash, "f32 stays exact");
+    for (case, flash) in [
+        ((70, 0, 2, 2, 64, true, None, false, None), true), // two query blocks, GQA, packed
+        ((1, 40, 2, 2, 128, false, Some(17), false, None), true), // decoding, a window
+        ((24, 3, 1, 2, 256, true, None, true, None), true), // head_dim 256, ALiBi
+        ((12, 3, 2, 2, 48, false, None, false, Some(0.75f32)), false), // the clamp: the f32 kernels
+    ] {
+        let before = mftcoder::backend::cuda::flash_attention_launches();
+        let gpu_out = attention(g, case, 11);
+        let launched = mftcoder::backend::cuda::flash_attention_launches() - before;
+        // deterministic: no atomics, every sum in a fixed order, so a second run gives the same bits
+        for (first, again) in gpu_out.iter().zip(attention(g, case, 11)) {
+            assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{case:?}: not deterministic");
+        }
+        let tol = if flash { 3e-2 } else { 1e-4 };
+        check(&format!("bf16 attention {case:?}"), tol, attention(&Cpu, case, 11), gpu_out);
+        // other tests may launch at the same time on a real GPU (the emulated run is one test at a time)
+        assert!(
+            if flash { launched >= 3 } else { launched == 0 || gpu(Precision::F32).is_some() },
+            "{case:?}: {launched}"
+        );
+    }
+}
+
+/// A whole mixed-precision LoRA step (2 layers) goes through the tensor-core attention: at least a forward, a
+/// dq and a dk/dv launch per layer, and the loss and gradients within `bf16_lora_training_step_stays_close`'s
+/// tolerances.
+#[test]
+fn a_bf16_model_step_uses_the_tensor_core_attention() {
+    let Some(g) = gpu(Precision::Bf16) else { return };
+    let before = mftcoder::backend::cuda::flash_attention_launches();
+    let (gpu_loss, gpu_out) = train_step(g, Mode::Lora);
+    let launched = mftcoder::backend::cuda::flash_attention_launches() - before;
+    assert!(launched >= 3 * 2, "a 2-layer step launched {launched} tensor-core attention kernels");
+    let (cpu_loss, cpu) = train_step(&Cpu, Mode::Lora);
+    assert!((cpu_loss - gpu_loss).abs() <= 2e-2 * cpu_loss.abs(), "bf16 loss: cpu {cpu_loss}, gpu {gpu_loss}");
+    let mut worst = 0.0f32;
+    for ((name, c), (_, gv)) in cpu.iter().zip(&gpu_out).filter(|((n, _), _)| n.starts_with("grad")) {
+        assert_close(&format!("bf16 (flash attention) {name}"), c, gv, 5e-2);
+        let scale = c.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        worst = c.iter().zip(gv).fold(worst, |m, (a, b)| m.max((a - b).abs() / scale));
+    }
+    eprintln!(
+        "bf16 LoRA step: {launched} tensor-core attention launches; loss cpu {cpu_loss:.6} gpu {gpu_loss:.6}; \
+         gradients within {worst:.1e} (tolerance 5e-2)"
+    );
+}
+
 // ---- whole training steps ----
 
 #[derive(Clone, Copy, Debug)]

@@ -82,6 +82,14 @@ inline float exchange(float v, unsigned source_lane) {
 inline float __shfl_xor_sync(unsigned, float v, int offset) { return exchange(v, (threadIdx.x % 32) ^ (unsigned)offset); }
 // Every lane gets src_lane's value (CUDA takes src_lane modulo the warp width, 32 here).
 inline float __shfl_sync(unsigned, float v, int src_lane) { return exchange(v, (unsigned)src_lane); }
+// The 32-bit registers of tensor-core fragments (two bf16s each) travel as their bits.
+inline unsigned __shfl_sync(unsigned, unsigned v, int src_lane) {
+    float f;
+    std::memcpy(&f, &v, 4);
+    f = exchange(f, (unsigned)src_lane);
+    std::memcpy(&v, &f, 4);
+    return v;
+}
 // ANCHOR_END: shuffle
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }

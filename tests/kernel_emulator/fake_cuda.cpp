@@ -35,7 +35,11 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_backward), KERNEL(rope),
         KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
         KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),
-        KERNEL(attention_backward_dkdv_per_key), KERNEL(cross_entropy), KERNEL(decode_double_quant),
+        KERNEL(attention_backward_dkdv_per_key),
+        KERNEL(flash_attention_forward_d64), KERNEL(flash_attention_forward_d128), KERNEL(flash_attention_forward_d256),
+        KERNEL(flash_attention_dq_d64), KERNEL(flash_attention_dq_d128), KERNEL(flash_attention_dq_d256),
+        KERNEL(flash_attention_dkdv_d64), KERNEL(flash_attention_dkdv_d128), KERNEL(flash_attention_dkdv_d256),
+        KERNEL(mma_bf16_tile_product), KERNEL(cross_entropy), KERNEL(decode_double_quant),
         KERNEL(dequantize_4bit), KERNEL(adamw), KERNEL(sum_squares), KERNEL(dropout_mask), KERNEL(scale_rows),
         KERNEL(row_dots),
     };

@@ -3,6 +3,8 @@
 #include "cuda_on_cpu.hpp"
 
 #include "../../src/backend/cuda/kernels/common.cuh"
+#include "../../src/backend/cuda/kernels/attention_masks.cuh"
+#include "../../src/backend/cuda/kernels/mma.cuh"
 #include "../../src/backend/cuda/kernels/elementwise.cu"
 #include "../../src/backend/cuda/kernels/embedding.cu"
 #include "../../src/backend/cuda/kernels/rms_norm.cu"
@@ -11,6 +13,7 @@
 #include "../../src/backend/cuda/kernels/fused_qkv.cu"
 #include "../../src/backend/cuda/kernels/row_scale.cu"
 #include "../../src/backend/cuda/kernels/attention.cu"
+#include "../../src/backend/cuda/kernels/flash_attention.cu"
 #include "../../src/backend/cuda/kernels/cross_entropy.cu"
 #include "../../src/backend/cuda/kernels/quant4.cu"
 #include "../../src/backend/cuda/kernels/optim.cu"
@@ -72,6 +75,31 @@ WRAP(attention_backward_dq_per_key, (dq, dout, q, k, v, lse, delta, seg, first, 
 WRAP(attention_backward_dkdv_per_key, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
      const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
      const u32* seg, const u32* last, AttentionDims a)
+WRAP(flash_attention_forward_d64, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
+     const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)
+WRAP(flash_attention_dq_d64, (dq, dout, q, k, v, lse, delta, seg, first, a), float* dq, const float* dout,
+     const float* q, const float* k, const float* v, const float* lse, const float* delta, const u32* seg,
+     const u32* first, AttentionDims a)
+WRAP(flash_attention_dkdv_d64, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
+     const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
+     const u32* seg, const u32* last, AttentionDims a)
+WRAP(flash_attention_forward_d128, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
+     const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)
+WRAP(flash_attention_dq_d128, (dq, dout, q, k, v, lse, delta, seg, first, a), float* dq, const float* dout,
+     const float* q, const float* k, const float* v, const float* lse, const float* delta, const u32* seg,
+     const u32* first, AttentionDims a)
+WRAP(flash_attention_dkdv_d128, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
+     const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
+     const u32* seg, const u32* last, AttentionDims a)
+WRAP(flash_attention_forward_d256, (o, lse, q, k, v, seg, first, a), float* o, float* lse, const float* q,
+     const float* k, const float* v, const u32* seg, const u32* first, AttentionDims a)
+WRAP(flash_attention_dq_d256, (dq, dout, q, k, v, lse, delta, seg, first, a), float* dq, const float* dout,
+     const float* q, const float* k, const float* v, const float* lse, const float* delta, const u32* seg,
+     const u32* first, AttentionDims a)
+WRAP(flash_attention_dkdv_d256, (dk, dv, dout, q, k, v, lse, delta, seg, last, a), float* dk, float* dv,
+     const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
+     const u32* seg, const u32* last, AttentionDims a)
+WRAP(mma_bf16_tile_product, (c, a, b), float* c, const unsigned short* a, const unsigned short* b)
 WRAP(decode_double_quant, (absmax, codes, nested, map, offset, blocks), float* absmax, const unsigned char* codes,
      const float* nested, const float* map, float offset, int blocks)
 WRAP(dequantize_4bit, (out, packed, absmax, code, n, bs), float* out, const unsigned char* packed,

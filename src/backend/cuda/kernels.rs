@@ -9,8 +9,14 @@ use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 
-/// Prepended to every file: warp/block reductions, the bf16 conversion, the grid-stride loop.
-const COMMON: &str = include_str!("kernels/common.cuh");
+/// Prepended to every file, in order: warp/block reductions, the bf16 conversion and the grid-stride loop
+/// (common.cuh); the attention kernels' sizes, scores, masks and loop bounds (attention_masks.cuh); the
+/// tensor-core instruction and its fragments (mma.cuh). The emulator's harness.cpp includes the same three.
+const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("kernels/common.cuh")),
+    ("attention_masks.cuh", include_str!("kernels/attention_masks.cuh")),
+    ("mma.cuh", include_str!("kernels/mma.cuh")),
+];
 
 /// (file, source, kernels it defines)
 pub const SOURCES: &[(&str, &str, &[&str])] = &[
@@ -53,15 +59,35 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "attention_backward_dkdv_per_key",
         ],
     ),
+    (
+        "flash_attention.cu",
+        include_str!("kernels/flash_attention.cu"),
+        &[
+            "flash_attention_forward_d64",
+            "flash_attention_forward_d128",
+            "flash_attention_forward_d256",
+            "flash_attention_dq_d64",
+            "flash_attention_dq_d128",
+            "flash_attention_dq_d256",
+            "flash_attention_dkdv_d64",
+            "flash_attention_dkdv_d128",
+            "flash_attention_dkdv_d256",
+            "mma_bf16_tile_product",
+        ],
+    ),
     ("cross_entropy.cu", include_str!("kernels/cross_entropy.cu"), &["cross_entropy"]),
     ("quant4.cu", include_str!("kernels/quant4.cu"), &["decode_double_quant", "dequantize_4bit"]),
     ("optim.cu", include_str!("kernels/optim.cu"), &["adamw", "sum_squares"]),
     ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask"]),
 ];
 
-/// A file as NVRTC compiles it: the shared header first, with `#line`s so errors name the right file.
+/// A file as NVRTC compiles it: the shared headers first, with `#line`s so errors name the right file.
 fn full_source(file: &str, source: &str) -> String {
-    format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{file}\"\n{source}")
+    let mut full = String::new();
+    for (name, header) in HEADERS {
+        full.push_str(&format!("#line 1 \"{name}\"\n{header}\n"));
+    }
+    full + &format!("#line 1 \"{file}\"\n{source}")
 }
 
 /// Precise `expf`/division (no fast math): the property tests compare against the CPU path at f32 tolerances.
@@ -198,6 +224,13 @@ mod tests {
                 let text = ptx.to_src();
                 for name in names {
                     assert!(text.contains(&format!(".entry {name}(")), "{file} ({arch}) defines no kernel `{name}`");
+                }
+                // the tensor-core attention is the instruction itself on sm_80 and later, not mma.cuh's fallback
+                if file == "flash_attention.cu" {
+                    assert!(
+                        text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+                        "{arch}: no mma.sync"
+                    );
                 }
             }
         }

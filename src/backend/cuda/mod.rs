@@ -141,13 +141,15 @@ macro_rules! launch {
 
 // ANCHOR_END: launch_macro
 
-mod attention; // the attention launches: segment tables, tiled or per-key kernels by head_dim
+mod attention; // the attention launches: segment tables, the kernel family by precision, head_dim and clamp
 mod fused_qkv; // a fused q/k/v projection's column split and join
 mod norms; // the norms' backward rows and the column sums of their weight gradients
 mod optim; // the clipping norm's partial sums and the AdamW update
 mod quant4; // 4-bit blocks on the device and their dequantization
 mod rope; // RoPE's rotation, forward and backward
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
+
+pub use attention::{AttentionKernels, attention_kernels, flash_attention_launches};
 
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
