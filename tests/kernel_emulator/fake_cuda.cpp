@@ -36,8 +36,8 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
         KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),
         KERNEL(attention_backward_dkdv_per_key), KERNEL(cross_entropy), KERNEL(decode_double_quant),
-        KERNEL(dequantize_4bit), KERNEL(adamw), KERNEL(sum_squares), KERNEL(dropout_mask), KERNEL(scale_rows),
-        KERNEL(row_dots),
+        KERNEL(dequantize_4bit), KERNEL(adamw), KERNEL(sum_squares), KERNEL(grad_norm_partials),
+        KERNEL(grad_norm_finish), KERNEL(adamw_multi), KERNEL(dropout_mask), KERNEL(scale_rows), KERNEL(row_dots),
     };
     return table;
 }

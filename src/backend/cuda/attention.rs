@@ -1,9 +1,9 @@
 //! Attention on the GPU: the launches of attention.cu's kernels — the by-value sizes, the segment tables of a
 //! packed batch, and the choice between the tiled kernels (head_dim ≤ 128) and the per-key ones (up to 256).
 
-use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, fail, int, warp_grid};
+use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, Uploaded, fail, int, warp_grid};
 use crate::backend::{AttentionDims, AttentionMask, AttentionShape, segment_bounds};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaStream, DevicePtr};
 use std::sync::Arc;
 
 // SAFETY: plain `#[repr(C)]` data with the layout of the C struct (six ints, a float, an int, a float, an int;
@@ -19,9 +19,9 @@ fn attention_dims(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: 
 
 /// A packed batch's segments on the device (see attention.cu).
 struct Segments {
-    ids: CudaSlice<u32>,
-    first: CudaSlice<u32>,
-    last: CudaSlice<u32>,
+    ids: Uploaded<u32>,
+    first: Uploaded<u32>,
+    last: Uploaded<u32>,
 }
 
 /// Device pointers of the three segment arrays, or nulls; the guards keep the buffers' reads ordered.
@@ -63,7 +63,7 @@ impl Cuda {
     fn segments(&self, mask: &AttentionMask) -> Option<Segments> {
         let ids = mask.segment_ids?;
         let (first, last) = segment_bounds(ids);
-        Some(Segments { ids: self.to_device(ids), first: self.to_device(&first), last: self.to_device(&last) })
+        Some(Segments { ids: self.ids_on_device(ids), first: self.ids_on_device(&first), last: self.ids_on_device(&last) })
     }
 
     /// → (out [Tq, H·d], lse [Tq, H])

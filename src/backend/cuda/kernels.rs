@@ -55,7 +55,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ),
     ("cross_entropy.cu", include_str!("kernels/cross_entropy.cu"), &["cross_entropy"]),
     ("quant4.cu", include_str!("kernels/quant4.cu"), &["decode_double_quant", "dequantize_4bit"]),
-    ("optim.cu", include_str!("kernels/optim.cu"), &["adamw", "sum_squares"]),
+    (
+        "optim.cu",
+        include_str!("kernels/optim.cu"),
+        &["adamw", "sum_squares", "grad_norm_partials", "grad_norm_finish", "adamw_multi"],
+    ),
     ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask"]),
 ];
 
