@@ -87,7 +87,7 @@ impl Cuda {
         let blocks = longest.div_ceil(THREADS as usize).clamp(1, NORM_BLOCKS);
         let mut table: Vec<u64> = u.grads.iter().map(|g| self.pointer(g)).collect();
         table.extend(u.grads.iter().map(|g| g.len() as u64));
-        let table = self.words.get(&table);
+        let table = self.words.upload(&table);
         let mut partial = self.alloc(blocks * grads.max(1));
         let tensors = int(grads, "gradients");
         if grads > 0 {
@@ -126,7 +126,7 @@ impl Cuda {
                 rows.extend([self.pointer(p), self.pointer(grad), self.pointer(m), self.pointer(v)]);
                 rows.extend([p.len() as u64, decay]);
             }
-            let rows_on_device = self.words.get(&rows);
+            let rows_on_device = self.words.upload(&rows);
             let longest = updated.iter().map(|&(i, _)| u.params[i].len()).max().unwrap_or(0);
             let count = u16::try_from(updated.len()).unwrap_or_else(|_| fail("adamw_multi", "over 65535 tensors"));
             let cfg = LaunchConfig {

@@ -72,18 +72,25 @@ impl<T: DeviceRepr> UploadCache<T> {
             entries.push_front(hit);
             return device;
         }
+        let device = self.upload(host);
+        entries.push_front((key.to_vec(), device.clone()));
+        entries.truncate(CAPACITY);
+        device
+    }
+    // ANCHOR_END: upload_cached
+
+    /// `host` in a pooled buffer of its own, not cached: for content that is new every time (the optimizer's
+    /// tables of device pointers, which follow where the pool put this step's gradients). The buffer goes back
+    /// to the pool when the last op holding it is done.
+    pub fn upload(&self, host: &[T]) -> Uploaded<T> {
         let mut buffer = self.pool.take(host.len());
         if !host.is_empty() {
             self.counters.upload();
             let mut head = buffer.slice_mut(0..host.len());
             self.stream.memcpy_htod(host, &mut head).unwrap_or_else(|e| fail("copy to device", e));
         }
-        let device = Uploaded(Arc::new(buffer));
-        entries.push_front((key.to_vec(), device.clone()));
-        entries.truncate(CAPACITY);
-        device
+        Uploaded(Arc::new(buffer))
     }
-    // ANCHOR_END: upload_cached
 
     /// Forget every cached array (their buffers go back to the pool once no op holds them).
     pub fn clear(&self) {

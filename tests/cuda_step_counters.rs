@@ -1,0 +1,176 @@
+//! What a training step costs the device besides its arithmetic, counted on a 2-layer LoRA and a 2-layer
+//! QLoRA step and asserted for the steady state (the 2nd and 3rd steps, after the first has filled the pool and
+//! the upload cache): no device allocation, exactly one blocking device→host read (the step's report), a few
+//! uploads at most, and the launches measured when the fused step's end landed (`book/src/cuda.md`, "What a
+//! step costs besides arithmetic", has the numbers before and after).
+//!
+//! Run with `cargo test --features cuda --test cuda_step_counters`. Without a GPU the tests run again in a child
+//! process on the emulated device (`tests/kernel_emulator/fake_cuda.cpp`), which counts the same driver calls.
+
+#![cfg(feature = "cuda")]
+
+use mftcoder::backend::Backend;
+use mftcoder::backend::cuda::counters::CounterSnapshot;
+use mftcoder::backend::cuda::{Cuda, Precision};
+use mftcoder::bench::training_step;
+use mftcoder::models::decoder::{Decoder, DecoderConfig, Sequence};
+use mftcoder::peft::LoraConfig;
+use mftcoder::peft::attach::init_adapters;
+use mftcoder::quant::QuantType;
+use mftcoder::rng::Rng;
+use mftcoder::train::optim::{AdamW, AdamWConfig};
+use std::sync::OnceLock;
+
+#[path = "kernel_emulator/compile.rs"]
+mod compile;
+
+fn gpu() -> Option<&'static Cuda> {
+    static GPU: OnceLock<Option<Cuda>> = OnceLock::new();
+    GPU.get_or_init(|| match Cuda::new(0, Precision::F32) {
+        Ok(cuda) => Some(cuda),
+        Err(e) => {
+            eprintln!("skipping the GPU step counters: {e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// The counters of `steps` consecutive training steps of a 2-layer Llama (GQA, a packed batch of two
+/// documents, PEFT's default LoRA: r 8 on q and v, the base in NF4 + double quantization when `quantized`), and the losses.
+fn counted_steps(g: &Cuda, quantized: bool, steps: usize) -> (Vec<CounterSnapshot>, Vec<f64>) {
+    let mut model: Decoder<Cuda> = Decoder::random(g, DecoderConfig::with_shape(97, 64, 160, 2, 4, 2), 42);
+    if quantized {
+        for (_, linear) in model.linears_mut() {
+            linear.quantize(g, QuantType::Nf4, true).unwrap();
+        }
+    }
+    let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
+    init_adapters(&mut model, g, &lora, &mut Rng::new(7)).unwrap();
+    let names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
+    let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| g.dims(t)).collect();
+    let mut opt = AdamW::new_on(g, AdamWConfig::default(), &shapes);
+
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 13 + 5) % 97).collect();
+    let positions: Vec<usize> = (0..25).chain(0..15).collect();
+    let segments: Vec<u32> = (0..40).map(|i| u32::from(i >= 25)).collect();
+    let targets: Vec<u32> = ids.iter().skip(1).copied().chain([0]).collect();
+    let coefficients: Vec<f32> = (0..40).map(|i| if i == 24 || i == 39 { 0.0 } else { 1.0 / 38.0 }).collect();
+    let (mut counted, mut losses) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let before = g.counters();
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
+        losses.push(training_step(g, &mut model, &mut opt, &names, seq, &targets, &coefficients, 1e-3).unwrap());
+        g.synchronize();
+        counted.push(g.counters().since(before));
+    }
+    (counted, losses)
+}
+
+// ANCHOR: step_counters
+/// (kernel launches, cuBLAS products) of one steady-state step, as measured when the fused step's end landed:
+/// bounds, so a change that adds launches has to say so here. The forward and backward are 63 (LoRA) and 91
+/// (QLoRA) of them; the step's end is 3 (the norm's partial sums, its finish, the multi-tensor AdamW) where it
+/// was 16 and 8 blocking reads (a squared norm and an AdamW per tensor; 32 and 24 reads with the trainer's
+/// finiteness checks of every gradient and parameter). Before: LoRA 79 + 54, QLoRA 107 + 54.
+const LORA_LAUNCHES: (u64, u64) = (66, 54);
+const QLORA_LAUNCHES: (u64, u64) = (94, 54);
+/// Uploads a steady-state step may make: none when the batch repeats (as here), a handful when it changes
+/// (ids, targets, weights, positions, three segment tables, the optimizer's two pointer tables).
+const MAX_UPLOADS: u64 = 9;
+
+fn check_steady_state(mode: &str, quantized: bool, (max_launches, max_gemms): (u64, u64)) {
+    let Some(g) = gpu() else { return };
+    let (steps, losses) = counted_steps(g, quantized, 4);
+    let (first, steady) = (steps[0], steps[2]);
+    eprintln!("{mode}: first step {first}");
+    eprintln!("{mode}: steady-state step {steady}; losses {losses:?}");
+    assert_eq!(steps[1], steps[2], "{mode}: the 2nd and 3rd steps cost the same");
+    assert_eq!(steady.allocations, 0, "{mode}: a steady-state step allocates nothing: {steady}");
+    assert_eq!(steady.host_reads, 1, "{mode}: one blocking read per step (the report): {steady}");
+    assert!(steady.uploads <= MAX_UPLOADS, "{mode}: {steady}");
+    assert!(steady.reuses > 0, "{mode}: the pool serves the step: {steady}");
+    assert!(steady.launches <= max_launches, "{mode}: more launches than measured: {steady}");
+    assert!(steady.gemms <= max_gemms, "{mode}: more products than measured: {steady}");
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{mode}: the loss goes down: {losses:?}");
+}
+// ANCHOR_END: step_counters
+
+#[test]
+fn a_steady_state_lora_step_allocates_nothing_and_reads_once() {
+    check_steady_state("2-layer LoRA", false, LORA_LAUNCHES);
+}
+
+#[test]
+fn a_steady_state_qlora_step_allocates_nothing_and_reads_once() {
+    check_steady_state("2-layer QLoRA", true, QLORA_LAUNCHES);
+}
+
+/// A step whose gradients are NaN is refused on the device: the weights and moments stay as they were, and the
+/// report names the first parameter (in the model's order) whose gradient is not finite.
+#[test]
+fn a_nan_step_leaves_the_weights_alone() {
+    let Some(g) = gpu() else { return };
+    let p0 = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f32 * 0.1);
+    let mut params = [g.upload(p0.clone()), g.upload(p0.clone())];
+    let mut grads = [g.upload(p0.mapv(|x| x - 0.5)), g.upload(p0.mapv(|x| if x > 0.6 { f32::NAN } else { x }))];
+    let losses = g.upload(ndarray::Array2::from_elem((5, 1), 1.5f32));
+    let mut opt = AdamW::new_on(g, AdamWConfig::default(), &[(3, 4), (3, 4)]);
+    let [p_a, p_b] = &mut params;
+    let [g_a, g_b] = &mut grads;
+    let report = opt.clipped_step_on(
+        g,
+        &mut [p_a, p_b],
+        &mut [g_a, g_b],
+        &[Some(0), Some(1)],
+        1e-2,
+        &[true, true],
+        1.0,
+        &[&losses],
+    );
+    assert_eq!(report.outcome, mftcoder::train::step_update::Outcome::NonFiniteGradient(1), "{report:?}");
+    assert_eq!(report.token_losses, vec![vec![1.5f32; 5]]);
+    assert_eq!(opt.step, 0, "a refused step does not count");
+    for p in &params {
+        assert_eq!(g.download(p), p0, "the parameters are untouched");
+    }
+    for m in opt.m.iter().chain(&opt.v) {
+        assert!(g.download(m).iter().all(|&x| x == 0.0), "the moments are untouched");
+    }
+}
+
+// ---- without a GPU: the same tests on the emulated device ----
+
+#[test]
+fn step_counters_on_an_emulated_device() {
+    if std::env::var_os("MFTCODER_EMULATED_DEVICE").is_some() {
+        return; // this is the child run
+    }
+    if gpu().is_some() {
+        eprintln!("a real GPU answered: the emulated run is not needed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mftcoder-step-counters-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dir.join("libcuda.so");
+    if compile::shared_library("fake_cuda.cpp", &lib).is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    for name in ["libnvrtc.so", "libcublas.so"] {
+        std::fs::copy(&lib, dir.join(name)).unwrap();
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("MFTCODER_EMULATED_DEVICE", "1")
+        .args(["--test-threads", "1", "--nocapture"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&child.stdout), String::from_utf8_lossy(&child.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(child.status.success(), "on the emulated device:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("skipping the GPU"), "the emulated device did not open:\n{stderr}");
+    for line in stderr.lines().filter(|l| l.contains("step")) {
+        eprintln!("emulated device: {line}");
+    }
+}
