@@ -107,7 +107,7 @@ pub struct Cuda {
     pool_bf16: Arc<Pool<u16>>,
     ids: UploadCache<u32>,
     floats: UploadCache<f32>,
-    /// device pointers and sizes: the multi-tensor optimizer's tables
+    /// device pointers and sizes: the multi-tensor optimizer's tables (uploaded each step, not cached)
     words: UploadCache<u64>,
 }
 

@@ -1,5 +1,5 @@
 //! Small per-step inputs on the device, uploaded once: token ids, targets and loss weights, RoPE positions and
-//! inverse frequencies, a packed batch's segment tables, the optimizer's pointer tables. Each layer's forward,
+//! inverse frequencies, a packed batch's segment tables. Each layer's forward,
 //! its backward and any recompute ask for the same arrays again; the cache answers them from device memory, keyed
 //! by content, so a batch's positions cross the bus once, and not at all when the next batch has the same.
 //!
@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
-/// Distinct arrays kept per element type: a step's ids, targets, weights, positions, frequencies, three segment
-/// tables and the optimizer's tables, with room for a second micro-batch's.
+/// Distinct arrays kept per element type: a step's ids, targets, weights, positions, frequencies and three
+/// segment tables, with room for more micro-batches' and a mixture of experts' routing lists.
 const CAPACITY: usize = 24;
 
 /// A read-only array on the device, shared by every op that asked for the same content.
