@@ -139,6 +139,69 @@ fn a_nan_step_leaves_the_weights_alone() {
     }
 }
 
+/// The fused step's end against the CPU's op-by-op reference over five steps: three gradients in an order
+/// that is not the parameters', a parameter without a gradient, clipping active on some steps (gradients of
+/// norm ≈ 3 and ≈ 0.3 against a threshold of 1), two micro-batches of token losses carried back.
+#[test]
+fn the_fused_step_end_matches_the_reference() {
+    use mftcoder::backend::cpu::Cpu;
+    use ndarray::Array2;
+    let Some(g) = gpu() else { return };
+    let draw = |rows: usize, cols: usize, seed: u64, scale: f64| {
+        let mut rng = Rng::new(seed);
+        Array2::from_shape_fn((rows, cols), |_| (rng.normal() * scale) as f32)
+    };
+    let shapes = [(13, 29), (1, 64), (7, 3), (300, 5)];
+    let config = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+    let mut host: Vec<Array2<f32>> = shapes.iter().enumerate().map(|(i, &(r, c))| draw(r, c, i as u64, 1.0)).collect();
+    let mut dev: Vec<_> = host.iter().map(|p| g.upload(p.clone())).collect();
+    let (mut host_opt, mut dev_opt) = (AdamW::new_on(&Cpu, config, &shapes), AdamW::new_on(g, config, &shapes));
+    let grad_of = [Some(0), None, Some(2), Some(1)]; // parameter 1 has no gradient
+    let decay = [true, true, false, true];
+    for step in 0..5u64 {
+        let scale = if step % 2 == 0 { 0.1 } else { 0.01 };
+        let mut grads: Vec<Array2<f32>> = [0usize, 3, 2]
+            .iter()
+            .map(|&p| draw(shapes[p].0, shapes[p].1, 100 * step + p as u64, scale))
+            .collect();
+        let mut dev_grads: Vec<_> = grads.iter().map(|x| g.upload(x.clone())).collect();
+        let losses = [draw(6, 1, 7 + step, 1.0), draw(3, 1, 9 + step, 1.0)];
+        let dev_losses: Vec<_> = losses.iter().map(|l| g.upload(l.clone())).collect();
+        let want = host_opt.clipped_step_on(
+            &Cpu,
+            &mut host.iter_mut().collect::<Vec<_>>(),
+            &mut grads.iter_mut().collect::<Vec<_>>(),
+            &grad_of,
+            1e-2,
+            &decay,
+            1.0,
+            &losses.iter().collect::<Vec<_>>(),
+        );
+        let got = dev_opt.clipped_step_on(
+            g,
+            &mut dev.iter_mut().collect::<Vec<_>>(),
+            &mut dev_grads.iter_mut().collect::<Vec<_>>(),
+            &grad_of,
+            1e-2,
+            &decay,
+            1.0,
+            &dev_losses.iter().collect::<Vec<_>>(),
+        );
+        assert_eq!((&want.outcome, &want.token_losses), (&got.outcome, &got.token_losses), "step {step}");
+        // the norms differ only in summation order: f32 block sums on the device, f64 lanes on the CPU
+        let rel = ((want.grad_norm - got.grad_norm) / want.grad_norm).abs();
+        assert!(rel < 1e-5, "step {step}: norm {} vs {}", want.grad_norm, got.grad_norm);
+    }
+    // the moments too: AdamW's step is nearly blind to a gradient's scale, its moments are not
+    let host_tensors = host.iter().chain(&host_opt.m).chain(&host_opt.v);
+    for (i, (p, d)) in host_tensors.zip(dev.iter().chain(&dev_opt.m).chain(&dev_opt.v)).enumerate() {
+        let (d, largest) = (g.download(d), p.iter().fold(1e-3f32, |m, x| m.max(x.abs())));
+        let diff = p.iter().zip(&d).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-5 * largest, "tensor {i} (parameters, then m, then v) after 5 steps: max |Δ| {diff}");
+    }
+    assert_eq!(host_opt.step, dev_opt.step);
+}
+
 // ---- without a GPU: the same tests on the emulated device ----
 
 #[test]
