@@ -177,8 +177,7 @@ pub fn training_step<B: Backend>(
     let mut params = model.trainable_parameters_mut();
     let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     let decay = vec![true; param_refs.len()];
-    let report =
-        opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr, &decay, 1.0, &[&r.token_losses]);
+    let report = opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr, &decay, 1.0, &[&r.token_losses]);
     let loss = weighted_loss(&report.token_losses[0], coefficients, r.aux_weight * r.aux_loss.unwrap_or(0.0))?;
     match report.outcome {
         Outcome::Updated => Ok(loss),

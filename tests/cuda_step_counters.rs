@@ -160,10 +160,8 @@ fn the_fused_step_end_matches_the_reference() {
     let decay = [true, true, false, true];
     for step in 0..5u64 {
         let scale = if step % 2 == 0 { 0.1 } else { 0.01 };
-        let mut grads: Vec<Array2<f32>> = [0usize, 3, 2]
-            .iter()
-            .map(|&p| draw(shapes[p].0, shapes[p].1, 100 * step + p as u64, scale))
-            .collect();
+        let mut grads: Vec<Array2<f32>> =
+            [0usize, 3, 2].iter().map(|&p| draw(shapes[p].0, shapes[p].1, 100 * step + p as u64, scale)).collect();
         let mut dev_grads: Vec<_> = grads.iter().map(|x| g.upload(x.clone())).collect();
         let losses = [draw(6, 1, 7 + step, 1.0), draw(3, 1, 9 + step, 1.0)];
         let dev_losses: Vec<_> = losses.iter().map(|l| g.upload(l.clone())).collect();

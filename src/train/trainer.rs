@@ -26,10 +26,10 @@ pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::metrics::{MetricsLog, Tags};
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::step_update::Outcome;
 use crate::train::plots;
 use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
+use crate::train::step_update::Outcome;
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -387,6 +387,17 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     })
 }
 
+/// What a micro-batch's loss needs once its token losses are read, at the end of the step.
+struct PendingLoss<B: Backend> {
+    /// [T, 1], on the backend until the step's report
+    token_losses: B::Tensor,
+    /// The balance loss of a mixture of experts, and its weight (0 without experts)
+    aux: Option<f64>,
+    aux_weight: f64,
+    coeffs: Vec<f32>,
+    flat: FlatBatch,
+}
+
 // ANCHOR: optimizer_step
 #[allow(clippy::too_many_arguments)]
 fn optimizer_step<B: Backend>(
@@ -407,9 +418,7 @@ fn optimizer_step<B: Backend>(
     let n_micro = indices.len() / micro;
     let mut acc: Option<Gradients<B>> = None;
     let mut tokens = 0usize;
-    // what each micro-batch's loss needs once its token losses are read, at the end of the step: the losses on
-    // the device, the weighted balance loss (a mixture of experts), the coefficients and the batch
-    let mut pending: Vec<(B::Tensor, Option<f64>, f64, Vec<f32>, FlatBatch)> = Vec::new();
+    let mut pending: Vec<PendingLoss<B>> = Vec::new();
     for chunk in indices.chunks(micro) {
         let batch = data.train_batch(chunk, collate);
         let flat = flatten(&batch);
@@ -433,7 +442,7 @@ fn optimizer_step<B: Backend>(
                 }
             }
         }
-        pending.push((token_losses, aux_loss, aux_weight, coeffs, flat));
+        pending.push(PendingLoss { token_losses, aux: aux_loss, aux_weight, coeffs, flat });
     }
     let mut grads = acc.ok_or_else(|| anyhow!("every micro-batch of this step was empty"))?;
     let scale = 1.0 / n_micro as f32;
@@ -448,18 +457,19 @@ fn optimizer_step<B: Backend>(
     let mut params = model.trainable_parameters_mut();
     let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
     let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
-    let losses: Vec<&B::Tensor> = pending.iter().map(|(l, ..)| l).collect();
+    let losses: Vec<&B::Tensor> = pending.iter().map(|p| &p.token_losses).collect();
     let report =
         opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr as f32, &decay, max_norm, &losses);
 
     let (mut loss_sum, mut aux_sum) = (0.0, None::<f64>);
     let (mut task_sum, mut task_n) = (vec![0.0; task_weights.len()], vec![0usize; task_weights.len()]);
-    for ((_, aux_loss, aux_weight, coeffs, flat), token_losses) in pending.iter().zip(&report.token_losses) {
-        loss_sum += weighted_loss(token_losses, coeffs, aux_weight * aux_loss.unwrap_or(0.0))?;
-        if let Some(aux) = aux_loss {
+    for (p, token_losses) in pending.iter().zip(&report.token_losses) {
+        loss_sum += weighted_loss(token_losses, &p.coeffs, p.aux_weight * p.aux.unwrap_or(0.0))?;
+        if let Some(aux) = p.aux {
             *aux_sum.get_or_insert(0.0) += aux;
         }
-        let per_task = task_losses(token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len());
+        let (flat, tasks) = (&p.flat, task_weights.len());
+        let per_task = task_losses(token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, tasks);
         for (k, l) in per_task.into_iter().enumerate() {
             if let Some(l) = l {
                 task_sum[k] += l;

@@ -63,7 +63,11 @@ impl Cuda {
     fn segments(&self, mask: &AttentionMask) -> Option<Segments> {
         let ids = mask.segment_ids?;
         let (first, last) = segment_bounds(ids);
-        Some(Segments { ids: self.ids_on_device(ids), first: self.ids_on_device(&first), last: self.ids_on_device(&last) })
+        Some(Segments {
+            ids: self.ids_on_device(ids),
+            first: self.ids_on_device(&first),
+            last: self.ids_on_device(&last),
+        })
     }
 
     /// → (out [Tq, H·d], lse [Tq, H])

@@ -55,7 +55,8 @@ pub fn matmul(cuda: &Cuda, a: &CudaTensor, trans_a: bool, b: &CudaTensor, trans_
         // SAFETY: the shapes are checked above; the leading dimensions are the row lengths of each buffer.
         Precision::F32 => {
             cuda.counters.gemm();
-            unsafe { cuda.blas.gemm(cfg, &*b.data, &*a.data, &mut *out.data) }.unwrap_or_else(|e| fail("cuBLAS sgemm", e))
+            unsafe { cuda.blas.gemm(cfg, &*b.data, &*a.data, &mut *out.data) }
+                .unwrap_or_else(|e| fail("cuBLAS sgemm", e))
         }
         Precision::Bf16 => {
             let (a16, b16) = (to_bf16(cuda, a), to_bf16(cuda, b));

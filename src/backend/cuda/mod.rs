@@ -23,14 +23,14 @@ use crate::train::optim::AdamWScalars;
 use crate::train::step_update::{StepReport, StepUpdate};
 use anyhow::{Context, Result, anyhow};
 use counters::{CounterSnapshot, DeviceCounters};
-use pool::{Pool, Pooled};
-use upload_cache::{UploadCache, Uploaded};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use kernels::KernelCode;
 use ndarray::Array2;
+use pool::{Pool, Pooled};
 use std::collections::HashMap;
 use std::sync::Arc;
+use upload_cache::{UploadCache, Uploaded};
 
 /// Open CUDA device `ordinal`, or say in one line why there is none.
 pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
@@ -184,20 +184,7 @@ impl Cuda {
         let ids = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
         let floats = UploadCache::new(pool.clone(), stream.clone(), counters.clone());
         let words = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
-        Ok(Cuda {
-            ctx,
-            stream,
-            blas,
-            functions,
-            precision,
-            kernel_code,
-            counters,
-            pool,
-            pool_bf16,
-            ids,
-            floats,
-            words,
-        })
+        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters, pool, pool_bf16, ids, floats, words })
     }
 
     // ANCHOR: pool_api

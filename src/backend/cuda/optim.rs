@@ -69,7 +69,8 @@ impl Cuda {
         u.check();
         let grads = u.grads.len();
         // (parameter, gradient) for every parameter that has one, in parameter order
-        let updated: Vec<(usize, usize)> = u.grad_of.iter().enumerate().filter_map(|(i, g)| g.map(|g| (i, g))).collect();
+        let updated: Vec<(usize, usize)> =
+            u.grad_of.iter().enumerate().filter_map(|(i, g)| g.map(|g| (i, g))).collect();
         let loss_lengths: Vec<usize> = u.losses.iter().map(|l| l.len()).collect();
         let (flags_at, losses_at) = (REPORT_HEADER + grads, REPORT_HEADER + grads + updated.len());
         let report_len = losses_at + loss_lengths.iter().sum::<usize>();
