@@ -200,6 +200,31 @@ fn the_fused_step_end_matches_the_reference() {
     assert_eq!(host_opt.step, dev_opt.step);
 }
 
+/// The other two refusals, on both backends alike: a NaN token loss updates nothing; an update that overflows a
+/// weight (3·10³⁸ pushed up by a learning rate of 10³⁸) is named.
+#[test]
+fn a_nan_loss_and_an_overflowing_update_are_reported() {
+    use mftcoder::backend::cpu::Cpu;
+    use mftcoder::train::step_update::{Outcome, StepReport};
+    use ndarray::Array2;
+    let Some(g) = gpu() else { return };
+    fn step<B: Backend>(b: &B, start: f32, lr: f32, loss: f32) -> (StepReport, Array2<f32>) {
+        let mut p = b.upload(Array2::from_elem((2, 3), start));
+        let mut grad = b.upload(Array2::from_elem((2, 3), -1.0f32));
+        let losses = b.upload(Array2::from_shape_vec((2, 1), vec![1.0, loss]).unwrap());
+        let mut opt = AdamW::new_on(b, AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() }, &[(2, 3)]);
+        let report = opt.clipped_step_on(b, &mut [&mut p], &mut [&mut grad], &[Some(0)], lr, &[true], 1.0, &[&losses]);
+        (report, b.download(&p))
+    }
+    let (cpu, cpu_p) = step(&Cpu, 0.5, 1e-2, f32::NAN);
+    let (dev, dev_p) = step(g, 0.5, 1e-2, f32::NAN);
+    assert_eq!((&cpu.outcome, &dev.outcome), (&Outcome::NonFiniteLoss, &Outcome::NonFiniteLoss));
+    assert!(cpu_p.iter().chain(&dev_p).all(|&x| x == 0.5), "a NaN loss leaves the weights alone");
+    let (cpu, _) = step(&Cpu, 3e38, 1e38, 1.0);
+    let (dev, _) = step(g, 3e38, 1e38, 1.0);
+    assert_eq!((&cpu.outcome, &dev.outcome), (&Outcome::NonFiniteParameter(0), &Outcome::NonFiniteParameter(0)));
+}
+
 // ---- without a GPU: the same tests on the emulated device ----
 
 #[test]
