@@ -479,7 +479,7 @@ fn optimizer_step<B: Backend>(
     }
     match report.outcome {
         Outcome::Updated => {}
-        // a token loss that is not finite makes its micro-batch's loss not finite: `r.loss` said so above
+        // a token loss that is not finite makes its micro-batch's loss not finite: `weighted_loss` said so above
         Outcome::NonFiniteLoss => bail!("a token loss is not finite; the last good checkpoint is kept"),
         // a non-finite gradient stops the run, naming the first offending tensor in parameter order
         Outcome::NonFiniteGradient(i) => bail!(

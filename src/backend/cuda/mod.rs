@@ -4,7 +4,9 @@
 //! machine with no CUDA at all. The kernels live in `kernels/*.cu`, one file per CPU module they mirror, and
 //! are compiled by NVRTC the first time a device is opened ([`kernels`]); matrix products go to cuBLAS
 //! ([`blas`]). Tensors are row-major f32 matrices in device memory, like the CPU path's, so an op can be run
-//! on both and compared (tests/cuda_vs_cpu.rs).
+//! on both and compared (tests/cuda_vs_cpu.rs). Their buffers come from a caching allocator ([`pool`]) and small
+//! per-step inputs from a cache keyed by content ([`upload_cache`]), so a steady-state training step allocates
+//! nothing and reads the device back once ([`Backend::clipped_adamw_update`]).
 //!
 //! Precision: [`Precision::F32`] is the reference (f32 everywhere, cuBLAS without TF32).
 //! [`Precision::Bf16`] is mixed precision: every matrix product reads its operands rounded to bf16 and
