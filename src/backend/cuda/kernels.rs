@@ -286,6 +286,7 @@ mod launch_tests {
             include_str!("quant4.rs"),
             include_str!("norms.rs"),
             include_str!("rope.rs"),
+            include_str!("cross_entropy.rs"),
         ] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));

@@ -158,6 +158,7 @@ macro_rules! launch {
 // ANCHOR_END: launch_macro
 
 mod attention; // the attention launches: segment tables, tiled or per-key kernels by head_dim
+mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
 mod fused_qkv; // a fused q/k/v projection's column split and join
 mod norms; // the norms' backward rows and the column sums of their weight gradients
 mod optim; // the squared norm, the AdamW update, and a step's end: clipping + multi-tensor AdamW, one read
@@ -188,23 +189,6 @@ impl Cuda {
         let words = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
         Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters, pool, pool_bf16, ids, floats, words })
     }
-
-    // ANCHOR: pool_api
-    /// Bytes of device memory the pool holds for reuse (allocated, no tensor in it).
-    pub fn cached_bytes(&self) -> usize {
-        self.pool.cached_bytes() + self.pool_bf16.cached_bytes()
-    }
-
-    /// Give the pool's cached buffers back to the driver (after training, before a long generation, say); the
-    /// next ops allocate again.
-    pub fn release_cached(&self) {
-        self.ids.clear();
-        self.floats.clear();
-        self.words.clear();
-        self.pool.release_cached();
-        self.pool_bf16.release_cached();
-    }
-    // ANCHOR_END: pool_api
 
     /// Launches, allocations, uploads and blocking reads so far (`counters.rs`).
     pub fn counters(&self) -> CounterSnapshot {
@@ -571,36 +555,14 @@ impl Backend for Cuda {
         let (losses, dlogits) = self.cross_entropy_on_device(logits, targets, weights);
         (self.to_host(&losses.data, losses.rows), dlogits)
     }
-    // ANCHOR: cross_entropy_on_device
     fn cross_entropy_on_device(
         &self,
         logits: &CudaTensor,
         targets: &[u32],
         weights: &[f32],
     ) -> (CudaTensor, CudaTensor) {
-        assert_eq!(targets.len(), logits.rows, "cross_entropy: one target per row of logits");
-        assert_eq!(weights.len(), logits.rows, "cross_entropy: one weight per row of logits");
-        if let Some(&bad) = targets.iter().find(|&&y| y as usize >= logits.cols) {
-            panic!("cross_entropy: target {bad} is outside the vocabulary of {}", logits.cols);
-        }
-        let (dev_targets, dev_weights) = (self.ids_on_device(targets), self.floats_on_device(weights));
-        let mut losses = self.tensor(logits.rows, 1);
-        let mut dlogits = self.tensor(logits.rows, logits.cols);
-        let vocab = int(logits.cols, "vocab");
-        launch!(
-            self,
-            "cross_entropy",
-            row_grid(logits.rows),
-            &mut losses.data,
-            &mut dlogits.data,
-            &logits.data,
-            &dev_targets,
-            &dev_weights,
-            &vocab
-        );
-        (losses, dlogits) // the losses stay on the device until the step's report (`optim.rs`)
+        self.cross_entropy_rows(logits, targets, weights)
     }
-    // ANCHOR_END: cross_entropy_on_device
     fn add_assign(&self, a: &mut CudaTensor, b: &CudaTensor) {
         self.add_scaled(a, b, 1.0);
     }

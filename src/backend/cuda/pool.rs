@@ -84,6 +84,26 @@ impl<T: DeviceRepr> Pool<T> {
     }
 }
 
+/// The backend's caches as its users see them.
+impl super::Cuda {
+    // ANCHOR: pool_api
+    /// Bytes of device memory the pool holds for reuse (allocated, no tensor in it).
+    pub fn cached_bytes(&self) -> usize {
+        self.pool.cached_bytes() + self.pool_bf16.cached_bytes()
+    }
+
+    /// Give the pool's cached buffers back to the driver (after training, before a long generation, say); the
+    /// next ops allocate again.
+    pub fn release_cached(&self) {
+        self.ids.clear();
+        self.floats.clear();
+        self.words.clear();
+        self.pool.release_cached();
+        self.pool_bf16.release_cached();
+    }
+    // ANCHOR_END: pool_api
+}
+
 impl<T: DeviceRepr> Drop for Pooled<T> {
     fn drop(&mut self) {
         // SAFETY: `slice` is not touched again: this is the end of `self`.
