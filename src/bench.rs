@@ -5,12 +5,13 @@
 //! forward, backward, global-norm clipping and AdamW, as the trainer does them.
 
 use crate::backend::Backend;
-use crate::loss::causal_lm::weighted_token_loss;
+use crate::loss::causal_lm::{deferred_token_loss, weighted_loss};
 use crate::models::decoder::{AuxLoss, Decoder, DecoderConfig, Moe, RouterSpec, Selection, Sequence};
 use crate::peft::attach::init_adapters;
 use crate::peft::{LoraConfig, TargetModules};
 use crate::rng::Rng;
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::step_update::Outcome;
 use anyhow::{Result, bail};
 use clap::Args;
 use std::time::Instant;
@@ -140,26 +141,50 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
         sync();
         let started = Instant::now();
         let seq_in = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
-        let result = weighted_token_loss(&model, b, seq_in, &targets, &coefficients, None)?;
-        let mut grads = result.grads;
-        let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
-        clip_grad_norm_on(b, &mut grad_refs, 1.0);
-        let mut params = model.trainable_parameters_mut();
-        let grad_list: Vec<Option<&B::Tensor>> = names.iter().map(|n| grads.get(n)).collect();
-        let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
-        opt.step_on(b, &mut param_refs, &grad_list, 1e-4, &vec![true; names.len()]);
-        drop(params);
+        let loss = training_step(b, &mut model, &mut opt, &names, seq_in, &targets, &coefficients, 1e-4)?;
         sync();
         after_step();
         if step >= args.warmup {
             times.push(started.elapsed().as_secs_f64());
         }
-        losses.push(result.loss);
+        losses.push(loss);
     }
     times.sort_by(f64::total_cmp);
     let median_step_s = if times.is_empty() { f64::NAN } else { times[times.len() / 2] };
     Ok(BenchReport { parameters, tokens_per_step: tokens, median_step_s, losses })
 }
+
+// ANCHOR: training_step
+/// One optimizer step as the trainer takes it, without accumulation: forward, the loss's gradient, backward,
+/// then clipping to norm 1 and AdamW at `lr` in one backend call whose report brings the token losses back
+/// (on the GPU the step's one blocking read). `names`: the trainable parameters, in the model's order.
+#[allow(clippy::too_many_arguments)]
+pub fn training_step<B: Backend>(
+    b: &B,
+    model: &mut Decoder<B>,
+    opt: &mut AdamW<B::Tensor>,
+    names: &[String],
+    seq: Sequence<'_>,
+    targets: &[u32],
+    coefficients: &[f32],
+    lr: f32,
+) -> Result<f64> {
+    let r = deferred_token_loss(model, b, seq, targets, coefficients, None)?;
+    let mut grads = r.grads;
+    let grad_names: Vec<&String> = grads.keys().collect();
+    let grad_of: Vec<Option<usize>> = names.iter().map(|n| grad_names.binary_search(&n).ok()).collect();
+    let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
+    let mut params = model.trainable_parameters_mut();
+    let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
+    let decay = vec![true; param_refs.len()];
+    let report = opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr, &decay, 1.0, &[&r.token_losses]);
+    let loss = weighted_loss(&report.token_losses[0], coefficients, r.aux_weight * r.aux_loss.unwrap_or(0.0))?;
+    match report.outcome {
+        Outcome::Updated => Ok(loss),
+        other => bail!("the step was not taken: {other:?} (loss {loss})"),
+    }
+}
+// ANCHOR_END: training_step
 
 /// The report as a table, with PyTorch's H200 figure for the same shape beside ours when there is one.
 /// `peak_flops`: the device's dense peak for the precision used (MFU = 6·N·tokens/s ÷ peak, the convention

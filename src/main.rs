@@ -491,6 +491,7 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
             if let [.., before, last] = counted.as_slice() {
                 println!("last step: {}", last.since(*before)); // what the device did besides arithmetic
             }
+            println!("pool: {:.1} MB cached for reuse", gpu.cached_bytes() as f64 / 1e6);
         }
         #[cfg(not(feature = "cuda"))]
         mftcoder::backend::Device::Cuda(_) => {

@@ -12,6 +12,7 @@ pub use crate::nn::attention::{AttentionMask, AttentionShape};
 pub use crate::nn::fused_qkv::FusedQkv;
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
+use crate::train::step_update::{StepReport, StepUpdate, reference_update};
 use ndarray::Array2;
 
 // ANCHOR: backend_trait
@@ -216,6 +217,18 @@ pub trait Backend: Sync {
     /// Fused softmax + cross-entropy: per-row losses ℓₜ (on the host: they drive logging and loss weighting)
     /// and dlogits = wₜ·(softmax(zₜ) − onehot(yₜ)).
     fn cross_entropy(&self, logits: &Self::Tensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, Self::Tensor);
+    /// `cross_entropy` with the per-row losses left where the tensors live, as a [T, 1] column: a training step
+    /// reads them once, at its end, with the update's report (`train::step_update`), not before the backward.
+    fn cross_entropy_on_device(
+        &self,
+        logits: &Self::Tensor,
+        targets: &[u32],
+        weights: &[f32],
+    ) -> (Self::Tensor, Self::Tensor) {
+        let (losses, dlogits) = self.cross_entropy(logits, targets, weights);
+        let rows = losses.len();
+        (self.upload(Array2::from_shape_vec((rows, 1), losses).expect("one loss per row")), dlogits)
+    }
     /// a += b
     fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor);
     /// a += s·b
@@ -245,6 +258,15 @@ pub trait Backend: Sync {
         v: &mut Self::Tensor,
         k: &AdamWScalars,
     );
+    /// A step's end (`train::step_update`): the loss and gradient finiteness checks, global-norm clipping and
+    /// AdamW over every parameter, and one report back. The default runs `reference_update`, op by op; the
+    /// GPU fuses it and reads the device once.
+    fn clipped_adamw_update(&self, update: StepUpdate<'_, '_, '_, Self::Tensor>) -> StepReport
+    where
+        Self: Sized,
+    {
+        reference_update(self, update)
+    }
 }
 // ANCHOR_END: backend_trait
 

@@ -59,21 +59,58 @@ pub fn weighted_token_loss<B: Backend>(
     coefficients: &[f32],
     router_rows: Option<RouterRows<'_>>,
 ) -> Result<LossAndGrads<B>> {
+    let deferred = deferred_token_loss(model, b, seq, targets, coefficients, router_rows)?;
+    let token_losses: Vec<f32> = b.download(&deferred.token_losses).iter().copied().collect();
+    let DeferredLoss { aux_loss, aux_weight, grads, logits, .. } = deferred;
+    let loss = weighted_loss(&token_losses, coefficients, aux_weight * aux_loss.unwrap_or(0.0))?;
+    let supervised = coefficients.iter().filter(|&&c| c != 0.0).count() as f64;
+    Ok(LossAndGrads { loss, aux_loss, token_losses, supervised, grads, logits })
+}
+
+/// A forward + backward whose token losses stay on the backend (`Backend::cross_entropy_on_device`): the
+/// trainer reads them with the step's report, after the update, so nothing waits for the device mid-step.
+pub struct DeferredLoss<B: Backend> {
+    /// ℓₜ for every row, [T, 1], not yet read
+    pub token_losses: B::Tensor,
+    /// The load-balancing loss of a mixture of experts (before its coefficient; its router decides on the host,
+    /// so this one is known at once)
+    pub aux_loss: Option<f64>,
+    /// `router_aux_loss_coef`, or 0 without experts
+    pub aux_weight: f64,
+    pub grads: Gradients<B>,
+    /// [T, vocab]
+    pub logits: B::Tensor,
+}
+
+/// L = Σₜ cₜ·ℓₜ + `aux` (a mixture of experts' weighted balance loss, else 0) from token losses read back, or
+/// the error a non-finite loss stops a run with.
+pub fn weighted_loss(token_losses: &[f32], coefficients: &[f32], aux: f64) -> Result<f64> {
+    let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>() + aux;
+    if !loss.is_finite() {
+        bail!("the loss is {loss} (not finite)");
+    }
+    Ok(loss)
+}
+
+/// [`weighted_token_loss`] without reading the token losses: forward, the loss's gradient, backward.
+pub fn deferred_token_loss<B: Backend>(
+    model: &Decoder<B>,
+    b: &B,
+    seq: Sequence<'_>,
+    targets: &[u32],
+    coefficients: &[f32],
+    router_rows: Option<RouterRows<'_>>,
+) -> Result<DeferredLoss<B>> {
     let (logits, mut cache) = model.forward_train(b, seq)?;
     if let (Some(rows), Some(moe)) = (router_rows, &model.config.moe) {
         cache.set_router_rows(moe, rows);
     }
-    let (token_losses, dlogits) = b.cross_entropy(&logits, targets, coefficients); // dL/dlogits = c·(softmax − onehot)
+    // dL/dlogits = c·(softmax − onehot)
+    let (token_losses, dlogits) = b.cross_entropy_on_device(&logits, targets, coefficients);
     let aux_loss = cache.aux_loss();
-    let coef = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss.loss_weight() as f64);
-    let loss = token_losses.iter().zip(coefficients).map(|(&l, &c)| l as f64 * c as f64).sum::<f64>()
-        + coef * aux_loss.unwrap_or(0.0);
-    if !loss.is_finite() {
-        bail!("the loss is {loss} (not finite)");
-    }
+    let aux_weight = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss.loss_weight() as f64);
     let grads = model.backward(b, cache, &dlogits);
-    let supervised = coefficients.iter().filter(|&&c| c != 0.0).count() as f64;
-    Ok(LossAndGrads { loss, aux_loss, token_losses, supervised, grads, logits })
+    Ok(DeferredLoss { token_losses, aux_loss, aux_weight, grads, logits })
 }
 
 /// Masked mean cross-entropy: coefficients mₜ / Σ m (MFTCoder's case1; transformers' loss without a mask).

@@ -9,5 +9,6 @@ pub mod plots;
 pub mod preference;
 pub mod run_lock;
 pub mod schedule;
+pub mod step_update;
 pub mod tensorboard;
 pub mod trainer;

@@ -19,6 +19,7 @@
 //! pass all `true` to train as MFTCoder does.
 
 use crate::backend::Backend;
+use crate::train::step_update::{Outcome, StepReport, StepUpdate};
 use ndarray::{Array2, Zip};
 use rayon::prelude::*;
 
@@ -164,6 +165,47 @@ impl<T> AdamW<T> {
         }
     }
     // ANCHOR_END: adamw_step_on
+
+    // ANCHOR: clipped_step_on
+    /// A whole step's end on a backend (`train::step_update`): the finiteness checks, clipping to `max_norm`
+    /// and this step's AdamW update, with one report back. `grads` are in the order the global norm sums them,
+    /// `grad_of[i]` is parameter i's gradient among them, `losses` the step's token losses on the backend. A
+    /// step refused for a non-finite loss or gradient does not count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clipped_step_on<B: Backend<Tensor = T>>(
+        &mut self,
+        b: &B,
+        params: &mut [&mut T],
+        grads: &mut [&mut T],
+        grad_of: &[Option<usize>],
+        lr: f32,
+        decay: &[bool],
+        max_norm: f32,
+        losses: &[&T],
+    ) -> StepReport {
+        self.check_lists(params.len(), grad_of.len(), decay.len());
+        let scalars = self.next_scalars(lr);
+        let per_parameter: Vec<AdamWScalars> = decay
+            .iter()
+            .map(|&d| AdamWScalars { decay_factor: if d { scalars.decay_factor } else { 1.0 }, ..scalars })
+            .collect();
+        let update = StepUpdate {
+            params,
+            m: &mut self.m,
+            v: &mut self.v,
+            grads,
+            grad_of,
+            scalars: &per_parameter,
+            max_norm,
+            losses,
+        };
+        let report = b.clipped_adamw_update(update);
+        if matches!(report.outcome, Outcome::NonFiniteLoss | Outcome::NonFiniteGradient(_)) {
+            self.step -= 1;
+        }
+        report
+    }
+    // ANCHOR_END: clipped_step_on
 }
 
 impl AdamW {
@@ -285,11 +327,8 @@ pub fn clip_grad_norm_on<B: Backend>(b: &B, grads: &mut [&mut B::Tensor], max_no
 // ANCHOR: first_non_finite
 /// The first parameter, in the order given, that is not finite after an update: one reduction per parameter
 /// (its squared norm, which a single NaN or ∞ makes non-finite), so a step that blew the weights up stops the
-/// run before it can be checkpointed.
-pub fn first_non_finite<'a, B: Backend>(
-    b: &B,
-    params: impl IntoIterator<Item = (&'a str, &'a B::Tensor)>,
-) -> Option<&'a str>
+/// run before it can be checkpointed. `K` names a parameter (its path, or its index).
+pub fn first_non_finite<'a, B: Backend, K>(b: &B, params: impl IntoIterator<Item = (K, &'a B::Tensor)>) -> Option<K>
 where
     B::Tensor: 'a,
 {

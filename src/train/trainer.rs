@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::CollateOptions;
 use crate::io::tokenizer::Tokenizer;
-use crate::loss::causal_lm::weighted_token_loss;
+use crate::loss::causal_lm::{DeferredLoss, deferred_token_loss, weighted_loss};
 use crate::loss::coba::{CobaConfig, CobaState, mean_of_samples};
 use crate::loss::mft::{LossMode, coefficients, task_losses};
 use crate::loss::moe_aux::RouterRows;
@@ -25,10 +25,11 @@ use crate::rng::Rng;
 pub use crate::train::batches::{Corpus, FlatBatch, TrainData, flatten, load_data};
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::metrics::{MetricsLog, Tags};
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on, first_non_finite};
+use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::plots;
 use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
+use crate::train::step_update::Outcome;
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -386,6 +387,17 @@ pub fn train<B: Backend>(b: &B, cfg: &TrainConfig, opts: RunOptions) -> Result<T
     })
 }
 
+/// What a micro-batch's loss needs once its token losses are read, at the end of the step.
+struct PendingLoss<B: Backend> {
+    /// [T, 1], on the backend until the step's report
+    token_losses: B::Tensor,
+    /// The balance loss of a mixture of experts, and its weight (0 without experts)
+    aux: Option<f64>,
+    aux_weight: f64,
+    coeffs: Vec<f32>,
+    flat: FlatBatch,
+}
+
 // ANCHOR: optimizer_step
 #[allow(clippy::too_many_arguments)]
 fn optimizer_step<B: Backend>(
@@ -405,8 +417,8 @@ fn optimizer_step<B: Backend>(
 ) -> Result<StepResult> {
     let n_micro = indices.len() / micro;
     let mut acc: Option<Gradients<B>> = None;
-    let (mut loss_sum, mut tokens, mut aux_sum) = (0.0, 0usize, None::<f64>);
-    let (mut task_sum, mut task_n) = (vec![0.0; task_weights.len()], vec![0usize; task_weights.len()]);
+    let mut tokens = 0usize;
+    let mut pending: Vec<PendingLoss<B>> = Vec::new();
     for chunk in indices.chunks(micro) {
         let batch = data.train_batch(chunk, collate);
         let flat = flatten(&batch);
@@ -418,64 +430,72 @@ fn optimizer_step<B: Backend>(
         model.dropout_seed = Some(rng.next_u64()); // LoRA dropout for this micro-batch (no effect without adapters)
         let mask = flat.router_mask();
         let rows = RouterRows { mask: &mask, row_len: flat.row_len };
-        let r = weighted_token_loss(model, b, seq, &flat.targets, &coeffs, Some(rows));
+        let r = deferred_token_loss(model, b, seq, &flat.targets, &coeffs, Some(rows));
         model.dropout_seed = None; // evaluation and inference run without dropout
-        let r = r?;
-        loss_sum += r.loss;
-        if let Some(aux) = r.aux_loss {
-            *aux_sum.get_or_insert(0.0) += aux;
-        }
+        let DeferredLoss { token_losses, aux_loss, aux_weight, grads, logits: _ } = r?;
         tokens += flat.ids.len();
-        for (k, l) in task_losses(&r.token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, task_weights.len())
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(l) = l {
-                task_sum[k] += l;
-                task_n[k] += 1;
-            }
-        }
         match acc.as_mut() {
-            None => acc = Some(r.grads),
+            None => acc = Some(grads),
             Some(acc) => {
-                for (name, g) in r.grads {
+                for (name, g) in grads {
                     b.add_assign(acc.get_mut(&name).expect("same parameters every micro-batch"), &g);
                 }
             }
         }
+        pending.push(PendingLoss { token_losses, aux: aux_loss, aux_weight, coeffs, flat });
     }
     let mut grads = acc.ok_or_else(|| anyhow!("every micro-batch of this step was empty"))?;
     let scale = 1.0 / n_micro as f32;
     for g in grads.values_mut() {
         *g = b.scale(g, scale);
     }
-    // a non-finite gradient stops the run, naming the first offending tensor in parameter order
-    for name in param_names {
-        if let Some(g) = grads.get(name) {
-            if !b.sum_squares(g).is_finite() {
-                bail!(
-                    "the gradient of `{name}` is not finite (loss {:.6}); the last good checkpoint is kept",
-                    loss_sum / n_micro as f64
-                );
+    // the norm adds the gradients up in the map's order; parameter i's gradient is grads[grad_of[i]]
+    let grad_names: Vec<&String> = grads.keys().collect();
+    let grad_of: Vec<Option<usize>> = param_names.iter().map(|n| grad_names.binary_search(&n).ok()).collect();
+    let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
+    let max_norm = if cfg.gradient_clipping > 0.0 { cfg.gradient_clipping as f32 } else { f32::INFINITY };
+    let mut params = model.trainable_parameters_mut();
+    let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
+    let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
+    let losses: Vec<&B::Tensor> = pending.iter().map(|p| &p.token_losses).collect();
+    let report =
+        opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr as f32, &decay, max_norm, &losses);
+
+    let (mut loss_sum, mut aux_sum) = (0.0, None::<f64>);
+    let (mut task_sum, mut task_n) = (vec![0.0; task_weights.len()], vec![0usize; task_weights.len()]);
+    for (p, token_losses) in pending.iter().zip(&report.token_losses) {
+        loss_sum += weighted_loss(token_losses, &p.coeffs, p.aux_weight * p.aux.unwrap_or(0.0))?;
+        if let Some(aux) = p.aux {
+            *aux_sum.get_or_insert(0.0) += aux;
+        }
+        let (flat, tasks) = (&p.flat, task_weights.len());
+        let per_task = task_losses(token_losses, &flat.loss_mask, flat.row_len, &flat.task_ids, tasks);
+        for (k, l) in per_task.into_iter().enumerate() {
+            if let Some(l) = l {
+                task_sum[k] += l;
+                task_n[k] += 1;
             }
         }
     }
-    let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
-    let max_norm = if cfg.gradient_clipping > 0.0 { cfg.gradient_clipping as f32 } else { f32::INFINITY };
-    let grad_norm = clip_grad_norm_on(b, &mut grad_refs, max_norm) as f64;
-    let mut params = model.trainable_parameters_mut();
-    let grad_list: Vec<Option<&B::Tensor>> = params.iter().map(|(n, _)| grads.get(n)).collect();
-    let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
-    let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
-    opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
-    if let Some(name) = first_non_finite(b, params.iter().map(|(n, p)| (n.as_str(), &**p))) {
-        bail!(
-            "the update made parameter `{name}` non-finite (learning rate {lr:e}); stopped before saving it, so \
-             `latest` is still the last finite checkpoint"
-        );
+    match report.outcome {
+        Outcome::Updated => {}
+        // a token loss that is not finite makes its micro-batch's loss not finite: `weighted_loss` said so above
+        Outcome::NonFiniteLoss => bail!("a token loss is not finite; the last good checkpoint is kept"),
+        // a non-finite gradient stops the run, naming the first offending tensor in parameter order
+        Outcome::NonFiniteGradient(i) => bail!(
+            "the gradient of `{}` is not finite (loss {:.6}); the last good checkpoint is kept",
+            param_names[i],
+            loss_sum / n_micro as f64
+        ),
+        Outcome::NonFiniteParameter(i) => bail!(
+            "the update made parameter `{}` non-finite (learning rate {lr:e}); stopped before saving it, so \
+             `latest` is still the last finite checkpoint",
+            param_names[i]
+        ),
     }
     let task_loss = task_sum.iter().zip(&task_n).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect();
     let aux_loss = aux_sum.map(|a| a / n_micro as f64);
+    let grad_norm = report.grad_norm as f64;
     Ok(StepResult { loss: loss_sum / n_micro as f64, task_loss, tokens, grad_norm, aux_loss })
 }
 // ANCHOR_END: optimizer_step

@@ -4,9 +4,9 @@
 //! the exact f32 ones, tiled (head_dim ≤ 128) or per key (up to 256). The score clamp (Aquila2) always takes
 //! the f32 kernels.
 
-use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, fail, int, warp_grid};
+use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, Uploaded, fail, int, warp_grid};
 use crate::backend::{AttentionDims, AttentionMask, AttentionShape, segment_bounds};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaStream, DevicePtr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,9 +23,9 @@ fn attention_dims(q: &CudaTensor, k: &CudaTensor, shape: &AttentionShape, mask: 
 
 /// A packed batch's segments on the device (see attention.cu).
 struct Segments {
-    ids: CudaSlice<u32>,
-    first: CudaSlice<u32>,
-    last: CudaSlice<u32>,
+    ids: Uploaded<u32>,
+    first: Uploaded<u32>,
+    last: Uploaded<u32>,
 }
 
 /// Device pointers of the three segment arrays, or nulls; the guards keep the buffers' reads ordered.
@@ -145,7 +145,11 @@ impl Cuda {
     fn segments(&self, mask: &AttentionMask) -> Option<Segments> {
         let ids = mask.segment_ids?;
         let (first, last) = segment_bounds(ids);
-        Some(Segments { ids: self.to_device(ids), first: self.to_device(&first), last: self.to_device(&last) })
+        Some(Segments {
+            ids: self.ids_on_device(ids),
+            first: self.ids_on_device(&first),
+            last: self.ids_on_device(&last),
+        })
     }
 
     /// → (out [Tq, H·d], lse [Tq, H])

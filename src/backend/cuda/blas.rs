@@ -4,7 +4,7 @@
 //! C = op(A)·op(B) in row-major terms is Cᵀ = op(B)ᵀ·op(A)ᵀ in cuBLAS's: pass B first, A second, and swap m
 //! and n — no copies, only the transpose flags change.
 
-use super::{Cuda, CudaTensor, Precision, fail, int};
+use super::{Cuda, CudaTensor, Pooled, Precision, fail, int};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -48,14 +48,15 @@ pub fn matmul(cuda: &Cuda, a: &CudaTensor, trans_a: bool, b: &CudaTensor, trans_
         return;
     }
     if k == 0 {
-        cuda.stream.memset_zeros(&mut out.data).unwrap_or_else(|e| fail("memset", e));
+        cuda.stream.memset_zeros(&mut *out.data).unwrap_or_else(|e| fail("memset", e));
         return;
     }
     match cuda.precision {
         // SAFETY: the shapes are checked above; the leading dimensions are the row lengths of each buffer.
         Precision::F32 => {
             cuda.counters.gemm();
-            unsafe { cuda.blas.gemm(cfg, &b.data, &a.data, &mut out.data) }.unwrap_or_else(|e| fail("cuBLAS sgemm", e))
+            unsafe { cuda.blas.gemm(cfg, &*b.data, &*a.data, &mut *out.data) }
+                .unwrap_or_else(|e| fail("cuBLAS sgemm", e))
         }
         Precision::Bf16 => {
             let (a16, b16) = (to_bf16(cuda, a), to_bf16(cuda, b));
@@ -66,11 +67,9 @@ pub fn matmul(cuda: &Cuda, a: &CudaTensor, trans_a: bool, b: &CudaTensor, trans_
 // ANCHOR_END: matmul
 
 /// The operand rounded to bf16 (as raw 16-bit patterns), round to nearest even.
-fn to_bf16(cuda: &Cuda, t: &CudaTensor) -> CudaSlice<u16> {
+fn to_bf16(cuda: &Cuda, t: &CudaTensor) -> Pooled<u16> {
     let n = t.rows * t.cols;
-    // SAFETY: the kernel writes all n entries.
-    cuda.counters.allocation(2 * n.max(1));
-    let mut out = unsafe { cuda.stream.alloc::<u16>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e));
+    let mut out = cuda.pool_bf16.take(n); // the kernel writes all n entries
     let blocks = n.div_ceil(256).clamp(1, 65_536) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let n = n as i64;

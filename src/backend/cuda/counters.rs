@@ -1,6 +1,6 @@
 //! What a step costs the device besides its arithmetic, counted where the backend talks to the driver:
-//! kernel launches (ours, and cuBLAS's products), device allocations and their bytes, host→device uploads,
-//! and device→host reads (each one blocks the host until the stream has caught up). The emulated device
+//! kernel launches (ours, and cuBLAS's products), device allocations and their bytes, buffers the caching
+//! allocator handed out again instead (`pool.rs`), host→device uploads, and device→host reads (each one blocks the host until the stream has caught up). The emulated device
 //! counts the same calls, so these numbers are measured on every `cargo test --features cuda`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ pub struct DeviceCounters {
     gemms: AtomicU64,
     allocations: AtomicU64,
     allocated_bytes: AtomicU64,
+    reuses: AtomicU64,
     uploads: AtomicU64,
     host_reads: AtomicU64,
 }
@@ -22,6 +23,7 @@ pub struct CounterSnapshot {
     pub gemms: u64,
     pub allocations: u64,
     pub allocated_bytes: u64,
+    pub reuses: u64,
     pub uploads: u64,
     pub host_reads: u64,
 }
@@ -37,6 +39,9 @@ impl DeviceCounters {
         self.allocations.fetch_add(1, Ordering::Relaxed);
         self.allocated_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+    pub(super) fn reuse(&self) {
+        self.reuses.fetch_add(1, Ordering::Relaxed);
+    }
     pub(super) fn upload(&self) {
         self.uploads.fetch_add(1, Ordering::Relaxed);
     }
@@ -51,6 +56,7 @@ impl DeviceCounters {
             gemms: get(&self.gemms),
             allocations: get(&self.allocations),
             allocated_bytes: get(&self.allocated_bytes),
+            reuses: get(&self.reuses),
             uploads: get(&self.uploads),
             host_reads: get(&self.host_reads),
         }
@@ -65,6 +71,7 @@ impl CounterSnapshot {
             gemms: self.gemms - earlier.gemms,
             allocations: self.allocations - earlier.allocations,
             allocated_bytes: self.allocated_bytes - earlier.allocated_bytes,
+            reuses: self.reuses - earlier.reuses,
             uploads: self.uploads - earlier.uploads,
             host_reads: self.host_reads - earlier.host_reads,
         }
@@ -75,11 +82,12 @@ impl std::fmt::Display for CounterSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} uploads, {} blocking reads",
+            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses, {} uploads, {} blocking reads",
             self.launches,
             self.gemms,
             self.allocations,
             self.allocated_bytes as f64 / 1e6,
+            self.reuses,
             self.uploads,
             self.host_reads
         )

@@ -77,7 +77,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     ),
     ("cross_entropy.cu", include_str!("kernels/cross_entropy.cu"), &["cross_entropy"]),
     ("quant4.cu", include_str!("kernels/quant4.cu"), &["decode_double_quant", "dequantize_4bit"]),
-    ("optim.cu", include_str!("kernels/optim.cu"), &["adamw", "sum_squares"]),
+    (
+        "optim.cu",
+        include_str!("kernels/optim.cu"),
+        &["adamw", "sum_squares", "grad_norm_partials", "grad_norm_finish", "adamw_multi"],
+    ),
     ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask"]),
 ];
 
@@ -315,6 +319,7 @@ mod launch_tests {
             include_str!("quant4.rs"),
             include_str!("norms.rs"),
             include_str!("rope.rs"),
+            include_str!("cross_entropy.rs"),
         ] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));

@@ -4,7 +4,9 @@
 //! machine with no CUDA at all. The kernels live in `kernels/*.cu`, one file per CPU module they mirror, and
 //! are compiled by NVRTC the first time a device is opened ([`kernels`]); matrix products go to cuBLAS
 //! ([`blas`]). Tensors are row-major f32 matrices in device memory, like the CPU path's, so an op can be run
-//! on both and compared (tests/cuda_vs_cpu.rs).
+//! on both and compared (tests/cuda_vs_cpu.rs). Their buffers come from a caching allocator ([`pool`]) and small
+//! per-step inputs from a cache keyed by content ([`upload_cache`]), so a steady-state training step allocates
+//! nothing and reads the device back once ([`Backend::clipped_adamw_update`]).
 //!
 //! Precision: [`Precision::F32`] is the reference (f32 everywhere, cuBLAS without TF32).
 //! [`Precision::Bf16`] is mixed precision: every matrix product reads its operands rounded to bf16 and
@@ -14,18 +16,23 @@
 pub mod blas;
 pub mod counters;
 pub mod kernels;
+pub mod pool;
+pub mod upload_cache;
 
 use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
+use crate::train::step_update::{StepReport, StepUpdate};
 use anyhow::{Context, Result, anyhow};
 use counters::{CounterSnapshot, DeviceCounters};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use kernels::KernelCode;
 use ndarray::Array2;
+use pool::{Pool, Pooled};
 use std::collections::HashMap;
 use std::sync::Arc;
+use upload_cache::{UploadCache, Uploaded};
 
 /// Open CUDA device `ordinal`, or say in one line why there is none.
 pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
@@ -62,10 +69,11 @@ impl std::str::FromStr for Precision {
 }
 
 // ANCHOR: cuda_tensor
-/// A row-major f32 matrix in device memory.
+/// A row-major f32 matrix in device memory, in a buffer on loan from the backend's pool (at least rows·cols
+/// long: the pool rounds sizes up to its buckets).
 #[derive(Clone, Debug)]
 pub struct CudaTensor {
-    pub data: CudaSlice<f32>,
+    pub data: Pooled<f32>,
     pub rows: usize,
     pub cols: usize,
 }
@@ -86,7 +94,8 @@ pub struct CudaPacked {
     code: CudaSlice<f32>,
 }
 
-/// The GPU backend: one device, one stream, the compiled kernels and a cuBLAS handle.
+/// The GPU backend: one device, one stream, the compiled kernels, a cuBLAS handle, the caching allocator
+/// (`pool.rs`) and the cache of small per-step inputs (`upload_cache.rs`).
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -94,7 +103,14 @@ pub struct Cuda {
     functions: HashMap<&'static str, CudaFunction>,
     pub precision: Precision,
     kernel_code: KernelCode,
-    counters: DeviceCounters,
+    counters: Arc<DeviceCounters>,
+    pool: Arc<Pool<f32>>,
+    /// bf16 copies of matrix operands (`Precision::Bf16`)
+    pool_bf16: Arc<Pool<u16>>,
+    ids: UploadCache<u32>,
+    floats: UploadCache<f32>,
+    /// device pointers and sizes: the multi-tensor optimizer's tables (uploaded each step, not cached)
+    words: UploadCache<u64>,
 }
 
 /// Threads per block for element-wise kernels (grid-stride loops, so any grid size is correct).
@@ -142,9 +158,10 @@ macro_rules! launch {
 // ANCHOR_END: launch_macro
 
 mod attention; // the attention launches: segment tables, the kernel family by precision, head_dim and clamp
+mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
 mod fused_qkv; // a fused q/k/v projection's column split and join
 mod norms; // the norms' backward rows and the column sums of their weight gradients
-mod optim; // the clipping norm's partial sums and the AdamW update
+mod optim; // the squared norm, the AdamW update, and a step's end: clipping + multi-tensor AdamW, one read
 mod quant4; // 4-bit blocks on the device and their dequantization
 mod rope; // RoPE's rotation, forward and backward
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
@@ -166,7 +183,13 @@ impl Cuda {
         let stream = ctx.default_stream();
         let (functions, kernel_code) = kernels::load_kernels(&ctx, major, minor)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
-        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters: DeviceCounters::default() })
+        let counters = Arc::new(DeviceCounters::default());
+        let pool = Pool::new(stream.clone(), counters.clone());
+        let pool_bf16 = Pool::new(stream.clone(), counters.clone());
+        let ids = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
+        let floats = UploadCache::new(pool.clone(), stream.clone(), counters.clone());
+        let words = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
+        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters, pool, pool_bf16, ids, floats, words })
     }
 
     /// Launches, allocations, uploads and blocking reads so far (`counters.rs`).
@@ -197,25 +220,39 @@ impl Cuda {
         self.functions.get(name).unwrap_or_else(|| fail("kernel lookup", format!("no kernel `{name}`")))
     }
 
-    fn alloc(&self, n: usize) -> CudaSlice<f32> {
-        self.counters.allocation(4 * n.max(1));
-        // SAFETY: every caller writes all n entries before anything reads them.
-        unsafe { self.stream.alloc::<f32>(n.max(1)) }.unwrap_or_else(|e| fail("alloc", e))
+    /// A buffer of at least n entries from the pool, uninitialised (every caller writes what it reads).
+    fn alloc(&self, n: usize) -> Pooled<f32> {
+        self.pool.take(n)
     }
 
     fn tensor(&self, rows: usize, cols: usize) -> CudaTensor {
         CudaTensor { data: self.alloc(rows * cols), rows, cols }
     }
 
+    /// A buffer of its own (not pooled) holding `host`: what lives as long as the model does (4-bit blocks).
     fn to_device<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
         self.counters.upload();
         self.counters.allocation(std::mem::size_of_val(host).max(1));
         self.stream.clone_htod(host).unwrap_or_else(|e| fail("copy to device", e))
     }
 
-    fn to_host<T: cudarc::driver::DeviceRepr>(&self, dev: &CudaSlice<T>) -> Vec<T> {
+    /// Token ids, targets, positions, segment tables: uploaded once per distinct content (`upload_cache.rs`).
+    fn ids_on_device(&self, host: &[u32]) -> Uploaded<u32> {
+        self.ids.get(host)
+    }
+
+    /// Loss weights, inverse frequencies, per-row scales: uploaded once per distinct content.
+    fn floats_on_device(&self, host: &[f32]) -> Uploaded<f32> {
+        self.floats.get(host)
+    }
+
+    /// The first n entries of a device buffer, on the host: waits for the stream (a blocking read).
+    fn to_host<T: cudarc::driver::DeviceRepr>(&self, dev: &CudaSlice<T>, n: usize) -> Vec<T> {
         self.counters.host_read();
-        self.stream.clone_dtoh(dev).unwrap_or_else(|e| fail("copy to host", e))
+        if n == 0 {
+            return Vec::new();
+        }
+        self.stream.clone_dtoh(&dev.slice(0..n)).unwrap_or_else(|e| fail("copy to host", e))
     }
 
     fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) {
@@ -241,24 +278,33 @@ impl Backend for Cuda {
     }
     fn upload(&self, host: Array2<f32>) -> CudaTensor {
         let (rows, cols) = host.dim();
-        let data = match host.as_slice() {
-            Some(s) => self.to_device(s),
-            None => self.to_device(&host.iter().copied().collect::<Vec<f32>>()), // row-major order
+        let mut t = self.tensor(rows, cols);
+        let row_major;
+        let values = match host.as_slice() {
+            Some(s) => s,
+            None => {
+                row_major = host.iter().copied().collect::<Vec<f32>>();
+                &row_major
+            }
         };
-        CudaTensor { data, rows, cols }
+        if !values.is_empty() {
+            self.counters.upload();
+            let mut head = t.data.slice_mut(0..values.len());
+            self.stream.memcpy_htod(values, &mut head).unwrap_or_else(|e| fail("copy to device", e));
+        }
+        t
     }
     fn download(&self, t: &CudaTensor) -> Array2<f32> {
-        let mut v = self.to_host(&t.data);
-        v.truncate(t.len());
+        let v = self.to_host(&t.data, t.len());
         Array2::from_shape_vec((t.rows, t.cols), v).expect("rows·cols values")
     }
     fn dims(&self, t: &CudaTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
     fn zeros(&self, rows: usize, cols: usize) -> CudaTensor {
-        self.counters.allocation(4 * (rows * cols).max(1));
-        let data = self.stream.alloc_zeros::<f32>((rows * cols).max(1)).unwrap_or_else(|e| fail("alloc", e));
-        CudaTensor { data, rows, cols }
+        let mut t = self.tensor(rows, cols);
+        self.stream.memset_zeros(&mut *t.data).unwrap_or_else(|e| fail("memset", e));
+        t
     }
     fn upload_4bit(&self, q: &Quantized4bit) -> CudaPacked {
         self.upload_packed(q)
@@ -271,7 +317,7 @@ impl Backend for Cuda {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
             panic!("embedding: token id {bad} is outside the vocabulary of {}", table.rows);
         }
-        let dev_ids = self.to_device(ids);
+        let dev_ids = self.ids_on_device(ids);
         let mut out = self.tensor(ids.len(), table.cols);
         let (t, h) = (int(ids.len(), "tokens"), int(table.cols, "hidden"));
         launch!(
@@ -370,7 +416,7 @@ impl Backend for Cuda {
     fn reshape(&self, t: &CudaTensor, rows: usize, cols: usize) -> CudaTensor {
         assert_eq!(t.len(), rows * cols, "reshape: [{}, {}] into [{rows}, {cols}]", t.rows, t.cols);
         let mut out = self.tensor(rows, cols);
-        self.stream.memcpy_dtod(&t.data, &mut out.data).unwrap_or_else(|e| fail("copy", e));
+        self.stream.memcpy_dtod(&*t.data, &mut *out.data).unwrap_or_else(|e| fail("copy", e));
         out
     }
     fn slice_rows(&self, t: &CudaTensor, start: usize, end: usize) -> CudaTensor {
@@ -501,36 +547,23 @@ impl Backend for Cuda {
     }
     fn embedding_backward(&self, dy: &CudaTensor, ids: &[u32], vocab: usize) -> CudaTensor {
         assert_eq!(dy.rows, ids.len(), "embedding_backward: one id per row of dy");
-        let dev_ids = self.to_device(ids);
+        let dev_ids = self.ids_on_device(ids);
         let mut dtable = self.zeros(vocab, dy.cols);
         let (t, h) = (int(ids.len(), "tokens"), int(dy.cols, "hidden"));
         launch!(self, "embedding_backward", elementwise_grid(dy.len()), &mut dtable.data, &dy.data, &dev_ids, &t, &h);
         dtable
     }
     fn cross_entropy(&self, logits: &CudaTensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, CudaTensor) {
-        assert_eq!(targets.len(), logits.rows, "cross_entropy: one target per row of logits");
-        assert_eq!(weights.len(), logits.rows, "cross_entropy: one weight per row of logits");
-        if let Some(&bad) = targets.iter().find(|&&y| y as usize >= logits.cols) {
-            panic!("cross_entropy: target {bad} is outside the vocabulary of {}", logits.cols);
-        }
-        let (dev_targets, dev_weights) = (self.to_device(targets), self.to_device(weights));
-        let mut losses = self.alloc(logits.rows);
-        let mut dlogits = self.tensor(logits.rows, logits.cols);
-        let vocab = int(logits.cols, "vocab");
-        launch!(
-            self,
-            "cross_entropy",
-            row_grid(logits.rows),
-            &mut losses,
-            &mut dlogits.data,
-            &logits.data,
-            &dev_targets,
-            &dev_weights,
-            &vocab
-        );
-        let mut host = self.to_host(&losses);
-        host.truncate(logits.rows);
-        (host, dlogits)
+        let (losses, dlogits) = self.cross_entropy_on_device(logits, targets, weights);
+        (self.to_host(&losses.data, losses.rows), dlogits)
+    }
+    fn cross_entropy_on_device(
+        &self,
+        logits: &CudaTensor,
+        targets: &[u32],
+        weights: &[f32],
+    ) -> (CudaTensor, CudaTensor) {
+        self.cross_entropy_rows(logits, targets, weights)
     }
     fn add_assign(&self, a: &mut CudaTensor, b: &CudaTensor) {
         self.add_scaled(a, b, 1.0);
@@ -570,6 +603,9 @@ impl Backend for Cuda {
         k: &AdamWScalars,
     ) {
         self.adamw_step(p, g, m, v, k)
+    }
+    fn clipped_adamw_update(&self, update: StepUpdate<'_, '_, '_, CudaTensor>) -> StepReport {
+        self.clipped_adamw(update)
     }
 }
 

@@ -15,7 +15,7 @@ impl Cuda {
                 let codes = self.to_device(&dq.codes);
                 let nested = self.to_device(&dq.nested_absmax);
                 let map = self.to_device(&dq.nested_quant_map);
-                let mut absmax = self.alloc(dq.codes.len());
+                let mut absmax = self.to_device(&vec![0.0f32; dq.codes.len()]); // kept with the model, not pooled
                 let blocks = int(dq.codes.len(), "blocks");
                 launch!(
                     self,

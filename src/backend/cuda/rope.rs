@@ -19,7 +19,7 @@ impl Cuda {
         // the first 2·len(ω) entries of each head rotate, the rest (partial rotary) are copied
         assert!(2 * inv_freq.len() <= head_dim, "rope: {} frequencies for heads of {head_dim}", inv_freq.len());
         let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let (pos, freq) = (self.to_device(&positions), self.to_device(inv_freq));
+        let (pos, freq) = (self.ids_on_device(&positions), self.floats_on_device(inv_freq));
         let mut y = self.tensor(x.rows, x.cols);
         let (t, h, d, half) =
             (int(x.rows, "tokens"), int(heads, "heads"), int(head_dim, "head_dim"), int(inv_freq.len(), "rotary"));

@@ -3,15 +3,15 @@
 use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, elementwise_grid, fail, int, row_grid};
 
 impl Cuda {
-    /// x: [T, H], weights: [T] on the host → y[t] = weights[t]·x[t]: one host → device copy of the T weights,
-    /// then one thread per element.
+    /// x: [T, H], weights: [T] on the host → y[t] = weights[t]·x[t]: the T weights uploaded (once per distinct
+    /// content, `upload_cache.rs`), then one thread per element.
     pub(super) fn scale_each_row(&self, x: &CudaTensor, weights: &[f32]) -> CudaTensor {
         assert_eq!(x.rows, weights.len(), "scale_rows: one weight per row");
         let mut y = self.tensor(x.rows, x.cols);
         if x.len() == 0 {
             return y;
         }
-        let w = self.to_device(weights);
+        let w = self.floats_on_device(weights);
         let (rows, cols) = (int(x.rows, "rows"), int(x.cols, "cols"));
         launch!(self, "scale_rows", elementwise_grid(x.len()), &mut y.data, &x.data, &w, &rows, &cols);
         y
@@ -28,8 +28,6 @@ impl Cuda {
         let mut dots = self.alloc(a.rows);
         let hidden = int(a.cols, "hidden");
         launch!(self, "row_dots", row_grid(a.rows), &mut dots, &a.data, &b.data, &hidden);
-        let mut host = self.to_host(&dots);
-        host.truncate(a.rows);
-        host
+        self.to_host(&dots, a.rows)
     }
 }

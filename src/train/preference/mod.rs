@@ -19,9 +19,10 @@ use crate::peft::attach::init_adapters;
 use crate::rng::Rng;
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::metrics::{MetricsLog, Tags};
-use crate::train::optim::{AdamW, AdamWConfig, clip_grad_norm_on, first_non_finite};
+use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::run_lock::{self, RunLock, RunRecord};
 use crate::train::schedule::{LrSchedule, learning_rate};
+use crate::train::step_update::Outcome;
 use crate::train::trainer::{RunOptions, quantize_base};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::PathBuf;
@@ -378,22 +379,33 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
                 }
             }
             let mut grads = acc.expect("at least one micro-batch");
-            let grad_norm = match cfg.max_grad_norm > 0.0 {
-                true => clip_grad_norm_on(b, &mut grads.values_mut().collect::<Vec<_>>(), cfg.max_grad_norm as f32),
-                false => 0.0,
-            };
             // an expert no token reached has no gradient, and AdamW leaves it alone
-            let grad_list: Vec<Option<&B::Tensor>> = names.iter().map(|n| grads.get(n)).collect();
+            let grad_names: Vec<&String> = grads.keys().collect();
+            let grad_of: Vec<Option<usize>> = names.iter().map(|n| grad_names.binary_search(&n).ok()).collect();
+            let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
+            let clipping = cfg.max_grad_norm > 0.0;
+            let max_norm = if clipping { cfg.max_grad_norm as f32 } else { f32::INFINITY };
             let mut params = policy.trainable_parameters_mut();
             let decay: Vec<bool> = vec![true; params.len()];
             let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
-            opt.step_on(b, &mut param_refs, &grad_list, lr as f32, &decay);
-            if let Some(name) = first_non_finite(b, params.iter().map(|(n, p)| (n.as_str(), &**p))) {
-                bail!(
-                    "step {}: the update made parameter `{name}` non-finite (learning rate {lr:e}); stopped before \
+            // the losses were read by `preference_batch` (the preference loss needs the log-probabilities)
+            let report =
+                opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr as f32, &decay, max_norm, &[]);
+            let grad_norm = if clipping { report.grad_norm } else { 0.0 };
+            match report.outcome {
+                Outcome::Updated | Outcome::NonFiniteLoss => {}
+                Outcome::NonFiniteGradient(i) => bail!(
+                    "step {}: the gradient of `{}` is not finite; nothing was updated, so the last checkpoint \
+                     stays the last finite one",
+                    step + 1,
+                    names[i]
+                ),
+                Outcome::NonFiniteParameter(i) => bail!(
+                    "step {}: the update made parameter `{}` non-finite (learning rate {lr:e}); stopped before \
                      saving it, so the last checkpoint stays the last finite one",
-                    step + 1
-                );
+                    step + 1,
+                    names[i]
+                ),
             }
             state.completed_steps += 1;
             state.lr = lr;
