@@ -23,6 +23,8 @@ use std::sync::OnceLock;
 
 #[path = "kernel_emulator/compile.rs"]
 mod compile;
+#[path = "kernel_emulator/emulated_device.rs"]
+mod emulated_device;
 
 fn gpu() -> Option<&'static Cuda> {
     static GPU: OnceLock<Option<Cuda>> = OnceLock::new();
@@ -229,32 +231,14 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 
 #[test]
 fn step_counters_on_an_emulated_device() {
-    if std::env::var_os("MFTCODER_EMULATED_DEVICE").is_some() {
+    if emulated_device::is_the_emulated_run() {
         return; // this is the child run
     }
     if gpu().is_some() {
         eprintln!("a real GPU answered: the emulated run is not needed");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("mftcoder-step-counters-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = dir.join("libcuda.so");
-    if compile::shared_library("fake_cuda.cpp", &lib).is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
-    for name in ["libnvrtc.so", "libcublas.so"] {
-        std::fs::copy(&lib, dir.join(name)).unwrap();
-    }
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("LD_LIBRARY_PATH", &dir)
-        .env("MFTCODER_EMULATED_DEVICE", "1")
-        .args(["--test-threads", "1", "--nocapture"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&child.stdout), String::from_utf8_lossy(&child.stderr));
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(child.status.success(), "on the emulated device:\n{stdout}\n{stderr}");
+    let Some((_, stderr)) = emulated_device::rerun_on_the_emulated_device("step-counters") else { return };
     assert!(!stderr.contains("skipping the GPU"), "the emulated device did not open:\n{stderr}");
     for line in stderr.lines().filter(|l| l.contains("step")) {
         eprintln!("emulated device: {line}");

@@ -36,6 +36,8 @@ use std::sync::OnceLock;
 
 #[path = "kernel_emulator/compile.rs"]
 mod compile;
+#[path = "kernel_emulator/emulated_device.rs"]
+mod emulated_device;
 
 // ANCHOR: gpu_or_skip
 /// The device, opened once per precision; None (and one line saying why) without a GPU.
@@ -810,32 +812,14 @@ fn kernels_load_as_the_devices_machine_code() {
 /// (NVRTC's code generation, the driver, real cuBLAS, timing) is left to a machine with a GPU.
 #[test]
 fn everything_above_on_an_emulated_device() {
-    if std::env::var_os("MFTCODER_EMULATED_DEVICE").is_some() {
+    if emulated_device::is_the_emulated_run() {
         return; // this is the child run
     }
     if gpu(Precision::F32).is_some() {
         eprintln!("a real GPU answered: the emulated run is not needed");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("mftcoder-emulated-device-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = dir.join("libcuda.so");
-    if compile::shared_library("fake_cuda.cpp", &lib).is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
-    for name in ["libnvrtc.so", "libcublas.so"] {
-        std::fs::copy(&lib, dir.join(name)).unwrap();
-    }
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("LD_LIBRARY_PATH", &dir)
-        .env("MFTCODER_EMULATED_DEVICE", "1")
-        .args(["--test-threads", "1", "--nocapture"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&child.stdout), String::from_utf8_lossy(&child.stderr));
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(child.status.success(), "on the emulated device:\n{stdout}\n{stderr}");
+    let Some((stdout, stderr)) = emulated_device::rerun_on_the_emulated_device("emulated-device") else { return };
     assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
     let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary");
     eprintln!("emulated device: {summary}");

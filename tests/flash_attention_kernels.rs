@@ -19,50 +19,16 @@ use mftcoder::backend::cpu::Cpu;
 use mftcoder::backend::{AttentionDims, AttentionMask, AttentionShape, Backend, segment_bounds};
 use mftcoder::rng::Rng;
 use ndarray::Array2;
-use std::ffi::{CString, c_void};
-use std::sync::OnceLock;
 
 #[path = "kernel_emulator/compile.rs"]
 mod compile;
+#[path = "kernel_emulator/harness_library.rs"]
+mod harness_library;
+use harness_library::{Emulator, emulator};
 
 /// The tolerance of the forward (out, lse) and of the gradients (dq, dk, dv); see the module docs.
 const FORWARD_TOL: f32 = 2e-2;
 const BACKWARD_TOL: f32 = 3e-2;
-
-/// The compiled harness, loaded once (as in tests/kernels_on_cpu.rs).
-struct Emulator(*mut c_void);
-// SAFETY: the handle is only used to look up symbols, which dlsym allows from any thread.
-unsafe impl Send for Emulator {}
-unsafe impl Sync for Emulator {}
-
-fn emulator() -> Option<&'static Emulator> {
-    static LOADED: OnceLock<Option<Emulator>> = OnceLock::new();
-    LOADED
-        .get_or_init(|| {
-            let lib = std::env::temp_dir().join(format!("mftcoder-flash-kernels-{}.so", std::process::id()));
-            compile::shared_library("harness.cpp", &lib)?;
-            let path = CString::new(lib.to_str().unwrap()).unwrap();
-            // SAFETY: a library we just built; RTLD_NOW resolves everything at load.
-            let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
-            assert!(!handle.is_null(), "dlopen {}", lib.display());
-            let _ = std::fs::remove_file(&lib);
-            Some(Emulator(handle))
-        })
-        .as_ref()
-}
-
-impl Emulator {
-    /// `emu_<kernel>` as a function of type F (the caller states the C signature).
-    fn kernel<F: Copy>(&self, name: &str) -> F {
-        let sym = CString::new(format!("emu_{name}")).unwrap();
-        // SAFETY: dlsym on a live handle.
-        let f = unsafe { libc::dlsym(self.0, sym.as_ptr()) };
-        assert!(!f.is_null(), "no kernel {name} in the harness");
-        assert_eq!(size_of::<F>(), size_of::<*mut c_void>());
-        // SAFETY: F is the `extern "C"` type of emu_<name> as harness.cpp declares it.
-        unsafe { std::mem::transmute_copy(&f) }
-    }
-}
 
 type P = *mut f32;
 type C = *const f32;

@@ -16,47 +16,13 @@ use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
 use mftcoder::rng::Rng;
 use mftcoder::train::optim::{AdamWScalars, adamw_update_matrix, matrix_sum_squares};
 use ndarray::Array2;
-use std::ffi::{CString, c_void};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 #[path = "kernel_emulator/compile.rs"]
 mod compile;
-
-/// The compiled harness, loaded once.
-struct Emulator(*mut c_void);
-// SAFETY: the handle is only used to look up symbols, which dlsym allows from any thread.
-unsafe impl Send for Emulator {}
-unsafe impl Sync for Emulator {}
-
-fn emulator() -> Option<&'static Emulator> {
-    static LOADED: OnceLock<Option<Emulator>> = OnceLock::new();
-    LOADED
-        .get_or_init(|| {
-            let lib = std::env::temp_dir().join(format!("mftcoder-kernels-{}.so", std::process::id()));
-            compile::shared_library("harness.cpp", &lib)?;
-            let path = CString::new(lib.to_str().unwrap()).unwrap();
-            // SAFETY: a library we just built; RTLD_NOW resolves everything at load.
-            let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
-            assert!(!handle.is_null(), "dlopen {}", lib.display());
-            let _ = std::fs::remove_file(&lib); // the loaded library stays mapped; the file is not needed
-            Some(Emulator(handle))
-        })
-        .as_ref()
-}
-
-impl Emulator {
-    /// `emu_<kernel>` as a function of type F (the caller states the C signature).
-    fn kernel<F: Copy>(&self, name: &str) -> F {
-        let sym = CString::new(format!("emu_{name}")).unwrap();
-        // SAFETY: dlsym on a live handle.
-        let f = unsafe { libc::dlsym(self.0, sym.as_ptr()) };
-        assert!(!f.is_null(), "no kernel {name} in the harness");
-        assert_eq!(size_of::<F>(), size_of::<*mut c_void>());
-        // SAFETY: F is the `extern "C"` type of emu_<name> as harness.cpp declares it.
-        unsafe { std::mem::transmute_copy(&f) }
-    }
-}
+#[path = "kernel_emulator/harness_library.rs"]
+mod harness_library;
+use harness_library::{Emulator, emulator};
 
 /// The launch shapes: element-wise kernels get a deliberately small grid (2 blocks of 64 threads) so their
 /// grid-stride loops run many rounds; row kernels one block of 128 per row; warp kernels 4 warps per block.

@@ -1,4 +1,4 @@
-//! Building the kernel emulator's C++ (shared by tests/kernels_on_cpu.rs and tests/cuda_vs_cpu.rs).
+//! Building the kernel emulator's C++ (shared by every test binary that runs the kernels on the CPU).
 
 use std::path::Path;
 
