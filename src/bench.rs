@@ -122,7 +122,6 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
             LoraConfig { r: 16, lora_alpha: 32.0, target_modules: TargetModules::AllLinear, ..LoraConfig::default() };
         init_adapters(&mut model, b, &config, &mut Rng::new(2))?;
     }
-    let names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
     let mut opt = AdamW::new_on(b, AdamWConfig::default(), &shapes);
 
@@ -141,7 +140,7 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
         sync();
         let started = Instant::now();
         let seq_in = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
-        let loss = training_step(b, &mut model, &mut opt, &names, seq_in, &targets, &coefficients, 1e-4)?;
+        let loss = training_step(b, &mut model, &mut opt, seq_in, &targets, &coefficients, 1e-4)?;
         sync();
         after_step();
         if step >= args.warmup {
@@ -157,13 +156,12 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
 // ANCHOR: training_step
 /// One optimizer step as the trainer takes it, without accumulation: forward, the loss's gradient, backward,
 /// then clipping to norm 1 and AdamW at `lr` in one backend call whose report brings the token losses back
-/// (on the GPU the step's one blocking read). `names`: the trainable parameters, in the model's order.
+/// (on the GPU the step's one blocking read).
 #[allow(clippy::too_many_arguments)]
 pub fn training_step<B: Backend>(
     b: &B,
     model: &mut Decoder<B>,
     opt: &mut AdamW<B::Tensor>,
-    names: &[String],
     seq: Sequence<'_>,
     targets: &[u32],
     coefficients: &[f32],
@@ -171,13 +169,9 @@ pub fn training_step<B: Backend>(
 ) -> Result<f64> {
     let r = deferred_token_loss(model, b, seq, targets, coefficients, None)?;
     let mut grads = r.grads;
-    let grad_names: Vec<&String> = grads.keys().collect();
-    let grad_of: Vec<Option<usize>> = names.iter().map(|n| grad_names.binary_search(&n).ok()).collect();
-    let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
     let mut params = model.trainable_parameters_mut();
-    let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
-    let decay = vec![true; param_refs.len()];
-    let report = opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr, &decay, 1.0, &[&r.token_losses]);
+    let decay = vec![true; params.len()];
+    let report = opt.clipped_step_on_named(b, &mut params, &mut grads, lr, &decay, 1.0, &[&r.token_losses]);
     let loss = weighted_loss(&report.token_losses[0], coefficients, r.aux_weight * r.aux_loss.unwrap_or(0.0))?;
     match report.outcome {
         Outcome::Updated => Ok(loss),

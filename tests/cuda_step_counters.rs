@@ -49,7 +49,6 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize) -> (Vec<CounterSnapsho
     }
     let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
     init_adapters(&mut model, g, &lora, &mut Rng::new(7)).unwrap();
-    let names: Vec<String> = model.trainable_parameters_mut().into_iter().map(|(n, _)| n).collect();
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| g.dims(t)).collect();
     let mut opt = AdamW::new_on(g, AdamWConfig::default(), &shapes);
 
@@ -62,7 +61,7 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize) -> (Vec<CounterSnapsho
     for _ in 0..steps {
         let before = g.counters();
         let seq = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
-        losses.push(training_step(g, &mut model, &mut opt, &names, seq, &targets, &coefficients, 1e-3).unwrap());
+        losses.push(training_step(g, &mut model, &mut opt, seq, &targets, &coefficients, 1e-3).unwrap());
         g.synchronize();
         counted.push(g.counters().since(before));
     }

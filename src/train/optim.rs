@@ -22,6 +22,7 @@ use crate::backend::Backend;
 use crate::train::step_update::{Outcome, StepReport, StepUpdate};
 use ndarray::{Array2, Zip};
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 
 /// AdamW's hyper-parameters other than the learning rate (which the schedule supplies per step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -206,6 +207,27 @@ impl<T> AdamW<T> {
         report
     }
     // ANCHOR_END: clipped_step_on
+
+    /// [`AdamW::clipped_step_on`] for named parameters and a step's gradient map, the trainers' form: the global
+    /// norm adds the gradients up in the map's (sorted) order, and a parameter absent from the map (an expert
+    /// no token reached) is left alone with its moments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clipped_step_on_named<B: Backend<Tensor = T>>(
+        &mut self,
+        b: &B,
+        params: &mut [(String, &mut T)],
+        grads: &mut BTreeMap<String, T>,
+        lr: f32,
+        decay: &[bool],
+        max_norm: f32,
+        losses: &[&T],
+    ) -> StepReport {
+        let grad_names: Vec<&String> = grads.keys().collect();
+        let grad_of: Vec<Option<usize>> = params.iter().map(|(n, _)| grad_names.binary_search(&n).ok()).collect();
+        let mut grad_refs: Vec<&mut T> = grads.values_mut().collect();
+        let mut param_refs: Vec<&mut T> = params.iter_mut().map(|(_, p)| &mut **p).collect();
+        self.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr, decay, max_norm, losses)
+    }
 }
 
 impl AdamW {

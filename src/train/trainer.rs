@@ -449,17 +449,11 @@ fn optimizer_step<B: Backend>(
     for g in grads.values_mut() {
         *g = b.scale(g, scale);
     }
-    // the norm adds the gradients up in the map's order; parameter i's gradient is grads[grad_of[i]]
-    let grad_names: Vec<&String> = grads.keys().collect();
-    let grad_of: Vec<Option<usize>> = param_names.iter().map(|n| grad_names.binary_search(&n).ok()).collect();
-    let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
     let max_norm = if cfg.gradient_clipping > 0.0 { cfg.gradient_clipping as f32 } else { f32::INFINITY };
     let mut params = model.trainable_parameters_mut();
-    let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
-    let decay = vec![true; param_refs.len()]; // MFTCoder decays every parameter (reference §3)
+    let decay = vec![true; params.len()]; // MFTCoder decays every parameter (reference §3)
     let losses: Vec<&B::Tensor> = pending.iter().map(|p| &p.token_losses).collect();
-    let report =
-        opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr as f32, &decay, max_norm, &losses);
+    let report = opt.clipped_step_on_named(b, &mut params, &mut grads, lr as f32, &decay, max_norm, &losses);
 
     let (mut loss_sum, mut aux_sum) = (0.0, None::<f64>);
     let (mut task_sum, mut task_n) = (vec![0.0; task_weights.len()], vec![0usize; task_weights.len()]);

@@ -379,18 +379,12 @@ pub fn train_preference<B: Backend>(b: &B, cfg: &PreferenceConfig, opts: RunOpti
                 }
             }
             let mut grads = acc.expect("at least one micro-batch");
-            // an expert no token reached has no gradient, and AdamW leaves it alone
-            let grad_names: Vec<&String> = grads.keys().collect();
-            let grad_of: Vec<Option<usize>> = names.iter().map(|n| grad_names.binary_search(&n).ok()).collect();
-            let mut grad_refs: Vec<&mut B::Tensor> = grads.values_mut().collect();
             let clipping = cfg.max_grad_norm > 0.0;
             let max_norm = if clipping { cfg.max_grad_norm as f32 } else { f32::INFINITY };
             let mut params = policy.trainable_parameters_mut();
             let decay: Vec<bool> = vec![true; params.len()];
-            let mut param_refs: Vec<&mut B::Tensor> = params.iter_mut().map(|(_, p)| &mut **p).collect();
             // the losses were read by `preference_batch` (the preference loss needs the log-probabilities)
-            let report =
-                opt.clipped_step_on(b, &mut param_refs, &mut grad_refs, &grad_of, lr as f32, &decay, max_norm, &[]);
+            let report = opt.clipped_step_on_named(b, &mut params, &mut grads, lr as f32, &decay, max_norm, &[]);
             let grad_norm = if clipping { report.grad_norm } else { 0.0 };
             match report.outcome {
                 Outcome::Updated | Outcome::NonFiniteLoss => {}
