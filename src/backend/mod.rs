@@ -39,6 +39,23 @@ pub trait Backend: Sync {
     }
     /// Backend tensor → host matrix.
     fn download(&self, t: &Self::Tensor) -> Array2<f32>;
+    // ANCHOR: freeze
+    /// `w` (an [`upload_weight`](Backend::upload_weight) matrix) will never be trained again — the base of a
+    /// LoRA or QLoRA run: a backend may store it more compactly, as long as its products give what they gave.
+    /// The GPU under mixed precision keeps it as bf16, which its products round every operand to anyway; the CPU
+    /// keeps it as it is.
+    fn freeze(&self, _w: &mut Self::Tensor) {}
+    /// Bytes of backend memory `t`'s entries take (4 per f32 entry; 2 for a frozen bf16 one).
+    fn stored_bytes(&self, t: &Self::Tensor) -> usize {
+        let (rows, cols) = self.dims(t);
+        4 * rows * cols
+    }
+    /// Bytes a 4-bit matrix takes where [`Backend::linear_4bit`] reads it: by default the host blocks (packed
+    /// codes, scales and their double-quantization statistics).
+    fn packed_bytes(&self, host: &Quantized4bit, _packed: &Self::Packed) -> usize {
+        host.stored_bytes()
+    }
+    // ANCHOR_END: freeze
     /// (rows, cols)
     fn dims(&self, t: &Self::Tensor) -> (usize, usize);
     /// A [rows, cols] matrix of zeros.

@@ -35,6 +35,48 @@ impl<B: Backend> Decoder<B> {
         out
     }
 
+    // ANCHOR: freeze_base
+    /// Hand every matrix of a frozen base to [`Backend::freeze`] (the GPU keeps them as bf16 under mixed
+    /// precision): the layers' dense weights, the embedding tables and the output head. Norms and biases are
+    /// vectors read element by element and stay as they are; so does a NormHead, normalized row by row at
+    /// every step, and every 4-bit weight, already as small as it gets.
+    pub fn freeze_base(&mut self, b: &B) {
+        assert!(self.frozen_base, "freeze_base: the base is being trained");
+        for (_, linear) in self.linears_mut() {
+            if let Weight::Dense(w) = &mut linear.weight {
+                b.freeze(w);
+            }
+        }
+        b.freeze(&mut self.embed_tokens);
+        if let Some(table) = self.position_embeddings.as_mut() {
+            b.freeze(table);
+        }
+        if let (Some(head), false) = (self.lm_head.as_mut(), self.config.normalized_head) {
+            b.freeze(head);
+        }
+    }
+
+    /// Where the backend keeps the frozen base, in bytes and parameters: dense matrices (the layers' weights,
+    /// the embedding tables, the head) and 4-bit ones apart — the two "bytes per frozen parameter" of the
+    /// benchmark (4 for f32, 2 for bf16; about 0.52 for NF4 + double quantization).
+    pub fn frozen_base_bytes(&mut self, b: &B) -> FrozenBaseBytes {
+        let mut sizes = FrozenBaseBytes::default();
+        for (_, linear) in self.linears_mut() {
+            match &linear.weight {
+                Weight::Dense(w) => sizes.dense.add(b.stored_bytes(w), b.dims(w)),
+                Weight::Packed(q, on_backend) => {
+                    sizes.packed.add(b.packed_bytes(q, on_backend), (q.shape[0], q.shape[1]))
+                }
+            }
+        }
+        let tables = [Some(&self.embed_tokens), self.position_embeddings.as_ref(), self.lm_head.as_ref()];
+        for t in tables.into_iter().flatten() {
+            sizes.dense.add(b.stored_bytes(t), b.dims(t));
+        }
+        sizes
+    }
+    // ANCHOR_END: freeze_base
+
     /// The parameters the optimizer updates, named as in [`Gradients`]: every parameter for full fine-tuning,
     /// only the LoRA factors (`….lora_A`, `….lora_B`) when the base is frozen.
     pub fn trainable_parameters_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
@@ -131,4 +173,30 @@ pub fn hf_shape(name: &str, (rows, cols): (usize, usize)) -> Vec<usize> {
         last.contains("norm") || last.starts_with("ln_")
     });
     if rows == 1 && (name.ends_with(".bias") || is_norm_weight) { vec![cols] } else { vec![rows, cols] }
+}
+
+/// [`Decoder::frozen_base_bytes`]'s answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FrozenBaseBytes {
+    pub dense: StoredBytes,
+    pub packed: StoredBytes,
+}
+
+/// Bytes and the parameters they hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoredBytes {
+    pub bytes: usize,
+    pub params: usize,
+}
+
+impl StoredBytes {
+    fn add(&mut self, bytes: usize, (rows, cols): (usize, usize)) {
+        self.bytes += bytes;
+        self.params += rows * cols;
+    }
+
+    /// Bytes per parameter (0 when there is none).
+    pub fn per_param(&self) -> f64 {
+        if self.params == 0 { 0.0 } else { self.bytes as f64 / self.params as f64 }
+    }
 }

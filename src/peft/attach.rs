@@ -39,6 +39,7 @@ pub fn init_adapters<B: Backend>(model: &mut Decoder<B>, b: &B, config: &LoraCon
     }
     set_bias_training(model, config.bias);
     model.frozen_base = true;
+    model.freeze_base(b);
     Ok(adapted)
 }
 // ANCHOR_END: init_adapters
@@ -78,6 +79,7 @@ pub fn attach_adapter<B: Backend>(model: &mut Decoder<B>, b: &B, adapter: &Adapt
     }
     set_bias_training(model, adapter.config.bias);
     model.frozen_base = true;
+    model.freeze_base(b);
     Ok(())
 }
 

@@ -110,6 +110,17 @@ pub struct Quantized4bit {
 }
 
 impl Quantized4bit {
+    /// Bytes of its pieces: the packed codes, the per-block scales (one f32 each, or with double quantization
+    /// one byte each plus an f32 per 256 of them and the 256-entry map) — about 0.52 bytes per weight for NF4 +
+    /// double quantization with blocks of 64, 0.56 without.
+    pub fn stored_bytes(&self) -> usize {
+        let scales = match &self.absmax {
+            Absmax::Plain(a) => 4 * a.len(),
+            Absmax::Double(dq) => dq.codes.len() + 4 * (dq.nested_absmax.len() + dq.nested_quant_map.len()) + 4,
+        };
+        self.packed.len() + scales
+    }
+
     /// Quantize with blocks of 64 (see [`QuantOptions`] for the rest).
     pub fn quantize(w: ArrayView2<f32>, quant_type: QuantType, double_quant: bool) -> Result<Self> {
         Self::quantize_with(w, quant_type, QuantOptions { double_quant, ..QuantOptions::default() })

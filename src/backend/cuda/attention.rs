@@ -4,7 +4,8 @@
 //! the exact f32 ones, tiled (head_dim ≤ 128) or per key (up to 256). The score clamp (Aquila2) always takes
 //! the f32 kernels.
 
-use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, Uploaded, fail, int, warp_grid};
+use super::upload_cache::Uploaded;
+use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, fail, int, warp_grid};
 use crate::backend::{AttentionDims, AttentionMask, AttentionShape, segment_bounds};
 use cudarc::driver::{CudaStream, DevicePtr};
 use std::sync::Arc;
@@ -171,7 +172,7 @@ impl Cuda {
         let (grid, _) = kernels.grids(q.rows, k.rows, shape.n_heads, shape.n_kv_heads);
         let kernel = kernels.forward; // the same parameters in every family (`families_share_parameter_lists`)
         self.count_flash(&kernels, 1);
-        launch!(self, kernel, grid, &mut out.data, &mut lse.data, &q.data, &k.data, &v.data, &seg, &seg_first, &dims);
+        launch!(self, kernel, grid, out.f32_mut(), lse.f32_mut(), q.f32(), k.f32(), v.f32(), &seg, &seg_first, &dims);
         (out, lse)
     }
 
@@ -194,23 +195,23 @@ impl Cuda {
         let ([seg, seg_first, seg_last], _guards) = segment_pointers(&segments, &self.stream);
         let per_query = warp_grid(q.rows * shape.n_heads);
         let mut delta = self.tensor(q.rows, shape.n_heads);
-        launch!(self, "attention_delta", per_query, &mut delta.data, &dout.data, &out.data, &dims);
+        launch!(self, "attention_delta", per_query, delta.f32_mut(), dout.f32(), out.f32(), &dims);
         let mut dq = self.tensor(q.rows, q.cols);
         let (mut dk, mut dv) = (self.tensor(k.rows, k.cols), self.tensor(v.rows, v.cols));
-        let (lse, delta) = (&lse.data, &delta.data);
+        let (lse, delta) = (lse.f32(), delta.f32());
         // every family's kernels of each pass take the same arguments; only the names and the grids differ
         let kernels = self.attention_kernels(shape);
         let (dq_grid, dkdv_grid) = kernels.grids(q.rows, k.rows, shape.n_heads, shape.n_kv_heads);
         let (dq_kernel, dkdv_kernel) = (kernels.dq, kernels.dkdv);
         self.count_flash(&kernels, 2); // dq, dk/dv
-        let (q_, k_, v_, dout_) = (&q.data, &k.data, &v.data, &dout.data);
-        launch!(self, dq_kernel, dq_grid, &mut dq.data, dout_, q_, k_, v_, lse, delta, &seg, &seg_first, &dims);
+        let (q_, k_, v_, dout_) = (q.f32(), k.f32(), v.f32(), dout.f32());
+        launch!(self, dq_kernel, dq_grid, dq.f32_mut(), dout_, q_, k_, v_, lse, delta, &seg, &seg_first, &dims);
         launch!(
             self,
             dkdv_kernel,
             dkdv_grid,
-            &mut dk.data,
-            &mut dv.data,
+            dk.f32_mut(),
+            dv.f32_mut(),
             dout_,
             q_,
             k_,

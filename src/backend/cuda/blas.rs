@@ -4,10 +4,10 @@
 //! C = op(A)·op(B) in row-major terms is Cᵀ = op(B)ᵀ·op(A)ᵀ in cuBLAS's: pass B first, A second, and swap m
 //! and n — no copies, only the transpose flags change.
 
-use super::{Cuda, CudaTensor, Pooled, Precision, fail, int};
+use super::{Cuda, CudaTensor, Precision, Storage, fail, int};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 fn op(transpose: bool) -> cublasOperation_t {
     if transpose { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N }
@@ -42,45 +42,68 @@ pub fn row_major_gemm(
 
 /// out[m, n] = op(a)·op(b), every matrix row-major; op transposes when its flag is set.
 pub fn matmul(cuda: &Cuda, a: &CudaTensor, trans_a: bool, b: &CudaTensor, trans_b: bool, out: &mut CudaTensor) {
-    let (cfg, (m, n, k)) = row_major_gemm((a.rows, a.cols), trans_a, (b.rows, b.cols), trans_b);
+    gemm(cuda, a, trans_a, b, trans_b, 1.0, 0.0, out)
+}
+
+/// out[m, n] = α·op(a)·op(b) + β·out: with β = 1 the product is added to what `out` holds (LoRA's update into
+/// the base output, a second gradient into the first) and α scales it on the way, both at no extra pass.
+///
+/// Both operands f32 under [`Precision::F32`]: cuBLAS's sgemm, exact to f32 (no TF32). Otherwise the
+/// tensor cores: a bf16 operand (a frozen weight, or one cast once for several products) is read as it is, an
+/// f32 one is rounded to bf16 first; accumulation and `out` stay f32.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    cuda: &Cuda,
+    a: &CudaTensor,
+    trans_a: bool,
+    b: &CudaTensor,
+    trans_b: bool,
+    alpha: f32,
+    beta: f32,
+    out: &mut CudaTensor,
+) {
+    let (mut cfg, (m, n, k)) = row_major_gemm((a.rows, a.cols), trans_a, (b.rows, b.cols), trans_b);
     assert_eq!((out.rows, out.cols), (m, n), "matmul: output is not [{m}, {n}]");
+    (cfg.alpha, cfg.beta) = (alpha, beta);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        cuda.stream.memset_zeros(&mut *out.data).unwrap_or_else(|e| fail("memset", e));
+        // an empty sum: out = β·out, for the two β the backend uses
+        assert!(beta == 0.0 || beta == 1.0, "matmul: an empty product with β = {beta}");
+        if beta == 0.0 {
+            cuda.stream.memset_zeros(&mut **out.f32_mut()).unwrap_or_else(|e| fail("memset", e));
+        }
         return;
     }
-    match cuda.precision {
-        // SAFETY: the shapes are checked above; the leading dimensions are the row lengths of each buffer.
-        Precision::F32 => {
+    match (cuda.precision, a.storage(), b.storage()) {
+        (Precision::F32, Storage::F32(a_data), Storage::F32(b_data)) => {
             cuda.counters.gemm();
-            unsafe { cuda.blas.gemm(cfg, &*b.data, &*a.data, &mut *out.data) }
+            // SAFETY: the shapes are checked above; the leading dimensions are the row lengths of each buffer.
+            unsafe { cuda.blas.gemm(cfg, &**b_data, &**a_data, &mut **out.f32_mut()) }
                 .unwrap_or_else(|e| fail("cuBLAS sgemm", e))
         }
-        Precision::Bf16 => {
-            let (a16, b16) = (to_bf16(cuda, a), to_bf16(cuda, b));
-            gemm_bf16_in_f32_out(cuda, cfg, &b16, &a16, &mut out.data);
+        _ => {
+            let (a_cast, b_cast);
+            let a16 = match a.storage() {
+                Storage::Bf16(bits) => bits,
+                Storage::F32(_) => {
+                    a_cast = cuda.bf16_copy(a);
+                    a_cast.bf16_bits()
+                }
+            };
+            let b16 = match b.storage() {
+                Storage::Bf16(bits) => bits,
+                Storage::F32(_) => {
+                    b_cast = cuda.bf16_copy(b);
+                    b_cast.bf16_bits()
+                }
+            };
+            gemm_bf16_in_f32_out(cuda, cfg, b16, a16, out.f32_mut());
         }
     }
 }
 // ANCHOR_END: matmul
-
-/// The operand rounded to bf16 (as raw 16-bit patterns), round to nearest even.
-fn to_bf16(cuda: &Cuda, t: &CudaTensor) -> Pooled<u16> {
-    let n = t.rows * t.cols;
-    let mut out = cuda.pool_bf16.take(n); // the kernel writes all n entries
-    let blocks = n.div_ceil(256).clamp(1, 65_536) as u32;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let n = n as i64;
-    let f = cuda.function("f32_to_bf16");
-    let mut args = cuda.stream.launch_builder(f);
-    cuda.counters.launch();
-    args.arg(&mut out).arg(&t.data).arg(&n);
-    // SAFETY: (u16 out, f32 in, n) is the kernel's signature; both buffers hold n entries.
-    unsafe { args.launch(cfg) }.unwrap_or_else(|e| fail("f32_to_bf16", e));
-    out
-}
 
 /// cublasGemmEx with bf16 A and B, f32 C and f32 accumulation (CUBLAS_COMPUTE_32F): the tensor cores'
 /// mixed-precision product.

@@ -26,9 +26,9 @@ impl Cuda {
             self,
             "cross_entropy",
             row_grid(logits.rows),
-            &mut losses.data,
-            &mut dlogits.data,
-            &logits.data,
+            losses.f32_mut(),
+            dlogits.f32_mut(),
+            logits.f32(),
             &dev_targets,
             &dev_weights,
             &vocab

@@ -40,7 +40,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "concat_rows",
         ],
     ),
-    ("embedding.cu", include_str!("kernels/embedding.cu"), &["embedding", "embedding_backward"]),
+    ("embedding.cu", include_str!("kernels/embedding.cu"), &["embedding", "embedding_backward", "embedding_bf16"]),
     ("rms_norm.cu", include_str!("kernels/rms_norm.cu"), &["rms_norm", "rms_norm_backward"]),
     ("layer_norm.cu", include_str!("kernels/layer_norm.cu"), &["layer_norm", "layer_norm_backward"]),
     ("rope.cu", include_str!("kernels/rope.cu"), &["rope"]),

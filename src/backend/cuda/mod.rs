@@ -29,10 +29,10 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use kernels::KernelCode;
 use ndarray::Array2;
-use pool::{Pool, Pooled};
+use pool::Pool;
 use std::collections::HashMap;
 use std::sync::Arc;
-use upload_cache::{UploadCache, Uploaded};
+use upload_cache::UploadCache;
 
 /// Open CUDA device `ordinal`, or say in one line why there is none.
 pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
@@ -65,24 +65,6 @@ impl std::str::FromStr for Precision {
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             other => Err(anyhow!("unknown precision `{other}` (allowed: f32, bf16)")),
         }
-    }
-}
-
-// ANCHOR: cuda_tensor
-/// A row-major f32 matrix in device memory, in a buffer on loan from the backend's pool (at least rows·cols
-/// long: the pool rounds sizes up to its buckets).
-#[derive(Clone, Debug)]
-pub struct CudaTensor {
-    pub data: Pooled<f32>,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-// ANCHOR_END: cuda_tensor
-
-impl CudaTensor {
-    fn len(&self) -> usize {
-        self.rows * self.cols
     }
 }
 
@@ -165,8 +147,10 @@ mod optim; // the squared norm, the AdamW update, and a step's end: clipping + m
 mod quant4; // 4-bit blocks on the device and their dequantization
 mod rope; // RoPE's rotation, forward and backward
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
+mod tensor; // f32 / bf16 storage, buffers from the pool, uploads and reads, frozen weights in bf16
 
 pub use attention::{AttentionKernels, attention_kernels, flash_attention_launches};
+pub use tensor::{CudaTensor, Storage};
 
 fn int(n: usize, what: &str) -> i32 {
     i32::try_from(n).unwrap_or_else(|_| fail(what, format!("{n} does not fit the kernels' 32-bit sizes")))
@@ -220,41 +204,6 @@ impl Cuda {
         self.functions.get(name).unwrap_or_else(|| fail("kernel lookup", format!("no kernel `{name}`")))
     }
 
-    /// A buffer of at least n entries from the pool, uninitialised (every caller writes what it reads).
-    fn alloc(&self, n: usize) -> Pooled<f32> {
-        self.pool.take(n)
-    }
-
-    fn tensor(&self, rows: usize, cols: usize) -> CudaTensor {
-        CudaTensor { data: self.alloc(rows * cols), rows, cols }
-    }
-
-    /// A buffer of its own (not pooled) holding `host`: what lives as long as the model does (4-bit blocks).
-    fn to_device<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
-        self.counters.upload();
-        self.counters.allocation(std::mem::size_of_val(host).max(1));
-        self.stream.clone_htod(host).unwrap_or_else(|e| fail("copy to device", e))
-    }
-
-    /// Token ids, targets, positions, segment tables: uploaded once per distinct content (`upload_cache.rs`).
-    fn ids_on_device(&self, host: &[u32]) -> Uploaded<u32> {
-        self.ids.get(host)
-    }
-
-    /// Loss weights, inverse frequencies, per-row scales: uploaded once per distinct content.
-    fn floats_on_device(&self, host: &[f32]) -> Uploaded<f32> {
-        self.floats.get(host)
-    }
-
-    /// The first n entries of a device buffer, on the host: waits for the stream (a blocking read).
-    fn to_host<T: cudarc::driver::DeviceRepr>(&self, dev: &CudaSlice<T>, n: usize) -> Vec<T> {
-        self.counters.host_read();
-        if n == 0 {
-            return Vec::new();
-        }
-        self.stream.clone_dtoh(&dev.slice(0..n)).unwrap_or_else(|e| fail("copy to host", e))
-    }
-
     fn same_shape(a: &CudaTensor, b: &CudaTensor, op: &str) {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "{op}: shapes differ");
     }
@@ -263,7 +212,7 @@ impl Cuda {
         Self::same_shape(a, b, name);
         let mut out = self.tensor(a.rows, a.cols);
         let n = a.len() as i64;
-        launch!(self, name, elementwise_grid(a.len()), &mut out.data, &a.data, &b.data, &n);
+        launch!(self, name, elementwise_grid(a.len()), out.f32_mut(), a.f32(), b.f32(), &n);
         out
     }
 }
@@ -289,21 +238,30 @@ impl Backend for Cuda {
         };
         if !values.is_empty() {
             self.counters.upload();
-            let mut head = t.data.slice_mut(0..values.len());
+            let mut head = t.f32_mut().slice_mut(0..values.len());
             self.stream.memcpy_htod(values, &mut head).unwrap_or_else(|e| fail("copy to device", e));
         }
         t
     }
     fn download(&self, t: &CudaTensor) -> Array2<f32> {
-        let v = self.to_host(&t.data, t.len());
+        let v = match t.storage() {
+            Storage::F32(data) => self.to_host(data, t.len()),
+            Storage::Bf16(data) => self.download_bf16(data, t.len()),
+        };
         Array2::from_shape_vec((t.rows, t.cols), v).expect("rows·cols values")
+    }
+    fn freeze(&self, w: &mut CudaTensor) {
+        self.freeze_weight(w)
+    }
+    fn stored_bytes(&self, t: &CudaTensor) -> usize {
+        t.stored_bytes()
     }
     fn dims(&self, t: &CudaTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
     fn zeros(&self, rows: usize, cols: usize) -> CudaTensor {
         let mut t = self.tensor(rows, cols);
-        self.stream.memset_zeros(&mut *t.data).unwrap_or_else(|e| fail("memset", e));
+        self.stream.memset_zeros(&mut **t.f32_mut()).unwrap_or_else(|e| fail("memset", e));
         t
     }
     fn upload_4bit(&self, q: &Quantized4bit) -> CudaPacked {
@@ -320,16 +278,11 @@ impl Backend for Cuda {
         let dev_ids = self.ids_on_device(ids);
         let mut out = self.tensor(ids.len(), table.cols);
         let (t, h) = (int(ids.len(), "tokens"), int(table.cols, "hidden"));
-        launch!(
-            self,
-            "embedding",
-            elementwise_grid(ids.len() * table.cols),
-            &mut out.data,
-            &table.data,
-            &dev_ids,
-            &t,
-            &h
-        );
+        let grid = elementwise_grid(ids.len() * table.cols);
+        match table.storage() {
+            Storage::F32(rows) => launch!(self, "embedding", grid, out.f32_mut(), rows, &dev_ids, &t, &h),
+            Storage::Bf16(rows) => launch!(self, "embedding_bf16", grid, out.f32_mut(), rows, &dev_ids, &t, &h),
+        }
         out
     }
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> CudaTensor {
@@ -339,7 +292,7 @@ impl Backend for Cuda {
         blas::matmul(self, x, false, weight, true, &mut y);
         if let Some(b) = bias {
             let (rows, cols) = (int(y.rows, "rows"), int(y.cols, "cols"));
-            launch!(self, "add_bias_rows", elementwise_grid(y.len()), &mut y.data, &b.data, &rows, &cols);
+            launch!(self, "add_bias_rows", elementwise_grid(y.len()), y.f32_mut(), b.f32(), &rows, &cols);
         }
         y
     }
@@ -352,7 +305,7 @@ impl Backend for Cuda {
         assert_eq!(weight.len(), x.cols, "rms_norm: weight length ≠ hidden size");
         let mut y = self.tensor(x.rows, x.cols);
         let hidden = int(x.cols, "hidden");
-        launch!(self, "rms_norm", row_grid(x.rows), &mut y.data, &x.data, &weight.data, &hidden, &eps);
+        launch!(self, "rms_norm", row_grid(x.rows), y.f32_mut(), x.f32(), weight.f32(), &hidden, &eps);
         y
     }
     // ANCHOR_END: cuda_rms_norm
@@ -377,19 +330,19 @@ impl Backend for Cuda {
         assert_eq!(bias.len(), x.cols, "layer_norm: bias length ≠ hidden size");
         let mut y = self.tensor(x.rows, x.cols);
         let hidden = int(x.cols, "hidden");
-        launch!(self, "layer_norm", row_grid(x.rows), &mut y.data, &x.data, &weight.data, &bias.data, &hidden, &eps);
+        launch!(self, "layer_norm", row_grid(x.rows), y.f32_mut(), x.f32(), weight.f32(), bias.f32(), &hidden, &eps);
         y
     }
     fn gelu_tanh(&self, x: &CudaTensor) -> CudaTensor {
         let mut out = self.tensor(x.rows, x.cols);
         let n = x.len() as i64;
-        launch!(self, "gelu_tanh", elementwise_grid(x.len()), &mut out.data, &x.data, &n);
+        launch!(self, "gelu_tanh", elementwise_grid(x.len()), out.f32_mut(), x.f32(), &n);
         out
     }
     fn gelu_erf(&self, x: &CudaTensor) -> CudaTensor {
         let mut out = self.tensor(x.rows, x.cols);
         let n = x.len() as i64;
-        launch!(self, "gelu_erf", elementwise_grid(x.len()), &mut out.data, &x.data, &n);
+        launch!(self, "gelu_erf", elementwise_grid(x.len()), out.f32_mut(), x.f32(), &n);
         out
     }
     fn split_qkv(
@@ -410,22 +363,22 @@ impl Backend for Cuda {
         assert_eq!(a.cols, b.cols, "concat_rows: column counts differ");
         let mut out = self.tensor(a.rows + b.rows, a.cols);
         let (n_a, n_b) = (a.len() as i64, b.len() as i64);
-        launch!(self, "concat_rows", elementwise_grid(out.len()), &mut out.data, &a.data, &n_a, &b.data, &n_b);
+        launch!(self, "concat_rows", elementwise_grid(out.len()), out.f32_mut(), a.f32(), &n_a, b.f32(), &n_b);
         out
     }
     fn reshape(&self, t: &CudaTensor, rows: usize, cols: usize) -> CudaTensor {
         assert_eq!(t.len(), rows * cols, "reshape: [{}, {}] into [{rows}, {cols}]", t.rows, t.cols);
         let mut out = self.tensor(rows, cols);
-        self.stream.memcpy_dtod(&*t.data, &mut *out.data).unwrap_or_else(|e| fail("copy", e));
+        self.stream.memcpy_dtod(&**t.f32(), &mut **out.f32_mut()).unwrap_or_else(|e| fail("copy", e));
         out
     }
     fn slice_rows(&self, t: &CudaTensor, start: usize, end: usize) -> CudaTensor {
         assert!(start <= end && end <= t.rows, "slice_rows: {start}..{end} of {} rows", t.rows);
         let mut out = self.tensor(end - start, t.cols);
         if end > start {
-            let src = t.data.slice(start * t.cols..end * t.cols);
+            let src = t.f32().slice(start * t.cols..end * t.cols);
             self.stream
-                .memcpy_dtod(&src, &mut out.data.slice_mut(0..(end - start) * t.cols))
+                .memcpy_dtod(&src, &mut out.f32_mut().slice_mut(0..(end - start) * t.cols))
                 .unwrap_or_else(|e| fail("copy", e));
         }
         out
@@ -507,14 +460,14 @@ impl Backend for Cuda {
         Self::same_shape(dy, x, "gelu_tanh_backward");
         let mut dx = self.tensor(x.rows, x.cols);
         let n = x.len() as i64;
-        launch!(self, "gelu_tanh_backward", elementwise_grid(x.len()), &mut dx.data, &dy.data, &x.data, &n);
+        launch!(self, "gelu_tanh_backward", elementwise_grid(x.len()), dx.f32_mut(), dy.f32(), x.f32(), &n);
         dx
     }
     fn gelu_erf_backward(&self, dy: &CudaTensor, x: &CudaTensor) -> CudaTensor {
         Self::same_shape(dy, x, "gelu_erf_backward");
         let mut dx = self.tensor(x.rows, x.cols);
         let n = x.len() as i64;
-        launch!(self, "gelu_erf_backward", elementwise_grid(x.len()), &mut dx.data, &dy.data, &x.data, &n);
+        launch!(self, "gelu_erf_backward", elementwise_grid(x.len()), dx.f32_mut(), dy.f32(), x.f32(), &n);
         dx
     }
     fn join_qkv(
@@ -536,11 +489,11 @@ impl Backend for Cuda {
             self,
             "swiglu_backward",
             elementwise_grid(gate.len()),
-            &mut dgate.data,
-            &mut dup.data,
-            &dy.data,
-            &gate.data,
-            &up.data,
+            dgate.f32_mut(),
+            dup.f32_mut(),
+            dy.f32(),
+            gate.f32(),
+            up.f32(),
             &n
         );
         (dgate, dup)
@@ -550,12 +503,12 @@ impl Backend for Cuda {
         let dev_ids = self.ids_on_device(ids);
         let mut dtable = self.zeros(vocab, dy.cols);
         let (t, h) = (int(ids.len(), "tokens"), int(dy.cols, "hidden"));
-        launch!(self, "embedding_backward", elementwise_grid(dy.len()), &mut dtable.data, &dy.data, &dev_ids, &t, &h);
+        launch!(self, "embedding_backward", elementwise_grid(dy.len()), dtable.f32_mut(), dy.f32(), &dev_ids, &t, &h);
         dtable
     }
     fn cross_entropy(&self, logits: &CudaTensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, CudaTensor) {
         let (losses, dlogits) = self.cross_entropy_on_device(logits, targets, weights);
-        (self.to_host(&losses.data, losses.rows), dlogits)
+        (self.to_host(losses.f32(), losses.rows), dlogits)
     }
     fn cross_entropy_on_device(
         &self,
@@ -571,12 +524,12 @@ impl Backend for Cuda {
     fn add_scaled(&self, a: &mut CudaTensor, b: &CudaTensor, s: f32) {
         Self::same_shape(a, b, "add_scaled");
         let n = a.len() as i64;
-        launch!(self, "add_scaled", elementwise_grid(a.len()), &mut a.data, &b.data, &s, &n);
+        launch!(self, "add_scaled", elementwise_grid(a.len()), a.f32_mut(), b.f32(), &s, &n);
     }
     fn scale(&self, t: &CudaTensor, s: f32) -> CudaTensor {
         let mut out = self.tensor(t.rows, t.cols);
         let n = t.len() as i64;
-        launch!(self, "scale", elementwise_grid(t.len()), &mut out.data, &t.data, &s, &n);
+        launch!(self, "scale", elementwise_grid(t.len()), out.f32_mut(), t.f32(), &s, &n);
         out
     }
     fn mul(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
@@ -587,7 +540,7 @@ impl Backend for Cuda {
         let mut mask = self.tensor(rows, cols);
         let (threshold, keep) = super::dropout_threshold(p);
         let n = (rows * cols) as i64;
-        launch!(self, "dropout_mask", elementwise_grid(rows * cols), &mut mask.data, &n, &seed, &threshold, &keep);
+        launch!(self, "dropout_mask", elementwise_grid(rows * cols), mask.f32_mut(), &n, &seed, &threshold, &keep);
         mask
     }
 

@@ -22,11 +22,11 @@ impl Cuda {
             self,
             kernel,
             row_grid(x.rows),
-            &mut dx.data,
-            &mut dw_rows.data,
-            &dy.data,
-            &x.data,
-            &weight.data,
+            dx.f32_mut(),
+            dw_rows.f32_mut(),
+            dy.f32(),
+            x.f32(),
+            weight.f32(),
             &hidden,
             &eps
         );
@@ -43,7 +43,7 @@ impl Cuda {
         let blocks = x.cols.div_ceil(THREADS as usize).max(1) as u32;
         let cfg =
             LaunchConfig { grid_dim: (blocks, chunks as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "column_sum", cfg, &mut out.data, &x.data, &rows, &cols, &per);
+        launch!(self, "column_sum", cfg, out.f32_mut(), x.f32(), &rows, &cols, &per);
         if chunks == 1 { out } else { self.column_sum(&out) }
     }
 }

@@ -22,7 +22,7 @@ impl Cuda {
         let mut partial = self.alloc(blocks);
         let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         let n = n as i64;
-        launch!(self, "sum_squares", cfg, &mut partial, &t.data, &n);
+        launch!(self, "sum_squares", cfg, &mut partial, t.f32(), &n);
         self.to_host(&partial, blocks).iter().map(|&x| x as f64).sum()
     }
     /// One AdamW update in place (`train::optim`'s scalars).
@@ -42,10 +42,10 @@ impl Cuda {
             self,
             "adamw",
             elementwise_grid(p.len()),
-            &mut p.data,
-            &g.data,
-            &mut m.data,
-            &mut v.data,
+            p.f32_mut(),
+            g.f32(),
+            m.f32_mut(),
+            v.f32_mut(),
             &n,
             &k.decay_factor,
             &k.one_minus_beta1,
@@ -58,7 +58,7 @@ impl Cuda {
     }
 
     fn pointer(&self, t: &CudaTensor) -> u64 {
-        t.data.device_ptr(&self.stream).0
+        t.f32().device_ptr(&self.stream).0
     }
 
     // ANCHOR: clipped_adamw
@@ -79,7 +79,7 @@ impl Cuda {
         for (l, &n) in u.losses.iter().zip(&loss_lengths) {
             if n > 0 {
                 let mut into = report.slice_mut(at..at + n);
-                self.stream.memcpy_dtod(&l.data.slice(0..n), &mut into).unwrap_or_else(|e| fail("copy", e));
+                self.stream.memcpy_dtod(&l.f32().slice(0..n), &mut into).unwrap_or_else(|e| fail("copy", e));
             }
             at += n;
         }

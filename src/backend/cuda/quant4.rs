@@ -42,7 +42,7 @@ impl Cuda {
             self,
             "dequantize_4bit",
             elementwise_grid(rows * cols),
-            &mut w.data,
+            w.f32_mut(),
             &p.packed,
             &p.absmax,
             &p.code,

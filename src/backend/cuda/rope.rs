@@ -27,8 +27,8 @@ impl Cuda {
             self,
             "rope",
             elementwise_grid(x.rows * heads * (head_dim - inv_freq.len())), // a thread per pair or copied entry
-            &mut y.data,
-            &x.data,
+            y.f32_mut(),
+            x.f32(),
             &pos,
             &freq,
             &t,

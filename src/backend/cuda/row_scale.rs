@@ -13,7 +13,7 @@ impl Cuda {
         }
         let w = self.floats_on_device(weights);
         let (rows, cols) = (int(x.rows, "rows"), int(x.cols, "cols"));
-        launch!(self, "scale_rows", elementwise_grid(x.len()), &mut y.data, &x.data, &w, &rows, &cols);
+        launch!(self, "scale_rows", elementwise_grid(x.len()), y.f32_mut(), x.f32(), &w, &rows, &cols);
         y
     }
 
@@ -27,7 +27,7 @@ impl Cuda {
         }
         let mut dots = self.alloc(a.rows);
         let hidden = int(a.cols, "hidden");
-        launch!(self, "row_dots", row_grid(a.rows), &mut dots, &a.data, &b.data, &hidden);
+        launch!(self, "row_dots", row_grid(a.rows), &mut dots, a.f32(), b.f32(), &hidden);
         self.to_host(&dots, a.rows)
     }
 }

@@ -1,0 +1,151 @@
+//! What a tensor is on the device, and how values get there and back: f32 or bf16 storage, buffers from the
+//! pool, uploads, blocking reads, and the one-time bf16 copy of a frozen weight.
+//!
+//! Everything a step computes is f32. A weight that will never be trained again (the base of a LoRA or QLoRA
+//! run) can instead be kept as bf16 ([`Cuda::freeze`] under [`Precision::Bf16`]): the matrix products already
+//! read every operand rounded to bf16, so rounding the weight once at load changes no product — it only halves
+//! the weight's memory and removes the cast before each product. Ops that read a tensor element by element take
+//! f32 ([`CudaTensor::f32`]); the few that may be handed a frozen weight — the products, the embedding lookup,
+//! the download — read bf16 too.
+
+use super::pool::Pooled;
+use super::upload_cache::Uploaded;
+use super::{Cuda, Precision, elementwise_grid, fail};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+// ANCHOR: cuda_tensor
+/// A row-major [rows, cols] matrix in device memory, in a buffer on loan from the backend's pool (at least
+/// rows·cols long: the pool rounds sizes up to its buckets).
+#[derive(Clone, Debug)]
+pub struct CudaTensor {
+    storage: Storage,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// How a tensor's entries are stored.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// f32: everything computed, every trainable parameter, its gradient and its AdamW moments.
+    F32(Pooled<f32>),
+    /// bf16 bit patterns: a frozen weight under mixed precision (2 bytes per parameter), or an operand cast
+    /// once for several products.
+    Bf16(Pooled<u16>),
+}
+// ANCHOR_END: cuda_tensor
+
+impl CudaTensor {
+    pub(super) fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub(super) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The f32 entries. Element-wise kernels read only f32; a bf16 tensor reaching one is a bug in the caller
+    /// (a frozen weight handed to an op that is not a product), reported with the caller's location.
+    #[track_caller]
+    pub(super) fn f32(&self) -> &Pooled<f32> {
+        match &self.storage {
+            Storage::F32(data) => data,
+            Storage::Bf16(_) => fail_on_bf16(),
+        }
+    }
+
+    #[track_caller]
+    pub(super) fn f32_mut(&mut self) -> &mut Pooled<f32> {
+        match &mut self.storage {
+            Storage::F32(data) => data,
+            Storage::Bf16(_) => fail_on_bf16(),
+        }
+    }
+
+    /// The bf16 bit patterns of a bf16 tensor ([`Cuda::bf16_copy`]'s output).
+    pub(super) fn bf16_bits(&self) -> &Pooled<u16> {
+        match &self.storage {
+            Storage::Bf16(bits) => bits,
+            Storage::F32(_) => fail("tensor storage", "an f32 tensor where bf16 bits were expected"),
+        }
+    }
+
+    /// Device bytes of its entries (2 for bf16, 4 for f32, per entry; the pool's rounding up not counted).
+    pub fn stored_bytes(&self) -> usize {
+        match self.storage {
+            Storage::F32(_) => 4 * self.len(),
+            Storage::Bf16(_) => 2 * self.len(),
+        }
+    }
+}
+
+#[track_caller]
+fn fail_on_bf16() -> ! {
+    let at = std::panic::Location::caller();
+    fail("tensor storage", format!("a bf16 (frozen) tensor reached an f32-only op at {at}"))
+}
+
+impl Cuda {
+    /// A buffer of at least n entries from the pool, uninitialised (every caller writes what it reads).
+    pub(super) fn alloc(&self, n: usize) -> Pooled<f32> {
+        self.pool.take(n)
+    }
+
+    pub(super) fn tensor(&self, rows: usize, cols: usize) -> CudaTensor {
+        CudaTensor { storage: Storage::F32(self.alloc(rows * cols)), rows, cols }
+    }
+
+    // ANCHOR: bf16_copy
+    /// `t` rounded to bf16 (round to nearest even), as a tensor of its own: a frozen weight's storage, or an
+    /// operand cast once and read by several products. A bf16 tensor is returned as it is.
+    pub(super) fn bf16_copy(&self, t: &CudaTensor) -> CudaTensor {
+        let data = match &t.storage {
+            Storage::Bf16(_) => return t.clone(),
+            Storage::F32(data) => data,
+        };
+        let n = t.len();
+        let mut out = self.pool_bf16.take(n); // the kernel writes all n entries
+        let n_arg = n as i64;
+        launch!(self, "f32_to_bf16", elementwise_grid(n), &mut out, data, &n_arg);
+        CudaTensor { storage: Storage::Bf16(out), rows: t.rows, cols: t.cols }
+    }
+
+    /// A weight that will only be read from now on: under mixed precision it is stored as bf16 (its f32 buffer
+    /// goes back to the pool); under f32 it stays as it is, exact.
+    pub(super) fn freeze_weight(&self, w: &mut CudaTensor) {
+        if self.precision == Precision::Bf16 {
+            *w = self.bf16_copy(w);
+        }
+    }
+    // ANCHOR_END: bf16_copy
+
+    /// A bf16 tensor read back to the host and widened to f32 (exactly: every bf16 is an f32).
+    pub(super) fn download_bf16(&self, data: &Pooled<u16>, n: usize) -> Vec<f32> {
+        self.to_host(data, n).into_iter().map(|bits| half::bf16::from_bits(bits).to_f32()).collect()
+    }
+
+    /// A buffer of its own (not pooled) holding `host`: what lives as long as the model does (4-bit blocks).
+    pub(super) fn to_device<T: DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
+        self.counters.upload();
+        self.counters.allocation(std::mem::size_of_val(host).max(1));
+        self.stream.clone_htod(host).unwrap_or_else(|e| fail("copy to device", e))
+    }
+
+    /// Token ids, targets, positions, segment tables: uploaded once per distinct content (`upload_cache.rs`).
+    pub(super) fn ids_on_device(&self, host: &[u32]) -> Uploaded<u32> {
+        self.ids.get(host)
+    }
+
+    /// Loss weights, inverse frequencies, per-row scales: uploaded once per distinct content.
+    pub(super) fn floats_on_device(&self, host: &[f32]) -> Uploaded<f32> {
+        self.floats.get(host)
+    }
+
+    /// The first n entries of a device buffer, on the host: waits for the stream (a blocking read).
+    pub(super) fn to_host<T: DeviceRepr>(&self, dev: &CudaSlice<T>, n: usize) -> Vec<T> {
+        self.counters.host_read();
+        if n == 0 {
+            return Vec::new();
+        }
+        self.stream.clone_dtoh(&dev.slice(0..n)).unwrap_or_else(|e| fail("copy to host", e))
+    }
+}
