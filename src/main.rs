@@ -297,7 +297,7 @@ fn forward_on<B: Backend>(b: &B, args: ForwardArgs) -> Result<()> {
     let model = load_model(b, &args.model, args.adapter.as_deref())?;
     let ids_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let mut tensors = vec![OwnedTensor::i64("input_ids", &[ids.len()], &ids_i64)];
-    let logits = if args.backward {
+    if args.backward {
         if ids.len() < 2 {
             bail!("--backward needs at least two tokens (one prediction)");
         }
@@ -317,10 +317,9 @@ fn forward_on<B: Backend>(b: &B, args: ForwardArgs) -> Result<()> {
             ids.len() - 1,
             result.grads.len()
         );
-        b.download(&result.logits)
-    } else {
-        b.download(&model.forward(b, &ids, None, Logits::All)?)
-    };
+    }
+    // the training loss never holds the logits whole (`loss::chunked_head`): the file's come from a forward
+    let logits = b.download(&model.forward(b, &ids, None, Logits::All)?);
     let (t, v) = logits.dim();
     let logits: Vec<f32> = logits.iter().copied().collect();
     tensors.push(OwnedTensor::f32("logits", &[t, v], &logits));

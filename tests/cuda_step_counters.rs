@@ -13,6 +13,7 @@ use mftcoder::backend::Backend;
 use mftcoder::backend::cuda::counters::CounterSnapshot;
 use mftcoder::backend::cuda::{Cuda, Precision};
 use mftcoder::bench::training_step;
+use mftcoder::loss::chunked_head::DEFAULT_HEAD_CHUNK_BYTES;
 use mftcoder::models::decoder::{Decoder, DecoderConfig, Sequence};
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
@@ -38,10 +39,24 @@ fn gpu() -> Option<&'static Cuda> {
     .as_ref()
 }
 
+/// The shape of the steps counted: the model's vocabulary, and the bytes of logits its loss holds at once.
+#[derive(Clone, Copy)]
+struct Head {
+    vocab: usize,
+    chunk_bytes: usize,
+}
+
+/// The model of the launch bounds: 97 tokens, the logits of a step in one chunk.
+const SMALL_VOCAB: Head = Head { vocab: 97, chunk_bytes: DEFAULT_HEAD_CHUNK_BYTES };
+
+/// Tokens per step.
+const T: usize = 40;
+
 /// The counters of `steps` consecutive training steps of a 2-layer Llama (GQA, a packed batch of two
 /// documents, PEFT's default LoRA: r 8 on q and v, the base in NF4 + double quantization when `quantized`), and the losses.
-fn counted_steps(g: &Cuda, quantized: bool, steps: usize) -> (Vec<CounterSnapshot>, Vec<f64>) {
-    let mut model: Decoder<Cuda> = Decoder::random(g, DecoderConfig::with_shape(97, 64, 160, 2, 4, 2), 42);
+fn counted_steps(g: &Cuda, quantized: bool, steps: usize, head: Head) -> (Vec<CounterSnapshot>, Vec<f64>) {
+    let mut model: Decoder<Cuda> = Decoder::random(g, DecoderConfig::with_shape(head.vocab, 64, 160, 2, 4, 2), 42);
+    model.head_chunk_bytes = head.chunk_bytes;
     if quantized {
         for (_, linear) in model.linears_mut() {
             linear.quantize(g, QuantType::Nf4, true).unwrap();
@@ -52,11 +67,11 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize) -> (Vec<CounterSnapsho
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| g.dims(t)).collect();
     let mut opt = AdamW::new_on(g, AdamWConfig::default(), &shapes);
 
-    let ids: Vec<u32> = (0..40u32).map(|i| (i * 13 + 5) % 97).collect();
-    let positions: Vec<usize> = (0..25).chain(0..15).collect();
-    let segments: Vec<u32> = (0..40).map(|i| u32::from(i >= 25)).collect();
+    let ids: Vec<u32> = (0..T as u32).map(|i| (i * 13 + 5) % 97).collect();
+    let positions: Vec<usize> = (0..25).chain(0..T - 25).collect();
+    let segments: Vec<u32> = (0..T).map(|i| u32::from(i >= 25)).collect();
     let targets: Vec<u32> = ids.iter().skip(1).copied().chain([0]).collect();
-    let coefficients: Vec<f32> = (0..40).map(|i| if i == 24 || i == 39 { 0.0 } else { 1.0 / 38.0 }).collect();
+    let coefficients: Vec<f32> = (0..T).map(|i| if i == 24 || i == T - 1 { 0.0 } else { 1.0 / 38.0 }).collect();
     let (mut counted, mut losses) = (Vec::new(), Vec::new());
     for _ in 0..steps {
         let before = g.counters();
@@ -73,16 +88,22 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize) -> (Vec<CounterSnapsho
 /// bounds, so a change that adds launches has to say so here. The forward and backward are 63 (LoRA) and 91
 /// (QLoRA) of them; the step's end is 3 (the norm's partial sums, its finish, the multi-tensor AdamW) where it
 /// was 16 and 8 blocking reads (a squared norm and an AdamW per tensor; 32 and 24 reads with the trainer's
-/// finiteness checks of every gradient and parameter). Before: LoRA 79 + 54, QLoRA 107 + 54.
+/// finiteness checks of every gradient and parameter). Before: LoRA 79 + 54, QLoRA 107 + 54. The head in
+/// chunks (`loss::chunked_head`) left these as they were: the logits of 40 tokens fit one chunk, which runs
+/// the unchunked ops exactly (one product, one cross-entropy launch, one product for dh).
 const LORA_LAUNCHES: (u64, u64) = (66, 54);
 const QLORA_LAUNCHES: (u64, u64) = (94, 54);
+/// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
+/// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
+/// The chunks' rows are copied in and out by the stream (`slice_rows`, `write_rows`), which launches nothing.
+const CHUNKED_LORA_LAUNCHES: (u64, u64) = (LORA_LAUNCHES.0 + 4, LORA_LAUNCHES.1 + 8);
 /// Uploads a steady-state step may make: none when the batch repeats (as here), a handful when it changes
 /// (ids, targets, weights, positions, three segment tables, the optimizer's two pointer tables).
 const MAX_UPLOADS: u64 = 9;
 
-fn check_steady_state(mode: &str, quantized: bool, (max_launches, max_gemms): (u64, u64)) {
+fn check_steady_state(mode: &str, quantized: bool, head: Head, (max_launches, max_gemms): (u64, u64)) {
     let Some(g) = gpu() else { return };
-    let (steps, losses) = counted_steps(g, quantized, 4);
+    let (steps, losses) = counted_steps(g, quantized, 4, head);
     let (first, steady) = (steps[0], steps[2]);
     eprintln!("{mode}: first step {first}");
     eprintln!("{mode}: steady-state step {steady}; losses {losses:?}");
@@ -99,13 +120,35 @@ fn check_steady_state(mode: &str, quantized: bool, (max_launches, max_gemms): (u
 
 #[test]
 fn a_steady_state_lora_step_allocates_nothing_and_reads_once() {
-    check_steady_state("2-layer LoRA", false, LORA_LAUNCHES);
+    check_steady_state("2-layer LoRA", false, SMALL_VOCAB, LORA_LAUNCHES);
 }
 
 #[test]
 fn a_steady_state_qlora_step_allocates_nothing_and_reads_once() {
-    check_steady_state("2-layer QLoRA", true, QLORA_LAUNCHES);
+    check_steady_state("2-layer QLoRA", true, SMALL_VOCAB, QLORA_LAUNCHES);
 }
+
+// ANCHOR: chunked_head_counters
+/// The head in chunks (`loss::chunked_head`), seen from the pool: with 997 tokens in the vocabulary the whole
+/// logits of the step's 40 tokens (40 × 997 f32, 160 kB) would be its largest buffer by far (the MLP's
+/// [40, 160] is 26 kB; the frozen [997, 64] head is uploaded once, not asked for per step). In chunks of 8 rows
+/// no steady-state request comes near it, and the step still allocates nothing and reads the device once.
+#[test]
+fn a_steady_state_step_with_the_head_in_chunks_never_asks_for_the_whole_logits() {
+    let Some(g) = gpu() else { return };
+    let (vocab, rows) = (997, 8);
+    let whole_logits = (T * vocab * 4) as u64;
+    let chunked = Head { vocab, chunk_bytes: rows * vocab * 4 };
+    check_steady_state("2-layer LoRA, head in chunks", false, chunked, CHUNKED_LORA_LAUNCHES);
+    let steady = counted_steps(g, false, 3, chunked).0[2];
+    assert!(steady.largest_take < whole_logits, "no [T, V] buffer ({whole_logits} bytes) is asked for: {steady}");
+    assert!(steady.largest_take >= (rows * vocab * 4) as u64, "a chunk's logits are: {steady}");
+    // the counter sees the whole logits where they are formed: the same step in one chunk
+    let whole = counted_steps(g, false, 3, Head { vocab, chunk_bytes: DEFAULT_HEAD_CHUNK_BYTES }).0[2];
+    eprintln!("2-layer LoRA, head in one chunk: steady-state step {whole}");
+    assert!(whole.largest_take >= whole_logits, "unchunked, the logits are the largest request: {whole}");
+}
+// ANCHOR_END: chunked_head_counters
 
 /// A step whose gradients are NaN is refused on the device: the weights and moments stay as they were, and the
 /// report names the first parameter (in the model's order) whose gradient is not finite.

@@ -313,6 +313,36 @@ fn concat_slice_and_sum_squares() {
     assert!((cpu - gpu_sum).abs() <= 1e-5 * cpu, "sum of squares: cpu {cpu}, gpu {gpu_sum}");
 }
 
+/// The head and its loss in chunks (`loss::chunked_head`) on both backends: chunks of 1 row, 3 rows (11 =
+/// 3 + 3 + 3 + 2) and all rows, with a bias and every gradient; and `write_rows`, which fills the chunks'
+/// outputs in place on the GPU.
+#[test]
+fn linear_cross_entropy_in_chunks_and_write_rows() {
+    use mftcoder::backend::HeadGradsWanted;
+    let Some(g) = gpu(Precision::F32) else { return };
+    fn head_loss<B: Backend>(b: &B, rows: usize) -> Vec<Array2<f32>> {
+        let (t, hidden, vocab) = (11, 24, 300);
+        let (h, w) = (b.upload(matrix(t, hidden, 1, 1.0)), b.upload_weight(matrix(vocab, hidden, 2, 0.5)));
+        let bias = b.upload(matrix(1, vocab, 3, 1.0));
+        let targets: Vec<u32> = (0..t).map(|i| (i * 37 % vocab) as u32).collect();
+        let weights: Vec<f32> = (0..t).map(|i| if i % 4 == 1 { 0.0 } else { 0.1 }).collect();
+        let wanted = HeadGradsWanted { weight: true, bias: true };
+        let r = b.linear_cross_entropy(&h, &w, Some(&bias), &targets, &weights, wanted, rows * vocab * 4);
+        downloaded(b, vec![r.token_losses, r.dh, r.dhead.unwrap(), r.dbias.unwrap()])
+    }
+    for rows in [1, 3, 11] {
+        check(&format!("linear_cross_entropy, {rows}-row chunks"), 1e-4, head_loss(&Cpu, rows), head_loss(g, rows));
+    }
+    fn written<B: Backend>(b: &B) -> Vec<Array2<f32>> {
+        let mut dst = b.upload(matrix(6, 5, 4, 1.0));
+        b.write_rows(&mut dst, 2, &b.upload(matrix(3, 5, 5, 1.0)));
+        b.write_rows(&mut dst, 5, &b.upload(matrix(1, 5, 6, 1.0)));
+        b.write_rows(&mut dst, 0, &b.upload(matrix(0, 5, 7, 1.0)));
+        downloaded(b, vec![dst])
+    }
+    check("write_rows", 0.0, written(&Cpu), written(g));
+}
+
 #[test]
 fn four_bit_dequantization_is_exact() {
     let Some(g) = gpu(Precision::F32) else { return };

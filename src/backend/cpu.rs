@@ -133,6 +133,9 @@ impl Backend for Cpu {
     fn slice_rows(&self, t: &Array2<f32>, start: usize, end: usize) -> Array2<f32> {
         t.slice(s![start..end, ..]).to_owned()
     }
+    fn write_rows(&self, dst: &mut Array2<f32>, start: usize, src: &Array2<f32>) {
+        dst.slice_mut(s![start..start + src.nrows(), ..]).assign(src);
+    }
 
     fn causal_attention_with_lse(
         &self,

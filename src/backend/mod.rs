@@ -8,6 +8,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+pub use crate::loss::chunked_head::{HeadGradsWanted, HeadLoss};
 pub use crate::nn::attention::{AttentionMask, AttentionShape};
 pub use crate::nn::fused_qkv::FusedQkv;
 use crate::quant::Quantized4bit;
@@ -151,6 +152,14 @@ pub trait Backend: Sync {
     fn reshape(&self, t: &Self::Tensor, rows: usize, cols: usize) -> Self::Tensor;
     /// rows start..end
     fn slice_rows(&self, t: &Self::Tensor, start: usize, end: usize) -> Self::Tensor;
+    /// dst: [R, C], src: [N, C] → rows start..start + N of dst become src's, the others stay: an output filled
+    /// piece by piece (`loss::chunked_head`). The default rebuilds dst around src; a backend writes in place.
+    fn write_rows(&self, dst: &mut Self::Tensor, start: usize, src: &Self::Tensor) {
+        let (rows, n) = (self.dims(dst).0, self.dims(src).0);
+        assert!(start + n <= rows, "write_rows: {n} rows at {start} into {rows}");
+        let above = self.concat_rows(&self.slice_rows(dst, 0, start), src);
+        *dst = self.concat_rows(&above, &self.slice_rows(dst, start + n, rows));
+    }
 
     // ---- training: each backward mirrors the forward above it ----
 
@@ -245,6 +254,37 @@ pub trait Backend: Sync {
         let (losses, dlogits) = self.cross_entropy(logits, targets, weights);
         let rows = losses.len();
         (self.upload(Array2::from_shape_vec((rows, 1), losses).expect("one loss per row")), dlogits)
+    }
+    /// The output head and its loss in one, never the whole logits: h [T, H] (the final norm's output), W
+    /// [V, H] (an [`upload_weight`](Backend::upload_weight) matrix, or the tied embedding table), bias [1, V] →
+    /// the per-row losses [T, 1] (left where the tensors live, as `cross_entropy_on_device` leaves them), dh
+    /// [T, H] and, where asked, dW [V, H] and db [1, V], with dlogits = cₜ·(softmax(zₜ) − onehot(yₜ)) as in
+    /// `cross_entropy`. The logits exist [`chunk_rows`](crate::loss::chunked_head::chunk_rows)`(V, chunk_bytes)`
+    /// rows at a time (`loss::chunked_head` has the math and why chunking is exact).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_cross_entropy(
+        &self,
+        h: &Self::Tensor,
+        head: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        targets: &[u32],
+        coefficients: &[f32],
+        wanted: HeadGradsWanted,
+        chunk_bytes: usize,
+    ) -> HeadLoss<Self::Tensor>
+    where
+        Self: Sized,
+    {
+        crate::loss::chunked_head::linear_cross_entropy_in_chunks(
+            self,
+            h,
+            head,
+            bias,
+            targets,
+            coefficients,
+            wanted,
+            chunk_bytes,
+        )
     }
     /// a += b
     fn add_assign(&self, a: &mut Self::Tensor, b: &Self::Tensor);

@@ -41,8 +41,6 @@ pub struct LossAndGrads<B: Backend> {
     /// Σ mₜ (the number of tokens with a non-zero coefficient for `weighted_token_loss`)
     pub supervised: f64,
     pub grads: Gradients<B>,
-    /// [T, vocab]
-    pub logits: B::Tensor,
 }
 
 // ANCHOR: mean_token_loss
@@ -61,10 +59,10 @@ pub fn weighted_token_loss<B: Backend>(
 ) -> Result<LossAndGrads<B>> {
     let deferred = deferred_token_loss(model, b, seq, targets, coefficients, router_rows)?;
     let token_losses: Vec<f32> = b.download(&deferred.token_losses).iter().copied().collect();
-    let DeferredLoss { aux_loss, aux_weight, grads, logits, .. } = deferred;
+    let DeferredLoss { aux_loss, aux_weight, grads, .. } = deferred;
     let loss = weighted_loss(&token_losses, coefficients, aux_weight * aux_loss.unwrap_or(0.0))?;
     let supervised = coefficients.iter().filter(|&&c| c != 0.0).count() as f64;
-    Ok(LossAndGrads { loss, aux_loss, token_losses, supervised, grads, logits })
+    Ok(LossAndGrads { loss, aux_loss, token_losses, supervised, grads })
 }
 
 /// A forward + backward whose token losses stay on the backend (`Backend::cross_entropy_on_device`): the
@@ -78,8 +76,6 @@ pub struct DeferredLoss<B: Backend> {
     /// `router_aux_loss_coef`, or 0 without experts
     pub aux_weight: f64,
     pub grads: Gradients<B>,
-    /// [T, vocab]
-    pub logits: B::Tensor,
 }
 
 /// L = Σₜ cₜ·ℓₜ + `aux` (a mixture of experts' weighted balance loss, else 0) from token losses read back, or
@@ -92,7 +88,10 @@ pub fn weighted_loss(token_losses: &[f32], coefficients: &[f32], aux: f64) -> Re
     Ok(loss)
 }
 
-/// [`weighted_token_loss`] without reading the token losses: forward, the loss's gradient, backward.
+// ANCHOR: deferred_token_loss
+/// [`weighted_token_loss`] without reading the token losses: the forward to the head's input, the head and the
+/// loss's gradient together in chunks of rows (`Decoder::head_loss`: the [T, vocab] logits are never whole),
+/// the backward.
 pub fn deferred_token_loss<B: Backend>(
     model: &Decoder<B>,
     b: &B,
@@ -101,17 +100,18 @@ pub fn deferred_token_loss<B: Backend>(
     coefficients: &[f32],
     router_rows: Option<RouterRows<'_>>,
 ) -> Result<DeferredLoss<B>> {
-    let (logits, mut cache) = model.forward_train(b, seq)?;
+    let mut cache = model.forward_train_hidden(b, seq)?;
     if let (Some(rows), Some(moe)) = (router_rows, &model.config.moe) {
         cache.set_router_rows(moe, rows);
     }
-    // dL/dlogits = c·(softmax − onehot)
-    let (token_losses, dlogits) = b.cross_entropy_on_device(&logits, targets, coefficients);
+    // ℓₜ and dL/dlogits = c·(softmax − onehot), one chunk of rows at a time, straight into dh and dW
+    let (token_losses, head) = model.head_loss(b, &cache, targets, coefficients);
     let aux_loss = cache.aux_loss();
     let aux_weight = model.config.moe.as_ref().map_or(0.0, |m| m.aux_loss.loss_weight() as f64);
-    let grads = model.backward(b, cache, &dlogits);
-    Ok(DeferredLoss { token_losses, aux_loss, aux_weight, grads, logits })
+    let grads = model.backward_from_hidden(b, cache, head);
+    Ok(DeferredLoss { token_losses, aux_loss, aux_weight, grads })
 }
+// ANCHOR_END: deferred_token_loss
 
 /// Masked mean cross-entropy: coefficients mₜ / Σ m (MFTCoder's case1; transformers' loss without a mask).
 pub fn mean_token_loss<B: Backend>(

@@ -1,7 +1,7 @@
 //! The one decoder every family runs on: loading and inference with a KV cache. What a family varies is in its
 //! [`DecoderConfig`] (`decoder_config.rs`); the training forward and the hand-written backward are beside this
-//! file in `decoder_train.rs`, the mixture-of-experts balance loss in `moe_balance.rs`, and the walk over the
-//! parameters by name in `parameters.rs`.
+//! file in `decoder_train.rs` (the output head in `decoder_head.rs`), the mixture-of-experts balance loss in
+//! `moe_balance.rs`, and the walk over the parameters by name in `parameters.rs`.
 //!
 //! For each layer, with n₁, n₂ the layer's norms (one shared norm for Phi):
 //!   q, k, v = split(qkv(n₁(x)))  or  q(n₁(x)), k(n₁(x)), v(n₁(x));   q, k ← rope(q), rope(k)  (rotary positions)
@@ -12,6 +12,7 @@
 //! the input is embed(ids) + positions(p) instead of rotating q and k.
 
 pub use super::decoder_config::*;
+pub use super::decoder_head::HeadGradients;
 pub use super::decoder_train::{LayerCache, Sequence, TrainCache};
 pub use super::feed_forward::{FeedForward, Mlp, SparseMoe};
 pub use super::latent_attention::{LatentModule, LatentQkv};
@@ -21,6 +22,7 @@ pub use super::parameters::hf_shape;
 use crate::backend::{AttentionMask, Backend};
 use crate::io::hf_config::RopeScaling;
 use crate::io::safetensors::WeightStore;
+use crate::loss::chunked_head::DEFAULT_HEAD_CHUNK_BYTES;
 use crate::nn::rope::{inverse_frequencies, inverse_frequencies_for_context};
 use anyhow::{Result, bail};
 use ndarray::Array2;
@@ -66,6 +68,9 @@ pub struct Decoder<B: Backend> {
     pub frozen_base: bool,
     /// Set by the trainer for each micro-batch to turn on LoRA dropout; `None` (inference, evaluation) = off.
     pub dropout_seed: Option<u64>,
+    /// The bytes of logits the training loss holds at once (`loss::chunked_head`): the head and the
+    /// cross-entropy go through the rows in chunks of `chunk_rows(vocab, head_chunk_bytes)`.
+    pub head_chunk_bytes: usize,
 }
 
 // ANCHOR: kv_cache
@@ -262,6 +267,7 @@ impl<B: Backend> Decoder<B> {
             recompute_activations: false,
             frozen_base: false,
             dropout_seed: None,
+            head_chunk_bytes: DEFAULT_HEAD_CHUNK_BYTES,
             config,
         })
     }
@@ -330,6 +336,7 @@ impl<B: Backend> Decoder<B> {
             recompute_activations: false,
             frozen_base: false,
             dropout_seed: None,
+            head_chunk_bytes: DEFAULT_HEAD_CHUNK_BYTES,
             config,
         }
     }
@@ -460,15 +467,6 @@ impl<B: Backend> Decoder<B> {
     /// The layer's MLP norm (the attention's own norm when the two share one).
     pub(super) fn mlp_norm<'a>(&self, layer: &'a DecoderLayer<B>) -> &'a Norm<B> {
         layer.post_attention_norm.as_ref().unwrap_or(&layer.input_norm)
-    }
-
-    /// h: [T, H] after the final norm → logits [T, vocab].
-    pub(super) fn head(&self, b: &B, h: &B::Tensor) -> B::Tensor {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        if self.config.normalized_head {
-            return b.linear(h, &super::norm_head::normalize_rows(b, head).0, self.lm_head_bias.as_ref());
-        }
-        b.linear(h, head, self.lm_head_bias.as_ref())
     }
 
     /// The embedding rows of `ids` (times Gemma's √hidden where the config has it), plus the learned position

@@ -2,12 +2,11 @@
 //! it. The attention inputs (`project_qkv`) and the MLP (`mlp_forward`) are shared with inference.
 
 use super::decoder::{
-    Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, Residual, RotaryPairing,
+    Decoder, DecoderLayer, Gradients, HeadGradients, Norm, Positions, QkvNames, QkvProjection, Residual, RotaryPairing,
 };
 use super::feed_forward::FfnCache;
 use super::latent_attention::LatentCache;
 use super::moe_balance::{balance_loss, spread_over_layers};
-use super::norm_head;
 use crate::backend::{AttentionMask, Backend};
 use crate::nn::column_gather::{gather_columns, gather_columns_backward};
 use crate::nn::moe_router::Routing;
@@ -74,8 +73,8 @@ enum Saved<B: Backend> {
 pub struct TrainCache<'a, B: Backend> {
     pub(super) seq: Sequence<'a>,
     layers: Vec<Saved<B>>,
-    x_final: B::Tensor, // [T, H] before the final norm
-    h_final: B::Tensor, // [T, H] after it: the head's input
+    x_final: B::Tensor,            // [T, H] before the final norm
+    pub(super) h_final: B::Tensor, // [T, H] after it: the head's input
     /// Each layer's routing (sparse layers only).
     pub(super) routings: Vec<Option<Routing>>,
     /// With a mixture of experts: the balance loss of this forward and, per layer, its ∂/∂p (`moe_balance`).
@@ -202,9 +201,17 @@ impl<B: Backend> Decoder<B> {
     }
     // ANCHOR_END: project_qkv
 
-    // ANCHOR: decoder_forward_train
-    /// Logits [T, vocab] and the cache for [`Decoder::backward`].
+    /// Logits [T, vocab] and the cache for [`Decoder::backward`]: for the losses that need the logits whole
+    /// (the causal-LM losses go through [`Decoder::forward_train_hidden`] and `Decoder::head_loss` instead).
     pub fn forward_train<'a>(&self, b: &B, seq: Sequence<'a>) -> Result<(B::Tensor, TrainCache<'a, B>)> {
+        let cache = self.forward_train_hidden(b, seq)?;
+        Ok((self.head(b, &cache.h_final), cache))
+    }
+
+    // ANCHOR: decoder_forward_train
+    /// The forward up to the head's input: the cache (which holds h [T, H], the final norm's output) for
+    /// `Decoder::head_loss` and [`Decoder::backward_from_hidden`].
+    pub fn forward_train_hidden<'a>(&self, b: &B, seq: Sequence<'a>) -> Result<TrainCache<'a, B>> {
         if seq.ids.is_empty()
             || seq.positions.len() != seq.ids.len()
             || seq.segment_ids.is_some_and(|s| s.len() != seq.ids.len())
@@ -223,14 +230,13 @@ impl<B: Backend> Decoder<B> {
             x = x_out;
         }
         let h_final = self.norm.forward(b, &x);
-        let logits = self.head(b, &h_final);
         let aux = self.config.moe.as_ref().and_then(|moe| {
             // every sparse layer's routing together, as transformers concatenates the router logits
             let sparse: Vec<&Routing> = routings.iter().flatten().collect();
             let (aux, grads) = balance_loss(moe, &sparse)?;
             Some((aux, spread_over_layers(&routings, grads)))
         });
-        Ok((logits, TrainCache { seq, layers, x_final: x, h_final, routings, aux }))
+        Ok(TrainCache { seq, layers, x_final: x, h_final, routings, aux })
     }
 
     /// One decoder layer, returning its output and everything its backward needs.
@@ -280,30 +286,24 @@ impl<B: Backend> Decoder<B> {
     }
     // ANCHOR_END: decoder_forward_train
 
-    // ANCHOR: decoder_backward
-    /// dlogits [T, vocab] → the gradient of every parameter. Walks the forward in reverse; `dx` is the gradient
-    /// of the residual stream, which each block adds to (the residual connection copies it through).
+    /// dlogits [T, vocab] (for the logits of [`Decoder::forward_train`]) → the gradient of every parameter.
     pub fn backward(&self, b: &B, cache: TrainCache<'_, B>, dlogits: &B::Tensor) -> Gradients<B> {
+        let head = self.head_backward(b, &cache, dlogits);
+        self.backward_from_hidden(b, cache, head)
+    }
+
+    // ANCHOR: decoder_backward
+    /// The head's gradients (`Decoder::head_backward` or `Decoder::head_loss`) → the gradient of every
+    /// parameter. Walks the forward in reverse; `dx` is the gradient of the residual stream, which each block
+    /// adds to (the residual connection copies it through).
+    pub fn backward_from_hidden(&self, b: &B, cache: TrainCache<'_, B>, head: HeadGradients<B>) -> Gradients<B> {
         let c = &self.config;
         let n = c.names;
         let train_base = !self.frozen_base;
         let mut grads = Gradients::<B>::new();
 
-        // head and final norm
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let normed = c.normalized_head.then(|| norm_head::normalize_rows(b, head)); // NormHead: ŵ is what ran
-        let train_head_bias = train_base && self.lm_head_bias.is_some();
-        let (dh_final, dhead, dhead_bias) = b.linear_backward(
-            dlogits,
-            &cache.h_final,
-            normed.as_ref().map_or(head, |n| &n.0),
-            train_base,
-            train_head_bias,
-        );
-        let dhead = match (dhead, &normed) {
-            (Some(g), Some((w_hat, inv))) => Some(norm_head::normalize_rows_backward(b, &g, w_hat, inv)),
-            (dhead, _) => dhead,
-        };
+        // final norm, and the head's parameters
+        let HeadGradients { dh_final, dhead, dbias } = head;
         let mut dx = self.norm.backward(b, &dh_final, &cache.x_final, train_base, n.final_norm, &mut grads);
         let mut dembed_from_head = None;
         if c.tie_word_embeddings {
@@ -311,7 +311,7 @@ impl<B: Backend> Decoder<B> {
         } else if let Some(dhead) = dhead {
             grads.insert(format!("{}.weight", n.lm_head), dhead);
         }
-        if let Some(dbias) = dhead_bias {
+        if let Some(dbias) = dbias {
             grads.insert(format!("{}.bias", n.lm_head), dbias);
         }
 

@@ -1,11 +1,12 @@
-//! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs`) and one
-//! file per family. Each family file maps `config.json` onto a [`decoder::DecoderConfig`] and names its
-//! tensors; it holds only what is special about the family.
+//! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs`, the output
+//! head's training part in `decoder_head.rs`) and one file per family. Each family file maps `config.json`
+//! onto a [`decoder::DecoderConfig`] and names its tensors; it holds only what is special about the family.
 pub mod aquila;
 pub mod baichuan;
 pub mod chatglm;
 pub mod decoder;
 pub mod decoder_config;
+pub mod decoder_head;
 pub mod decoder_train;
 pub mod deepseek_v2;
 pub mod feed_forward;

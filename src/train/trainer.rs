@@ -432,7 +432,7 @@ fn optimizer_step<B: Backend>(
         let rows = RouterRows { mask: &mask, row_len: flat.row_len };
         let r = deferred_token_loss(model, b, seq, &flat.targets, &coeffs, Some(rows));
         model.dropout_seed = None; // evaluation and inference run without dropout
-        let DeferredLoss { token_losses, aux_loss, aux_weight, grads, logits: _ } = r?;
+        let DeferredLoss { token_losses, aux_loss, aux_weight, grads } = r?;
         tokens += flat.ids.len();
         match acc.as_mut() {
             None => acc = Some(grads),

@@ -1,7 +1,8 @@
 //! What a step costs the device besides its arithmetic, counted where the backend talks to the driver:
 //! kernel launches (ours, and cuBLAS's products), device allocations and their bytes, buffers the caching
-//! allocator handed out again instead (`pool.rs`), host→device uploads, and device→host reads (each one blocks the host until the stream has caught up). The emulated device
-//! counts the same calls, so these numbers are measured on every `cargo test --features cuda`.
+//! allocator handed out again instead (`pool.rs`) and the largest one asked of it, host→device uploads, and
+//! device→host reads (each one blocks the host until the stream has caught up). The emulated device counts the
+//! same calls, so these numbers are measured on every `cargo test --features cuda`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,6 +15,8 @@ pub struct DeviceCounters {
     reuses: AtomicU64,
     uploads: AtomicU64,
     host_reads: AtomicU64,
+    /// A high-water mark, not a running count: restarted by each snapshot.
+    largest_take: AtomicU64,
 }
 
 /// The counters at one moment; `since` gives what happened between two.
@@ -26,6 +29,9 @@ pub struct CounterSnapshot {
     pub reuses: u64,
     pub uploads: u64,
     pub host_reads: u64,
+    /// The largest buffer asked of the pool (bytes, as requested, before rounding to its bucket) since the
+    /// previous snapshot: what shows that a step never holds a [T, V] tensor (`loss::chunked_head`).
+    pub largest_take: u64,
 }
 
 impl DeviceCounters {
@@ -39,6 +45,9 @@ impl DeviceCounters {
         self.allocations.fetch_add(1, Ordering::Relaxed);
         self.allocated_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+    pub(super) fn take(&self, bytes: usize) {
+        self.largest_take.fetch_max(bytes as u64, Ordering::Relaxed);
+    }
     pub(super) fn reuse(&self) {
         self.reuses.fetch_add(1, Ordering::Relaxed);
     }
@@ -49,6 +58,7 @@ impl DeviceCounters {
         self.host_reads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counts so far, and the largest pool request since the previous snapshot (which this one restarts).
     pub fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CounterSnapshot {
@@ -59,12 +69,14 @@ impl DeviceCounters {
             reuses: get(&self.reuses),
             uploads: get(&self.uploads),
             host_reads: get(&self.host_reads),
+            largest_take: self.largest_take.swap(0, Ordering::Relaxed),
         }
     }
 }
 
 impl CounterSnapshot {
-    /// What was counted after `earlier`.
+    /// What was counted after `earlier` (the largest request is already this interval's, if `earlier` was the
+    /// snapshot before this one).
     pub fn since(self, earlier: CounterSnapshot) -> CounterSnapshot {
         CounterSnapshot {
             launches: self.launches - earlier.launches,
@@ -74,6 +86,7 @@ impl CounterSnapshot {
             reuses: self.reuses - earlier.reuses,
             uploads: self.uploads - earlier.uploads,
             host_reads: self.host_reads - earlier.host_reads,
+            largest_take: self.largest_take,
         }
     }
 }
@@ -82,12 +95,13 @@ impl std::fmt::Display for CounterSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses, {} uploads, {} blocking reads",
+            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses (largest request {:.1} kB), {} uploads, {} blocking reads",
             self.launches,
             self.gemms,
             self.allocations,
             self.allocated_bytes as f64 / 1e6,
             self.reuses,
+            self.largest_take as f64 / 1e3,
             self.uploads,
             self.host_reads
         )

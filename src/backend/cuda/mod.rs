@@ -383,6 +383,16 @@ impl Backend for Cuda {
         }
         out
     }
+    fn write_rows(&self, dst: &mut CudaTensor, start: usize, src: &CudaTensor) {
+        assert_eq!(dst.cols, src.cols, "write_rows: column counts differ");
+        assert!(start + src.rows <= dst.rows, "write_rows: {} rows at {start} into {}", src.rows, dst.rows);
+        if src.rows > 0 {
+            let at = start * dst.cols..(start + src.rows) * dst.cols;
+            self.stream
+                .memcpy_dtod(&src.data.slice(0..src.len()), &mut dst.data.slice_mut(at))
+                .unwrap_or_else(|e| fail("copy", e));
+        }
+    }
 
     fn causal_attention_with_lse(
         &self,

@@ -52,6 +52,7 @@ impl<T: DeviceRepr> Pool<T> {
     /// a new device allocation.
     pub fn take(self: &Arc<Self>, n: usize) -> Pooled<T> {
         let size = bucket(n);
+        self.counters.take(n * std::mem::size_of::<T>());
         let cached = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&size).and_then(Vec::pop);
         let slice = match cached {
             Some(slice) => {
