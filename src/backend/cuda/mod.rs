@@ -389,7 +389,7 @@ impl Backend for Cuda {
         if src.rows > 0 {
             let at = start * dst.cols..(start + src.rows) * dst.cols;
             self.stream
-                .memcpy_dtod(&src.data.slice(0..src.len()), &mut dst.data.slice_mut(at))
+                .memcpy_dtod(&src.f32().slice(0..src.len()), &mut dst.f32_mut().slice_mut(at))
                 .unwrap_or_else(|e| fail("copy", e));
         }
     }
