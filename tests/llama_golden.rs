@@ -86,7 +86,12 @@ fn kv_cache_logits_equal_full_recompute() {
         let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
         let incremental = concatenate(Axis(0), &views).unwrap();
         let diff = max_abs_diff(&incremental, &full);
-        assert!(diff <= 1e-5, "{}: cached vs full max |Δ| = {diff}", case.display());
+        // Not bitwise: a cached step's products of one to three rows read the row-major decoding layout as dot
+        // products, the full forward's are GEMM panels, so the sums run in other orders and the two agree to f32
+        // rounding carried through the layers (measured: 1.0–1.9·10⁻⁶ of the largest logit). A cache that
+        // misplaced a key or a position would be off by far more than 10⁻⁵ of it.
+        let largest = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(diff <= 1e-5 * largest, "{}: cached vs full max |Δ| = {diff} (max |logit| {largest})", case.display());
     }
 }
 
