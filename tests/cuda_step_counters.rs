@@ -29,14 +29,22 @@ mod emulated_device;
 
 fn gpu() -> Option<&'static Cuda> {
     static GPU: OnceLock<Option<Cuda>> = OnceLock::new();
-    GPU.get_or_init(|| match Cuda::new(0, Precision::F32) {
+    GPU.get_or_init(|| open(Precision::F32)).as_ref()
+}
+
+fn gpu_bf16() -> Option<&'static Cuda> {
+    static GPU: OnceLock<Option<Cuda>> = OnceLock::new();
+    GPU.get_or_init(|| open(Precision::Bf16)).as_ref()
+}
+
+fn open(precision: Precision) -> Option<Cuda> {
+    match Cuda::new(0, precision) {
         Ok(cuda) => Some(cuda),
         Err(e) => {
             eprintln!("skipping the GPU step counters: {e}");
             None
         }
-    })
-    .as_ref()
+    }
 }
 
 /// The shape of the steps counted: the model's vocabulary, and the bytes of logits its loss holds at once.
@@ -52,18 +60,36 @@ const SMALL_VOCAB: Head = Head { vocab: 97, chunk_bytes: DEFAULT_HEAD_CHUNK_BYTE
 /// Tokens per step.
 const T: usize = 40;
 
-/// The counters of `steps` consecutive training steps of a 2-layer Llama (GQA, a packed batch of two
-/// documents, PEFT's default LoRA: r 8 on q and v, the base in NF4 + double quantization when `quantized`), and the losses.
+/// What is trained: PEFT's default LoRA (r 8 on q and v), on a base in NF4 + double quantization when
+/// `quantized`; `layers` decoder layers.
+#[derive(Clone)]
+struct Trained {
+    layers: usize,
+    quantized: bool,
+    lora: LoraConfig,
+}
+
+/// The model of the launch bounds: 2 layers, PEFT's default LoRA, the base dense or 4-bit.
+fn pefts_default(quantized: bool) -> Trained {
+    Trained { layers: 2, quantized, lora: LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() } }
+}
+
+/// The counters of `steps` consecutive training steps of a Llama (GQA, a packed batch of two documents), and
+/// the losses.
 fn counted_steps(g: &Cuda, quantized: bool, steps: usize, head: Head) -> (Vec<CounterSnapshot>, Vec<f64>) {
-    let mut model: Decoder<Cuda> = Decoder::random(g, DecoderConfig::with_shape(head.vocab, 64, 160, 2, 4, 2), 42);
+    counted_steps_of(g, &pefts_default(quantized), steps, head)
+}
+
+fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (Vec<CounterSnapshot>, Vec<f64>) {
+    let config = DecoderConfig::with_shape(head.vocab, 64, 160, trained.layers, 4, 2);
+    let mut model: Decoder<Cuda> = Decoder::random(g, config, 42);
     model.head_chunk_bytes = head.chunk_bytes;
-    if quantized {
+    if trained.quantized {
         for (_, linear) in model.linears_mut() {
             linear.quantize(g, QuantType::Nf4, true).unwrap();
         }
     }
-    let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
-    init_adapters(&mut model, g, &lora, &mut Rng::new(7)).unwrap();
+    init_adapters(&mut model, g, &trained.lora, &mut Rng::new(7)).unwrap();
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| g.dims(t)).collect();
     let mut opt = AdamW::new_on(g, AdamWConfig::default(), &shapes);
 
@@ -84,15 +110,15 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize, head: Head) -> (Vec<Co
 }
 
 // ANCHOR: step_counters
-/// (kernel launches, cuBLAS products) of one steady-state step, as measured when the fused step's end landed:
-/// bounds, so a change that adds launches has to say so here. The forward and backward are 63 (LoRA) and 91
-/// (QLoRA) of them; the step's end is 3 (the norm's partial sums, its finish, the multi-tensor AdamW) where it
-/// was 16 and 8 blocking reads (a squared norm and an AdamW per tensor; 32 and 24 reads with the trainer's
-/// finiteness checks of every gradient and parameter). Before: LoRA 79 + 54, QLoRA 107 + 54. The head in
-/// chunks (`loss::chunked_head`) left these as they were: the logits of 40 tokens fit one chunk, which runs
-/// the unchunked ops exactly (one product, one cross-entropy launch, one product for dh).
-const LORA_LAUNCHES: (u64, u64) = (66, 54);
-const QLORA_LAUNCHES: (u64, u64) = (94, 54);
+/// (kernel launches, cuBLAS products) of one steady-state step: bounds, so a change that adds launches has to
+/// say so here. The history: LoRA 79 + 54 and QLoRA 107 + 54 before the fused step's end, whose 3 launches (the
+/// norm's partial sums, its finish, the multi-tensor AdamW) replaced 16 and 8 blocking reads; 66 + 54 and
+/// 94 + 54 after it. The head in chunks (`loss::chunked_head`) left these as they were: the logits of 40 tokens
+/// fit one chunk, which runs the unchunked ops exactly. LoRA with its scale and adds folded into the products
+/// (`backend/cuda/lora.rs`: 1 launch fewer per adapter forward, 2 backward, on 4 adapters) and frozen norms
+/// computing no weight gradient (one column sum fewer on each of 5 norms): 17 fewer, 49 + 54 and 77 + 54.
+const LORA_LAUNCHES: (u64, u64) = (49, 54);
+const QLORA_LAUNCHES: (u64, u64) = (77, 54);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
 /// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
 /// The chunks' rows are copied in and out by the stream (`slice_rows`, `write_rows`), which launches nothing.
@@ -268,6 +294,52 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
     let (dev, _) = step(g, 3e38, 1e38, 1.0);
     assert_eq!((&cpu.outcome, &dev.outcome), (&Outcome::NonFiniteParameter(0), &Outcome::NonFiniteParameter(0)));
 }
+
+// ANCHOR: launches_per_layer
+/// What one more decoder layer adds to a steady-state step (3 layers minus 2): r-16 adapters on all seven
+/// projections, as the bench trains them. Under f32: 7 adapted linears at 3 + 5 products each (x·Wᵀ, x·Aᵀ and
+/// s·h·Bᵀ accumulated into y; dx = dy·W, s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 56 products and
+/// no launch; the 21 launches are the layer's own kernels (2 RMSNorms and their dx-only backward, RoPE, the
+/// attention passes, SwiGLU, the residual adds). Before LoRA's scale and adds went into the products and the
+/// frozen norms stopped computing weight gradients, each adapter cost 3 launches more and each norm 1.
+/// Under bf16, 10 roundings to bf16 per adapter come on top (x, A, h, B forward; dy once for the base's dx and
+/// both of the adapter's products that read it, h, B, dh, x, A backward): 70 of the 91. A 4-bit base adds its
+/// dequantization before each of its 14 products.
+const PER_LAYER_F32: (u64, u64) = (21, 56);
+const PER_LAYER_BF16: (u64, u64) = (91, 56);
+const PER_LAYER_QLORA_F32: (u64, u64) = (35, 56);
+
+#[test]
+fn launches_per_layer() {
+    let Some(g) = gpu() else { return };
+    let Some(g16) = gpu_bf16() else { return };
+    let all_linear = LoraConfig {
+        r: 16,
+        lora_alpha: 32.0,
+        target_modules: mftcoder::peft::TargetModules::AllLinear,
+        ..LoraConfig::default()
+    };
+    let per_layer = |g: &Cuda, quantized: bool| {
+        let step = |layers| {
+            let trained = Trained { layers, quantized, lora: all_linear.clone() };
+            counted_steps_of(g, &trained, 3, SMALL_VOCAB).0[2]
+        };
+        let (two, three) = (step(2), step(3));
+        (three.launches - two.launches, three.gemms - two.gemms)
+    };
+    let measured = [
+        ("LoRA, f32", per_layer(g, false), PER_LAYER_F32),
+        ("LoRA, bf16", per_layer(g16, false), PER_LAYER_BF16),
+        ("QLoRA, f32", per_layer(g, true), PER_LAYER_QLORA_F32),
+    ];
+    for (what, got, _) in measured {
+        eprintln!("one more layer of an all-linear r-16 {what} step: {} launches + {} products", got.0, got.1);
+    }
+    for (what, got, want) in measured {
+        assert_eq!(got, want, "{what}: launches and products per layer changed; say why above");
+    }
+}
+// ANCHOR_END: launches_per_layer
 
 // ---- without a GPU: the same tests on the emulated device ----
 

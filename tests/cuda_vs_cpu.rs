@@ -122,6 +122,30 @@ fn linear<B: Backend>(b: &B, t: usize, inp: usize, out: usize, seed: u64) -> Vec
 }
 // ANCHOR_END: linear_case
 
+/// LoRA's branch into a base output and its backward into an input gradient (on the GPU: s in the products'
+/// α, the adds in their β), x rounded once for its products. The dropout drawn in place is checked on each
+/// backend against that backend's stored mask of the same seed (the two backends' generators differ).
+fn lora_branch<B: Backend>(b: &B, t: usize, (inp, out, r): (usize, usize, usize), seed: u64) -> Vec<Array2<f32>> {
+    let s = 1.7;
+    let x = b.upload(matrix(t, inp, seed, 1.0));
+    let (a, up) = (b.upload(matrix(r, inp, seed + 1, 0.2)), b.upload(matrix(out, r, seed + 2, 0.2)));
+    let mut y = b.upload(matrix(t, out, seed + 3, 1.0)); // "the base output"
+    let h = b.lora_forward_into(&mut y, &b.product_operand(&x), &a, &up, s);
+    let dy = b.upload(matrix(t, out, seed + 4, 1.0));
+    let mut dx = b.upload(matrix(t, inp, seed + 5, 1.0)); // "the base layer's dx"
+    let (da, db) = b.lora_backward_into(&mut dx, &dy, &x, &h, &a, &up, s);
+
+    let mask = b.dropout_mask(t, inp, 0.3, seed);
+    assert_eq!(b.download(&b.dropout(&x, 0.3, seed)), b.download(&b.mul(&x, &mask)), "{}: x ∘ m", b.name());
+    let (mut added, g_dropped) = (b.upload(matrix(t, inp, seed + 6, 1.0)), b.upload(matrix(t, inp, seed + 7, 1.0)));
+    let want = b.download(&b.add(&added, &b.mul(&g_dropped, &mask)));
+    b.add_dropout_backward(&mut added, &g_dropped, 0.3, seed);
+    let got = b.download(&added);
+    let worst = want.iter().zip(&got).map(|(w, g)| (w - g).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-6, "{}: dx += g ∘ m off by {worst}", b.name()); // one rounding (the GPU may fuse it)
+    downloaded(b, vec![y, h, dx, da, db])
+}
+
 /// RMSNorm, LayerNorm, RoPE on heads of d = 2·half + pass_through (partial rotary when pass_through > 0: the
 /// last entries of each head are copied) and the embedding, each with its backward.
 fn norm_rope_embedding<B: Backend>(
@@ -135,10 +159,14 @@ fn norm_rope_embedding<B: Backend>(
     let x = b.upload(matrix(t, heads * d, seed, 1.0));
     let w = b.upload(matrix(1, heads * d, seed + 1, 1.0));
     let dy = b.upload(matrix(t, heads * d, seed + 2, 1.0));
-    let (dx, dw) = b.rms_norm_backward(&dy, &x, &w, 1e-6);
+    let (dx, dw) = b.rms_norm_backward(&dy, &x, &w, 1e-6, true);
+    let (frozen_dx, no_dw) = b.rms_norm_backward(&dy, &x, &w, 1e-6, false); // a frozen norm: dx alone
     let (shifted, bias) =
         (b.upload(matrix(t, heads * d, seed, 1.0).mapv(|v| v + 3.0)), b.upload(matrix(1, heads * d, seed + 4, 0.5)));
-    let (ln_dx, ln_dw, ln_db) = b.layer_norm_backward(&dy, &shifted, &w, 1e-5);
+    let (ln_dx, ln_params) = b.layer_norm_backward(&dy, &shifted, &w, 1e-5, true);
+    let (ln_frozen_dx, no_params) = b.layer_norm_backward(&dy, &shifted, &w, 1e-5, false);
+    assert!(no_dw.is_none() && no_params.is_none(), "{}: a frozen norm's weight gradient was computed", b.name());
+    let (dw, (ln_dw, ln_db)) = (dw.expect("asked for"), ln_params.expect("asked for"));
     let positions: Vec<usize> = (0..t).map(|i| 3 * i + 7).collect();
     let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(i as f32) / half as f32)).collect();
     let table = b.upload(matrix(50, heads * d, seed + 3, 1.0));
@@ -149,10 +177,12 @@ fn norm_rope_embedding<B: Backend>(
             b.rms_norm(&x, &w, 1e-6),
             dx,
             dw,
+            frozen_dx,
             b.layer_norm(&shifted, &w, &bias, 1e-5),
             ln_dx,
             ln_dw,
             ln_db,
+            ln_frozen_dx,
             b.rope(&x, heads, d, &positions, &inv_freq),
             b.rope_backward(&dy, heads, d, &positions, &inv_freq),
             b.embedding(&table, &ids),
@@ -231,6 +261,19 @@ proptest! {
         // ANCHOR: linear_property
         check("linear", 1e-4, linear(&Cpu, t, inp, out, seed), linear(g, t, inp, out, seed));
         // ANCHOR_END: linear_property
+    }
+
+    #[test]
+    fn lora_branch_and_its_backward(
+        t in 1usize..40,
+        inp in 1usize..120,
+        out in 1usize..120,
+        r in prop::sample::select(vec![1usize, 4, 8, 16]),
+        seed in 0u64..1000,
+    ) {
+        let Some(g) = gpu(Precision::F32) else { return Ok(()) };
+        let shape = (inp, out, r);
+        check("lora_forward_into/lora_backward_into", 1e-4, lora_branch(&Cpu, t, shape, seed), lora_branch(g, t, shape, seed));
     }
 
     #[test]
@@ -394,6 +437,15 @@ fn adamw_update_matches() {
 #[test]
 fn bf16_products_stay_within_the_argued_tolerance() {
     let Some(g) = gpu(Precision::Bf16) else { return };
+    // LoRA's branch with its operands rounded once each: the same bound as one product
+    for (t, shape) in [(16, (64, 48, 8)), (33, (300, 200, 16))] {
+        check(
+            &format!("bf16 LoRA branch {t}×{shape:?}"),
+            2e-2,
+            lora_branch(&Cpu, t, shape, 9),
+            lora_branch(g, t, shape, 9),
+        );
+    }
     for (t, k, n) in [(16, 64, 32), (64, 768, 256), (33, 2048, 100)] {
         let x = matrix(t, k, 5, 1.0);
         let w = matrix(n, k, 6, 0.05);

@@ -206,9 +206,16 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
             emu.kernel("rms_norm_backward");
         let (mut dx, mut dw_rows) = (zeros(t, h), zeros(t, h));
         rms_backward(g0, g1, g2, p(&mut dx), p(&mut dw_rows), c(&dy), c(&x), c(&w), h as i32, 1e-6);
-        let (want_dx, want_dw) = Cpu.rms_norm_backward(&dy, &x, &w, 1e-6);
+        let (want_dx, want_dw) = Cpu.rms_norm_backward(&dy, &x, &w, 1e-6, true);
         assert_close("rms_norm dx", &want_dx, &dx, 1e-5);
+        let want_dw = want_dw.expect("asked for");
         assert_close("rms_norm dw", &want_dw, &dw_rows.sum_axis(ndarray::Axis(0)).insert_axis(ndarray::Axis(0)), 1e-5);
+        // a frozen norm's entry point: the same dx, bit for bit, and nothing else
+        let rms_backward_input: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, i32, f32) =
+            emu.kernel("rms_norm_backward_input");
+        let mut frozen_dx = zeros(t, h);
+        rms_backward_input(g0, g1, g2, p(&mut frozen_dx), c(&dy), c(&x), c(&w), h as i32, 1e-6);
+        assert_eq!(frozen_dx, dx, "rms_norm_backward_input");
 
         // LayerNorm on rows shifted far from zero (mean 3): the two-pass variance must not cancel
         let (shifted, bias) = (x.mapv(|v| v + 3.0), matrix(1, h, 11, 0.5));
@@ -218,8 +225,14 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
         let ln_backward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, i32, f32) =
             emu.kernel("layer_norm_backward");
         ln_backward(g0, g1, g2, p(&mut dx), p(&mut dw_rows), c(&dy), c(&shifted), c(&w), h as i32, 1e-5);
-        let (want_dx, want_dw, _) = Cpu.layer_norm_backward(&dy, &shifted, &w, 1e-5);
+        let (want_dx, want_params) = Cpu.layer_norm_backward(&dy, &shifted, &w, 1e-5, true);
+        let (want_dw, _) = want_params.expect("asked for");
         assert_close("layer_norm dx", &want_dx, &dx, 1e-5);
+        let ln_backward_input: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, i32, f32) =
+            emu.kernel("layer_norm_backward_input");
+        let mut frozen_dx = zeros(t, h);
+        ln_backward_input(g0, g1, g2, p(&mut frozen_dx), c(&dy), c(&shifted), c(&w), h as i32, 1e-5);
+        assert_eq!(frozen_dx, dx, "layer_norm_backward_input");
         assert_close(
             "layer_norm dw",
             &want_dw,
@@ -663,4 +676,16 @@ fn dropout_mask_kernel() {
     assert!(mask.iter().all(|&v| v == 0.0 || v == keep));
     assert_eq!(draw(42), mask, "a pure function of the seed");
     assert_ne!(draw(43), mask, "another seed, another mask");
+
+    // LoRA's fused dropout: x ∘ m and dx += g ∘ m with the mask drawn inside, bit for bit the stored mask's
+    let (x, g, dx0) = (matrix(r, n, 21, 1.0), matrix(r, n, 22, 1.0), matrix(r, n, 23, 1.0));
+    let (mut applied, mut dx) = (zeros(r, n), dx0.clone());
+    unsafe {
+        let apply: unsafe extern "C" fn(u32, u32, u32, P, C, i64, u64, u32, f32) = emu.kernel("dropout_apply");
+        apply(EW.0, EW.1, EW.2, p(&mut applied), c(&x), (r * n) as i64, 42, threshold, keep);
+        let add: unsafe extern "C" fn(u32, u32, u32, P, C, i64, u64, u32, f32) = emu.kernel("dropout_add");
+        add(EW.0, EW.1, EW.2, p(&mut dx), c(&g), (r * n) as i64, 42, threshold, keep);
+    }
+    assert_eq!(applied, &x * &mask, "dropout_apply is x ∘ mask");
+    assert_eq!(dx, &dx0 + &(&g * &mask), "dropout_add is dx + g ∘ mask");
 }

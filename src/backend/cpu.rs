@@ -186,9 +186,11 @@ impl Backend for Cpu {
         x: &Array2<f32>,
         weight: &Array2<f32>,
         eps: f32,
-    ) -> (Array2<f32>, Array2<f32>) {
-        let (dx, dw) = nn::rms_norm::rms_norm_backward(dy.view(), x.view(), weight.row(0), eps);
-        (dx, dw.insert_axis(Axis(0)))
+        weight_grad: bool,
+    ) -> (Array2<f32>, Option<Array2<f32>>) {
+        let dx = nn::rms_norm::rms_norm_input_grad(dy.view(), x.view(), weight.row(0), eps);
+        let dw = weight_grad.then(|| nn::rms_norm::rms_norm_weight_grad(dy.view(), x.view(), eps).insert_axis(Axis(0)));
+        (dx, dw)
     }
     fn rope_backward(
         &self,
@@ -209,9 +211,14 @@ impl Backend for Cpu {
         x: &Array2<f32>,
         weight: &Array2<f32>,
         eps: f32,
-    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
-        let (dx, dw, db) = nn::layer_norm::layer_norm_backward(dy.view(), x.view(), weight.row(0), eps);
-        (dx, dw.insert_axis(Axis(0)), db.insert_axis(Axis(0)))
+        weight_grad: bool,
+    ) -> (Array2<f32>, Option<(Array2<f32>, Array2<f32>)>) {
+        let dx = nn::layer_norm::layer_norm_input_grad(dy.view(), x.view(), weight.row(0), eps);
+        let params = weight_grad.then(|| {
+            let (dw, db) = nn::layer_norm::layer_norm_params_grad(dy.view(), x.view(), eps);
+            (dw.insert_axis(Axis(0)), db.insert_axis(Axis(0)))
+        });
+        (dx, params)
     }
     fn gelu_tanh_backward(&self, dy: &Array2<f32>, x: &Array2<f32>) -> Array2<f32> {
         nn::mlp::gelu_tanh_backward(dy.view(), x.view())

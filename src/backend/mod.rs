@@ -16,6 +16,9 @@ use crate::train::optim::AdamWScalars;
 use crate::train::step_update::{StepReport, StepUpdate, reference_update};
 use ndarray::Array2;
 
+/// A LayerNorm's (∂L/∂w, ∂L/∂b), [1, H] each.
+pub type WeightAndBias<T> = (T, T);
+
 // ANCHOR: backend_trait
 pub trait Backend: Sync {
     type Tensor: Clone + Send + Sync;
@@ -194,22 +197,80 @@ pub trait Backend: Sync {
         weight_grad: bool,
         bias_grad: bool,
     ) -> (Self::Tensor, Option<Self::Tensor>, Option<Self::Tensor>);
-    /// → (dx [T, H], dweight [1, H])
+    // ANCHOR: lora_ops
+    /// `x` as the matrix products read it. Under mixed precision the GPU rounds every f32 operand to bf16 in a
+    /// copy before each product; a caller that feeds one activation to several products (the base layer and
+    /// LoRA's A) rounds it once here and hands the result to those products only (`linear`,
+    /// `lora_forward_into`, `linear_backward`'s x). Everywhere else: `x` itself.
+    fn product_operand<'a>(&self, x: &'a Self::Tensor) -> std::borrow::Cow<'a, Self::Tensor> {
+        std::borrow::Cow::Borrowed(x)
+    }
+    /// LoRA's branch added into the base output: y += s·(x·Aᵀ)·Bᵀ → h = x·Aᵀ [T, r], what the backward needs.
+    /// x: [T, in], A: [r, in], B: [out, r], y: [T, out]. By default two products and a scaled add; the GPU
+    /// folds s and the add into the second product (α = s, β = 1).
+    fn lora_forward_into(
+        &self,
+        y: &mut Self::Tensor,
+        x: &Self::Tensor,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        s: f32,
+    ) -> Self::Tensor {
+        let h = self.linear(x, a, None); // [T, r]
+        self.add_scaled(y, &self.linear(&h, b, None), s);
+        h
+    }
+    /// The branch's backward, its input gradient added into `dx` [T, in]. With d = s·dy:
+    /// ∂L/∂B = dᵀ·h [out, r], ∂L/∂h = d·B [T, r], ∂L/∂A = (∂L/∂h)ᵀ·x [r, in], dx += (∂L/∂h)·A → (∂L/∂A, ∂L/∂B).
+    /// By default through `scale`, two `linear_backward`s and an add; the GPU folds s into the products' α
+    /// and the add into the last one's β.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward_into(
+        &self,
+        dx: &mut Self::Tensor,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        h: &Self::Tensor,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        s: f32,
+    ) -> (Self::Tensor, Self::Tensor) {
+        let d = self.scale(dy, s);
+        let (dh, db, _) = self.linear_backward(&d, h, b, true, false); // [T, r], [out, r]
+        let (dx_branch, da, _) = self.linear_backward(&dh, x, a, true, false); // [T, in], [r, in]
+        self.add_assign(dx, &dx_branch);
+        (da.expect("asked for"), db.expect("asked for"))
+    }
+    /// LoRA's input dropout: x ∘ m with m = `dropout_mask(rows, cols, p, seed)`. The GPU draws m inside the
+    /// multiply, never storing it.
+    fn dropout(&self, x: &Self::Tensor, p: f32, seed: u64) -> Self::Tensor {
+        let (rows, cols) = self.dims(x);
+        self.mul(x, &self.dropout_mask(rows, cols, p, seed))
+    }
+    /// The backward of `dropout` added into `dx`: dx += g ∘ m, the same m.
+    fn add_dropout_backward(&self, dx: &mut Self::Tensor, g: &Self::Tensor, p: f32, seed: u64) {
+        let (rows, cols) = self.dims(g);
+        self.add_assign(dx, &self.mul(g, &self.dropout_mask(rows, cols, p, seed)));
+    }
+    // ANCHOR_END: lora_ops
+    /// → (dx [T, H], dweight [1, H] if `weight_grad`: a frozen norm computes no weight gradient)
     fn rms_norm_backward(
         &self,
         dy: &Self::Tensor,
         x: &Self::Tensor,
         weight: &Self::Tensor,
         eps: f32,
-    ) -> (Self::Tensor, Self::Tensor);
-    /// → (dx [T, H], dweight [1, H], dbias [1, H])
+        weight_grad: bool,
+    ) -> (Self::Tensor, Option<Self::Tensor>);
+    /// → (dx [T, H], (dweight [1, H], dbias [1, H]) if `weight_grad`)
     fn layer_norm_backward(
         &self,
         dy: &Self::Tensor,
         x: &Self::Tensor,
         weight: &Self::Tensor,
         eps: f32,
-    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
+        weight_grad: bool,
+    ) -> (Self::Tensor, Option<WeightAndBias<Self::Tensor>>);
     fn rope_backward(
         &self,
         dy: &Self::Tensor,

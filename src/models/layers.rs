@@ -91,20 +91,25 @@ impl<B: Backend> Linear<B> {
     /// y and, with an adapter, h = x̃·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
     /// `dropout_seed` (training only) turns on the adapter's dropout: x̃ = x ∘ m, m drawn from the seed.
     pub fn forward_train(&self, b: &B, x: &B::Tensor, dropout_seed: Option<u64>) -> (B::Tensor, Option<B::Tensor>) {
-        let mut y = self.base_forward(b, x);
-        let Some(lora) = &self.lora else { return (y, None) };
-        let dropped;
-        let x_in = match dropout_seed.filter(|_| lora.dropout > 0.0) {
+        let Some(lora) = &self.lora else { return (self.base_forward(b, x), None) };
+        match dropout_seed.filter(|_| lora.dropout > 0.0) {
             Some(seed) => {
-                let (rows, cols) = b.dims(x);
-                dropped = b.mul(x, &b.dropout_mask(rows, cols, lora.dropout, seed));
-                &dropped
+                let mut y = self.base_forward(b, x);
+                let x_dropped = b.dropout(x, lora.dropout, seed); // x̃ = x ∘ m, for the branch only
+                let h = b.lora_forward_into(&mut y, &x_dropped, &lora.a, &lora.b, lora.scaling);
+                (y, Some(h))
             }
-            None => x,
-        };
-        let h = b.linear(x_in, &lora.a, None); // [T, r]
-        b.add_scaled(&mut y, &b.linear(&h, &lora.b, None), lora.scaling); // y += s·h·Bᵀ
-        (y, Some(h))
+            None => {
+                // one rounding of x for both products where the backend rounds operands (the GPU's bf16)
+                let x_operand = match self.weight {
+                    Weight::Dense(_) => b.product_operand(x),
+                    Weight::Packed(..) => Cow::Borrowed(x),
+                };
+                let mut y = self.base_forward(b, &x_operand);
+                let h = b.lora_forward_into(&mut y, &x_operand, &lora.a, &lora.b, lora.scaling); // y += s·h·Bᵀ
+                (y, Some(h))
+            }
+        }
     }
     // ANCHOR_END: linear_layer_forward
 
@@ -113,7 +118,8 @@ impl<B: Backend> Linear<B> {
     /// go into `grads` under `name` (the layer's HF path). A frozen base (`train_base = false`, LoRA training)
     /// computes no dW at all — only the activation gradient flows through it.
     ///
-    /// With d = s·dy:  ∂L/∂B = dᵀ·h,  ∂L/∂h = d·B,  ∂L/∂A = (∂L/∂h)ᵀ·x,  dx += (∂L/∂h)·A.
+    /// With d = s·dy:  ∂L/∂B = dᵀ·h,  ∂L/∂h = d·B,  ∂L/∂A = (∂L/∂h)ᵀ·x,  dx += (∂L/∂h)·A
+    /// (`Backend::lora_backward_into`).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -128,8 +134,14 @@ impl<B: Backend> Linear<B> {
     ) -> B::Tensor {
         let train_bias = (train_base || self.train_bias) && self.bias.is_some();
         let train_weight = train_base && matches!(self.weight, Weight::Dense(_)); // 4-bit bases are always frozen
+        // one rounding of dy for the base's dx and the adapter's two products where the backend rounds operands
+        // (the GPU's bf16) and only products read it (a bias gradient sums dy itself)
+        let dy_operand = match (&self.weight, &self.lora) {
+            (Weight::Dense(_), Some(_)) if !train_bias => b.product_operand(dy),
+            _ => Cow::Borrowed(dy),
+        };
         let (mut dx, dw, db) = match &self.weight {
-            Weight::Dense(w) => b.linear_backward(dy, x, w, train_weight, train_bias),
+            Weight::Dense(w) => b.linear_backward(&dy_operand, x, w, train_weight, train_bias),
             Weight::Packed(q, on_backend) => {
                 let (dx, db) = b.linear_4bit_backward(dy, x, q, on_backend, train_bias);
                 (dx, None, db)
@@ -143,24 +155,21 @@ impl<B: Backend> Linear<B> {
         }
         if let Some(lora) = &self.lora {
             let h = h.expect("the LoRA forward cached h = x·Aᵀ");
-            let d = b.scale(dy, lora.scaling);
-            let (dh, db_lora, _) = b.linear_backward(&d, h, &lora.b, true, false); // [T, r], [out, r]
-            match dropout_seed.filter(|_| lora.dropout > 0.0) {
+            let (da, db_lora) = match dropout_seed.filter(|_| lora.dropout > 0.0) {
                 Some(seed) => {
-                    // the same mask as the forward: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
+                    // the forward's mask again: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
+                    let x_dropped = b.dropout(x, lora.dropout, seed);
                     let (rows, cols) = b.dims(x);
-                    let mask = b.dropout_mask(rows, cols, lora.dropout, seed);
-                    let (dx_dropped, da, _) = b.linear_backward(&dh, &b.mul(x, &mask), &lora.a, true, false);
-                    b.add_assign(&mut dx, &b.mul(&dx_dropped, &mask));
-                    grads.insert(format!("{name}.lora_A"), da.expect("asked for"));
+                    let mut dx_dropped = b.zeros(rows, cols);
+                    let grads =
+                        b.lora_backward_into(&mut dx_dropped, dy, &x_dropped, h, &lora.a, &lora.b, lora.scaling);
+                    b.add_dropout_backward(&mut dx, &dx_dropped, lora.dropout, seed);
+                    grads
                 }
-                None => {
-                    let (dx_lora, da, _) = b.linear_backward(&dh, x, &lora.a, true, false); // [T, in], [r, in]
-                    b.add_assign(&mut dx, &dx_lora);
-                    grads.insert(format!("{name}.lora_A"), da.expect("asked for"));
-                }
-            }
-            grads.insert(format!("{name}.lora_B"), db_lora.expect("asked for"));
+                None => b.lora_backward_into(&mut dx, &dy_operand, x, h, &lora.a, &lora.b, lora.scaling),
+            };
+            grads.insert(format!("{name}.lora_A"), da);
+            grads.insert(format!("{name}.lora_B"), db_lora);
         }
         dx
     }
@@ -213,7 +222,8 @@ impl<B: Backend> Norm<B> {
     }
 
     /// dy, x (the forward's input): [T, H] → dx; with `train`, ∂L/∂w (and ∂L/∂b) go into `grads` as
-    /// `{name}.weight` (`{name}.bias`). For 1 + w, ∂L/∂w is the gradient of the effective weight itself.
+    /// `{name}.weight` (`{name}.bias`); without it they are never computed. For 1 + w, ∂L/∂w is the gradient
+    /// of the effective weight itself.
     pub fn backward(
         &self,
         b: &B,
@@ -225,19 +235,20 @@ impl<B: Backend> Norm<B> {
     ) -> B::Tensor {
         let (dx, dweight, dbias) = match self.kind {
             NormKind::Layer => {
-                let (dx, dw, db) = b.layer_norm_backward(dy, x, &self.weight, self.eps);
-                (dx, dw, Some(db))
+                let (dx, params) = b.layer_norm_backward(dy, x, &self.weight, self.eps, train);
+                let (dw, db) = params.unzip();
+                (dx, dw, db)
             }
             _ => {
-                let (dx, dw) = b.rms_norm_backward(dy, x, &self.scale(b), self.eps);
+                let (dx, dw) = b.rms_norm_backward(dy, x, &self.scale(b), self.eps, train);
                 (dx, dw, None)
             }
         };
-        if train {
-            grads.insert(format!("{name}.weight"), dweight);
-            if let Some(db) = dbias {
-                grads.insert(format!("{name}.bias"), db);
-            }
+        if let Some(dw) = dweight {
+            grads.insert(format!("{name}.weight"), dw);
+        }
+        if let Some(db) = dbias {
+            grads.insert(format!("{name}.bias"), db);
         }
         dx
     }

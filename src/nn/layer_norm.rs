@@ -43,13 +43,25 @@ const ROWS_PER_CHUNK: usize = 64;
 ///   ∂L/∂x = r·(g − mean(g) − x̂·mean(g ⊙ x̂))
 ///
 /// (x̂ is unchanged by adding a constant to x or by scaling x − μ, which removes g's mean and its component
-/// along x̂.) dy, x: [T, H], weight: [H] → (dx [T, H], dweight [H], dbias [H]); μ and r are recomputed.
+/// along x̂.) dy, x: [T, H], weight: [H] → (dx [T, H], dweight [H], dbias [H]); μ and r are recomputed. The
+/// halves are apart below, since a frozen norm (LoRA training) needs only dx.
 pub fn layer_norm_backward(
     dy: ArrayView2<f32>,
     x: ArrayView2<f32>,
     weight: ArrayView1<f32>,
     eps: f32,
 ) -> (Array2<f32>, Array1<f32>, Array1<f32>) {
+    let (dweight, dbias) = layer_norm_params_grad(dy, x, eps);
+    (layer_norm_input_grad(dy, x, weight, eps), dweight, dbias)
+}
+
+/// ∂L/∂x: dy, x: [T, H], weight: [H] → [T, H].
+pub fn layer_norm_input_grad(
+    dy: ArrayView2<f32>,
+    x: ArrayView2<f32>,
+    weight: ArrayView1<f32>,
+    eps: f32,
+) -> Array2<f32> {
     assert_eq!(dy.dim(), x.dim(), "layer_norm_backward: dy and x differ");
     assert_eq!(x.ncols(), weight.len(), "layer_norm_backward: weight length");
     let hidden = x.ncols() as f64;
@@ -68,12 +80,19 @@ pub fn layer_norm_backward(
             *o = (r as f64 * ((d * w) as f64 - g_mean - x_hat * gx_mean)) as f32;
         });
     });
-    // dweight, dbias: f64 partial sums over fixed chunks of rows, then the chunks added in order.
+    dx
+}
+
+/// (∂L/∂w, ∂L/∂b): dy, x: [T, H] → ([H], [H]). f64 partial sums over fixed chunks of rows, then the chunks
+/// added in order.
+pub fn layer_norm_params_grad(dy: ArrayView2<f32>, x: ArrayView2<f32>, eps: f32) -> (Array1<f32>, Array1<f32>) {
+    assert_eq!(dy.dim(), x.dim(), "layer_norm_backward: dy and x differ");
+    let hidden = x.ncols();
     let partials: Vec<(Vec<f64>, Vec<f64>)> = (0..x.nrows().div_ceil(ROWS_PER_CHUNK))
         .into_par_iter()
         .map(|chunk| {
             let rows = chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(x.nrows());
-            let (mut dw, mut db) = (vec![0.0f64; weight.len()], vec![0.0f64; weight.len()]);
+            let (mut dw, mut db) = (vec![0.0f64; hidden], vec![0.0f64; hidden]);
             for t in rows {
                 let (dy_row, x_row) = (dy.row(t), x.row(t));
                 let (mean, r) = moments(x_row, eps);
@@ -85,13 +104,13 @@ pub fn layer_norm_backward(
             (dw, db)
         })
         .collect();
-    let (mut dweight, mut dbias) = (vec![0.0f64; weight.len()], vec![0.0f64; weight.len()]);
+    let (mut dweight, mut dbias) = (vec![0.0f64; hidden], vec![0.0f64; hidden]);
     for (dw, db) in partials {
         dweight.iter_mut().zip(dw).for_each(|(a, p)| *a += p);
         dbias.iter_mut().zip(db).for_each(|(a, p)| *a += p);
     }
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
-    (dx, to_f32(dweight), to_f32(dbias))
+    (to_f32(dweight), to_f32(dbias))
 }
 // ANCHOR_END: layer_norm_backward
 

@@ -36,13 +36,19 @@ fn inverse_rms(x_row: ArrayView1<f32>, eps: f32) -> f32 {
 ///   ∂L/∂w = Σ_rows dy ⊙ x̂
 ///   ∂L/∂x = r·g − r³·x·(g·x)/H          (∂r/∂xⱼ = −r³·xⱼ/H)
 ///
-/// dy, x: [T, H], weight: [H] → (dx [T, H], dweight [H]). Only x is needed: r is recomputed per row.
+/// dy, x: [T, H], weight: [H] → (dx [T, H], dweight [H]). Only x is needed: r is recomputed per row. The two
+/// halves are apart below, since a frozen norm (LoRA training) needs only dx.
 pub fn rms_norm_backward(
     dy: ArrayView2<f32>,
     x: ArrayView2<f32>,
     weight: ArrayView1<f32>,
     eps: f32,
 ) -> (Array2<f32>, Array1<f32>) {
+    (rms_norm_input_grad(dy, x, weight, eps), rms_norm_weight_grad(dy, x, eps))
+}
+
+/// ∂L/∂x: dy, x: [T, H], weight: [H] → [T, H].
+pub fn rms_norm_input_grad(dy: ArrayView2<f32>, x: ArrayView2<f32>, weight: ArrayView1<f32>, eps: f32) -> Array2<f32> {
     assert_eq!(dy.dim(), x.dim(), "rms_norm_backward: dy and x differ");
     assert_eq!(x.ncols(), weight.len(), "rms_norm_backward: weight length");
     let hidden = x.ncols() as f64;
@@ -57,12 +63,19 @@ pub fn rms_norm_backward(
             *o = ((r * d * w) as f64 - c * v as f64) as f32;
         });
     });
-    // dweight: f64 partial sums over fixed chunks of rows, then the chunks added in order (deterministic).
+    dx
+}
+
+/// ∂L/∂w: dy, x: [T, H] → [H]. f64 partial sums over fixed chunks of rows, then the chunks added in order
+/// (deterministic).
+pub fn rms_norm_weight_grad(dy: ArrayView2<f32>, x: ArrayView2<f32>, eps: f32) -> Array1<f32> {
+    assert_eq!(dy.dim(), x.dim(), "rms_norm_backward: dy and x differ");
+    let hidden = x.ncols();
     let partials: Vec<Vec<f64>> = (0..x.nrows().div_ceil(ROWS_PER_CHUNK))
         .into_par_iter()
         .map(|chunk| {
             let rows = chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(x.nrows());
-            let mut acc = vec![0.0f64; weight.len()];
+            let mut acc = vec![0.0f64; hidden];
             for t in rows {
                 let (dy_row, x_row) = (dy.row(t), x.row(t));
                 let r = inverse_rms(x_row, eps);
@@ -73,13 +86,13 @@ pub fn rms_norm_backward(
             acc
         })
         .collect();
-    let mut dweight = vec![0.0f64; weight.len()];
+    let mut dweight = vec![0.0f64; hidden];
     for partial in partials {
         for (a, p) in dweight.iter_mut().zip(partial) {
             *a += p;
         }
     }
-    (dx, dweight.into_iter().map(|a| a as f32).collect())
+    dweight.into_iter().map(|a| a as f32).collect()
 }
 // ANCHOR_END: rms_norm_backward
 

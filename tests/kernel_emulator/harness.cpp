@@ -46,9 +46,13 @@ WRAP(embedding_backward, (dt, dy, ids, t, h), float* dt, const float* dy, const 
 WRAP(rms_norm, (y, x, w, h, eps), float* y, const float* x, const float* w, int h, float eps)
 WRAP(rms_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, const float* dy, const float* x,
      const float* w, int h, float eps)
+WRAP(rms_norm_backward_input, (dx, dy, x, w, h, eps), float* dx, const float* dy, const float* x, const float* w,
+     int h, float eps)
 WRAP(layer_norm, (y, x, w, b, h, eps), float* y, const float* x, const float* w, const float* b, int h, float eps)
 WRAP(layer_norm_backward, (dx, dwr, dy, x, w, h, eps), float* dx, float* dwr, const float* dy, const float* x,
      const float* w, int h, float eps)
+WRAP(layer_norm_backward_input, (dx, dy, x, w, h, eps), float* dx, const float* dy, const float* x, const float* w,
+     int h, float eps)
 WRAP(rope, (y, x, pos, f, t, heads, d, half, dir), float* y, const float* x, const u32* pos, const float* f, int t,
      int heads, int d, int half, float dir)
 WRAP(split_qkv, (q, k, v, qkv, t, g, qw, kw), float* q, float* k, float* v, const float* qkv, int t, int g, int qw,
@@ -109,3 +113,7 @@ WRAP(adamw, (p, g, m, v, n, df, b1, b2, ob2, bc2, eps, step), float* p, const fl
 WRAP(sum_squares, (partial, x, n), float* partial, const float* x, i64 n)
 WRAP(dropout_mask, (mask, n, seed, threshold, keep), float* mask, i64 n, unsigned long long seed, u32 threshold,
      float keep)
+WRAP(dropout_apply, (out, x, n, seed, threshold, keep), float* out, const float* x, i64 n, unsigned long long seed,
+     u32 threshold, float keep)
+WRAP(dropout_add, (dx, g, n, seed, threshold, keep), float* dx, const float* g, i64 n, unsigned long long seed,
+     u32 threshold, float keep)

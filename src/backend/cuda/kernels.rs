@@ -41,8 +41,12 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("embedding.cu", include_str!("kernels/embedding.cu"), &["embedding", "embedding_backward", "embedding_bf16"]),
-    ("rms_norm.cu", include_str!("kernels/rms_norm.cu"), &["rms_norm", "rms_norm_backward"]),
-    ("layer_norm.cu", include_str!("kernels/layer_norm.cu"), &["layer_norm", "layer_norm_backward"]),
+    ("rms_norm.cu", include_str!("kernels/rms_norm.cu"), &["rms_norm", "rms_norm_backward", "rms_norm_backward_input"]),
+    (
+        "layer_norm.cu",
+        include_str!("kernels/layer_norm.cu"),
+        &["layer_norm", "layer_norm_backward", "layer_norm_backward_input"],
+    ),
     ("rope.cu", include_str!("kernels/rope.cu"), &["rope"]),
     ("fused_qkv.cu", include_str!("kernels/fused_qkv.cu"), &["split_qkv", "join_qkv"]),
     ("row_scale.cu", include_str!("kernels/row_scale.cu"), &["scale_rows", "row_dots"]),
@@ -82,7 +86,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("kernels/optim.cu"),
         &["adamw", "sum_squares", "grad_norm_partials", "grad_norm_finish", "adamw_multi"],
     ),
-    ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask"]),
+    ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask", "dropout_apply", "dropout_add"]),
 ];
 
 /// A file as NVRTC compiles it: the shared headers first, with `#line`s so errors name the right file.

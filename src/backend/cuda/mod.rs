@@ -142,6 +142,7 @@ macro_rules! launch {
 mod attention; // the attention launches: segment tables, the kernel family by precision, head_dim and clamp
 mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
 mod fused_qkv; // a fused q/k/v projection's column split and join
+mod lora; // LoRA's branch with its scale and add folded into the products, and dropout drawn in place
 mod norms; // the norms' backward rows and the column sums of their weight gradients
 mod optim; // the squared norm, the AdamW update, and a step's end: clipping + multi-tensor AdamW, one read
 mod quant4; // 4-bit blocks on the device and their dequantization
@@ -436,15 +437,47 @@ impl Backend for Cuda {
         let db = bias_grad.then(|| self.column_sum(dy));
         (dx, dw, db)
     }
+    fn product_operand<'a>(&self, x: &'a CudaTensor) -> std::borrow::Cow<'a, CudaTensor> {
+        Cuda::product_operand(self, x)
+    }
+    fn lora_forward_into(
+        &self,
+        y: &mut CudaTensor,
+        x: &CudaTensor,
+        a: &CudaTensor,
+        b: &CudaTensor,
+        s: f32,
+    ) -> CudaTensor {
+        self.lora_forward(y, x, a, b, s)
+    }
+    fn lora_backward_into(
+        &self,
+        dx: &mut CudaTensor,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        h: &CudaTensor,
+        a: &CudaTensor,
+        b: &CudaTensor,
+        s: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        self.lora_backward(dx, dy, x, h, a, b, s)
+    }
+    fn dropout(&self, x: &CudaTensor, p: f32, seed: u64) -> CudaTensor {
+        self.dropout_apply(x, p, seed)
+    }
+    fn add_dropout_backward(&self, dx: &mut CudaTensor, g: &CudaTensor, p: f32, seed: u64) {
+        self.dropout_add(dx, g, p, seed)
+    }
     fn rms_norm_backward(
         &self,
         dy: &CudaTensor,
         x: &CudaTensor,
         weight: &CudaTensor,
         eps: f32,
-    ) -> (CudaTensor, CudaTensor) {
-        let (dx, dw_rows) = self.norm_backward_rows(false, dy, x, weight, eps);
-        (dx, self.column_sum(&dw_rows))
+        weight_grad: bool,
+    ) -> (CudaTensor, Option<CudaTensor>) {
+        let (dx, dw_rows) = self.norm_backward_rows(false, dy, x, weight, eps, weight_grad);
+        (dx, dw_rows.map(|rows| self.column_sum(&rows)))
     }
     fn rope_backward(
         &self,
@@ -462,9 +495,10 @@ impl Backend for Cuda {
         x: &CudaTensor,
         weight: &CudaTensor,
         eps: f32,
-    ) -> (CudaTensor, CudaTensor, CudaTensor) {
-        let (dx, dw_rows) = self.norm_backward_rows(true, dy, x, weight, eps);
-        (dx, self.column_sum(&dw_rows), self.column_sum(dy))
+        weight_grad: bool,
+    ) -> (CudaTensor, Option<(CudaTensor, CudaTensor)>) {
+        let (dx, dw_rows) = self.norm_backward_rows(true, dy, x, weight, eps, weight_grad);
+        (dx, dw_rows.map(|rows| (self.column_sum(&rows), self.column_sum(dy))))
     }
     fn gelu_tanh_backward(&self, dy: &CudaTensor, x: &CudaTensor) -> CudaTensor {
         Self::same_shape(dy, x, "gelu_tanh_backward");

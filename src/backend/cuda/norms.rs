@@ -5,7 +5,7 @@ use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, THREADS, fail, int, r
 
 impl Cuda {
     /// The backward of RMSNorm or LayerNorm (one block per row, the same arguments) → (dx, the per-row terms
-    /// of ∂L/∂w that `column_sum` adds up).
+    /// of ∂L/∂w that `column_sum` adds up, if `weight_grad`; a frozen norm's kernel writes dx alone).
     pub(super) fn norm_backward_rows(
         &self,
         layer_norm: bool,
@@ -13,11 +13,22 @@ impl Cuda {
         x: &CudaTensor,
         weight: &CudaTensor,
         eps: f32,
-    ) -> (CudaTensor, CudaTensor) {
-        let kernel = if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" };
+        weight_grad: bool,
+    ) -> (CudaTensor, Option<CudaTensor>) {
+        let kernel = match (layer_norm, weight_grad) {
+            (true, true) => "layer_norm_backward",
+            (true, false) => "layer_norm_backward_input",
+            (false, true) => "rms_norm_backward",
+            (false, false) => "rms_norm_backward_input",
+        };
         Self::same_shape(dy, x, kernel);
-        let (mut dx, mut dw_rows) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let mut dx = self.tensor(x.rows, x.cols);
         let hidden = int(x.cols, "hidden");
+        if !weight_grad {
+            launch!(self, kernel, row_grid(x.rows), dx.f32_mut(), dy.f32(), x.f32(), weight.f32(), &hidden, &eps);
+            return (dx, None);
+        }
+        let mut dw_rows = self.tensor(x.rows, x.cols);
         launch!(
             self,
             kernel,
@@ -30,7 +41,7 @@ impl Cuda {
             &hidden,
             &eps
         );
-        (dx, dw_rows)
+        (dx, Some(dw_rows))
     }
 
     /// Column sums of a [rows, cols] matrix → [1, cols]: partial sums over chunks of 64 rows in parallel, then

@@ -27,10 +27,11 @@ extern "C" __global__ void layer_norm(float* y, const float* x, const float* w, 
 }
 // ANCHOR_END: layer_norm_kernel
 
-// dx, and dw_rows[t, c] = dy·x̂: the per-row terms of ∂L/∂w, summed over rows by `column_sum` afterwards
-// (∂L/∂b is the column sum of dy itself).
-extern "C" __global__ void layer_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
-                                               const float* w, int hidden, float eps) {
+// dx, and (when wanted) dw_rows[t, c] = dy·x̂: the per-row terms of ∂L/∂w, summed over rows by `column_sum`
+// afterwards (∂L/∂b is the column sum of dy itself). A frozen norm launches the _input entry point: dx only.
+template <bool WEIGHT_GRAD>
+__device__ __forceinline__ void layer_norm_backward_row(float* dx, float* dw_rows, const float* dy, const float* x,
+                                                        const float* w, int hidden, float eps) {
     __shared__ float scratch[32];
     const long long row = (long long)blockIdx.x * hidden;
     const float *xr = x + row, *dyr = dy + row;
@@ -47,6 +48,16 @@ extern "C" __global__ void layer_norm_backward(float* dx, float* dw_rows, const 
     for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
         const float x_hat = (xr[c] - mean) * r;
         dx[row + c] = r * (dyr[c] * w[c] - g_mean - x_hat * gx_mean);
-        dw_rows[row + c] = dyr[c] * x_hat;
+        if (WEIGHT_GRAD) dw_rows[row + c] = dyr[c] * x_hat;
     }
+}
+
+extern "C" __global__ void layer_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
+                                               const float* w, int hidden, float eps) {
+    layer_norm_backward_row<true>(dx, dw_rows, dy, x, w, hidden, eps);
+}
+
+extern "C" __global__ void layer_norm_backward_input(float* dx, const float* dy, const float* x, const float* w,
+                                                     int hidden, float eps) {
+    layer_norm_backward_row<false>(dx, nullptr, dy, x, w, hidden, eps);
 }

@@ -20,3 +20,22 @@ extern "C" __global__ void dropout_mask(float* mask, long long n, unsigned long 
     FOR_EACH(i, n) mask[i] = uniform24(seed, (unsigned long long)i) >= threshold ? keep_scale : 0.0f;
 }
 // ANCHOR_END: dropout_kernel
+
+// ANCHOR: dropout_fused_kernels
+// LoRA's dropout without a stored mask: out = x ∘ m forward, dx += g ∘ m backward, m drawn as `dropout_mask`
+// draws it (the same seed and element index give the same keep/drop, so the three kernels agree bit for bit).
+__device__ __forceinline__ float dropout_factor(unsigned long long seed, long long i, unsigned int threshold,
+                                                float keep_scale) {
+    return uniform24(seed, (unsigned long long)i) >= threshold ? keep_scale : 0.0f;
+}
+
+extern "C" __global__ void dropout_apply(float* out, const float* x, long long n, unsigned long long seed,
+                                         unsigned int threshold, float keep_scale) {
+    FOR_EACH(i, n) out[i] = x[i] * dropout_factor(seed, i, threshold, keep_scale);
+}
+
+extern "C" __global__ void dropout_add(float* dx, const float* g, long long n, unsigned long long seed,
+                                       unsigned int threshold, float keep_scale) {
+    FOR_EACH(i, n) dx[i] += g[i] * dropout_factor(seed, i, threshold, keep_scale);
+}
+// ANCHOR_END: dropout_fused_kernels

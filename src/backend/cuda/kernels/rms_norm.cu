@@ -16,10 +16,12 @@ extern "C" __global__ void rms_norm(float* y, const float* x, const float* w, in
 // ANCHOR_END: rms_norm_kernel
 
 // ANCHOR: rms_norm_backward_kernel
-// dx, and dw_rows[t, c] = dy·x·r: the per-row terms of ∂L/∂w, summed over rows by `column_sum` afterwards
-// (deterministic, unlike atomics into one row).
-extern "C" __global__ void rms_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
-                                             const float* w, int hidden, float eps) {
+// dx, and (when dw_rows is wanted) dw_rows[t, c] = dy·x·r: the per-row terms of ∂L/∂w, summed over rows by
+// `column_sum` afterwards (deterministic, unlike atomics into one row). A frozen norm launches the _input
+// entry point, which writes dx only.
+template <bool WEIGHT_GRAD>
+__device__ __forceinline__ void rms_norm_backward_row(float* dx, float* dw_rows, const float* dy, const float* x,
+                                                      const float* w, int hidden, float eps) {
     __shared__ float scratch[32];
     const long long row = (long long)blockIdx.x * hidden;
     const float *xr = x + row, *dyr = dy + row;
@@ -33,7 +35,17 @@ extern "C" __global__ void rms_norm_backward(float* dx, float* dw_rows, const fl
     const float k = r * r * r * gx / hidden;
     for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
         dx[row + c] = r * dyr[c] * w[c] - k * xr[c];
-        dw_rows[row + c] = dyr[c] * xr[c] * r;
+        if (WEIGHT_GRAD) dw_rows[row + c] = dyr[c] * xr[c] * r;
     }
+}
+
+extern "C" __global__ void rms_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
+                                             const float* w, int hidden, float eps) {
+    rms_norm_backward_row<true>(dx, dw_rows, dy, x, w, hidden, eps);
+}
+
+extern "C" __global__ void rms_norm_backward_input(float* dx, const float* dy, const float* x, const float* w,
+                                                   int hidden, float eps) {
+    rms_norm_backward_row<false>(dx, nullptr, dy, x, w, hidden, eps);
 }
 // ANCHOR_END: rms_norm_backward_kernel

@@ -1,0 +1,87 @@
+//! LoRA's branch on the GPU (`Backend::lora_forward_into`, `lora_backward_into`; the CPU composes the same
+//! math from `linear`, `scale` and adds): cuBLAS computes C = α·op(A)·op(B) + β·C, so the scale s goes into α
+//! and "add the branch to what is there" into β = 1. No scaled copy of dy, no temporary for B·(A·x), no add:
+//! four products forward and backward that would have been eight launches. Under mixed precision each
+//! activation a product reads twice is rounded to bf16 once (`product_operand`), not once per product.
+//! Dropout draws its mask inside the multiply (`dropout_apply`, `dropout_add` in random.cu).
+
+use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, Storage, blas, elementwise_grid, fail};
+use std::borrow::Cow;
+
+impl Cuda {
+    // ANCHOR: product_operand
+    /// The tensor the products read: under bf16 an f32 activation rounded once, here, for all its products.
+    pub(super) fn product_operand<'a>(&self, x: &'a CudaTensor) -> Cow<'a, CudaTensor> {
+        match (self.precision, x.storage()) {
+            (Precision::Bf16, Storage::F32(_)) => Cow::Owned(self.bf16_copy(x)),
+            _ => Cow::Borrowed(x),
+        }
+    }
+    // ANCHOR_END: product_operand
+
+    // ANCHOR: cuda_lora_forward
+    /// y [T, out] += s·(x·Aᵀ)·Bᵀ → h = x·Aᵀ [T, r]. Two products, the second accumulating into y.
+    pub(super) fn lora_forward(
+        &self,
+        y: &mut CudaTensor,
+        x: &CudaTensor,
+        a: &CudaTensor,
+        b: &CudaTensor,
+        s: f32,
+    ) -> CudaTensor {
+        assert_eq!(x.cols, a.cols, "lora_forward: x has {} columns, A has {} inputs", x.cols, a.cols);
+        assert_eq!(b.cols, a.rows, "lora_forward: B's rank {} is not A's {}", b.cols, a.rows);
+        let mut h = self.tensor(x.rows, a.rows);
+        blas::gemm(self, x, false, a, true, 1.0, 0.0, &mut h); // h[T, r] = x·Aᵀ
+        blas::gemm(self, &h, false, b, true, s, 1.0, y); // y[T, out] += s·h·Bᵀ
+        h
+    }
+    // ANCHOR_END: cuda_lora_forward
+
+    // ANCHOR: cuda_lora_backward
+    /// dx [T, in] += s·(dy·B)·A → (∂L/∂A [r, in], ∂L/∂B [out, r]). Four products, s in two of their α, the
+    /// last accumulating into dx; dy and ∂L/∂h are each rounded once for their two products.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lora_backward(
+        &self,
+        dx: &mut CudaTensor,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        h: &CudaTensor,
+        a: &CudaTensor,
+        b: &CudaTensor,
+        s: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        assert_eq!((dy.rows, dy.cols), (x.rows, b.rows), "lora_backward: dy is not [T, out]");
+        assert_eq!((h.rows, h.cols), (x.rows, a.rows), "lora_backward: h is not [T, r]");
+        let dy = self.product_operand(dy);
+        let mut db = self.tensor(b.rows, b.cols);
+        blas::gemm(self, &dy, true, h, false, s, 0.0, &mut db); // ∂L/∂B [out, r] = s·dyᵀ·h
+        let mut dh = self.tensor(h.rows, h.cols);
+        blas::gemm(self, &dy, false, b, false, s, 0.0, &mut dh); // ∂L/∂h [T, r] = s·dy·B
+        let dh = self.product_operand(&dh);
+        let mut da = self.tensor(a.rows, a.cols);
+        blas::gemm(self, &dh, true, x, false, 1.0, 0.0, &mut da); // ∂L/∂A [r, in] = (∂L/∂h)ᵀ·x
+        blas::gemm(self, &dh, false, a, false, 1.0, 1.0, dx); // dx [T, in] += (∂L/∂h)·A
+        (da, db)
+    }
+    // ANCHOR_END: cuda_lora_backward
+
+    /// x ∘ m, the mask m of `dropout_mask(rows, cols, p, seed)` drawn in the multiply.
+    pub(super) fn dropout_apply(&self, x: &CudaTensor, p: f32, seed: u64) -> CudaTensor {
+        assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
+        let mut out = self.tensor(x.rows, x.cols);
+        let (threshold, keep) = crate::backend::dropout_threshold(p);
+        let n = x.len() as i64;
+        launch!(self, "dropout_apply", elementwise_grid(x.len()), out.f32_mut(), x.f32(), &n, &seed, &threshold, &keep);
+        out
+    }
+
+    /// dx += g ∘ m, the same m.
+    pub(super) fn dropout_add(&self, dx: &mut CudaTensor, g: &CudaTensor, p: f32, seed: u64) {
+        Self::same_shape(dx, g, "dropout_add");
+        let (threshold, keep) = crate::backend::dropout_threshold(p);
+        let n = g.len() as i64;
+        launch!(self, "dropout_add", elementwise_grid(g.len()), dx.f32_mut(), g.f32(), &n, &seed, &threshold, &keep);
+    }
+}
