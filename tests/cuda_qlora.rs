@@ -79,9 +79,12 @@ fn banded_4bit_products_match_the_cpu() {
     }
 }
 
+/// A step's loss and named gradients (downloaded), and the model it ran on.
+type QloraStep<B> = (f64, Vec<(String, Array2<f32>)>, Decoder<B>);
+
 /// A one-layer Llama whose seven projections are all [1024, 1024], quantized to NF4 + DQ, with LoRA r = 8 on
 /// every projection (B given values, so both factors' gradients are compared): (loss, gradients, model).
-fn qlora_step<B: Backend>(b: &B) -> (f64, Vec<(String, Array2<f32>)>, Decoder<B>) {
+fn qlora_step<B: Backend>(b: &B) -> QloraStep<B> {
     let config = DecoderConfig::with_shape(64, 1024, 1024, 1, 8, 8);
     let mut model: Decoder<B> = Decoder::random(b, config, 5);
     for (_, linear) in model.linears_mut() {
