@@ -90,7 +90,9 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize, head: Head) -> (Vec<Co
 /// was 16 and 8 blocking reads (a squared norm and an AdamW per tensor; 32 and 24 reads with the trainer's
 /// finiteness checks of every gradient and parameter). Before: LoRA 79 + 54, QLoRA 107 + 54. The head in
 /// chunks (`loss::chunked_head`) left these as they were: the logits of 40 tokens fit one chunk, which runs
-/// the unchunked ops exactly (one product, one cross-entropy launch, one product for dh).
+/// the unchunked ops exactly (one product, one cross-entropy launch, one product for dh). The banded 4-bit
+/// products (`cuda/linear_4bit.rs`) left the QLoRA figures as they were too: every [≤ 160, 64] matrix is one band,
+/// so a 4-bit product is still one dequantization launch and one cuBLAS product (under f32, as here).
 const LORA_LAUNCHES: (u64, u64) = (66, 54);
 const QLORA_LAUNCHES: (u64, u64) = (94, 54);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
