@@ -2,30 +2,35 @@
 # Everything the CUDA path still has to show on a real GPU, as one script for the device machine (an H200 with
 # CUDA 13, PyTorch, transformers and peft; no Rust). Build here first:
 #
-#   bash scripts/gpu_check.sh build      # release binary + the cuda_vs_cpu test binary into .gpu/ (ignored)
+#   bash scripts/gpu_check.sh build      # release binary + the cuda_vs_cpu and cuda_qlora test binaries into .gpu/
 #
 # then on the device (the `device` tool's run, with carry [".gpu"], about 8 minutes):
 #
 #   bash scripts/gpu_check.sh run 2>&1 | tee $OUT/log
 #
 # It runs the CPU-vs-GPU property tests (every op, whole full / LoRA / QLoRA / bf16 steps), then
-# `mftcoder bench` and benches/gpu_torch.py on the same GPU, one after the other, for the four rows of gpu.md.
+# `mftcoder bench` and benches/gpu_torch.py on the same GPU, one after the other, for the four rows of gpu.md and
+# the Llama-2-7B QLoRA pair (NF4 + double quantization; torch's side needs bitsandbytes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 build)
   set -e
   cargo build --release --features cuda
-  test_bin=$(cargo test --release --features cuda --test cuda_vs_cpu --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+  test_binary() {
+    cargo test --release --features cuda --test "$1" --no-run --message-format=json 2>/dev/null |
+      python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda_vs_cpu" and m.get("executable"):
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
+  }
   mkdir -p .gpu
   cp target/release/mftcoder .gpu/mftcoder
-  cp "$test_bin" .gpu/cuda_vs_cpu
-  strip --strip-debug .gpu/mftcoder .gpu/cuda_vs_cpu   # the carry limit is 64 MiB
+  for t in cuda_vs_cpu cuda_qlora; do
+    cp "$(test_binary "$t")" ".gpu/$t"
+  done
+  strip --strip-debug .gpu/mftcoder .gpu/cuda_vs_cpu .gpu/cuda_qlora   # the carry limit is 64 MiB
   ls -la .gpu
   ;;
 run)
@@ -41,6 +46,7 @@ run)
   done
   echo "== CPU vs GPU property tests"
   timeout 240 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
+  timeout 120 .gpu/cuda_qlora --test-threads 1 --nocapture
   echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"
   for model in 134m 1.1b; do
     for mode in full lora; do
@@ -48,6 +54,9 @@ run)
       timeout 120 python3 benches/gpu_torch.py --model "$model" --mode "$mode"
     done
   done
+  # QLoRA of Llama-2-7B (batch 1 × 2048): ours, then torch's (bitsandbytes Linear4bit + PEFT)
+  timeout 400 .gpu/mftcoder bench --device cuda --precision bf16 --model 7b --mode qlora --warmup 2 --steps 5
+  timeout 400 python3 benches/gpu_torch.py --model 7b --mode qlora --steps 5
   ;;
 *)
   echo "usage: bash scripts/gpu_check.sh build|run" >&2

@@ -7,6 +7,7 @@
 use crate::backend::Backend;
 use crate::loss::causal_lm::{deferred_token_loss, weighted_loss};
 use crate::models::decoder::{AuxLoss, Decoder, DecoderConfig, Moe, RouterSpec, Selection, Sequence};
+use crate::models::parameters::FrozenBaseBytes;
 use crate::peft::attach::init_adapters;
 use crate::peft::{LoraConfig, TargetModules};
 use crate::rng::Rng;
@@ -22,7 +23,8 @@ use std::time::Instant;
   mftcoder bench --device cuda --model 134m --mode full")]
 pub struct BenchArgs {
     /// `134m` (768 hidden, 12 layers, 12 heads, 2048 MLP, 32k vocab), `1.1b` (TinyLlama: 2048 hidden, 22
-    /// layers, 32 heads, 4 KV heads, 5632 MLP), `tiny` (a CPU-sized 4-layer model) or `tiny-moe` (`tiny` with
+    /// layers, 32 heads, 4 KV heads, 5632 MLP), `7b` (Llama-2-7B: 4096 hidden, 32 layers, 32 heads, 11008 MLP,
+    /// 32k vocab; for a GPU with room for its f32 copy before quantization), `tiny` (a CPU-sized 4-layer model) or `tiny-moe` (`tiny` with
     /// each MLP split into 8 experts of a quarter of its width, top-2: the same active parameters).
     #[arg(long, default_value = "134m")]
     pub model: String,
@@ -30,10 +32,10 @@ pub struct BenchArgs {
     /// base weights).
     #[arg(long, default_value = "full")]
     pub mode: String,
-    /// Rows per step (default: the PyTorch table's, 16 for 134m, 8 for 1.1b, 2 for tiny).
+    /// Rows per step (default: the PyTorch table's, 16 for 134m, 8 for 1.1b, 1 for 7b, 2 for tiny).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Tokens per row (default: 1024 for 134m, 2048 for 1.1b, 128 for tiny).
+    /// Tokens per row (default: 1024 for 134m, 2048 for 1.1b and 7b, 128 for tiny).
     #[arg(long)]
     pub seq: Option<usize>,
     /// Untimed steps first (compilation, allocator and caches warm up).
@@ -65,6 +67,7 @@ fn shape(model: &str) -> Result<(DecoderConfig, usize, usize)> {
     Ok(match model {
         "134m" => (DecoderConfig::with_shape(32_000, 768, 2048, 12, 12, 12), 16, 1024),
         "1.1b" => (DecoderConfig::with_shape(32_000, 2048, 5632, 22, 32, 4), 8, 2048),
+        "7b" => (DecoderConfig::with_shape(32_000, 4096, 11008, 32, 32, 32), 1, 2048),
         "tiny" => (DecoderConfig::with_shape(2048, 256, 688, 4, 4, 2), 2, 128),
         // `tiny` with each MLP split into 8 experts of 344, top-2: the same active parameters per token
         "tiny-moe" => {
@@ -85,7 +88,7 @@ fn shape(model: &str) -> Result<(DecoderConfig, usize, usize)> {
             config.names = crate::models::mixtral::NAMES;
             (config, 2, 128)
         }
-        other => bail!("unknown bench model `{other}` (allowed: 134m, 1.1b, tiny, tiny-moe)"),
+        other => bail!("unknown bench model `{other}` (allowed: 134m, 1.1b, 7b, tiny, tiny-moe)"),
     })
 }
 
@@ -96,11 +99,20 @@ pub struct BenchReport {
     /// Median step time over the timed steps, seconds.
     pub median_step_s: f64,
     pub losses: Vec<f64>,
+    /// Where the backend keeps the base: dense and 4-bit bytes per parameter (`Decoder::frozen_base_bytes`).
+    pub frozen: FrozenBaseBytes,
 }
 
-/// Time `warmup + steps` training steps; `sync` waits for the device (a no-op on the CPU) so a step's time
-/// covers its work, and `after_step` samples memory.
-pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mut dyn FnMut()) -> Result<BenchReport> {
+/// Time `warmup + steps` training steps; `after_setup` runs once the model is built (the GPU gives back the
+/// buffers the dense weights left behind, so the peak reflects the step), `sync` waits for the device (a no-op
+/// on the CPU) so a step's time covers its work, and `after_step` samples memory.
+pub fn run<B: Backend>(
+    b: &B,
+    args: &BenchArgs,
+    after_setup: &dyn Fn(),
+    sync: &dyn Fn(),
+    after_step: &mut dyn FnMut(),
+) -> Result<BenchReport> {
     let (config, default_batch, default_seq) = shape(&args.model)?;
     let (lora, quantized) = match args.mode.as_str() {
         "full" => (false, false),
@@ -122,6 +134,8 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
             LoraConfig { r: 16, lora_alpha: 32.0, target_modules: TargetModules::AllLinear, ..LoraConfig::default() };
         init_adapters(&mut model, b, &config, &mut Rng::new(2))?;
     }
+    let frozen = model.frozen_base_bytes(b);
+    after_setup();
     let shapes: Vec<(usize, usize)> = model.trainable_parameters_mut().iter().map(|(_, t)| b.dims(t)).collect();
     let mut opt = AdamW::new_on(b, AdamWConfig::default(), &shapes);
 
@@ -150,7 +164,7 @@ pub fn run<B: Backend>(b: &B, args: &BenchArgs, sync: &dyn Fn(), after_step: &mu
     }
     times.sort_by(f64::total_cmp);
     let median_step_s = if times.is_empty() { f64::NAN } else { times[times.len() / 2] };
-    Ok(BenchReport { parameters, tokens_per_step: tokens, median_step_s, losses })
+    Ok(BenchReport { parameters, tokens_per_step: tokens, median_step_s, losses, frozen })
 }
 
 // ANCHOR: training_step
@@ -216,6 +230,16 @@ pub fn print_report(
             "pytorch", p.tokens_per_s, p.step_ms, "", p.peak_gib
         );
         println!("ratio      {:>11.2}×", tokens_per_s / p.tokens_per_s);
+    }
+    if args.mode != "full" {
+        let (dense, packed) = (&report.frozen.dense, &report.frozen.packed);
+        println!(
+            "frozen base: {:.3} bytes/param dense ({:.1} M), {:.3} bytes/param 4-bit ({:.1} M), in backend memory",
+            dense.per_param(),
+            dense.params as f64 / 1e6,
+            packed.per_param(),
+            packed.params as f64 / 1e6
+        );
     }
     let first = report.losses.first().copied().unwrap_or(f64::NAN);
     let last = report.losses.last().copied().unwrap_or(f64::NAN);

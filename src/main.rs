@@ -458,7 +458,7 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
     let device: mftcoder::backend::Device = args.device.device.as_deref().unwrap_or("cpu").parse()?;
     match device {
         mftcoder::backend::Device::Cpu => {
-            let report = mftcoder::bench::run(&Cpu, &args.bench, &|| {}, &mut || {})?;
+            let report = mftcoder::bench::run(&Cpu, &args.bench, &|| {}, &|| {}, &mut || {})?;
             let peak = mftcoder::runtime::resident_bytes().map(|b| b as f64 / (1u64 << 30) as f64);
             mftcoder::bench::print_report(&args.bench, "cpu (peak = resident memory)", &report, peak, None);
         }
@@ -470,7 +470,8 @@ fn bench_cmd(args: BenchCmd) -> Result<()> {
             let baseline = gpu.memory_used()?;
             let mut peak = 0usize;
             let mut counted = vec![gpu.counters()];
-            let report = mftcoder::bench::run(&gpu, &args.bench, &|| gpu.synchronize(), &mut || {
+            let release = || gpu.release_cached(); // the dense weights' buffers, once quantized or frozen
+            let report = mftcoder::bench::run(&gpu, &args.bench, &release, &|| gpu.synchronize(), &mut || {
                 peak = peak.max(gpu.memory_used().unwrap_or(0).saturating_sub(baseline));
                 counted.push(gpu.counters());
             })?;

@@ -116,7 +116,9 @@ fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (V
 /// 94 + 54 after it. The head in chunks (`loss::chunked_head`) left these as they were: the logits of 40 tokens
 /// fit one chunk, which runs the unchunked ops exactly. LoRA with its scale and adds folded into the products
 /// (`backend/cuda/lora.rs`: 1 launch fewer per adapter forward, 2 backward, on 4 adapters) and frozen norms
-/// computing no weight gradient (one column sum fewer on each of 5 norms): 17 fewer, 49 + 54 and 77 + 54.
+/// computing no weight gradient (one column sum fewer on each of 5 norms): 17 fewer, 49 + 54 and 77 + 54. The
+/// banded 4-bit products (`cuda/linear_4bit.rs`) leave the QLoRA figures as they are: every [≤ 160, 64] matrix
+/// is one band, so a 4-bit product is one dequantization launch and one cuBLAS product (under f32, as here).
 const LORA_LAUNCHES: (u64, u64) = (49, 54);
 const QLORA_LAUNCHES: (u64, u64) = (77, 54);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy

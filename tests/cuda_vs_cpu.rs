@@ -26,62 +26,21 @@ use mftcoder::models::decoder::{
 };
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
-use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
+use mftcoder::quant::QuantType;
 use mftcoder::rng::Rng;
 use mftcoder::train::optim::{AdamW, AdamWConfig};
 use mftcoder::train::preference::{PairIds, preference_batch};
 use ndarray::Array2;
 use proptest::prelude::*;
-use std::sync::OnceLock;
 
 #[path = "kernel_emulator/compile.rs"]
 mod compile;
 #[path = "kernel_emulator/emulated_device.rs"]
 mod emulated_device;
 
-// ANCHOR: gpu_or_skip
-/// The device, opened once per precision; None (and one line saying why) without a GPU.
-fn gpu(precision: Precision) -> Option<&'static Cuda> {
-    static F32: OnceLock<Option<Cuda>> = OnceLock::new();
-    static BF16: OnceLock<Option<Cuda>> = OnceLock::new();
-    let slot = match precision {
-        Precision::F32 => &F32,
-        Precision::Bf16 => &BF16,
-    };
-    slot.get_or_init(|| match Cuda::new(0, precision) {
-        Ok(cuda) => Some(cuda),
-        Err(e) => {
-            eprintln!("skipping the GPU comparison: {e}");
-            None
-        }
-    })
-    .as_ref()
-}
-
-// ANCHOR_END: gpu_or_skip
-
-fn matrix(rows: usize, cols: usize, seed: u64, scale: f64) -> Array2<f32> {
-    let mut rng = Rng::new(seed);
-    Array2::from_shape_fn((rows, cols), |_| (rng.normal() * scale) as f32)
-}
-
-#[track_caller]
-fn assert_close(what: &str, cpu: &Array2<f32>, gpu: &Array2<f32>, tol: f32) {
-    assert_eq!(cpu.dim(), gpu.dim(), "{what}: shapes differ");
-    let scale = cpu.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let (worst, at) = cpu
-        .iter()
-        .zip(gpu.iter())
-        .enumerate()
-        .map(|(i, (a, b))| ((a - b).abs(), i))
-        .fold((0.0f32, 0), |m, x| if x.0 > m.0 || x.0.is_nan() { x } else { m });
-    assert!(
-        worst <= tol * scale,
-        "{what}: max |cpu − gpu| = {worst:e} at flat index {at} > {tol:e} · {scale} (cpu {}, gpu {})",
-        cpu.iter().nth(at).unwrap(),
-        gpu.iter().nth(at).unwrap()
-    );
-}
+#[path = "cuda_shared/mod.rs"]
+mod cuda_shared;
+use cuda_shared::{assert_close, gpu, matrix};
 
 /// Compare the outputs of one generic op function run on the CPU and on the GPU.
 #[track_caller]
@@ -384,21 +343,6 @@ fn linear_cross_entropy_in_chunks_and_write_rows() {
         downloaded(b, vec![dst])
     }
     check("write_rows", 0.0, written(&Cpu), written(g));
-}
-
-#[test]
-fn four_bit_dequantization_is_exact() {
-    let Some(g) = gpu(Precision::F32) else { return };
-    // NF4 with double quantization, and FP4 with plain scales and a short last block
-    for (quant_type, double_quant, shape) in [(QuantType::Nf4, true, (96, 80)), (QuantType::Fp4, false, (7, 37))] {
-        let w = matrix(shape.0, shape.1, 11, 0.05);
-        let q = Quantized4bit::quantize_with(w.view(), quant_type, QuantOptions { double_quant, ..Default::default() })
-            .unwrap();
-        let host = Cpu.dequantize_4bit(&q, &());
-        let dev = g.download(&g.dequantize_4bit(&q, &g.upload_4bit(&q)));
-        // the same f32 products code·absmax on both sides (the double-quant scale is one fma away)
-        assert_close(&format!("{quant_type:?} dequantize"), &host, &dev, 1e-6);
-    }
 }
 
 #[test]
@@ -920,7 +864,7 @@ fn bench_steps_are_counted_in_steady_state() {
             steps: 2,
         };
         let mut counted = vec![g.counters()];
-        mftcoder::bench::run(g, &args, &|| g.synchronize(), &mut || counted.push(g.counters())).unwrap();
+        mftcoder::bench::run(g, &args, &|| {}, &|| g.synchronize(), &mut || counted.push(g.counters())).unwrap();
         let steps: Vec<_> = counted.windows(2).map(|w| w[1].since(w[0])).collect();
         assert_eq!(steps[1], steps[2], "{mode}: two steady-state steps");
         let s = steps[2];

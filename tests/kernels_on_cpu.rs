@@ -539,53 +539,60 @@ fn attention_kernels_with_alibi_and_the_score_clamp() {
     }
 }
 
+/// All four dequantization kernels (f32 and bf16 out, plain and double-quantized absmax) against the CPU,
+/// bitwise: the whole matrix and a band of rows starting mid-matrix (the banded products' launches). The
+/// double-quant scale is `__fadd_rn(__fmul_rn(map, nested), offset)` on the device and the same two roundings on
+/// the CPU; bf16 is the `half` crate's round-to-nearest-even of the f32 value.
 #[test]
 fn four_bit_dequantization_kernels() {
     let Some(emu) = emulator() else { return };
-    for (quant_type, double_quant, (r, n)) in [(QuantType::Nf4, true, (40, 64 * 7)), (QuantType::Fp4, false, (7, 37))] {
+    type Plain = unsafe extern "C" fn(u32, u32, u32, *mut u8, *const u8, C, C, i64, i64, i32);
+    type Double = unsafe extern "C" fn(u32, u32, u32, *mut u8, *const u8, *const u8, C, C, f32, C, i64, i64, i32);
+    for (quant_type, double_quant, (r, n)) in
+        [(QuantType::Nf4, true, (40, 64 * 7)), (QuantType::Fp4, false, (9, 37)), (QuantType::Nf4, true, (300, 61))]
+    {
         let w = matrix(r, n, 16, 0.05);
         let q = Quantized4bit::quantize_with(w.view(), quant_type, QuantOptions { double_quant, ..Default::default() })
             .unwrap();
-        let absmax = match &q.absmax {
-            mftcoder::quant::Absmax::Plain(a) => a.clone(),
-            mftcoder::quant::Absmax::Double(dq) => {
-                let mut out = vec![0.0f32; dq.codes.len()];
+        let want = q.dequantize();
+        let want: Vec<f32> = want.iter().copied().collect();
+        for (row0, rows) in [(0, r), (r / 3, r - r / 3 - 1)] {
+            let (start, count) = (row0 * n, rows * n);
+            let want = &want[start..start + count];
+            for bf16 in [false, true] {
+                let mut out = vec![0u8; count * if bf16 { 2 } else { 4 }];
+                let (bs, code) = (q.blocksize as i32, q.quant_type.code().as_ptr());
+                let (o, pk, s0, c0) = (out.as_mut_ptr(), q.packed.as_ptr(), start as i64, count as i64);
+                let variant = match (&q.absmax, bf16) {
+                    (mftcoder::quant::Absmax::Plain(_), false) => "dequantize_4bit",
+                    (mftcoder::quant::Absmax::Plain(_), true) => "dequantize_4bit_bf16",
+                    (mftcoder::quant::Absmax::Double(_), false) => "dequantize_4bit_dq",
+                    (mftcoder::quant::Absmax::Double(_), true) => "dequantize_4bit_dq_bf16",
+                };
                 unsafe {
-                    let decode: unsafe extern "C" fn(u32, u32, u32, P, *const u8, C, C, f32, i32) =
-                        emu.kernel("decode_double_quant");
-                    decode(
-                        EW.0,
-                        EW.1,
-                        EW.2,
-                        out.as_mut_ptr(),
-                        dq.codes.as_ptr(),
-                        dq.nested_absmax.as_ptr(),
-                        dq.nested_quant_map.as_ptr(),
-                        dq.offset,
-                        out.len() as i32,
-                    );
+                    match &q.absmax {
+                        mftcoder::quant::Absmax::Plain(a) => {
+                            let kernel: Plain = emu.kernel(variant);
+                            kernel(EW.0, EW.1, EW.2, o, pk, a.as_ptr(), code, s0, c0, bs)
+                        }
+                        mftcoder::quant::Absmax::Double(dq) => {
+                            let kernel: Double = emu.kernel(variant);
+                            let (codes, nested, map) =
+                                (dq.codes.as_ptr(), dq.nested_absmax.as_ptr(), dq.nested_quant_map.as_ptr());
+                            kernel(EW.0, EW.1, EW.2, o, pk, codes, nested, map, dq.offset, code, s0, c0, bs)
+                        }
+                    }
                 }
-                assert_eq!(out, dq.decode(), "double-quant scales");
-                out
+                let mismatch = if bf16 {
+                    let got: Vec<u16> = out.chunks(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect();
+                    got.iter().zip(want).position(|(g, w)| *g != half::bf16::from_f32(*w).to_bits())
+                } else {
+                    let got: Vec<u32> = out.chunks(4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    got.iter().zip(want).position(|(g, w)| *g != w.to_bits())
+                };
+                assert_eq!(mismatch, None, "{variant} ({quant_type:?}, rows {row0}..+{rows} of {r}×{n}): not bitwise");
             }
-        };
-        let mut out = zeros(r, n);
-        unsafe {
-            let dequantize: unsafe extern "C" fn(u32, u32, u32, P, *const u8, C, C, i64, i32) =
-                emu.kernel("dequantize_4bit");
-            dequantize(
-                EW.0,
-                EW.1,
-                EW.2,
-                p(&mut out),
-                q.packed.as_ptr(),
-                absmax.as_ptr(),
-                q.quant_type.code().as_ptr(),
-                (r * n) as i64,
-                q.blocksize as i32,
-            );
         }
-        assert_close(&format!("{quant_type:?} dequantize"), &q.dequantize(), &out, 0.0);
     }
 }
 

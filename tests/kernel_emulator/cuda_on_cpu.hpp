@@ -95,6 +95,9 @@ inline unsigned __shfl_sync(unsigned, unsigned v, int src_lane) {
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
+// Round-to-nearest f32 multiply and add, never fused into an FMA (the result is stored as a float in between).
+inline float __fmul_rn(float a, float b) { volatile float p = a * b; return p; }
+inline float __fadd_rn(float a, float b) { volatile float s = a + b; return s; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 using std::max;

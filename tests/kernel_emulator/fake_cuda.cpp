@@ -41,8 +41,8 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(flash_attention_forward_d64), KERNEL(flash_attention_forward_d128), KERNEL(flash_attention_forward_d256),
         KERNEL(flash_attention_dq_d64), KERNEL(flash_attention_dq_d128), KERNEL(flash_attention_dq_d256),
         KERNEL(flash_attention_dkdv_d64), KERNEL(flash_attention_dkdv_d128), KERNEL(flash_attention_dkdv_d256),
-        KERNEL(mma_bf16_tile_product), KERNEL(cross_entropy), KERNEL(decode_double_quant),
-        KERNEL(dequantize_4bit), KERNEL(adamw), KERNEL(sum_squares), KERNEL(grad_norm_partials),
+        KERNEL(mma_bf16_tile_product), KERNEL(cross_entropy), KERNEL(dequantize_4bit),
+        KERNEL(dequantize_4bit_dq), KERNEL(dequantize_4bit_bf16), KERNEL(dequantize_4bit_dq_bf16), KERNEL(adamw), KERNEL(sum_squares), KERNEL(grad_norm_partials),
         KERNEL(grad_norm_finish), KERNEL(adamw_multi), KERNEL(dropout_mask), KERNEL(dropout_apply), KERNEL(dropout_add), KERNEL(scale_rows), KERNEL(row_dots),
     };
     return table;

@@ -104,10 +104,16 @@ WRAP(flash_attention_dkdv_d256, (dk, dv, dout, q, k, v, lse, delta, seg, last, a
      const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* delta,
      const u32* seg, const u32* last, AttentionDims a)
 WRAP(mma_bf16_tile_product, (c, a, b), float* c, const unsigned short* a, const unsigned short* b)
-WRAP(decode_double_quant, (absmax, codes, nested, map, offset, blocks), float* absmax, const unsigned char* codes,
-     const float* nested, const float* map, float offset, int blocks)
-WRAP(dequantize_4bit, (out, packed, absmax, code, n, bs), float* out, const unsigned char* packed,
-     const float* absmax, const float* code, i64 n, int bs)
+WRAP(dequantize_4bit, (out, packed, absmax, code, start, n, bs), float* out, const unsigned char* packed,
+     const float* absmax, const float* code, i64 start, i64 n, int bs)
+WRAP(dequantize_4bit_dq, (out, packed, codes, nested, map, offset, code, start, n, bs), float* out,
+     const unsigned char* packed, const unsigned char* codes, const float* nested, const float* map, float offset,
+     const float* code, i64 start, i64 n, int bs)
+WRAP(dequantize_4bit_bf16, (out, packed, absmax, code, start, n, bs), unsigned short* out,
+     const unsigned char* packed, const float* absmax, const float* code, i64 start, i64 n, int bs)
+WRAP(dequantize_4bit_dq_bf16, (out, packed, codes, nested, map, offset, code, start, n, bs), unsigned short* out,
+     const unsigned char* packed, const unsigned char* codes, const float* nested, const float* map, float offset,
+     const float* code, i64 start, i64 n, int bs)
 WRAP(adamw, (p, g, m, v, n, df, b1, b2, ob2, bc2, eps, step), float* p, const float* g, float* m, float* v, i64 n,
      float df, float b1, float b2, float ob2, float bc2, float eps, float step)
 WRAP(sum_squares, (partial, x, n), float* partial, const float* x, i64 n)

@@ -7,7 +7,7 @@
 use super::{Cuda, CudaTensor, Precision, Storage, fail, int};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 fn op(transpose: bool) -> cublasOperation_t {
     if transpose { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N }
@@ -99,20 +99,81 @@ pub fn gemm(
                     b_cast.bf16_bits()
                 }
             };
-            gemm_bf16_in_f32_out(cuda, cfg, b16, a16, out.f32_mut());
+            gemm_bf16_in_f32_out(cuda, cfg, &**b16, &**a16, &mut **out.f32_mut());
         }
     }
 }
 // ANCHOR_END: matmul
+
+// ANCHOR: gemm_strided
+/// Columns `start .. start + width` of a row-major tensor: a [rows, width] matrix whose rows lie `t.cols`
+/// apart (cuBLAS's leading dimension), starting `start` entries into the buffer.
+#[derive(Clone, Copy)]
+pub struct Columns<'a> {
+    pub t: &'a CudaTensor,
+    pub start: usize,
+    pub width: usize,
+}
+
+impl<'a> Columns<'a> {
+    /// The whole tensor.
+    pub fn all(t: &'a CudaTensor) -> Self {
+        Columns { t, start: 0, width: t.cols }
+    }
+}
+
+/// out[:, out_start .. out_start + n] = α·op(a)·op(b) + β·(those columns), where a and b may themselves be column
+/// slices: the products of a band of a weight (`linear_4bit.rs`) reading and writing their columns of the
+/// whole activations in place, with no copy in or out. The operands are read as they are stored — both f32
+/// (sgemm, exact) or both bf16 (the tensor cores, f32 accumulation); the caller casts once for all bands.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    cuda: &Cuda,
+    a: Columns,
+    trans_a: bool,
+    b: Columns,
+    trans_b: bool,
+    alpha: f32,
+    beta: f32,
+    out: &mut CudaTensor,
+    out_start: usize,
+) {
+    let (mut cfg, (m, n, k)) = row_major_gemm((a.t.rows, a.width), trans_a, (b.t.rows, b.width), trans_b);
+    assert!(a.start + a.width <= a.t.cols && b.start + b.width <= b.t.cols, "gemm_strided: operand columns");
+    assert!(out.rows == m && out_start + n <= out.cols, "gemm_strided: output is not [{m}, ≥{n}]");
+    assert!(k > 0, "gemm_strided: an empty inner dimension");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // the leading dimensions are the row lengths of the whole buffers, not of the slices
+    (cfg.lda, cfg.ldb, cfg.ldc) = (int(b.t.cols, "ld b"), int(a.t.cols, "ld a"), int(out.cols, "ld out"));
+    (cfg.alpha, cfg.beta) = (alpha, beta);
+    let out_data = out.f32_mut();
+    let mut c = out_data.slice_mut(out_start..);
+    match (a.t.storage(), b.t.storage()) {
+        (Storage::F32(a_data), Storage::F32(b_data)) => {
+            cuda.counters.gemm();
+            // SAFETY: the shapes and column ranges are checked above; each view starts at its slice's first
+            // entry and the leading dimensions are the row lengths of the buffers the views point into.
+            unsafe { cuda.blas.gemm(cfg, &b_data.slice(b.start..), &a_data.slice(a.start..), &mut c) }
+                .unwrap_or_else(|e| fail("cuBLAS sgemm", e))
+        }
+        (Storage::Bf16(a_bits), Storage::Bf16(b_bits)) => {
+            gemm_bf16_in_f32_out(cuda, cfg, &b_bits.slice(b.start..), &a_bits.slice(a.start..), &mut c)
+        }
+        _ => fail("gemm_strided", "operands of two storage types (cast both to bf16 first)"),
+    }
+}
+// ANCHOR_END: gemm_strided
 
 /// cublasGemmEx with bf16 A and B, f32 C and f32 accumulation (CUBLAS_COMPUTE_32F): the tensor cores'
 /// mixed-precision product.
 fn gemm_bf16_in_f32_out(
     cuda: &Cuda,
     cfg: GemmConfig<f32>,
-    a: &CudaSlice<u16>,
-    b: &CudaSlice<u16>,
-    c: &mut CudaSlice<f32>,
+    a: &impl DevicePtr<u16>,
+    b: &impl DevicePtr<u16>,
+    c: &mut impl DevicePtrMut<f32>,
 ) {
     let (alpha, beta) = (cfg.alpha, cfg.beta);
     cuda.counters.gemm();

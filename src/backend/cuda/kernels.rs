@@ -80,7 +80,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("cross_entropy.cu", include_str!("kernels/cross_entropy.cu"), &["cross_entropy"]),
-    ("quant4.cu", include_str!("kernels/quant4.cu"), &["decode_double_quant", "dequantize_4bit"]),
+    (
+        "quant4.cu",
+        include_str!("kernels/quant4.cu"),
+        &["dequantize_4bit", "dequantize_4bit_dq", "dequantize_4bit_bf16", "dequantize_4bit_dq_bf16"],
+    ),
     (
         "optim.cu",
         include_str!("kernels/optim.cu"),
@@ -321,6 +325,7 @@ mod launch_tests {
             include_str!("row_scale.rs"),
             include_str!("optim.rs"),
             include_str!("quant4.rs"),
+            include_str!("linear_4bit.rs"),
             include_str!("norms.rs"),
             include_str!("rope.rs"),
             include_str!("cross_entropy.rs"),

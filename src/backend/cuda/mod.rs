@@ -26,7 +26,7 @@ use crate::train::step_update::{StepReport, StepUpdate};
 use anyhow::{Context, Result, anyhow};
 use counters::{CounterSnapshot, DeviceCounters};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use kernels::KernelCode;
 use ndarray::Array2;
 use pool::Pool;
@@ -66,14 +66,6 @@ impl std::str::FromStr for Precision {
             other => Err(anyhow!("unknown precision `{other}` (allowed: f32, bf16)")),
         }
     }
-}
-
-/// A 4-bit matrix in device memory: packed codes and one f32 scale per block (double-quantized scales are
-/// decoded on the device, by `decode_double_quant`, when uploaded).
-pub struct CudaPacked {
-    packed: CudaSlice<u8>,
-    absmax: CudaSlice<f32>,
-    code: CudaSlice<f32>,
 }
 
 /// The GPU backend: one device, one stream, the compiled kernels, a cuBLAS handle, the caching allocator
@@ -142,15 +134,18 @@ macro_rules! launch {
 mod attention; // the attention launches: segment tables, the kernel family by precision, head_dim and clamp
 mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
 mod fused_qkv; // a fused q/k/v projection's column split and join
+mod linear_4bit; // products with a 4-bit weight, one dequantized band of rows at a time
 mod lora; // LoRA's branch with its scale and add folded into the products, and dropout drawn in place
 mod norms; // the norms' backward rows and the column sums of their weight gradients
 mod optim; // the squared norm, the AdamW update, and a step's end: clipping + multi-tensor AdamW, one read
-mod quant4; // 4-bit blocks on the device and their dequantization
+mod quant4; // 4-bit blocks on the device as stored, and the dequantization of a band of rows
 mod rope; // RoPE's rotation, forward and backward
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
 mod tensor; // f32 / bf16 storage, buffers from the pool, uploads and reads, frozen weights in bf16
 
 pub use attention::{AttentionKernels, attention_kernels, flash_attention_launches};
+pub use linear_4bit::DEFAULT_BAND_BYTES;
+pub use quant4::CudaPacked;
 pub use tensor::{CudaTensor, Storage};
 
 fn int(n: usize, what: &str) -> i32 {
@@ -270,6 +265,28 @@ impl Backend for Cuda {
     }
     fn dequantize_4bit(&self, host: &Quantized4bit, p: &CudaPacked) -> CudaTensor {
         self.dequantize_packed(host, p)
+    }
+    fn packed_bytes(&self, _host: &Quantized4bit, p: &CudaPacked) -> usize {
+        p.device_bytes()
+    }
+    fn linear_4bit(
+        &self,
+        x: &CudaTensor,
+        host: &Quantized4bit,
+        p: &CudaPacked,
+        bias: Option<&CudaTensor>,
+    ) -> CudaTensor {
+        self.linear_4bit_banded(x, host, p, bias, DEFAULT_BAND_BYTES)
+    }
+    fn linear_4bit_backward(
+        &self,
+        dy: &CudaTensor,
+        _x: &CudaTensor,
+        host: &Quantized4bit,
+        p: &CudaPacked,
+        bias_grad: bool,
+    ) -> (CudaTensor, Option<CudaTensor>) {
+        self.linear_4bit_backward_banded(dy, host, p, bias_grad, DEFAULT_BAND_BYTES)
     }
 
     fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> CudaTensor {

@@ -43,6 +43,10 @@ impl CudaTensor {
         &self.storage
     }
 
+    pub(super) fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
     /// The f32 entries. Element-wise kernels read only f32; a bf16 tensor reaching one is a bug in the caller
     /// (a frozen weight handed to an op that is not a product), reported with the caller's location.
     #[track_caller]
@@ -92,6 +96,11 @@ impl Cuda {
 
     pub(super) fn tensor(&self, rows: usize, cols: usize) -> CudaTensor {
         CudaTensor { storage: Storage::F32(self.alloc(rows * cols)), rows, cols }
+    }
+
+    /// A [rows, cols] bf16 tensor from the pool, uninitialised (a dequantized band of a 4-bit weight).
+    pub(super) fn bf16_tensor(&self, rows: usize, cols: usize) -> CudaTensor {
+        CudaTensor { storage: Storage::Bf16(self.pool_bf16.take(rows * cols)), rows, cols }
     }
 
     // ANCHOR: bf16_copy

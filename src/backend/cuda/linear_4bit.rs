@@ -1,0 +1,108 @@
+//! Products with a frozen 4-bit weight (QLoRA's base) that never form all of Ŵ [out, in] in full precision.
+//!
+//! Ŵ is dequantized a band of output rows at a time into one pooled buffer of at most [`DEFAULT_BAND_BYTES`]
+//! (bf16 under [`Precision::Bf16`], which the products round every operand to anyway; f32 under
+//! [`Precision::F32`]), and the band's share of the product runs at once, reading and writing its columns of
+//! the activations in place (`blas::gemm_strided`):
+//!
+//! ```text
+//! forward   y[:, band]  = x · Ŵ[band, :]ᵀ      x: [T, in], Ŵ[band, :]: [rows, in], y: [T, out]
+//! backward  dx         += dy[:, band] · Ŵ[band, :]   dy: [T, out], dx: [T, in]; β = 0 for the first band
+//! ```
+//!
+//! A model whose matrices fit one band (every small one) runs exactly one dequantization and one product per
+//! 4-bit matrix; a 7B model's MLP matrix (11008 × 4096, 90 MB as bf16) runs in three bands of 32 MB. The CPU
+//! does the same with cache-sized bands (`nn::linear_4bit`).
+
+use super::blas::{self, Columns};
+use super::{Cuda, CudaPacked, CudaTensor, LaunchConfig, Precision, PushKernelArg, elementwise_grid, fail, int};
+use crate::backend::Backend;
+use crate::quant::Quantized4bit;
+
+/// The largest dequantized band the products use: 32 MiB.
+pub const DEFAULT_BAND_BYTES: usize = 32 << 20;
+
+/// Rows of Ŵ [out, in] per band of at most `band_bytes` (at least one row, at most all of them).
+fn band_rows(out: usize, inp: usize, entry_bytes: usize, band_bytes: usize) -> usize {
+    (band_bytes / (inp.max(1) * entry_bytes)).clamp(1, out.max(1))
+}
+
+impl Cuda {
+    /// A [rows, in] band buffer in the storage the products read: bf16 under mixed precision, else f32.
+    fn band_buffer(&self, rows: usize, inp: usize) -> CudaTensor {
+        match self.precision {
+            Precision::Bf16 => self.bf16_tensor(rows, inp),
+            Precision::F32 => self.tensor(rows, inp),
+        }
+    }
+
+    /// Rows of Ŵ per band, and the band buffer (at most `band_bytes`, sized for the first, fullest band).
+    fn bands(&self, host: &Quantized4bit, band_bytes: usize) -> (usize, CudaTensor) {
+        let [out, inp] = host.shape;
+        let entry = if self.precision == Precision::Bf16 { 2 } else { 4 };
+        let rows = band_rows(out, inp, entry, band_bytes);
+        (rows, self.band_buffer(rows, inp))
+    }
+
+    // ANCHOR: forward
+    /// x: [T, in], a 4-bit W [out, in], bias: [1, out] → x·Ŵᵀ + b: [T, out], dequantizing at most `band_bytes`
+    /// of Ŵ at a time ([`DEFAULT_BAND_BYTES`] from `Backend::linear_4bit`; tests force several bands).
+    pub fn linear_4bit_banded(
+        &self,
+        x: &CudaTensor,
+        host: &Quantized4bit,
+        p: &CudaPacked,
+        bias: Option<&CudaTensor>,
+        band_bytes: usize,
+    ) -> CudaTensor {
+        let [out, inp] = host.shape;
+        assert_eq!(x.cols, inp, "linear_4bit: x has {} columns, W has {inp} inputs", x.cols);
+        let mut y = if inp == 0 { self.zeros(x.rows, out) } else { self.tensor(x.rows, out) };
+        if inp > 0 && out > 0 {
+            let x_op = self.product_operand(x); // rounded to bf16 once for every band under mixed precision
+            let (rows, mut band) = self.bands(host, band_bytes);
+            for o0 in (0..out).step_by(rows) {
+                band.rows = rows.min(out - o0); // the last band may be short
+                self.dequantize_rows(host, p, o0, &mut band); // Ŵ[o0 .. o0 + rows, :]
+                // y[:, o0 .. o0 + rows] = x[T, in] · Ŵ[band, :]ᵀ
+                blas::gemm_strided(self, Columns::all(&x_op), false, Columns::all(&band), true, 1.0, 0.0, &mut y, o0);
+            }
+        }
+        if let Some(b) = bias {
+            let (r, c) = (int(y.rows, "rows"), int(y.cols, "cols"));
+            launch!(self, "add_bias_rows", elementwise_grid(y.len()), y.f32_mut(), b.f32(), &r, &c);
+        }
+        y
+    }
+    // ANCHOR_END: forward
+
+    // ANCHOR: backward
+    /// The backward of [`Cuda::linear_4bit_banded`] (a frozen Ŵ has no gradient): dy: [T, out] →
+    /// (dx = dy·Ŵ: [T, in], db: [1, out] if `bias_grad`), the bands accumulating into dx in order.
+    pub fn linear_4bit_backward_banded(
+        &self,
+        dy: &CudaTensor,
+        host: &Quantized4bit,
+        p: &CudaPacked,
+        bias_grad: bool,
+        band_bytes: usize,
+    ) -> (CudaTensor, Option<CudaTensor>) {
+        let [out, inp] = host.shape;
+        assert_eq!(dy.cols, out, "linear_4bit_backward: dy has {} columns, W has {out} outputs", dy.cols);
+        let mut dx = if out == 0 { self.zeros(dy.rows, inp) } else { self.tensor(dy.rows, inp) };
+        if inp > 0 && out > 0 {
+            let dy_op = self.product_operand(dy);
+            let (rows, mut band) = self.bands(host, band_bytes);
+            for o0 in (0..out).step_by(rows) {
+                band.rows = rows.min(out - o0);
+                self.dequantize_rows(host, p, o0, &mut band);
+                let dy_band = Columns { t: &dy_op, start: o0, width: band.rows }; // dy[:, o0 .. o0 + rows]
+                let beta = if o0 == 0 { 0.0 } else { 1.0 };
+                // dx[T, in] (+)= dy[:, band] · Ŵ[band, :]
+                blas::gemm_strided(self, dy_band, false, Columns::all(&band), false, 1.0, beta, &mut dx, 0);
+            }
+        }
+        (dx, bias_grad.then(|| self.column_sum(dy)))
+    }
+    // ANCHOR_END: backward
+}
