@@ -34,40 +34,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use upload_cache::UploadCache;
 
-/// Open CUDA device `ordinal`, or say in one line why there is none.
-pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
-    // SAFETY: only probes whether the driver library can be loaded; no CUDA call is made.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(anyhow!("no CUDA device: the CUDA driver library (libcuda) is not installed on this machine"));
-    }
-    // cudarc panics (rather than erring) on some driver failures: keep that to one line too
-    let opened = std::panic::catch_unwind(|| CudaContext::new(ordinal));
-    match opened {
-        Ok(Ok(ctx)) => Ok(ctx),
-        Ok(Err(e)) => Err(anyhow!("no CUDA device {ordinal}: {e:?}")),
-        Err(_) => Err(anyhow!("no CUDA device {ordinal}: the CUDA driver failed to initialise")),
-    }
-}
-
-/// How matrix products run (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    F32,
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" | "fp32" | "float32" => Ok(Precision::F32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            other => Err(anyhow!("unknown precision `{other}` (allowed: f32, bf16)")),
-        }
-    }
-}
-
 /// The GPU backend: one device, one stream, the compiled kernels, a cuBLAS handle, the caching allocator
 /// (`pool.rs`) and the cache of small per-step inputs (`upload_cache.rs`).
 pub struct Cuda {
@@ -85,26 +51,6 @@ pub struct Cuda {
     floats: UploadCache<f32>,
     /// device pointers and sizes: the multi-tensor optimizer's tables (uploaded each step, not cached)
     words: UploadCache<u64>,
-}
-
-/// Threads per block for element-wise kernels (grid-stride loops, so any grid size is correct).
-const THREADS: u32 = 256;
-/// Threads per block for one-block-per-row kernels (RMSNorm, cross-entropy).
-const ROW_THREADS: u32 = 256;
-/// Warps per block for one-warp-per-row kernels (the per-key attention kernels and `attention_delta`).
-const WARPS_PER_BLOCK: u32 = 4;
-fn elementwise_grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_536) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn row_grid(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn warp_grid(warps: usize) -> LaunchConfig {
-    let blocks = warps.div_ceil(WARPS_PER_BLOCK as usize).max(1) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * WARPS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 // ANCHOR: launch_macro
@@ -133,7 +79,9 @@ macro_rules! launch {
 
 mod attention; // the attention launches: segment tables, the kernel family by precision, head_dim and clamp
 mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
+mod device; // opening a device, and the precision of its products
 mod fused_qkv; // a fused q/k/v projection's column split and join
+mod grids; // the launch shapes: element-wise, one block per row, one warp per row
 mod linear_4bit; // products with a 4-bit weight, one dequantized band of rows at a time
 mod lora; // LoRA's branch with its scale and add folded into the products, and dropout drawn in place
 mod norms; // the norms' backward rows and the column sums of their weight gradients
@@ -144,6 +92,8 @@ mod row_scale; // rows scaled by per-row weights, and per-row dot products
 mod tensor; // f32 / bf16 storage, buffers from the pool, uploads and reads, frozen weights in bf16
 
 pub use attention::{AttentionKernels, attention_kernels, flash_attention_launches};
+pub use device::{Precision, open_device};
+use grids::{THREADS, elementwise_grid, row_grid, warp_grid};
 pub use linear_4bit::DEFAULT_BAND_BYTES;
 pub use quant4::CudaPacked;
 pub use tensor::{CudaTensor, Storage};
