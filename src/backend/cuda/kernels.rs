@@ -326,6 +326,7 @@ mod launch_tests {
             include_str!("optim.rs"),
             include_str!("quant4.rs"),
             include_str!("linear_4bit.rs"),
+            include_str!("lora.rs"),
             include_str!("norms.rs"),
             include_str!("rope.rs"),
             include_str!("cross_entropy.rs"),

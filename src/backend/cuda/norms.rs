@@ -15,19 +15,15 @@ impl Cuda {
         eps: f32,
         weight_grad: bool,
     ) -> (CudaTensor, Option<CudaTensor>) {
-        let kernel = match (layer_norm, weight_grad) {
-            (true, true) => "layer_norm_backward",
-            (true, false) => "layer_norm_backward_input",
-            (false, true) => "rms_norm_backward",
-            (false, false) => "rms_norm_backward_input",
-        };
-        Self::same_shape(dy, x, kernel);
+        Self::same_shape(dy, x, if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" });
         let mut dx = self.tensor(x.rows, x.cols);
         let hidden = int(x.cols, "hidden");
         if !weight_grad {
+            let kernel = if layer_norm { "layer_norm_backward_input" } else { "rms_norm_backward_input" };
             launch!(self, kernel, row_grid(x.rows), dx.f32_mut(), dy.f32(), x.f32(), weight.f32(), &hidden, &eps);
             return (dx, None);
         }
+        let kernel = if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" };
         let mut dw_rows = self.tensor(x.rows, x.cols);
         launch!(
             self,
