@@ -92,7 +92,7 @@ fn lora_branch<B: Backend>(b: &B, t: usize, (inp, out, r): (usize, usize, usize)
     let h = b.lora_forward_into(&mut y, &b.product_operand(&x), &a, &up, s);
     let dy = b.upload(matrix(t, out, seed + 4, 1.0));
     let mut dx = b.upload(matrix(t, inp, seed + 5, 1.0)); // "the base layer's dx"
-    let (da, db) = b.lora_backward_into(&mut dx, &dy, &x, &h, &a, &up, s);
+    let (da, db) = b.lora_backward_into(Some(&mut dx), &dy, &x, &h, &a, &up, s);
 
     let mask = b.dropout_mask(t, inp, 0.3, seed);
     assert_eq!(b.download(&b.dropout(&x, 0.3, seed)), b.download(&b.mul(&x, &mask)), "{}: x ∘ m", b.name());

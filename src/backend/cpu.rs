@@ -68,7 +68,7 @@ impl Backend for Cpu {
     }
     // ANCHOR_END: cpu_backend
     fn add(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
-        a + b
+        nn::elementwise::map2(a.view(), b.view(), |a, b| a + b)
     }
     fn rms_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, eps: f32) -> Array2<f32> {
         nn::rms_norm::rms_norm(x.view(), weight.row(0), eps)
@@ -180,6 +180,29 @@ impl Backend for Cpu {
         let g = nn::linear::linear_backward(dy.view(), x.view(), weight.view(), weight_grad, bias_grad);
         (g.dx, g.dweight, g.dbias.map(|b| b.insert_axis(Axis(0))))
     }
+    fn lora_forward_into(
+        &self,
+        y: &mut Array2<f32>,
+        x: &Array2<f32>,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        s: f32,
+    ) -> Array2<f32> {
+        crate::peft::lora::lora_forward_into(y.view_mut(), x.view(), a.view(), b.view(), s)
+    }
+    fn lora_backward_into(
+        &self,
+        dx: Option<&mut Array2<f32>>,
+        dy: &Array2<f32>,
+        x: &Array2<f32>,
+        h: &Array2<f32>,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        s: f32,
+    ) -> (Array2<f32>, Array2<f32>) {
+        let dx = dx.map(|dx| dx.view_mut());
+        crate::peft::lora::lora_backward_into(dx, dy.view(), x.view(), h.view(), a.view(), b.view(), s)
+    }
     fn rms_norm_backward(
         &self,
         dy: &Array2<f32>,
@@ -244,16 +267,16 @@ impl Backend for Cpu {
         (ce.losses.to_vec(), ce.dlogits)
     }
     fn add_assign(&self, a: &mut Array2<f32>, b: &Array2<f32>) {
-        *a += b;
+        nn::elementwise::add_scaled(a.view_mut(), b.view(), 1.0)
     }
     fn add_scaled(&self, a: &mut Array2<f32>, b: &Array2<f32>, s: f32) {
-        a.scaled_add(s, b);
+        nn::elementwise::add_scaled(a.view_mut(), b.view(), s)
     }
     fn scale(&self, t: &Array2<f32>, s: f32) -> Array2<f32> {
-        t * s
+        nn::elementwise::scaled(t.view(), s)
     }
     fn mul(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
-        a * b
+        nn::elementwise::map2(a.view(), b.view(), |a, b| a * b)
     }
     fn sum_squares(&self, t: &Array2<f32>) -> f64 {
         optim::matrix_sum_squares(t)

@@ -220,14 +220,15 @@ pub trait Backend: Sync {
         self.add_scaled(y, &self.linear(&h, b, None), s);
         h
     }
-    /// The branch's backward, its input gradient added into `dx` [T, in]. With d = s·dy:
+    /// The branch's backward, its input gradient added into `dx` [T, in] when one is asked for (`None`: the
+    /// layer's input gradient is not needed, as below a frozen embedding). With d = s·dy:
     /// ∂L/∂B = dᵀ·h [out, r], ∂L/∂h = d·B [T, r], ∂L/∂A = (∂L/∂h)ᵀ·x [r, in], dx += (∂L/∂h)·A → (∂L/∂A, ∂L/∂B).
     /// By default through `scale`, two `linear_backward`s and an add; the GPU folds s into the products' α
     /// and the add into the last one's β.
     #[allow(clippy::too_many_arguments)]
     fn lora_backward_into(
         &self,
-        dx: &mut Self::Tensor,
+        dx: Option<&mut Self::Tensor>,
         dy: &Self::Tensor,
         x: &Self::Tensor,
         h: &Self::Tensor,
@@ -237,8 +238,11 @@ pub trait Backend: Sync {
     ) -> (Self::Tensor, Self::Tensor) {
         let d = self.scale(dy, s);
         let (dh, db, _) = self.linear_backward(&d, h, b, true, false); // [T, r], [out, r]
+        // the branch's dx [T, in] comes with ∂L/∂A; it costs r/out of the base layer's dx product
         let (dx_branch, da, _) = self.linear_backward(&dh, x, a, true, false); // [T, in], [r, in]
-        self.add_assign(dx, &dx_branch);
+        if let Some(dx) = dx {
+            self.add_assign(dx, &dx_branch);
+        }
         (da.expect("asked for"), db.expect("asked for"))
     }
     /// LoRA's input dropout: x ∘ m with m = `dropout_mask(rows, cols, p, seed)`. The GPU draws m inside the

@@ -365,6 +365,8 @@ impl<B: Backend> Decoder<B> {
         let n = c.names;
         let (shape, pos) = (c.attention_shape(), seq.positions);
         let train_base = !self.frozen_base;
+        // only the embedding reads what leaves layer 0: frozen, it needs no ∂L/∂x there
+        let input_gradient_needed = train_base || l > 0;
         let p = format!("{}.{l}", n.layers);
         let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
 
@@ -379,10 +381,11 @@ impl<B: Backend> Decoder<B> {
                 let dx_mid = self.mlp_norm(layer).backward(b, &dh_mlp, x_mid, train_base, &norm_name, grads);
                 b.add_assign(dx, &dx_mid); // dx is now ∂L/∂x_mid
             }
-            Residual::Parallel => {
+            Residual::Parallel if input_gradient_needed => {
                 dx_from_mlp_norm =
                     Some(self.mlp_norm(layer).backward(b, &dh_mlp, &lc.x, train_base, &norm_name, grads));
             }
+            Residual::Parallel => {} // the MLP's norm reads the layer's input: no gradient wanted there
             Residual::ParallelSharedNorm => dh_attn_from_mlp = Some(dh_mlp),
             Residual::SequentialNormedSkip => {
                 // x' = h_mlp + mlp(h_mlp): the skip and the MLP both feed h_mlp = n₂(x_mid)
@@ -404,16 +407,21 @@ impl<B: Backend> Decoder<B> {
         let mask = AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: c.attention.windows[l] };
         let (dq, dk, dv) = b.causal_attention_backward(&dattn, &lc.q, &lc.k, &lc.v, &lc.attn, &lc.lse, &shape, &mask);
         let h = &lc.h_attn;
-        let mut dh = match (&layer.qkv, &lc.qkv, n.qkv) {
+        let dh = match (&layer.qkv, &lc.qkv, n.qkv) {
             (QkvProjection::Latent(mla), QkvSaved::Latent(saved), QkvNames::Latent(names)) => {
                 let la = c.attention.latent.as_ref().expect("checked at load");
                 let d = (&dq, &dk, &dv);
-                mla.backward(b, la, saved, d, h, pos, &self.inv_freq, train_base, &seed, (&names, &p), grads)
+                Some(mla.backward(b, la, saved, d, h, pos, &self.inv_freq, train_base, &seed, (&names, &p), grads))
             }
             (QkvProjection::Latent(_), ..) => unreachable!("a latent layer caches a latent projection"),
             (_, saved, _) => {
-                self.direct_qkv_backward(b, layer, saved, (dq, dk, dv), h, pos, train_base, &seed, &p, grads)
+                let d = (dq, dk, dv);
+                let input_gradient = (input_gradient_needed, train_base);
+                self.direct_qkv_backward(b, layer, saved, d, h, pos, input_gradient, &seed, &p, grads)
             }
+        };
+        let Some(mut dh) = dh.filter(|_| input_gradient_needed) else {
+            return; // layer 0 below a frozen embedding: its parameters have their gradients, dx is not needed
         };
         if let Some(d) = dh_attn_from_mlp {
             b.add_assign(&mut dh, &d); // one shared norm feeds both blocks
@@ -434,7 +442,8 @@ impl<B: Backend> Decoder<B> {
     // ANCHOR_END: decoder_backward
 
     /// The separate or fused q/k/v projections in reverse: dq, dk, dv (attention's input gradients, rotated
-    /// and per-head normed as attention read them) → ∂L/∂h, h the layer's normed input.
+    /// and per-head normed as attention read them) → ∂L/∂h, h the layer's normed input, when
+    /// `(input_gradient_needed, _)` asks for it (otherwise only the parameters' gradients).
     #[allow(clippy::too_many_arguments)]
     fn direct_qkv_backward(
         &self,
@@ -444,11 +453,11 @@ impl<B: Backend> Decoder<B> {
         (dq, dk, dv): (B::Tensor, B::Tensor, B::Tensor),
         h: &B::Tensor,
         pos: &[usize],
-        train_base: bool,
+        (input_gradient_needed, train_base): (bool, bool),
         seed: &dyn Fn(u64) -> Option<u64>,
         p: &str,
         grads: &mut Gradients<B>,
-    ) -> B::Tensor {
+    ) -> Option<B::Tensor> {
         let QkvSaved::Direct { qk_raw, lora_h: [hq, hk, hv] } = saved else {
             unreachable!("separate and fused projections cache their own activations")
         };
@@ -477,17 +486,30 @@ impl<B: Backend> Decoder<B> {
         };
         match (&layer.qkv, n.qkv) {
             (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
-                let mut dh = q.backward(b, &dq, h, hq.as_ref(), train_base, seed(0), &format!("{p}.{qn}"), grads);
-                for (dproj, proj, lora_h, name, idx) in [(&dk, k, hk, kn, 1), (&dv, v, hv, vn, 2)] {
-                    let name = format!("{p}.{name}");
-                    let dh_part = proj.backward(b, dproj, h, lora_h.as_ref(), train_base, seed(idx), &name, grads);
-                    b.add_assign(&mut dh, &dh_part);
+                let projections = [(&dq, q, hq, qn, 0), (&dk, k, hk, kn, 1), (&dv, v, hv, vn, 2)];
+                let mut dh: Option<B::Tensor> = None;
+                for (dproj, proj, lora_h, name, idx) in projections {
+                    let (name, lora_h) = (format!("{p}.{name}"), lora_h.as_ref());
+                    if !input_gradient_needed {
+                        proj.parameter_backward(b, dproj, h, lora_h, train_base, seed(idx), &name, grads);
+                        continue;
+                    }
+                    let dh_part = proj.backward(b, dproj, h, lora_h, train_base, seed(idx), &name, grads);
+                    match dh.as_mut() {
+                        Some(dh) => b.add_assign(dh, &dh_part),
+                        None => dh = Some(dh_part),
+                    }
                 }
                 dh
             }
             (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => {
                 let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, c.attention.fused_qkv.expect("checked at load"));
-                qkv.backward(b, &dqkv, h, hq.as_ref(), train_base, seed(0), &format!("{p}.{name}"), grads)
+                let (name, lora_h) = (format!("{p}.{name}"), hq.as_ref());
+                if !input_gradient_needed {
+                    qkv.parameter_backward(b, &dqkv, h, lora_h, train_base, seed(0), &name, grads);
+                    return None;
+                }
+                Some(qkv.backward(b, &dqkv, h, lora_h, train_base, seed(0), &name, grads))
             }
             _ => unreachable!("checked at load"),
         }

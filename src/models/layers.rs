@@ -31,6 +31,13 @@ pub enum Weight<B: Backend> {
     Packed(Quantized4bit, B::Packed),
 }
 
+/// Whether a backward computes its layer's input gradient.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum InputGradient {
+    Wanted,
+    NotNeeded,
+}
+
 /// A linear layer's parameters: weight [out, in], optional bias [1, out], optional LoRA adapter.
 pub struct Linear<B: Backend> {
     pub weight: Weight<B>,
@@ -132,26 +139,67 @@ impl<B: Backend> Linear<B> {
         name: &str,
         grads: &mut Gradients<B>,
     ) -> B::Tensor {
+        let dx = self.backward_with(b, dy, x, h, train_base, dropout_seed, name, grads, InputGradient::Wanted);
+        dx.expect("asked for")
+    }
+
+    /// The parameter gradients of [`Linear::backward`] without its dx: the layer reads an input whose
+    /// gradient nobody needs (layer 0 below a frozen embedding). A frozen base then costs no product at all
+    /// (a 4-bit one is not even dequantized); an adapter costs its dB and dA products.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parameter_backward(
+        &self,
+        b: &B,
+        dy: &B::Tensor,
+        x: &B::Tensor,
+        h: Option<&B::Tensor>,
+        train_base: bool,
+        dropout_seed: Option<u64>,
+        name: &str,
+        grads: &mut Gradients<B>,
+    ) {
+        self.backward_with(b, dy, x, h, train_base, dropout_seed, name, grads, InputGradient::NotNeeded);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_with(
+        &self,
+        b: &B,
+        dy: &B::Tensor,
+        x: &B::Tensor,
+        h: Option<&B::Tensor>,
+        train_base: bool,
+        dropout_seed: Option<u64>,
+        name: &str,
+        grads: &mut Gradients<B>,
+        input_gradient: InputGradient,
+    ) -> Option<B::Tensor> {
         let train_bias = (train_base || self.train_bias) && self.bias.is_some();
         let train_weight = train_base && matches!(self.weight, Weight::Dense(_)); // 4-bit bases are always frozen
+        let wanted = input_gradient == InputGradient::Wanted;
         // one rounding of dy for the base's dx and the adapter's two products where the backend rounds operands
         // (the GPU's bf16) and only products read it (a bias gradient sums dy itself)
         let dy_operand = match (&self.weight, &self.lora) {
-            (Weight::Dense(_), Some(_)) if !train_bias => b.product_operand(dy),
+            (Weight::Dense(_), Some(_)) if !train_bias && wanted => b.product_operand(dy),
             _ => Cow::Borrowed(dy),
         };
-        let (mut dx, dw, db) = match &self.weight {
-            Weight::Dense(w) => b.linear_backward(&dy_operand, x, w, train_weight, train_bias),
-            Weight::Packed(q, on_backend) => {
-                let (dx, db) = b.linear_4bit_backward(dy, x, q, on_backend, train_bias);
-                (dx, None, db)
+        // the base layer's products: dx (when wanted) and the parameter gradients it trains
+        let mut dx = None;
+        if wanted || train_weight || train_bias {
+            let (base_dx, dw, db) = match &self.weight {
+                Weight::Dense(w) => b.linear_backward(&dy_operand, x, w, train_weight, train_bias),
+                Weight::Packed(q, on_backend) => {
+                    let (dx, db) = b.linear_4bit_backward(dy, x, q, on_backend, train_bias);
+                    (dx, None, db)
+                }
+            };
+            if let Some(dw) = dw {
+                grads.insert(format!("{name}.weight"), dw);
             }
-        };
-        if let Some(dw) = dw {
-            grads.insert(format!("{name}.weight"), dw);
-        }
-        if let Some(db) = db {
-            grads.insert(format!("{name}.bias"), db);
+            if let Some(db) = db {
+                grads.insert(format!("{name}.bias"), db);
+            }
+            dx = wanted.then_some(base_dx);
         }
         if let Some(lora) = &self.lora {
             let h = h.expect("the LoRA forward cached h = x·Aᵀ");
@@ -159,14 +207,20 @@ impl<B: Backend> Linear<B> {
                 Some(seed) => {
                     // the forward's mask again: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
                     let x_dropped = b.dropout(x, lora.dropout, seed);
-                    let (rows, cols) = b.dims(x);
-                    let mut dx_dropped = b.zeros(rows, cols);
-                    let grads =
-                        b.lora_backward_into(&mut dx_dropped, dy, &x_dropped, h, &lora.a, &lora.b, lora.scaling);
-                    b.add_dropout_backward(&mut dx, &dx_dropped, lora.dropout, seed);
-                    grads
+                    match dx.as_mut() {
+                        Some(dx) => {
+                            let (rows, cols) = b.dims(x);
+                            let mut dx_dropped = b.zeros(rows, cols);
+                            let (a, up) = (&lora.a, &lora.b);
+                            let grads =
+                                b.lora_backward_into(Some(&mut dx_dropped), dy, &x_dropped, h, a, up, lora.scaling);
+                            b.add_dropout_backward(dx, &dx_dropped, lora.dropout, seed);
+                            grads
+                        }
+                        None => b.lora_backward_into(None, dy, &x_dropped, h, &lora.a, &lora.b, lora.scaling),
+                    }
                 }
-                None => b.lora_backward_into(&mut dx, &dy_operand, x, h, &lora.a, &lora.b, lora.scaling),
+                None => b.lora_backward_into(dx.as_mut(), &dy_operand, x, h, &lora.a, &lora.b, lora.scaling),
             };
             grads.insert(format!("{name}.lora_A"), da);
             grads.insert(format!("{name}.lora_B"), db_lora);

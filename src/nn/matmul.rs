@@ -15,9 +15,24 @@ const PARALLEL_MIN_WORK: usize = 1 << 20;
 // ANCHOR: matmul
 /// a: [m, k], b: [k, n] → a·b: [m, n]
 pub fn matmul(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f32> {
-    let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    matmul_into(a, b, 0.0, c.view_mut());
-    c
+    scaled_matmul(a, b, 1.0)
+}
+
+/// scale·a·b into a new array, never cleared first: with beta = 0 the kernel writes every entry of c and reads
+/// none, so zero-filling it (a full pass over the output's memory) would be wasted.
+pub fn scaled_matmul(a: ArrayView2<f32>, b: ArrayView2<f32>, scale: f32) -> Array2<f32> {
+    let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+    if m == 0 || n == 0 || k == 0 {
+        return Array2::zeros((m, n));
+    }
+    let mut c = Array2::<f32>::uninit((m, n));
+    // SAFETY: m, n, k > 0 and beta = 0: `scaled_matmul_into` splits c into disjoint blocks that cover it, and
+    // `gemm` (read_dst = false) writes each entry of its block through the raw pointer without reading it; so
+    // every entry is initialised before `assume_init`, and no uninitialised value is ever read.
+    unsafe {
+        scaled_matmul_into(a, b, scale, 0.0, c.raw_view_mut().cast::<f32>().deref_into_view_mut());
+        c.assume_init()
+    }
 }
 
 /// c ← beta·c + a·b (beta = 0 ignores c's previous contents, NaNs included).

@@ -5,6 +5,7 @@ pub mod attention_reference;
 pub mod attention_scores;
 pub mod column_gather;
 pub mod cross_entropy;
+pub mod elementwise;
 pub mod embedding;
 pub mod fastmath;
 pub mod fused_qkv;

@@ -12,9 +12,10 @@
 //! This file holds the configuration, the init, the low-rank branch's forward and backward, and merge;
 //! `adapter_io.rs` reads and writes PEFT's files.
 
-use crate::nn::matmul::matmul;
+use crate::nn::linear::linear;
+use crate::nn::matmul::{matmul, matmul_into, scaled_matmul, scaled_matmul_into};
 use crate::rng::Rng;
-use ndarray::{Array2, ArrayView2, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip};
 
 // ANCHOR: lora_config
 /// The LoRA hyper-parameters, with PEFT's `LoraConfig` field names.
@@ -107,25 +108,27 @@ pub fn init_lora_a(out_rank: usize, in_features: usize, rng: &mut Rng) -> Array2
 // ANCHOR_END: init_lora_a
 
 // ANCHOR: lora_forward
-/// The low-rank branch: Δy = s · (x·Aᵀ)·Bᵀ, added by the caller to the frozen layer's x·Wᵀ (+ b).
+/// The low-rank branch added into the frozen layer's output: y += s · (x·Aᵀ)·Bᵀ.
 ///
-/// x: [n, in], A: [r, in], B: [out, r] → (Δy [n, out], h = x·Aᵀ [n, r], kept for the backward).
-/// Done as two thin products, never forming B·A: 2·n·r·(in + out) multiply-adds instead of n·in·out.
+/// y: [n, out] (x·Wᵀ + b, already computed), x: [n, in], A: [r, in], B: [out, r] → h = x·Aᵀ [n, r], kept for
+/// the backward. Two thin products, never forming B·A: 2·n·r·(in + out) multiply-adds instead of n·in·out.
+/// The second product accumulates straight into y with s as its scale (the GEMM's c ← c + s·a·b), so the
+/// branch allocates only h: no [n, out] temporary, no separate scaling and adding pass over it.
 ///
 /// Dropout is not inside: for dropout pass x̃ = x ∘ m (m from [`dropout_mask`]) as `x`, and multiply the dx
-/// that [`lora_backward`] returns by the same m.
-pub fn lora_forward(
+/// that [`lora_backward_into`] adds by the same m.
+pub fn lora_forward_into(
+    y: ArrayViewMut2<f32>,
     x: ArrayView2<f32>,
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
     scaling: f32,
-) -> (Array2<f32>, Array2<f32>) {
+) -> Array2<f32> {
     assert_eq!(x.ncols(), a.ncols(), "lora_forward: x width is not A's in");
     assert_eq!(b.ncols(), a.nrows(), "lora_forward: B's rank is not A's");
-    let h = matmul(x, a.t()); // [n, in]·[in, r] → [n, r]
-    let mut dy = matmul(h.view(), b.t()); // [n, r]·[r, out] → [n, out]
-    dy.mapv_inplace(|v| v * scaling); // PEFT: lora_B(lora_A(x)) * scaling
-    (dy, h)
+    let h = linear(x, a, None); // [n, in]·[in, r] → [n, r]
+    scaled_matmul_into(h.view(), b.t(), scaling, 1.0, y); // y += s·[n, r]·[r, out]   (PEFT: lora_B(lora_A(x)) * s)
+    h
 }
 // ANCHOR_END: lora_forward
 
@@ -135,33 +138,46 @@ pub fn lora_forward(
 ///   ∂L/∂B = s · dyᵀ·h     [out, r]
 ///   ∂L/∂h = s · dy·B      [n, r]
 ///   ∂L/∂A = (∂L/∂h)ᵀ·x    [r, in]
-///   ∂L/∂x = (∂L/∂h)·A     [n, in]   (the branch's share; the caller adds the frozen layer's dy·W)
+///   ∂L/∂x = (∂L/∂h)·A     [n, in]   (the branch's share, added into `dx`, which holds the frozen layer's dy·W;
+///                                    `None` when no input gradient is wanted)
 ///
-/// Returns (dx, dA, dB). Every product has r on one side, so the whole backward costs about as much as
-/// the forward of the branch; the frozen W's gradient dyᵀ·x ([out, in], the big one) is never computed.
-pub fn lora_backward(
+/// Returns (dA, dB), each laid out like its parameter. Every product has r on one side, so the whole backward
+/// costs about as much as the forward of the branch; the frozen W's gradient dyᵀ·x ([out, in], the big one) is
+/// never computed. s scales the two products that read dy, so dy itself is never copied.
+pub fn lora_backward_into(
+    dx: Option<ArrayViewMut2<f32>>,
     dy: ArrayView2<f32>,
     x: ArrayView2<f32>,
     h: ArrayView2<f32>,
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
     scaling: f32,
-) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+) -> (Array2<f32>, Array2<f32>) {
     assert_eq!(dy.nrows(), x.nrows(), "lora_backward: dy and x rows");
     assert_eq!(h.dim(), (x.nrows(), a.nrows()), "lora_backward: h is not [n, r]");
     assert_eq!(dy.ncols(), b.nrows(), "lora_backward: dy width is not B's out");
-    let mut db = matmul(dy.t(), h); // [out, n]·[n, r] → [out, r]
-    db.mapv_inplace(|v| v * scaling);
-    let mut dh = matmul(dy, b); // [n, out]·[out, r] → [n, r]
-    dh.mapv_inplace(|v| v * scaling);
-    let da = matmul(dh.t(), x); // [r, n]·[n, in] → [r, in]
-    let dx = matmul(dh.view(), a); // [n, r]·[r, in] → [n, in]
-    (dx, da, db)
+    let db = weight_gradient(b, dy, h, scaling); // s·[out, n]·[n, r] → [out, r]
+    let dh = scaled_matmul(dy, b, scaling); // s·[n, out]·[out, r] → [n, r]
+    let da = weight_gradient(a, dh.view(), x, 1.0); // [r, n]·[n, in] → [r, in]
+    if let Some(dx) = dx {
+        matmul_into(dh.view(), a, 1.0, dx); // dx += [n, r]·[r, in]
+    }
+    (da, db)
+}
+
+/// s·gᵀ·v for a parameter p of g's width × v's width, in p's layout: the CPU keeps weights column-major, and
+/// computing (s·vᵀ·g)ᵀ there gives the optimizer a gradient it walks in the same order as the parameter.
+fn weight_gradient(p: ArrayView2<f32>, g: ArrayView2<f32>, v: ArrayView2<f32>, scaling: f32) -> Array2<f32> {
+    if p.t().is_standard_layout() && !p.is_standard_layout() {
+        scaled_matmul(v.t(), g, scaling).reversed_axes()
+    } else {
+        scaled_matmul(g.t(), v, scaling)
+    }
 }
 // ANCHOR_END: lora_backward
 
 /// A dropout mask for the LoRA input x: [rows, cols]: each entry 0 with probability p, else 1/(1−p), so
-/// E[x ∘ m] = x. Use it as `lora_forward(x ∘ m, ..)` and multiply the returned dx by m. (PEFT draws its
+/// E[x ∘ m] = x. Use it as `lora_forward_into(y, x ∘ m, ..)` and multiply the returned dx by m. (PEFT draws its
 /// mask from torch's generator, so masks are not comparable across the two; golden tests run without dropout.)
 pub fn dropout_mask(rows: usize, cols: usize, p: f64, rng: &mut Rng) -> Array2<f32> {
     assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
@@ -193,9 +209,30 @@ fn add_delta(weight: &mut Array2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, s
 mod tests {
     use super::*;
     use crate::nn::grad_check::{check, random, weighted_sum};
-    use crate::nn::linear::{column_major, linear};
+    use crate::nn::linear::column_major;
     use crate::rng::Rng;
     use proptest::prelude::*;
+
+    /// The branch alone: (Δy = s·(x·Aᵀ)·Bᵀ, h).
+    fn lora_forward(x: ArrayView2<f32>, a: ArrayView2<f32>, b: ArrayView2<f32>, s: f32) -> (Array2<f32>, Array2<f32>) {
+        let mut delta = Array2::zeros((x.nrows(), b.nrows()));
+        let h = lora_forward_into(delta.view_mut(), x, a, b, s);
+        (delta, h)
+    }
+
+    /// The branch's backward alone: (dx, dA, dB), for parameters stored as `a` and `b` are.
+    fn lora_backward(
+        dy: ArrayView2<f32>,
+        x: ArrayView2<f32>,
+        h: ArrayView2<f32>,
+        a: ArrayView2<f32>,
+        b: ArrayView2<f32>,
+        s: f32,
+    ) -> (Array2<f32>, Array2<f32>, Array2<f32>) {
+        let mut dx = Array2::zeros(x.dim());
+        let (da, db) = lora_backward_into(Some(dx.view_mut()), dy, x, h, a, b, s);
+        (dx, da, db)
+    }
 
     fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
         assert_eq!(a.dim(), b.dim());
@@ -308,6 +345,15 @@ mod tests {
             check("dx", &x, &dx, |x| objective(x, &a, &b)).map_err(TestCaseError::fail)?;
             check("dA", &a, &da, |a| objective(&x, a, &b)).map_err(TestCaseError::fail)?;
             check("dB", &b, &db, |b| objective(&x, &a, b)).map_err(TestCaseError::fail)?;
+            // column-major parameters (the CPU backend's) get the same gradients in their own layout; without
+            // a dx the parameters' gradients are unchanged, and an existing dx is added to
+            let (a_cm, b_cm) = (column_major(a.clone()), column_major(b.clone()));
+            let (da_cm, db_cm) = lora_backward_into(None, rr.view(), x.view(), h.view(), a_cm.view(), b_cm.view(), s);
+            prop_assert!(da_cm.t().is_standard_layout() && db_cm.t().is_standard_layout());
+            prop_assert!(max_abs_diff(&da_cm, &da) < 1e-5 && max_abs_diff(&db_cm, &db) < 1e-5);
+            let mut dx_acc = x.clone();
+            lora_backward_into(Some(dx_acc.view_mut()), rr.view(), x.view(), h.view(), a.view(), b.view(), s);
+            prop_assert!(max_abs_diff(&dx_acc, &(&x + &dx)) < 1e-5);
         }
 
         /// With dropout as documented on `lora_forward`: x̃ = x ∘ m in, dx ∘ m out.

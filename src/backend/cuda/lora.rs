@@ -40,11 +40,11 @@ impl Cuda {
 
     // ANCHOR: cuda_lora_backward
     /// dx [T, in] += s·(dy·B)·A → (∂L/∂A [r, in], ∂L/∂B [out, r]). Four products, s in two of their α, the
-    /// last accumulating into dx; dy and ∂L/∂h are each rounded once for their two products.
+    /// last accumulating into dx (three without a dx); dy and ∂L/∂h are each rounded once for their products.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn lora_backward(
         &self,
-        dx: &mut CudaTensor,
+        dx: Option<&mut CudaTensor>,
         dy: &CudaTensor,
         x: &CudaTensor,
         h: &CudaTensor,
@@ -62,7 +62,9 @@ impl Cuda {
         let dh = self.product_operand(&dh);
         let mut da = self.tensor(a.rows, a.cols);
         blas::gemm(self, &dh, true, x, false, 1.0, 0.0, &mut da); // ∂L/∂A [r, in] = (∂L/∂h)ᵀ·x
-        blas::gemm(self, &dh, false, a, false, 1.0, 1.0, dx); // dx [T, in] += (∂L/∂h)·A
+        if let Some(dx) = dx {
+            blas::gemm(self, &dh, false, a, false, 1.0, 1.0, dx); // dx [T, in] += (∂L/∂h)·A
+        }
         (da, db)
     }
     // ANCHOR_END: cuda_lora_backward

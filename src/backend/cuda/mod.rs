@@ -419,7 +419,7 @@ impl Backend for Cuda {
     }
     fn lora_backward_into(
         &self,
-        dx: &mut CudaTensor,
+        dx: Option<&mut CudaTensor>,
         dy: &CudaTensor,
         x: &CudaTensor,
         h: &CudaTensor,
