@@ -2,7 +2,7 @@
 # Everything the CUDA path still has to show on a real GPU, as one script for the device machine (an H200 with
 # CUDA 13, PyTorch, transformers and peft; no Rust). Build here first:
 #
-#   bash scripts/gpu_check.sh build      # release binary + the cuda_vs_cpu and cuda_qlora test binaries into .gpu/
+#   bash scripts/gpu_check.sh build      # release binary + the CPU-vs-GPU test binaries into .gpu/
 #
 # then on the device (the `device` tool's run, with carry [".gpu"], about 8 minutes):
 #
@@ -13,6 +13,8 @@
 # the Llama-2-7B QLoRA pair (NF4 + double quantization; torch's side needs bitsandbytes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# the CPU-vs-GPU tests the run carries: ops, whole steps, the 4-bit base, the LoRA factors' bf16 copies
+GPU_TESTS="cuda_vs_cpu cuda_training_steps cuda_qlora cuda_bf16_master"
 case "${1:-}" in
 build)
   set -e
@@ -27,10 +29,11 @@ for l in sys.stdin:
   }
   mkdir -p .gpu
   cp target/release/mftcoder .gpu/mftcoder
-  for t in cuda_vs_cpu cuda_qlora; do
+  for t in $GPU_TESTS; do
     cp "$(test_binary "$t")" ".gpu/$t"
+    strip --strip-debug ".gpu/$t" # the carry limit is 64 MiB
   done
-  strip --strip-debug .gpu/mftcoder .gpu/cuda_vs_cpu .gpu/cuda_qlora   # the carry limit is 64 MiB
+  strip --strip-debug .gpu/mftcoder
   ls -la .gpu
   ;;
 run)
@@ -45,8 +48,11 @@ run)
     fi
   done
   echo "== CPU vs GPU property tests"
-  timeout 240 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
-  timeout 120 .gpu/cuda_qlora --test-threads 1 --nocapture
+  timeout 150 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
+  timeout 150 .gpu/cuda_training_steps --test-threads 1 --nocapture
+  for t in cuda_qlora cuda_bf16_master; do
+    timeout 60 ".gpu/$t" --test-threads 1 --nocapture
+  done
   echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"
   for model in 134m 1.1b; do
     for mode in full lora; do

@@ -49,6 +49,10 @@ pub trait Backend: Sync {
     /// The GPU under mixed precision keeps it as bf16, which its products round every operand to anyway; the CPU
     /// keeps it as it is.
     fn freeze(&self, _w: &mut Self::Tensor) {}
+    /// A matrix the optimizer trains and the products read (a LoRA factor): the GPU under mixed precision
+    /// keeps its bf16 rounding beside the f32 master, rewritten by each optimizer update, so no product casts
+    /// it. Nothing anywhere else.
+    fn prepare_trained_matrix(&self, _w: &mut Self::Tensor) {}
     /// Bytes of backend memory `t`'s entries take (4 per f32 entry; 2 for a frozen bf16 one).
     fn stored_bytes(&self, t: &Self::Tensor) -> usize {
         let (rows, cols) = self.dims(t);

@@ -39,12 +39,17 @@ impl<B: Backend> Decoder<B> {
     /// Hand every matrix of a frozen base to [`Backend::freeze`] (the GPU keeps them as bf16 under mixed
     /// precision): the layers' dense weights, the embedding tables and the output head. Norms and biases are
     /// vectors read element by element and stay as they are; so does a NormHead, normalized row by row at
-    /// every step, and every 4-bit weight, already as small as it gets.
+    /// every step, and every 4-bit weight, already as small as it gets. The adapters' factors, trained and read
+    /// only by products, go to [`Backend::prepare_trained_matrix`] (the GPU keeps a bf16 copy beside each).
     pub fn freeze_base(&mut self, b: &B) {
         assert!(self.frozen_base, "freeze_base: the base is being trained");
         for (_, linear) in self.linears_mut() {
             if let Weight::Dense(w) = &mut linear.weight {
                 b.freeze(w);
+            }
+            if let Some(lora) = linear.lora.as_mut() {
+                b.prepare_trained_matrix(&mut lora.a);
+                b.prepare_trained_matrix(&mut lora.b);
             }
         }
         b.freeze(&mut self.embed_tokens);

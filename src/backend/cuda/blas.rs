@@ -85,16 +85,16 @@ pub fn gemm(
         }
         _ => {
             let (a_cast, b_cast);
-            let a16 = match a.storage() {
-                Storage::Bf16(bits) => bits,
-                Storage::F32(_) => {
+            let a16 = match a.bf16_for_products() {
+                Some(bits) => bits,
+                None => {
                     a_cast = cuda.bf16_copy(a);
                     a_cast.bf16_bits()
                 }
             };
-            let b16 = match b.storage() {
-                Storage::Bf16(bits) => bits,
-                Storage::F32(_) => {
+            let b16 = match b.bf16_for_products() {
+                Some(bits) => bits,
+                None => {
                     b_cast = cuda.bf16_copy(b);
                     b_cast.bf16_bits()
                 }
@@ -158,7 +158,8 @@ pub fn gemm_strided(
             unsafe { cuda.blas.gemm(cfg, &b_data.slice(b.start..), &a_data.slice(a.start..), &mut c) }
                 .unwrap_or_else(|e| fail("cuBLAS sgemm", e))
         }
-        (Storage::Bf16(a_bits), Storage::Bf16(b_bits)) => {
+        (Storage::Bf16(_) | Storage::Master { .. }, Storage::Bf16(_) | Storage::Master { .. }) => {
+            let (a_bits, b_bits) = (a.t.bf16_bits(), b.t.bf16_bits());
             gemm_bf16_in_f32_out(cuda, cfg, &b_bits.slice(b.start..), &a_bits.slice(a.start..), &mut c)
         }
         _ => fail("gemm_strided", "operands of two storage types (cast both to bf16 first)"),

@@ -191,13 +191,16 @@ impl Backend for Cuda {
     }
     fn download(&self, t: &CudaTensor) -> Array2<f32> {
         let v = match t.storage() {
-            Storage::F32(data) => self.to_host(data, t.len()),
+            Storage::F32(data) | Storage::Master { f32: data, .. } => self.to_host(data, t.len()),
             Storage::Bf16(data) => self.download_bf16(data, t.len()),
         };
         Array2::from_shape_vec((t.rows, t.cols), v).expect("rows·cols values")
     }
     fn freeze(&self, w: &mut CudaTensor) {
         self.freeze_weight(w)
+    }
+    fn prepare_trained_matrix(&self, w: &mut CudaTensor) {
+        self.keep_bf16_copy(w)
     }
     fn stored_bytes(&self, t: &CudaTensor) -> usize {
         t.stored_bytes()
@@ -248,7 +251,9 @@ impl Backend for Cuda {
         let (t, h) = (int(ids.len(), "tokens"), int(table.cols, "hidden"));
         let grid = elementwise_grid(ids.len() * table.cols);
         match table.storage() {
-            Storage::F32(rows) => launch!(self, "embedding", grid, out.f32_mut(), rows, &dev_ids, &t, &h),
+            Storage::F32(rows) | Storage::Master { f32: rows, .. } => {
+                launch!(self, "embedding", grid, out.f32_mut(), rows, &dev_ids, &t, &h)
+            }
             Storage::Bf16(rows) => launch!(self, "embedding_bf16", grid, out.f32_mut(), rows, &dev_ids, &t, &h),
         }
         out

@@ -13,6 +13,8 @@ const REPORT_HEADER: usize = 4;
 /// At most this many blocks share one tensor, in the norm's partial sums and in the update.
 const NORM_BLOCKS: usize = 64;
 const UPDATE_BLOCKS: usize = 256;
+/// Words per parameter in `adamw_multi`'s table (`ADAMW_ROW` in optim.cu).
+const ADAMW_ROW: usize = 7;
 
 impl Cuda {
     /// Σ t², from per-block partial sums added on the host in f64.
@@ -38,11 +40,13 @@ impl Cuda {
         Self::same_shape(p, m, "adamw_update");
         Self::same_shape(p, v, "adamw_update");
         let n = p.len() as i64;
+        let grid = elementwise_grid(p.len());
+        let (master, copy) = p.master_and_copy_mut();
         launch!(
             self,
             "adamw",
-            elementwise_grid(p.len()),
-            p.f32_mut(),
+            grid,
+            &mut *master,
             g.f32(),
             m.f32_mut(),
             v.f32_mut(),
@@ -55,6 +59,9 @@ impl Cuda {
             &k.eps,
             &k.neg_step_size
         );
+        if let Some(copy) = copy {
+            launch!(self, "f32_to_bf16", grid, copy, &*master, &n); // the products' copy follows the master
+        }
     }
 
     fn pointer(&self, t: &CudaTensor) -> u64 {
@@ -117,7 +124,7 @@ impl Cuda {
         );
 
         if !updated.is_empty() {
-            let mut rows: Vec<u64> = Vec::with_capacity(6 * updated.len());
+            let mut rows: Vec<u64> = Vec::with_capacity(ADAMW_ROW * updated.len());
             for &(i, g) in &updated {
                 let (p, grad, m, v) = (&*u.params[i], &*u.grads[g], &u.m[i], &u.v[i]);
                 Self::same_shape(p, grad, "clipped_adamw_update");
@@ -125,7 +132,8 @@ impl Cuda {
                 Self::same_shape(p, v, "clipped_adamw_update");
                 let decay = u.scalars[i].decay_factor.to_bits() as u64;
                 rows.extend([self.pointer(p), self.pointer(grad), self.pointer(m), self.pointer(v)]);
-                rows.extend([p.len() as u64, decay]);
+                let copy = p.bf16_copy_of_master().map_or(0, |bits| bits.device_ptr(&self.stream).0);
+                rows.extend([p.len() as u64, decay, copy]);
             }
             let rows_on_device = self.words.upload(&rows);
             let longest = updated.iter().map(|&(i, _)| u.params[i].len()).max().unwrap_or(0);

@@ -109,6 +109,7 @@ impl Cuda {
                 &count,
                 &bs
             ),
+            (_, Storage::Master { .. }) => fail("dequantize_rows", "a band is a fresh f32 or bf16 tensor"),
         }
     }
     // ANCHOR_END: dequantize_rows

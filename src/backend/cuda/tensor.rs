@@ -31,6 +31,10 @@ pub enum Storage {
     /// bf16 bit patterns: a frozen weight under mixed precision (2 bytes per parameter), or an operand cast
     /// once for several products.
     Bf16(Pooled<u16>),
+    /// A trained matrix under mixed precision (a LoRA factor): the f32 master every element-wise op and the
+    /// optimizer read, and its rounding to bf16 that the products read. The optimizer's update rewrites both
+    /// in the same pass ([`Cuda::keep_bf16_copy`]), so no product casts the matrix again.
+    Master { f32: Pooled<f32>, bf16: Pooled<u16> },
 }
 // ANCHOR_END: cuda_tensor
 
@@ -52,32 +56,65 @@ impl CudaTensor {
     #[track_caller]
     pub(super) fn f32(&self) -> &Pooled<f32> {
         match &self.storage {
-            Storage::F32(data) => data,
+            Storage::F32(data) | Storage::Master { f32: data, .. } => data,
             Storage::Bf16(_) => fail_on_bf16(),
         }
     }
 
+    /// The f32 entries, to be written. A master with a bf16 copy is written only by the optimizer, through
+    /// [`CudaTensor::master_and_copy_mut`]: a write here would leave the products reading stale values.
     #[track_caller]
     pub(super) fn f32_mut(&mut self) -> &mut Pooled<f32> {
         match &mut self.storage {
             Storage::F32(data) => data,
             Storage::Bf16(_) => fail_on_bf16(),
+            Storage::Master { .. } => {
+                let at = std::panic::Location::caller();
+                fail("tensor storage", format!("a write to a master with a bf16 copy outside the optimizer at {at}"))
+            }
         }
     }
 
-    /// The bf16 bit patterns of a bf16 tensor ([`Cuda::bf16_copy`]'s output).
+    /// The f32 entries and, for a master, its bf16 copy: what an optimizer update rewrites together.
+    pub(super) fn master_and_copy_mut(&mut self) -> (&mut Pooled<f32>, Option<&mut Pooled<u16>>) {
+        match &mut self.storage {
+            Storage::F32(data) => (data, None),
+            Storage::Master { f32, bf16 } => (f32, Some(bf16)),
+            Storage::Bf16(_) => fail_on_bf16(),
+        }
+    }
+
+    /// The bf16 bit patterns a product reads: a bf16 tensor's ([`Cuda::bf16_copy`]'s output) or a master's copy.
     pub(super) fn bf16_bits(&self) -> &Pooled<u16> {
         match &self.storage {
-            Storage::Bf16(bits) => bits,
+            Storage::Bf16(bits) | Storage::Master { bf16: bits, .. } => bits,
             Storage::F32(_) => fail("tensor storage", "an f32 tensor where bf16 bits were expected"),
         }
     }
 
-    /// Device bytes of its entries (2 for bf16, 4 for f32, per entry; the pool's rounding up not counted).
+    /// A master's bf16 copy (what the optimizer rewrites beside it); `None` for anything else.
+    pub(super) fn bf16_copy_of_master(&self) -> Option<&Pooled<u16>> {
+        match &self.storage {
+            Storage::Master { bf16, .. } => Some(bf16),
+            _ => None,
+        }
+    }
+
+    /// The bf16 bits a product can read without a cast: `None` for plain f32.
+    pub(super) fn bf16_for_products(&self) -> Option<&Pooled<u16>> {
+        match &self.storage {
+            Storage::Bf16(bits) | Storage::Master { bf16: bits, .. } => Some(bits),
+            Storage::F32(_) => None,
+        }
+    }
+
+    /// Device bytes of its entries (2 for bf16, 4 for f32, 6 for a master and its copy, per entry; the pool's
+    /// rounding up not counted).
     pub fn stored_bytes(&self) -> usize {
         match self.storage {
             Storage::F32(_) => 4 * self.len(),
             Storage::Bf16(_) => 2 * self.len(),
+            Storage::Master { .. } => 6 * self.len(),
         }
     }
 }
@@ -109,6 +146,9 @@ impl Cuda {
     pub(super) fn bf16_copy(&self, t: &CudaTensor) -> CudaTensor {
         let data = match &t.storage {
             Storage::Bf16(_) => return t.clone(),
+            Storage::Master { bf16, .. } => {
+                return CudaTensor { storage: Storage::Bf16(bf16.clone()), rows: t.rows, cols: t.cols };
+            }
             Storage::F32(data) => data,
         };
         let n = t.len();
@@ -124,6 +164,22 @@ impl Cuda {
         if self.precision == Precision::Bf16 {
             *w = self.bf16_copy(w);
         }
+    }
+
+    /// A matrix that is trained and read by products: under mixed precision its bf16 rounding is kept beside
+    /// the f32 master (2 bytes more per entry), made here and rewritten by every optimizer update, instead of
+    /// a cast before each product that reads it (four per LoRA adapter and step: A and B, forward and
+    /// backward). Under f32 nothing changes.
+    pub(super) fn keep_bf16_copy(&self, w: &mut CudaTensor) {
+        if self.precision != Precision::Bf16 || !matches!(w.storage, Storage::F32(_)) {
+            return;
+        }
+        let Storage::Bf16(bf16) = self.bf16_copy(w).storage else { unreachable!("an f32 tensor rounds to bf16") };
+        // an empty buffer holds the place while the master moves (cloning a `Pooled` would copy it)
+        let Storage::F32(f32) = std::mem::replace(&mut w.storage, Storage::Bf16(self.pool_bf16.take(0))) else {
+            unreachable!("checked above")
+        };
+        w.storage = Storage::Master { f32, bf16 };
     }
     // ANCHOR_END: bf16_copy
 

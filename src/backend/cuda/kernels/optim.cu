@@ -96,21 +96,24 @@ extern "C" __global__ void grad_norm_finish(float* report, const float* partial,
 // ANCHOR_END: grad_norm_kernels
 
 // ANCHOR: adamw_multi
-// AdamW over many parameters in one launch, parameter blockIdx.y. `table` holds six words per parameter: its
-// pointer, its gradient's, its two moments', its length and its decay factor's bits. The clip factor comes from
-// the report, and when the report says the step may not go on, nothing is written: a NaN step leaves the
-// weights and moments as they were.
+#define ADAMW_ROW 7
+// AdamW over many parameters in one launch, parameter blockIdx.y. `table` holds ADAMW_ROW words per parameter:
+// its pointer, its gradient's, its two moments', its length, its decay factor's bits, and the pointer of its
+// bf16 copy (0 if it has none), which gets the new value rounded as the products read it. The clip factor comes
+// from the report, and when the report says the step may not go on, nothing is written: a NaN step leaves the
+// weights, their copies and the moments as they were.
 extern "C" __global__ void adamw_multi(const unsigned long long* table, float* report, int flags_at,
                                        float one_minus_beta1, float beta2, float one_minus_beta2,
                                        float bias_correction2_sqrt, float eps, float neg_step_size) {
     if (report[REPORT_OK] == 0.0f) return;
-    const unsigned long long* row = table + 6LL * blockIdx.y;
+    const unsigned long long* row = table + (long long)ADAMW_ROW * blockIdx.y;
     float* p = (float*)row[0];
     const float* g = (const float*)row[1];
     float* m = (float*)row[2];
     float* v = (float*)row[3];
     const long long n = (long long)row[4];
     const float decay_factor = __uint_as_float((unsigned int)row[5]);
+    unsigned short* rounded = (unsigned short*)row[6];
     const float clip = report[REPORT_CLIP];
     bool blew_up = false;
     FOR_EACH(i, n) {
@@ -120,6 +123,7 @@ extern "C" __global__ void adamw_multi(const unsigned long long* table, float* r
         adamw_entry(pi, gi, mi, vi, decay_factor, one_minus_beta1, beta2, one_minus_beta2,
                     bias_correction2_sqrt, eps, neg_step_size);
         p[i] = pi;
+        if (rounded) rounded[i] = f32_to_bf16_bits(pi);
         m[i] = mi;
         v[i] = vi;
         blew_up = blew_up || !is_finite(pi);
