@@ -110,7 +110,9 @@ impl Cuda {
         // one stream does all the work, in order: cudarc's cross-stream event bookkeeping is pure overhead here
         // SAFETY: no other stream touches this context's buffers.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // a stream of our own rather than the legacy default stream, which synchronizes with every other
+        // stream of the context and cannot be captured into a CUDA graph
+        let stream = ctx.new_stream().map_err(|e| anyhow!("CUDA device {ordinal}: creating a stream: {e:?}"))?;
         let (functions, kernel_code) = kernels::load_kernels(&ctx, major, minor)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
         let counters = Arc::new(DeviceCounters::default());
