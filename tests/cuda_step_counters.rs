@@ -121,9 +121,12 @@ fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (V
 /// is one band, so a 4-bit product is one dequantization launch and one cuBLAS product (under f32, as here).
 /// Layer 0 below the frozen embedding computing no input gradient (`Linear::parameter_backward`): no dx
 /// products for q, k, v (3), none for the q and v adapters (2), no adds of their parts and no dx-only norm
-/// backward (4 launches; for QLoRA also the 3 dequantizations): 45 + 49 and 70 + 49.
-const LORA_LAUNCHES: (u64, u64) = (45, 49);
-const QLORA_LAUNCHES: (u64, u64) = (70, 49);
+/// backward (4 launches; for QLoRA also the 3 dequantizations): 45 + 49 and 70 + 49. The residual adds fused
+/// into the norms (`add_rms_norm` forward, the accumulating norm backward): one launch fewer per layer forward
+/// (the MLP's norm) and one per norm backward that adds into the stream (3 in the two layers, layer 0's input
+/// norm having none): 40 + 49 and 65 + 49.
+const LORA_LAUNCHES: (u64, u64) = (40, 49);
+const QLORA_LAUNCHES: (u64, u64) = (65, 49);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
 /// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
 /// The chunks' rows are copied in and out by the stream (`slice_rows`, `write_rows`), which launches nothing.
@@ -304,17 +307,18 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 /// What one more decoder layer adds to a steady-state step (3 layers minus 2): r-16 adapters on all seven
 /// projections, as the bench trains them. Under f32: 7 adapted linears at 3 + 5 products each (x·Wᵀ, x·Aᵀ and
 /// s·h·Bᵀ accumulated into y; dx = dy·W, s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 56 products and
-/// no launch; the 21 launches are the layer's own kernels (2 RMSNorms and their dx-only backward, RoPE, the
-/// attention passes, SwiGLU, the residual adds). Before LoRA's scale and adds went into the products and the
+/// no launch; the 18 launches are the layer's own kernels (2 RMSNorms, one of them fused with the residual add
+/// before it, and their dx-only backward adding into the stream's gradient, RoPE, the attention passes,
+/// SwiGLU, the remaining residual adds); before the norms took in the adds, 21. Before LoRA's scale and adds went into the products and the
 /// frozen norms stopped computing weight gradients, each adapter cost 3 launches more and each norm 1.
 /// Under bf16, 6 roundings to bf16 per adapter come on top (x, h forward; dy once for the base's dx and both
-/// of the adapter's products that read it, h, dh, x backward): 42 of the 63. A and B are not among them: each
+/// of the adapter's products that read it, h, dh, x backward): 42 of the 60. A and B are not among them: each
 /// keeps a bf16 copy beside its f32 master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with
 /// a cast of each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base adds
 /// its dequantization before each of its 14 products.
-const PER_LAYER_F32: (u64, u64) = (21, 56);
-const PER_LAYER_BF16: (u64, u64) = (63, 56);
-const PER_LAYER_QLORA_F32: (u64, u64) = (35, 56);
+const PER_LAYER_F32: (u64, u64) = (18, 56);
+const PER_LAYER_BF16: (u64, u64) = (60, 56);
+const PER_LAYER_QLORA_F32: (u64, u64) = (32, 56);
 
 #[test]
 fn launches_per_layer() {

@@ -116,6 +116,13 @@ fn norm_rope_embedding<B: Backend>(
     let (ln_frozen_dx, no_params) = b.layer_norm_backward(&dy, &shifted, &w, 1e-5, false);
     assert!(no_dw.is_none() && no_params.is_none(), "{}: a frozen norm's weight gradient was computed", b.name());
     let (dw, (ln_dw, ln_db)) = (dw.expect("asked for"), ln_params.expect("asked for"));
+    // the residual add fused with the norm after it, and the norm's backward added into the stream's gradient
+    let a = b.upload(matrix(t, heads * d, seed + 5, 1.0));
+    let (sum, normed) = b.add_rms_norm(&x, &a, &w, 1e-6);
+    let (mut dx_acc, mut frozen_dx_acc) = (b.upload(matrix(t, heads * d, seed + 6, 1.0)), b.zeros(t, heads * d));
+    let dw_acc = b.rms_norm_backward_into(&mut dx_acc, &dy, &x, &w, 1e-6, true).expect("asked for");
+    b.add_assign(&mut frozen_dx_acc, &a);
+    assert!(b.rms_norm_backward_into(&mut frozen_dx_acc, &dy, &x, &w, 1e-6, false).is_none());
     let positions: Vec<usize> = (0..t).map(|i| 3 * i + 7).collect();
     let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(i as f32) / half as f32)).collect();
     let table = b.upload(matrix(50, heads * d, seed + 3, 1.0));
@@ -132,6 +139,11 @@ fn norm_rope_embedding<B: Backend>(
             ln_dw,
             ln_db,
             ln_frozen_dx,
+            sum,
+            normed,
+            dx_acc,
+            dw_acc,
+            frozen_dx_acc,
             b.rope(&x, heads, d, &positions, &inv_freq),
             b.rope_backward(&dy, heads, d, &positions, &inv_freq),
             b.embedding(&table, &ids),

@@ -262,6 +262,35 @@ pub trait Backend: Sync {
     }
     // ANCHOR_END: lora_ops
     /// → (dx [T, H], dweight [1, H] if `weight_grad`: a frozen norm computes no weight gradient)
+    /// The residual add and the RMSNorm after it: (s = x + a, RMSNorm(s)·w), both [T, H]. By default `add`
+    /// then `rms_norm`; the GPU does both in one pass over each row.
+    fn add_rms_norm(
+        &self,
+        x: &Self::Tensor,
+        a: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> (Self::Tensor, Self::Tensor) {
+        let sum = self.add(x, a);
+        let normed = self.rms_norm(&sum, weight, eps);
+        (sum, normed)
+    }
+    /// RMSNorm's input gradient added into `dx` (the residual stream's gradient picks up the norm's share)
+    /// → ∂L/∂w if `weight_grad`. By default `rms_norm_backward` then `add_assign`; the GPU adds in the same
+    /// pass.
+    fn rms_norm_backward_into(
+        &self,
+        dx: &mut Self::Tensor,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        weight_grad: bool,
+    ) -> Option<Self::Tensor> {
+        let (d, dw) = self.rms_norm_backward(dy, x, weight, eps, weight_grad);
+        self.add_assign(dx, &d);
+        dw
+    }
     fn rms_norm_backward(
         &self,
         dy: &Self::Tensor,

@@ -260,8 +260,7 @@ impl<B: Backend> Decoder<B> {
         let c = &self.config;
         let (x_out, x_mid, h_mlp, ffn) = match c.residual {
             Residual::Sequential => {
-                let x_mid = b.add(&x, &o);
-                let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
+                let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &x, &o);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
                 (b.add(&x_mid, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
             }
@@ -275,8 +274,7 @@ impl<B: Backend> Decoder<B> {
                 (b.add(&b.add(&x, &o), &mlp_out), None, None, ffn)
             }
             Residual::SequentialNormedSkip => {
-                let x_mid = b.add(&h_attn, &o);
-                let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
+                let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &h_attn, &o);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
                 (b.add(&h_mlp, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
             }
@@ -378,8 +376,8 @@ impl<B: Backend> Decoder<B> {
         match c.residual {
             Residual::Sequential => {
                 let x_mid = lc.x_mid.as_ref().expect("sequential layers cache x_mid");
-                let dx_mid = self.mlp_norm(layer).backward(b, &dh_mlp, x_mid, train_base, &norm_name, grads);
-                b.add_assign(dx, &dx_mid); // dx is now ∂L/∂x_mid
+                // dx is now ∂L/∂x_mid
+                self.mlp_norm(layer).backward_into(b, dx, (&dh_mlp, x_mid), train_base, &norm_name, grads);
             }
             Residual::Parallel if input_gradient_needed => {
                 dx_from_mlp_norm =
@@ -430,10 +428,13 @@ impl<B: Backend> Decoder<B> {
         if c.residual == Residual::SequentialNormedSkip {
             b.add_assign(&mut dh, dx); // x_mid = h + attn(h): the skip leaves from the normed h
         }
-        let dx_in = layer.input_norm.backward(b, &dh, &lc.x, train_base, &norm_name, grads);
         match c.residual {
-            Residual::SequentialNormedSkip => *dx = dx_in, // x reaches the output only through n₁
-            _ => b.add_assign(dx, &dx_in),                 // dx is now ∂L/∂x entering layer l
+            // x reaches the output only through n₁
+            Residual::SequentialNormedSkip => {
+                *dx = layer.input_norm.backward(b, &dh, &lc.x, train_base, &norm_name, grads);
+            }
+            // dx is now ∂L/∂x entering layer l
+            _ => layer.input_norm.backward_into(b, dx, (&dh, &lc.x), train_base, &norm_name, grads),
         }
         if let Some(d) = dx_from_mlp_norm {
             b.add_assign(dx, &d); // parallel residual: the MLP's norm read x too

@@ -275,6 +275,40 @@ impl<B: Backend> Norm<B> {
         }
     }
 
+    /// The residual add and this norm after it: (s = x + a, norm(s)), in one pass where the backend fuses them
+    /// (RMSNorm on the GPU).
+    pub fn forward_after_add(&self, b: &B, x: &B::Tensor, a: &B::Tensor) -> (B::Tensor, B::Tensor) {
+        match self.kind {
+            NormKind::Layer => {
+                let sum = b.add(x, a);
+                let normed = self.forward(b, &sum);
+                (sum, normed)
+            }
+            _ => b.add_rms_norm(x, a, &self.scale(b), self.eps),
+        }
+    }
+
+    /// [`Norm::backward`] with its dx added into `dx_acc` (the residual stream's gradient) rather than
+    /// returned, in the same pass where the backend fuses them (RMSNorm on the GPU).
+    pub fn backward_into(
+        &self,
+        b: &B,
+        dx_acc: &mut B::Tensor,
+        (dy, x): (&B::Tensor, &B::Tensor),
+        train: bool,
+        name: &str,
+        grads: &mut Gradients<B>,
+    ) {
+        if self.kind == NormKind::Layer {
+            let dx = self.backward(b, dy, x, train, name, grads);
+            b.add_assign(dx_acc, &dx);
+            return;
+        }
+        if let Some(dw) = b.rms_norm_backward_into(dx_acc, dy, x, &self.scale(b), self.eps, train) {
+            grads.insert(format!("{name}.weight"), dw);
+        }
+    }
+
     /// dy, x (the forward's input): [T, H] → dx; with `train`, ∂L/∂w (and ∂L/∂b) go into `grads` as
     /// `{name}.weight` (`{name}.bias`); without it they are never computed. For 1 + w, ∂L/∂w is the gradient
     /// of the effective weight itself.

@@ -34,6 +34,7 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(split_qkv), KERNEL(join_qkv),
         KERNEL(add_bias_rows), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding), KERNEL(embedding_bf16),
         KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_backward), KERNEL(rms_norm_backward_input),
+        KERNEL(add_rms_norm), KERNEL(rms_norm_backward_add), KERNEL(rms_norm_backward_input_add),
         KERNEL(rope),
         KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
         KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),

@@ -41,7 +41,18 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     ("embedding.cu", include_str!("kernels/embedding.cu"), &["embedding", "embedding_backward", "embedding_bf16"]),
-    ("rms_norm.cu", include_str!("kernels/rms_norm.cu"), &["rms_norm", "rms_norm_backward", "rms_norm_backward_input"]),
+    (
+        "rms_norm.cu",
+        include_str!("kernels/rms_norm.cu"),
+        &[
+            "rms_norm",
+            "add_rms_norm",
+            "rms_norm_backward",
+            "rms_norm_backward_input",
+            "rms_norm_backward_add",
+            "rms_norm_backward_input_add",
+        ],
+    ),
     (
         "layer_norm.cu",
         include_str!("kernels/layer_norm.cu"),

@@ -453,6 +453,14 @@ impl Backend for Cuda {
         let (dx, dw_rows) = self.norm_backward_rows(false, dy, x, weight, eps, weight_grad);
         (dx, dw_rows.map(|rows| self.column_sum(&rows)))
     }
+    fn add_rms_norm(&self, x: &CudaTensor, a: &CudaTensor, weight: &CudaTensor, eps: f32) -> (CudaTensor, CudaTensor) {
+        self.add_then_rms_norm(x, a, weight, eps)
+    }
+    #[rustfmt::skip]
+    fn rms_norm_backward_into(&self, dx: &mut CudaTensor, dy: &CudaTensor, x: &CudaTensor, weight: &CudaTensor, eps: f32,
+                              weight_grad: bool) -> Option<CudaTensor> {
+        self.rms_norm_backward_rows_into(dx, dy, x, weight, eps, weight_grad).map(|rows| self.column_sum(&rows))
+    }
     fn rope_backward(
         &self,
         dy: &CudaTensor,

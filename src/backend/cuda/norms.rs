@@ -15,19 +15,78 @@ impl Cuda {
         eps: f32,
         weight_grad: bool,
     ) -> (CudaTensor, Option<CudaTensor>) {
-        Self::same_shape(dy, x, if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" });
         let mut dx = self.tensor(x.rows, x.cols);
+        let dw_rows = self.norm_backward_launch((layer_norm, false), &mut dx, dy, x, weight, eps, weight_grad);
+        (dx, dw_rows)
+    }
+
+    // ANCHOR: cuda_add_rms_norm
+    /// (x + a, RMSNorm(x + a)·w) in one launch: the residual add and the norm after it.
+    pub(super) fn add_then_rms_norm(
+        &self,
+        x: &CudaTensor,
+        a: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        Self::same_shape(x, a, "add_rms_norm");
+        assert_eq!(weight.len(), x.cols, "add_rms_norm: weight length ≠ hidden size");
+        let (mut sum, mut y) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let hidden = int(x.cols, "hidden");
+        let grid = row_grid(x.rows);
+        launch!(self, "add_rms_norm", grid, sum.f32_mut(), y.f32_mut(), x.f32(), a.f32(), weight.f32(), &hidden, &eps);
+        (sum, y)
+    }
+    // ANCHOR_END: cuda_add_rms_norm
+
+    /// RMSNorm's backward added into `dx` (the residual stream's gradient) in the same pass → the per-row
+    /// terms of ∂L/∂w, if `weight_grad`.
+    pub(super) fn rms_norm_backward_rows_into(
+        &self,
+        dx: &mut CudaTensor,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+        weight_grad: bool,
+    ) -> Option<CudaTensor> {
+        Self::same_shape(dx, x, "rms_norm_backward_add");
+        self.norm_backward_launch((false, true), dx, dy, x, weight, eps, weight_grad)
+    }
+
+    /// One norm backward launch, for (LayerNorm rather than RMSNorm, dx added into rather than written).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward_launch(
+        &self,
+        (layer_norm, accumulate): (bool, bool),
+        dx: &mut CudaTensor,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+        weight_grad: bool,
+    ) -> Option<CudaTensor> {
+        Self::same_shape(dy, x, "norm_backward");
+        assert!(!(layer_norm && accumulate), "LayerNorm's backward has no accumulating kernel");
         let hidden = int(x.cols, "hidden");
         if !weight_grad {
-            let kernel = if layer_norm { "layer_norm_backward_input" } else { "rms_norm_backward_input" };
-            launch!(self, kernel, row_grid(x.rows), dx.f32_mut(), dy.f32(), x.f32(), weight.f32(), &hidden, &eps);
-            return (dx, None);
+            let input_only = match (layer_norm, accumulate) {
+                (true, _) => "layer_norm_backward_input",
+                (false, false) => "rms_norm_backward_input",
+                (false, true) => "rms_norm_backward_input_add",
+            };
+            launch!(self, input_only, row_grid(x.rows), dx.f32_mut(), dy.f32(), x.f32(), weight.f32(), &hidden, &eps);
+            return None;
         }
-        let kernel = if layer_norm { "layer_norm_backward" } else { "rms_norm_backward" };
+        let with_weight = match (layer_norm, accumulate) {
+            (true, _) => "layer_norm_backward",
+            (false, false) => "rms_norm_backward",
+            (false, true) => "rms_norm_backward_add",
+        };
         let mut dw_rows = self.tensor(x.rows, x.cols);
         launch!(
             self,
-            kernel,
+            with_weight,
             row_grid(x.rows),
             dx.f32_mut(),
             dw_rows.f32_mut(),
@@ -37,7 +96,7 @@ impl Cuda {
             &hidden,
             &eps
         );
-        (dx, Some(dw_rows))
+        Some(dw_rows)
     }
 
     /// Column sums of a [rows, cols] matrix → [1, cols]: partial sums over chunks of 64 rows in parallel, then
