@@ -73,6 +73,9 @@ mod tests {
             let b = Cpu;
             let mut rng = Rng::new(seed);
             let (h, w, r) = (random(t, hidden, &mut rng), random(vocab, hidden, &mut rng), random(t, vocab, &mut rng));
+            // the normalisation's curvature grows like 1/‖w‖²: below a row norm of 0.5 a step of 1e-2 no longer
+            // resolves it, even extrapolated (`nn::grad_check`)
+            prop_assume!(w.rows().into_iter().all(|row| row.dot(&row).sqrt() > 0.5));
             let (normed, inv) = normalize_rows(&b, &b.upload(w.clone()));
             let (_, d_normed, _) = b.linear_backward(&b.upload(r.clone()), &b.upload(h.clone()), &normed, true, false);
             let dw = b.download(&normalize_rows_backward(&b, &d_normed.unwrap(), &normed, &inv));

@@ -111,6 +111,9 @@ mod tests {
             let mut rng = Rng::new(seed);
             let eps = 1e-5;
             let x = random(t, h, &mut rng);
+            // RMSNorm's curvature grows like 1/rms² of the row: below rms 0.3 (two near-zero entries of a
+            // 2-wide row, say) a step of 1e-2 no longer resolves it, even extrapolated (`nn::grad_check`)
+            prop_assume!(x.rows().into_iter().all(|row| (row.dot(&row) / h as f32).sqrt() > 0.3));
             let w = random(1, h, &mut rng).row(0).to_owned();
             let r = random(t, h, &mut rng);
             let (dx, dw) = rms_norm_backward(r.view(), x.view(), w.view(), eps);
