@@ -93,16 +93,6 @@ fn under_f32_the_factors_stay_plain() {
 
 #[test]
 fn bf16_masters_on_an_emulated_device() {
-    if emulated_device::is_the_emulated_run() {
-        return; // this is the child run
-    }
-    if gpu(Precision::F32).is_some() {
-        eprintln!("a real GPU answered: the emulated run is not needed");
-        return;
-    }
-    let Some((stdout, stderr)) = emulated_device::rerun_on_the_emulated_device("bf16-master") else { return };
-    assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
-    let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary");
+    let Some(summary) = cuda_shared::rerun_on_the_emulated_device_without_a_gpu("bf16-master", &[]) else { return };
     assert!(summary.contains("3 passed"), "the emulated run: {summary}");
-    eprintln!("emulated device: {summary}");
 }

@@ -132,18 +132,5 @@ fn four_bit_bases_stay_packed_on_the_device() {
 
 #[test]
 fn qlora_on_an_emulated_device() {
-    if emulated_device::is_the_emulated_run() {
-        return; // this is the child run
-    }
-    if gpu(Precision::F32).is_some() {
-        eprintln!("a real GPU answered: the emulated run is not needed");
-        return;
-    }
-    let Some((stdout, stderr)) = emulated_device::rerun_on_the_emulated_device("qlora") else { return };
-    assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
-    let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary");
-    eprintln!("emulated device: {summary}");
-    for line in stderr.lines().filter(|l| l.contains("QLoRA step")) {
-        eprintln!("emulated device: {line}");
-    }
+    cuda_shared::rerun_on_the_emulated_device_without_a_gpu("qlora", &["QLoRA step"]);
 }

@@ -456,19 +456,5 @@ fn kernels_load_as_the_devices_machine_code() {
 /// (NVRTC's code generation, the driver, real cuBLAS, timing) is left to a machine with a GPU.
 #[test]
 fn everything_above_on_an_emulated_device() {
-    if emulated_device::is_the_emulated_run() {
-        return; // this is the child run
-    }
-    if gpu(Precision::F32).is_some() {
-        eprintln!("a real GPU answered: the emulated run is not needed");
-        return;
-    }
-    let Some((stdout, stderr)) = emulated_device::rerun_on_the_emulated_device("emulated-device") else { return };
-    assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
-    let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary");
-    eprintln!("emulated device: {summary}");
-    let measured = |l: &&str| l.contains("tensors within") || l.contains("runs the kernels") || l.contains("LoRA step");
-    for line in stderr.lines().filter(measured) {
-        eprintln!("emulated device: {line}");
-    }
+    cuda_shared::rerun_on_the_emulated_device_without_a_gpu("emulated-device", &["tensors within", "runs the kernels"]);
 }

@@ -1,6 +1,6 @@
 //! Linear layer in PyTorch's convention: `y = x · Wᵀ + b`, with the weight stored `[out, in]`.
 
-use super::matmul::matmul;
+use super::matmul::{matmul, scaled_matmul};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, ShapeBuilder};
 
 // ANCHOR: linear_forward
@@ -149,18 +149,22 @@ pub fn linear_backward(
     assert_eq!(dy.ncols(), weight.nrows(), "linear_backward: dy width is not the weight's out");
     assert_eq!(x.ncols(), weight.ncols(), "linear_backward: x width is not the weight's in");
     let dx = matmul(dy, weight); // [n, out]·[out, in]
-    // [out, n]·[n, in]; for a column-major weight computed as (xᵀ·dy)ᵀ so the gradient shares its layout
-    let dweight = weight_grad.then(|| {
-        if weight.t().is_standard_layout() && !weight.is_standard_layout() {
-            matmul(x.t(), dy).reversed_axes()
-        } else {
-            matmul(dy.t(), x)
-        }
-    });
+    let dweight = weight_grad.then(|| weight_gradient(weight, dy, x, 1.0)); // [out, n]·[n, in]
     let dbias = bias_grad.then(|| bias_gradient(dy));
     LinearGrads { dx, dweight, dbias }
 }
 // ANCHOR_END: linear_backward
+
+/// s·gᵀ·v for a parameter p of g's width × v's width (g: [n, p_rows], v: [n, p_cols]), in p's layout: for a
+/// column-major p (how the CPU backend keeps weights) computed as (s·vᵀ·g)ᵀ, so the optimizer walks the
+/// gradient in the same order as the parameter.
+pub fn weight_gradient(p: ArrayView2<f32>, g: ArrayView2<f32>, v: ArrayView2<f32>, scale: f32) -> Array2<f32> {
+    if p.t().is_standard_layout() && !p.is_standard_layout() {
+        scaled_matmul(v.t(), g, scale).reversed_axes()
+    } else {
+        scaled_matmul(g.t(), v, scale)
+    }
+}
 
 /// ∂L/∂b = Σ_rows dy [out]. The sum runs over every row (T·B of them): accumulated in f64.
 pub fn bias_gradient(dy: ArrayView2<f32>) -> Array1<f32> {

@@ -12,7 +12,7 @@
 //! This file holds the configuration, the init, the low-rank branch's forward and backward, and merge;
 //! `adapter_io.rs` reads and writes PEFT's files.
 
-use crate::nn::linear::linear;
+use crate::nn::linear::{linear, weight_gradient};
 use crate::nn::matmul::{matmul, matmul_into, scaled_matmul, scaled_matmul_into};
 use crate::rng::Rng;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip};
@@ -165,15 +165,6 @@ pub fn lora_backward_into(
     (da, db)
 }
 
-/// s·gᵀ·v for a parameter p of g's width × v's width, in p's layout: the CPU keeps weights column-major, and
-/// computing (s·vᵀ·g)ᵀ there gives the optimizer a gradient it walks in the same order as the parameter.
-fn weight_gradient(p: ArrayView2<f32>, g: ArrayView2<f32>, v: ArrayView2<f32>, scaling: f32) -> Array2<f32> {
-    if p.t().is_standard_layout() && !p.is_standard_layout() {
-        scaled_matmul(v.t(), g, scaling).reversed_axes()
-    } else {
-        scaled_matmul(g.t(), v, scaling)
-    }
-}
 // ANCHOR_END: lora_backward
 
 /// A dropout mask for the LoRA input x: [rows, cols]: each entry 0 with probability p, else 1/(1−p), so

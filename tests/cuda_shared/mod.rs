@@ -51,3 +51,27 @@ pub fn assert_close(what: &str, cpu: &Array2<f32>, gpu: &Array2<f32>, tol: f32) 
         gpu.iter().nth(at).unwrap()
     );
 }
+
+// ANCHOR: emulated_rerun
+/// The includer's tests again, in a child process on the emulated device (`tests/kernel_emulator/`), where no
+/// GPU answered: the passed child run's summary line, printed with every stderr line that contains one of
+/// `echo`. `None` in the child run itself, where a real GPU answered, and where the emulator cannot be built
+/// (each says why); a failing child run fails the caller.
+pub fn rerun_on_the_emulated_device_without_a_gpu(tag: &str, echo: &[&str]) -> Option<String> {
+    if super::emulated_device::is_the_emulated_run() {
+        return None; // this is the child run
+    }
+    if gpu(Precision::F32).is_some() {
+        eprintln!("a real GPU answered: the emulated run is not needed");
+        return None;
+    }
+    let (stdout, stderr) = super::emulated_device::rerun_on_the_emulated_device(tag)?;
+    assert!(!stderr.contains("skipping the GPU comparison"), "the emulated device did not open:\n{stderr}");
+    let summary = stdout.lines().find(|l| l.starts_with("test result")).unwrap_or("no summary").to_string();
+    eprintln!("emulated device: {summary}");
+    for line in stderr.lines().filter(|l| echo.iter().any(|e| l.contains(e))) {
+        eprintln!("emulated device: {line}");
+    }
+    Some(summary)
+}
+// ANCHOR_END: emulated_rerun

@@ -1,6 +1,6 @@
 //! Running a test binary's GPU tests again on the emulated device: `fake_cuda.cpp` built as libcuda, libnvrtc
 //! and libcublas in a temporary folder, and the binary re-run as a child with that folder first on the library
-//! path and `MFTCODER_EMULATED_DEVICE` set (shared by tests/cuda_vs_cpu.rs and tests/cuda_step_counters.rs;
+//! path and `MFTCODER_EMULATED_DEVICE` set (shared by the cuda_* test files, most through cuda_shared;
 //! the includer declares `mod compile` beside it).
 
 /// Whether this process is that child run.

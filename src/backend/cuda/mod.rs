@@ -23,8 +23,7 @@ use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
 use crate::train::step_update::{StepReport, StepUpdate};
-use anyhow::{Context, Result, anyhow};
-use counters::{CounterSnapshot, DeviceCounters};
+use counters::DeviceCounters;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use kernels::KernelCode;
@@ -79,7 +78,7 @@ macro_rules! launch {
 
 mod attention; // the attention launches: segment tables, the kernel family by precision, head_dim and clamp
 mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
-mod device; // opening a device, and the precision of its products
+mod device; // opening a device, the precision of its products, and the backend on it
 mod fused_qkv; // a fused q/k/v projection's column split and join
 mod grids; // the launch shapes: element-wise, one block per row, one warp per row
 mod linear_4bit; // products with a 4-bit weight, one dequantized band of rows at a time
@@ -103,51 +102,6 @@ fn int(n: usize, what: &str) -> i32 {
 }
 
 impl Cuda {
-    /// Open device `ordinal` and compile the kernels for its architecture.
-    pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
-        let ctx = open_device(ordinal)?;
-        let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("CUDA device {ordinal}: {e:?}"))?;
-        // one stream does all the work, in order: cudarc's cross-stream event bookkeeping is pure overhead here
-        // SAFETY: no other stream touches this context's buffers.
-        unsafe { ctx.disable_event_tracking() };
-        // a stream of our own rather than the legacy default stream, which synchronizes with every other
-        // stream of the context and cannot be captured into a CUDA graph
-        let stream = ctx.new_stream().map_err(|e| anyhow!("CUDA device {ordinal}: creating a stream: {e:?}"))?;
-        let (functions, kernel_code) = kernels::load_kernels(&ctx, major, minor)?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
-        let counters = Arc::new(DeviceCounters::default());
-        let pool = Pool::new(stream.clone(), counters.clone());
-        let pool_bf16 = Pool::new(stream.clone(), counters.clone());
-        let ids = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
-        let floats = UploadCache::new(pool.clone(), stream.clone(), counters.clone());
-        let words = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
-        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters, pool, pool_bf16, ids, floats, words })
-    }
-
-    /// Launches, allocations, uploads and blocking reads so far (`counters.rs`).
-    pub fn counters(&self) -> CounterSnapshot {
-        self.counters.snapshot()
-    }
-
-    /// What the kernels were compiled to (`sm_90` machine code, or PTX the driver JITs).
-    pub fn kernel_code(&self) -> &KernelCode {
-        &self.kernel_code
-    }
-
-    pub fn device_name(&self) -> String {
-        self.ctx.name().unwrap_or_else(|_| "unknown CUDA device".into())
-    }
-
-    /// Bytes of device memory in use (total − free), for the benchmark's peak-memory column.
-    pub fn memory_used(&self) -> Result<usize> {
-        let (free, total) = self.ctx.mem_get_info().context("cuMemGetInfo")?;
-        Ok(total - free)
-    }
-
-    pub fn synchronize(&self) {
-        self.stream.synchronize().unwrap_or_else(|e| fail("synchronize", e));
-    }
-
     fn function(&self, name: &str) -> &CudaFunction {
         self.functions.get(name).unwrap_or_else(|| fail("kernel lookup", format!("no kernel `{name}`")))
     }
@@ -456,9 +410,15 @@ impl Backend for Cuda {
     fn add_rms_norm(&self, x: &CudaTensor, a: &CudaTensor, weight: &CudaTensor, eps: f32) -> (CudaTensor, CudaTensor) {
         self.add_then_rms_norm(x, a, weight, eps)
     }
-    #[rustfmt::skip]
-    fn rms_norm_backward_into(&self, dx: &mut CudaTensor, dy: &CudaTensor, x: &CudaTensor, weight: &CudaTensor, eps: f32,
-                              weight_grad: bool) -> Option<CudaTensor> {
+    fn rms_norm_backward_into(
+        &self,
+        dx: &mut CudaTensor,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+        weight_grad: bool,
+    ) -> Option<CudaTensor> {
         self.rms_norm_backward_rows_into(dx, dy, x, weight, eps, weight_grad).map(|rows| self.column_sum(&rows))
     }
     fn rope_backward(
