@@ -1,7 +1,7 @@
 //! The matrix products of a LoRA step on the 134m shape (T = 512 tokens, hidden 768, MLP 2048, vocab 32k),
 //! one by one, in the operand layouts the CPU backend gives them (weights column-major, transposed views read
-//! through their strides): the base and head products, and the adapter's five thin products at ranks 16 and
-//! 64. Prints one JSON line per product (median of the timed runs, GFLOP/s); `benches/products.sh` runs
+//! through their strides): the base and head products, the q/k/v and gate/up products stacked as a frozen base
+//! stacks them (`models::stacked_base`), and the adapter's five thin products at ranks 16 and 64. Prints one JSON line per product (median of the timed runs, GFLOP/s); `benches/products.sh` runs
 //! `benches/products_torch.py` (MKL through PyTorch, the same shapes and transposes) beside it.
 //!
 //!   cargo bench --bench products
@@ -16,6 +16,11 @@ use std::time::Instant;
 const PRODUCTS: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("base x·Wᵀ 768→768", 512, 768, 768, false, false),
     ("base x·Wᵀ 768→2048", 512, 768, 2048, false, false),
+    ("stacked q/k/v x·Wᵀ 768→2304", 512, 768, 2304, false, false),
+    ("stacked gate/up x·Wᵀ 768→4096", 512, 768, 4096, false, false),
+    ("base dx = dy·W 768→768", 512, 768, 768, false, true),
+    ("stacked q/k/v dx = dy·W 2304→768", 512, 2304, 768, false, true),
+    ("stacked gate/up dx = dy·W 4096→768", 512, 4096, 768, false, true),
     ("base dx = dy·W 2048→768", 512, 2048, 768, false, true),
     ("head x·Wᵀ 768→32000", 512, 768, 32000, false, false),
     ("head dh = dlogits·W", 512, 32000, 768, false, true),

@@ -8,6 +8,11 @@ import torch
 PRODUCTS = [
     ("base x·Wᵀ 768→768", 512, 768, 768, False, False),
     ("base x·Wᵀ 768→2048", 512, 768, 2048, False, False),
+    ("stacked q/k/v x·Wᵀ 768→2304", 512, 768, 2304, False, False),
+    ("stacked gate/up x·Wᵀ 768→4096", 512, 768, 4096, False, False),
+    ("base dx = dy·W 768→768", 512, 768, 768, False, True),
+    ("stacked q/k/v dx = dy·W 2304→768", 512, 2304, 768, False, True),
+    ("stacked gate/up dx = dy·W 4096→768", 512, 4096, 768, False, True),
     ("base dx = dy·W 2048→768", 512, 2048, 768, False, True),
     ("head x·Wᵀ 768→32000", 512, 768, 32000, False, False),
     ("head dh = dlogits·W", 512, 32000, 768, False, True),

@@ -124,8 +124,12 @@ fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (V
 /// backward (4 launches; for QLoRA also the 3 dequantizations): 45 + 49 and 70 + 49. The residual adds fused
 /// into the norms (`add_rms_norm` forward, the accumulating norm backward): one launch fewer per layer forward
 /// (the MLP's norm) and one per norm backward that adds into the stream (3 in the two layers, layer 0's input
-/// norm having none): 40 + 49 and 65 + 49.
-const LORA_LAUNCHES: (u64, u64) = (40, 49);
+/// norm having none): 40 + 49 and 65 + 49. The frozen q/k/v and gate/up bases stacked into one product each
+/// (`models::stacked_base`): 3 products fewer forward in each layer, 3 dx products fewer in layer 1 and 1 in
+/// layer 0 (whose q, k, v compute none); the split and join of [q | k | v] (2 launches per layer) in place of
+/// the adds of partial dx (3 in layer 1, 1 in layer 0), SwiGLU on the halves of [gate | up] as they lie:
+/// 40 + 39. QLoRA's 4-bit bases are not stacked.
+const LORA_LAUNCHES: (u64, u64) = (40, 39);
 const QLORA_LAUNCHES: (u64, u64) = (65, 49);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
 /// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
@@ -305,19 +309,22 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 
 // ANCHOR: launches_per_layer
 /// What one more decoder layer adds to a steady-state step (3 layers minus 2): r-16 adapters on all seven
-/// projections, as the bench trains them. Under f32: 7 adapted linears at 3 + 5 products each (x·Wᵀ, x·Aᵀ and
-/// s·h·Bᵀ accumulated into y; dx = dy·W, s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 56 products and
-/// no launch; the 18 launches are the layer's own kernels (2 RMSNorms, one of them fused with the residual add
-/// before it, and their dx-only backward adding into the stream's gradient, RoPE, the attention passes,
-/// SwiGLU, the remaining residual adds); before the norms took in the adds, 21. Before LoRA's scale and adds went into the products and the
-/// frozen norms stopped computing weight gradients, each adapter cost 3 launches more and each norm 1.
-/// Under bf16, 6 roundings to bf16 per adapter come on top (x, h forward; dy once for the base's dx and both
-/// of the adapter's products that read it, h, dh, x backward): 42 of the 60. A and B are not among them: each
-/// keeps a bf16 copy beside its f32 master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with
-/// a cast of each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base adds
-/// its dequantization before each of its 14 products.
-const PER_LAYER_F32: (u64, u64) = (18, 56);
-const PER_LAYER_BF16: (u64, u64) = (60, 56);
+/// projections, as the bench trains them. Under f32: the frozen bases in 4 products forward (q/k/v stacked,
+/// gate/up stacked, o, down) and 4 dx products backward, and 7 adapters at 2 + 4 products each (x·Aᵀ and s·h·Bᵀ
+/// accumulated into their columns of y; s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 50 products and
+/// no launch; the 17 launches are the layer's own kernels (2 RMSNorms, one of them fused with the residual add
+/// before it, and their dx-only backward adding into the stream's gradient, the split of [q | k | v] and its
+/// join, RoPE, the attention passes, SwiGLU on [gate | up], the remaining residual adds). With separate
+/// products (before the stacking) they were 56 + 18: 3 adds of partial dx instead of the split and join; before
+/// the norms took in the adds, 21. Before LoRA's scale and adds went into the products and the frozen norms
+/// stopped computing weight gradients, each adapter cost 3 launches more and each norm 1. Under bf16, roundings
+/// to bf16 come on top: per adapter h forward and h, dh, x backward (28); x once per product that reads it
+/// forward (4) and dy once per dx product (4): 36 of the 53. Apart, x and dy were rounded once per projection:
+/// 60. A and B are not among them: each keeps a bf16 copy beside its f32 master, rewritten by the optimizer's
+/// update (`Cuda::keep_bf16_copy`); with a cast of each before each of its two products they were 10 per
+/// adapter and 91 launches. A 4-bit base (never stacked) adds its dequantization before each of its 14 products.
+const PER_LAYER_F32: (u64, u64) = (17, 50);
+const PER_LAYER_BF16: (u64, u64) = (53, 50);
 const PER_LAYER_QLORA_F32: (u64, u64) = (32, 56);
 
 #[test]

@@ -56,7 +56,11 @@ fn elementwise<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Ar
     let (gelu, dgelu) = (b.gelu_tanh(&y), b.gelu_tanh_backward(&dy, &y));
     let (gelu_erf, dgelu_erf) = (b.gelu_erf(&y), b.gelu_erf_backward(&dy, &y));
     let (scaled, product, swiglu) = (b.scale(&x, 3.5), b.mul(&x, &y), b.swiglu(&x, &y));
-    downloaded(b, vec![acc, scaled, product, swiglu, dgate, dup, gelu, dgelu, gelu_erf, dgelu_erf])
+    // the halves of one [gate | up]: the same values as x, y side by side
+    let gate_up = b.upload(ndarray::concatenate![ndarray::Axis(1), b.download(&x), b.download(&y)]);
+    let (halves, dhalves) = (b.swiglu_halves(&gate_up), b.swiglu_halves_backward(&dy, &gate_up));
+    let ts = vec![acc, scaled, product, swiglu, dgate, dup, gelu, dgelu, gelu_erf, dgelu_erf, halves, dhalves];
+    downloaded(b, ts)
 }
 
 // ANCHOR: linear_case
@@ -72,17 +76,18 @@ fn linear<B: Backend>(b: &B, t: usize, inp: usize, out: usize, seed: u64) -> Vec
 // ANCHOR_END: linear_case
 
 /// LoRA's branch into a base output and its backward into an input gradient (on the GPU: s in the products'
-/// α, the adds in their β), x rounded once for its products. The dropout drawn in place is checked on each
-/// backend against that backend's stored mask of the same seed (the two backends' generators differ).
+/// α, the adds in their β), x rounded once for its products; the output is columns 3 .. 3 + out of a wider
+/// one, as a part of a stacked product is. The dropout drawn in place is checked on each backend against that
+/// backend's stored mask of the same seed (the two backends' generators differ).
 fn lora_branch<B: Backend>(b: &B, t: usize, (inp, out, r): (usize, usize, usize), seed: u64) -> Vec<Array2<f32>> {
     let s = 1.7;
     let x = b.upload(matrix(t, inp, seed, 1.0));
     let (a, up) = (b.upload(matrix(r, inp, seed + 1, 0.2)), b.upload(matrix(out, r, seed + 2, 0.2)));
-    let mut y = b.upload(matrix(t, out, seed + 3, 1.0)); // "the base output"
-    let h = b.lora_forward_into(&mut y, &b.product_operand(&x), &a, &up, s);
-    let dy = b.upload(matrix(t, out, seed + 4, 1.0));
+    let mut y = b.upload(matrix(t, out + 5, seed + 3, 1.0)); // "the stacked base output"
+    let h = b.lora_forward_into(&mut y, 3, &b.product_operand(&x), &a, &up, s);
+    let dy = b.upload(matrix(t, out + 5, seed + 4, 1.0));
     let mut dx = b.upload(matrix(t, inp, seed + 5, 1.0)); // "the base layer's dx"
-    let (da, db) = b.lora_backward_into(Some(&mut dx), &dy, &x, &h, &a, &up, s);
+    let (da, db) = b.lora_backward_into(Some(&mut dx), &dy, 3, &x, &h, &a, &up, s);
 
     let mask = b.dropout_mask(t, inp, 0.3, seed);
     assert_eq!(b.download(&b.dropout(&x, 0.3, seed)), b.download(&b.mul(&x, &mask)), "{}: x ∘ m", b.name());

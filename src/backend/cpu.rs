@@ -96,6 +96,10 @@ impl Backend for Cpu {
     fn swiglu(&self, gate: &Array2<f32>, up: &Array2<f32>) -> Array2<f32> {
         nn::mlp::swiglu(gate.view(), up.view())
     }
+    fn swiglu_halves(&self, gate_up: &Array2<f32>) -> Array2<f32> {
+        let (gate, up) = nn::mlp::halves(gate_up.view());
+        nn::mlp::swiglu(gate, up)
+    }
     fn layer_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: &Array2<f32>, eps: f32) -> Array2<f32> {
         nn::layer_norm::layer_norm(x.view(), weight.row(0), bias.row(0), eps)
     }
@@ -183,17 +187,20 @@ impl Backend for Cpu {
     fn lora_forward_into(
         &self,
         y: &mut Array2<f32>,
+        at: usize,
         x: &Array2<f32>,
         a: &Array2<f32>,
         b: &Array2<f32>,
         s: f32,
     ) -> Array2<f32> {
-        crate::peft::lora::lora_forward_into(y.view_mut(), x.view(), a.view(), b.view(), s)
+        let columns = y.slice_mut(s![.., at..at + b.nrows()]);
+        crate::peft::lora::lora_forward_into(columns, x.view(), a.view(), b.view(), s)
     }
     fn lora_backward_into(
         &self,
         dx: Option<&mut Array2<f32>>,
         dy: &Array2<f32>,
+        at: usize,
         x: &Array2<f32>,
         h: &Array2<f32>,
         a: &Array2<f32>,
@@ -201,7 +208,8 @@ impl Backend for Cpu {
         s: f32,
     ) -> (Array2<f32>, Array2<f32>) {
         let dx = dx.map(|dx| dx.view_mut());
-        crate::peft::lora::lora_backward_into(dx, dy.view(), x.view(), h.view(), a.view(), b.view(), s)
+        let dy = dy.slice(s![.., at..at + b.nrows()]);
+        crate::peft::lora::lora_backward_into(dx, dy, x.view(), h.view(), a.view(), b.view(), s)
     }
     fn rms_norm_backward(
         &self,
@@ -227,6 +235,9 @@ impl Backend for Cpu {
     }
     fn swiglu_backward(&self, dy: &Array2<f32>, gate: &Array2<f32>, up: &Array2<f32>) -> (Array2<f32>, Array2<f32>) {
         nn::mlp::swiglu_backward(dy.view(), gate.view(), up.view())
+    }
+    fn swiglu_halves_backward(&self, dy: &Array2<f32>, gate_up: &Array2<f32>) -> Array2<f32> {
+        nn::mlp::swiglu_halves_backward(dy.view(), gate_up.view())
     }
     fn layer_norm_backward(
         &self,

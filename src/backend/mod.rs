@@ -53,6 +53,14 @@ pub trait Backend: Sync {
     /// keeps its bf16 rounding beside the f32 master, rewritten by each optimizer update, so no product casts
     /// it. Nothing anywhere else.
     fn prepare_trained_matrix(&self, _w: &mut Self::Tensor) {}
+    /// Whether a frozen base's sibling projections (q, k, v; gate, up) run as one stacked product
+    /// (`models::stacked_base`): where a launch and a poorly filled tile cost more than the copy that splits
+    /// the stacked output. The GPU's answer is yes. The CPU's is no: its products are already as fast
+    /// 768 or 2304 wide (`benches/products.rs`), and on the 134m LoRA step the split and join copies ate the
+    /// gain (1872 ms stacked against 1834 ms apart, medians of 4 alternating runs).
+    fn stacks_frozen_projections(&self) -> bool {
+        false
+    }
     /// Bytes of backend memory `t`'s entries take (4 per f32 entry; 2 for a frozen bf16 one).
     fn stored_bytes(&self, t: &Self::Tensor) -> usize {
         let (rows, cols) = self.dims(t);
@@ -130,6 +138,9 @@ pub trait Backend: Sync {
     fn layer_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// silu(gate) ⊙ up, both [T, I]
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// `swiglu` of the two halves of one [T, 2I] tensor whose rows are [gate | up] (a stacked or fused
+    /// gate/up product) → [T, I], reading the halves where they lie
+    fn swiglu_halves(&self, gate_up: &Self::Tensor) -> Self::Tensor;
     /// GELU, tanh approximation, element-wise
     fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
     /// GELU, exact (x·Φ(x) through erf), element-wise
@@ -209,46 +220,37 @@ pub trait Backend: Sync {
     fn product_operand<'a>(&self, x: &'a Self::Tensor) -> std::borrow::Cow<'a, Self::Tensor> {
         std::borrow::Cow::Borrowed(x)
     }
-    /// LoRA's branch added into the base output: y += s·(x·Aᵀ)·Bᵀ → h = x·Aᵀ [T, r], what the backward needs.
-    /// x: [T, in], A: [r, in], B: [out, r], y: [T, out]. By default two products and a scaled add; the GPU
-    /// folds s and the add into the second product (α = s, β = 1).
+    /// LoRA's branch added into the base output: y[:, at .. at + out] += s·(x·Aᵀ)·Bᵀ → h = x·Aᵀ [T, r], what the
+    /// backward needs. x: [T, in], A: [r, in], B: [out, r], y: [T, ≥ at + out]: the whole output of a lone
+    /// layer (at = 0), or one part's columns of a stacked product's (`models::stacked_base`). Two products, the
+    /// second accumulating into y with s as its scale (GEMM's C ← α·A·B + β·C with α = s, β = 1): no
+    /// temporary for B·(A·x), no separate scale and add (`peft::lora` on the CPU, `cuda/lora.rs`).
     fn lora_forward_into(
         &self,
         y: &mut Self::Tensor,
+        at: usize,
         x: &Self::Tensor,
         a: &Self::Tensor,
         b: &Self::Tensor,
         s: f32,
-    ) -> Self::Tensor {
-        let h = self.linear(x, a, None); // [T, r]
-        self.add_scaled(y, &self.linear(&h, b, None), s);
-        h
-    }
-    /// The branch's backward, its input gradient added into `dx` [T, in] when one is asked for (`None`: the
-    /// layer's input gradient is not needed, as below a frozen embedding). With d = s·dy:
-    /// ∂L/∂B = dᵀ·h [out, r], ∂L/∂h = d·B [T, r], ∂L/∂A = (∂L/∂h)ᵀ·x [r, in], dx += (∂L/∂h)·A → (∂L/∂A, ∂L/∂B).
-    /// By default through `scale`, two `linear_backward`s and an add; the GPU folds s into the products' α
-    /// and the add into the last one's β.
+    ) -> Self::Tensor;
+    /// The branch's backward, reading its dy from columns `at .. at + out` of `dy` (as the forward wrote them),
+    /// its input gradient added into `dx` [T, in] when one is asked for (`None`: the layer's input gradient is
+    /// not needed, as below a frozen embedding). With d = s·dy: ∂L/∂B = dᵀ·h [out, r], ∂L/∂h = d·B [T, r],
+    /// ∂L/∂A = (∂L/∂h)ᵀ·x [r, in], dx += (∂L/∂h)·A → (∂L/∂A, ∂L/∂B); s goes into the products' α and the add
+    /// into the last one's β.
     #[allow(clippy::too_many_arguments)]
     fn lora_backward_into(
         &self,
         dx: Option<&mut Self::Tensor>,
         dy: &Self::Tensor,
+        at: usize,
         x: &Self::Tensor,
         h: &Self::Tensor,
         a: &Self::Tensor,
         b: &Self::Tensor,
         s: f32,
-    ) -> (Self::Tensor, Self::Tensor) {
-        let d = self.scale(dy, s);
-        let (dh, db, _) = self.linear_backward(&d, h, b, true, false); // [T, r], [out, r]
-        // the branch's dx [T, in] comes with ∂L/∂A; it costs r/out of the base layer's dx product
-        let (dx_branch, da, _) = self.linear_backward(&dh, x, a, true, false); // [T, in], [r, in]
-        if let Some(dx) = dx {
-            self.add_assign(dx, &dx_branch);
-        }
-        (da.expect("asked for"), db.expect("asked for"))
-    }
+    ) -> (Self::Tensor, Self::Tensor);
     /// LoRA's input dropout: x ∘ m with m = `dropout_mask(rows, cols, p, seed)`. The GPU draws m inside the
     /// multiply, never storing it.
     fn dropout(&self, x: &Self::Tensor, p: f32, seed: u64) -> Self::Tensor {
@@ -323,6 +325,8 @@ pub trait Backend: Sync {
         gate: &Self::Tensor,
         up: &Self::Tensor,
     ) -> (Self::Tensor, Self::Tensor);
+    /// The backward of `swiglu_halves`: dy [T, I] → ∂L/∂[gate | up] [T, 2I], in the input's layout
+    fn swiglu_halves_backward(&self, dy: &Self::Tensor, gate_up: &Self::Tensor) -> Self::Tensor;
     /// dx = dy·gelu′(x)
     fn gelu_tanh_backward(&self, dy: &Self::Tensor, x: &Self::Tensor) -> Self::Tensor;
     /// dx = dy·gelu′(x), exact GELU

@@ -32,6 +32,9 @@ impl<B: Backend> Decoder<B> {
                 relayout(w);
             }
         }
+        for stack in self.stacked_bases_mut() {
+            relayout(&mut stack.weight);
+        }
         match self.lm_head.as_mut() {
             Some(head) => relayout(head),
             None => relayout(&mut self.embed_tokens), // tied: the table is the head's W

@@ -19,6 +19,7 @@ pub use super::latent_attention::{LatentModule, LatentQkv};
 pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
 pub use super::moe_balance::joint_aux_loss;
 pub use super::parameters::hf_shape;
+pub use super::stacked_base::StackedBase;
 use crate::backend::{AttentionMask, Backend};
 use crate::io::hf_config::RopeScaling;
 use crate::io::safetensors::WeightStore;
@@ -28,10 +29,10 @@ use anyhow::{Result, bail};
 use ndarray::Array2;
 use std::borrow::Cow;
 
-/// A layer's q, k, v projections: three, one fused matrix (split by the config's [`FusedQkv`] layout), or
-/// DeepSeek-V2's latent projections.
+/// A layer's q, k, v projections: three (their frozen bases possibly stacked into one product), one fused
+/// matrix (split by the config's [`FusedQkv`] layout), or DeepSeek-V2's latent projections.
 pub enum QkvProjection<B: Backend> {
-    Separate { q: Linear<B>, k: Linear<B>, v: Linear<B> },
+    Separate { q: Linear<B>, k: Linear<B>, v: Linear<B>, stacked: Option<StackedBase<B>> },
     Fused(Linear<B>),
     Latent(Box<LatentQkv<B>>),
 }
@@ -221,6 +222,7 @@ impl<B: Backend> Decoder<B> {
                     q: linear(q, q_out, h, c.attention.qkv_bias)?,
                     k: linear(k, kv_out, h, c.attention.qkv_bias)?,
                     v: linear(v, kv_out, h, c.attention.qkv_bias)?,
+                    stacked: None,
                 },
                 QkvNames::Fused(name) => QkvProjection::Fused(linear(name, c.qkv_width(), h, c.attention.qkv_bias)?),
                 QkvNames::Latent(names) => {
@@ -305,6 +307,7 @@ impl<B: Backend> Decoder<B> {
                     q: Linear::new(random(q_out, h, true), zeros(q_out, qkv_bias)),
                     k: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),
                     v: Linear::new(random(kv_out, h, true), zeros(kv_out, qkv_bias)),
+                    stacked: None,
                 },
                 (Some(_), None) => {
                     QkvProjection::Fused(Linear::new(random(c.qkv_width(), h, true), zeros(c.qkv_width(), qkv_bias)))

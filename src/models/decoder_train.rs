@@ -7,7 +7,7 @@ use super::decoder::{
 use super::feed_forward::FfnCache;
 use super::latent_attention::LatentCache;
 use super::moe_balance::{balance_loss, spread_over_layers};
-use crate::backend::{AttentionMask, Backend};
+use crate::backend::{AttentionMask, Backend, FusedQkv};
 use crate::nn::column_gather::{gather_columns, gather_columns_backward};
 use crate::nn::moe_router::Routing;
 use crate::nn::rope::interleaved_to_halves;
@@ -170,11 +170,16 @@ impl<B: Backend> Decoder<B> {
                 let (q, k, v, cache) = mla.forward_train(b, la, h, positions, &self.inv_freq, &seed);
                 return ProjectedQkv { q, k, v, saved: QkvSaved::Latent(cache) };
             }
-            QkvProjection::Separate { q, k, v } => {
+            QkvProjection::Separate { q, k, v, stacked: None } => {
                 let (q, hq) = q.forward_train(b, h, seed(0));
                 let (k, hk) = k.forward_train(b, h, seed(1));
                 let (v, hv) = v.forward_train(b, h, seed(2));
                 (q, k, v, [hq, hk, hv])
+            }
+            QkvProjection::Separate { q, k, v, stacked: Some(stack) } => {
+                let (qkv, lora_h) = stack.forward_train(b, [q, k, v], h, [seed(0), seed(1), seed(2)]);
+                let (q, k, v) = b.split_qkv(&qkv, &shape, FusedQkv { groups: 1 }); // [q | k | v]
+                (q, k, v, lora_h)
             }
             QkvProjection::Fused(qkv) => {
                 let layout = self.config.attention.fused_qkv.expect("checked at load");
@@ -486,7 +491,14 @@ impl<B: Backend> Decoder<B> {
             _ => (dq, dk),
         };
         match (&layer.qkv, n.qkv) {
-            (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+            (QkvProjection::Separate { q, k, v, stacked: Some(stack) }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                let names = [qn, kn, vn].map(|name| format!("{p}.{name}"));
+                let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, FusedQkv { groups: 1 });
+                let (seeds, hs) = ([seed(0), seed(1), seed(2)], [hq.as_ref(), hk.as_ref(), hv.as_ref()]);
+                let names = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
+                stack.backward(b, [q, k, v], &dqkv, h, hs, seeds, names, input_gradient_needed, grads)
+            }
+            (QkvProjection::Separate { q, k, v, stacked: None }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
                 let projections = [(&dq, q, hq, qn, 0), (&dk, k, hk, kn, 1), (&dv, v, hv, vn, 2)];
                 let mut dh: Option<B::Tensor> = None;
                 for (dproj, proj, lora_h, name, idx) in projections {

@@ -13,6 +13,7 @@
 
 use super::decoder_config::{DecoderConfig, MlpKind, MoeNames, TensorNames};
 use super::layers::{Gradients, Linear};
+use super::stacked_base::StackedBase;
 use crate::backend::Backend;
 use crate::io::safetensors::WeightStore;
 use crate::nn::gate_up::{join_gate_up, split_gate_up};
@@ -26,6 +27,8 @@ pub struct Mlp<B: Backend> {
     pub gate: Option<Linear<B>>,
     pub up: Linear<B>,
     pub down: Linear<B>,
+    /// gate's and up's frozen bases as one product [gate | up] (`Decoder::stack_frozen_bases`).
+    pub stacked_gate_up: Option<StackedBase<B>>,
 }
 
 /// A router, its experts, and optionally a shared expert with a sigmoid gate.
@@ -123,6 +126,7 @@ impl<B: Backend> Mlp<B> {
             gate: paths[0].as_deref().map(|p| linear(p, inner, hidden)).transpose()?,
             up: linear(paths[1].as_deref().expect("an up projection"), up_width, hidden)?,
             down: linear(paths[2].as_deref().expect("a down projection"), hidden, inner)?,
+            stacked_gate_up: None,
         })
     }
 
@@ -132,6 +136,7 @@ impl<B: Backend> Mlp<B> {
             gate: gated.then(|| random(inner, hidden)),
             up: random(up_width(kind, inner), hidden),
             down: random(hidden, inner),
+            stacked_gate_up: None,
         }
     }
 
@@ -144,6 +149,15 @@ impl<B: Backend> Mlp<B> {
         out.push((d.expect("down"), &mut self.down));
     }
 
+    /// The activation as this MLP's products deliver its input: stacked, a SiLU-gated MLP's gate and up come as
+    /// one [gate | up] output, which SwiGLU reads as it reads ChatGLM's fused one.
+    fn activation(&self, kind: MlpKind) -> MlpKind {
+        match (kind, &self.stacked_gate_up) {
+            (MlpKind::GatedSilu, Some(_)) => MlpKind::FusedSwiGlu,
+            _ => kind,
+        }
+    }
+
     // ANCHOR: mlp_forward
     /// h: [n, H] → the MLP's output [n, H]. Projection j's dropout seed is `seed(first + j)`.
     fn forward(
@@ -154,14 +168,29 @@ impl<B: Backend> Mlp<B> {
         seed: &dyn Fn(u64) -> Option<u64>,
         first: u64,
     ) -> (B::Tensor, MlpCache<B>) {
-        let (gate, hg) = match &self.gate {
-            Some(gate) => {
-                let (g, hg) = gate.forward_train(b, h, seed(first));
-                (Some(g), hg)
+        let kind = self.activation(kind);
+        let (gate, up, hg, hu) = match (&self.gate, &self.stacked_gate_up) {
+            (Some(gate), Some(stack)) => {
+                let seeds = [seed(first), seed(first + 1)];
+                let (gate_up, [hg, hu]) = stack.forward_train(b, [gate, &self.up], h, seeds);
+                match kind {
+                    MlpKind::FusedSwiGlu => (None, gate_up, hg, hu), // SwiGLU reads the halves in place
+                    _ => {
+                        let (g, u) = split_gate_up(b, &gate_up);
+                        (Some(g), u, hg, hu)
+                    }
+                }
             }
-            None => (None, None),
+            (Some(gate), None) => {
+                let (g, hg) = gate.forward_train(b, h, seed(first));
+                let (u, hu) = self.up.forward_train(b, h, seed(first + 1));
+                (Some(g), u, hg, hu)
+            }
+            (None, _) => {
+                let (u, hu) = self.up.forward_train(b, h, seed(first + 1));
+                (None, u, None, hu)
+            }
         };
-        let (up, hu) = self.up.forward_train(b, h, seed(first + 1));
         let activated = activate(b, kind, gate.as_ref(), &up);
         let (out, hd) = self.down.forward_train(b, &activated, seed(first + 2));
         (out, MlpCache { gate, up, activated, lora_h: [hg, hu, hd] })
@@ -187,7 +216,18 @@ impl<B: Backend> Mlp<B> {
         let (up_path, down_path) = (up_path.as_deref().expect("up"), down_path.as_deref().expect("down"));
         let dactivated =
             self.down.backward(b, dy, &cache.activated, hd.as_ref(), train_base, seed(first + 2), down_path, grads);
+        let kind = self.activation(kind);
         let (dgate, dup) = activate_backward(b, kind, &dactivated, cache.gate.as_ref(), &cache.up);
+        if let (Some(gate), Some(stack), Some(gate_path)) = (&self.gate, &self.stacked_gate_up, gate_path) {
+            let dgate_up = match &dgate {
+                None => dup, // ∂L/∂[gate | up] from the halves' SwiGLU, already in the stacked layout
+                Some(dgate) => join_gate_up(b, dgate, &dup),
+            };
+            let (seeds, hs) = ([seed(first), seed(first + 1)], [hg.as_ref(), hu.as_ref()]);
+            let names = [gate_path.as_str(), up_path];
+            let parts = [gate, &self.up];
+            return stack.backward(b, parts, &dgate_up, h, hs, seeds, names, true, grads).expect("asked for");
+        }
         let mut dh = self.up.backward(b, &dup, h, hu.as_ref(), train_base, seed(first + 1), up_path, grads);
         if let (Some(gate), Some(dgate), Some(path)) = (&self.gate, dgate, gate_path) {
             let dh_gate = gate.backward(b, &dgate, h, hg.as_ref(), train_base, seed(first), path, grads);
@@ -207,10 +247,7 @@ fn activate<B: Backend>(b: &B, kind: MlpKind, gate: Option<&B::Tensor>, up: &B::
         (MlpKind::GatedGelu, Some(gate)) => b.mul(&b.gelu_tanh(gate), up),
         (MlpKind::Plain(Gelu::Tanh), None) => b.gelu_tanh(up),
         (MlpKind::Plain(Gelu::Erf), None) => b.gelu_erf(up),
-        (MlpKind::FusedSwiGlu, None) => {
-            let (gate, up) = split_gate_up(b, up);
-            b.swiglu(&gate, &up)
-        }
+        (MlpKind::FusedSwiGlu, None) => b.swiglu_halves(up),
         (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
     }
 }
@@ -235,11 +272,7 @@ fn activate_backward<B: Backend>(
         }
         (MlpKind::Plain(Gelu::Tanh), None) => (None, b.gelu_tanh_backward(dactivated, up)),
         (MlpKind::Plain(Gelu::Erf), None) => (None, b.gelu_erf_backward(dactivated, up)),
-        (MlpKind::FusedSwiGlu, None) => {
-            let (gate, up) = split_gate_up(b, up);
-            let (dgate, dup) = b.swiglu_backward(dactivated, &gate, &up);
-            (None, join_gate_up(b, &dgate, &dup))
-        }
+        (MlpKind::FusedSwiGlu, None) => (None, b.swiglu_halves_backward(dactivated, up)),
         (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
     }
 }
@@ -323,6 +356,14 @@ impl<B: Backend> FeedForward<B> {
             }
         }
         out
+    }
+
+    /// The block's MLPs: the dense one, or every expert and the shared expert.
+    pub fn mlps_mut(&mut self) -> Vec<&mut Mlp<B>> {
+        match self {
+            FeedForward::Dense(mlp) => vec![mlp],
+            FeedForward::Sparse(moe) => moe.experts.iter_mut().chain(moe.shared_expert.as_mut()).collect(),
+        }
     }
 
     // ANCHOR: moe_forward

@@ -29,6 +29,9 @@ pub enum Weight<B: Backend> {
     /// 4-bit blocks (NF4/FP4, bitsandbytes' layout), dequantized into a temporary at every use and never kept
     /// in full precision: QLoRA's frozen base. The host blocks (what a checkpoint saves) and the backend's copy.
     Packed(Quantized4bit, B::Packed),
+    /// Rows of a [`StackedBase`](super::stacked_base::StackedBase) [out, in]: a frozen base computed in one
+    /// product with its siblings' (q, k, v; gate, up). The layer keeps its adapter, bias flags and name.
+    InStack { out: usize, inp: usize },
 }
 
 /// Whether a backward computes its layer's input gradient.
@@ -67,6 +70,7 @@ impl<B: Backend> Linear<B> {
         match &self.weight {
             Weight::Dense(w) => b.dims(w),
             Weight::Packed(q, _) => (q.shape[0], q.shape[1]),
+            Weight::InStack { out, inp } => (*out, *inp),
         }
     }
 
@@ -75,11 +79,15 @@ impl<B: Backend> Linear<B> {
         match &self.weight {
             Weight::Dense(w) => b.linear(x, w, self.bias.as_ref()),
             Weight::Packed(q, on_backend) => b.linear_4bit(x, q, on_backend, self.bias.as_ref()),
+            Weight::InStack { .. } => unreachable!("a stacked projection runs through its StackedBase"),
         }
     }
 
     /// Replace a dense W by its 4-bit blocks (bitsandbytes' quantization, optionally double-quantized).
     pub fn quantize(&mut self, b: &B, quant_type: QuantType, double_quant: bool) -> Result<()> {
+        if let Weight::InStack { .. } = self.weight {
+            anyhow::bail!("quantize: this layer's weight is stacked with its siblings'; quantize before freezing");
+        }
         if let Weight::Dense(w) = &self.weight {
             let host = b.download(w);
             let q = Quantized4bit::quantize(host.view(), quant_type, double_quant)?;
@@ -98,25 +106,39 @@ impl<B: Backend> Linear<B> {
     /// y and, with an adapter, h = x̃·Aᵀ [T, r]: the one extra activation the LoRA backward needs.
     /// `dropout_seed` (training only) turns on the adapter's dropout: x̃ = x ∘ m, m drawn from the seed.
     pub fn forward_train(&self, b: &B, x: &B::Tensor, dropout_seed: Option<u64>) -> (B::Tensor, Option<B::Tensor>) {
-        let Some(lora) = &self.lora else { return (self.base_forward(b, x), None) };
-        match dropout_seed.filter(|_| lora.dropout > 0.0) {
-            Some(seed) => {
-                let mut y = self.base_forward(b, x);
-                let x_dropped = b.dropout(x, lora.dropout, seed); // x̃ = x ∘ m, for the branch only
-                let h = b.lora_forward_into(&mut y, &x_dropped, &lora.a, &lora.b, lora.scaling);
-                (y, Some(h))
-            }
-            None => {
-                // one rounding of x for both products where the backend rounds operands (the GPU's bf16)
-                let x_operand = match self.weight {
-                    Weight::Dense(_) => b.product_operand(x),
-                    Weight::Packed(..) => Cow::Borrowed(x),
-                };
-                let mut y = self.base_forward(b, &x_operand);
-                let h = b.lora_forward_into(&mut y, &x_operand, &lora.a, &lora.b, lora.scaling); // y += s·h·Bᵀ
-                (y, Some(h))
-            }
+        if self.lora.is_none() {
+            return (self.base_forward(b, x), None);
         }
+        // one rounding of x for both products where the backend rounds operands (the GPU's bf16)
+        let x_operand = match self.weight {
+            Weight::Dense(_) => b.product_operand(x),
+            _ => Cow::Borrowed(x),
+        };
+        let mut y = self.base_forward(b, &x_operand);
+        let h = self.add_lora_branch(b, (&mut y, 0), x, &x_operand, dropout_seed);
+        (y, h)
+    }
+
+    /// The adapter's branch added into the base output: y[:, at .. at + out] += s·(x̃·Aᵀ)·Bᵀ → h = x̃·Aᵀ
+    /// (`None` without an adapter); `at` is 0 but for a part of a stacked product. x̃ is x under dropout (a
+    /// training forward with a seed), else `x_operand` (x as the products read it, the base's own operand).
+    pub(super) fn add_lora_branch(
+        &self,
+        b: &B,
+        (y, at): (&mut B::Tensor, usize),
+        x: &B::Tensor,
+        x_operand: &B::Tensor,
+        dropout_seed: Option<u64>,
+    ) -> Option<B::Tensor> {
+        let lora = self.lora.as_ref()?;
+        let h = match dropout_seed.filter(|_| lora.dropout > 0.0) {
+            Some(seed) => {
+                let x_dropped = b.dropout(x, lora.dropout, seed); // x̃ = x ∘ m, for the branch only
+                b.lora_forward_into(y, at, &x_dropped, &lora.a, &lora.b, lora.scaling)
+            }
+            None => b.lora_forward_into(y, at, x_operand, &lora.a, &lora.b, lora.scaling), // y += s·h·Bᵀ
+        };
+        Some(h)
     }
     // ANCHOR_END: linear_layer_forward
 
@@ -192,6 +214,7 @@ impl<B: Backend> Linear<B> {
                     let (dx, db) = b.linear_4bit_backward(dy, x, q, on_backend, train_bias);
                     (dx, None, db)
                 }
+                Weight::InStack { .. } => unreachable!("a stacked projection runs through its StackedBase"),
             };
             if let Some(dw) = dw {
                 grads.insert(format!("{name}.weight"), dw);
@@ -201,31 +224,49 @@ impl<B: Backend> Linear<B> {
             }
             dx = wanted.then_some(base_dx);
         }
-        if let Some(lora) = &self.lora {
-            let h = h.expect("the LoRA forward cached h = x·Aᵀ");
-            let (da, db_lora) = match dropout_seed.filter(|_| lora.dropout > 0.0) {
-                Some(seed) => {
-                    // the forward's mask again: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
-                    let x_dropped = b.dropout(x, lora.dropout, seed);
-                    match dx.as_mut() {
-                        Some(dx) => {
-                            let (rows, cols) = b.dims(x);
-                            let mut dx_dropped = b.zeros(rows, cols);
-                            let (a, up) = (&lora.a, &lora.b);
-                            let grads =
-                                b.lora_backward_into(Some(&mut dx_dropped), dy, &x_dropped, h, a, up, lora.scaling);
-                            b.add_dropout_backward(dx, &dx_dropped, lora.dropout, seed);
-                            grads
-                        }
-                        None => b.lora_backward_into(None, dy, &x_dropped, h, &lora.a, &lora.b, lora.scaling),
-                    }
-                }
-                None => b.lora_backward_into(dx.as_mut(), &dy_operand, x, h, &lora.a, &lora.b, lora.scaling),
-            };
-            grads.insert(format!("{name}.lora_A"), da);
-            grads.insert(format!("{name}.lora_B"), db_lora);
-        }
+        self.lora_branch_backward(b, dx.as_mut(), (dy, &dy_operand, 0), x, h, dropout_seed, name, grads);
         dx
+    }
+
+    /// The adapter's branch in reverse (nothing without an adapter): ∂L/∂A and ∂L/∂B into `grads` as
+    /// `{name}.lora_A` / `{name}.lora_B`, and the branch's input gradient added into `dx` when one is asked
+    /// for. `dy_operand` is dy as the products read it (dy itself, or its bf16 rounding shared with the base);
+    /// the branch's dy is their columns `at .. at + out` (0 but for a part of a stacked product).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lora_branch_backward(
+        &self,
+        b: &B,
+        dx: Option<&mut B::Tensor>,
+        (dy, dy_operand, at): (&B::Tensor, &B::Tensor, usize),
+        x: &B::Tensor,
+        h: Option<&B::Tensor>,
+        dropout_seed: Option<u64>,
+        name: &str,
+        grads: &mut Gradients<B>,
+    ) {
+        let Some(lora) = &self.lora else { return };
+        let h = h.expect("the LoRA forward cached h = x·Aᵀ");
+        let (da, db_lora) = match dropout_seed.filter(|_| lora.dropout > 0.0) {
+            Some(seed) => {
+                // the forward's mask again: x̃ = x ∘ m, and ∂L/∂x picks up (∂L/∂x̃) ∘ m
+                let x_dropped = b.dropout(x, lora.dropout, seed);
+                match dx {
+                    Some(dx) => {
+                        let (rows, cols) = b.dims(x);
+                        let mut dx_dropped = b.zeros(rows, cols);
+                        let (a, up) = (&lora.a, &lora.b);
+                        let dx_part = Some(&mut dx_dropped);
+                        let grads = b.lora_backward_into(dx_part, dy, at, &x_dropped, h, a, up, lora.scaling);
+                        b.add_dropout_backward(dx, &dx_dropped, lora.dropout, seed);
+                        grads
+                    }
+                    None => b.lora_backward_into(None, dy, at, &x_dropped, h, &lora.a, &lora.b, lora.scaling),
+                }
+            }
+            None => b.lora_backward_into(dx, dy_operand, at, x, h, &lora.a, &lora.b, lora.scaling),
+        };
+        grads.insert(format!("{name}.lora_A"), da);
+        grads.insert(format!("{name}.lora_B"), db_lora);
     }
     // ANCHOR_END: linear_layer_backward
 }

@@ -26,6 +26,7 @@ pub mod phi;
 pub mod qwen;
 pub mod qwen2;
 pub mod qwen2_moe;
+pub mod stacked_base;
 pub mod starcoder2;
 
 use crate::backend::Backend;

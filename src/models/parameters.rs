@@ -2,7 +2,7 @@
 //! optimizer updates, and every tensor in a fixed order (what a checkpoint saves), with the shapes a
 //! checkpoint gives them.
 
-use super::decoder::{Decoder, LatentModule, Linear, Norm, QkvNames, QkvProjection, Weight};
+use super::decoder::{Decoder, LatentModule, Linear, Norm, QkvNames, QkvProjection, StackedBase, Weight};
 use crate::backend::Backend;
 
 impl<B: Backend> Decoder<B> {
@@ -15,7 +15,7 @@ impl<B: Backend> Decoder<B> {
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("{}.{l}", n.layers);
             match (&mut layer.qkv, n.qkv) {
-                (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                (QkvProjection::Separate { q, k, v, .. }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
                     out.push((format!("{p}.{qn}"), q));
                     out.push((format!("{p}.{kn}"), k));
                     out.push((format!("{p}.{vn}"), v));
@@ -43,6 +43,12 @@ impl<B: Backend> Decoder<B> {
     /// only by products, go to [`Backend::prepare_trained_matrix`] (the GPU keeps a bf16 copy beside each).
     pub fn freeze_base(&mut self, b: &B) {
         assert!(self.frozen_base, "freeze_base: the base is being trained");
+        if b.stacks_frozen_projections() {
+            self.stack_frozen_bases(b);
+        }
+        for stack in self.stacked_bases_mut() {
+            b.freeze(&mut stack.weight);
+        }
         for (_, linear) in self.linears_mut() {
             if let Weight::Dense(w) = &mut linear.weight {
                 b.freeze(w);
@@ -61,6 +67,34 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
+    /// Stack each layer's frozen q, k, v bases into one product, and each gated MLP's gate and up
+    /// (`models::stacked_base`); projections that cannot share a product (4-bit, a trained bias) stay apart.
+    pub fn stack_frozen_bases(&mut self, b: &B) {
+        assert!(self.frozen_base, "stack_frozen_bases: only a frozen base is stacked");
+        for layer in &mut self.layers {
+            if let QkvProjection::Separate { q, k, v, stacked: stacked @ None } = &mut layer.qkv {
+                *stacked = StackedBase::stack(b, &mut [q, k, v]);
+            }
+            for mlp in layer.ffn.mlps_mut() {
+                if let (Some(gate), None) = (mlp.gate.as_mut(), &mlp.stacked_gate_up) {
+                    mlp.stacked_gate_up = StackedBase::stack(b, &mut [gate, &mut mlp.up]);
+                }
+            }
+        }
+    }
+
+    /// Every stacked frozen base, layer by layer.
+    pub fn stacked_bases_mut(&mut self) -> Vec<&mut StackedBase<B>> {
+        let mut out = Vec::new();
+        for layer in &mut self.layers {
+            if let QkvProjection::Separate { stacked: Some(stack), .. } = &mut layer.qkv {
+                out.push(stack);
+            }
+            out.extend(layer.ffn.mlps_mut().into_iter().filter_map(|mlp| mlp.stacked_gate_up.as_mut()));
+        }
+        out
+    }
+
     /// Where the backend keeps the frozen base, in bytes and parameters: dense matrices (the layers' weights,
     /// the embedding tables, the head) and 4-bit ones apart — the two "bytes per frozen parameter" of the
     /// benchmark (4 for f32, 2 for bf16; about 0.52 for NF4 + double quantization).
@@ -72,7 +106,11 @@ impl<B: Backend> Decoder<B> {
                 Weight::Packed(q, on_backend) => {
                     sizes.packed.add(b.packed_bytes(q, on_backend), (q.shape[0], q.shape[1]))
                 }
+                Weight::InStack { .. } => {} // counted with its stack below
             }
+        }
+        for stack in self.stacked_bases_mut() {
+            sizes.dense.add(b.stored_bytes(&stack.weight), b.dims(&stack.weight));
         }
         let tables = [Some(&self.embed_tokens), self.position_embeddings.as_ref(), self.lm_head.as_ref()];
         for t in tables.into_iter().flatten() {
@@ -113,7 +151,7 @@ impl<B: Backend> Decoder<B> {
             let p = format!("{}.{l}", n.layers);
             push_norm(&mut out, format!("{p}.{}", n.input_norm), &mut layer.input_norm);
             match (&mut layer.qkv, n.qkv) {
-                (QkvProjection::Separate { q, k, v }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                (QkvProjection::Separate { q, k, v, .. }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
                     push_linear(&mut out, format!("{p}.{qn}"), q);
                     push_linear(&mut out, format!("{p}.{kn}"), k);
                     push_linear(&mut out, format!("{p}.{vn}"), v);
@@ -154,8 +192,10 @@ impl<B: Backend> Decoder<B> {
 
 /// A dense linear layer's weight and its bias under `name`.
 fn push_linear<'a, B: Backend>(out: &mut Vec<(String, &'a mut B::Tensor)>, name: String, lin: &'a mut Linear<B>) {
-    if let Weight::Dense(w) = &mut lin.weight {
-        out.push((format!("{name}.weight"), w));
+    match &mut lin.weight {
+        Weight::Dense(w) => out.push((format!("{name}.weight"), w)),
+        Weight::InStack { .. } => panic!("{name}: a stacked frozen base is not a parameter"),
+        Weight::Packed(..) => {}
     }
     if let Some(bias) = lin.bias.as_mut() {
         out.push((format!("{name}.bias"), bias));

@@ -3,7 +3,7 @@
 //! `down( gelu(gate(x)) ⊙ up(x) )`, both with GELU's tanh approximation (`gelu_pytorch_tanh`). GPT-NeoX's
 //! plain MLP uses the exact GELU, x·Φ(x) with the normal CDF Φ written through erf.
 
-use ndarray::{Array2, ArrayView2, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip, s};
 
 pub fn silu(z: f32) -> f32 {
     z / (1.0 + super::fastmath::exp(-z))
@@ -25,18 +25,48 @@ pub fn swiglu(gate: ArrayView2<f32>, up: ArrayView2<f32>) -> Array2<f32> {
 ///
 /// dy, gate, up: [T, I] → (dgate, dup), both [T, I].
 pub fn swiglu_backward(dy: ArrayView2<f32>, gate: ArrayView2<f32>, up: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
-    assert_eq!(dy.dim(), gate.dim(), "swiglu_backward: dy and gate differ");
-    assert_eq!(gate.dim(), up.dim(), "swiglu_backward: gate and up differ");
     let mut dgate = Array2::zeros(gate.raw_dim());
     let mut dup = Array2::zeros(gate.raw_dim());
-    Zip::from(&mut dgate).and(&mut dup).and(&dy).and(&gate).and(&up).par_for_each(|dg, du, &d, &g, &u| {
+    swiglu_backward_into(dgate.view_mut(), dup.view_mut(), dy, gate, up);
+    (dgate, dup)
+}
+
+fn swiglu_backward_into(
+    dgate: ArrayViewMut2<f32>,
+    dup: ArrayViewMut2<f32>,
+    dy: ArrayView2<f32>,
+    gate: ArrayView2<f32>,
+    up: ArrayView2<f32>,
+) {
+    assert_eq!(dy.dim(), gate.dim(), "swiglu_backward: dy and gate differ");
+    assert_eq!(gate.dim(), up.dim(), "swiglu_backward: gate and up differ");
+    Zip::from(dgate).and(dup).and(&dy).and(&gate).and(&up).par_for_each(|dg, du, &d, &g, &u| {
         let sigma = 1.0 / (1.0 + super::fastmath::exp(-g));
         *du = d * g * sigma;
         *dg = d * u * sigma * (1.0 + g * (1.0 - sigma));
     });
-    (dgate, dup)
 }
 // ANCHOR_END: swiglu_backward
+
+// ANCHOR: swiglu_halves
+/// The halves of a [T, 2I] tensor whose rows are [gate | up] (a stacked or fused gate/up product), as views.
+pub fn halves(gate_up: ArrayView2<f32>) -> (ArrayView2<f32>, ArrayView2<f32>) {
+    let inner = gate_up.ncols() / 2;
+    assert_eq!(gate_up.ncols(), 2 * inner, "swiglu: width {} is not [gate | up]", gate_up.ncols());
+    (gate_up.slice_move(s![.., ..inner]), gate_up.slice_move(s![.., inner..]))
+}
+
+/// The backward of `swiglu(halves(gate_up))`: dy [T, I] → ∂L/∂[gate | up] [T, 2I], written in that layout (the
+/// stacked product's dx reads it whole).
+pub fn swiglu_halves_backward(dy: ArrayView2<f32>, gate_up: ArrayView2<f32>) -> Array2<f32> {
+    let (gate, up) = halves(gate_up);
+    let mut d = Array2::zeros(gate_up.raw_dim());
+    let inner = gate.ncols();
+    let (dgate, dup) = d.multi_slice_mut((s![.., ..inner], s![.., inner..]));
+    swiglu_backward_into(dgate, dup, dy, gate, up);
+    d
+}
+// ANCHOR_END: swiglu_halves
 
 // ANCHOR: gelu_tanh
 /// √(2/π)
@@ -121,6 +151,17 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn the_halves_of_one_gate_up_give_swiglu_of_the_two(t in 1usize..6, i in 1usize..9, seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let (gate_up, dy) = (random(t, 2 * i, &mut rng), random(t, i, &mut rng));
+            let (gate, up) = halves(gate_up.view());
+            prop_assert_eq!(swiglu(gate, up), swiglu(gate_up.slice(s![.., ..i]), gate_up.slice(s![.., i..])));
+            let (dgate, dup) = swiglu_backward(dy.view(), gate, up);
+            let want = ndarray::concatenate![ndarray::Axis(1), dgate, dup];
+            prop_assert_eq!(swiglu_halves_backward(dy.view(), gate_up.view()), want);
+        }
+
         #[test]
         fn backward_matches_finite_differences(t in 1usize..6, i in 1usize..9, seed in any::<u64>()) {
             let mut rng = Rng::new(seed);

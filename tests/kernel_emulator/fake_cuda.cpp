@@ -29,6 +29,7 @@ using Launcher = void (*)(unsigned, unsigned, unsigned, void**);
 static const std::map<std::string, Launcher>& kernels() {
     static const std::map<std::string, Launcher> table = {
         KERNEL(add), KERNEL(add_scaled), KERNEL(scale), KERNEL(mul), KERNEL(swiglu), KERNEL(swiglu_backward),
+        KERNEL(swiglu_halves), KERNEL(swiglu_halves_backward),
         KERNEL(gelu_tanh), KERNEL(gelu_tanh_backward), KERNEL(gelu_erf), KERNEL(gelu_erf_backward),
         KERNEL(layer_norm), KERNEL(layer_norm_backward), KERNEL(layer_norm_backward_input),
         KERNEL(split_qkv), KERNEL(join_qkv),

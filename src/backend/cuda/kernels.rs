@@ -30,6 +30,8 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "mul",
             "swiglu",
             "swiglu_backward",
+            "swiglu_halves",
+            "swiglu_halves_backward",
             "gelu_tanh",
             "gelu_tanh_backward",
             "gelu_erf",

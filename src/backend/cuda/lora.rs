@@ -5,7 +5,8 @@
 //! activation a product reads twice is rounded to bf16 once (`product_operand`), not once per product.
 //! Dropout draws its mask inside the multiply (`dropout_apply`, `dropout_add` in random.cu).
 
-use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, Storage, blas, elementwise_grid, fail};
+use super::blas::{self, Columns};
+use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, Storage, elementwise_grid, fail};
 use std::borrow::Cow;
 
 impl Cuda {
@@ -20,10 +21,12 @@ impl Cuda {
     // ANCHOR_END: product_operand
 
     // ANCHOR: cuda_lora_forward
-    /// y [T, out] += s·(x·Aᵀ)·Bᵀ → h = x·Aᵀ [T, r]. Two products, the second accumulating into y.
+    /// y[:, at .. at + out] += s·(x·Aᵀ)·Bᵀ → h = x·Aᵀ [T, r]. Two products, the second accumulating into y's
+    /// columns in place (the leading dimension is y's whole row: a part of a stacked output is no copy).
     pub(super) fn lora_forward(
         &self,
         y: &mut CudaTensor,
+        at: usize,
         x: &CudaTensor,
         a: &CudaTensor,
         b: &CudaTensor,
@@ -31,34 +34,41 @@ impl Cuda {
     ) -> CudaTensor {
         assert_eq!(x.cols, a.cols, "lora_forward: x has {} columns, A has {} inputs", x.cols, a.cols);
         assert_eq!(b.cols, a.rows, "lora_forward: B's rank {} is not A's {}", b.cols, a.rows);
+        assert!(at + b.rows <= y.cols, "lora_forward: columns {at}..{} of a [T, {}] output", at + b.rows, y.cols);
         let mut h = self.tensor(x.rows, a.rows);
         blas::gemm(self, x, false, a, true, 1.0, 0.0, &mut h); // h[T, r] = x·Aᵀ
-        blas::gemm(self, &h, false, b, true, s, 1.0, y); // y[T, out] += s·h·Bᵀ
+        // a strided product reads its operands as stored: both in the products' precision
+        let (h_operand, b_operand) = (self.product_operand(&h), self.product_operand(b));
+        let (h_all, b_all) = (Columns::all(&h_operand), Columns::all(&b_operand));
+        blas::gemm_strided(self, h_all, false, b_all, true, s, 1.0, y, at); // y[T, at..at+out] += s·h·Bᵀ
         h
     }
     // ANCHOR_END: cuda_lora_forward
 
     // ANCHOR: cuda_lora_backward
-    /// dx [T, in] += s·(dy·B)·A → (∂L/∂A [r, in], ∂L/∂B [out, r]). Four products, s in two of their α, the
-    /// last accumulating into dx (three without a dx); dy and ∂L/∂h are each rounded once for their products.
+    /// dx [T, in] += s·(dy·B)·A → (∂L/∂A [r, in], ∂L/∂B [out, r]), dy read from columns `at .. at + out` of
+    /// the given tensor. Four products, s in two of their α, the last accumulating into dx (three without a
+    /// dx); dy and ∂L/∂h are each rounded once for their products.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn lora_backward(
         &self,
         dx: Option<&mut CudaTensor>,
-        dy: &CudaTensor,
+        (dy, at): (&CudaTensor, usize),
         x: &CudaTensor,
         h: &CudaTensor,
         a: &CudaTensor,
         b: &CudaTensor,
         s: f32,
     ) -> (CudaTensor, CudaTensor) {
-        assert_eq!((dy.rows, dy.cols), (x.rows, b.rows), "lora_backward: dy is not [T, out]");
+        assert!(dy.rows == x.rows && at + b.rows <= dy.cols, "lora_backward: dy has no [T, out] at column {at}");
         assert_eq!((h.rows, h.cols), (x.rows, a.rows), "lora_backward: h is not [T, r]");
-        let dy = self.product_operand(dy);
+        let (dy, h_operand, b_operand) = (self.product_operand(dy), self.product_operand(h), self.product_operand(b));
+        let dy_part = Columns { t: &dy, start: at, width: b.rows };
+        let (h_all, b_all) = (Columns::all(&h_operand), Columns::all(&b_operand));
         let mut db = self.tensor(b.rows, b.cols);
-        blas::gemm(self, &dy, true, h, false, s, 0.0, &mut db); // ∂L/∂B [out, r] = s·dyᵀ·h
+        blas::gemm_strided(self, dy_part, true, h_all, false, s, 0.0, &mut db, 0); // ∂L/∂B [out, r] = s·dyᵀ·h
         let mut dh = self.tensor(h.rows, h.cols);
-        blas::gemm(self, &dy, false, b, false, s, 0.0, &mut dh); // ∂L/∂h [T, r] = s·dy·B
+        blas::gemm_strided(self, dy_part, false, b_all, false, s, 0.0, &mut dh, 0); // ∂L/∂h [T, r] = s·dy·B
         let dh = self.product_operand(&dh);
         let mut da = self.tensor(a.rows, a.cols);
         blas::gemm(self, &dh, true, x, false, 1.0, 0.0, &mut da); // ∂L/∂A [r, in] = (∂L/∂h)ᵀ·x

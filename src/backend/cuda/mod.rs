@@ -80,6 +80,7 @@ mod attention; // the attention launches: segment tables, the kernel family by p
 mod cross_entropy; // the fused softmax + cross-entropy, its losses left on the device
 mod device; // opening a device, the precision of its products, and the backend on it
 mod fused_qkv; // a fused q/k/v projection's column split and join
+mod gate_up; // SwiGLU on the halves of one [gate | up] product, forward and backward
 mod grids; // the launch shapes: element-wise, one block per row, one warp per row
 mod linear_4bit; // products with a 4-bit weight, one dequantized band of rows at a time
 mod lora; // LoRA's branch with its scale and add folded into the products, and dropout drawn in place
@@ -157,6 +158,9 @@ impl Backend for Cuda {
     }
     fn prepare_trained_matrix(&self, w: &mut CudaTensor) {
         self.keep_bf16_copy(w)
+    }
+    fn stacks_frozen_projections(&self) -> bool {
+        true
     }
     fn stored_bytes(&self, t: &CudaTensor) -> usize {
         t.stored_bytes()
@@ -253,6 +257,9 @@ impl Backend for Cuda {
     }
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
         self.elementwise2("swiglu", gate, up)
+    }
+    fn swiglu_halves(&self, gate_up: &CudaTensor) -> CudaTensor {
+        self.swiglu_of_halves(gate_up)
     }
     fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32) -> CudaTensor {
         assert_eq!(weight.len(), x.cols, "layer_norm: weight length ≠ hidden size");
@@ -371,24 +378,26 @@ impl Backend for Cuda {
     fn lora_forward_into(
         &self,
         y: &mut CudaTensor,
+        at: usize,
         x: &CudaTensor,
         a: &CudaTensor,
         b: &CudaTensor,
         s: f32,
     ) -> CudaTensor {
-        self.lora_forward(y, x, a, b, s)
+        self.lora_forward(y, at, x, a, b, s)
     }
     fn lora_backward_into(
         &self,
         dx: Option<&mut CudaTensor>,
         dy: &CudaTensor,
+        at: usize,
         x: &CudaTensor,
         h: &CudaTensor,
         a: &CudaTensor,
         b: &CudaTensor,
         s: f32,
     ) -> (CudaTensor, CudaTensor) {
-        self.lora_backward(dx, dy, x, h, a, b, s)
+        self.lora_backward(dx, (dy, at), x, h, a, b, s)
     }
     fn dropout(&self, x: &CudaTensor, p: f32, seed: u64) -> CudaTensor {
         self.dropout_apply(x, p, seed)
@@ -465,6 +474,9 @@ impl Backend for Cuda {
         layout: FusedQkv,
     ) -> CudaTensor {
         self.join_fused_qkv(dq, dk, dv, shape, layout)
+    }
+    fn swiglu_halves_backward(&self, dy: &CudaTensor, gate_up: &CudaTensor) -> CudaTensor {
+        self.swiglu_of_halves_backward(dy, gate_up)
     }
     fn swiglu_backward(&self, dy: &CudaTensor, gate: &CudaTensor, up: &CudaTensor) -> (CudaTensor, CudaTensor) {
         Self::same_shape(gate, up, "swiglu_backward");

@@ -20,20 +20,38 @@ extern "C" __global__ void mul(float* out, const float* a, const float* b, long 
 }
 
 // silu(g)·u with silu(g) = g·σ(g)
+__device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// ∂/∂u = dy·silu(g);  ∂/∂g = dy·u·σ(g)·(1 + g·(1 − σ(g)))
+__device__ inline void silu_times_backward(float dy, float g, float u, float* dg, float* du) {
+    const float s = 1.0f / (1.0f + expf(-g));
+    *du = dy * g * s;
+    *dg = dy * u * s * (1.0f + g * (1.0f - s));
+}
+
 extern "C" __global__ void swiglu(float* out, const float* gate, const float* up, long long n) {
-    FOR_EACH(i, n) {
-        const float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+    FOR_EACH(i, n) out[i] = silu_times(gate[i], up[i]);
+}
+
+extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float* dy, const float* gate,
+                                           const float* up, long long n) {
+    FOR_EACH(i, n) silu_times_backward(dy[i], gate[i], up[i], &dgate[i], &dup[i]);
+}
+
+// The same on one [rows, 2·inner] tensor whose rows are [gate | up] (a stacked or fused gate/up product):
+// out [rows, inner]; the backward writes d[gate | up] in that layout, ready for the stacked dx product.
+extern "C" __global__ void swiglu_halves(float* out, const float* gate_up, long long rows, long long inner) {
+    FOR_EACH(i, rows * inner) {
+        const long long t = i / inner, j = i % inner;
+        out[i] = silu_times(gate_up[t * 2 * inner + j], gate_up[t * 2 * inner + inner + j]);
     }
 }
 
-// ∂/∂u = dy·silu(g);  ∂/∂g = dy·u·σ(g)·(1 + g·(1 − σ(g)))
-extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float* dy, const float* gate,
-                                           const float* up, long long n) {
-    FOR_EACH(i, n) {
-        const float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-        dup[i] = dy[i] * g * s;
-        dgate[i] = dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
+extern "C" __global__ void swiglu_halves_backward(float* dgate_up, const float* dy, const float* gate_up,
+                                                  long long rows, long long inner) {
+    FOR_EACH(i, rows * inner) {
+        const long long t = i / inner, j = i % inner, g = t * 2 * inner + j, u = g + inner;
+        silu_times_backward(dy[i], gate_up[g], gate_up[u], &dgate_up[g], &dgate_up[u]);
     }
 }
 

@@ -1,0 +1,111 @@
+//! Frozen projections that read the same input — a layer's q, k and v; an MLP's gate and up — computed as one
+//! product. Their weights stacked by rows,
+//!
+//!   W = [W₁; W₂; …]  [Σ outᵢ, in],   y = x·Wᵀ = [y₁ | y₂ | …]  [T, Σ outᵢ],
+//!
+//! give every part's output side by side, and in the backward one product gives the input gradient of them
+//! all, with no partial gradients to add up:
+//!
+//!   ∂L/∂x = Σᵢ dyᵢ·Wᵢ = [dy₁ | dy₂ | …]·W.
+//!
+//! One launch instead of two or three, one pass over x, and wider products that fill a GPU's tiles (a 1.1B
+//! model's grouped k and v are 256 wide). Only a frozen base is stacked (a LoRA run's): the optimizer never
+//! writes it, so nothing else needs to address its rows. Each part stays a [`Linear`] with its own name,
+//! adapter and gradients; its weight becomes [`Weight::InStack`]. Each adapter adds its branch into its own
+//! columns of the stacked output, and in the backward reads its dy there, in place. The q/k/v output is then
+//! split as a fused projection of one group ([`FusedQkv`](crate::backend::FusedQkv) `{ groups: 1 }`:
+//! [q | k | v]); SwiGLU reads [gate | up] as it lies (`Backend::swiglu_halves`), as ChatGLM's fused one.
+
+use super::layers::{Gradients, Linear, Weight};
+use crate::backend::Backend;
+use ndarray::{Array2, Axis, concatenate};
+
+// ANCHOR: stacked_base
+/// The stacked frozen weights [Σ outᵢ, in] of sibling projections, and their stacked biases [1, Σ outᵢ].
+pub struct StackedBase<B: Backend> {
+    pub weight: B::Tensor,
+    pub bias: Option<B::Tensor>,
+}
+
+impl<B: Backend> StackedBase<B> {
+    /// Moves the dense weights (and biases) of `parts` into one stacked matrix; each part keeps
+    /// [`Weight::InStack`]. `None`, with nothing moved, when they cannot share one product: a part that is
+    /// 4-bit or already stacked, different input widths, a bias on some parts only, or a bias that trains.
+    pub fn stack(b: &B, parts: &mut [&mut Linear<B>]) -> Option<Self> {
+        let inp = parts.first()?.dims(b).1;
+        let stackable = parts.iter().all(|p| matches!(p.weight, Weight::Dense(_)) && p.dims(b).1 == inp && !p.train_bias);
+        let with_bias = parts.iter().filter(|p| p.bias.is_some()).count();
+        if !stackable || (with_bias != 0 && with_bias != parts.len()) {
+            return None;
+        }
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for part in parts.iter_mut() {
+            let (out, inp) = part.dims(b);
+            let Weight::Dense(w) = std::mem::replace(&mut part.weight, Weight::InStack { out, inp }) else {
+                unreachable!("checked above")
+            };
+            weights.push(b.download(&w));
+            if let Some(bias) = part.bias.take() {
+                biases.push(b.download(&bias));
+            }
+        }
+        let stack = |rows: &[Array2<f32>], axis| concatenate(axis, &rows.iter().map(|r| r.view()).collect::<Vec<_>>());
+        let weight = b.upload_weight(stack(&weights, Axis(0)).expect("equal input widths"));
+        let bias = (with_bias > 0).then(|| b.upload(stack(&biases, Axis(1)).expect("bias rows")));
+        Some(StackedBase { weight, bias })
+    }
+
+    /// Training forward: x [T, in] → the stacked output [T, Σ outᵢ], each part's adapter branch added into
+    /// its own columns, and each adapter's h = x̃·Aᵀ (`None` for a part without one).
+    pub fn forward_train<const N: usize>(
+        &self,
+        b: &B,
+        parts: [&Linear<B>; N],
+        x: &B::Tensor,
+        seeds: [Option<u64>; N],
+    ) -> (B::Tensor, [Option<B::Tensor>; N]) {
+        let x_operand = b.product_operand(x); // one rounding of x for the stacked product and every adapter
+        let mut y = b.linear(&x_operand, &self.weight, self.bias.as_ref());
+        let starts = column_starts(b, parts);
+        let hs = std::array::from_fn(|i| parts[i].add_lora_branch(b, (&mut y, starts[i]), x, &x_operand, seeds[i]));
+        (y, hs)
+    }
+
+    /// Backward: dy [T, Σ outᵢ] (the parts' gradients side by side) → ∂L/∂x [T, in] when `input_gradient`
+    /// asks for it (one product, plus each adapter's share), and every adapter's gradients into `grads` under
+    /// its part's name. The adapters read their dy in place, as columns of the one tensor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<const N: usize>(
+        &self,
+        b: &B,
+        parts: [&Linear<B>; N],
+        dy: &B::Tensor,
+        x: &B::Tensor,
+        hs: [Option<&B::Tensor>; N],
+        seeds: [Option<u64>; N],
+        names: [&str; N],
+        input_gradient: bool,
+        grads: &mut Gradients<B>,
+    ) -> Option<B::Tensor> {
+        let dy_operand = b.product_operand(dy); // one rounding for the dx product and every adapter
+        let mut dx = input_gradient.then(|| b.linear_backward(&dy_operand, x, &self.weight, false, false).0);
+        let starts = column_starts(b, parts);
+        for i in 0..N {
+            let dy_part = (dy, &*dy_operand, starts[i]);
+            parts[i].lora_branch_backward(b, dx.as_mut(), dy_part, x, hs[i], seeds[i], names[i], grads);
+        }
+        dx
+    }
+}
+
+/// Where each part's columns start in the stacked output.
+fn column_starts<B: Backend, const N: usize>(b: &B, parts: [&Linear<B>; N]) -> [usize; N] {
+    let mut at = 0;
+    parts.map(|p| {
+        let start = at;
+        at += p.dims(b).0;
+        start
+    })
+}
+// ANCHOR_END: stacked_base

@@ -1,0 +1,158 @@
+//! Stacked frozen bases (`models::stacked_base`): a LoRA model whose q/k/v and gate/up bases run as one product
+//! each gives the logits, loss and adapter gradients of the same model with separate products, on every
+//! shape the stacking meets — grouped heads, biases, dropout, a Gemma MLP, experts, activation recomputation,
+//! layer 0's skipped input gradient — and leaves alone what cannot be stacked (a trained bias, 4-bit bases).
+//! The CPU does not stack on its own (`Backend::stacks_frozen_projections`), so each test stacks explicitly;
+//! the GPU stacks at `freeze_base`, and `tests/cuda_training_steps.rs` compares it with the CPU.
+//!
+//! Tolerance: the products sum the same terms in another order (one [T, Σ out] product, one dx product over
+//! Σ out), so logits and loss agree to 1e-5 and every gradient to 1e-4 of its tensor's largest magnitude.
+
+use mftcoder::backend::Backend;
+use mftcoder::backend::cpu::Cpu;
+use mftcoder::loss::causal_lm::{mean_token_loss, next_token_targets};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, Logits, MlpKind, Sequence};
+use mftcoder::peft::attach::init_adapters;
+use mftcoder::peft::lora::{LoraBias, LoraConfig, TargetModules};
+use mftcoder::quant::QuantType;
+use mftcoder::rng::Rng;
+use ndarray::Array2;
+
+fn llama() -> DecoderConfig {
+    DecoderConfig::with_shape(61, 48, 80, 2, 4, 2) // 4 query heads sharing 2 key/value heads
+}
+
+fn all_linear(bias: LoraBias, dropout: f64) -> LoraConfig {
+    LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: dropout, bias, target_modules: TargetModules::AllLinear, ..LoraConfig::default() }
+}
+
+/// The model with seeded weights and adapters whose B is not zero (PEFT's init would hide the branch).
+fn adapted(config: &DecoderConfig, lora: &LoraConfig, quantize: bool) -> Decoder<Cpu> {
+    let mut model = Decoder::random(&Cpu, config.clone(), 11);
+    if quantize {
+        for (_, linear) in model.linears_mut() {
+            linear.quantize(&Cpu, QuantType::Nf4, true).unwrap();
+        }
+    }
+    init_adapters(&mut model, &Cpu, lora, &mut Rng::new(3)).unwrap();
+    let mut rng = Rng::new(4);
+    for (_, linear) in model.linears_mut() {
+        if let Some(adapter) = linear.lora.as_mut() {
+            let (out, r) = Cpu.dims(&adapter.b);
+            adapter.b = Cpu.upload_weight(Array2::from_shape_fn((out, r), |_| (rng.normal() * 0.3) as f32));
+        }
+    }
+    model
+}
+
+fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Stacks `stacked`, checks it got `expected_stacks` stacks, and compares it with `separate` on a packed row
+/// of two documents: logits, loss and every gradient.
+fn assert_same_model(case: &str, separate: &Decoder<Cpu>, mut stacked: Decoder<Cpu>, expected_stacks: usize) {
+    stacked.stack_frozen_bases(&Cpu);
+    assert_eq!(stacked.stacked_bases_mut().len(), expected_stacks, "{case}: stacks");
+    let ids: Vec<u32> = (0..23u32).map(|i| (i * 7 + 3) % 61).collect();
+    let segments: Vec<u32> = (0..23).map(|t| u32::from(t >= 14)).collect();
+    let positions: Vec<usize> = (0..23).map(|t| if t >= 14 { t - 14 } else { t }).collect();
+
+    let (l1, l2) = (
+        Cpu.download(&separate.forward(&Cpu, &ids, None, Logits::All).unwrap()),
+        Cpu.download(&stacked.forward(&Cpu, &ids, None, Logits::All).unwrap()),
+    );
+    assert!(max_abs_diff(&l1, &l2) <= 1e-5, "{case}: logits differ by {}", max_abs_diff(&l1, &l2));
+
+    let (targets, weights) = next_token_targets(&ids, Some(&segments), None);
+    let seq = Sequence { ids: &ids, positions: &positions, segment_ids: Some(&segments) };
+    let a = mean_token_loss(separate, &Cpu, seq, &targets, &weights).unwrap();
+    let b = mean_token_loss(&stacked, &Cpu, seq, &targets, &weights).unwrap();
+    assert!((a.loss - b.loss).abs() <= 1e-5, "{case}: loss {} vs {}", a.loss, b.loss);
+    let names = |g: &mftcoder::models::decoder::Gradients<Cpu>| g.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&a.grads), names(&b.grads), "{case}: the same gradients");
+    assert!(!a.grads.is_empty());
+    for (name, ga) in &a.grads {
+        let scale = ga.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let d = max_abs_diff(ga, &b.grads[name]) / scale;
+        assert!(d <= 1e-4, "{case}: {name}: relative difference {d:.2e}");
+    }
+}
+
+#[test]
+fn stacked_products_give_the_separate_products_results() {
+    let lora = all_linear(LoraBias::None, 0.0);
+    // 2 layers: q/k/v and gate/up stacked in each
+    assert_same_model("llama, GQA", &adapted(&llama(), &lora, false), adapted(&llama(), &lora, false), 4);
+
+    let mut biased = llama();
+    biased.attention.qkv_bias = true; // Qwen2's q/k/v biases, frozen here: stacked with the weights
+    assert_same_model("frozen q/k/v biases", &adapted(&biased, &lora, false), adapted(&biased, &lora, false), 4);
+
+    let mut gemma = llama();
+    gemma.mlp = MlpKind::GatedGelu;
+    assert_same_model("gelu(gate) ⊙ up", &adapted(&gemma, &lora, false), adapted(&gemma, &lora, false), 4);
+
+    let only_q_v = LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() }; // PEFT's default: q and v only
+    assert_same_model("adapters on q and v only", &adapted(&llama(), &only_q_v, false), adapted(&llama(), &only_q_v, false), 4);
+}
+
+#[test]
+fn dropout_and_recomputation_see_the_same_branches() {
+    let lora = all_linear(LoraBias::None, 0.2);
+    let (mut separate, mut stacked) = (adapted(&llama(), &lora, false), adapted(&llama(), &lora, false));
+    for model in [&mut separate, &mut stacked] {
+        model.dropout_seed = Some(17);
+        model.recompute_activations = true;
+    }
+    assert_same_model("dropout 0.2, recomputed layers", &separate, stacked, 4);
+}
+
+#[test]
+fn experts_stack_their_own_gate_and_up() {
+    let mut config = llama();
+    config.moe = Some(mftcoder::models::decoder::Moe {
+        router: mftcoder::nn::moe_router::RouterSpec {
+            experts: 4,
+            top_k: 2,
+            normalize: true,
+            scaling: 1.0,
+            selection: mftcoder::nn::moe_router::Selection::Greedy,
+        },
+        expert_intermediate_size: 24,
+        sparse_layers: vec![true; 2],
+        shared_expert: None,
+        aux_loss: mftcoder::models::decoder::AuxLoss::LoadBalancing { coef: 0.02 },
+    });
+    config.names = mftcoder::models::mixtral::NAMES;
+    let lora = all_linear(LoraBias::None, 0.0);
+    // per layer: q/k/v, and gate/up of each of the 4 experts
+    assert_same_model("4 experts", &adapted(&config, &lora, false), adapted(&config, &lora, false), 10);
+}
+
+#[test]
+fn trained_biases_and_4_bit_bases_stay_apart() {
+    let mut biased = llama();
+    biased.attention.qkv_bias = true;
+    let lora = all_linear(LoraBias::LoraOnly, 0.0); // q/k/v train their biases: their products stay apart
+    assert_same_model("trained q/k/v biases", &adapted(&biased, &lora, false), adapted(&biased, &lora, false), 2);
+
+    let lora = all_linear(LoraBias::None, 0.0);
+    let mut quantized = adapted(&llama(), &lora, true);
+    let before = quantized.frozen_base_bytes(&Cpu);
+    quantized.stack_frozen_bases(&Cpu);
+    assert_eq!(quantized.stacked_bases_mut().len(), 0, "4-bit bases are not stacked");
+    assert_eq!(quantized.frozen_base_bytes(&Cpu), before);
+}
+
+#[test]
+fn stacking_keeps_the_frozen_base_its_size() {
+    let lora = all_linear(LoraBias::None, 0.0);
+    let mut model = adapted(&llama(), &lora, false);
+    let before = model.frozen_base_bytes(&Cpu);
+    model.stack_frozen_bases(&Cpu);
+    assert_eq!(model.frozen_base_bytes(&Cpu), before, "the same parameters in the same bytes");
+    let mut decoding = model.for_decoding(&Cpu);
+    assert_eq!(decoding.frozen_base_bytes(&Cpu), before);
+}
