@@ -2,8 +2,8 @@
 //! each gives the logits, loss and adapter gradients of the same model with separate products, on every
 //! shape the stacking meets — grouped heads, biases, dropout, a Gemma MLP, experts, activation recomputation,
 //! layer 0's skipped input gradient — and leaves alone what cannot be stacked (a trained bias, 4-bit bases).
-//! The CPU does not stack on its own (`Backend::stacks_frozen_projections`), so each test stacks explicitly;
-//! the GPU stacks at `freeze_base`, and `tests/cuda_training_steps.rs` compares it with the CPU.
+//! `freeze_base` stacks (on both backends); the separate model is the same one after
+//! `unstack_frozen_bases`. `tests/cuda_training_steps.rs` compares the GPU's stacked step with the CPU's.
 //!
 //! Tolerance: the products sum the same terms in another order (one [T, Σ out] product, one dx product over
 //! Σ out), so logits and loss agree to 1e-5 and every gradient to 1e-4 of its tensor's largest magnitude.
@@ -50,11 +50,13 @@ fn max_abs_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Stacks `stacked`, checks it got `expected_stacks` stacks, and compares it with `separate` on a packed row
-/// of two documents: logits, loss and every gradient.
-fn assert_same_model(case: &str, separate: &Decoder<Cpu>, mut stacked: Decoder<Cpu>, expected_stacks: usize) {
-    stacked.stack_frozen_bases(&Cpu);
+/// Checks that `stacked` (as `freeze_base` left it) has `expected_stacks` stacks, unstacks a copy, and compares
+/// the two on a packed row of two documents: logits, loss and every gradient.
+fn assert_same_model(case: &str, mut separate: Decoder<Cpu>, mut stacked: Decoder<Cpu>, expected_stacks: usize) {
     assert_eq!(stacked.stacked_bases_mut().len(), expected_stacks, "{case}: stacks");
+    separate.unstack_frozen_bases(&Cpu);
+    assert_eq!(separate.stacked_bases_mut().len(), 0, "{case}: unstacked");
+    let separate = &separate;
     let ids: Vec<u32> = (0..23u32).map(|i| (i * 7 + 3) % 61).collect();
     let segments: Vec<u32> = (0..23).map(|t| u32::from(t >= 14)).collect();
     let positions: Vec<usize> = (0..23).map(|t| if t >= 14 { t - 14 } else { t }).collect();
@@ -84,18 +86,18 @@ fn assert_same_model(case: &str, separate: &Decoder<Cpu>, mut stacked: Decoder<C
 fn stacked_products_give_the_separate_products_results() {
     let lora = all_linear(LoraBias::None, 0.0);
     // 2 layers: q/k/v and gate/up stacked in each
-    assert_same_model("llama, GQA", &adapted(&llama(), &lora, false), adapted(&llama(), &lora, false), 4);
+    assert_same_model("llama, GQA", adapted(&llama(), &lora, false), adapted(&llama(), &lora, false), 4);
 
     let mut biased = llama();
     biased.attention.qkv_bias = true; // Qwen2's q/k/v biases, frozen here: stacked with the weights
-    assert_same_model("frozen q/k/v biases", &adapted(&biased, &lora, false), adapted(&biased, &lora, false), 4);
+    assert_same_model("frozen q/k/v biases", adapted(&biased, &lora, false), adapted(&biased, &lora, false), 4);
 
     let mut gemma = llama();
     gemma.mlp = MlpKind::GatedGelu;
-    assert_same_model("gelu(gate) ⊙ up", &adapted(&gemma, &lora, false), adapted(&gemma, &lora, false), 4);
+    assert_same_model("gelu(gate) ⊙ up", adapted(&gemma, &lora, false), adapted(&gemma, &lora, false), 4);
 
     let only_q_v = LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() }; // PEFT's default: q and v only
-    assert_same_model("adapters on q and v only", &adapted(&llama(), &only_q_v, false), adapted(&llama(), &only_q_v, false), 4);
+    assert_same_model("adapters on q and v only", adapted(&llama(), &only_q_v, false), adapted(&llama(), &only_q_v, false), 4);
 }
 
 #[test]
@@ -106,7 +108,7 @@ fn dropout_and_recomputation_see_the_same_branches() {
         model.dropout_seed = Some(17);
         model.recompute_activations = true;
     }
-    assert_same_model("dropout 0.2, recomputed layers", &separate, stacked, 4);
+    assert_same_model("dropout 0.2, recomputed layers", separate, stacked, 4);
 }
 
 #[test]
@@ -128,7 +130,7 @@ fn experts_stack_their_own_gate_and_up() {
     config.names = mftcoder::models::mixtral::NAMES;
     let lora = all_linear(LoraBias::None, 0.0);
     // per layer: q/k/v, and gate/up of each of the 4 experts
-    assert_same_model("4 experts", &adapted(&config, &lora, false), adapted(&config, &lora, false), 10);
+    assert_same_model("4 experts", adapted(&config, &lora, false), adapted(&config, &lora, false), 10);
 }
 
 #[test]
@@ -136,23 +138,37 @@ fn trained_biases_and_4_bit_bases_stay_apart() {
     let mut biased = llama();
     biased.attention.qkv_bias = true;
     let lora = all_linear(LoraBias::LoraOnly, 0.0); // q/k/v train their biases: their products stay apart
-    assert_same_model("trained q/k/v biases", &adapted(&biased, &lora, false), adapted(&biased, &lora, false), 2);
+    assert_same_model("trained q/k/v biases", adapted(&biased, &lora, false), adapted(&biased, &lora, false), 2);
 
     let lora = all_linear(LoraBias::None, 0.0);
     let mut quantized = adapted(&llama(), &lora, true);
-    let before = quantized.frozen_base_bytes(&Cpu);
-    quantized.stack_frozen_bases(&Cpu);
     assert_eq!(quantized.stacked_bases_mut().len(), 0, "4-bit bases are not stacked");
-    assert_eq!(quantized.frozen_base_bytes(&Cpu), before);
 }
 
 #[test]
-fn stacking_keeps_the_frozen_base_its_size() {
+fn stacking_keeps_the_frozen_base_its_size_and_unstacking_gives_it_back() {
     let lora = all_linear(LoraBias::None, 0.0);
     let mut model = adapted(&llama(), &lora, false);
-    let before = model.frozen_base_bytes(&Cpu);
+    let stacked_bytes = model.frozen_base_bytes(&Cpu);
+    let ids = [5u32, 9, 2, 44, 17];
+    let logits = Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap());
+    model.unstack_frozen_bases(&Cpu);
+    assert_eq!(model.frozen_base_bytes(&Cpu), stacked_bytes, "the same parameters in the same bytes");
     model.stack_frozen_bases(&Cpu);
-    assert_eq!(model.frozen_base_bytes(&Cpu), before, "the same parameters in the same bytes");
+    let again = Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap());
+    assert_eq!(logits, again, "unstacked and stacked again: the same weights, bit for bit");
     let mut decoding = model.for_decoding(&Cpu);
-    assert_eq!(decoding.frozen_base_bytes(&Cpu), before);
+    assert_eq!(decoding.frozen_base_bytes(&Cpu), stacked_bytes);
+    assert_eq!(decoding.stacked_bases_mut().len(), 4);
+}
+
+#[test]
+fn a_model_taken_for_decoding_is_stacked() {
+    let model = Decoder::random(&Cpu, llama(), 5);
+    let ids = [5u32, 9, 2, 44, 17];
+    let separate = Cpu.download(&model.forward(&Cpu, &ids, None, Logits::All).unwrap());
+    let mut decoding = Decoder::random(&Cpu, llama(), 5).for_decoding(&Cpu);
+    assert_eq!(decoding.stacked_bases_mut().len(), 4);
+    let stacked = Cpu.download(&decoding.forward(&Cpu, &ids, None, Logits::All).unwrap());
+    assert!(max_abs_diff(&separate, &stacked) <= 1e-5);
 }

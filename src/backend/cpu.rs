@@ -97,8 +97,7 @@ impl Backend for Cpu {
         nn::mlp::swiglu(gate.view(), up.view())
     }
     fn swiglu_halves(&self, gate_up: &Array2<f32>) -> Array2<f32> {
-        let (gate, up) = nn::mlp::halves(gate_up.view());
-        nn::mlp::swiglu(gate, up)
+        nn::mlp::swiglu_halves(gate_up.view())
     }
     fn layer_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: &Array2<f32>, eps: f32) -> Array2<f32> {
         nn::layer_norm::layer_norm(x.view(), weight.row(0), bias.row(0), eps)

@@ -53,14 +53,6 @@ pub trait Backend: Sync {
     /// keeps its bf16 rounding beside the f32 master, rewritten by each optimizer update, so no product casts
     /// it. Nothing anywhere else.
     fn prepare_trained_matrix(&self, _w: &mut Self::Tensor) {}
-    /// Whether a frozen base's sibling projections (q, k, v; gate, up) run as one stacked product
-    /// (`models::stacked_base`): where a launch and a poorly filled tile cost more than the copy that splits
-    /// the stacked output. The GPU's answer is yes. The CPU's is no: its products are already as fast
-    /// 768 or 2304 wide (`benches/products.rs`), and on the 134m LoRA step the split and join copies ate the
-    /// gain (1872 ms stacked against 1834 ms apart, medians of 4 alternating runs).
-    fn stacks_frozen_projections(&self) -> bool {
-        false
-    }
     /// Bytes of backend memory `t`'s entries take (4 per f32 entry; 2 for a frozen bf16 one).
     fn stored_bytes(&self, t: &Self::Tensor) -> usize {
         let (rows, cols) = self.dims(t);

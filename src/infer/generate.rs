@@ -22,6 +22,7 @@ impl<B: Backend> Decoder<B> {
     /// ([`Backend::decoding_layout`]), one matrix at a time. For generation only: training and scoring run
     /// products of many rows, which the load-time layout serves best.
     pub fn for_decoding(mut self, b: &B) -> Self {
+        self.stack_frozen_bases(b); // nothing trains these weights again
         let relayout = |w: &mut B::Tensor| {
             if let Some(moved) = b.decoding_layout(w) {
                 *w = moved;

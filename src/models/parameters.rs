@@ -43,9 +43,7 @@ impl<B: Backend> Decoder<B> {
     /// only by products, go to [`Backend::prepare_trained_matrix`] (the GPU keeps a bf16 copy beside each).
     pub fn freeze_base(&mut self, b: &B) {
         assert!(self.frozen_base, "freeze_base: the base is being trained");
-        if b.stacks_frozen_projections() {
-            self.stack_frozen_bases(b);
-        }
+        self.stack_frozen_bases(b);
         for stack in self.stacked_bases_mut() {
             b.freeze(&mut stack.weight);
         }
@@ -67,10 +65,11 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
-    /// Stack each layer's frozen q, k, v bases into one product, and each gated MLP's gate and up
+    /// Stack each layer's q, k, v bases into one product, and each gated MLP's gate and up
     /// (`models::stacked_base`); projections that cannot share a product (4-bit, a trained bias) stay apart.
+    /// For bases nothing trains again: a LoRA run's frozen base, or a model taken for decoding. (A stacked
+    /// weight is no parameter: `named_parameters_mut` refuses it.)
     pub fn stack_frozen_bases(&mut self, b: &B) {
-        assert!(self.frozen_base, "stack_frozen_bases: only a frozen base is stacked");
         for layer in &mut self.layers {
             if let QkvProjection::Separate { q, k, v, stacked: stacked @ None } = &mut layer.qkv {
                 *stacked = StackedBase::stack(b, &mut [q, k, v]);
@@ -78,6 +77,22 @@ impl<B: Backend> Decoder<B> {
             for mlp in layer.ffn.mlps_mut() {
                 if let (Some(gate), None) = (mlp.gate.as_mut(), &mlp.stacked_gate_up) {
                     mlp.stacked_gate_up = StackedBase::stack(b, &mut [gate, &mut mlp.up]);
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Decoder::stack_frozen_bases`]: every part gets its own rows (and bias) back.
+    pub fn unstack_frozen_bases(&mut self, b: &B) {
+        for layer in &mut self.layers {
+            if let QkvProjection::Separate { q, k, v, stacked } = &mut layer.qkv
+                && let Some(stack) = stacked.take()
+            {
+                stack.unstack(b, &mut [q, k, v]);
+            }
+            for mlp in layer.ffn.mlps_mut() {
+                if let (Some(gate), Some(stack)) = (mlp.gate.as_mut(), mlp.stacked_gate_up.take()) {
+                    stack.unstack(b, &mut [gate, &mut mlp.up]);
                 }
             }
         }

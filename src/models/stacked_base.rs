@@ -56,6 +56,20 @@ impl<B: Backend> StackedBase<B> {
         Some(StackedBase { weight, bias })
     }
 
+    /// Gives each part its rows of the stacked weight (and of the bias) back as its own dense weight.
+    pub fn unstack(self, b: &B, parts: &mut [&mut Linear<B>]) {
+        let (weight, bias) = (b.download(&self.weight), self.bias.as_ref().map(|t| b.download(t)));
+        let mut at = 0;
+        for part in parts.iter_mut() {
+            let (out, _) = part.dims(b);
+            let rows = weight.slice(ndarray::s![at..at + out, ..]).to_owned();
+            part.weight = Weight::Dense(b.upload_weight(rows));
+            part.bias = bias.as_ref().map(|bias| b.upload(bias.slice(ndarray::s![.., at..at + out]).to_owned()));
+            at += out;
+        }
+        assert_eq!(at, weight.nrows(), "unstack: the parts do not cover the stacked rows");
+    }
+
     /// Training forward: x [T, in] → the stacked output [T, Σ outᵢ], each part's adapter branch added into
     /// its own columns, and each adapter's h = x̃·Aᵀ (`None` for a part without one).
     pub fn forward_train<const N: usize>(

@@ -3,7 +3,7 @@
 //! `down( gelu(gate(x)) ⊙ up(x) )`, both with GELU's tanh approximation (`gelu_pytorch_tanh`). GPT-NeoX's
 //! plain MLP uses the exact GELU, x·Φ(x) with the normal CDF Φ written through erf.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Zip, s};
+use ndarray::{Array2, ArrayView2, Axis, Zip, s};
 
 pub fn silu(z: f32) -> f32 {
     z / (1.0 + super::fastmath::exp(-z))
@@ -25,26 +25,20 @@ pub fn swiglu(gate: ArrayView2<f32>, up: ArrayView2<f32>) -> Array2<f32> {
 ///
 /// dy, gate, up: [T, I] → (dgate, dup), both [T, I].
 pub fn swiglu_backward(dy: ArrayView2<f32>, gate: ArrayView2<f32>, up: ArrayView2<f32>) -> (Array2<f32>, Array2<f32>) {
+    assert_eq!(dy.dim(), gate.dim(), "swiglu_backward: dy and gate differ");
+    assert_eq!(gate.dim(), up.dim(), "swiglu_backward: gate and up differ");
     let mut dgate = Array2::zeros(gate.raw_dim());
     let mut dup = Array2::zeros(gate.raw_dim());
-    swiglu_backward_into(dgate.view_mut(), dup.view_mut(), dy, gate, up);
+    Zip::from(&mut dgate).and(&mut dup).and(&dy).and(&gate).and(&up).par_for_each(|dg, du, &d, &g, &u| {
+        (*dg, *du) = silu_times_backward(d, g, u);
+    });
     (dgate, dup)
 }
 
-fn swiglu_backward_into(
-    dgate: ArrayViewMut2<f32>,
-    dup: ArrayViewMut2<f32>,
-    dy: ArrayView2<f32>,
-    gate: ArrayView2<f32>,
-    up: ArrayView2<f32>,
-) {
-    assert_eq!(dy.dim(), gate.dim(), "swiglu_backward: dy and gate differ");
-    assert_eq!(gate.dim(), up.dim(), "swiglu_backward: gate and up differ");
-    Zip::from(dgate).and(dup).and(&dy).and(&gate).and(&up).par_for_each(|dg, du, &d, &g, &u| {
-        let sigma = 1.0 / (1.0 + super::fastmath::exp(-g));
-        *du = d * g * sigma;
-        *dg = d * u * sigma * (1.0 + g * (1.0 - sigma));
-    });
+/// (∂L/∂g, ∂L/∂u) of silu(g)·u for an upstream d.
+fn silu_times_backward(d: f32, g: f32, u: f32) -> (f32, f32) {
+    let sigma = 1.0 / (1.0 + super::fastmath::exp(-g));
+    (d * u * sigma * (1.0 + g * (1.0 - sigma)), d * g * sigma)
 }
 // ANCHOR_END: swiglu_backward
 
@@ -56,14 +50,30 @@ pub fn halves(gate_up: ArrayView2<f32>) -> (ArrayView2<f32>, ArrayView2<f32>) {
     (gate_up.slice_move(s![.., ..inner]), gate_up.slice_move(s![.., inner..]))
 }
 
-/// The backward of `swiglu(halves(gate_up))`: dy [T, I] → ∂L/∂[gate | up] [T, 2I], written in that layout (the
-/// stacked product's dx reads it whole).
+/// `swiglu` of the halves of [gate | up] rows: gate_up [T, 2I] → [T, I]. Row by row, so each half is a
+/// contiguous run (the halves as two strided [T, I] views would iterate element by element).
+pub fn swiglu_halves(gate_up: ArrayView2<f32>) -> Array2<f32> {
+    let inner = halves(gate_up).0.ncols();
+    let mut out = Array2::zeros((gate_up.nrows(), inner));
+    Zip::from(out.rows_mut()).and(gate_up.rows()).par_for_each(|out, row| {
+        let (gate, up) = row.split_at(Axis(0), inner);
+        Zip::from(out).and(gate).and(up).for_each(|o, &g, &u| *o = silu(g) * u);
+    });
+    out
+}
+
+/// The backward of [`swiglu_halves`]: dy [T, I] → ∂L/∂[gate | up] [T, 2I], written in that layout (the
+/// stacked product's dx reads it whole), row by row as the forward.
 pub fn swiglu_halves_backward(dy: ArrayView2<f32>, gate_up: ArrayView2<f32>) -> Array2<f32> {
-    let (gate, up) = halves(gate_up);
+    let inner = halves(gate_up).0.ncols();
+    assert_eq!(dy.dim(), (gate_up.nrows(), inner), "swiglu_halves_backward: dy is not [T, I]");
     let mut d = Array2::zeros(gate_up.raw_dim());
-    let inner = gate.ncols();
-    let (dgate, dup) = d.multi_slice_mut((s![.., ..inner], s![.., inner..]));
-    swiglu_backward_into(dgate, dup, dy, gate, up);
+    Zip::from(d.rows_mut()).and(dy.rows()).and(gate_up.rows()).par_for_each(|d, dy, row| {
+        let ((dgate, dup), (gate, up)) = (d.split_at(Axis(0), inner), row.split_at(Axis(0), inner));
+        Zip::from(dgate).and(dup).and(dy).and(gate).and(up).for_each(|dg, du, &d, &g, &u| {
+            (*dg, *du) = silu_times_backward(d, g, u);
+        });
+    });
     d
 }
 // ANCHOR_END: swiglu_halves
@@ -156,7 +166,7 @@ mod tests {
             let mut rng = Rng::new(seed);
             let (gate_up, dy) = (random(t, 2 * i, &mut rng), random(t, i, &mut rng));
             let (gate, up) = halves(gate_up.view());
-            prop_assert_eq!(swiglu(gate, up), swiglu(gate_up.slice(s![.., ..i]), gate_up.slice(s![.., i..])));
+            prop_assert_eq!(swiglu_halves(gate_up.view()), swiglu(gate_up.slice(s![.., ..i]).to_owned().view(), up));
             let (dgate, dup) = swiglu_backward(dy.view(), gate, up);
             let want = ndarray::concatenate![ndarray::Axis(1), dgate, dup];
             prop_assert_eq!(swiglu_halves_backward(dy.view(), gate_up.view()), want);

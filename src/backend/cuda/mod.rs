@@ -159,9 +159,6 @@ impl Backend for Cuda {
     fn prepare_trained_matrix(&self, w: &mut CudaTensor) {
         self.keep_bf16_copy(w)
     }
-    fn stacks_frozen_projections(&self) -> bool {
-        true
-    }
     fn stored_bytes(&self, t: &CudaTensor) -> usize {
         t.stored_bytes()
     }
