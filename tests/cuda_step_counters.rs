@@ -128,8 +128,10 @@ fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (V
 /// (`models::stacked_base`): 3 products fewer forward in each layer, 3 dx products fewer in layer 1 and 1 in
 /// layer 0 (whose q, k, v compute none); the split and join of [q | k | v] (2 launches per layer) in place of
 /// the adds of partial dx (3 in layer 1, 1 in layer 0), SwiGLU on the halves of [gate | up] as they lie:
-/// 40 + 39. QLoRA's 4-bit bases are not stacked.
-const LORA_LAUNCHES: (u64, u64) = (40, 39);
+/// 40 + 39. QLoRA's 4-bit bases are not stacked. RoPE in the split of [q | k | v] (`split_qkv_rotated`: one
+/// launch for the split and both rotations, one for their backward and the join): 2 fewer forward and 2
+/// backward in each layer, 32 + 39.
+const LORA_LAUNCHES: (u64, u64) = (32, 39);
 const QLORA_LAUNCHES: (u64, u64) = (65, 49);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
 /// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
@@ -312,19 +314,23 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 /// projections, as the bench trains them. Under f32: the frozen bases in 4 products forward (q/k/v stacked,
 /// gate/up stacked, o, down) and 4 dx products backward, and 7 adapters at 2 + 4 products each (x·Aᵀ and s·h·Bᵀ
 /// accumulated into their columns of y; s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 50 products and
-/// no launch; the 17 launches are the layer's own kernels (2 RMSNorms, one of them fused with the residual add
-/// before it, and their dx-only backward adding into the stream's gradient, the split of [q | k | v] and its
-/// join, RoPE, the attention passes, SwiGLU on [gate | up], the remaining residual adds). With separate
-/// products (before the stacking) they were 56 + 18: 3 adds of partial dx instead of the split and join; before
-/// the norms took in the adds, 21. Before LoRA's scale and adds went into the products and the frozen norms
-/// stopped computing weight gradients, each adapter cost 3 launches more and each norm 1. Under bf16, roundings
-/// to bf16 come on top: per adapter h forward and h, dh, x backward (28); x once per product that reads it
-/// forward (4) and dy once per dx product (4): 36 of the 53. Apart, x and dy were rounded once per projection:
-/// 60. A and B are not among them: each keeps a bf16 copy beside its f32 master, rewritten by the optimizer's
-/// update (`Cuda::keep_bf16_copy`); with a cast of each before each of its two products they were 10 per
-/// adapter and 91 launches. A 4-bit base (never stacked) adds its dequantization before each of its 14 products.
-const PER_LAYER_F32: (u64, u64) = (17, 50);
-const PER_LAYER_BF16: (u64, u64) = (53, 50);
+/// no launch; the 13 launches are the layer's own kernels (2 RMSNorms, one of them fused with the residual add
+/// before it, and their dx-only backward adding into the stream's gradient, the split of [q | k | v] with RoPE
+/// and its backward, the attention passes, SwiGLU on [gate | up], the remaining residual adds). With the split
+/// and the two rotations apart (each way) they were 17; with separate products (before the stacking) 56 + 18:
+/// 3 adds of partial dx instead of the split and join; before the norms took in the adds, 21. Before LoRA's
+/// scale and adds went into the products and the frozen norms stopped computing weight gradients, each
+/// adapter cost 3 launches more and each norm 1. Under bf16, roundings to bf16 come on top: x backward per
+/// adapter (7); x once per product that reads it forward (4) and dy once per dx product (4): 15 of the 28.
+/// h and ∂L/∂h come out of their products in bf16 (`Cuda::product_output`); rounded by a cast, forward and
+/// backward for h and once for ∂L/∂h, they were 3 more per adapter and 49 launches (53 with the rotations
+/// apart). Apart, x and dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16
+/// copy beside its f32 master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with a cast of
+/// each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base (never
+/// stacked, so its q/k/v split and rotations stay apart) adds its dequantization before each of its 14
+/// products.
+const PER_LAYER_F32: (u64, u64) = (13, 50);
+const PER_LAYER_BF16: (u64, u64) = (28, 50);
 const PER_LAYER_QLORA_F32: (u64, u64) = (32, 56);
 
 #[test]

@@ -195,6 +195,36 @@ fn fused_qkv<B: Backend>(
     downloaded(b, vec![q, k, v, dqkv])
 }
 
+/// The split with q and k rotated in the same pass, and its backward, on heads whose first 2·half entries
+/// rotate; then the same through `split_qkv` and `rope` apart, which the fused kernels must match exactly.
+/// case: (query heads, key/value heads, head_dim, groups).
+fn fused_qkv_rotated<B: Backend>(
+    b: &B,
+    t: usize,
+    (heads, kv_heads, d, groups): (usize, usize, usize, usize),
+    half: usize,
+    seed: u64,
+) -> (Vec<Array2<f32>>, Vec<Array2<f32>>) {
+    let shape = AttentionShape::new(heads, kv_heads, d, 1.0);
+    let layout = FusedQkv { groups };
+    let positions: Vec<usize> = (0..t).map(|i| 5 * i + 2).collect();
+    let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(i as f32) / half as f32)).collect();
+    let qkv = b.upload(matrix(t, (heads + 2 * kv_heads) * d, seed, 1.0));
+    let dq = b.upload(matrix(t, heads * d, seed + 1, 1.0));
+    let (dk, dv) = (b.upload(matrix(t, kv_heads * d, seed + 2, 1.0)), b.upload(matrix(t, kv_heads * d, seed + 3, 1.0)));
+    let (q, k, v) = b.split_qkv_rotated(&qkv, &shape, layout, &positions, &inv_freq);
+    let dqkv = b.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, &positions, &inv_freq);
+    let fused = downloaded(b, vec![q, k, v, dqkv]);
+    let (q, k, v) = b.split_qkv(&qkv, &shape, layout);
+    let (q, k) = (b.rope(&q, heads, d, &positions, &inv_freq), b.rope(&k, kv_heads, d, &positions, &inv_freq));
+    let (dq, dk) = (
+        b.rope_backward(&dq, heads, d, &positions, &inv_freq),
+        b.rope_backward(&dk, kv_heads, d, &positions, &inv_freq),
+    );
+    let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, layout);
+    (fused, downloaded(b, vec![q, k, v, dqkv]))
+}
+
 /// Rows scaled by per-row weights from the host (a mixture of experts' combine step) and the per-row dots that
 /// are its weight gradient, which come back to the host.
 fn row_scale<B: Backend>(b: &B, t: usize, h: usize, seed: u64) -> Vec<Array2<f32>> {
@@ -270,6 +300,26 @@ proptest! {
         // one block [q | k | v] (GPT-BigCode, Qwen-1), or a group per KV head (GPT-NeoX's interleave at group 1)
         let case = (kv_heads * group, kv_heads, d, if per_kv_head { kv_heads } else { 1 });
         check("split_qkv/join_qkv", 0.0, fused_qkv(&Cpu, t, case, seed), fused_qkv(g, t, case, seed));
+    }
+
+    #[test]
+    fn fused_qkv_split_rotated_and_its_backward(
+        t in 1usize..30,
+        kv_heads in 1usize..4,
+        group in 1usize..4,
+        d in 1usize..40,
+        partial_rotary in any::<bool>(),
+        per_kv_head in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let Some(g) = gpu(Precision::F32) else { return Ok(()) };
+        let case = (kv_heads * group, kv_heads, d, if per_kv_head { kv_heads } else { 1 });
+        let half = if partial_rotary { d / 4 } else { d / 2 };
+        let (gpu_fused, gpu_apart) = fused_qkv_rotated(g, t, case, half, seed);
+        let (cpu_fused, _) = fused_qkv_rotated(&Cpu, t, case, half, seed);
+        // the same sincosf and the same products on the device, so the one pass is the two kernels exactly
+        check("split_qkv_rotated against split_qkv + rope on the device", 0.0, gpu_apart, gpu_fused.clone());
+        check("split_qkv_rotated/join_qkv_rotated", 1e-5, cpu_fused, gpu_fused);
     }
 
     #[test]

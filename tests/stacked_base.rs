@@ -23,7 +23,14 @@ fn llama() -> DecoderConfig {
 }
 
 fn all_linear(bias: LoraBias, dropout: f64) -> LoraConfig {
-    LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: dropout, bias, target_modules: TargetModules::AllLinear, ..LoraConfig::default() }
+    LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        lora_dropout: dropout,
+        bias,
+        target_modules: TargetModules::AllLinear,
+        ..LoraConfig::default()
+    }
 }
 
 /// The model with seeded weights and adapters whose B is not zero (PEFT's init would hide the branch).
@@ -97,7 +104,12 @@ fn stacked_products_give_the_separate_products_results() {
     assert_same_model("gelu(gate) ⊙ up", adapted(&gemma, &lora, false), adapted(&gemma, &lora, false), 4);
 
     let only_q_v = LoraConfig { r: 4, lora_alpha: 8.0, ..LoraConfig::default() }; // PEFT's default: q and v only
-    assert_same_model("adapters on q and v only", adapted(&llama(), &only_q_v, false), adapted(&llama(), &only_q_v, false), 4);
+    assert_same_model(
+        "adapters on q and v only",
+        adapted(&llama(), &only_q_v, false),
+        adapted(&llama(), &only_q_v, false),
+        4,
+    );
 }
 
 #[test]

@@ -145,6 +145,24 @@ pub trait Backend: Sync {
         shape: &AttentionShape,
         layout: FusedQkv,
     ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
+    /// `split_qkv`, then `rope` of q and k at `positions` (halves pairing, the first 2·len(ω) entries of each
+    /// head): one pass on a backend that fuses them. v is not rotated.
+    fn split_qkv_rotated(
+        &self,
+        qkv: &Self::Tensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor) {
+        let (q, k, v) = self.split_qkv(qkv, shape, layout);
+        let d = shape.head_dim;
+        (
+            self.rope(&q, shape.n_heads, d, positions, inv_freq),
+            self.rope(&k, shape.n_kv_heads, d, positions, inv_freq),
+            v,
+        )
+    }
     /// [a; b] stacked by rows (the KV cache grows this way)
     fn concat_rows(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// rows: [T, C], new: [N, C] → rows is [T + N, C]: a KV cache growing by a step. A backend whose tensors
@@ -332,6 +350,23 @@ pub trait Backend: Sync {
         shape: &AttentionShape,
         layout: FusedQkv,
     ) -> Self::Tensor;
+    /// The backward of `split_qkv_rotated`: ∂L/∂(rotated q), ∂L/∂(rotated k), ∂L/∂v → ∂L/∂qkv
+    #[allow(clippy::too_many_arguments)]
+    fn join_qkv_rotated(
+        &self,
+        dq: &Self::Tensor,
+        dk: &Self::Tensor,
+        dv: &Self::Tensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> Self::Tensor {
+        let d = shape.head_dim;
+        let dq = self.rope_backward(dq, shape.n_heads, d, positions, inv_freq);
+        let dk = self.rope_backward(dk, shape.n_kv_heads, d, positions, inv_freq);
+        self.join_qkv(&dq, &dk, dv, shape, layout)
+    }
     /// dy: [T, H] → dtable [vocab, H] (repeated ids accumulate)
     fn embedding_backward(&self, dy: &Self::Tensor, ids: &[u32], vocab: usize) -> Self::Tensor;
     /// Fused softmax + cross-entropy: per-row losses ℓₜ (on the host: they drive logging and loss weighting)

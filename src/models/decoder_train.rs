@@ -150,6 +150,16 @@ impl<B: Backend> Decoder<B> {
     }
     // ANCHOR_END: rotate
 
+    /// Whether RoPE runs inside the split of a stacked or fused [q | k | v] (`Backend::split_qkv_rotated`):
+    /// nothing comes between the split and the rotation (no per-head norm), and the pairing is halves.
+    fn rotates_in_split(&self, layer: &DecoderLayer<B>) -> bool {
+        let stacked_or_fused =
+            matches!(layer.qkv, QkvProjection::Separate { stacked: Some(_), .. } | QkvProjection::Fused(_));
+        stacked_or_fused
+            && layer.qk_norms.is_none()
+            && matches!(self.config.positions, Positions::Rotary { pairing: RotaryPairing::Halves, .. })
+    }
+
     // ANCHOR: project_qkv
     /// h: [T, H] (the normed input) → q [T, heads·d], k, v [T, kv·d]: projected (or split from the fused
     /// projection), per-head normed where the config says so, and rotated at `positions` with RoPE of
@@ -178,14 +188,23 @@ impl<B: Backend> Decoder<B> {
             }
             QkvProjection::Separate { q, k, v, stacked: Some(stack) } => {
                 let (qkv, lora_h) = stack.forward_train(b, [q, k, v], h, [seed(0), seed(1), seed(2)]);
+                if self.rotates_in_split(layer) {
+                    let (q, k, v) = b.split_qkv_rotated(&qkv, &shape, FusedQkv { groups: 1 }, positions, inv_freq);
+                    return ProjectedQkv { q, k, v, saved: QkvSaved::Direct { qk_raw: None, lora_h } };
+                }
                 let (q, k, v) = b.split_qkv(&qkv, &shape, FusedQkv { groups: 1 }); // [q | k | v]
                 (q, k, v, lora_h)
             }
             QkvProjection::Fused(qkv) => {
                 let layout = self.config.attention.fused_qkv.expect("checked at load");
                 let (fused, h_qkv) = qkv.forward_train(b, h, seed(0));
+                let lora_h = [h_qkv, None, None];
+                if self.rotates_in_split(layer) {
+                    let (q, k, v) = b.split_qkv_rotated(&fused, &shape, layout, positions, inv_freq);
+                    return ProjectedQkv { q, k, v, saved: QkvSaved::Direct { qk_raw: None, lora_h } };
+                }
                 let (q, k, v) = b.split_qkv(&fused, &shape, layout);
-                (q, k, v, [h_qkv, None, None])
+                (q, k, v, lora_h)
             }
         };
         let (q, k, qk_raw) = match &layer.qk_norms {
@@ -469,6 +488,24 @@ impl<B: Backend> Decoder<B> {
         };
         let c = &self.config;
         let (n, shape) = (c.names, c.attention_shape());
+        if self.rotates_in_split(layer) {
+            let layout = match &layer.qkv {
+                QkvProjection::Fused(_) => c.attention.fused_qkv.expect("checked at load"),
+                _ => FusedQkv { groups: 1 }, // stacked: [q | k | v]
+            };
+            let dqkv = b.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, pos, &self.inv_freq);
+            return self.joined_qkv_backward(
+                b,
+                layer,
+                &dqkv,
+                [hq, hk, hv],
+                h,
+                (input_gradient_needed, train_base),
+                seed,
+                p,
+                grads,
+            );
+        }
         let (dq, dk) = match c.positions {
             Positions::Rotary { .. } => {
                 (self.rotate_backward(b, &dq, shape.n_heads, pos), self.rotate_backward(b, &dk, shape.n_kv_heads, pos))
@@ -491,12 +528,19 @@ impl<B: Backend> Decoder<B> {
             _ => (dq, dk),
         };
         match (&layer.qkv, n.qkv) {
-            (QkvProjection::Separate { q, k, v, stacked: Some(stack) }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
-                let names = [qn, kn, vn].map(|name| format!("{p}.{name}"));
+            (QkvProjection::Separate { stacked: Some(_), .. }, _) => {
                 let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, FusedQkv { groups: 1 });
-                let (seeds, hs) = ([seed(0), seed(1), seed(2)], [hq.as_ref(), hk.as_ref(), hv.as_ref()]);
-                let names = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
-                stack.backward(b, [q, k, v], &dqkv, h, hs, seeds, names, input_gradient_needed, grads)
+                self.joined_qkv_backward(
+                    b,
+                    layer,
+                    &dqkv,
+                    [hq, hk, hv],
+                    h,
+                    (input_gradient_needed, train_base),
+                    seed,
+                    p,
+                    grads,
+                )
             }
             (QkvProjection::Separate { q, k, v, stacked: None }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
                 let projections = [(&dq, q, hq, qn, 0), (&dk, k, hk, kn, 1), (&dv, v, hv, vn, 2)];
@@ -515,16 +559,54 @@ impl<B: Backend> Decoder<B> {
                 }
                 dh
             }
-            (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => {
+            (QkvProjection::Fused(_), _) => {
                 let dqkv = b.join_qkv(&dq, &dk, &dv, &shape, c.attention.fused_qkv.expect("checked at load"));
-                let (name, lora_h) = (format!("{p}.{name}"), hq.as_ref());
-                if !input_gradient_needed {
-                    qkv.parameter_backward(b, &dqkv, h, lora_h, train_base, seed(0), &name, grads);
-                    return None;
-                }
-                Some(qkv.backward(b, &dqkv, h, lora_h, train_base, seed(0), &name, grads))
+                self.joined_qkv_backward(
+                    b,
+                    layer,
+                    &dqkv,
+                    [hq, hk, hv],
+                    h,
+                    (input_gradient_needed, train_base),
+                    seed,
+                    p,
+                    grads,
+                )
             }
             _ => unreachable!("checked at load"),
+        }
+    }
+
+    /// A stacked or fused projection in reverse from dqkv, the gradient of its whole output [T, (H + 2·KV)·d].
+    #[allow(clippy::too_many_arguments)]
+    fn joined_qkv_backward(
+        &self,
+        b: &B,
+        layer: &DecoderLayer<B>,
+        dqkv: &B::Tensor,
+        [hq, hk, hv]: [&Option<B::Tensor>; 3],
+        h: &B::Tensor,
+        (input_gradient_needed, train_base): (bool, bool),
+        seed: &dyn Fn(u64) -> Option<u64>,
+        p: &str,
+        grads: &mut Gradients<B>,
+    ) -> Option<B::Tensor> {
+        match (&layer.qkv, self.config.names.qkv) {
+            (QkvProjection::Separate { q, k, v, stacked: Some(stack) }, QkvNames::Separate { q: qn, k: kn, v: vn }) => {
+                let names = [qn, kn, vn].map(|name| format!("{p}.{name}"));
+                let (seeds, hs) = ([seed(0), seed(1), seed(2)], [hq.as_ref(), hk.as_ref(), hv.as_ref()]);
+                let names = [names[0].as_str(), names[1].as_str(), names[2].as_str()];
+                stack.backward(b, [q, k, v], dqkv, h, hs, seeds, names, input_gradient_needed, grads)
+            }
+            (QkvProjection::Fused(qkv), QkvNames::Fused(name)) => {
+                let (name, lora_h) = (format!("{p}.{name}"), hq.as_ref());
+                if !input_gradient_needed {
+                    qkv.parameter_backward(b, dqkv, h, lora_h, train_base, seed(0), &name, grads);
+                    return None;
+                }
+                Some(qkv.backward(b, dqkv, h, lora_h, train_base, seed(0), &name, grads))
+            }
+            _ => unreachable!("only stacked and fused projections join their gradients"),
         }
     }
 }

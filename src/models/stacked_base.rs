@@ -33,7 +33,8 @@ impl<B: Backend> StackedBase<B> {
     /// 4-bit or already stacked, different input widths, a bias on some parts only, or a bias that trains.
     pub fn stack(b: &B, parts: &mut [&mut Linear<B>]) -> Option<Self> {
         let inp = parts.first()?.dims(b).1;
-        let stackable = parts.iter().all(|p| matches!(p.weight, Weight::Dense(_)) && p.dims(b).1 == inp && !p.train_bias);
+        let stackable =
+            parts.iter().all(|p| matches!(p.weight, Weight::Dense(_)) && p.dims(b).1 == inp && !p.train_bias);
         let with_bias = parts.iter().filter(|p| p.bias.is_some()).count();
         if !stackable || (with_bias != 0 && with_bias != parts.len()) {
             return None;

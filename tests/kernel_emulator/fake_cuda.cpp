@@ -36,7 +36,7 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(add_bias_rows), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding), KERNEL(embedding_bf16),
         KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_backward), KERNEL(rms_norm_backward_input),
         KERNEL(add_rms_norm), KERNEL(rms_norm_backward_add), KERNEL(rms_norm_backward_input_add),
-        KERNEL(rope),
+        KERNEL(rope), KERNEL(split_qkv_rope), KERNEL(join_qkv_rope),
         KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
         KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),
         KERNEL(attention_backward_dkdv_per_key),
@@ -130,8 +130,9 @@ static float element(const void* m, int type, long long at) {
     if (type == 0) return static_cast<const float*>(m)[at];  // CUDA_R_32F
     return bf16_bits_to_f32(static_cast<const unsigned short*>(m)[at]);  // CUDA_R_16BF (14)
 }
+// C of c_type: f32, or bf16 (the f32 result rounded to nearest even on the way out, as cuBLAS does).
 static int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a, int a_type, int lda, const void* b,
-                int b_type, int ldb, float beta, float* c, int ldc) {
+                int b_type, int ldb, float beta, void* c, int c_type, int ldc) {
     for (int j = 0; j < n; ++j)
         for (int i = 0; i < m; ++i) {
             double s = 0.0;
@@ -140,19 +141,24 @@ static int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a,
                 const float y = element(b, b_type, tb ? j + (long long)l * ldb : l + (long long)j * ldb);
                 s += (double)x * y;
             }
-            float& out = c[i + (long long)j * ldc];
-            out = alpha * (float)s + (beta == 0.0f ? 0.0f : beta * out);
+            const long long at = i + (long long)j * ldc;
+            const float before = beta == 0.0f ? 0.0f : element(c, c_type, at);
+            const float out = alpha * (float)s + (beta == 0.0f ? 0.0f : beta * before);
+            if (c_type == 0)
+                static_cast<float*>(c)[at] = out;
+            else
+                static_cast<unsigned short*>(c)[at] = f32_to_bf16_bits(out);
         }
     return 0;
 }
 int cublasSgemm_v2(void*, int ta, int tb, int m, int n, int k, const float* alpha, const float* a, int lda,
                    const float* b, int ldb, const float* beta, float* c, int ldc) {
-    return gemm(ta, tb, m, n, k, *alpha, a, 0, lda, b, 0, ldb, *beta, c, ldc);
+    return gemm(ta, tb, m, n, k, *alpha, a, 0, lda, b, 0, ldb, *beta, c, 0, ldc);
 }
 int cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* a, int a_type, int lda,
                  const void* b, int b_type, int ldb, const void* beta, void* c, int c_type, int ldc, int, int) {
-    if (c_type != 0) return 7;  // only f32 outputs are used
-    return gemm(ta, tb, m, n, k, *(const float*)alpha, a, a_type, lda, b, b_type, ldb, *(const float*)beta,
-                (float*)c, ldc);
+    if (c_type != 0 && c_type != 14) return 7;  // f32 (CUDA_R_32F) and bf16 (CUDA_R_16BF) outputs
+    return gemm(ta, tb, m, n, k, *(const float*)alpha, a, a_type, lda, b, b_type, ldb, *(const float*)beta, c,
+                c_type, ldc);
 }
 }

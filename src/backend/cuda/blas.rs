@@ -72,7 +72,11 @@ pub fn gemm(
         // an empty sum: out = β·out, for the two β the backend uses
         assert!(beta == 0.0 || beta == 1.0, "matmul: an empty product with β = {beta}");
         if beta == 0.0 {
-            cuda.stream.memset_zeros(&mut **out.f32_mut()).unwrap_or_else(|e| fail("memset", e));
+            let zeroed = match out.storage_mut() {
+                Storage::Bf16(bits) => cuda.stream.memset_zeros(&mut **bits), // +0.0 is all zero bits in bf16 too
+                _ => cuda.stream.memset_zeros(&mut **out.f32_mut()),
+            };
+            zeroed.unwrap_or_else(|e| fail("memset", e));
         }
         return;
     }
@@ -99,7 +103,7 @@ pub fn gemm(
                     b_cast.bf16_bits()
                 }
             };
-            gemm_bf16_in_f32_out(cuda, cfg, &**b16, &**a16, &mut **out.f32_mut());
+            gemm_bf16_into(cuda, cfg, &**b16, &**a16, out, 0);
         }
     }
 }
@@ -148,11 +152,10 @@ pub fn gemm_strided(
     // the leading dimensions are the row lengths of the whole buffers, not of the slices
     (cfg.lda, cfg.ldb, cfg.ldc) = (int(b.t.cols, "ld b"), int(a.t.cols, "ld a"), int(out.cols, "ld out"));
     (cfg.alpha, cfg.beta) = (alpha, beta);
-    let out_data = out.f32_mut();
-    let mut c = out_data.slice_mut(out_start..);
     match (a.t.storage(), b.t.storage()) {
         (Storage::F32(a_data), Storage::F32(b_data)) => {
             cuda.counters.gemm();
+            let mut c = out.f32_mut().slice_mut(out_start..);
             // SAFETY: the shapes and column ranges are checked above; each view starts at its slice's first
             // entry and the leading dimensions are the row lengths of the buffers the views point into.
             unsafe { cuda.blas.gemm(cfg, &b_data.slice(b.start..), &a_data.slice(a.start..), &mut c) }
@@ -160,21 +163,44 @@ pub fn gemm_strided(
         }
         (Storage::Bf16(_) | Storage::Master { .. }, Storage::Bf16(_) | Storage::Master { .. }) => {
             let (a_bits, b_bits) = (a.t.bf16_bits(), b.t.bf16_bits());
-            gemm_bf16_in_f32_out(cuda, cfg, &b_bits.slice(b.start..), &a_bits.slice(a.start..), &mut c)
+            gemm_bf16_into(cuda, cfg, &b_bits.slice(b.start..), &a_bits.slice(a.start..), out, out_start)
         }
         _ => fail("gemm_strided", "operands of two storage types (cast both to bf16 first)"),
     }
 }
 // ANCHOR_END: gemm_strided
 
-/// cublasGemmEx with bf16 A and B, f32 C and f32 accumulation (CUBLAS_COMPUTE_32F): the tensor cores'
-/// mixed-precision product.
-fn gemm_bf16_in_f32_out(
+// ANCHOR: gemm_bf16_into
+/// The tensor cores' mixed-precision product (bf16 A and B, f32 accumulation) into columns `out_start..` of
+/// `out`: an f32 output takes β as given; a bf16 output (an activation only products read, such as LoRA's
+/// h = x·Aᵀ) gets the accumulator rounded to nearest even on the way out, which is the rounding a cast
+/// before the next product would have made, and so must start from β = 0.
+fn gemm_bf16_into(
     cuda: &Cuda,
     cfg: GemmConfig<f32>,
     a: &impl DevicePtr<u16>,
     b: &impl DevicePtr<u16>,
-    c: &mut impl DevicePtrMut<f32>,
+    out: &mut CudaTensor,
+    out_start: usize,
+) {
+    match out.storage_mut() {
+        Storage::Bf16(bits) => {
+            assert!(cfg.beta == 0.0, "matmul: a bf16 output cannot accumulate (β = {})", cfg.beta);
+            gemm_ex_bf16(cuda, cfg, a, b, &mut bits.slice_mut(out_start..), cudaDataType_t::CUDA_R_16BF)
+        }
+        _ => gemm_ex_bf16(cuda, cfg, a, b, &mut out.f32_mut().slice_mut(out_start..), cudaDataType_t::CUDA_R_32F),
+    }
+}
+// ANCHOR_END: gemm_bf16_into
+
+/// cublasGemmEx with bf16 A and B, C of `c_type` and f32 accumulation (CUBLAS_COMPUTE_32F).
+fn gemm_ex_bf16<C>(
+    cuda: &Cuda,
+    cfg: GemmConfig<f32>,
+    a: &impl DevicePtr<u16>,
+    b: &impl DevicePtr<u16>,
+    c: &mut impl DevicePtrMut<C>,
+    c_type: cudaDataType_t,
 ) {
     let (alpha, beta) = (cfg.alpha, cfg.beta);
     cuda.counters.gemm();
@@ -182,8 +208,8 @@ fn gemm_bf16_in_f32_out(
     let (a_ptr, _a_guard) = a.device_ptr(stream);
     let (b_ptr, _b_guard) = b.device_ptr(stream);
     let (c_ptr, _c_guard) = c.device_ptr_mut(stream);
-    // SAFETY: the pointers are live device buffers of the sizes `matmul` checked; alpha/beta are f32 as
-    // CUBLAS_COMPUTE_32F requires.
+    // SAFETY: the pointers are live device buffers of the sizes `matmul` checked, C's elements of `c_type`;
+    // alpha/beta are f32 as CUBLAS_COMPUTE_32F requires.
     unsafe {
         cudarc::cublas::result::gemm_ex(
             *cuda.blas.handle(),
@@ -201,7 +227,7 @@ fn gemm_bf16_in_f32_out(
             cfg.ldb,
             (&beta) as *const f32 as *const _,
             c_ptr as *mut _,
-            cudaDataType_t::CUDA_R_32F,
+            c_type,
             cfg.ldc,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,

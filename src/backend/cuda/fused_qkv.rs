@@ -5,7 +5,7 @@ use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, elementwise_grid, fai
 use crate::backend::{AttentionShape, FusedQkv};
 
 /// Column widths of one group's q part and of its k (or v) part, as `nn::fused_qkv` checks them.
-fn part_widths(shape: &AttentionShape, layout: FusedQkv) -> (usize, usize) {
+pub(super) fn part_widths(shape: &AttentionShape, layout: FusedQkv) -> (usize, usize) {
     let g = layout.groups;
     assert!(
         g > 0 && shape.n_heads % g == 0 && shape.n_kv_heads % g == 0,

@@ -60,7 +60,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("kernels/layer_norm.cu"),
         &["layer_norm", "layer_norm_backward", "layer_norm_backward_input"],
     ),
-    ("rope.cu", include_str!("kernels/rope.cu"), &["rope"]),
+    ("rope.cu", include_str!("kernels/rope.cu"), &["rope", "split_qkv_rope", "join_qkv_rope"]),
     ("fused_qkv.cu", include_str!("kernels/fused_qkv.cu"), &["split_qkv", "join_qkv"]),
     ("row_scale.cu", include_str!("kernels/row_scale.cu"), &["scale_rows", "row_dots"]),
     (

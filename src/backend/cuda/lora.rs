@@ -2,7 +2,9 @@
 //! math from `linear`, `scale` and adds): cuBLAS computes C = α·op(A)·op(B) + β·C, so the scale s goes into α
 //! and "add the branch to what is there" into β = 1. No scaled copy of dy, no temporary for B·(A·x), no add:
 //! four products forward and backward that would have been eight launches. Under mixed precision each
-//! activation a product reads twice is rounded to bf16 once (`product_operand`), not once per product.
+//! activation a product reads twice is rounded to bf16 once (`product_operand`), not once per product, and
+//! h = x·Aᵀ and ∂L/∂h, which only products read, come out of cuBLAS in bf16 (`product_output`): no rounding
+//! launch at all, and half the bytes for the h kept for the backward.
 //! Dropout draws its mask inside the multiply (`dropout_apply`, `dropout_add` in random.cu).
 
 use super::blas::{self, Columns};
@@ -16,6 +18,16 @@ impl Cuda {
         match (self.precision, x.storage()) {
             (Precision::Bf16, Storage::F32(_)) => Cow::Owned(self.bf16_copy(x)),
             _ => Cow::Borrowed(x),
+        }
+    }
+
+    /// A [rows, cols] output that only products will read (LoRA's h = x·Aᵀ and ∂L/∂h): under bf16 the product
+    /// writes it rounded, as [`Cuda::product_operand`] would have rounded it, with no cast between; under f32,
+    /// f32.
+    pub(super) fn product_output(&self, rows: usize, cols: usize) -> CudaTensor {
+        match self.precision {
+            Precision::Bf16 => self.bf16_tensor(rows, cols),
+            Precision::F32 => self.tensor(rows, cols),
         }
     }
     // ANCHOR_END: product_operand
@@ -35,7 +47,7 @@ impl Cuda {
         assert_eq!(x.cols, a.cols, "lora_forward: x has {} columns, A has {} inputs", x.cols, a.cols);
         assert_eq!(b.cols, a.rows, "lora_forward: B's rank {} is not A's {}", b.cols, a.rows);
         assert!(at + b.rows <= y.cols, "lora_forward: columns {at}..{} of a [T, {}] output", at + b.rows, y.cols);
-        let mut h = self.tensor(x.rows, a.rows);
+        let mut h = self.product_output(x.rows, a.rows);
         blas::gemm(self, x, false, a, true, 1.0, 0.0, &mut h); // h[T, r] = x·Aᵀ
         // a strided product reads its operands as stored: both in the products' precision
         let (h_operand, b_operand) = (self.product_operand(&h), self.product_operand(b));
@@ -48,7 +60,7 @@ impl Cuda {
     // ANCHOR: cuda_lora_backward
     /// dx [T, in] += s·(dy·B)·A → (∂L/∂A [r, in], ∂L/∂B [out, r]), dy read from columns `at .. at + out` of
     /// the given tensor. Four products, s in two of their α, the last accumulating into dx (three without a
-    /// dx); dy and ∂L/∂h are each rounded once for their products.
+    /// dx); dy is rounded once for its products, and ∂L/∂h (like h) comes out of its product in bf16.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn lora_backward(
         &self,
@@ -67,9 +79,8 @@ impl Cuda {
         let (h_all, b_all) = (Columns::all(&h_operand), Columns::all(&b_operand));
         let mut db = self.tensor(b.rows, b.cols);
         blas::gemm_strided(self, dy_part, true, h_all, false, s, 0.0, &mut db, 0); // ∂L/∂B [out, r] = s·dyᵀ·h
-        let mut dh = self.tensor(h.rows, h.cols);
+        let mut dh = self.product_output(h.rows, h.cols);
         blas::gemm_strided(self, dy_part, false, b_all, false, s, 0.0, &mut dh, 0); // ∂L/∂h [T, r] = s·dy·B
-        let dh = self.product_operand(&dh);
         let mut da = self.tensor(a.rows, a.cols);
         blas::gemm(self, &dh, true, x, false, 1.0, 0.0, &mut da); // ∂L/∂A [r, in] = (∂L/∂h)ᵀ·x
         if let Some(dx) = dx {

@@ -87,7 +87,7 @@ mod lora; // LoRA's branch with its scale and add folded into the products, and 
 mod norms; // the norms' backward rows and the column sums of their weight gradients
 mod optim; // the squared norm, the AdamW update, and a step's end: clipping + multi-tensor AdamW, one read
 mod quant4; // 4-bit blocks on the device as stored, and the dequantization of a band of rows
-mod rope; // RoPE's rotation, forward and backward
+mod rope; // RoPE's rotation, forward and backward, alone or in the split of [q | k | v]
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
 mod tensor; // f32 / bf16 storage, buffers from the pool, uploads and reads, frozen weights in bf16
 
@@ -286,6 +286,16 @@ impl Backend for Cuda {
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
         self.split_fused_qkv(qkv, shape, layout)
     }
+    fn split_qkv_rotated(
+        &self,
+        qkv: &CudaTensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> (CudaTensor, CudaTensor, CudaTensor) {
+        self.split_fused_qkv_rotated(qkv, shape, layout, positions, inv_freq)
+    }
     fn scale_rows(&self, x: &CudaTensor, weights: &[f32]) -> CudaTensor {
         self.scale_each_row(x, weights)
     }
@@ -471,6 +481,18 @@ impl Backend for Cuda {
         layout: FusedQkv,
     ) -> CudaTensor {
         self.join_fused_qkv(dq, dk, dv, shape, layout)
+    }
+    fn join_qkv_rotated(
+        &self,
+        dq: &CudaTensor,
+        dk: &CudaTensor,
+        dv: &CudaTensor,
+        shape: &AttentionShape,
+        layout: FusedQkv,
+        positions: &[usize],
+        inv_freq: &[f32],
+    ) -> CudaTensor {
+        self.join_fused_qkv_rotated([dq, dk, dv], shape, layout, positions, inv_freq)
     }
     fn swiglu_halves_backward(&self, dy: &CudaTensor, gate_up: &CudaTensor) -> CudaTensor {
         self.swiglu_of_halves_backward(dy, gate_up)
