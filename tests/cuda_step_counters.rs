@@ -14,7 +14,7 @@ use mftcoder::backend::cuda::counters::CounterSnapshot;
 use mftcoder::backend::cuda::{Cuda, Precision};
 use mftcoder::bench::training_step;
 use mftcoder::loss::chunked_head::DEFAULT_HEAD_CHUNK_BYTES;
-use mftcoder::models::decoder::{Decoder, DecoderConfig, Sequence};
+use mftcoder::models::decoder::{Decoder, DecoderConfig, NormKind, Sequence};
 use mftcoder::peft::LoraConfig;
 use mftcoder::peft::attach::init_adapters;
 use mftcoder::quant::QuantType;
@@ -67,11 +67,13 @@ struct Trained {
     layers: usize,
     quantized: bool,
     lora: LoraConfig,
+    norm: NormKind,
 }
 
 /// The model of the launch bounds: 2 layers, PEFT's default LoRA, the base dense or 4-bit.
 fn pefts_default(quantized: bool) -> Trained {
-    Trained { layers: 2, quantized, lora: LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() } }
+    let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
+    Trained { layers: 2, quantized, lora, norm: NormKind::Rms }
 }
 
 /// The counters of `steps` consecutive training steps of a Llama (GQA, a packed batch of two documents), and
@@ -81,7 +83,8 @@ fn counted_steps(g: &Cuda, quantized: bool, steps: usize, head: Head) -> (Vec<Co
 }
 
 fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (Vec<CounterSnapshot>, Vec<f64>) {
-    let config = DecoderConfig::with_shape(head.vocab, 64, 160, trained.layers, 4, 2);
+    let mut config = DecoderConfig::with_shape(head.vocab, 64, 160, trained.layers, 4, 2);
+    config.norm = trained.norm; // LayerNorm: with biases (StarCoder2, GPT-NeoX, Phi's norms)
     let mut model: Decoder<Cuda> = Decoder::random(g, config, 42);
     model.head_chunk_bytes = head.chunk_bytes;
     if trained.quantized {
@@ -130,9 +133,10 @@ fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (V
 /// the adds of partial dx (3 in layer 1, 1 in layer 0), SwiGLU on the halves of [gate | up] as they lie:
 /// 40 + 39. QLoRA's 4-bit bases are not stacked. RoPE in the split of [q | k | v] (`split_qkv_rotated`: one
 /// launch for the split and both rotations, one for their backward and the join): 2 fewer forward and 2
-/// backward in each layer, 32 + 39.
-const LORA_LAUNCHES: (u64, u64) = (32, 39);
-const QLORA_LAUNCHES: (u64, u64) = (65, 49);
+/// backward in each layer, 32 + 39. Each layer's last residual add done by the norm after it (the next
+/// layer's input norm, or the final norm: `add_rms_norm`), one launch fewer per layer: 30 + 39 and 63 + 49.
+const LORA_LAUNCHES: (u64, u64) = (30, 39);
+const QLORA_LAUNCHES: (u64, u64) = (63, 49);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
 /// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
 /// The chunks' rows are copied in and out by the stream (`slice_rows`, `write_rows`), which launches nothing.
@@ -314,24 +318,28 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 /// projections, as the bench trains them. Under f32: the frozen bases in 4 products forward (q/k/v stacked,
 /// gate/up stacked, o, down) and 4 dx products backward, and 7 adapters at 2 + 4 products each (x·Aᵀ and s·h·Bᵀ
 /// accumulated into their columns of y; s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 50 products and
-/// no launch; the 13 launches are the layer's own kernels (2 RMSNorms, one of them fused with the residual add
-/// before it, and their dx-only backward adding into the stream's gradient, the split of [q | k | v] with RoPE
-/// and its backward, the attention passes, SwiGLU on [gate | up], the remaining residual adds). With the split
-/// and the two rotations apart (each way) they were 17; with separate products (before the stacking) 56 + 18:
-/// 3 adds of partial dx instead of the split and join; before the norms took in the adds, 21. Before LoRA's
+/// no launch; the 12 launches are the layer's own kernels (2 RMSNorms, each fused with the residual add before
+/// it, and their dx-only backward adding into the stream's gradient, the split of [q | k | v] with RoPE and
+/// its backward, the attention passes, SwiGLU on [gate | up]). With the layer's last residual add apart from
+/// the next norm they were 13; with the split and the two rotations apart (each way) 17; with separate
+/// products (before the stacking) 56 + 18: 3 adds of partial dx instead of the split and join; before the
+/// norms took in the adds, 21. Before LoRA's
 /// scale and adds went into the products and the frozen norms stopped computing weight gradients, each
 /// adapter cost 3 launches more and each norm 1. Under bf16, roundings to bf16 come on top: x backward per
-/// adapter (7); x once per product that reads it forward (4) and dy once per dx product (4): 15 of the 28.
+/// adapter (7); x once per product that reads it forward (4) and dy once per dx product (4): 15 of the 27.
 /// h and ∂L/∂h come out of their products in bf16 (`Cuda::product_output`); rounded by a cast, forward and
-/// backward for h and once for ∂L/∂h, they were 3 more per adapter and 49 launches (53 with the rotations
-/// apart). Apart, x and dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16
+/// backward for h and once for ∂L/∂h, they were 3 more per adapter (21 launches more). Apart, x and dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16
 /// copy beside its f32 master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with a cast of
 /// each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base (never
 /// stacked, so its q/k/v split and rotations stay apart) adds its dequantization before each of its 14
 /// products.
-const PER_LAYER_F32: (u64, u64) = (13, 50);
-const PER_LAYER_BF16: (u64, u64) = (28, 50);
-const PER_LAYER_QLORA_F32: (u64, u64) = (32, 56);
+const PER_LAYER_F32: (u64, u64) = (12, 50);
+const PER_LAYER_BF16: (u64, u64) = (27, 50);
+const PER_LAYER_QLORA_F32: (u64, u64) = (31, 56);
+/// The same layer with LayerNorms (biases and all) in place of the RMSNorms: the residual adds go into them
+/// as into RMSNorm (`add_layer_norm`, the accumulating `layer_norm_backward_input_add`); apart they were 4
+/// launches more.
+const PER_LAYER_LAYER_NORM_F32: (u64, u64) = (12, 50);
 
 #[test]
 fn launches_per_layer() {
@@ -343,18 +351,19 @@ fn launches_per_layer() {
         target_modules: mftcoder::peft::TargetModules::AllLinear,
         ..LoraConfig::default()
     };
-    let per_layer = |g: &Cuda, quantized: bool| {
+    let per_layer = |g: &Cuda, quantized: bool, norm: NormKind| {
         let step = |layers| {
-            let trained = Trained { layers, quantized, lora: all_linear.clone() };
+            let trained = Trained { layers, quantized, lora: all_linear.clone(), norm };
             counted_steps_of(g, &trained, 3, SMALL_VOCAB).0[2]
         };
         let (two, three) = (step(2), step(3));
         (three.launches - two.launches, three.gemms - two.gemms)
     };
     let measured = [
-        ("LoRA, f32", per_layer(g, false), PER_LAYER_F32),
-        ("LoRA, bf16", per_layer(g16, false), PER_LAYER_BF16),
-        ("QLoRA, f32", per_layer(g, true), PER_LAYER_QLORA_F32),
+        ("LoRA, f32", per_layer(g, false, NormKind::Rms), PER_LAYER_F32),
+        ("LoRA, bf16", per_layer(g16, false, NormKind::Rms), PER_LAYER_BF16),
+        ("QLoRA, f32", per_layer(g, true, NormKind::Rms), PER_LAYER_QLORA_F32),
+        ("LoRA with LayerNorm, f32", per_layer(g, false, NormKind::Layer), PER_LAYER_LAYER_NORM_F32),
     ];
     for (what, got, _) in measured {
         eprintln!("one more layer of an all-linear r-16 {what} step: {} launches + {} products", got.0, got.1);

@@ -128,6 +128,13 @@ fn norm_rope_embedding<B: Backend>(
     let dw_acc = b.rms_norm_backward_into(&mut dx_acc, &dy, &x, &w, 1e-6, true).expect("asked for");
     b.add_assign(&mut frozen_dx_acc, &a);
     assert!(b.rms_norm_backward_into(&mut frozen_dx_acc, &dy, &x, &w, 1e-6, false).is_none());
+    // the same for LayerNorm: the add fused with it, and its backward accumulating (with and without dw, db)
+    let (ln_sum, ln_normed) = b.add_layer_norm(&shifted, &a, &w, &bias, 1e-5);
+    let (mut ln_dx_acc, mut ln_frozen_dx_acc) =
+        (b.upload(matrix(t, heads * d, seed + 6, 1.0)), b.upload(matrix(t, heads * d, seed + 7, 1.0)));
+    let (ln_dw_acc, ln_db_acc) =
+        b.layer_norm_backward_into(&mut ln_dx_acc, &dy, &shifted, &w, 1e-5, true).expect("asked for");
+    assert!(b.layer_norm_backward_into(&mut ln_frozen_dx_acc, &dy, &shifted, &w, 1e-5, false).is_none());
     let positions: Vec<usize> = (0..t).map(|i| 3 * i + 7).collect();
     let inv_freq: Vec<f32> = (0..half).map(|i| 10_000f32.powf(-(i as f32) / half as f32)).collect();
     let table = b.upload(matrix(50, heads * d, seed + 3, 1.0));
@@ -149,6 +156,12 @@ fn norm_rope_embedding<B: Backend>(
             dx_acc,
             dw_acc,
             frozen_dx_acc,
+            ln_sum,
+            ln_normed,
+            ln_dx_acc,
+            ln_dw_acc,
+            ln_db_acc,
+            ln_frozen_dx_acc,
             b.rope(&x, heads, d, &positions, &inv_freq),
             b.rope_backward(&dy, heads, d, &positions, &inv_freq),
             b.embedding(&table, &ids),

@@ -311,6 +311,35 @@ pub trait Backend: Sync {
         eps: f32,
         weight_grad: bool,
     ) -> (Self::Tensor, Option<Self::Tensor>);
+    /// The residual add and the LayerNorm after it: (s = x + a, LayerNorm(s)·w + b). By default `add` then
+    /// `layer_norm`; the GPU does both in one launch.
+    fn add_layer_norm(
+        &self,
+        x: &Self::Tensor,
+        a: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+        eps: f32,
+    ) -> (Self::Tensor, Self::Tensor) {
+        let sum = self.add(x, a);
+        let normed = self.layer_norm(&sum, weight, bias, eps);
+        (sum, normed)
+    }
+    /// LayerNorm's input gradient added into `dx` → (∂L/∂w, ∂L/∂b) if `weight_grad`. By default
+    /// `layer_norm_backward` then `add_assign`; the GPU adds in the same pass.
+    fn layer_norm_backward_into(
+        &self,
+        dx: &mut Self::Tensor,
+        dy: &Self::Tensor,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        weight_grad: bool,
+    ) -> Option<WeightAndBias<Self::Tensor>> {
+        let (d, params) = self.layer_norm_backward(dy, x, weight, eps, weight_grad);
+        self.add_assign(dx, &d);
+        params
+    }
     /// → (dx [T, H], (dweight [1, H], dbias [1, H]) if `weight_grad`)
     fn layer_norm_backward(
         &self,

@@ -109,6 +109,12 @@ impl<B: Backend> TrainCache<'_, B> {
     }
 }
 
+/// The residual stream entering a layer (or the final norm), and that layer's input norm of it.
+struct NormedStream<B: Backend> {
+    x: B::Tensor,
+    normed: B::Tensor,
+}
+
 /// A layer's attention inputs as attention reads them, with what their backward needs.
 pub(super) struct ProjectedQkv<B: Backend> {
     pub q: B::Tensor,
@@ -244,16 +250,17 @@ impl<B: Backend> Decoder<B> {
         }
         let last_position = seq.positions.iter().copied().max().unwrap_or(0);
         self.check_inputs(seq.ids, last_position).map_err(|e| e.context("forward_train"))?;
-        let mut x = self.embed(b, seq.ids, seq.positions);
+        let x = self.embed(b, seq.ids, seq.positions);
+        let mut stream = NormedStream { normed: self.input_norm_of(0).forward(b, &x), x };
         let mut layers = Vec::with_capacity(self.layers.len());
         let mut routings: Vec<Option<Routing>> = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
-            let (x_out, cache) = self.layer_forward(b, l, layer, x, seq);
+            let (next, cache) = self.layer_forward(b, l, layer, stream, seq);
             routings.push(cache.ffn.routing().cloned());
             layers.push(if self.recompute_activations { Saved::InputOnly(cache.x) } else { Saved::Everything(cache) });
-            x = x_out;
+            stream = next;
         }
-        let h_final = self.norm.forward(b, &x);
+        let NormedStream { x, normed: h_final } = stream;
         let aux = self.config.moe.as_ref().and_then(|moe| {
             // every sparse layer's routing together, as transformers concatenates the router logits
             let sparse: Vec<&Routing> = routings.iter().flatten().collect();
@@ -263,48 +270,57 @@ impl<B: Backend> Decoder<B> {
         Ok(TrainCache { seq, layers, x_final: x, h_final, routings, aux })
     }
 
-    /// One decoder layer, returning its output and everything its backward needs.
+    /// The norm that reads the residual stream entering layer `l`: its input norm, or past the last layer
+    /// the final norm.
+    fn input_norm_of(&self, l: usize) -> &Norm<B> {
+        self.layers.get(l).map_or(&self.norm, |layer| &layer.input_norm)
+    }
+
+    /// One decoder layer, from the stream entering it and its input norm's output, returning the same for
+    /// the next layer (the last residual add done in one pass with the next norm: `Norm::forward_after_add`)
+    /// and everything its backward needs.
     fn layer_forward(
         &self,
         b: &B,
         l: usize,
         layer: &DecoderLayer<B>,
-        x: B::Tensor,
+        NormedStream { x, normed: h_attn }: NormedStream<B>,
         seq: Sequence<'_>,
-    ) -> (B::Tensor, LayerCache<B>) {
+    ) -> (NormedStream<B>, LayerCache<B>) {
         let seed = |proj: u64| self.dropout_seed.map(|s| dropout_seed_for(s, l, proj));
         let shape = self.config.attention_shape();
         let mask =
             AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: self.config.attention.windows[l] };
-        let h_attn = layer.input_norm.forward(b, &x);
         let ProjectedQkv { q, k, v, saved: qkv } =
             self.project_qkv(b, layer, &h_attn, seq.positions, &self.inv_freq, seed);
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
         let (o, lora_o) = layer.o_proj.forward_train(b, &self.o_proj_input(b, layer, &attn), seed(3));
         let c = &self.config;
-        let (x_out, x_mid, h_mlp, ffn) = match c.residual {
+        let next_norm = self.input_norm_of(l + 1);
+        let (next, x_mid, h_mlp, ffn) = match c.residual {
             Residual::Sequential => {
                 let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &x, &o);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
-                (b.add(&x_mid, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
+                (next_norm.forward_after_add(b, &x_mid, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
             }
             Residual::Parallel => {
                 let h_mlp = self.mlp_norm(layer).forward(b, &x);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
-                (b.add(&b.add(&x, &o), &mlp_out), None, Some(h_mlp), ffn)
+                (next_norm.forward_after_add(b, &b.add(&x, &o), &mlp_out), None, Some(h_mlp), ffn)
             }
             Residual::ParallelSharedNorm => {
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_attn, &seed);
-                (b.add(&b.add(&x, &o), &mlp_out), None, None, ffn)
+                (next_norm.forward_after_add(b, &b.add(&x, &o), &mlp_out), None, None, ffn)
             }
             Residual::SequentialNormedSkip => {
                 let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &h_attn, &o);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
-                (b.add(&h_mlp, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
+                (next_norm.forward_after_add(b, &h_mlp, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
             }
         };
+        let (x_next, normed) = next;
         let cache = LayerCache { x, h_attn, q, k, v, qkv, attn, lse, x_mid, h_mlp, ffn, lora_o };
-        (x_out, cache)
+        (NormedStream { x: x_next, normed }, cache)
     }
     // ANCHOR_END: decoder_forward_train
 
@@ -347,7 +363,12 @@ impl<B: Backend> Decoder<B> {
         for (l, (layer, saved)) in self.layers.iter().zip(cache.layers).enumerate().rev() {
             let lc = match saved {
                 Saved::Everything(lc) => lc,
-                Saved::InputOnly(x) => self.layer_forward(b, l, layer, x, seq).1, // activation checkpointing
+                Saved::InputOnly(x) => {
+                    // activation checkpointing: the layer again from its input (the next norm's output, which
+                    // its last add now computes, is dropped as that add's sum was)
+                    let stream = NormedStream { normed: layer.input_norm.forward(b, &x), x };
+                    self.layer_forward(b, l, layer, stream, seq).1
+                }
             };
             self.layer_backward(b, l, layer, lc, seq, aux_dprobs[l].take(), &mut dx, &mut grads);
         }

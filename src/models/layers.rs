@@ -317,20 +317,16 @@ impl<B: Backend> Norm<B> {
     }
 
     /// The residual add and this norm after it: (s = x + a, norm(s)), in one pass where the backend fuses them
-    /// (RMSNorm on the GPU).
+    /// (the GPU).
     pub fn forward_after_add(&self, b: &B, x: &B::Tensor, a: &B::Tensor) -> (B::Tensor, B::Tensor) {
-        match self.kind {
-            NormKind::Layer => {
-                let sum = b.add(x, a);
-                let normed = self.forward(b, &sum);
-                (sum, normed)
-            }
+        match (self.kind, &self.bias) {
+            (NormKind::Layer, Some(bias)) => b.add_layer_norm(x, a, &self.weight, bias, self.eps),
             _ => b.add_rms_norm(x, a, &self.scale(b), self.eps),
         }
     }
 
     /// [`Norm::backward`] with its dx added into `dx_acc` (the residual stream's gradient) rather than
-    /// returned, in the same pass where the backend fuses them (RMSNorm on the GPU).
+    /// returned, in the same pass where the backend fuses them (the GPU).
     pub fn backward_into(
         &self,
         b: &B,
@@ -341,8 +337,10 @@ impl<B: Backend> Norm<B> {
         grads: &mut Gradients<B>,
     ) {
         if self.kind == NormKind::Layer {
-            let dx = self.backward(b, dy, x, train, name, grads);
-            b.add_assign(dx_acc, &dx);
+            if let Some((dw, db)) = b.layer_norm_backward_into(dx_acc, dy, x, &self.weight, self.eps, train) {
+                grads.insert(format!("{name}.weight"), dw);
+                grads.insert(format!("{name}.bias"), db);
+            }
             return;
         }
         if let Some(dw) = b.rms_norm_backward_into(dx_acc, dy, x, &self.scale(b), self.eps, train) {

@@ -58,7 +58,14 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     (
         "layer_norm.cu",
         include_str!("kernels/layer_norm.cu"),
-        &["layer_norm", "layer_norm_backward", "layer_norm_backward_input"],
+        &[
+            "layer_norm",
+            "add_layer_norm",
+            "layer_norm_backward",
+            "layer_norm_backward_input",
+            "layer_norm_backward_add",
+            "layer_norm_backward_input_add",
+        ],
     ),
     ("rope.cu", include_str!("kernels/rope.cu"), &["rope", "split_qkv_rope", "join_qkv_rope"]),
     ("fused_qkv.cu", include_str!("kernels/fused_qkv.cu"), &["split_qkv", "join_qkv"]),

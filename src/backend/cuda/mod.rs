@@ -435,7 +435,29 @@ impl Backend for Cuda {
         eps: f32,
         weight_grad: bool,
     ) -> Option<CudaTensor> {
-        self.rms_norm_backward_rows_into(dx, dy, x, weight, eps, weight_grad).map(|rows| self.column_sum(&rows))
+        self.norm_backward_rows_into(false, dx, dy, x, weight, eps, weight_grad).map(|rows| self.column_sum(&rows))
+    }
+    fn add_layer_norm(
+        &self,
+        x: &CudaTensor,
+        a: &CudaTensor,
+        weight: &CudaTensor,
+        bias: &CudaTensor,
+        eps: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        self.add_then_layer_norm(x, a, (weight, bias), eps)
+    }
+    fn layer_norm_backward_into(
+        &self,
+        dx: &mut CudaTensor,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+        weight_grad: bool,
+    ) -> Option<(CudaTensor, CudaTensor)> {
+        let dw_rows = self.norm_backward_rows_into(true, dx, dy, x, weight, eps, weight_grad);
+        dw_rows.map(|rows| (self.column_sum(&rows), self.column_sum(dy)))
     }
     fn rope_backward(
         &self,

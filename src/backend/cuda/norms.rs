@@ -39,10 +39,40 @@ impl Cuda {
     }
     // ANCHOR_END: cuda_add_rms_norm
 
-    /// RMSNorm's backward added into `dx` (the residual stream's gradient) in the same pass → the per-row
-    /// terms of ∂L/∂w, if `weight_grad`.
-    pub(super) fn rms_norm_backward_rows_into(
+    /// (x + a, LayerNorm(x + a)·w + b) in one launch.
+    pub(super) fn add_then_layer_norm(
         &self,
+        x: &CudaTensor,
+        a: &CudaTensor,
+        (weight, bias): (&CudaTensor, &CudaTensor),
+        eps: f32,
+    ) -> (CudaTensor, CudaTensor) {
+        Self::same_shape(x, a, "add_layer_norm");
+        assert!(weight.len() == x.cols && bias.len() == x.cols, "add_layer_norm: weight or bias length ≠ hidden");
+        let (mut sum, mut y) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let hidden = int(x.cols, "hidden");
+        launch!(
+            self,
+            "add_layer_norm",
+            row_grid(x.rows),
+            sum.f32_mut(),
+            y.f32_mut(),
+            x.f32(),
+            a.f32(),
+            weight.f32(),
+            bias.f32(),
+            &hidden,
+            &eps
+        );
+        (sum, y)
+    }
+
+    /// RMSNorm's or LayerNorm's backward added into `dx` (the residual stream's gradient) in the same pass →
+    /// the per-row terms of ∂L/∂w, if `weight_grad`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn norm_backward_rows_into(
+        &self,
+        layer_norm: bool,
         dx: &mut CudaTensor,
         dy: &CudaTensor,
         x: &CudaTensor,
@@ -50,8 +80,8 @@ impl Cuda {
         eps: f32,
         weight_grad: bool,
     ) -> Option<CudaTensor> {
-        Self::same_shape(dx, x, "rms_norm_backward_add");
-        self.norm_backward_launch((false, true), dx, dy, x, weight, eps, weight_grad)
+        Self::same_shape(dx, x, "norm_backward_add");
+        self.norm_backward_launch((layer_norm, true), dx, dy, x, weight, eps, weight_grad)
     }
 
     /// One norm backward launch, for (LayerNorm rather than RMSNorm, dx added into rather than written).
@@ -67,11 +97,11 @@ impl Cuda {
         weight_grad: bool,
     ) -> Option<CudaTensor> {
         Self::same_shape(dy, x, "norm_backward");
-        assert!(!(layer_norm && accumulate), "LayerNorm's backward has no accumulating kernel");
         let hidden = int(x.cols, "hidden");
         if !weight_grad {
             let input_only = match (layer_norm, accumulate) {
-                (true, _) => "layer_norm_backward_input",
+                (true, false) => "layer_norm_backward_input",
+                (true, true) => "layer_norm_backward_input_add",
                 (false, false) => "rms_norm_backward_input",
                 (false, true) => "rms_norm_backward_input_add",
             };
@@ -79,7 +109,8 @@ impl Cuda {
             return None;
         }
         let with_weight = match (layer_norm, accumulate) {
-            (true, _) => "layer_norm_backward",
+            (true, false) => "layer_norm_backward",
+            (true, true) => "layer_norm_backward_add",
             (false, false) => "rms_norm_backward",
             (false, true) => "rms_norm_backward_add",
         };

@@ -27,9 +27,25 @@ extern "C" __global__ void layer_norm(float* y, const float* x, const float* w, 
 }
 // ANCHOR_END: layer_norm_kernel
 
+// ANCHOR: add_layer_norm_kernel
+// The residual add and the LayerNorm after it in one launch: sum = x + a (the residual stream, kept for the
+// backward), then `layer_norm` of sum. Each thread's moments loops read back only the entries it wrote, so no
+// barrier is needed, and the sums run in the same order as `add` then `layer_norm`: the same bits.
+extern "C" __global__ void add_layer_norm(float* sum, float* y, const float* x, const float* a, const float* w,
+                                          const float* b, int hidden, float eps) {
+    __shared__ float scratch[32];
+    const long long row = (long long)blockIdx.x * hidden;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum[row + c] = x[row + c] + a[row + c];
+    float mean, r;
+    row_moments(sum + row, hidden, eps, scratch, &mean, &r);
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) y[row + c] = w[c] * ((sum[row + c] - mean) * r) + b[c];
+}
+// ANCHOR_END: add_layer_norm_kernel
+
 // dx, and (when wanted) dw_rows[t, c] = dy·x̂: the per-row terms of ∂L/∂w, summed over rows by `column_sum`
 // afterwards (∂L/∂b is the column sum of dy itself). A frozen norm launches the _input entry point: dx only.
-template <bool WEIGHT_GRAD>
+// With ACCUMULATE the row's dx is added into what dx holds (the residual stream's gradient), as in rms_norm.cu.
+template <bool WEIGHT_GRAD, bool ACCUMULATE>
 __device__ __forceinline__ void layer_norm_backward_row(float* dx, float* dw_rows, const float* dy, const float* x,
                                                         const float* w, int hidden, float eps) {
     __shared__ float scratch[32];
@@ -47,17 +63,28 @@ __device__ __forceinline__ void layer_norm_backward_row(float* dx, float* dw_row
     const float gx_mean = block_sum(gx_sum, scratch) / hidden;
     for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
         const float x_hat = (xr[c] - mean) * r;
-        dx[row + c] = r * (dyr[c] * w[c] - g_mean - x_hat * gx_mean);
+        const float d = r * (dyr[c] * w[c] - g_mean - x_hat * gx_mean);
+        dx[row + c] = ACCUMULATE ? dx[row + c] + d : d;
         if (WEIGHT_GRAD) dw_rows[row + c] = dyr[c] * x_hat;
     }
 }
 
 extern "C" __global__ void layer_norm_backward(float* dx, float* dw_rows, const float* dy, const float* x,
                                                const float* w, int hidden, float eps) {
-    layer_norm_backward_row<true>(dx, dw_rows, dy, x, w, hidden, eps);
+    layer_norm_backward_row<true, false>(dx, dw_rows, dy, x, w, hidden, eps);
 }
 
 extern "C" __global__ void layer_norm_backward_input(float* dx, const float* dy, const float* x, const float* w,
                                                      int hidden, float eps) {
-    layer_norm_backward_row<false>(dx, nullptr, dy, x, w, hidden, eps);
+    layer_norm_backward_row<false, false>(dx, nullptr, dy, x, w, hidden, eps);
+}
+
+extern "C" __global__ void layer_norm_backward_add(float* dx, float* dw_rows, const float* dy, const float* x,
+                                                   const float* w, int hidden, float eps) {
+    layer_norm_backward_row<true, true>(dx, dw_rows, dy, x, w, hidden, eps);
+}
+
+extern "C" __global__ void layer_norm_backward_input_add(float* dx, const float* dy, const float* x, const float* w,
+                                                         int hidden, float eps) {
+    layer_norm_backward_row<false, true>(dx, nullptr, dy, x, w, hidden, eps);
 }

@@ -40,6 +40,7 @@ extern "C" __global__ void rope(float* y, const float* x, const unsigned int* po
     }
 }
 
+// ANCHOR: split_qkv_rope
 // The split of a fused or stacked projection's output [T, g·(qh + 2·kvh)·d] into q [T, H·d], k, v [T, KV·d]
 // (fused_qkv.cu) and the rotation of q and k, in one pass: a row of qkv is g chunks of qh q heads, kvh k heads
 // and kvh v heads (qh = H/g, kvh = KV/g), and head s of chunk c lands as head c·qh + s of q (or c·kvh + … of k,
@@ -76,6 +77,7 @@ extern "C" __global__ void split_qkv_rope(float* q, float* k, float* v, const fl
                   positions[slot / heads_per_token], inv_freq, 1.0f, h.part != 2);
     }
 }
+// ANCHOR_END: split_qkv_rope
 
 extern "C" __global__ void join_qkv_rope(float* dqkv, const float* dq, const float* dk, const float* dv,
                                          const unsigned int* positions, const float* inv_freq, int tokens,
