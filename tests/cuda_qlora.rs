@@ -79,6 +79,31 @@ fn banded_4bit_products_match_the_cpu() {
     }
 }
 
+/// A stacked 4-bit base (three parts of [203, 96], [40, 96], [40, 96], each with its own statistics), forward
+/// and backward, in several bands per part and in one, against the CPU's stacked products.
+#[test]
+fn stacked_4bit_products_match_the_cpu() {
+    for (precision, tol) in [(Precision::F32, 1e-5), (Precision::Bf16, 2e-2)] {
+        let Some(g) = gpu(precision) else { return };
+        let entry = if precision == Precision::Bf16 { 2 } else { 4 };
+        let parts = [(203, 21), (40, 22), (40, 23)].map(|(out, seed)| quantized(out, 96, QuantType::Nf4, true, seed));
+        let on_device: Vec<_> = parts.iter().map(|q| g.upload_4bit(q)).collect();
+        let cpu_parts: Vec<_> = parts.iter().map(|q| (q, &())).collect();
+        let gpu_parts: Vec<_> = parts.iter().zip(&on_device).collect();
+        let (x, dy) = (matrix(13, 96, 1, 1.0), matrix(13, 283, 2, 1.0));
+        let (y_cpu, dx_cpu) =
+            (Cpu.linear_4bit_stacked(&x, &cpu_parts), Cpu.linear_4bit_stacked_backward(&dy, &cpu_parts));
+        let (gx, gdy) = (g.upload(x), g.upload(dy));
+        for band_bytes in [16 * 96 * entry, usize::MAX / 4] {
+            let y = g.download(&g.linear_4bit_stacked_banded(&gx, &gpu_parts, band_bytes));
+            let dx = g.download(&g.linear_4bit_stacked_backward_banded(&gdy, &gpu_parts, band_bytes));
+            let what = format!("{:?} stacked [283, 96], bands of {band_bytes} bytes", g.precision);
+            assert_close(&format!("{what}: y"), &y_cpu, &y, tol);
+            assert_close(&format!("{what}: dx"), &dx_cpu, &dx, tol);
+        }
+    }
+}
+
 /// A step's loss and named gradients (downloaded), and the model it ran on.
 type QloraStep<B> = (f64, Vec<(String, Array2<f32>)>, Decoder<B>);
 

@@ -135,8 +135,12 @@ fn counted_steps_of(g: &Cuda, trained: &Trained, steps: usize, head: Head) -> (V
 /// launch for the split and both rotations, one for their backward and the join): 2 fewer forward and 2
 /// backward in each layer, 32 + 39. Each layer's last residual add done by the norm after it (the next
 /// layer's input norm, or the final norm: `add_rms_norm`), one launch fewer per layer: 30 + 39 and 63 + 49.
+/// The 4-bit bases stacked too (`Backend::linear_4bit_stacked`, each part decoded into its own columns): RoPE
+/// in the q/k/v split (1 fewer forward and 1 backward per layer) and the parts' dx added up by the products
+/// (the 2 adds of q/k/v's in layer 1, the gate/up add in both): 55 + 49. The losses moved in the eighth
+/// digit from step 3 on (4.567783377197182 against 4.567783389745529), the dx sums being in another order.
 const LORA_LAUNCHES: (u64, u64) = (30, 39);
-const QLORA_LAUNCHES: (u64, u64) = (63, 49);
+const QLORA_LAUNCHES: (u64, u64) = (55, 49);
 /// The LoRA step with its head in 5 chunks of 8 rows: each chunk after the first adds its own cross-entropy
 /// launch and two products (the logits, dh = G·W; a frozen head has no dW): 4 launches and 8 products more.
 /// The chunks' rows are copied in and out by the stream (`slice_rows`, `write_rows`), which launches nothing.
@@ -330,12 +334,13 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 /// h and ∂L/∂h come out of their products in bf16 (`Cuda::product_output`); rounded by a cast, forward and
 /// backward for h and once for ∂L/∂h, they were 3 more per adapter (21 launches more). Apart, x and dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16
 /// copy beside its f32 master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with a cast of
-/// each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base (never
-/// stacked, so its q/k/v split and rotations stay apart) adds its dequantization before each of its 14
-/// products.
+/// each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base adds the
+/// dequantization before each of its 14 products; stacked like the dense one (its 7 parts decoded into two
+/// stacked outputs), which takes the rotations into the split and the adds of partial dx into the products,
+/// it costs 26 launches, 31 apart.
 const PER_LAYER_F32: (u64, u64) = (12, 50);
 const PER_LAYER_BF16: (u64, u64) = (27, 50);
-const PER_LAYER_QLORA_F32: (u64, u64) = (31, 56);
+const PER_LAYER_QLORA_F32: (u64, u64) = (26, 56);
 /// The same layer with LayerNorms (biases and all) in place of the RMSNorms: the residual adds go into them
 /// as into RMSNorm (`add_layer_norm`, the accumulating `layer_norm_backward_input_add`); apart they were 4
 /// launches more.

@@ -1,7 +1,8 @@
 //! Stacked frozen bases (`models::stacked_base`): a LoRA model whose q/k/v and gate/up bases run as one product
 //! each gives the logits, loss and adapter gradients of the same model with separate products, on every
 //! shape the stacking meets — grouped heads, biases, dropout, a Gemma MLP, experts, activation recomputation,
-//! layer 0's skipped input gradient — and leaves alone what cannot be stacked (a trained bias, 4-bit bases).
+//! layer 0's skipped input gradient, 4-bit bases part by part — and leaves alone what cannot be stacked (a
+//! trained bias, a bias on a 4-bit base).
 //! `freeze_base` stacks (on both backends); the separate model is the same one after
 //! `unstack_frozen_bases`. `tests/cuda_training_steps.rs` compares the GPU's stacked step with the CPU's.
 //!
@@ -146,15 +147,31 @@ fn experts_stack_their_own_gate_and_up() {
 }
 
 #[test]
-fn trained_biases_and_4_bit_bases_stay_apart() {
+fn four_bit_bases_stack_part_by_part() {
+    // NF4 + double quantization: each part decoded with its own statistics into its own columns
+    let lora = all_linear(LoraBias::None, 0.0);
+    assert_same_model("4-bit llama", adapted(&llama(), &lora, true), adapted(&llama(), &lora, true), 4);
+    let lora = all_linear(LoraBias::None, 0.1);
+    let mut recomputed = adapted(&llama(), &lora, true);
+    recomputed.recompute_activations = true;
+    assert_same_model("4-bit, dropout, recomputed", adapted(&llama(), &lora, true), recomputed, 4);
+
+    let mut model = adapted(&llama(), &all_linear(LoraBias::None, 0.0), true);
+    let stacked_bytes = model.frozen_base_bytes(&Cpu);
+    model.unstack_frozen_bases(&Cpu);
+    assert_eq!(model.frozen_base_bytes(&Cpu), stacked_bytes, "the same 4-bit blocks, in the same bytes");
+}
+
+#[test]
+fn trained_biases_and_biased_4_bit_bases_stay_apart() {
     let mut biased = llama();
     biased.attention.qkv_bias = true;
     let lora = all_linear(LoraBias::LoraOnly, 0.0); // q/k/v train their biases: their products stay apart
     assert_same_model("trained q/k/v biases", adapted(&biased, &lora, false), adapted(&biased, &lora, false), 2);
 
+    // 4-bit q/k/v with (frozen) biases stay apart; the bias-free gate/up still stack
     let lora = all_linear(LoraBias::None, 0.0);
-    let mut quantized = adapted(&llama(), &lora, true);
-    assert_eq!(quantized.stacked_bases_mut().len(), 0, "4-bit bases are not stacked");
+    assert_same_model("4-bit, q/k/v biases", adapted(&biased, &lora, true), adapted(&biased, &lora, true), 2);
 }
 
 #[test]

@@ -97,6 +97,16 @@ pub trait Backend: Sync {
         let (dx, _, db) = self.linear_backward(dy, x, &self.dequantize_4bit(host, packed), false, bias_grad);
         (dx, db)
     }
+    /// x: [T, in] and the 4-bit parts Ŵᵢ [outᵢ, in] of a stacked frozen base (`models::stacked_base`) →
+    /// [x·Ŵ₁ᵀ | x·Ŵ₂ᵀ | …]: [T, Σ outᵢ]. Each part keeps its own blocks and statistics and is decoded into its
+    /// own columns: one output, no copies, and a dx product that adds every part's share as it goes.
+    fn linear_4bit_stacked(&self, x: &Self::Tensor, parts: &[(&Quantized4bit, &Self::Packed)]) -> Self::Tensor;
+    /// The backward of [`Backend::linear_4bit_stacked`]: dy [T, Σ outᵢ] → dx = Σᵢ dy[:, partᵢ]·Ŵᵢ [T, in].
+    fn linear_4bit_stacked_backward(
+        &self,
+        dy: &Self::Tensor,
+        parts: &[(&Quantized4bit, &Self::Packed)],
+    ) -> Self::Tensor;
 
     /// table: [V, H], ids: [T] → [T, H]. Also the gather of any rows: a mixture of experts collects each
     /// expert's tokens with it, and scatters them back with `embedding_backward`

@@ -3,6 +3,7 @@
 
 use crate::backend::Backend;
 use crate::models::decoder::{Decoder, Logits, Weight};
+use crate::models::stacked_base::StackedWeight;
 use crate::rng::Rng;
 use anyhow::Result;
 
@@ -34,7 +35,9 @@ impl<B: Backend> Decoder<B> {
             }
         }
         for stack in self.stacked_bases_mut() {
-            relayout(&mut stack.weight);
+            if let StackedWeight::Dense(w) = &mut stack.weight {
+                relayout(w);
+            }
         }
         match self.lm_head.as_mut() {
             Some(head) => relayout(head),

@@ -3,6 +3,7 @@
 //! checkpoint gives them.
 
 use super::decoder::{Decoder, LatentModule, Linear, Norm, QkvNames, QkvProjection, StackedBase, Weight};
+use super::stacked_base::StackedWeight;
 use crate::backend::Backend;
 
 impl<B: Backend> Decoder<B> {
@@ -45,7 +46,9 @@ impl<B: Backend> Decoder<B> {
         assert!(self.frozen_base, "freeze_base: the base is being trained");
         self.stack_frozen_bases(b);
         for stack in self.stacked_bases_mut() {
-            b.freeze(&mut stack.weight);
+            if let StackedWeight::Dense(w) = &mut stack.weight {
+                b.freeze(w);
+            }
         }
         for (_, linear) in self.linears_mut() {
             if let Weight::Dense(w) = &mut linear.weight {
@@ -66,7 +69,8 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// Stack each layer's q, k, v bases into one product, and each gated MLP's gate and up
-    /// (`models::stacked_base`); projections that cannot share a product (4-bit, a trained bias) stay apart.
+    /// (`models::stacked_base`); projections that cannot share a product (dense and 4-bit mixed, a bias on a
+    /// 4-bit part, a trained bias) stay apart.
     /// For bases nothing trains again: a LoRA run's frozen base, or a model taken for decoding. (A stacked
     /// weight is no parameter: `named_parameters_mut` refuses it.)
     pub fn stack_frozen_bases(&mut self, b: &B) {
@@ -125,7 +129,14 @@ impl<B: Backend> Decoder<B> {
             }
         }
         for stack in self.stacked_bases_mut() {
-            sizes.dense.add(b.stored_bytes(&stack.weight), b.dims(&stack.weight));
+            match &stack.weight {
+                StackedWeight::Dense(w) => sizes.dense.add(b.stored_bytes(w), b.dims(w)),
+                StackedWeight::Packed(parts) => {
+                    for (q, on_backend) in parts {
+                        sizes.packed.add(b.packed_bytes(q, on_backend), (q.shape[0], q.shape[1]));
+                    }
+                }
+            }
         }
         let tables = [Some(&self.embed_tokens), self.position_embeddings.as_ref(), self.lm_head.as_ref()];
         for t in tables.into_iter().flatten() {

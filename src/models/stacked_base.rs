@@ -15,28 +15,52 @@
 //! columns of the stacked output, and in the backward reads its dy there, in place. The q/k/v output is then
 //! split as a fused projection of one group ([`FusedQkv`](crate::backend::FusedQkv) `{ groups: 1 }`:
 //! [q | k | v]); SwiGLU reads [gate | up] as it lies (`Backend::swiglu_halves`), as ChatGLM's fused one.
+//!
+//! A 4-bit base (QLoRA's) stacks too, without touching its blocks: each part keeps its own NF4 blocks and
+//! double-quantized statistics (re-blocking them would change the groups the statistics were computed over),
+//! and `Backend::linear_4bit_stacked` decodes each part into its own columns of the one output.
 
 use super::layers::{Gradients, Linear, Weight};
 use crate::backend::Backend;
+use crate::quant::Quantized4bit;
 use ndarray::{Array2, Axis, concatenate};
 
 // ANCHOR: stacked_base
 /// The stacked frozen weights [Σ outᵢ, in] of sibling projections, and their stacked biases [1, Σ outᵢ].
 pub struct StackedBase<B: Backend> {
-    pub weight: B::Tensor,
+    pub weight: StackedWeight<B>,
     pub bias: Option<B::Tensor>,
 }
 
+/// What a stack multiplies by.
+pub enum StackedWeight<B: Backend> {
+    /// The parts' dense weights as one matrix [Σ outᵢ, in].
+    Dense(B::Tensor),
+    /// The parts' 4-bit weights, each as it was quantized (no biases: a 4-bit stack has none).
+    Packed(Vec<(Quantized4bit, B::Packed)>),
+}
+
 impl<B: Backend> StackedBase<B> {
-    /// Moves the dense weights (and biases) of `parts` into one stacked matrix; each part keeps
-    /// [`Weight::InStack`]. `None`, with nothing moved, when they cannot share one product: a part that is
-    /// 4-bit or already stacked, different input widths, a bias on some parts only, or a bias that trains.
+    /// Moves the dense weights (and biases) of `parts` into one stacked matrix, or their 4-bit weights into
+    /// one list; each part keeps [`Weight::InStack`]. `None`, with nothing moved, when they cannot share one
+    /// product: dense and 4-bit parts mixed, a part already stacked, different input widths, a bias on some
+    /// parts only or on a 4-bit part, or a bias that trains.
     pub fn stack(b: &B, parts: &mut [&mut Linear<B>]) -> Option<Self> {
         let inp = parts.first()?.dims(b).1;
-        let stackable =
-            parts.iter().all(|p| matches!(p.weight, Weight::Dense(_)) && p.dims(b).1 == inp && !p.train_bias);
+        let same_input = parts.iter().all(|p| p.dims(b).1 == inp && !p.train_bias);
         let with_bias = parts.iter().filter(|p| p.bias.is_some()).count();
-        if !stackable || (with_bias != 0 && with_bias != parts.len()) {
+        if parts.iter().all(|p| matches!(p.weight, Weight::Packed(..))) && same_input && with_bias == 0 {
+            let packed = parts.iter_mut().map(|part| {
+                let (out, inp) = part.dims(b);
+                match std::mem::replace(&mut part.weight, Weight::InStack { out, inp }) {
+                    Weight::Packed(q, on_backend) => (q, on_backend),
+                    _ => unreachable!("checked above"),
+                }
+            });
+            return Some(StackedBase { weight: StackedWeight::Packed(packed.collect()), bias: None });
+        }
+        let dense = parts.iter().all(|p| matches!(p.weight, Weight::Dense(_)));
+        if !dense || !same_input || (with_bias != 0 && with_bias != parts.len()) {
             return None;
         }
         let mut weights = Vec::with_capacity(parts.len());
@@ -54,12 +78,23 @@ impl<B: Backend> StackedBase<B> {
         let stack = |rows: &[Array2<f32>], axis| concatenate(axis, &rows.iter().map(|r| r.view()).collect::<Vec<_>>());
         let weight = b.upload_weight(stack(&weights, Axis(0)).expect("equal input widths"));
         let bias = (with_bias > 0).then(|| b.upload(stack(&biases, Axis(1)).expect("bias rows")));
-        Some(StackedBase { weight, bias })
+        Some(StackedBase { weight: StackedWeight::Dense(weight), bias })
     }
 
-    /// Gives each part its rows of the stacked weight (and of the bias) back as its own dense weight.
+    /// Gives each part its rows of the stacked weight (and of the bias) back as its own dense weight, or its
+    /// own 4-bit weight.
     pub fn unstack(self, b: &B, parts: &mut [&mut Linear<B>]) {
-        let (weight, bias) = (b.download(&self.weight), self.bias.as_ref().map(|t| b.download(t)));
+        let weight = match self.weight {
+            StackedWeight::Dense(weight) => weight,
+            StackedWeight::Packed(packed) => {
+                assert_eq!(packed.len(), parts.len(), "unstack: one 4-bit weight per part");
+                for (part, (q, on_backend)) in parts.iter_mut().zip(packed) {
+                    part.weight = Weight::Packed(q, on_backend);
+                }
+                return;
+            }
+        };
+        let (weight, bias) = (b.download(&weight), self.bias.as_ref().map(|t| b.download(t)));
         let mut at = 0;
         for part in parts.iter_mut() {
             let (out, _) = part.dims(b);
@@ -81,7 +116,10 @@ impl<B: Backend> StackedBase<B> {
         seeds: [Option<u64>; N],
     ) -> (B::Tensor, [Option<B::Tensor>; N]) {
         let x_operand = b.product_operand(x); // one rounding of x for the stacked product and every adapter
-        let mut y = b.linear(&x_operand, &self.weight, self.bias.as_ref());
+        let mut y = match &self.weight {
+            StackedWeight::Dense(w) => b.linear(&x_operand, w, self.bias.as_ref()),
+            StackedWeight::Packed(packed) => b.linear_4bit_stacked(&x_operand, &Self::parts_of(packed)),
+        };
         let starts = column_starts(b, parts);
         let hs = std::array::from_fn(|i| parts[i].add_lora_branch(b, (&mut y, starts[i]), x, &x_operand, seeds[i]));
         (y, hs)
@@ -104,13 +142,21 @@ impl<B: Backend> StackedBase<B> {
         grads: &mut Gradients<B>,
     ) -> Option<B::Tensor> {
         let dy_operand = b.product_operand(dy); // one rounding for the dx product and every adapter
-        let mut dx = input_gradient.then(|| b.linear_backward(&dy_operand, x, &self.weight, false, false).0);
+        let mut dx = input_gradient.then(|| match &self.weight {
+            StackedWeight::Dense(w) => b.linear_backward(&dy_operand, x, w, false, false).0,
+            StackedWeight::Packed(packed) => b.linear_4bit_stacked_backward(&dy_operand, &Self::parts_of(packed)),
+        });
         let starts = column_starts(b, parts);
         for i in 0..N {
             let dy_part = (dy, &*dy_operand, starts[i]);
             parts[i].lora_branch_backward(b, dx.as_mut(), dy_part, x, hs[i], seeds[i], names[i], grads);
         }
         dx
+    }
+
+    /// The 4-bit parts as the backend's products take them.
+    fn parts_of(packed: &[(Quantized4bit, B::Packed)]) -> Vec<(&Quantized4bit, &B::Packed)> {
+        packed.iter().map(|(q, on_backend)| (q, on_backend)).collect()
     }
 }
 

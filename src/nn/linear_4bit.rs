@@ -32,11 +32,22 @@ fn band_rows(out: usize, inp: usize, weights: usize) -> usize {
 // ANCHOR: linear_4bit
 /// x: [n, in], Ŵ: [out, in] 4-bit, bias: [out] → x·Ŵᵀ + b: [n, out]
 pub fn linear_4bit(x: ArrayView2<f32>, q: &Quantized4bit, bias: Option<ArrayView1<f32>>) -> Array2<f32> {
+    let mut y = Array2::zeros((x.nrows(), q.shape[0]));
+    linear_4bit_into(x, q, y.view_mut());
+    if let Some(b) = bias {
+        y += &b.insert_axis(Axis(0));
+    }
+    y
+}
+// ANCHOR_END: linear_4bit
+
+/// y = x·Ŵᵀ written into y: [n, out] (a view: a part's columns of a stacked output).
+fn linear_4bit_into(x: ArrayView2<f32>, q: &Quantized4bit, mut y: ndarray::ArrayViewMut2<f32>) {
     let [out, inp] = q.shape;
     assert_eq!(x.ncols(), inp, "linear_4bit: x width is not the weight's in");
+    assert_eq!(y.dim(), (x.nrows(), out), "linear_4bit: the output is not [n, out]");
     let scales = q.scales();
     let rows = band_rows(out, inp, FORWARD_BAND);
-    let mut y = Array2::zeros((x.nrows(), out));
     y.axis_chunks_iter_mut(Axis(1), rows).into_par_iter().enumerate().for_each_init(Vec::new, |band, (i, y_band)| {
         let n = y_band.ncols();
         band.resize(n * inp, 0.0);
@@ -44,12 +55,32 @@ pub fn linear_4bit(x: ArrayView2<f32>, q: &Quantized4bit, bias: Option<ArrayView
         let w = ArrayView2::from_shape((n, inp), &band[..n * inp]).expect("sized"); // Ŵ[band, :]
         matmul_serial_into(x, w.t(), 1.0, 0.0, y_band); // [n, in]·[in, band]
     });
-    if let Some(b) = bias {
-        y += &b.insert_axis(Axis(0));
+}
+
+/// x: [n, in] and the 4-bit parts Ŵᵢ [outᵢ, in] of a stacked frozen base → [x·Ŵ₁ᵀ | x·Ŵ₂ᵀ | …]: [n, Σ outᵢ],
+/// each part decoded with its own statistics into its own columns.
+pub fn linear_4bit_stacked(x: ArrayView2<f32>, parts: &[&Quantized4bit]) -> Array2<f32> {
+    let mut y = Array2::zeros((x.nrows(), parts.iter().map(|q| q.shape[0]).sum()));
+    let mut at = 0;
+    for q in parts {
+        linear_4bit_into(x, q, y.slice_mut(s![.., at..at + q.shape[0]]));
+        at += q.shape[0];
     }
     y
 }
-// ANCHOR_END: linear_4bit
+
+/// The backward of [`linear_4bit_stacked`]: dy [n, Σ outᵢ] → dx = Σᵢ dy[:, partᵢ]·Ŵᵢ [n, in].
+pub fn linear_4bit_stacked_backward(dy: ArrayView2<f32>, parts: &[&Quantized4bit]) -> Array2<f32> {
+    let inp = parts.first().map_or(0, |q| q.shape[1]);
+    let mut dx = Array2::zeros((dy.nrows(), inp));
+    let mut at = 0;
+    for (i, q) in parts.iter().enumerate() {
+        let beta = if i == 0 { 0.0 } else { 1.0 };
+        linear_4bit_backward_into(dy.slice(s![.., at..at + q.shape[0]]), q, beta, dx.view_mut());
+        at += q.shape[0];
+    }
+    dx
+}
 
 // ANCHOR: linear_4bit_backward
 /// The backward through a frozen 4-bit W: dy: [n, out] → (dx = dy·Ŵ [n, in], ∂L/∂b [out] if `bias_grad`).
@@ -58,11 +89,19 @@ pub fn linear_4bit_backward(
     q: &Quantized4bit,
     bias_grad: bool,
 ) -> (Array2<f32>, Option<Array1<f32>>) {
+    let mut dx = Array2::zeros((dy.nrows(), q.shape[1]));
+    linear_4bit_backward_into(dy, q, 0.0, dx.view_mut());
+    (dx, bias_grad.then(|| bias_gradient(dy)))
+}
+// ANCHOR_END: linear_4bit_backward
+
+/// dx = dy·Ŵ + β·dx, the bands accumulating in order (β = 1: a later part of a stack adding its share).
+fn linear_4bit_backward_into(dy: ArrayView2<f32>, q: &Quantized4bit, beta: f32, mut dx: ndarray::ArrayViewMut2<f32>) {
     let [out, inp] = q.shape;
     assert_eq!(dy.ncols(), out, "linear_4bit_backward: dy width is not the weight's out");
+    assert_eq!(dx.dim(), (dy.nrows(), inp), "linear_4bit_backward: dx is not [n, in]");
     let scales = q.scales();
     let rows = band_rows(out, inp, BACKWARD_BAND);
-    let mut dx = Array2::zeros((dy.nrows(), inp));
     let mut band = vec![0.0f32; rows * inp];
     for o0 in (0..out).step_by(rows) {
         let n = rows.min(out - o0);
@@ -72,12 +111,10 @@ pub fn linear_4bit_backward(
             .enumerate()
             .for_each(|(t, part)| q.dequantize_range_into(&scales, o0 * inp + t * per_task, part));
         let w = ArrayView2::from_shape((n, inp), &*band).expect("sized"); // Ŵ[band, :]
-        let beta = if o0 == 0 { 0.0 } else { 1.0 };
+        let beta = if o0 == 0 { beta } else { 1.0 };
         matmul_into(dy.slice(s![.., o0..o0 + n]), w, beta, dx.view_mut()); // [n, band]·[band, in]
     }
-    (dx, bias_grad.then(|| bias_gradient(dy)))
 }
-// ANCHOR_END: linear_4bit_backward
 
 #[cfg(test)]
 mod tests {

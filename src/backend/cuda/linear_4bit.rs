@@ -59,18 +59,51 @@ impl Cuda {
         assert_eq!(x.cols, inp, "linear_4bit: x has {} columns, W has {inp} inputs", x.cols);
         let mut y = if inp == 0 { self.zeros(x.rows, out) } else { self.tensor(x.rows, out) };
         if inp > 0 && out > 0 {
-            let x_op = self.product_operand(x); // rounded to bf16 once for every band under mixed precision
-            let (rows, mut band) = self.bands(host, band_bytes);
-            for o0 in (0..out).step_by(rows) {
-                band.rows = rows.min(out - o0); // the last band may be short
-                self.dequantize_rows(host, p, o0, &mut band); // Ŵ[o0 .. o0 + rows, :]
-                // y[:, o0 .. o0 + rows] = x[T, in] · Ŵ[band, :]ᵀ
-                blas::gemm_strided(self, Columns::all(&x_op), false, Columns::all(&band), true, 1.0, 0.0, &mut y, o0);
-            }
+            self.linear_4bit_into(&mut y, 0, &self.product_operand(x), (host, p), band_bytes);
         }
         if let Some(b) = bias {
             let (r, c) = (int(y.rows, "rows"), int(y.cols, "cols"));
             launch!(self, "add_bias_rows", elementwise_grid(y.len()), y.f32_mut(), b.f32(), &r, &c);
+        }
+        y
+    }
+
+    /// y[:, at .. at + out] = x·Ŵᵀ, x already in the products' precision, band by band.
+    fn linear_4bit_into(
+        &self,
+        y: &mut CudaTensor,
+        at: usize,
+        x_op: &CudaTensor,
+        (host, p): (&Quantized4bit, &CudaPacked),
+        band_bytes: usize,
+    ) {
+        let out = host.shape[0];
+        let (rows, mut band) = self.bands(host, band_bytes);
+        for o0 in (0..out).step_by(rows) {
+            band.rows = rows.min(out - o0); // the last band may be short
+            self.dequantize_rows(host, p, o0, &mut band); // Ŵ[o0 .. o0 + rows, :]
+            // y[:, at + o0 .. at + o0 + rows] = x[T, in] · Ŵ[band, :]ᵀ
+            blas::gemm_strided(self, Columns::all(x_op), false, Columns::all(&band), true, 1.0, 0.0, y, at + o0);
+        }
+    }
+
+    /// [`Backend::linear_4bit_stacked`]: each part's bands into its own columns of one [T, Σ outᵢ] output.
+    pub fn linear_4bit_stacked_banded(
+        &self,
+        x: &CudaTensor,
+        parts: &[(&Quantized4bit, &CudaPacked)],
+        band_bytes: usize,
+    ) -> CudaTensor {
+        let total = parts.iter().map(|(q, _)| q.shape[0]).sum();
+        assert!(parts.iter().all(|(q, _)| q.shape[1] == x.cols), "linear_4bit_stacked: a part's inputs ≠ x's columns");
+        let mut y = if x.cols == 0 { self.zeros(x.rows, total) } else { self.tensor(x.rows, total) };
+        if x.cols > 0 {
+            let x_op = self.product_operand(x); // one rounding for every part
+            let mut at = 0;
+            for &(host, p) in parts {
+                self.linear_4bit_into(&mut y, at, &x_op, (host, p), band_bytes);
+                at += host.shape[0];
+            }
         }
         y
     }
@@ -91,18 +124,53 @@ impl Cuda {
         assert_eq!(dy.cols, out, "linear_4bit_backward: dy has {} columns, W has {out} outputs", dy.cols);
         let mut dx = if out == 0 { self.zeros(dy.rows, inp) } else { self.tensor(dy.rows, inp) };
         if inp > 0 && out > 0 {
-            let dy_op = self.product_operand(dy);
-            let (rows, mut band) = self.bands(host, band_bytes);
-            for o0 in (0..out).step_by(rows) {
-                band.rows = rows.min(out - o0);
-                self.dequantize_rows(host, p, o0, &mut band);
-                let dy_band = Columns { t: &dy_op, start: o0, width: band.rows }; // dy[:, o0 .. o0 + rows]
-                let beta = if o0 == 0 { 0.0 } else { 1.0 };
-                // dx[T, in] (+)= dy[:, band] · Ŵ[band, :]
-                blas::gemm_strided(self, dy_band, false, Columns::all(&band), false, 1.0, beta, &mut dx, 0);
-            }
+            self.linear_4bit_backward_into(&mut dx, (&self.product_operand(dy), 0), (host, p), false, band_bytes);
         }
         (dx, bias_grad.then(|| self.column_sum(dy)))
+    }
+
+    /// dx (+)= dy[:, at .. at + out]·Ŵ, band by band: written by the first band unless `accumulate` (a later
+    /// part of a stack), added to after that. dy already in the products' precision.
+    fn linear_4bit_backward_into(
+        &self,
+        dx: &mut CudaTensor,
+        (dy_op, at): (&CudaTensor, usize),
+        (host, p): (&Quantized4bit, &CudaPacked),
+        accumulate: bool,
+        band_bytes: usize,
+    ) {
+        let out = host.shape[0];
+        let (rows, mut band) = self.bands(host, band_bytes);
+        for o0 in (0..out).step_by(rows) {
+            band.rows = rows.min(out - o0);
+            self.dequantize_rows(host, p, o0, &mut band);
+            let dy_band = Columns { t: dy_op, start: at + o0, width: band.rows }; // dy[:, at + o0 .. + rows]
+            let beta = if o0 == 0 && !accumulate { 0.0 } else { 1.0 };
+            // dx[T, in] (+)= dy[:, band] · Ŵ[band, :]
+            blas::gemm_strided(self, dy_band, false, Columns::all(&band), false, 1.0, beta, dx, 0);
+        }
+    }
+
+    /// [`Backend::linear_4bit_stacked_backward`]: every part's bands adding into one dx.
+    pub fn linear_4bit_stacked_backward_banded(
+        &self,
+        dy: &CudaTensor,
+        parts: &[(&Quantized4bit, &CudaPacked)],
+        band_bytes: usize,
+    ) -> CudaTensor {
+        let inp = parts.first().map_or(0, |(q, _)| q.shape[1]);
+        let total: usize = parts.iter().map(|(q, _)| q.shape[0]).sum();
+        assert_eq!(dy.cols, total, "linear_4bit_stacked_backward: dy has {} columns, the parts {total}", dy.cols);
+        let mut dx = if total == 0 { self.zeros(dy.rows, inp) } else { self.tensor(dy.rows, inp) };
+        if inp > 0 && total > 0 {
+            let dy_op = self.product_operand(dy);
+            let mut at = 0;
+            for &(host, p) in parts.iter().filter(|(q, _)| q.shape[0] > 0) {
+                self.linear_4bit_backward_into(&mut dx, (&dy_op, at), (host, p), at > 0, band_bytes);
+                at += host.shape[0];
+            }
+        }
+        dx
     }
     // ANCHOR_END: backward
 }

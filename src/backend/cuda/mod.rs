@@ -188,6 +188,12 @@ impl Backend for Cuda {
     ) -> CudaTensor {
         self.linear_4bit_banded(x, host, p, bias, DEFAULT_BAND_BYTES)
     }
+    fn linear_4bit_stacked(&self, x: &CudaTensor, parts: &[(&Quantized4bit, &CudaPacked)]) -> CudaTensor {
+        self.linear_4bit_stacked_banded(x, parts, DEFAULT_BAND_BYTES)
+    }
+    fn linear_4bit_stacked_backward(&self, dy: &CudaTensor, parts: &[(&Quantized4bit, &CudaPacked)]) -> CudaTensor {
+        self.linear_4bit_stacked_backward_banded(dy, parts, DEFAULT_BAND_BYTES)
+    }
     fn linear_4bit_backward(
         &self,
         dy: &CudaTensor,
