@@ -319,27 +319,32 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 
 // ANCHOR: launches_per_layer
 /// What one more decoder layer adds to a steady-state step (3 layers minus 2): r-16 adapters on all seven
-/// projections, as the bench trains them. Under f32: the frozen bases in 4 products forward (q/k/v stacked,
-/// gate/up stacked, o, down) and 4 dx products backward, and 7 adapters at 2 + 4 products each (x·Aᵀ and s·h·Bᵀ
-/// accumulated into their columns of y; s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 50 products and
-/// no launch; the 12 launches are the layer's own kernels (2 RMSNorms, each fused with the residual add before
-/// it, and their dx-only backward adding into the stream's gradient, the split of [q | k | v] with RoPE and
-/// its backward, the attention passes, SwiGLU on [gate | up]). With the layer's last residual add apart from
-/// the next norm they were 13; with the split and the two rotations apart (each way) 17; with separate
-/// products (before the stacking) 56 + 18: 3 adds of partial dx instead of the split and join; before the
-/// norms took in the adds, 21. Before LoRA's
-/// scale and adds went into the products and the frozen norms stopped computing weight gradients, each
-/// adapter cost 3 launches more and each norm 1. Under bf16, roundings to bf16 come on top: x backward per
-/// adapter (7); x once per product that reads it forward (4) and dy once per dx product (4): 15 of the 27.
-/// h and ∂L/∂h come out of their products in bf16 (`Cuda::product_output`); rounded by a cast, forward and
-/// backward for h and once for ∂L/∂h, they were 3 more per adapter (21 launches more). Apart, x and dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16
-/// copy beside its f32 master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with a cast of
-/// each before each of its two products they were 10 per adapter and 91 launches. A 4-bit base adds the
-/// dequantization before each of its 14 products; stacked like the dense one (its 7 parts decoded into two
-/// stacked outputs), which takes the rotations into the split and the adds of partial dx into the products,
-/// it costs 26 launches, 31 apart.
+/// projections, as the bench trains them.
+///
+/// Under f32: the frozen bases in 4 products forward (q/k/v stacked, gate/up stacked, o, down) and 4 dx
+/// products backward, and 7 adapters at 2 + 4 products each (x·Aᵀ and s·h·Bᵀ accumulated into their columns of
+/// y; s·dyᵀ·h, s·dy·B, dhᵀ·x and dh·A accumulated into dx): 50 products and no launch. The 12 launches are the
+/// layer's own kernels: 2 RMSNorms, each fused with the residual add before it, and their dx-only backward
+/// adding into the stream's gradient; the split of [q | k | v] with RoPE, and its backward; the attention
+/// passes; SwiGLU on [gate | up]. History: 13 with the layer's last residual add apart from the next norm; 17
+/// with the split and the two rotations apart (each way); 56 + 18 with separate products (3 adds of partial dx
+/// instead of the split and join); 21 before the norms took in the adds. Before LoRA's scale and adds went
+/// into the products and the frozen norms stopped computing weight gradients, each adapter cost 3 launches
+/// more and each norm 1.
+///
+/// Under bf16, roundings to bf16 come on top, 12 of the 24: x backward once per stack and once per lone adapter
+/// (4; once per adapter it was 3 more, 27 launches), x once per product that reads it forward (4), and dy once
+/// per dx product (4). h and ∂L/∂h come out of their products in bf16 (`Cuda::product_output`); rounded by a
+/// cast (forward and backward for h, once for ∂L/∂h) they were 3 more per adapter. With separate products x and
+/// dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16 copy beside its f32
+/// master, rewritten by the optimizer's update (`Cuda::keep_bf16_copy`); with a cast of each before each of its
+/// two products they were 10 per adapter and 91 launches.
+///
+/// A 4-bit base adds the dequantization before each of its 14 products. Stacked like the dense one (its 7
+/// parts decoded into two stacked outputs), which takes the rotations into the split and the adds of partial
+/// dx into the products, it costs 26 launches; apart, 31.
 const PER_LAYER_F32: (u64, u64) = (12, 50);
-const PER_LAYER_BF16: (u64, u64) = (27, 50);
+const PER_LAYER_BF16: (u64, u64) = (24, 50);
 const PER_LAYER_QLORA_F32: (u64, u64) = (26, 56);
 /// The same layer with LayerNorms (biases and all) in place of the RMSNorms: the residual adds go into them
 /// as into RMSNorm (`add_layer_norm`, the accumulating `layer_norm_backward_input_add`); apart they were 4

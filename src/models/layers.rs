@@ -224,21 +224,28 @@ impl<B: Backend> Linear<B> {
             }
             dx = wanted.then_some(base_dx);
         }
-        self.lora_branch_backward(b, dx.as_mut(), (dy, &dy_operand, 0), x, h, dropout_seed, name, grads);
+        self.lora_branch_backward(b, dx.as_mut(), (dy, &dy_operand, 0), (x, x), h, dropout_seed, name, grads);
         dx
+    }
+
+    /// Whether this layer's adapter reads x itself (not a dropped-out x̃) in a forward with `dropout_seed`:
+    /// the parts of a stack that can share one rounding of x.
+    pub(super) fn adapter_reads_x(&self, dropout_seed: Option<u64>) -> bool {
+        self.lora.as_ref().is_some_and(|lora| dropout_seed.is_none() || lora.dropout == 0.0)
     }
 
     /// The adapter's branch in reverse (nothing without an adapter): ∂L/∂A and ∂L/∂B into `grads` as
     /// `{name}.lora_A` / `{name}.lora_B`, and the branch's input gradient added into `dx` when one is asked
     /// for. `dy_operand` is dy as the products read it (dy itself, or its bf16 rounding shared with the base);
-    /// the branch's dy is their columns `at .. at + out` (0 but for a part of a stacked product).
+    /// the branch's dy is their columns `at .. at + out` (0 but for a part of a stacked product). `x_operand`
+    /// is x as the products read it, rounded once for the siblings of a stack (x itself for a lone layer).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn lora_branch_backward(
         &self,
         b: &B,
         dx: Option<&mut B::Tensor>,
         (dy, dy_operand, at): (&B::Tensor, &B::Tensor, usize),
-        x: &B::Tensor,
+        (x, x_operand): (&B::Tensor, &B::Tensor),
         h: Option<&B::Tensor>,
         dropout_seed: Option<u64>,
         name: &str,
@@ -263,7 +270,7 @@ impl<B: Backend> Linear<B> {
                     None => b.lora_backward_into(None, dy, at, &x_dropped, h, &lora.a, &lora.b, lora.scaling),
                 }
             }
-            None => b.lora_backward_into(dx, dy_operand, at, x, h, &lora.a, &lora.b, lora.scaling),
+            None => b.lora_backward_into(dx, dy_operand, at, x_operand, h, &lora.a, &lora.b, lora.scaling),
         };
         grads.insert(format!("{name}.lora_A"), da);
         grads.insert(format!("{name}.lora_B"), db_lora);

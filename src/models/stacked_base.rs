@@ -146,10 +146,14 @@ impl<B: Backend> StackedBase<B> {
             StackedWeight::Dense(w) => b.linear_backward(&dy_operand, x, w, false, false).0,
             StackedWeight::Packed(packed) => b.linear_4bit_stacked_backward(&dy_operand, &Self::parts_of(packed)),
         });
+        // x rounded once for the adapters' ∂L/∂A products where two or more read it (not a dropped-out x̃)
+        let sharing = (0..N).filter(|&i| parts[i].adapter_reads_x(seeds[i])).count();
+        let x_operand = if sharing > 1 { b.product_operand(x) } else { std::borrow::Cow::Borrowed(x) };
         let starts = column_starts(b, parts);
         for i in 0..N {
             let dy_part = (dy, &*dy_operand, starts[i]);
-            parts[i].lora_branch_backward(b, dx.as_mut(), dy_part, x, hs[i], seeds[i], names[i], grads);
+            let xs = (x, &*x_operand);
+            parts[i].lora_branch_backward(b, dx.as_mut(), dy_part, xs, hs[i], seeds[i], names[i], grads);
         }
         dx
     }
