@@ -309,22 +309,31 @@ __device__ void flash_dq(float* dq, const float* dout, const float* q, const flo
 // block, 16 keys each; the queries stream through shared memory, the query heads of the group one after another.
 // Per warp and tile, transposed: Sᵀ [16 keys × 32 queries] = K_w · Q_tileᵀ, then dV += Pᵀ · dO_tile and
 // dK += dSᵀ · Q_tile.
-template <int D>
-__device__ void flash_dkdv(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
-                           const float* lse, const float* delta, const unsigned int* segment_ids,
-                           const unsigned int* segment_last, AttentionDims a) {
-    __shared__ unsigned short q_tile[FLASH_TILE * (D + FLASH_PAD)], dout_tile[FLASH_TILE * (D + FLASH_PAD)];
-    __shared__ float lse_tile[FLASH_TILE], delta_tile[FLASH_TILE];
+//
+// One pass computes the gradients DV and DK ask for. Both accumulators are D/8 fragments of 4 floats per lane:
+// at D = 256 that is 256 registers for the two, more than a thread has (255), so ptxas spilled them (1212 bytes
+// of stores per thread). There the kernel makes two passes, dV and then dK, with one accumulator live at a
+// time: Sᵀ is computed twice (5 tile products instead of 4) and nothing spills.
+template <int D, bool DV, bool DK>
+__device__ __forceinline__ void flash_dkdv_pass(float* dk, float* dv, const float* dout, const float* q,
+                                                const float* k, const float* v, const float* lse,
+                                                const float* delta, const unsigned int* segment_ids,
+                                                const unsigned int* segment_last, const AttentionDims& a,
+                                                unsigned short* q_tile, unsigned short* dout_tile, float* lse_tile,
+                                                float* delta_tile) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = blockIdx.y, d = a.d;
     const int group = a.heads / a.kv_heads;
     const int j0 = blockIdx.x * FLASH_ROWS, c0 = j0 + 16 * warp;  // the block's and the warp's first key
     const long long q_stride = (long long)a.heads * d, kv_stride = (long long)a.kv_heads * d;
     const Range block = queries_of(a, segment_last, j0, min(FLASH_ROWS, a.tk - j0));
     const Range mine = queries_of(a, segment_last, c0, min(16, a.tk - c0));
-    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+    float dk_acc[DK ? D / 8 : 1][4], dv_acc[DV ? D / 8 : 1][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt)
-        for (int e = 0; e < 4; ++e) dk_acc[nt][e] = dv_acc[nt][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) {
+            if constexpr (DK) dk_acc[nt][e] = 0.0f;
+            if constexpr (DV) dv_acc[nt][e] = 0.0f;
+        }
     for (int h = g * group; h < (g + 1) * group; ++h) {
         const float slope = alibi_slope(a, h);
         for (int t0 = block.lo; t0 <= block.hi; t0 += FLASH_TILE) {
@@ -341,8 +350,8 @@ __device__ void flash_dkdv(float* dk, float* dv, const float* dout, const float*
             __syncthreads();
             if (misses(mine, t0, n)) continue;
             float p[4][4], ds[4][4];
-            tile_scores<D>(p, k + (long long)g * d, kv_stride, c0, a.tk, q_tile, d, lane);      // k·q
-            tile_scores<D>(ds, v + (long long)g * d, kv_stride, c0, a.tk, dout_tile, d, lane);  // v·dout
+            tile_scores<D>(p, k + (long long)g * d, kv_stride, c0, a.tk, q_tile, d, lane);  // k·q
+            if constexpr (DK) tile_scores<D>(ds, v + (long long)g * d, kv_stride, c0, a.tk, dout_tile, d, lane);
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt)
                 for (int e = 0; e < 4; ++e) {
@@ -351,13 +360,13 @@ __device__ void flash_dkdv(float* dk, float* dv, const float* dout, const float*
                     float pe = 0.0f, dse = 0.0f;
                     if (j < a.tk && x < n && visible(a, segment_ids, query_pos, j)) {
                         pe = expf(score(a, p[nt][e], slope, query_pos, j) - lse_tile[x]);
-                        dse = clamp_binds(a, p[nt][e]) ? 0.0f : pe * (ds[nt][e] - delta_tile[x]);
+                        if constexpr (DK) dse = clamp_binds(a, p[nt][e]) ? 0.0f : pe * (ds[nt][e] - delta_tile[x]);
                     }
                     p[nt][e] = pe;
-                    ds[nt][e] = dse;
+                    if constexpr (DK) ds[nt][e] = dse;
                 }
-            accumulate_tile_product<D>(dv_acc, p, dout_tile, d, lane);  // dV += Pᵀ · dO
-            accumulate_tile_product<D>(dk_acc, ds, q_tile, d, lane);    // dK += dSᵀ · Q
+            if constexpr (DV) accumulate_tile_product<D>(dv_acc, p, dout_tile, d, lane);  // dV += Pᵀ · dO
+            if constexpr (DK) accumulate_tile_product<D>(dk_acc, ds, q_tile, d, lane);    // dK += dSᵀ · Q
         }
     }
 #pragma unroll
@@ -366,10 +375,28 @@ __device__ void flash_dkdv(float* dk, float* dv, const float* dout, const float*
             const int j = c0 + fragment_row(lane, e), c = fragment_col(lane, nt, e);
             if (j < a.tk && c < d) {
                 const long long at = (long long)j * kv_stride + (long long)g * d + c;
-                dk[at] = dk_acc[nt][e] * a.scale;
-                dv[at] = dv_acc[nt][e];
+                if constexpr (DK) dk[at] = dk_acc[nt][e] * a.scale;
+                if constexpr (DV) dv[at] = dv_acc[nt][e];
             }
         }
+}
+
+template <int D>
+__device__ void flash_dkdv(float* dk, float* dv, const float* dout, const float* q, const float* k, const float* v,
+                           const float* lse, const float* delta, const unsigned int* segment_ids,
+                           const unsigned int* segment_last, AttentionDims a) {
+    // declared once here, so the two passes at D = 256 share them (48 KB of static shared memory at most)
+    __shared__ unsigned short q_tile[FLASH_TILE * (D + FLASH_PAD)], dout_tile[FLASH_TILE * (D + FLASH_PAD)];
+    __shared__ float lse_tile[FLASH_TILE], delta_tile[FLASH_TILE];
+    if constexpr (D <= 128) {
+        flash_dkdv_pass<D, true, true>(dk, dv, dout, q, k, v, lse, delta, segment_ids, segment_last, a, q_tile,
+                                       dout_tile, lse_tile, delta_tile);
+    } else {
+        flash_dkdv_pass<D, true, false>(dk, dv, dout, q, k, v, lse, delta, segment_ids, segment_last, a, q_tile,
+                                        dout_tile, lse_tile, delta_tile);
+        flash_dkdv_pass<D, false, true>(dk, dv, dout, q, k, v, lse, delta, segment_ids, segment_last, a, q_tile,
+                                        dout_tile, lse_tile, delta_tile);
+    }
 }
 // ANCHOR_END: flash_dkdv
 
