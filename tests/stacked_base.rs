@@ -200,4 +200,18 @@ fn a_model_taken_for_decoding_is_stacked() {
     assert_eq!(decoding.stacked_bases_mut().len(), 4);
     let stacked = Cpu.download(&decoding.forward(&Cpu, &ids, None, Logits::All).unwrap());
     assert!(max_abs_diff(&separate, &stacked) <= 1e-5);
+
+    // a 4-bit model (NF4 + double quantization) taken for decoding: its parts stacked as they are packed
+    let quantized = || {
+        let mut model = Decoder::random(&Cpu, llama(), 5);
+        for (_, linear) in model.linears_mut() {
+            linear.quantize(&Cpu, QuantType::Nf4, true).unwrap();
+        }
+        model
+    };
+    let separate = Cpu.download(&quantized().forward(&Cpu, &ids, None, Logits::All).unwrap());
+    let mut decoding = quantized().for_decoding(&Cpu);
+    assert_eq!(decoding.stacked_bases_mut().len(), 4);
+    let stacked = Cpu.download(&decoding.forward(&Cpu, &ids, None, Logits::All).unwrap());
+    assert!(max_abs_diff(&separate, &stacked) <= 1e-5, "4-bit: {}", max_abs_diff(&separate, &stacked));
 }
