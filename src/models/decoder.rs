@@ -1,7 +1,8 @@
 //! The one decoder every family runs on: loading and inference with a KV cache. What a family varies is in its
 //! [`DecoderConfig`] (`decoder_config.rs`); the training forward and the hand-written backward are beside this
-//! file in `decoder_train.rs` (the output head in `decoder_head.rs`), the mixture-of-experts balance loss in
-//! `moe_balance.rs`, and the walk over the parameters by name in `parameters.rs`.
+//! file in `decoder_train.rs` (its attention inputs in `attention_inputs.rs`, the output head in
+//! `decoder_head.rs`), the mixture-of-experts balance loss in `moe_balance.rs`, and the walk over the
+//! parameters by name in `parameters.rs`.
 //!
 //! For each layer, with n₁, n₂ the layer's norms (one shared norm for Phi):
 //!   q, k, v = split(qkv(n₁(x)))  or  q(n₁(x)), k(n₁(x)), v(n₁(x));   q, k ← rope(q), rope(k)  (rotary positions)

@@ -1,7 +1,9 @@
-//! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs`, the output
-//! head's training part in `decoder_head.rs`) and one file per family. Each family file maps `config.json`
-//! onto a [`decoder::DecoderConfig`] and names its tensors; it holds only what is special about the family.
+//! The one decoder (`decoder.rs`, its parts in `decoder_config.rs`, training in `decoder_train.rs` and
+//! `attention_inputs.rs`, the output head's training part in `decoder_head.rs`) and one file per family. Each
+//! family file maps `config.json` onto a [`decoder::DecoderConfig`] and names its tensors; it holds only what
+//! is special about the family.
 pub mod aquila;
+pub mod attention_inputs;
 pub mod baichuan;
 pub mod chatglm;
 pub mod decoder;
