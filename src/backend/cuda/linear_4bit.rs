@@ -28,20 +28,12 @@ fn band_rows(out: usize, inp: usize, entry_bytes: usize, band_bytes: usize) -> u
 }
 
 impl Cuda {
-    /// A [rows, in] band buffer in the storage the products read: bf16 under mixed precision, else f32.
-    fn band_buffer(&self, rows: usize, inp: usize) -> CudaTensor {
-        match self.precision {
-            Precision::Bf16 => self.bf16_tensor(rows, inp),
-            Precision::F32 => self.tensor(rows, inp),
-        }
-    }
-
     /// Rows of Ŵ per band, and the band buffer (at most `band_bytes`, sized for the first, fullest band).
     fn bands(&self, host: &Quantized4bit, band_bytes: usize) -> (usize, CudaTensor) {
         let [out, inp] = host.shape;
         let entry = if self.precision == Precision::Bf16 { 2 } else { 4 };
         let rows = band_rows(out, inp, entry, band_bytes);
-        (rows, self.band_buffer(rows, inp))
+        (rows, self.product_output(rows, inp)) // a band only products read
     }
 
     // ANCHOR: forward

@@ -20,16 +20,6 @@ impl Cuda {
             _ => Cow::Borrowed(x),
         }
     }
-
-    /// A [rows, cols] output that only products will read (LoRA's h = x·Aᵀ and ∂L/∂h): under bf16 the product
-    /// writes it rounded, as [`Cuda::product_operand`] would have rounded it, with no cast between; under f32,
-    /// f32.
-    pub(super) fn product_output(&self, rows: usize, cols: usize) -> CudaTensor {
-        match self.precision {
-            Precision::Bf16 => self.bf16_tensor(rows, cols),
-            Precision::F32 => self.tensor(rows, cols),
-        }
-    }
     // ANCHOR_END: product_operand
 
     // ANCHOR: cuda_lora_forward

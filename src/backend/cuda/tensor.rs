@@ -140,6 +140,17 @@ impl Cuda {
         CudaTensor { storage: Storage::Bf16(self.pool_bf16.take(rows * cols)), rows, cols }
     }
 
+    /// A [rows, cols] tensor that only products will read, in the storage they read: bf16 under mixed
+    /// precision, f32 under f32. LoRA's h = x·Aᵀ and ∂L/∂h (a product writes them rounded, as
+    /// [`Cuda::product_operand`] would have rounded them, with no cast between) and a dequantized band of a
+    /// 4-bit weight.
+    pub(super) fn product_output(&self, rows: usize, cols: usize) -> CudaTensor {
+        match self.precision {
+            Precision::Bf16 => self.bf16_tensor(rows, cols),
+            Precision::F32 => self.tensor(rows, cols),
+        }
+    }
+
     // ANCHOR: bf16_copy
     /// `t` rounded to bf16 (round to nearest even), as a tensor of its own: a frozen weight's storage, or an
     /// operand cast once and read by several products. A bf16 tensor is returned as it is.
