@@ -17,8 +17,8 @@
 #![cfg(feature = "cuda")]
 
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::backend::cuda::Precision;
-use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv};
+use mftcoder::backend::cuda::{CudaTensor, Precision};
+use mftcoder::backend::{AttentionMask, AttentionShape, Backend, FusedQkv, ReadBy};
 use mftcoder::train::optim::{AdamW, AdamWConfig};
 use ndarray::Array2;
 use proptest::prelude::*;
@@ -90,7 +90,11 @@ fn lora_branch<B: Backend>(b: &B, t: usize, (inp, out, r): (usize, usize, usize)
     let (da, db) = b.lora_backward_into(Some(&mut dx), &dy, 3, &x, &h, &a, &up, s);
 
     let mask = b.dropout_mask(t, inp, 0.3, seed);
-    assert_eq!(b.download(&b.dropout(&x, 0.3, seed)), b.download(&b.mul(&x, &mask)), "{}: x ∘ m", b.name());
+    let (dropped, mut want) = (b.dropout(&x, 0.3, seed), b.download(&b.mul(&x, &mask)));
+    if b.stored_bytes(&dropped) == 2 * t * inp {
+        want.mapv_inplace(|v| half::bf16::from_f32(v).to_f32()); // only A reads x̃: written in its bf16
+    }
+    assert_eq!(b.download(&dropped), want, "{}: x ∘ m", b.name());
     let (mut added, g_dropped) = (b.upload(matrix(t, inp, seed + 6, 1.0)), b.upload(matrix(t, inp, seed + 7, 1.0)));
     let want = b.download(&b.add(&added, &b.mul(&g_dropped, &mask)));
     b.add_dropout_backward(&mut added, &g_dropped, 0.3, seed);
@@ -123,13 +127,13 @@ fn norm_rope_embedding<B: Backend>(
     let (dw, (ln_dw, ln_db)) = (dw.expect("asked for"), ln_params.expect("asked for"));
     // the residual add fused with the norm after it, and the norm's backward added into the stream's gradient
     let a = b.upload(matrix(t, heads * d, seed + 5, 1.0));
-    let (sum, normed) = b.add_rms_norm(&x, &a, &w, 1e-6);
+    let (sum, normed) = b.add_rms_norm(&x, &a, &w, 1e-6, ReadBy::AnyOp);
     let (mut dx_acc, mut frozen_dx_acc) = (b.upload(matrix(t, heads * d, seed + 6, 1.0)), b.zeros(t, heads * d));
     let dw_acc = b.rms_norm_backward_into(&mut dx_acc, &dy, &x, &w, 1e-6, true).expect("asked for");
     b.add_assign(&mut frozen_dx_acc, &a);
     assert!(b.rms_norm_backward_into(&mut frozen_dx_acc, &dy, &x, &w, 1e-6, false).is_none());
     // the same for LayerNorm: the add fused with it, and its backward accumulating (with and without dw, db)
-    let (ln_sum, ln_normed) = b.add_layer_norm(&shifted, &a, &w, &bias, 1e-5);
+    let (ln_sum, ln_normed) = b.add_layer_norm(&shifted, &a, &w, &bias, 1e-5, ReadBy::AnyOp);
     let (mut ln_dx_acc, mut ln_frozen_dx_acc) =
         (b.upload(matrix(t, heads * d, seed + 6, 1.0)), b.upload(matrix(t, heads * d, seed + 7, 1.0)));
     let (ln_dw_acc, ln_db_acc) =
@@ -142,11 +146,11 @@ fn norm_rope_embedding<B: Backend>(
     downloaded(
         b,
         vec![
-            b.rms_norm(&x, &w, 1e-6),
+            b.rms_norm(&x, &w, 1e-6, ReadBy::AnyOp),
             dx,
             dw,
             frozen_dx,
-            b.layer_norm(&shifted, &w, &bias, 1e-5),
+            b.layer_norm(&shifted, &w, &bias, 1e-5, ReadBy::AnyOp),
             ln_dx,
             ln_dw,
             ln_db,
@@ -468,6 +472,67 @@ fn bf16_products_stay_within_the_argued_tolerance() {
         assert_close(&format!("bf16 linear {t}×{k}×{n}"), &cpu, &gpu_y, 2e-2);
     }
 }
+
+// ANCHOR: product_only_outputs
+/// Under mixed precision an output only products read is written in bf16 by the op that makes it: each norm
+/// (alone and after the residual add), SwiGLU (on two tensors and on the halves of one) and LoRA's dropout (from
+/// an f32 x and from a bf16 one). Each entry is exactly the f32 op's result rounded to nearest even — the cast
+/// it replaces — at 2 bytes per entry, and a product reads it as it read the cast.
+#[test]
+fn product_only_outputs_are_the_f32_results_rounded() {
+    let Some(g) = gpu(Precision::Bf16) else { return };
+    let bits = |t: &Array2<f32>| t.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let rounded = |t: &Array2<f32>| bits(&t.mapv(|v| half::bf16::from_f32(v).to_f32()));
+    let (t, h) = (37, 300); // more columns than a block has threads
+    let (x, a) = (g.upload(matrix(t, h, 41, 1.0)), g.upload(matrix(t, h, 42, 1.0)));
+    let (w, bias) = (g.upload(matrix(1, h, 43, 1.0)), g.upload(matrix(1, h, 44, 0.5)));
+    let pairs: Vec<(&str, CudaTensor, CudaTensor)> = vec![
+        ("rms_norm", g.rms_norm(&x, &w, 1e-6, ReadBy::AnyOp), g.rms_norm(&x, &w, 1e-6, ReadBy::Products)),
+        (
+            "layer_norm",
+            g.layer_norm(&x, &w, &bias, 1e-5, ReadBy::AnyOp),
+            g.layer_norm(&x, &w, &bias, 1e-5, ReadBy::Products),
+        ),
+        ("add_rms_norm", g.add_rms_norm(&x, &a, &w, 1e-6, ReadBy::AnyOp).1, {
+            let (sum, normed) = g.add_rms_norm(&x, &a, &w, 1e-6, ReadBy::Products);
+            assert_eq!(g.stored_bytes(&sum), 4 * t * h, "the residual stream stays f32");
+            normed
+        }),
+        (
+            "add_layer_norm",
+            g.add_layer_norm(&x, &a, &w, &bias, 1e-5, ReadBy::AnyOp).1,
+            g.add_layer_norm(&x, &a, &w, &bias, 1e-5, ReadBy::Products).1,
+        ),
+    ];
+    let exact = gpu(Precision::F32);
+    for (name, f32_out, bf16_out) in &pairs {
+        assert_eq!((g.stored_bytes(f32_out), g.stored_bytes(bf16_out)), (4 * t * h, 2 * t * h), "{name}");
+        assert_eq!(bits(&g.download(bf16_out)), rounded(&g.download(f32_out)), "{name}: the f32 result rounded");
+    }
+    // SwiGLU and dropout have no f32 twin under mixed precision: the f32 device's results, rounded
+    let Some(e) = exact else { return };
+    let gate_up = matrix(t, 2 * h, 45, 2.0);
+    let (gate, up) = (gate_up.slice(ndarray::s![.., ..h]).to_owned(), gate_up.slice(ndarray::s![.., h..]).to_owned());
+    let want_swiglu = e.download(&e.swiglu_halves(&e.upload(gate_up.clone())));
+    let got = g.swiglu_halves(&g.upload(gate_up));
+    assert_eq!((g.stored_bytes(&got), bits(&g.download(&got))), (2 * t * h, rounded(&want_swiglu)), "swiglu_halves");
+    let got = g.swiglu(&g.upload(gate.clone()), &g.upload(up.clone()));
+    let want = e.download(&e.swiglu(&e.upload(gate), &e.upload(up)));
+    assert_eq!(bits(&g.download(&got)), rounded(&want), "swiglu");
+    let x_host = matrix(t, h, 41, 1.0);
+    let want_dropout = e.download(&e.dropout(&e.upload(x_host.clone()), 0.25, 7));
+    let from_f32 = g.dropout(&x, 0.25, 7);
+    assert_eq!((g.stored_bytes(&from_f32), bits(&g.download(&from_f32))), (2 * t * h, rounded(&want_dropout)));
+    // from a bf16 x: x rounded, then the same mask and keep scale (×4/3, rounded again)
+    let x_rounded = x_host.mapv(|v| half::bf16::from_f32(v).to_f32());
+    let want = e.download(&e.dropout(&e.upload(x_rounded), 0.25, 7));
+    let mut x_bf16 = g.upload_weight(x_host);
+    g.freeze(&mut x_bf16); // stored as its bf16 rounding, as a product-only norm output is
+    assert_eq!(g.stored_bytes(&x_bf16), 2 * t * h);
+    let from_bf16 = g.dropout(&x_bf16, 0.25, 7);
+    assert_eq!(bits(&g.download(&from_bf16)), rounded(&want), "dropout of a bf16 x");
+}
+// ANCHOR_END: product_only_outputs
 
 /// Mixed precision sends attention to the tensor-core kernels (flash_attention.cu) through the backend's own
 /// launches (grids, segment tables, the head_dim bound): three launches per forward and backward, within 3e-2 —

@@ -10,7 +10,7 @@
 
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::backend::{
-    AttentionDims, AttentionMask, AttentionShape, Backend, FusedQkv, dropout_threshold, segment_bounds,
+    AttentionDims, AttentionMask, AttentionShape, Backend, FusedQkv, ReadBy, dropout_threshold, segment_bounds,
 };
 use mftcoder::quant::{QuantOptions, QuantType, Quantized4bit};
 use mftcoder::rng::Rng;
@@ -201,7 +201,7 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
         let (g0, g1, g2) = rows(t);
         let mut y = zeros(t, h);
         rms_norm(g0, g1, g2, p(&mut y), c(&x), c(&w), h as i32, 1e-6);
-        assert_close("rms_norm", &Cpu.rms_norm(&x, &w, 1e-6), &y, 1e-6);
+        assert_close("rms_norm", &Cpu.rms_norm(&x, &w, 1e-6, ReadBy::AnyOp), &y, 1e-6);
         let rms_backward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, i32, f32) =
             emu.kernel("rms_norm_backward");
         let (mut dx, mut dw_rows) = (zeros(t, h), zeros(t, h));
@@ -221,7 +221,7 @@ fn embedding_rms_norm_rope_and_cross_entropy() {
         let (shifted, bias) = (x.mapv(|v| v + 3.0), matrix(1, h, 11, 0.5));
         let layer_norm: unsafe extern "C" fn(u32, u32, u32, P, C, C, C, i32, f32) = emu.kernel("layer_norm");
         layer_norm(g0, g1, g2, p(&mut y), c(&shifted), c(&w), c(&bias), h as i32, 1e-5);
-        assert_close("layer_norm", &Cpu.layer_norm(&shifted, &w, &bias, 1e-5), &y, 1e-5);
+        assert_close("layer_norm", &Cpu.layer_norm(&shifted, &w, &bias, 1e-5, ReadBy::AnyOp), &y, 1e-5);
         let ln_backward: unsafe extern "C" fn(u32, u32, u32, P, P, C, C, C, i32, f32) =
             emu.kernel("layer_norm_backward");
         ln_backward(g0, g1, g2, p(&mut dx), p(&mut dw_rows), c(&dy), c(&shifted), c(&w), h as i32, 1e-5);

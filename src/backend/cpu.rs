@@ -1,7 +1,7 @@
 //! The CPU reference backend: ndarray matrices, each op delegating to its `crate::nn` module.
 //! Matrix products go through matrixmultiply with its threading feature; elementwise work through rayon.
 
-use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
+use super::{AttentionMask, AttentionShape, Backend, FusedQkv, ReadBy};
 use crate::nn;
 use crate::quant::Quantized4bit;
 use crate::train::optim::{self, AdamWScalars};
@@ -78,7 +78,8 @@ impl Backend for Cpu {
     fn add(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         nn::elementwise::map2(a.view(), b.view(), |a, b| a + b)
     }
-    fn rms_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, eps: f32) -> Array2<f32> {
+    // f32 whoever reads it: the CPU is exact
+    fn rms_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, eps: f32, _: ReadBy) -> Array2<f32> {
         nn::rms_norm::rms_norm(x.view(), weight.row(0), eps)
     }
     fn rope(
@@ -107,7 +108,7 @@ impl Backend for Cpu {
     fn swiglu_halves(&self, gate_up: &Array2<f32>) -> Array2<f32> {
         nn::mlp::swiglu_halves(gate_up.view())
     }
-    fn layer_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: &Array2<f32>, eps: f32) -> Array2<f32> {
+    fn layer_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: &Array2<f32>, eps: f32, _: ReadBy) -> Array2<f32> {
         nn::layer_norm::layer_norm(x.view(), weight.row(0), bias.row(0), eps)
     }
     fn gelu_tanh(&self, x: &Array2<f32>) -> Array2<f32> {

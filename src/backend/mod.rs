@@ -20,6 +20,20 @@ use ndarray::Array2;
 pub type WeightAndBias<T> = (T, T);
 
 // ANCHOR: backend_trait
+// ANCHOR: read_by
+/// Which ops will read an output. Under mixed precision every matrix product reads its operands rounded to
+/// bf16, so an output that only products read can be written rounded by the op that makes it: no cast before
+/// its products (forward, and again in the backward), and half the bytes kept for the backward. The CPU,
+/// exact, writes f32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBy {
+    /// Only matrix products: a layer's norms feeding its projections, the final norm feeding the head.
+    Products,
+    /// Element-wise ops too: per-head q/k norms before RoPE, ChatGLM's normed stream that is also its skip.
+    AnyOp,
+}
+// ANCHOR_END: read_by
+
 pub trait Backend: Sync {
     type Tensor: Clone + Send + Sync;
     /// The backend's copy of a 4-bit matrix (QLoRA's frozen base). The CPU needs none (`()`): it reads the
@@ -116,7 +130,7 @@ pub trait Backend: Sync {
     /// a + b, same shapes
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// x: [T, H], weight: [1, H] → RMSNorm(x)·w
-    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, read_by: ReadBy) -> Self::Tensor;
     /// x: [T, heads·d] rotated at `positions` with the inverse frequencies ω: the first 2·len(ω) ≤ d entries
     /// of each head rotate (all of them unless the rotary is partial), the rest are copied
     fn rope(
@@ -137,11 +151,19 @@ pub trait Backend: Sync {
         mask: &AttentionMask,
     ) -> Self::Tensor;
     /// x: [T, H], weight, bias: [1, H] → LayerNorm(x)·w + b
-    fn layer_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: &Self::Tensor, eps: f32) -> Self::Tensor;
-    /// silu(gate) ⊙ up, both [T, I]
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+        eps: f32,
+        read_by: ReadBy,
+    ) -> Self::Tensor;
+    /// silu(gate) ⊙ up, both [T, I]: the down projection's input, which only products read (a backend with
+    /// mixed precision may write it rounded, as for [`ReadBy::Products`])
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// `swiglu` of the two halves of one [T, 2I] tensor whose rows are [gate | up] (a stacked or fused
-    /// gate/up product) → [T, I], reading the halves where they lie
+    /// gate/up product) → [T, I], reading the halves where they lie; like `swiglu`'s output, read by products only
     fn swiglu_halves(&self, gate_up: &Self::Tensor) -> Self::Tensor;
     /// GELU, tanh approximation, element-wise
     fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
@@ -272,7 +294,8 @@ pub trait Backend: Sync {
         s: f32,
     ) -> (Self::Tensor, Self::Tensor);
     /// LoRA's input dropout: x ∘ m with m = `dropout_mask(rows, cols, p, seed)`. The GPU draws m inside the
-    /// multiply, never storing it.
+    /// multiply, never storing it. Only A's products read x̃ (under mixed precision the GPU writes it
+    /// rounded), and x may be a product-only tensor itself.
     fn dropout(&self, x: &Self::Tensor, p: f32, seed: u64) -> Self::Tensor {
         let (rows, cols) = self.dims(x);
         self.mul(x, &self.dropout_mask(rows, cols, p, seed))
@@ -283,18 +306,19 @@ pub trait Backend: Sync {
         self.add_assign(dx, &self.mul(g, &self.dropout_mask(rows, cols, p, seed)));
     }
     // ANCHOR_END: lora_ops
-    /// → (dx [T, H], dweight [1, H] if `weight_grad`: a frozen norm computes no weight gradient)
-    /// The residual add and the RMSNorm after it: (s = x + a, RMSNorm(s)·w), both [T, H]. By default `add`
-    /// then `rms_norm`; the GPU does both in one pass over each row.
+    /// The residual add and the RMSNorm after it: (s = x + a, RMSNorm(s)·w), both [T, H], the norm's output
+    /// for `read_by` (s is the residual stream: any op reads it). By default `add` then `rms_norm`; the GPU
+    /// does both in one pass over each row.
     fn add_rms_norm(
         &self,
         x: &Self::Tensor,
         a: &Self::Tensor,
         weight: &Self::Tensor,
         eps: f32,
+        read_by: ReadBy,
     ) -> (Self::Tensor, Self::Tensor) {
         let sum = self.add(x, a);
-        let normed = self.rms_norm(&sum, weight, eps);
+        let normed = self.rms_norm(&sum, weight, eps, read_by);
         (sum, normed)
     }
     /// RMSNorm's input gradient added into `dx` (the residual stream's gradient picks up the norm's share)
@@ -330,9 +354,10 @@ pub trait Backend: Sync {
         weight: &Self::Tensor,
         bias: &Self::Tensor,
         eps: f32,
+        read_by: ReadBy,
     ) -> (Self::Tensor, Self::Tensor) {
         let sum = self.add(x, a);
-        let normed = self.layer_norm(&sum, weight, bias, eps);
+        let normed = self.layer_norm(&sum, weight, bias, eps, read_by);
         (sum, normed)
     }
     /// LayerNorm's input gradient added into `dx` → (∂L/∂w, ∂L/∂b) if `weight_grad`. By default

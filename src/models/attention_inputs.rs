@@ -3,7 +3,7 @@
 
 use super::decoder::{Decoder, DecoderLayer, Gradients, Norm, Positions, QkvNames, QkvProjection, RotaryPairing};
 use super::latent_attention::LatentCache;
-use crate::backend::{Backend, FusedQkv};
+use crate::backend::{Backend, FusedQkv, ReadBy};
 use crate::nn::column_gather::{gather_columns, gather_columns_backward};
 use crate::nn::rope::interleaved_to_halves;
 
@@ -40,7 +40,8 @@ pub(super) struct ProjectedQkv<B: Backend> {
 /// A norm applied to each head of x: [T, heads·d] viewed as [T·heads, d].
 fn per_head<B: Backend>(b: &B, norm: &Norm<B>, x: &B::Tensor, heads: usize) -> B::Tensor {
     let (t, width) = b.dims(x);
-    b.reshape(&norm.forward(b, &b.reshape(x, t * heads, width / heads)), t, width)
+    // RoPE reads it element by element
+    b.reshape(&norm.forward(b, &b.reshape(x, t * heads, width / heads), ReadBy::AnyOp), t, width)
 }
 
 impl<B: Backend> Decoder<B> {

@@ -21,7 +21,7 @@ pub use super::layers::{Gradients, Linear, Lora, Norm, Weight};
 pub use super::moe_balance::joint_aux_loss;
 pub use super::parameters::hf_shape;
 pub use super::stacked_base::StackedBase;
-use crate::backend::{AttentionMask, Backend};
+use crate::backend::{AttentionMask, Backend, ReadBy};
 use crate::io::hf_config::RopeScaling;
 use crate::io::safetensors::WeightStore;
 use crate::loss::chunked_head::DEFAULT_HEAD_CHUNK_BYTES;
@@ -380,7 +380,7 @@ impl<B: Backend> Decoder<B> {
 
         let mut x = self.embed(b, ids, &positions); // [T, H]
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.forward(b, &x);
+            let h = layer.input_norm.forward(b, &x, self.normed_read_by());
             let slot = cache.as_deref_mut().map(|kv| &mut kv.layers[l]);
             let (q, k, v) = match &layer.qkv {
                 // the slot holds the normed latents and the rotated shared keys
@@ -405,11 +405,11 @@ impl<B: Backend> Decoder<B> {
             x = match self.config.residual {
                 Residual::Sequential => {
                     let x_mid = b.add(&x, &attn_out);
-                    let h_mlp = self.mlp_norm(layer).forward(b, &x_mid);
+                    let h_mlp = self.mlp_norm(layer).forward(b, &x_mid, ReadBy::Products);
                     b.add(&x_mid, &layer.ffn.forward(b, &self.config, &h_mlp, &|_| None).0)
                 }
                 Residual::Parallel => {
-                    let h_mlp = self.mlp_norm(layer).forward(b, &x);
+                    let h_mlp = self.mlp_norm(layer).forward(b, &x, ReadBy::Products);
                     let mlp_out = layer.ffn.forward(b, &self.config, &h_mlp, &|_| None).0;
                     b.add(&b.add(&x, &attn_out), &mlp_out)
                 }
@@ -418,7 +418,7 @@ impl<B: Backend> Decoder<B> {
                     b.add(&b.add(&x, &attn_out), &mlp_out)
                 }
                 Residual::SequentialNormedSkip => {
-                    let h_mlp = self.mlp_norm(layer).forward(b, &b.add(&h, &attn_out));
+                    let h_mlp = self.mlp_norm(layer).forward(b, &b.add(&h, &attn_out), ReadBy::AnyOp);
                     b.add(&h_mlp, &layer.ffn.forward(b, &self.config, &h_mlp, &|_| None).0)
                 }
             };
@@ -429,7 +429,7 @@ impl<B: Backend> Decoder<B> {
         if which == Logits::Last {
             x = b.slice_rows(&x, ids.len() - 1, ids.len());
         }
-        Ok(self.head(b, &self.norm.forward(b, &x))) // [T, vocab]
+        Ok(self.head(b, &self.norm.forward(b, &x, ReadBy::Products))) // [T, vocab]
     }
     // ANCHOR_END: decoder_forward
 
@@ -465,6 +465,15 @@ impl<B: Backend> Decoder<B> {
         match &layer.qkv {
             QkvProjection::Latent(mla) => Cow::Owned(mla.output(b, attn)),
             _ => Cow::Borrowed(attn),
+        }
+    }
+
+    /// Who reads the normed stream (each norm's output that the next block's projections take): those
+    /// products alone, except where it is also the skip (ChatGLM's `apply_residual_connection_post_layernorm`).
+    pub(super) fn normed_read_by(&self) -> ReadBy {
+        match self.config.residual {
+            Residual::SequentialNormedSkip => ReadBy::AnyOp,
+            _ => ReadBy::Products,
         }
     }
 

@@ -111,7 +111,7 @@ impl<B: Backend> Decoder<B> {
         let last_position = seq.positions.iter().copied().max().unwrap_or(0);
         self.check_inputs(seq.ids, last_position).map_err(|e| e.context("forward_train"))?;
         let x = self.embed(b, seq.ids, seq.positions);
-        let mut stream = NormedStream { normed: self.input_norm_of(0).forward(b, &x), x };
+        let mut stream = NormedStream { normed: self.input_norm_of(0).forward(b, &x, self.normed_read_by()), x };
         let mut layers = Vec::with_capacity(self.layers.len());
         let mut routings: Vec<Option<Routing>> = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
@@ -156,26 +156,26 @@ impl<B: Backend> Decoder<B> {
         let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
         let (o, lora_o) = layer.o_proj.forward_train(b, &self.o_proj_input(b, layer, &attn), seed(3));
         let c = &self.config;
-        let next_norm = self.input_norm_of(l + 1);
+        let (next_norm, reads) = (self.input_norm_of(l + 1), self.normed_read_by());
         let (next, x_mid, h_mlp, ffn) = match c.residual {
             Residual::Sequential => {
-                let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &x, &o);
+                let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &x, &o, reads);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
-                (next_norm.forward_after_add(b, &x_mid, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
+                (next_norm.forward_after_add(b, &x_mid, &mlp_out, reads), Some(x_mid), Some(h_mlp), ffn)
             }
             Residual::Parallel => {
-                let h_mlp = self.mlp_norm(layer).forward(b, &x);
+                let h_mlp = self.mlp_norm(layer).forward(b, &x, reads);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
-                (next_norm.forward_after_add(b, &b.add(&x, &o), &mlp_out), None, Some(h_mlp), ffn)
+                (next_norm.forward_after_add(b, &b.add(&x, &o), &mlp_out, reads), None, Some(h_mlp), ffn)
             }
             Residual::ParallelSharedNorm => {
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_attn, &seed);
-                (next_norm.forward_after_add(b, &b.add(&x, &o), &mlp_out), None, None, ffn)
+                (next_norm.forward_after_add(b, &b.add(&x, &o), &mlp_out, reads), None, None, ffn)
             }
             Residual::SequentialNormedSkip => {
-                let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &h_attn, &o);
+                let (x_mid, h_mlp) = self.mlp_norm(layer).forward_after_add(b, &h_attn, &o, reads);
                 let (mlp_out, ffn) = layer.ffn.forward(b, c, &h_mlp, &seed);
-                (next_norm.forward_after_add(b, &h_mlp, &mlp_out), Some(x_mid), Some(h_mlp), ffn)
+                (next_norm.forward_after_add(b, &h_mlp, &mlp_out, reads), Some(x_mid), Some(h_mlp), ffn)
             }
         };
         let (x_next, normed) = next;
@@ -226,7 +226,7 @@ impl<B: Backend> Decoder<B> {
                 Saved::InputOnly(x) => {
                     // activation checkpointing: the layer again from its input (the next norm's output, which
                     // its last add now computes, is dropped as that add's sum was)
-                    let stream = NormedStream { normed: layer.input_norm.forward(b, &x), x };
+                    let stream = NormedStream { normed: layer.input_norm.forward(b, &x, self.normed_read_by()), x };
                     self.layer_forward(b, l, layer, stream, seq).1
                 }
             };

@@ -22,7 +22,7 @@
 
 use super::decoder_config::DecoderConfig;
 use super::layers::{Gradients, Linear, Norm, NormKind};
-use crate::backend::Backend;
+use crate::backend::{Backend, ReadBy};
 use crate::io::safetensors::WeightStore;
 use crate::nn::column_gather::{gather_columns, gather_columns_backward};
 use anyhow::Result;
@@ -266,7 +266,7 @@ impl<B: Backend> LatentQkv<B> {
             }
             QueryProjection::LowRank { a, norm, b: up } => {
                 let (qa, ha) = a.forward_train(b, x, seed(Q_SEED));
-                let qa_normed = norm.forward(b, &qa);
+                let qa_normed = norm.forward(b, &qa, ReadBy::Products); // q_b's input
                 let (q, hb) = up.forward_train(b, &qa_normed, seed(Q_B_SEED));
                 (q, Some((qa, qa_normed)), [ha, hb])
             }
@@ -288,7 +288,7 @@ impl<B: Backend> LatentQkv<B> {
     ) -> (B::Tensor, B::Tensor, B::Tensor, Option<B::Tensor>) {
         let (ckv, h_kv_a) = self.kv_a.forward_train(b, x, seed(KV_A_SEED)); // [T, r + r_p]
         let c = gather_columns(b, &ckv, &self.layout.latent);
-        let c_normed = self.kv_norm.forward(b, &c);
+        let c_normed = self.kv_norm.forward(b, &c, ReadBy::AnyOp); // kept in the KV cache
         // m multiplies cos and sin for q and k alike: m² on the shared key alone gives the same scores
         let k_pe = b.scale(&gather_columns(b, &ckv, &self.layout.rope_in), la.rope_factor * la.rope_factor);
         let k_rope = b.rope(&k_pe, 1, la.rope_dim, positions, inv_freq);

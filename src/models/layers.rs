@@ -1,7 +1,7 @@
 //! Layers the architectures share, written against the Backend seam: the linear layer, with its optional
 //! LoRA adapter, forward and backward side by side.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ReadBy};
 use crate::io::safetensors::WeightStore;
 use crate::quant::{QuantType, Quantized4bit};
 use anyhow::Result;
@@ -315,20 +315,21 @@ impl<B: Backend> Norm<B> {
         }
     }
 
-    /// x: [T, H] → [T, H]
-    pub fn forward(&self, b: &B, x: &B::Tensor) -> B::Tensor {
+    /// x: [T, H] → [T, H], stored for the ops `read_by` names (bf16 on a mixed-precision GPU when only
+    /// products read it).
+    pub fn forward(&self, b: &B, x: &B::Tensor, read_by: ReadBy) -> B::Tensor {
         match (self.kind, &self.bias) {
-            (NormKind::Layer, Some(bias)) => b.layer_norm(x, &self.weight, bias, self.eps),
-            _ => b.rms_norm(x, &self.scale(b), self.eps),
+            (NormKind::Layer, Some(bias)) => b.layer_norm(x, &self.weight, bias, self.eps, read_by),
+            _ => b.rms_norm(x, &self.scale(b), self.eps, read_by),
         }
     }
 
     /// The residual add and this norm after it: (s = x + a, norm(s)), in one pass where the backend fuses them
-    /// (the GPU).
-    pub fn forward_after_add(&self, b: &B, x: &B::Tensor, a: &B::Tensor) -> (B::Tensor, B::Tensor) {
+    /// (the GPU); norm(s) stored for `read_by`.
+    pub fn forward_after_add(&self, b: &B, x: &B::Tensor, a: &B::Tensor, read_by: ReadBy) -> (B::Tensor, B::Tensor) {
         match (self.kind, &self.bias) {
-            (NormKind::Layer, Some(bias)) => b.add_layer_norm(x, a, &self.weight, bias, self.eps),
-            _ => b.add_rms_norm(x, a, &self.scale(b), self.eps),
+            (NormKind::Layer, Some(bias)) => b.add_layer_norm(x, a, &self.weight, bias, self.eps, read_by),
+            _ => b.add_rms_norm(x, a, &self.scale(b), self.eps, read_by),
         }
     }
 

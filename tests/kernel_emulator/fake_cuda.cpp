@@ -28,15 +28,15 @@ using Launcher = void (*)(unsigned, unsigned, unsigned, void**);
 
 static const std::map<std::string, Launcher>& kernels() {
     static const std::map<std::string, Launcher> table = {
-        KERNEL(add), KERNEL(add_scaled), KERNEL(scale), KERNEL(mul), KERNEL(swiglu), KERNEL(swiglu_backward),
-        KERNEL(swiglu_halves), KERNEL(swiglu_halves_backward),
+        KERNEL(add), KERNEL(add_scaled), KERNEL(scale), KERNEL(mul), KERNEL(swiglu), KERNEL(swiglu_to_bf16), KERNEL(swiglu_backward),
+        KERNEL(swiglu_halves), KERNEL(swiglu_halves_to_bf16), KERNEL(swiglu_halves_backward),
         KERNEL(gelu_tanh), KERNEL(gelu_tanh_backward), KERNEL(gelu_erf), KERNEL(gelu_erf_backward),
-        KERNEL(layer_norm), KERNEL(add_layer_norm), KERNEL(layer_norm_backward), KERNEL(layer_norm_backward_input),
+        KERNEL(layer_norm), KERNEL(layer_norm_to_bf16), KERNEL(add_layer_norm), KERNEL(add_layer_norm_to_bf16), KERNEL(layer_norm_backward), KERNEL(layer_norm_backward_input),
         KERNEL(layer_norm_backward_add), KERNEL(layer_norm_backward_input_add),
         KERNEL(split_qkv), KERNEL(join_qkv),
         KERNEL(add_bias_rows), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding), KERNEL(embedding_bf16),
-        KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_backward), KERNEL(rms_norm_backward_input),
-        KERNEL(add_rms_norm), KERNEL(rms_norm_backward_add), KERNEL(rms_norm_backward_input_add),
+        KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_to_bf16), KERNEL(rms_norm_backward), KERNEL(rms_norm_backward_input),
+        KERNEL(add_rms_norm), KERNEL(add_rms_norm_to_bf16), KERNEL(rms_norm_backward_add), KERNEL(rms_norm_backward_input_add),
         KERNEL(rope), KERNEL(split_qkv_rope), KERNEL(join_qkv_rope),
         KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
         KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),
@@ -46,7 +46,7 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(flash_attention_dkdv_d64), KERNEL(flash_attention_dkdv_d128), KERNEL(flash_attention_dkdv_d256),
         KERNEL(mma_bf16_tile_product), KERNEL(cross_entropy), KERNEL(dequantize_4bit),
         KERNEL(dequantize_4bit_dq), KERNEL(dequantize_4bit_bf16), KERNEL(dequantize_4bit_dq_bf16), KERNEL(adamw), KERNEL(sum_squares), KERNEL(grad_norm_partials),
-        KERNEL(grad_norm_finish), KERNEL(adamw_multi), KERNEL(dropout_mask), KERNEL(dropout_apply), KERNEL(dropout_add), KERNEL(scale_rows), KERNEL(row_dots),
+        KERNEL(grad_norm_finish), KERNEL(adamw_multi), KERNEL(dropout_mask), KERNEL(dropout_apply), KERNEL(dropout_apply_to_bf16), KERNEL(dropout_apply_bf16), KERNEL(dropout_add), KERNEL(scale_rows), KERNEL(row_dots),
     };
     return table;
 }

@@ -29,8 +29,10 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "scale",
             "mul",
             "swiglu",
+            "swiglu_to_bf16",
             "swiglu_backward",
             "swiglu_halves",
+            "swiglu_halves_to_bf16",
             "swiglu_halves_backward",
             "gelu_tanh",
             "gelu_tanh_backward",
@@ -48,7 +50,9 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("kernels/rms_norm.cu"),
         &[
             "rms_norm",
+            "rms_norm_to_bf16",
             "add_rms_norm",
+            "add_rms_norm_to_bf16",
             "rms_norm_backward",
             "rms_norm_backward_input",
             "rms_norm_backward_add",
@@ -60,7 +64,9 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("kernels/layer_norm.cu"),
         &[
             "layer_norm",
+            "layer_norm_to_bf16",
             "add_layer_norm",
+            "add_layer_norm_to_bf16",
             "layer_norm_backward",
             "layer_norm_backward_input",
             "layer_norm_backward_add",
@@ -110,7 +116,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("kernels/optim.cu"),
         &["adamw", "sum_squares", "grad_norm_partials", "grad_norm_finish", "adamw_multi"],
     ),
-    ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask", "dropout_apply", "dropout_add"]),
+    ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask", "dropout_apply", "dropout_apply_to_bf16", "dropout_apply_bf16", "dropout_add"]),
 ];
 
 /// A file as NVRTC compiles it: the shared headers first, with `#line`s so errors name the right file.
@@ -393,6 +399,8 @@ mod launch_tests {
             include_str!("norms.rs"),
             include_str!("rope.rs"),
             include_str!("cross_entropy.rs"),
+            include_str!("gate_up.rs"),
+            include_str!("tensor.rs"),
         ] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));

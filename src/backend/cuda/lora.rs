@@ -80,13 +80,23 @@ impl Cuda {
     }
     // ANCHOR_END: cuda_lora_backward
 
-    /// x ∘ m, the mask m of `dropout_mask(rows, cols, p, seed)` drawn in the multiply.
+    /// x ∘ m, the mask m of `dropout_mask(rows, cols, p, seed)` drawn in the multiply. Only A's products read
+    /// x̃: it comes out in their storage, from an x in f32 or (a product-only norm output) in bf16.
     pub(super) fn dropout_apply(&self, x: &CudaTensor, p: f32, seed: u64) -> CudaTensor {
         assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
-        let mut out = self.tensor(x.rows, x.cols);
+        let mut out = self.product_output(x.rows, x.cols);
+        if x.is_bf16() && !out.is_bf16() {
+            fail("dropout", "a bf16 input under f32 precision");
+        }
+        let kernel = match (x.is_bf16(), out.is_bf16()) {
+            (false, false) => "dropout_apply",
+            (false, true) => "dropout_apply_to_bf16",
+            (true, _) => "dropout_apply_bf16",
+        };
         let (threshold, keep) = crate::backend::dropout_threshold(p);
         let n = x.len() as i64;
-        launch!(self, "dropout_apply", elementwise_grid(x.len()), out.f32_mut(), x.f32(), &n, &seed, &threshold, &keep);
+        let grid = elementwise_grid(x.len());
+        launch!(self, kernel, grid, out.storage_mut(), x.storage(), &n, &seed, &threshold, &keep);
         out
     }
 

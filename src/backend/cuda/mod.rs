@@ -19,7 +19,7 @@ pub mod kernels;
 pub mod pool;
 pub mod upload_cache;
 
-use super::{AttentionMask, AttentionShape, Backend, FusedQkv};
+use super::{AttentionMask, AttentionShape, Backend, FusedQkv, ReadBy};
 use crate::quant::Quantized4bit;
 use crate::train::optim::AdamWScalars;
 use crate::train::step_update::{StepReport, StepUpdate};
@@ -236,15 +236,9 @@ impl Backend for Cuda {
     fn add(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         self.elementwise2("add", a, b)
     }
-    // ANCHOR: cuda_rms_norm
-    fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> CudaTensor {
-        assert_eq!(weight.len(), x.cols, "rms_norm: weight length ≠ hidden size");
-        let mut y = self.tensor(x.rows, x.cols);
-        let hidden = int(x.cols, "hidden");
-        launch!(self, "rms_norm", row_grid(x.rows), y.f32_mut(), x.f32(), weight.f32(), &hidden, &eps);
-        y
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32, read_by: ReadBy) -> CudaTensor {
+        self.rms_norm_for(read_by, x, weight, eps)
     }
-    // ANCHOR_END: cuda_rms_norm
     fn rope(&self, x: &CudaTensor, heads: usize, head_dim: usize, positions: &[usize], inv_freq: &[f32]) -> CudaTensor {
         self.rope_rotate(x, heads, head_dim, positions, inv_freq, 1.0)
     }
@@ -259,18 +253,13 @@ impl Backend for Cuda {
         self.causal_attention_with_lse(q, k, v, shape, mask).0
     }
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
-        self.elementwise2("swiglu", gate, up)
+        self.swiglu_of(gate, up)
     }
     fn swiglu_halves(&self, gate_up: &CudaTensor) -> CudaTensor {
         self.swiglu_of_halves(gate_up)
     }
-    fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32) -> CudaTensor {
-        assert_eq!(weight.len(), x.cols, "layer_norm: weight length ≠ hidden size");
-        assert_eq!(bias.len(), x.cols, "layer_norm: bias length ≠ hidden size");
-        let mut y = self.tensor(x.rows, x.cols);
-        let hidden = int(x.cols, "hidden");
-        launch!(self, "layer_norm", row_grid(x.rows), y.f32_mut(), x.f32(), weight.f32(), bias.f32(), &hidden, &eps);
-        y
+    fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32, read_by: ReadBy) -> CudaTensor {
+        self.layer_norm_for(read_by, x, (weight, bias), eps)
     }
     fn gelu_tanh(&self, x: &CudaTensor) -> CudaTensor {
         let mut out = self.tensor(x.rows, x.cols);
@@ -323,12 +312,20 @@ impl Backend for Cuda {
     }
     fn slice_rows(&self, t: &CudaTensor, start: usize, end: usize) -> CudaTensor {
         assert!(start <= end && end <= t.rows, "slice_rows: {start}..{end} of {} rows", t.rows);
-        let mut out = self.tensor(end - start, t.cols);
-        if end > start {
-            let src = t.f32().slice(start * t.cols..end * t.cols);
-            self.stream
-                .memcpy_dtod(&src, &mut out.f32_mut().slice_mut(0..(end - start) * t.cols))
-                .unwrap_or_else(|e| fail("copy", e));
+        let (rows, entries) = (end - start, start * t.cols..end * t.cols);
+        // in the tensor's own storage: a product-only bf16 tensor (the final norm's output) stays bf16
+        let mut out = if t.is_bf16() { self.bf16_tensor(rows, t.cols) } else { self.tensor(rows, t.cols) };
+        if rows > 0 {
+            let copied = match (t.storage(), out.storage_mut()) {
+                (Storage::Bf16(src), Storage::Bf16(dst)) => {
+                    self.stream.memcpy_dtod(&src.slice(entries), &mut dst.slice_mut(0..rows * t.cols))
+                }
+                (_, dst) => {
+                    let Storage::F32(dst) = dst else { unreachable!("an f32 output for an f32 tensor") };
+                    self.stream.memcpy_dtod(&t.f32().slice(entries), &mut dst.slice_mut(0..rows * t.cols))
+                }
+            };
+            copied.unwrap_or_else(|e| fail("copy", e));
         }
         out
     }
@@ -429,8 +426,15 @@ impl Backend for Cuda {
         let (dx, dw_rows) = self.norm_backward_rows(false, dy, x, weight, eps, weight_grad);
         (dx, dw_rows.map(|rows| self.column_sum(&rows)))
     }
-    fn add_rms_norm(&self, x: &CudaTensor, a: &CudaTensor, weight: &CudaTensor, eps: f32) -> (CudaTensor, CudaTensor) {
-        self.add_then_rms_norm(x, a, weight, eps)
+    fn add_rms_norm(
+        &self,
+        x: &CudaTensor,
+        a: &CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+        read_by: ReadBy,
+    ) -> (CudaTensor, CudaTensor) {
+        self.add_then_rms_norm(read_by, x, a, weight, eps)
     }
     fn rms_norm_backward_into(
         &self,
@@ -450,8 +454,9 @@ impl Backend for Cuda {
         weight: &CudaTensor,
         bias: &CudaTensor,
         eps: f32,
+        read_by: ReadBy,
     ) -> (CudaTensor, CudaTensor) {
-        self.add_then_layer_norm(x, a, (weight, bias), eps)
+        self.add_then_layer_norm(read_by, x, a, (weight, bias), eps)
     }
     fn layer_norm_backward_into(
         &self,

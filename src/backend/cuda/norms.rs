@@ -1,7 +1,8 @@
-//! The norms' backward on the GPU (rms_norm.cu, layer_norm.cu; `nn::rms_norm`, `nn::layer_norm` on the CPU):
-//! one block per row for ∂L/∂x and the per-row terms of ∂L/∂w, then their column sums.
+//! The norms on the GPU (rms_norm.cu, layer_norm.cu; `nn::rms_norm`, `nn::layer_norm` on the CPU): one block
+//! per row, forward (alone, or with the residual add before it) and backward (∂L/∂x, added into the stream's
+//! gradient or not, and the per-row terms of ∂L/∂w, then their column sums).
 
-use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, THREADS, fail, int, row_grid};
+use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, ReadBy, THREADS, fail, int, row_grid};
 
 impl Cuda {
     /// The backward of RMSNorm or LayerNorm (one block per row, the same arguments) → (dx, the per-row terms
@@ -20,10 +21,41 @@ impl Cuda {
         (dx, dw_rows)
     }
 
+    // ANCHOR: cuda_rms_norm
+    /// RMSNorm(x)·w, written in bf16 when only products read it under mixed precision (`_to_bf16`).
+    pub(super) fn rms_norm_for(&self, read_by: ReadBy, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> CudaTensor {
+        assert_eq!(weight.len(), x.cols, "rms_norm: weight length ≠ hidden size");
+        let mut y = self.output_for(read_by, x.rows, x.cols);
+        let kernel = if y.is_bf16() { "rms_norm_to_bf16" } else { "rms_norm" };
+        let hidden = int(x.cols, "hidden");
+        launch!(self, kernel, row_grid(x.rows), y.storage_mut(), x.f32(), weight.f32(), &hidden, &eps);
+        y
+    }
+    // ANCHOR_END: cuda_rms_norm
+
+    /// LayerNorm(x)·w + b, in the storage `read_by` asks for.
+    pub(super) fn layer_norm_for(
+        &self,
+        read_by: ReadBy,
+        x: &CudaTensor,
+        (weight, bias): (&CudaTensor, &CudaTensor),
+        eps: f32,
+    ) -> CudaTensor {
+        assert!(weight.len() == x.cols && bias.len() == x.cols, "layer_norm: weight or bias length ≠ hidden");
+        let mut y = self.output_for(read_by, x.rows, x.cols);
+        let kernel = if y.is_bf16() { "layer_norm_to_bf16" } else { "layer_norm" };
+        let hidden = int(x.cols, "hidden");
+        let (w, b) = (weight.f32(), bias.f32());
+        launch!(self, kernel, row_grid(x.rows), y.storage_mut(), x.f32(), w, b, &hidden, &eps);
+        y
+    }
+
     // ANCHOR: cuda_add_rms_norm
-    /// (x + a, RMSNorm(x + a)·w) in one launch: the residual add and the norm after it.
+    /// (x + a, RMSNorm(x + a)·w) in one launch: the residual add and the norm after it, the sum in f32 and the
+    /// norm in the storage `read_by` asks for.
     pub(super) fn add_then_rms_norm(
         &self,
+        read_by: ReadBy,
         x: &CudaTensor,
         a: &CudaTensor,
         weight: &CudaTensor,
@@ -31,10 +63,11 @@ impl Cuda {
     ) -> (CudaTensor, CudaTensor) {
         Self::same_shape(x, a, "add_rms_norm");
         assert_eq!(weight.len(), x.cols, "add_rms_norm: weight length ≠ hidden size");
-        let (mut sum, mut y) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let (mut sum, mut y) = (self.tensor(x.rows, x.cols), self.output_for(read_by, x.rows, x.cols));
+        let kernel = if y.is_bf16() { "add_rms_norm_to_bf16" } else { "add_rms_norm" };
         let hidden = int(x.cols, "hidden");
-        let grid = row_grid(x.rows);
-        launch!(self, "add_rms_norm", grid, sum.f32_mut(), y.f32_mut(), x.f32(), a.f32(), weight.f32(), &hidden, &eps);
+        let (grid, w) = (row_grid(x.rows), weight.f32());
+        launch!(self, kernel, grid, sum.f32_mut(), y.storage_mut(), x.f32(), a.f32(), w, &hidden, &eps);
         (sum, y)
     }
     // ANCHOR_END: cuda_add_rms_norm
@@ -42,6 +75,7 @@ impl Cuda {
     /// (x + a, LayerNorm(x + a)·w + b) in one launch.
     pub(super) fn add_then_layer_norm(
         &self,
+        read_by: ReadBy,
         x: &CudaTensor,
         a: &CudaTensor,
         (weight, bias): (&CudaTensor, &CudaTensor),
@@ -49,21 +83,11 @@ impl Cuda {
     ) -> (CudaTensor, CudaTensor) {
         Self::same_shape(x, a, "add_layer_norm");
         assert!(weight.len() == x.cols && bias.len() == x.cols, "add_layer_norm: weight or bias length ≠ hidden");
-        let (mut sum, mut y) = (self.tensor(x.rows, x.cols), self.tensor(x.rows, x.cols));
+        let (mut sum, mut y) = (self.tensor(x.rows, x.cols), self.output_for(read_by, x.rows, x.cols));
+        let kernel = if y.is_bf16() { "add_layer_norm_to_bf16" } else { "add_layer_norm" };
         let hidden = int(x.cols, "hidden");
-        launch!(
-            self,
-            "add_layer_norm",
-            row_grid(x.rows),
-            sum.f32_mut(),
-            y.f32_mut(),
-            x.f32(),
-            a.f32(),
-            weight.f32(),
-            bias.f32(),
-            &hidden,
-            &eps
-        );
+        let (grid, w, b) = (row_grid(x.rows), weight.f32(), bias.f32());
+        launch!(self, kernel, grid, sum.f32_mut(), y.storage_mut(), x.f32(), a.f32(), w, b, &hidden, &eps);
         (sum, y)
     }
 

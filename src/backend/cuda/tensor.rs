@@ -10,8 +10,8 @@
 
 use super::pool::Pooled;
 use super::upload_cache::Uploaded;
-use super::{Cuda, Precision, elementwise_grid, fail};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use super::{Cuda, Precision, ReadBy, elementwise_grid, fail};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
 // ANCHOR: cuda_tensor
 /// A row-major [rows, cols] matrix in device memory, in a buffer on loan from the backend's pool (at least
@@ -108,6 +108,12 @@ impl CudaTensor {
         }
     }
 
+    /// Whether its entries are bf16 bits alone (no f32 master beside them): what selects a kernel's `_bf16`
+    /// entry point for an input, or its `_to_bf16` one for an output.
+    pub(super) fn is_bf16(&self) -> bool {
+        matches!(self.storage, Storage::Bf16(_))
+    }
+
     /// Device bytes of its entries (2 for bf16, 4 for f32, 6 for a master and its copy, per entry; the pool's
     /// rounding up not counted).
     pub fn stored_bytes(&self) -> usize {
@@ -148,6 +154,15 @@ impl Cuda {
         match self.precision {
             Precision::Bf16 => self.bf16_tensor(rows, cols),
             Precision::F32 => self.tensor(rows, cols),
+        }
+    }
+
+    /// A [rows, cols] output for `read_by`: one that only products read in their storage
+    /// ([`Cuda::product_output`]), any other f32.
+    pub(super) fn output_for(&self, read_by: ReadBy, rows: usize, cols: usize) -> CudaTensor {
+        match read_by {
+            ReadBy::Products => self.product_output(rows, cols),
+            ReadBy::AnyOp => self.tensor(rows, cols),
         }
     }
 
@@ -223,5 +238,29 @@ impl Cuda {
             return Vec::new();
         }
         self.stream.clone_dtoh(&dev.slice(0..n)).unwrap_or_else(|e| fail("copy to host", e))
+    }
+}
+
+// A tensor's storage passed to a kernel as the buffer a kernel templated on its entry type reads: the f32
+// entries (a master's included) or the bf16 bits; written, an f32 or a bf16 output (never a master, which only
+// the optimizer writes). The launch picks the entry point that matches (`CudaTensor::is_bf16`).
+// SAFETY: delegates to the pooled buffers' own implementations.
+unsafe impl<'a, 'b: 'a> PushKernelArg<&'b Storage> for LaunchArgs<'a> {
+    fn arg(&mut self, arg: &'b Storage) -> &mut Self {
+        match arg {
+            Storage::F32(data) | Storage::Master { f32: data, .. } => self.arg(data),
+            Storage::Bf16(bits) => self.arg(bits),
+        }
+    }
+}
+
+// SAFETY: as above.
+unsafe impl<'a, 'b: 'a> PushKernelArg<&'b mut Storage> for LaunchArgs<'a> {
+    fn arg(&mut self, arg: &'b mut Storage) -> &mut Self {
+        match arg {
+            Storage::F32(data) => self.arg(data),
+            Storage::Bf16(bits) => self.arg(bits),
+            Storage::Master { .. } => fail("tensor storage", "a kernel's output is a master with a bf16 copy"),
+        }
     }
 }

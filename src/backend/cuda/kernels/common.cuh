@@ -59,6 +59,16 @@ __device__ __forceinline__ float bf16_bits_to_f32(unsigned short b) {
     return __uint_as_float(((unsigned int)b) << 16);
 }
 
+// ANCHOR: stored_entry
+// An entry in its tensor's storage: f32 as it is, or bf16 bits (rounded to nearest even on the way in). A kernel
+// templated on its output type writes an output that only matrix products read (`ReadBy::Products`) straight
+// in bf16 under mixed precision: no cast afterwards, half the bytes kept.
+__device__ __forceinline__ void store(float* out, long long i, float v) { out[i] = v; }
+__device__ __forceinline__ void store(unsigned short* out, long long i, float v) { out[i] = f32_to_bf16_bits(v); }
+__device__ __forceinline__ float load(const float* in, long long i) { return in[i]; }
+__device__ __forceinline__ float load(const unsigned short* in, long long i) { return bf16_bits_to_f32(in[i]); }
+// ANCHOR_END: stored_entry
+
 // A grid-stride loop over n elements.
 #define FOR_EACH(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
                             i += (long long)gridDim.x * blockDim.x)

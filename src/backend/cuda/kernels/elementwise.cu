@@ -33,6 +33,10 @@ extern "C" __global__ void swiglu(float* out, const float* gate, const float* up
     FOR_EACH(i, n) out[i] = silu_times(gate[i], up[i]);
 }
 
+extern "C" __global__ void swiglu_to_bf16(unsigned short* out, const float* gate, const float* up, long long n) {
+    FOR_EACH(i, n) store(out, i, silu_times(gate[i], up[i]));
+}
+
 extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float* dy, const float* gate,
                                            const float* up, long long n) {
     FOR_EACH(i, n) silu_times_backward(dy[i], gate[i], up[i], &dgate[i], &dup[i]);
@@ -40,11 +44,23 @@ extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float
 
 // The same on one [rows, 2·inner] tensor whose rows are [gate | up] (a stacked or fused gate/up product):
 // out [rows, inner]; the backward writes d[gate | up] in that layout, ready for the stacked dx product.
-extern "C" __global__ void swiglu_halves(float* out, const float* gate_up, long long rows, long long inner) {
+// Its output is the down projection's input, which only products read: under mixed precision the _to_bf16
+// entry point writes it rounded.
+template <typename Out>
+__device__ __forceinline__ void swiglu_halves_entries(Out* out, const float* gate_up, long long rows, long long inner) {
     FOR_EACH(i, rows * inner) {
         const long long t = i / inner, j = i % inner;
-        out[i] = silu_times(gate_up[t * 2 * inner + j], gate_up[t * 2 * inner + inner + j]);
+        store(out, i, silu_times(gate_up[t * 2 * inner + j], gate_up[t * 2 * inner + inner + j]));
     }
+}
+
+extern "C" __global__ void swiglu_halves(float* out, const float* gate_up, long long rows, long long inner) {
+    swiglu_halves_entries(out, gate_up, rows, inner);
+}
+
+extern "C" __global__ void swiglu_halves_to_bf16(unsigned short* out, const float* gate_up, long long rows,
+                                                 long long inner) {
+    swiglu_halves_entries(out, gate_up, rows, inner);
 }
 
 extern "C" __global__ void swiglu_halves_backward(float* dgate_up, const float* dy, const float* gate_up,

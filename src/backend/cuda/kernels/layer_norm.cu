@@ -17,13 +17,25 @@ __device__ __forceinline__ void row_moments(const float* xr, int hidden, float e
     *r = rsqrtf(block_sum(sum_sq, scratch) / hidden + eps);
 }
 
-extern "C" __global__ void layer_norm(float* y, const float* x, const float* w, const float* b, int hidden,
-                                      float eps) {
+// Out is float, or bf16 bits for an output only products read (the `_to_bf16` entry points).
+template <typename Out>
+__device__ __forceinline__ void layer_norm_row(Out* y, const float* x, const float* w, const float* b, int hidden,
+                                               float eps) {
     __shared__ float scratch[32];
     const long long row = (long long)blockIdx.x * hidden;
     float mean, r;
     row_moments(x + row, hidden, eps, scratch, &mean, &r);
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) y[row + c] = w[c] * ((x[row + c] - mean) * r) + b[c];
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) store(y, row + c, w[c] * ((x[row + c] - mean) * r) + b[c]);
+}
+
+extern "C" __global__ void layer_norm(float* y, const float* x, const float* w, const float* b, int hidden,
+                                      float eps) {
+    layer_norm_row(y, x, w, b, hidden, eps);
+}
+
+extern "C" __global__ void layer_norm_to_bf16(unsigned short* y, const float* x, const float* w, const float* b,
+                                              int hidden, float eps) {
+    layer_norm_row(y, x, w, b, hidden, eps);
 }
 // ANCHOR_END: layer_norm_kernel
 
@@ -31,14 +43,27 @@ extern "C" __global__ void layer_norm(float* y, const float* x, const float* w, 
 // The residual add and the LayerNorm after it in one launch: sum = x + a (the residual stream, kept for the
 // backward), then `layer_norm` of sum. Each thread's moments loops read back only the entries it wrote, so no
 // barrier is needed, and the sums run in the same order as `add` then `layer_norm`: the same bits.
-extern "C" __global__ void add_layer_norm(float* sum, float* y, const float* x, const float* a, const float* w,
-                                          const float* b, int hidden, float eps) {
+template <typename Out>
+__device__ __forceinline__ void add_layer_norm_row(float* sum, Out* y, const float* x, const float* a, const float* w,
+                                                   const float* b, int hidden, float eps) {
     __shared__ float scratch[32];
     const long long row = (long long)blockIdx.x * hidden;
     for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum[row + c] = x[row + c] + a[row + c];
     float mean, r;
     row_moments(sum + row, hidden, eps, scratch, &mean, &r);
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) y[row + c] = w[c] * ((sum[row + c] - mean) * r) + b[c];
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        store(y, row + c, w[c] * ((sum[row + c] - mean) * r) + b[c]);
+    }
+}
+
+extern "C" __global__ void add_layer_norm(float* sum, float* y, const float* x, const float* a, const float* w,
+                                          const float* b, int hidden, float eps) {
+    add_layer_norm_row(sum, y, x, a, w, b, hidden, eps);
+}
+
+extern "C" __global__ void add_layer_norm_to_bf16(float* sum, unsigned short* y, const float* x, const float* a,
+                                                  const float* w, const float* b, int hidden, float eps) {
+    add_layer_norm_row(sum, y, x, a, w, b, hidden, eps);
 }
 // ANCHOR_END: add_layer_norm_kernel
 

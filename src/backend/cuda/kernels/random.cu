@@ -29,9 +29,27 @@ __device__ __forceinline__ float dropout_factor(unsigned long long seed, long lo
     return uniform24(seed, (unsigned long long)i) >= threshold ? keep_scale : 0.0f;
 }
 
+// x̃ is read by LoRA's A product only: under mixed precision it is written rounded, from an f32 x or from one
+// already stored in bf16 (a product-only norm output).
+template <typename In, typename Out>
+__device__ __forceinline__ void dropout_apply_entries(Out* out, const In* x, long long n, unsigned long long seed,
+                                                      unsigned int threshold, float keep_scale) {
+    FOR_EACH(i, n) store(out, i, load(x, i) * dropout_factor(seed, i, threshold, keep_scale));
+}
+
 extern "C" __global__ void dropout_apply(float* out, const float* x, long long n, unsigned long long seed,
                                          unsigned int threshold, float keep_scale) {
-    FOR_EACH(i, n) out[i] = x[i] * dropout_factor(seed, i, threshold, keep_scale);
+    dropout_apply_entries(out, x, n, seed, threshold, keep_scale);
+}
+
+extern "C" __global__ void dropout_apply_to_bf16(unsigned short* out, const float* x, long long n,
+                                                 unsigned long long seed, unsigned int threshold, float keep_scale) {
+    dropout_apply_entries(out, x, n, seed, threshold, keep_scale);
+}
+
+extern "C" __global__ void dropout_apply_bf16(unsigned short* out, const unsigned short* x, long long n,
+                                              unsigned long long seed, unsigned int threshold, float keep_scale) {
+    dropout_apply_entries(out, x, n, seed, threshold, keep_scale);
 }
 
 extern "C" __global__ void dropout_add(float* dx, const float* g, long long n, unsigned long long seed,

@@ -4,22 +4,32 @@
 //   g = dy ⊙ w,  ∂L/∂x = r·g − r³·x·(g·x)/H,  ∂L/∂w = Σ_rows dy ⊙ x·r
 
 // ANCHOR: rms_norm_kernel
-extern "C" __global__ void rms_norm(float* y, const float* x, const float* w, int hidden, float eps) {
+// Out is float, or bf16 bits for an output only products read (the `_to_bf16` entry points).
+template <typename Out>
+__device__ __forceinline__ void rms_norm_row(Out* y, const float* x, const float* w, int hidden, float eps) {
     __shared__ float scratch[32];
-    const float* xr = x + (long long)blockIdx.x * hidden;
-    float* yr = y + (long long)blockIdx.x * hidden;
+    const long long row = (long long)blockIdx.x * hidden;
     float sum_sq = 0.0f;
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum_sq += xr[c] * xr[c];
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) sum_sq += x[row + c] * x[row + c];
     const float r = rsqrtf(block_sum(sum_sq, scratch) / hidden + eps);
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) yr[c] = w[c] * (xr[c] * r);
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) store(y, row + c, w[c] * (x[row + c] * r));
+}
+
+extern "C" __global__ void rms_norm(float* y, const float* x, const float* w, int hidden, float eps) {
+    rms_norm_row(y, x, w, hidden, eps);
+}
+
+extern "C" __global__ void rms_norm_to_bf16(unsigned short* y, const float* x, const float* w, int hidden, float eps) {
+    rms_norm_row(y, x, w, hidden, eps);
 }
 // ANCHOR_END: rms_norm_kernel
 
 // ANCHOR: add_rms_norm_kernel
 // The residual add and the norm after it in one pass over the row: sum = x + a (the residual stream, kept for
-// the backward), y = w ⊙ (sum·r). Each entry of sum is rounded once, as `add` then `rms_norm` would.
-extern "C" __global__ void add_rms_norm(float* sum, float* y, const float* x, const float* a, const float* w,
-                                        int hidden, float eps) {
+// the backward, always f32), y = w ⊙ (sum·r). Each entry of sum is rounded once, as `add` then `rms_norm` would.
+template <typename Out>
+__device__ __forceinline__ void add_rms_norm_row(float* sum, Out* y, const float* x, const float* a, const float* w,
+                                                 int hidden, float eps) {
     __shared__ float scratch[32];
     const long long row = (long long)blockIdx.x * hidden;
     float sum_sq = 0.0f;
@@ -30,7 +40,17 @@ extern "C" __global__ void add_rms_norm(float* sum, float* y, const float* x, co
     }
     const float r = rsqrtf(block_sum(sum_sq, scratch) / hidden + eps);
     // each thread reads back only the entries it wrote itself: no barrier needed before the reads
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) y[row + c] = w[c] * (sum[row + c] * r);
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) store(y, row + c, w[c] * (sum[row + c] * r));
+}
+
+extern "C" __global__ void add_rms_norm(float* sum, float* y, const float* x, const float* a, const float* w,
+                                        int hidden, float eps) {
+    add_rms_norm_row(sum, y, x, a, w, hidden, eps);
+}
+
+extern "C" __global__ void add_rms_norm_to_bf16(float* sum, unsigned short* y, const float* x, const float* a,
+                                                const float* w, int hidden, float eps) {
+    add_rms_norm_row(sum, y, x, a, w, hidden, eps);
 }
 // ANCHOR_END: add_rms_norm_kernel
 
