@@ -332,10 +332,12 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 /// into the products and the frozen norms stopped computing weight gradients, each adapter cost 3 launches
 /// more and each norm 1.
 ///
-/// Under bf16, roundings to bf16 come on top, 6 of the 18: the attention output, which o reads, once forward
-/// and once backward (2), and dy once per dx product (4). The outputs only products read are written in bf16
-/// by the ops that make them (`ReadBy::Products`): the two norms' and SwiGLU's, which took a rounding forward
-/// and another backward each (24 launches). Before that, x was rounded backward once per adapter rather than
+/// Under bf16, 2 roundings come on top: the residual stream's gradient, which o's and down's dx products read
+/// (the stream itself is read element-wise too, so it stays f32). Every other tensor only products read is
+/// written in bf16 by the op that makes it (`ReadBy::Products`): the two norms' outputs, SwiGLU's, the
+/// attention's, and in the backward SwiGLU's ∂L/∂[gate | up] and the joined ∂L/∂[q | k | v]. Each of the
+/// forward four took a rounding before its products and another for the adapters' backward, and each gradient
+/// one: 24 launches with the casts (10 more). Before that, x was rounded backward once per adapter rather than
 /// once per stack (27). h and ∂L/∂h come out of their products in bf16 (`Cuda::product_output`); rounded by a
 /// cast (forward and backward for h, once for ∂L/∂h) they were 3 more per adapter. With separate products x and
 /// dy were rounded once per projection: 60. A and B are not among them: each keeps a bf16 copy beside its f32
@@ -346,7 +348,7 @@ fn a_nan_loss_and_an_overflowing_update_are_reported() {
 /// parts decoded into two stacked outputs), which takes the rotations into the split and the adds of partial
 /// dx into the products, it costs 26 launches; apart, 31.
 const PER_LAYER_F32: (u64, u64) = (12, 50);
-const PER_LAYER_BF16: (u64, u64) = (18, 50);
+const PER_LAYER_BF16: (u64, u64) = (14, 50);
 const PER_LAYER_QLORA_F32: (u64, u64) = (26, 56);
 /// The same layer with LayerNorms (biases and all) in place of the RMSNorms: the residual adds go into them
 /// as into RMSNorm (`add_layer_norm`, the accumulating `layer_norm_backward_input_add`); apart they were 4

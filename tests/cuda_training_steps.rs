@@ -346,6 +346,22 @@ fn bf16_lora_training_step_stays_close() {
     }
 }
 
+/// Full fine-tuning under mixed precision, where the base trains: the gradients of fused projections with
+/// biases (ChatGLM's query_key_value and dense_h_to_4h, GPT-BigCode's c_attn) take a column sum of dy, so dy
+/// stays f32 for them (`Linear::gradient_read_by`); within `bf16_lora_training_step_stays_close`'s tolerances.
+#[test]
+fn bf16_full_fine_tuning_steps_stay_close() {
+    let Some(g) = gpu(Precision::Bf16) else { return };
+    for mode in [Mode::Full, Mode::FullChatGlm, Mode::FullGptBigCode] {
+        let (cpu_loss, cpu) = train_step(&Cpu, mode);
+        let (gpu_loss, gpu_out) = train_step(g, mode);
+        assert!((cpu_loss - gpu_loss).abs() <= 2e-2 * cpu_loss.abs(), "{mode:?} bf16 loss: {cpu_loss} vs {gpu_loss}");
+        for ((name, c), (_, gv)) in cpu.iter().zip(&gpu_out).filter(|((n, _), _)| n.starts_with("grad")) {
+            assert_close(&format!("{mode:?} bf16 {name}"), c, gv, 5e-2);
+        }
+    }
+}
+
 // ANCHOR: frozen_bf16
 /// A frozen weight under mixed precision is stored once as bf16 (`Backend::freeze`): the products read it as
 /// they read the f32 weight, which they round to bf16 anyway — bit for bit the same output; the embedding

@@ -58,7 +58,7 @@ fn elementwise<B: Backend>(b: &B, rows: usize, cols: usize, seed: u64) -> Vec<Ar
     let (scaled, product, swiglu) = (b.scale(&x, 3.5), b.mul(&x, &y), b.swiglu(&x, &y));
     // the halves of one [gate | up]: the same values as x, y side by side
     let gate_up = b.upload(ndarray::concatenate![ndarray::Axis(1), b.download(&x), b.download(&y)]);
-    let (halves, dhalves) = (b.swiglu_halves(&gate_up), b.swiglu_halves_backward(&dy, &gate_up));
+    let (halves, dhalves) = (b.swiglu_halves(&gate_up), b.swiglu_halves_backward(&dy, &gate_up, ReadBy::AnyOp));
     let ts = vec![acc, scaled, product, swiglu, dgate, dup, gelu, dgelu, gelu_erf, dgelu_erf, halves, dhalves];
     downloaded(b, ts)
 }
@@ -178,6 +178,11 @@ fn norm_rope_embedding<B: Backend>(
 type AttentionCase = (usize, usize, usize, usize, usize, bool, Option<usize>, bool, Option<f32>);
 
 fn attention<B: Backend>(b: &B, case: AttentionCase, seed: u64) -> Vec<Array2<f32>> {
+    attention_read_by(b, case, seed, ReadBy::AnyOp)
+}
+
+/// [`attention`] with its output stored for `read_by`.
+fn attention_read_by<B: Backend>(b: &B, case: AttentionCase, seed: u64, read_by: ReadBy) -> Vec<Array2<f32>> {
     let (tq, cached, kv_heads, group, d, packed, window, alibi, score_clamp) = case;
     let (heads, tk) = (kv_heads * group, cached + tq);
     let shape =
@@ -188,7 +193,7 @@ fn attention<B: Backend>(b: &B, case: AttentionCase, seed: u64) -> Vec<Array2<f3
     let q = b.upload(matrix(tq, heads * d, seed, 1.0));
     let k = b.upload(matrix(tk, kv_heads * d, seed + 1, 1.0));
     let v = b.upload(matrix(tk, kv_heads * d, seed + 2, 1.0));
-    let (out, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+    let (out, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask, read_by);
     let dout = b.upload(matrix(tq, heads * d, seed + 3, 1.0));
     let (dq, dk, dv) = b.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
     downloaded(b, vec![out, lse, dq, dk, dv])
@@ -230,7 +235,7 @@ fn fused_qkv_rotated<B: Backend>(
     let dq = b.upload(matrix(t, heads * d, seed + 1, 1.0));
     let (dk, dv) = (b.upload(matrix(t, kv_heads * d, seed + 2, 1.0)), b.upload(matrix(t, kv_heads * d, seed + 3, 1.0)));
     let (q, k, v) = b.split_qkv_rotated(&qkv, &shape, layout, &positions, &inv_freq);
-    let dqkv = b.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, &positions, &inv_freq);
+    let dqkv = b.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, &positions, &inv_freq, ReadBy::AnyOp);
     let fused = downloaded(b, vec![q, k, v, dqkv]);
     let (q, k, v) = b.split_qkv(&qkv, &shape, layout);
     let (q, k) = (b.rope(&q, heads, d, &positions, &inv_freq), b.rope(&k, kv_heads, d, &positions, &inv_freq));
@@ -475,8 +480,8 @@ fn bf16_products_stay_within_the_argued_tolerance() {
 
 // ANCHOR: product_only_outputs
 /// Under mixed precision an output only products read is written in bf16 by the op that makes it: each norm
-/// (alone and after the residual add), SwiGLU (on two tensors and on the halves of one) and LoRA's dropout (from
-/// an f32 x and from a bf16 one). Each entry is exactly the f32 op's result rounded to nearest even — the cast
+/// (alone and after the residual add), SwiGLU (on two tensors and on the halves of one), LoRA's dropout (from
+/// an f32 x and from a bf16 one), and in the backward SwiGLU's ∂L/∂[gate | up] and the joined ∂L/∂[q | k | v]. Each entry is exactly the f32 op's result rounded to nearest even — the cast
 /// it replaces — at 2 bytes per entry, and a product reads it as it read the cast.
 #[test]
 fn product_only_outputs_are_the_f32_results_rounded() {
@@ -486,7 +491,7 @@ fn product_only_outputs_are_the_f32_results_rounded() {
     let (t, h) = (37, 300); // more columns than a block has threads
     let (x, a) = (g.upload(matrix(t, h, 41, 1.0)), g.upload(matrix(t, h, 42, 1.0)));
     let (w, bias) = (g.upload(matrix(1, h, 43, 1.0)), g.upload(matrix(1, h, 44, 0.5)));
-    let pairs: Vec<(&str, CudaTensor, CudaTensor)> = vec![
+    let mut pairs: Vec<(&str, CudaTensor, CudaTensor)> = vec![
         ("rms_norm", g.rms_norm(&x, &w, 1e-6, ReadBy::AnyOp), g.rms_norm(&x, &w, 1e-6, ReadBy::Products)),
         (
             "layer_norm",
@@ -504,9 +509,23 @@ fn product_only_outputs_are_the_f32_results_rounded() {
             g.add_layer_norm(&x, &a, &w, &bias, 1e-5, ReadBy::Products).1,
         ),
     ];
+    // the backward's product-only gradients: ∂L/∂[gate | up] and the joined, turned-back ∂L/∂[q | k | v]
+    let (gate_up, dy) = (g.upload(matrix(t, 2 * h, 46, 2.0)), g.upload(matrix(t, h, 47, 1.0)));
+    let (shape, layout) = (AttentionShape::new(4, 2, 50, 1.0), FusedQkv { groups: 2 });
+    let (positions, inv_freq): (Vec<usize>, Vec<f32>) = ((0..t).map(|i| 3 * i).collect(), vec![1.0, 0.1, 0.01]);
+    let (dq, dk, dv) =
+        (g.upload(matrix(t, 200, 48, 1.0)), g.upload(matrix(t, 100, 49, 1.0)), g.upload(matrix(t, 100, 50, 1.0)));
+    let join = |read_by| g.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, &positions, &inv_freq, read_by);
+    pairs.push((
+        "swiglu_halves_backward",
+        g.swiglu_halves_backward(&dy, &gate_up, ReadBy::AnyOp),
+        g.swiglu_halves_backward(&dy, &gate_up, ReadBy::Products),
+    ));
+    pairs.push(("join_qkv_rotated", join(ReadBy::AnyOp), join(ReadBy::Products)));
     let exact = gpu(Precision::F32);
     for (name, f32_out, bf16_out) in &pairs {
-        assert_eq!((g.stored_bytes(f32_out), g.stored_bytes(bf16_out)), (4 * t * h, 2 * t * h), "{name}");
+        let (rows, cols) = g.dims(f32_out);
+        assert_eq!((g.stored_bytes(f32_out), g.stored_bytes(bf16_out)), (4 * rows * cols, 2 * rows * cols), "{name}");
         assert_eq!(bits(&g.download(bf16_out)), rounded(&g.download(f32_out)), "{name}: the f32 result rounded");
     }
     // SwiGLU and dropout have no f32 twin under mixed precision: the f32 device's results, rounded
@@ -557,6 +576,15 @@ fn bf16_attention_runs_on_the_tensor_core_kernels() {
             assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "{case:?}: not deterministic");
         }
         let tol = if flash { 3e-2 } else { 1e-4 };
+        if flash {
+            // read by o's products only, the output comes in bf16: the f32 one rounded, and a backward whose
+            // row terms read it so stays within the same tolerance
+            let products = attention_read_by(g, case, 11, ReadBy::Products);
+            let rounded = gpu_out[0].mapv(|v| half::bf16::from_f32(v).to_f32());
+            assert_eq!(products[0], rounded, "{case:?}: the bf16 output is the f32 one rounded");
+            assert_eq!(products[1], gpu_out[1], "{case:?}: the same lse");
+            check(&format!("bf16 attention, bf16 output {case:?}"), tol, attention(&Cpu, case, 11), products);
+        }
         check(&format!("bf16 attention {case:?}"), tol, attention(&Cpu, case, 11), gpu_out);
         // other tests may launch at the same time on a real GPU (the emulated run is one test at a time)
         assert!(

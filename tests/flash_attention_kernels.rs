@@ -16,7 +16,7 @@
 //! unlucky draws. The errors measured are printed (`--nocapture`); they sit well inside these bounds.
 
 use mftcoder::backend::cpu::Cpu;
-use mftcoder::backend::{AttentionDims, AttentionMask, AttentionShape, Backend, segment_bounds};
+use mftcoder::backend::{AttentionDims, AttentionMask, AttentionShape, Backend, ReadBy, segment_bounds};
 use mftcoder::rng::Rng;
 use ndarray::Array2;
 
@@ -138,7 +138,7 @@ fn flash_case(emu: &Emulator, case: Case, seed: u64) -> [f32; 5] {
         matrix(tk, kv_heads * d, seed + 2, 1.0),
     );
     let dout = matrix(tq, heads * d, seed + 3, 1.0);
-    let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+    let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask, ReadBy::AnyOp);
     let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
 
     let dims = AttentionDims::new(tq, tk, &shape, &mask);

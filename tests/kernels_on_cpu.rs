@@ -411,7 +411,7 @@ fn attention_case(emu: &Emulator, (tq, cached, kv_heads, group, d, packed, windo
     let (q, k, v) =
         (matrix(tq, heads * d, 12, x.q_scale), matrix(tk, kv_heads * d, 13, 1.0), matrix(tk, kv_heads * d, 14, 1.0));
     let dout = matrix(tq, heads * d, 15, 1.0);
-    let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+    let (out, lse) = Cpu.causal_attention_with_lse(&q, &k, &v, &shape, &mask, ReadBy::AnyOp);
     let (dq, dk, dv) = Cpu.causal_attention_backward(&dout, &q, &k, &v, &out, &lse, &shape, &mask);
     if x.clamp.is_some() {
         let unclamped = Cpu.causal_attention(&q, &k, &v, &AttentionShape { score_clamp: None, ..shape }, &mask);

@@ -108,7 +108,14 @@ impl Backend for Cpu {
     fn swiglu_halves(&self, gate_up: &Array2<f32>) -> Array2<f32> {
         nn::mlp::swiglu_halves(gate_up.view())
     }
-    fn layer_norm(&self, x: &Array2<f32>, weight: &Array2<f32>, bias: &Array2<f32>, eps: f32, _: ReadBy) -> Array2<f32> {
+    fn layer_norm(
+        &self,
+        x: &Array2<f32>,
+        weight: &Array2<f32>,
+        bias: &Array2<f32>,
+        eps: f32,
+        _: ReadBy,
+    ) -> Array2<f32> {
         nn::layer_norm::layer_norm(x.view(), weight.row(0), bias.row(0), eps)
     }
     fn gelu_tanh(&self, x: &Array2<f32>) -> Array2<f32> {
@@ -156,6 +163,7 @@ impl Backend for Cpu {
         v: &Array2<f32>,
         shape: &AttentionShape,
         mask: &AttentionMask,
+        _: ReadBy,
     ) -> (Array2<f32>, Array2<f32>) {
         nn::attention::causal_attention_with_lse(q.view(), k.view(), v.view(), shape, mask)
     }
@@ -244,7 +252,7 @@ impl Backend for Cpu {
     fn swiglu_backward(&self, dy: &Array2<f32>, gate: &Array2<f32>, up: &Array2<f32>) -> (Array2<f32>, Array2<f32>) {
         nn::mlp::swiglu_backward(dy.view(), gate.view(), up.view())
     }
-    fn swiglu_halves_backward(&self, dy: &Array2<f32>, gate_up: &Array2<f32>) -> Array2<f32> {
+    fn swiglu_halves_backward(&self, dy: &Array2<f32>, gate_up: &Array2<f32>, _: ReadBy) -> Array2<f32> {
         nn::mlp::swiglu_halves_backward(dy.view(), gate_up.view())
     }
     fn layer_norm_backward(

@@ -223,7 +223,8 @@ pub trait Backend: Sync {
 
     // ---- training: each backward mirrors the forward above it ----
 
-    /// Attention that also returns lse [Tq, H] = log Σⱼ exp(sᵢⱼ), all its backward needs besides q, k, v, out.
+    /// Attention that also returns lse [Tq, H] = log Σⱼ exp(sᵢⱼ), all its backward needs besides q, k, v, out;
+    /// out stored for `read_by` (besides them, only the backward's row terms read it).
     fn causal_attention_with_lse(
         &self,
         q: &Self::Tensor,
@@ -231,6 +232,7 @@ pub trait Backend: Sync {
         v: &Self::Tensor,
         shape: &AttentionShape,
         mask: &AttentionMask,
+        read_by: ReadBy,
     ) -> (Self::Tensor, Self::Tensor);
     /// → (dq, dk, dv)
     #[allow(clippy::too_many_arguments)]
@@ -400,7 +402,9 @@ pub trait Backend: Sync {
         up: &Self::Tensor,
     ) -> (Self::Tensor, Self::Tensor);
     /// The backward of `swiglu_halves`: dy [T, I] → ∂L/∂[gate | up] [T, 2I], in the input's layout
-    fn swiglu_halves_backward(&self, dy: &Self::Tensor, gate_up: &Self::Tensor) -> Self::Tensor;
+    /// The backward of `swiglu_halves`: ∂L/∂[gate | up] [T, 2I], stored for `read_by` (products alone, unless
+    /// the projection behind it takes a bias gradient)
+    fn swiglu_halves_backward(&self, dy: &Self::Tensor, gate_up: &Self::Tensor, read_by: ReadBy) -> Self::Tensor;
     /// dx = dy·gelu′(x)
     fn gelu_tanh_backward(&self, dy: &Self::Tensor, x: &Self::Tensor) -> Self::Tensor;
     /// dx = dy·gelu′(x), exact GELU
@@ -414,7 +418,9 @@ pub trait Backend: Sync {
         shape: &AttentionShape,
         layout: FusedQkv,
     ) -> Self::Tensor;
-    /// The backward of `split_qkv_rotated`: ∂L/∂(rotated q), ∂L/∂(rotated k), ∂L/∂v → ∂L/∂qkv
+    /// The backward of `split_qkv_rotated`: ∂L/∂(rotated q), ∂L/∂(rotated k), ∂L/∂v → ∂L/∂qkv, stored for
+    /// `read_by` (products alone, unless the projection behind it takes a bias gradient; the default composes
+    /// f32 ops and ignores it)
     #[allow(clippy::too_many_arguments)]
     fn join_qkv_rotated(
         &self,
@@ -425,6 +431,7 @@ pub trait Backend: Sync {
         layout: FusedQkv,
         positions: &[usize],
         inv_freq: &[f32],
+        _read_by: ReadBy,
     ) -> Self::Tensor {
         let d = shape.head_dim;
         let dq = self.rope_backward(dq, shape.n_heads, d, positions, inv_freq);

@@ -193,7 +193,11 @@ impl<B: Backend> Decoder<B> {
         let (n, shape) = (c.names, c.attention_shape());
         let needs = (input_gradient_needed, train_base);
         if let (true, Some(layout)) = (self.rotates_in_split(layer), self.joined_layout(layer)) {
-            let dqkv = b.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, pos, &self.inv_freq);
+            let read_by = match &layer.qkv {
+                QkvProjection::Fused(qkv) => qkv.gradient_read_by(train_base),
+                _ => ReadBy::Products, // a stacked base is frozen, its bias too
+            };
+            let dqkv = b.join_qkv_rotated(&dq, &dk, &dv, &shape, layout, pos, &self.inv_freq, read_by);
             return self.joined_qkv_backward(b, layer, &dqkv, [hq, hk, hv], h, needs, seed, p, grads);
         }
         let (dq, dk) = match c.positions {

@@ -477,6 +477,15 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
+    /// Who reads the attention's output: o's products alone, except in latent attention, whose value heads
+    /// are picked out of it column by column first.
+    pub(super) fn attention_read_by(&self, layer: &DecoderLayer<B>) -> ReadBy {
+        match &layer.qkv {
+            QkvProjection::Latent(_) => ReadBy::AnyOp,
+            _ => ReadBy::Products,
+        }
+    }
+
     /// The layer's MLP norm (the attention's own norm when the two share one).
     pub(super) fn mlp_norm<'a>(&self, layer: &'a DecoderLayer<B>) -> &'a Norm<B> {
         layer.post_attention_norm.as_ref().unwrap_or(&layer.input_norm)

@@ -153,7 +153,7 @@ impl<B: Backend> Decoder<B> {
             AttentionMask { q_offset: 0, segment_ids: seq.segment_ids, window: self.config.attention.windows[l] };
         let ProjectedQkv { q, k, v, saved: qkv } =
             self.project_qkv(b, layer, &h_attn, seq.positions, &self.inv_freq, seed);
-        let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask);
+        let (attn, lse) = b.causal_attention_with_lse(&q, &k, &v, &shape, &mask, self.attention_read_by(layer));
         let (o, lora_o) = layer.o_proj.forward_train(b, &self.o_proj_input(b, layer, &attn), seed(3));
         let c = &self.config;
         let (next_norm, reads) = (self.input_norm_of(l + 1), self.normed_read_by());

@@ -14,7 +14,7 @@
 use super::decoder_config::{DecoderConfig, MlpKind, MoeNames, TensorNames};
 use super::layers::{Gradients, Linear};
 use super::stacked_base::StackedBase;
-use crate::backend::Backend;
+use crate::backend::{Backend, ReadBy};
 use crate::io::safetensors::WeightStore;
 use crate::nn::gate_up::{join_gate_up, split_gate_up};
 use crate::nn::mlp::Gelu;
@@ -217,7 +217,11 @@ impl<B: Backend> Mlp<B> {
         let dactivated =
             self.down.backward(b, dy, &cache.activated, hd.as_ref(), train_base, seed(first + 2), down_path, grads);
         let kind = self.activation(kind);
-        let (dgate, dup) = activate_backward(b, kind, &dactivated, cache.gate.as_ref(), &cache.up);
+        let d_up_read_by = match &self.stacked_gate_up {
+            Some(_) => ReadBy::Products, // a stacked base is frozen, its bias too
+            None => self.up.gradient_read_by(train_base),
+        };
+        let (dgate, dup) = activate_backward(b, kind, &dactivated, cache.gate.as_ref(), (&cache.up, d_up_read_by));
         if let (Some(gate), Some(stack), Some(gate_path)) = (&self.gate, &self.stacked_gate_up, gate_path) {
             let dgate_up = match &dgate {
                 None => dup, // ∂L/∂[gate | up] from the halves' SwiGLU, already in the stacked layout
@@ -252,13 +256,14 @@ fn activate<B: Backend>(b: &B, kind: MlpKind, gate: Option<&B::Tensor>, up: &B::
     }
 }
 
-/// The activation's backward: d(activated) → (dgate, dup).
+/// The activation's backward: d(activated) → (dgate, dup), dup of a fused [gate | up] stored for the readers
+/// of up's output gradient.
 fn activate_backward<B: Backend>(
     b: &B,
     kind: MlpKind,
     dactivated: &B::Tensor,
     gate: Option<&B::Tensor>,
-    up: &B::Tensor,
+    (up, d_up_read_by): (&B::Tensor, ReadBy),
 ) -> (Option<B::Tensor>, B::Tensor) {
     match (kind, gate) {
         (MlpKind::GatedSilu, Some(gate)) => {
@@ -272,7 +277,7 @@ fn activate_backward<B: Backend>(
         }
         (MlpKind::Plain(Gelu::Tanh), None) => (None, b.gelu_tanh_backward(dactivated, up)),
         (MlpKind::Plain(Gelu::Erf), None) => (None, b.gelu_erf_backward(dactivated, up)),
-        (MlpKind::FusedSwiGlu, None) => (None, b.swiglu_halves_backward(dactivated, up)),
+        (MlpKind::FusedSwiGlu, None) => (None, b.swiglu_halves_backward(dactivated, up, d_up_read_by)),
         (kind, _) => unreachable!("{kind:?} MLP with the wrong projections"),
     }
 }

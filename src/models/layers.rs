@@ -228,6 +228,15 @@ impl<B: Backend> Linear<B> {
         dx
     }
 
+    /// Who reads the gradient of this layer's output in its backward: products alone, unless a bias gradient
+    /// is taken (a column sum of dy itself).
+    pub fn gradient_read_by(&self, train_base: bool) -> ReadBy {
+        match self.bias.is_some() && (train_base || self.train_bias) {
+            true => ReadBy::AnyOp,
+            false => ReadBy::Products,
+        }
+    }
+
     /// Whether this layer's adapter reads x itself (not a dropped-out x̃) in a forward with `dropout_seed`:
     /// the parts of a stack that can share one rounding of x.
     pub(super) fn adapter_reads_x(&self, dropout_seed: Option<u64>) -> bool {

@@ -29,7 +29,7 @@ using Launcher = void (*)(unsigned, unsigned, unsigned, void**);
 static const std::map<std::string, Launcher>& kernels() {
     static const std::map<std::string, Launcher> table = {
         KERNEL(add), KERNEL(add_scaled), KERNEL(scale), KERNEL(mul), KERNEL(swiglu), KERNEL(swiglu_to_bf16), KERNEL(swiglu_backward),
-        KERNEL(swiglu_halves), KERNEL(swiglu_halves_to_bf16), KERNEL(swiglu_halves_backward),
+        KERNEL(swiglu_halves), KERNEL(swiglu_halves_to_bf16), KERNEL(swiglu_halves_backward), KERNEL(swiglu_halves_backward_to_bf16),
         KERNEL(gelu_tanh), KERNEL(gelu_tanh_backward), KERNEL(gelu_erf), KERNEL(gelu_erf_backward),
         KERNEL(layer_norm), KERNEL(layer_norm_to_bf16), KERNEL(add_layer_norm), KERNEL(add_layer_norm_to_bf16), KERNEL(layer_norm_backward), KERNEL(layer_norm_backward_input),
         KERNEL(layer_norm_backward_add), KERNEL(layer_norm_backward_input_add),
@@ -37,11 +37,12 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(add_bias_rows), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding), KERNEL(embedding_bf16),
         KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_to_bf16), KERNEL(rms_norm_backward), KERNEL(rms_norm_backward_input),
         KERNEL(add_rms_norm), KERNEL(add_rms_norm_to_bf16), KERNEL(rms_norm_backward_add), KERNEL(rms_norm_backward_input_add),
-        KERNEL(rope), KERNEL(split_qkv_rope), KERNEL(join_qkv_rope),
+        KERNEL(rope), KERNEL(split_qkv_rope), KERNEL(join_qkv_rope), KERNEL(join_qkv_rope_to_bf16),
         KERNEL(attention_forward_tiled), KERNEL(attention_backward_dq_tiled), KERNEL(attention_backward_dkdv_tiled),
-        KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_backward_dq_per_key),
+        KERNEL(attention_forward_per_key), KERNEL(attention_delta), KERNEL(attention_delta_bf16), KERNEL(attention_backward_dq_per_key),
         KERNEL(attention_backward_dkdv_per_key),
         KERNEL(flash_attention_forward_d64), KERNEL(flash_attention_forward_d128), KERNEL(flash_attention_forward_d256),
+        KERNEL(flash_attention_forward_d64_to_bf16), KERNEL(flash_attention_forward_d128_to_bf16), KERNEL(flash_attention_forward_d256_to_bf16),
         KERNEL(flash_attention_dq_d64), KERNEL(flash_attention_dq_d128), KERNEL(flash_attention_dq_d256),
         KERNEL(flash_attention_dkdv_d64), KERNEL(flash_attention_dkdv_d128), KERNEL(flash_attention_dkdv_d256),
         KERNEL(mma_bf16_tile_product), KERNEL(cross_entropy), KERNEL(dequantize_4bit),

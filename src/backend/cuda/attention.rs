@@ -5,7 +5,7 @@
 //! the f32 kernels.
 
 use super::upload_cache::Uploaded;
-use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, fail, int, warp_grid};
+use super::{Cuda, CudaTensor, LaunchConfig, Precision, PushKernelArg, ReadBy, fail, int, warp_grid};
 use crate::backend::{AttentionDims, AttentionMask, AttentionShape, segment_bounds};
 use cudarc::driver::{CudaStream, DevicePtr};
 use std::sync::Arc;
@@ -91,6 +91,8 @@ pub fn flash_attention_launches() -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionKernels {
     pub forward: &'static str,
+    /// The forward writing its output in bf16 (the tensor-core family only): where only products read it.
+    pub forward_to_bf16: Option<&'static str>,
     pub dq: &'static str,
     pub dkdv: &'static str,
     pub flash: bool,
@@ -101,16 +103,33 @@ pub struct AttentionKernels {
 /// to 128 and per key above. The clamp's zero gradient where it binds is kept in the f32 kernels only.
 pub fn attention_kernels(precision: Precision, head_dim: usize, clamp: Option<f32>) -> AttentionKernels {
     let flash = precision == Precision::Bf16 && clamp.is_none();
-    let (forward, dq, dkdv) = match (flash, head_dim) {
-        (true, 0..=64) => ("flash_attention_forward_d64", "flash_attention_dq_d64", "flash_attention_dkdv_d64"),
-        (true, 65..=128) => ("flash_attention_forward_d128", "flash_attention_dq_d128", "flash_attention_dkdv_d128"),
-        (true, _) => ("flash_attention_forward_d256", "flash_attention_dq_d256", "flash_attention_dkdv_d256"),
+    let (forward, forward_to_bf16, dq, dkdv) = match (flash, head_dim) {
+        (true, 0..=64) => (
+            "flash_attention_forward_d64",
+            Some("flash_attention_forward_d64_to_bf16"),
+            "flash_attention_dq_d64",
+            "flash_attention_dkdv_d64",
+        ),
+        (true, 65..=128) => (
+            "flash_attention_forward_d128",
+            Some("flash_attention_forward_d128_to_bf16"),
+            "flash_attention_dq_d128",
+            "flash_attention_dkdv_d128",
+        ),
+        (true, _) => (
+            "flash_attention_forward_d256",
+            Some("flash_attention_forward_d256_to_bf16"),
+            "flash_attention_dq_d256",
+            "flash_attention_dkdv_d256",
+        ),
         (false, 0..=ATTENTION_TILED_MAX_D) => {
-            ("attention_forward_tiled", "attention_backward_dq_tiled", "attention_backward_dkdv_tiled")
+            ("attention_forward_tiled", None, "attention_backward_dq_tiled", "attention_backward_dkdv_tiled")
         }
-        (false, _) => ("attention_forward_per_key", "attention_backward_dq_per_key", "attention_backward_dkdv_per_key"),
+        (false, _) => {
+            ("attention_forward_per_key", None, "attention_backward_dq_per_key", "attention_backward_dkdv_per_key")
+        }
     };
-    AttentionKernels { forward, dq, dkdv, flash }
+    AttentionKernels { forward, forward_to_bf16, dq, dkdv, flash }
 }
 // ANCHOR_END: attention_family
 
@@ -153,7 +172,8 @@ impl Cuda {
         })
     }
 
-    /// → (out [Tq, H·d], lse [Tq, H])
+    /// → (out [Tq, H·d], lse [Tq, H]); out in bf16 where only products read it and the kernels are the
+    /// tensor-core ones (mixed precision).
     pub(super) fn attention_forward(
         &self,
         q: &CudaTensor,
@@ -161,18 +181,23 @@ impl Cuda {
         v: &CudaTensor,
         shape: &AttentionShape,
         mask: &AttentionMask,
+        read_by: ReadBy,
     ) -> (CudaTensor, CudaTensor) {
         check_attention(q, k, v, shape, mask);
         let dims = attention_dims(q, k, shape, mask);
         let segments = self.segments(mask);
         let ([seg, seg_first, _], _guards) = segment_pointers(&segments, &self.stream);
-        let (mut out, mut lse) = (self.tensor(q.rows, q.cols), self.tensor(q.rows, shape.n_heads));
         // every family's kernels take the same arguments; only the names and the grids differ
         let kernels = self.attention_kernels(shape);
+        let to_bf16 = kernels.forward_to_bf16.filter(|_| read_by == ReadBy::Products);
+        let mut out = if to_bf16.is_some() { self.bf16_tensor(q.rows, q.cols) } else { self.tensor(q.rows, q.cols) };
+        let mut lse = self.tensor(q.rows, shape.n_heads);
         let (grid, _) = kernels.grids(q.rows, k.rows, shape.n_heads, shape.n_kv_heads);
-        let kernel = kernels.forward; // the same parameters in every family (`families_share_parameter_lists`)
+        // the same parameters in every family, out's type aside (`families_share_parameter_lists`)
+        let kernel = to_bf16.unwrap_or(kernels.forward);
         self.count_flash(&kernels, 1);
-        launch!(self, kernel, grid, out.f32_mut(), lse.f32_mut(), q.f32(), k.f32(), v.f32(), &seg, &seg_first, &dims);
+        let (q, k, v) = (q.f32(), k.f32(), v.f32());
+        launch!(self, kernel, grid, out.storage_mut(), lse.f32_mut(), q, k, v, &seg, &seg_first, &dims);
         (out, lse)
     }
 
@@ -195,7 +220,8 @@ impl Cuda {
         let ([seg, seg_first, seg_last], _guards) = segment_pointers(&segments, &self.stream);
         let per_query = warp_grid(q.rows * shape.n_heads);
         let mut delta = self.tensor(q.rows, shape.n_heads);
-        launch!(self, "attention_delta", per_query, delta.f32_mut(), dout.f32(), out.f32(), &dims);
+        let delta_kernel = if out.is_bf16() { "attention_delta_bf16" } else { "attention_delta" };
+        launch!(self, delta_kernel, per_query, delta.f32_mut(), dout.f32(), out.storage(), &dims);
         let mut dq = self.tensor(q.rows, q.cols);
         let (mut dk, mut dv) = (self.tensor(k.rows, k.cols), self.tensor(v.rows, v.cols));
         let (lse, delta) = (lse.f32(), delta.f32());
@@ -281,6 +307,14 @@ mod tests {
                 }
             }
         }
+        // the bf16-output forwards: the same list, out's type aside
+        for d in [64, 128, 256] {
+            let k = attention_kernels(Precision::Bf16, d, None);
+            let to_bf16 = k.forward_to_bf16.expect("a tensor-core forward writes bf16 too");
+            let f32_out = parameters(flash, k.forward).replacen("float*out", "unsignedshort*out", 1);
+            assert_eq!(parameters(flash, to_bf16), f32_out, "{to_bf16}");
+        }
+        assert_eq!(attention_kernels(Precision::Bf16, 64, Some(1.0)).forward_to_bf16, None);
         // the smallest compiled bound that holds head_dim
         assert_eq!(attention_kernels(Precision::Bf16, 80, None).forward, "flash_attention_forward_d128");
         assert_eq!(attention_kernels(Precision::Bf16, 256, None).dkdv, "flash_attention_dkdv_d256");

@@ -4,7 +4,7 @@
 //! SwiGLU's output is the down projection's input, which only products read: under mixed precision it is
 //! written in bf16 by the activation itself (no cast before the down product, forward or backward).
 
-use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, elementwise_grid, fail, int};
+use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, ReadBy, elementwise_grid, fail, int};
 
 impl Cuda {
     /// gate_up [T, 2I] → silu(gate) ⊙ up [T, I], in the storage the down projection's products read.
@@ -28,14 +28,20 @@ impl Cuda {
         out
     }
 
-    /// dy [T, I] → ∂L/∂[gate | up] [T, 2I]
-    pub(super) fn swiglu_of_halves_backward(&self, dy: &CudaTensor, gate_up: &CudaTensor) -> CudaTensor {
+    /// dy [T, I] → ∂L/∂[gate | up] [T, 2I], in the storage `read_by` asks for.
+    pub(super) fn swiglu_of_halves_backward(
+        &self,
+        dy: &CudaTensor,
+        gate_up: &CudaTensor,
+        read_by: ReadBy,
+    ) -> CudaTensor {
         let inner = gate_up.cols / 2;
         assert_eq!((dy.rows, dy.cols), (gate_up.rows, inner), "swiglu_halves_backward: dy is not [T, I]");
-        let mut d = self.tensor(gate_up.rows, gate_up.cols);
+        let mut d = self.output_for(read_by, gate_up.rows, gate_up.cols);
+        let kernel = if d.is_bf16() { "swiglu_halves_backward_to_bf16" } else { "swiglu_halves_backward" };
         let (rows, width) = (int(gate_up.rows, "rows") as i64, int(inner, "inner") as i64);
         let grid = elementwise_grid(dy.len());
-        launch!(self, "swiglu_halves_backward", grid, d.f32_mut(), dy.f32(), gate_up.f32(), &rows, &width);
+        launch!(self, kernel, grid, d.storage_mut(), dy.f32(), gate_up.f32(), &rows, &width);
         d
     }
 }

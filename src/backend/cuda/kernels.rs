@@ -34,6 +34,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "swiglu_halves",
             "swiglu_halves_to_bf16",
             "swiglu_halves_backward",
+            "swiglu_halves_backward_to_bf16",
             "gelu_tanh",
             "gelu_tanh_backward",
             "gelu_erf",
@@ -73,7 +74,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "layer_norm_backward_input_add",
         ],
     ),
-    ("rope.cu", include_str!("kernels/rope.cu"), &["rope", "split_qkv_rope", "join_qkv_rope"]),
+    ("rope.cu", include_str!("kernels/rope.cu"), &["rope", "split_qkv_rope", "join_qkv_rope", "join_qkv_rope_to_bf16"]),
     ("fused_qkv.cu", include_str!("kernels/fused_qkv.cu"), &["split_qkv", "join_qkv"]),
     ("row_scale.cu", include_str!("kernels/row_scale.cu"), &["scale_rows", "row_dots"]),
     (
@@ -85,6 +86,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "attention_backward_dkdv_tiled",
             "attention_forward_per_key",
             "attention_delta",
+            "attention_delta_bf16",
             "attention_backward_dq_per_key",
             "attention_backward_dkdv_per_key",
         ],
@@ -96,6 +98,9 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "flash_attention_forward_d64",
             "flash_attention_forward_d128",
             "flash_attention_forward_d256",
+            "flash_attention_forward_d64_to_bf16",
+            "flash_attention_forward_d128_to_bf16",
+            "flash_attention_forward_d256_to_bf16",
             "flash_attention_dq_d64",
             "flash_attention_dq_d128",
             "flash_attention_dq_d256",
@@ -116,7 +121,11 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
         include_str!("kernels/optim.cu"),
         &["adamw", "sum_squares", "grad_norm_partials", "grad_norm_finish", "adamw_multi"],
     ),
-    ("random.cu", include_str!("kernels/random.cu"), &["dropout_mask", "dropout_apply", "dropout_apply_to_bf16", "dropout_apply_bf16", "dropout_add"]),
+    (
+        "random.cu",
+        include_str!("kernels/random.cu"),
+        &["dropout_mask", "dropout_apply", "dropout_apply_to_bf16", "dropout_apply_bf16", "dropout_add"],
+    ),
 ];
 
 /// A file as NVRTC compiles it: the shared headers first, with `#line`s so errors name the right file.

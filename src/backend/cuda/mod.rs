@@ -250,7 +250,7 @@ impl Backend for Cuda {
         shape: &AttentionShape,
         mask: &AttentionMask,
     ) -> CudaTensor {
-        self.causal_attention_with_lse(q, k, v, shape, mask).0
+        self.causal_attention_with_lse(q, k, v, shape, mask, ReadBy::AnyOp).0
     }
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
         self.swiglu_of(gate, up)
@@ -258,7 +258,14 @@ impl Backend for Cuda {
     fn swiglu_halves(&self, gate_up: &CudaTensor) -> CudaTensor {
         self.swiglu_of_halves(gate_up)
     }
-    fn layer_norm(&self, x: &CudaTensor, weight: &CudaTensor, bias: &CudaTensor, eps: f32, read_by: ReadBy) -> CudaTensor {
+    fn layer_norm(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        bias: &CudaTensor,
+        eps: f32,
+        read_by: ReadBy,
+    ) -> CudaTensor {
         self.layer_norm_for(read_by, x, (weight, bias), eps)
     }
     fn gelu_tanh(&self, x: &CudaTensor) -> CudaTensor {
@@ -347,8 +354,9 @@ impl Backend for Cuda {
         v: &CudaTensor,
         shape: &AttentionShape,
         mask: &AttentionMask,
+        read_by: ReadBy,
     ) -> (CudaTensor, CudaTensor) {
-        self.attention_forward(q, k, v, shape, mask)
+        self.attention_forward(q, k, v, shape, mask, read_by)
     }
     fn causal_attention_backward(
         &self,
@@ -524,11 +532,12 @@ impl Backend for Cuda {
         layout: FusedQkv,
         positions: &[usize],
         inv_freq: &[f32],
+        read_by: ReadBy,
     ) -> CudaTensor {
-        self.join_fused_qkv_rotated([dq, dk, dv], shape, layout, positions, inv_freq)
+        self.join_fused_qkv_rotated([dq, dk, dv], shape, layout, (positions, inv_freq), read_by)
     }
-    fn swiglu_halves_backward(&self, dy: &CudaTensor, gate_up: &CudaTensor) -> CudaTensor {
-        self.swiglu_of_halves_backward(dy, gate_up)
+    fn swiglu_halves_backward(&self, dy: &CudaTensor, gate_up: &CudaTensor, read_by: ReadBy) -> CudaTensor {
+        self.swiglu_of_halves_backward(dy, gate_up, read_by)
     }
     fn swiglu_backward(&self, dy: &CudaTensor, gate: &CudaTensor, up: &CudaTensor) -> (CudaTensor, CudaTensor) {
         Self::same_shape(gate, up, "swiglu_backward");

@@ -4,7 +4,7 @@
 
 use super::fused_qkv::part_widths;
 use super::upload_cache::Uploaded;
-use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, elementwise_grid, fail, int};
+use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, ReadBy, elementwise_grid, fail, int};
 use crate::backend::{AttentionShape, FusedQkv};
 
 impl Cuda {
@@ -98,21 +98,22 @@ impl Cuda {
         [dq, dk, dv]: [&CudaTensor; 3],
         shape: &AttentionShape,
         layout: FusedQkv,
-        positions: &[usize],
-        inv_freq: &[f32],
+        (positions, inv_freq): (&[usize], &[f32]),
+        read_by: ReadBy,
     ) -> CudaTensor {
         let (qw, kw) = part_widths(shape, layout);
         let g = layout.groups;
         assert_eq!((dq.cols, dk.cols, dv.cols), (g * qw, g * kw, g * kw), "join_qkv: q, k, v widths");
         assert!(dk.rows == dq.rows && dv.rows == dq.rows, "join_qkv: q, k, v have different numbers of rows");
         let (pos, freq) = self.rope_tables(dq.rows, shape.head_dim, positions, inv_freq);
-        let mut dqkv = self.tensor(dq.rows, g * (qw + 2 * kw));
+        let mut dqkv = self.output_for(read_by, dq.rows, g * (qw + 2 * kw));
+        let kernel = if dqkv.is_bf16() { "join_qkv_rope_to_bf16" } else { "join_qkv_rope" };
         let [t, groups, q_heads, kv_heads, d, half] = self.split_rope_sizes(dq.rows, shape, layout, inv_freq);
         launch!(
             self,
-            "join_qkv_rope",
+            kernel,
             elementwise_grid(dqkv.len() / shape.head_dim * (shape.head_dim - inv_freq.len())),
-            dqkv.f32_mut(),
+            dqkv.storage_mut(),
             dq.f32(),
             dk.f32(),
             dv.f32(),

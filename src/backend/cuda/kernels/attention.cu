@@ -307,12 +307,14 @@ __device__ __forceinline__ void load_row(float* dst, const float* src, int d, in
     }
 }
 
-__device__ __forceinline__ float dot_row(const float* mine, const float* other, int d, int lane) {
+// `other` in f32, or in bf16 bits (the tensor-core forward's output, which only products and delta read)
+template <typename T>
+__device__ __forceinline__ float dot_row(const float* mine, const T* other, int d, int lane) {
     float s = 0.0f;
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) {
         const int idx = lane + 32 * e;
-        if (idx < d) s = fmaf(mine[e], other[idx], s);
+        if (idx < d) s = fmaf(mine[e], load(other, idx), s);
     }
     return warp_sum(s);
 }
@@ -358,13 +360,23 @@ extern "C" __global__ void attention_forward_per_key(float* out, float* lse, con
 
 // delta[i, h] = Σ_d dout·out, the row term of the softmax backward: ∂L/∂s_ij = p_ij·(dout_i·v_j − delta_i).
 // One warp per (query row, head), for every head_dim (the tiled backward reads it too).
-extern "C" __global__ void attention_delta(float* delta, const float* dout, const float* out, AttentionDims a) {
+template <typename Out>
+__device__ __forceinline__ void attention_delta_row(float* delta, const float* dout, const Out* out, AttentionDims a) {
     QueryWarp w;
     if (!query_warp(a, &w)) return;
     float mine[PER_LANE];
     load_row(mine, dout + w.q_at, a.d, w.lane);
     const float s = dot_row(mine, out + w.q_at, a.d, w.lane);
     if (w.lane == 0) delta[(long long)w.i * a.heads + w.h] = s;
+}
+
+extern "C" __global__ void attention_delta(float* delta, const float* dout, const float* out, AttentionDims a) {
+    attention_delta_row(delta, dout, out, a);
+}
+
+extern "C" __global__ void attention_delta_bf16(float* delta, const float* dout, const unsigned short* out,
+                                                AttentionDims a) {
+    attention_delta_row(delta, dout, out, a);
 }
 
 // dq_i = scale · Σ_j ds_ij·k_j, one warp per (query, head).

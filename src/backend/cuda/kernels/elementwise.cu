@@ -63,12 +63,27 @@ extern "C" __global__ void swiglu_halves_to_bf16(unsigned short* out, const floa
     swiglu_halves_entries(out, gate_up, rows, inner);
 }
 
-extern "C" __global__ void swiglu_halves_backward(float* dgate_up, const float* dy, const float* gate_up,
-                                                  long long rows, long long inner) {
+// ∂L/∂[gate | up] feeds the stacked or fused gate/up backward: products only, unless that takes a bias gradient.
+template <typename Out>
+__device__ __forceinline__ void swiglu_halves_backward_entries(Out* dgate_up, const float* dy, const float* gate_up,
+                                                               long long rows, long long inner) {
     FOR_EACH(i, rows * inner) {
         const long long t = i / inner, j = i % inner, g = t * 2 * inner + j, u = g + inner;
-        silu_times_backward(dy[i], gate_up[g], gate_up[u], &dgate_up[g], &dgate_up[u]);
+        float dg, du;
+        silu_times_backward(dy[i], gate_up[g], gate_up[u], &dg, &du);
+        store(dgate_up, g, dg);
+        store(dgate_up, u, du);
     }
+}
+
+extern "C" __global__ void swiglu_halves_backward(float* dgate_up, const float* dy, const float* gate_up,
+                                                  long long rows, long long inner) {
+    swiglu_halves_backward_entries(dgate_up, dy, gate_up, rows, inner);
+}
+
+extern "C" __global__ void swiglu_halves_backward_to_bf16(unsigned short* dgate_up, const float* dy,
+                                                          const float* gate_up, long long rows, long long inner) {
+    swiglu_halves_backward_entries(dgate_up, dy, gate_up, rows, inner);
 }
 
 // GELU, tanh approximation: ½·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³). CPU mirror: `nn::mlp::gelu_tanh`.

@@ -176,9 +176,10 @@ __device__ __forceinline__ bool misses(const Range& r, int t0, int n) { return t
 // ---- forward ---------------------------------------------------------------------------------------------------
 
 // ANCHOR: flash_forward
-// out: [tq, heads·d], lse: [tq, heads]. Grid (⌈tq / 64⌉, heads), 4 warps per block.
-template <int D>
-__device__ void flash_forward(float* out, float* lse, const float* q, const float* k, const float* v,
+// out: [tq, heads·d], lse: [tq, heads]. Grid (⌈tq / 64⌉, heads), 4 warps per block. Out is float, or bf16 bits
+// where only products (o_proj) and the backward's delta read the output (the `_to_bf16` entry points).
+template <int D, typename Out>
+__device__ void flash_forward(Out* out, float* lse, const float* q, const float* k, const float* v,
                               const unsigned int* segment_ids, const unsigned int* segment_first, AttentionDims a) {
     __shared__ unsigned short k_tile[FLASH_TILE * (D + FLASH_PAD)], v_tile[FLASH_TILE * (D + FLASH_PAD)];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, h = blockIdx.y, d = a.d;
@@ -238,7 +239,7 @@ __device__ void flash_forward(float* out, float* lse, const float* q, const floa
     for (int nt = 0; nt < D / 8; ++nt)
         for (int e = 0; e < 4; ++e) {
             const int i = r0 + fragment_row(lane, e), c = fragment_col(lane, nt, e);
-            if (i < a.tq && c < d) out[i * q_stride + (long long)h * d + c] = acc[nt][e] / l[e >> 1];
+            if (i < a.tq && c < d) store(out, i * q_stride + (long long)h * d + c, acc[nt][e] / l[e >> 1]);
         }
     if ((lane & 3) == 0)
         for (int r = 0; r < 2; ++r) {
@@ -405,17 +406,35 @@ __device__ void flash_dkdv(float* dk, float* dv, const float* dout, const float*
 extern "C" __global__ void flash_attention_forward_d64(float* out, float* lse, const float* q, const float* k,
                                                        const float* v, const unsigned int* segment_ids,
                                                        const unsigned int* segment_first, AttentionDims a) {
-    flash_forward<64>(out, lse, q, k, v, segment_ids, segment_first, a);
+    flash_forward<64, float>(out, lse, q, k, v, segment_ids, segment_first, a);
+}
+extern "C" __global__ void flash_attention_forward_d64_to_bf16(unsigned short* out, float* lse, const float* q,
+                                                               const float* k, const float* v,
+                                                               const unsigned int* segment_ids,
+                                                               const unsigned int* segment_first, AttentionDims a) {
+    flash_forward<64, unsigned short>(out, lse, q, k, v, segment_ids, segment_first, a);
 }
 extern "C" __global__ void flash_attention_forward_d128(float* out, float* lse, const float* q, const float* k,
                                                         const float* v, const unsigned int* segment_ids,
                                                         const unsigned int* segment_first, AttentionDims a) {
-    flash_forward<128>(out, lse, q, k, v, segment_ids, segment_first, a);
+    flash_forward<128, float>(out, lse, q, k, v, segment_ids, segment_first, a);
+}
+extern "C" __global__ void flash_attention_forward_d128_to_bf16(unsigned short* out, float* lse, const float* q,
+                                                               const float* k, const float* v,
+                                                               const unsigned int* segment_ids,
+                                                               const unsigned int* segment_first, AttentionDims a) {
+    flash_forward<128, unsigned short>(out, lse, q, k, v, segment_ids, segment_first, a);
 }
 extern "C" __global__ void flash_attention_forward_d256(float* out, float* lse, const float* q, const float* k,
                                                         const float* v, const unsigned int* segment_ids,
                                                         const unsigned int* segment_first, AttentionDims a) {
-    flash_forward<256>(out, lse, q, k, v, segment_ids, segment_first, a);
+    flash_forward<256, float>(out, lse, q, k, v, segment_ids, segment_first, a);
+}
+extern "C" __global__ void flash_attention_forward_d256_to_bf16(unsigned short* out, float* lse, const float* q,
+                                                               const float* k, const float* v,
+                                                               const unsigned int* segment_ids,
+                                                               const unsigned int* segment_first, AttentionDims a) {
+    flash_forward<256, unsigned short>(out, lse, q, k, v, segment_ids, segment_first, a);
 }
 
 extern "C" __global__ void flash_attention_dq_d64(float* dq, const float* dout, const float* q, const float* k,

@@ -9,15 +9,17 @@
 // Item k (< d − rotary_half) of one head, from the head at x to the head at y: pair k rotated by
 // direction·position·ω_k, or (k ≥ rotary_half) entry rotary_half + k copied. With `rotates` false (v, which
 // RoPE leaves alone) pair k is copied too, so the same items cover a head that does not turn.
-__device__ __forceinline__ void rope_item(float* y, const float* x, int k, int rotary_half, unsigned int position,
+// Out is float, or bf16 bits for a gradient only products read (`join_qkv_rope_to_bf16`).
+template <typename Out>
+__device__ __forceinline__ void rope_item(Out* y, const float* x, int k, int rotary_half, unsigned int position,
                                           const float* inv_freq, float direction, bool rotates) {
     if (k >= rotary_half) {
-        y[rotary_half + k] = x[rotary_half + k];  // entry 2·rotary_half + (k − rotary_half)
+        store(y, rotary_half + k, x[rotary_half + k]);  // entry 2·rotary_half + (k − rotary_half)
         return;
     }
     if (!rotates) {
-        y[k] = x[k];
-        y[rotary_half + k] = x[rotary_half + k];
+        store(y, k, x[k]);
+        store(y, rotary_half + k, x[rotary_half + k]);
         return;
     }
     const float angle = (float)position * inv_freq[k];
@@ -25,8 +27,8 @@ __device__ __forceinline__ void rope_item(float* y, const float* x, int k, int r
     sincosf(angle, &s, &c);
     s *= direction;
     const float x1 = x[k], x2 = x[rotary_half + k];
-    y[k] = x1 * c - x2 * s;
-    y[rotary_half + k] = x2 * c + x1 * s;
+    store(y, k, x1 * c - x2 * s);
+    store(y, rotary_half + k, x2 * c + x1 * s);
 }
 
 extern "C" __global__ void rope(float* y, const float* x, const unsigned int* positions, const float* inv_freq,
@@ -79,9 +81,12 @@ extern "C" __global__ void split_qkv_rope(float* q, float* k, float* v, const fl
 }
 // ANCHOR_END: split_qkv_rope
 
-extern "C" __global__ void join_qkv_rope(float* dqkv, const float* dq, const float* dk, const float* dv,
-                                         const unsigned int* positions, const float* inv_freq, int tokens,
-                                         int groups, int q_heads, int kv_heads, int head_dim, int rotary_half) {
+// Its output feeds the stacked or fused projection's backward: products only, unless that takes a bias gradient.
+template <typename Out>
+__device__ __forceinline__ void join_qkv_rope_entries(Out* dqkv, const float* dq, const float* dk, const float* dv,
+                                                      const unsigned int* positions, const float* inv_freq,
+                                                      int tokens, int groups, int q_heads, int kv_heads,
+                                                      int head_dim, int rotary_half) {
     const int per_head = head_dim - rotary_half;
     const long long heads_per_token = (long long)groups * (q_heads + 2 * kv_heads);
     FOR_EACH(i, tokens * heads_per_token * per_head) {
@@ -91,4 +96,19 @@ extern "C" __global__ void join_qkv_rope(float* dqkv, const float* dq, const flo
         rope_item(dqkv + h.fused_base, from + h.part_base, (int)(i % per_head), rotary_half,
                   positions[slot / heads_per_token], inv_freq, -1.0f, h.part != 2);
     }
+}
+
+extern "C" __global__ void join_qkv_rope(float* dqkv, const float* dq, const float* dk, const float* dv,
+                                         const unsigned int* positions, const float* inv_freq, int tokens,
+                                         int groups, int q_heads, int kv_heads, int head_dim, int rotary_half) {
+    join_qkv_rope_entries(dqkv, dq, dk, dv, positions, inv_freq, tokens, groups, q_heads, kv_heads, head_dim,
+                          rotary_half);
+}
+
+extern "C" __global__ void join_qkv_rope_to_bf16(unsigned short* dqkv, const float* dq, const float* dk,
+                                                 const float* dv, const unsigned int* positions,
+                                                 const float* inv_freq, int tokens, int groups, int q_heads,
+                                                 int kv_heads, int head_dim, int rotary_half) {
+    join_qkv_rope_entries(dqkv, dq, dk, dv, positions, inv_freq, tokens, groups, q_heads, kv_heads, head_dim,
+                          rotary_half);
 }
