@@ -1,12 +1,13 @@
 //! What a tensor is on the device, and how values get there and back: f32 or bf16 storage, buffers from the
 //! pool, uploads, blocking reads, and the one-time bf16 copy of a frozen weight.
 //!
-//! Everything a step computes is f32. A weight that will never be trained again (the base of a LoRA or QLoRA
-//! run) can instead be kept as bf16 ([`Cuda::freeze`] under [`Precision::Bf16`]): the matrix products already
-//! read every operand rounded to bf16, so rounding the weight once at load changes no product — it only halves
-//! the weight's memory and removes the cast before each product. Ops that read a tensor element by element take
-//! f32 ([`CudaTensor::f32`]); the few that may be handed a frozen weight — the products, the embedding lookup,
-//! the download — read bf16 too.
+//! Under [`Precision::Bf16`] the matrix products read every operand rounded to bf16, so what only products
+//! read can be stored rounded, once: a weight that will never be trained again (the base of a LoRA or QLoRA
+//! run, [`Cuda::freeze`]), and the outputs an op writes for products alone (`ReadBy::Products`: the norms',
+//! SwiGLU's, the attention's). That changes no product; it halves their memory and removes the cast before
+//! each product. Everything else a step computes is f32. Ops that read a tensor element by element take f32
+//! ([`CudaTensor::f32`]); the ones that may be handed bf16 — the products, the embedding lookup, LoRA's dropout,
+//! the attention's row terms, row slices, the download — read it too.
 
 use super::pool::Pooled;
 use super::upload_cache::Uploaded;
@@ -28,8 +29,8 @@ pub struct CudaTensor {
 pub enum Storage {
     /// f32: everything computed, every trainable parameter, its gradient and its AdamW moments.
     F32(Pooled<f32>),
-    /// bf16 bit patterns: a frozen weight under mixed precision (2 bytes per parameter), or an operand cast
-    /// once for several products.
+    /// bf16 bit patterns: a frozen weight under mixed precision (2 bytes per parameter), an output only products
+    /// read, or an operand cast once for several products.
     Bf16(Pooled<u16>),
     /// A trained matrix under mixed precision (a LoRA factor): the f32 master every element-wise op and the
     /// optimizer read, and its rounding to bf16 that the products read. The optimizer's update rewrites both
@@ -52,7 +53,8 @@ impl CudaTensor {
     }
 
     /// The f32 entries. Element-wise kernels read only f32; a bf16 tensor reaching one is a bug in the caller
-    /// (a frozen weight handed to an op that is not a product), reported with the caller's location.
+    /// (a frozen weight, or an output said to be read by products only, handed to an op that is not a
+    /// product), reported with the caller's location.
     #[track_caller]
     pub(super) fn f32(&self) -> &Pooled<f32> {
         match &self.storage {
@@ -128,7 +130,7 @@ impl CudaTensor {
 #[track_caller]
 fn fail_on_bf16() -> ! {
     let at = std::panic::Location::caller();
-    fail("tensor storage", format!("a bf16 (frozen) tensor reached an f32-only op at {at}"))
+    fail("tensor storage", format!("a bf16 tensor (frozen, or read by products only) reached an f32-only op at {at}"))
 }
 
 impl Cuda {
