@@ -10,9 +10,9 @@
 
 #![cfg(feature = "cuda")]
 
-use mftcoder::backend::Backend;
 use mftcoder::backend::cpu::Cpu;
 use mftcoder::backend::cuda::{Cuda, Precision};
+use mftcoder::backend::{Backend, ReadBy};
 use mftcoder::loss::causal_lm::weighted_token_loss;
 use mftcoder::models::decoder::{Decoder, DecoderConfig, Sequence};
 use mftcoder::peft::attach::init_adapters;
@@ -92,10 +92,10 @@ fn stacked_4bit_products_match_the_cpu() {
         let gpu_parts: Vec<_> = parts.iter().zip(&on_device).collect();
         let (x, dy) = (matrix(13, 96, 1, 1.0), matrix(13, 283, 2, 1.0));
         let (y_cpu, dx_cpu) =
-            (Cpu.linear_4bit_stacked(&x, &cpu_parts), Cpu.linear_4bit_stacked_backward(&dy, &cpu_parts));
+            (Cpu.linear_4bit_stacked(&x, &cpu_parts, ReadBy::AnyOp), Cpu.linear_4bit_stacked_backward(&dy, &cpu_parts));
         let (gx, gdy) = (g.upload(x), g.upload(dy));
         for band_bytes in [16 * 96 * entry, usize::MAX / 4] {
-            let y = g.download(&g.linear_4bit_stacked_banded(&gx, &gpu_parts, band_bytes));
+            let y = g.download(&g.linear_4bit_stacked_banded(&gx, &gpu_parts, band_bytes, ReadBy::AnyOp));
             let dx = g.download(&g.linear_4bit_stacked_backward_banded(&gdy, &gpu_parts, band_bytes));
             let what = format!("{:?} stacked [283, 96], bands of {band_bytes} bytes", g.precision);
             assert_close(&format!("{what}: y"), &y_cpu, &y, tol);

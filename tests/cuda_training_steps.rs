@@ -362,6 +362,32 @@ fn bf16_full_fine_tuning_steps_stay_close() {
     }
 }
 
+// ANCHOR: bf16_activations
+/// What a mixed-precision LoRA step holds for its backward: every activation only products read is kept in
+/// bf16. In the 2-layer step of `train_step` (40 tokens, hidden 64, MLP 160, q and v adapted at r 8) that is,
+/// per layer, the two norms' outputs and the attention's (40 × 64 each), the stacked [gate | up] (40 × 320),
+/// SwiGLU's output (40 × 160) and the two adapters' h (40 × 8 each), plus the final norm's output: 2 bytes
+/// fewer per entry than under f32. The residual stream, q, k, v and the softmax statistics stay f32.
+#[test]
+fn bf16_steps_hold_product_only_activations_in_two_bytes() {
+    let (Some(exact), Some(mixed)) = (gpu(Precision::F32), gpu(Precision::Bf16)) else { return };
+    let held = |g: &Cuda| {
+        let mut model: Decoder<Cuda> = Decoder::random(g, DecoderConfig::with_shape(97, 64, 160, 2, 4, 2), 42);
+        let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
+        init_adapters(&mut model, g, &lora, &mut Rng::new(7)).unwrap();
+        let ids: Vec<u32> = (0..40u32).map(|i| (i * 13 + 5) % 97).collect();
+        let positions: Vec<usize> = (0..40).collect();
+        let seq = Sequence { ids: &ids, positions: &positions, segment_ids: None };
+        model.forward_train(g, seq).unwrap().1.activation_bytes(g)
+    };
+    let per_layer = 3 * 40 * 64 + 40 * 320 + 40 * 160 + 2 * 40 * 8;
+    let bf16_entries = 2 * per_layer + 40 * 64;
+    let (f32_bytes, bf16_bytes) = (held(exact), held(mixed));
+    assert_eq!(f32_bytes - bf16_bytes, 2 * bf16_entries, "f32 {f32_bytes} B, bf16 {bf16_bytes} B");
+    eprintln!("a 2-layer LoRA step holds {f32_bytes} B of activations under f32, {bf16_bytes} B under bf16");
+}
+// ANCHOR_END: bf16_activations
+
 // ANCHOR: frozen_bf16
 /// A frozen weight under mixed precision is stored once as bf16 (`Backend::freeze`): the products read it as
 /// they read the f32 weight, which they round to bf16 anyway — bit for bit the same output; the embedding

@@ -535,6 +535,20 @@ fn product_only_outputs_are_the_f32_results_rounded() {
     let want_swiglu = e.download(&e.swiglu_halves(&e.upload(gate_up.clone())));
     let got = g.swiglu_halves(&g.upload(gate_up));
     assert_eq!((g.stored_bytes(&got), bits(&g.download(&got))), (2 * t * h, rounded(&want_swiglu)), "swiglu_halves");
+    // a [gate | up] a stacked base wrote in bf16 (`linear_for`): SwiGLU and its backward read it as stored
+    let (x_in, w_gate_up) = (matrix(t, 64, 51, 1.0), matrix(2 * h, 64, 52, 0.2));
+    let stacked = g.linear_for(&g.upload(x_in.clone()), &g.upload_weight(w_gate_up.clone()), None, ReadBy::Products);
+    let want_stacked = e.download(&e.linear(&e.upload(x_in), &e.upload_weight(w_gate_up), None));
+    assert_eq!(g.stored_bytes(&stacked), 2 * t * 2 * h, "a product-only product output is bf16");
+    let stacked_rounded = want_stacked.mapv(|v| half::bf16::from_f32(v).to_f32());
+    assert_close("linear_for in bf16", &stacked_rounded, &g.download(&stacked), 2e-2);
+    let read_back = e.upload(g.download(&stacked)); // the bf16 values, exactly, in f32
+    let want = e.download(&e.swiglu_halves(&read_back));
+    assert_eq!(bits(&g.download(&g.swiglu_halves(&stacked))), rounded(&want), "swiglu_halves of a bf16 [gate | up]");
+    let dy_host = matrix(t, h, 53, 1.0);
+    let want = e.download(&e.swiglu_halves_backward(&e.upload(dy_host.clone()), &read_back, ReadBy::AnyOp));
+    let got = g.swiglu_halves_backward(&g.upload(dy_host), &stacked, ReadBy::Products);
+    assert_eq!(bits(&g.download(&got)), rounded(&want), "swiglu_halves_backward of a bf16 [gate | up]");
     let got = g.swiglu(&g.upload(gate.clone()), &g.upload(up.clone()));
     let want = e.download(&e.swiglu(&e.upload(gate), &e.upload(up)));
     assert_eq!(bits(&g.download(&got)), rounded(&want), "swiglu");

@@ -60,7 +60,7 @@ impl Backend for Cpu {
         let (dx, db) = nn::linear_4bit::linear_4bit_backward(dy.view(), host, bias_grad);
         (dx, db.map(|b| b.insert_axis(Axis(0))))
     }
-    fn linear_4bit_stacked(&self, x: &Array2<f32>, parts: &[(&Quantized4bit, &())]) -> Array2<f32> {
+    fn linear_4bit_stacked(&self, x: &Array2<f32>, parts: &[(&Quantized4bit, &())], _: ReadBy) -> Array2<f32> {
         let hosts: Vec<&Quantized4bit> = parts.iter().map(|(q, _)| *q).collect();
         nn::linear_4bit::linear_4bit_stacked(x.view(), &hosts)
     }

@@ -23,8 +23,10 @@ pub type WeightAndBias<T> = (T, T);
 // ANCHOR: read_by
 /// Which ops will read an output. Under mixed precision every matrix product reads its operands rounded to
 /// bf16, so an output that only products read can be written rounded by the op that makes it: no cast before
-/// its products (forward, and again in the backward), and half the bytes kept for the backward. The CPU,
-/// exact, writes f32 either way.
+/// its products (forward, and again in the backward), and half the bytes kept for the backward. A few
+/// element-wise ops are written to take such an input as well (SwiGLU on a stacked [gate | up], LoRA's
+/// dropout, the attention's row terms): their inputs count as read by products. The CPU, exact, writes f32
+/// either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadBy {
     /// Only matrix products: a layer's norms feeding its projections, the final norm feeding the head.
@@ -114,7 +116,13 @@ pub trait Backend: Sync {
     /// x: [T, in] and the 4-bit parts Ŵᵢ [outᵢ, in] of a stacked frozen base (`models::stacked_base`) →
     /// [x·Ŵ₁ᵀ | x·Ŵ₂ᵀ | …]: [T, Σ outᵢ]. Each part keeps its own blocks and statistics and is decoded into its
     /// own columns: one output, no copies, and a dx product that adds every part's share as it goes.
-    fn linear_4bit_stacked(&self, x: &Self::Tensor, parts: &[(&Quantized4bit, &Self::Packed)]) -> Self::Tensor;
+    /// The output is stored for `read_by`, as [`Backend::linear_for`]'s.
+    fn linear_4bit_stacked(
+        &self,
+        x: &Self::Tensor,
+        parts: &[(&Quantized4bit, &Self::Packed)],
+        read_by: ReadBy,
+    ) -> Self::Tensor;
     /// The backward of [`Backend::linear_4bit_stacked`]: dy [T, Σ outᵢ] → dx = Σᵢ dy[:, partᵢ]·Ŵᵢ [T, in].
     fn linear_4bit_stacked_backward(
         &self,
@@ -127,6 +135,18 @@ pub trait Backend: Sync {
     fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Self::Tensor;
     /// x: [T, in], weight: [out, in], bias: [1, out] → x·Wᵀ + b: [T, out]
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor, bias: Option<&Self::Tensor>) -> Self::Tensor;
+    /// `linear` with its output stored for `read_by`: a stacked frozen base's [gate | up], which SwiGLU reads in
+    /// the products' precision. By default (the CPU) `linear`.
+    fn linear_for(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        read_by: ReadBy,
+    ) -> Self::Tensor {
+        let _ = read_by;
+        self.linear(x, weight, bias)
+    }
     /// a + b, same shapes
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
     /// x: [T, H], weight: [1, H] → RMSNorm(x)·w

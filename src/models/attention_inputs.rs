@@ -134,7 +134,7 @@ impl<B: Backend> Decoder<B> {
                 (q, k, v, [hq, hk, hv])
             }
             QkvProjection::Separate { q, k, v, stacked: Some(stack) } => {
-                let (qkv, lora_h) = stack.forward_train(b, [q, k, v], h, [seed(0), seed(1), seed(2)]);
+                let (qkv, lora_h) = stack.forward_train(b, [q, k, v], h, [seed(0), seed(1), seed(2)], ReadBy::AnyOp);
                 let (q, k, v, rotated) = self.split_joined(b, layer, &qkv, positions, inv_freq);
                 if rotated {
                     return ProjectedQkv { q, k, v, saved: QkvSaved::Direct { qk_raw: None, lora_h } };

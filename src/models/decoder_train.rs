@@ -58,12 +58,10 @@ pub struct TrainCache<'a, B: Backend> {
 // ANCHOR_END: train_cache
 
 impl<B: Backend> TrainCache<'_, B> {
-    /// Bytes of activations held for the backward (f32), the number activation checkpointing shrinks.
+    /// Bytes of activations held for the backward, as stored (f32, or bf16 for what only products read on a
+    /// mixed-precision GPU): the number activation checkpointing shrinks.
     pub fn activation_bytes(&self, b: &B) -> usize {
-        let size = |t: &B::Tensor| {
-            let (r, c) = b.dims(t);
-            r * c * 4
-        };
+        let size = |t: &B::Tensor| b.stored_bytes(t);
         let layers: usize = self
             .layers
             .iter()

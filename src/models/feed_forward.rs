@@ -172,7 +172,9 @@ impl<B: Backend> Mlp<B> {
         let (gate, up, hg, hu) = match (&self.gate, &self.stacked_gate_up) {
             (Some(gate), Some(stack)) => {
                 let seeds = [seed(first), seed(first + 1)];
-                let (gate_up, [hg, hu]) = stack.forward_train(b, [gate, &self.up], h, seeds);
+                // SwiGLU reads the halves in the products' precision (a gated GELU splits them first)
+                let read_by = if kind == MlpKind::FusedSwiGlu { ReadBy::Products } else { ReadBy::AnyOp };
+                let (gate_up, [hg, hu]) = stack.forward_train(b, [gate, &self.up], h, seeds, read_by);
                 match kind {
                     MlpKind::FusedSwiGlu => (None, gate_up, hg, hu), // SwiGLU reads the halves in place
                     _ => {

@@ -21,7 +21,7 @@
 //! and `Backend::linear_4bit_stacked` decodes each part into its own columns of the one output.
 
 use super::layers::{Gradients, Linear, Weight};
-use crate::backend::Backend;
+use crate::backend::{Backend, ReadBy};
 use crate::quant::Quantized4bit;
 use ndarray::{Array2, Axis, concatenate};
 
@@ -106,19 +106,20 @@ impl<B: Backend> StackedBase<B> {
         assert_eq!(at, weight.nrows(), "unstack: the parts do not cover the stacked rows");
     }
 
-    /// Training forward: x [T, in] → the stacked output [T, Σ outᵢ], each part's adapter branch added into
-    /// its own columns, and each adapter's h = x̃·Aᵀ (`None` for a part without one).
+    /// Training forward: x [T, in] → the stacked output [T, Σ outᵢ] stored for `read_by`, each part's adapter
+    /// branch added into its own columns, and each adapter's h = x̃·Aᵀ (`None` for a part without one).
     pub fn forward_train<const N: usize>(
         &self,
         b: &B,
         parts: [&Linear<B>; N],
         x: &B::Tensor,
         seeds: [Option<u64>; N],
+        read_by: ReadBy,
     ) -> (B::Tensor, [Option<B::Tensor>; N]) {
         let x_operand = b.product_operand(x); // one rounding of x for the stacked product and every adapter
         let mut y = match &self.weight {
-            StackedWeight::Dense(w) => b.linear(&x_operand, w, self.bias.as_ref()),
-            StackedWeight::Packed(packed) => b.linear_4bit_stacked(&x_operand, &Self::parts_of(packed)),
+            StackedWeight::Dense(w) => b.linear_for(&x_operand, w, self.bias.as_ref(), read_by),
+            StackedWeight::Packed(packed) => b.linear_4bit_stacked(&x_operand, &Self::parts_of(packed), read_by),
         };
         let starts = column_starts(b, parts);
         let hs = std::array::from_fn(|i| parts[i].add_lora_branch(b, (&mut y, starts[i]), x, &x_operand, seeds[i]));

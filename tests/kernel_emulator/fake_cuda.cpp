@@ -29,7 +29,7 @@ using Launcher = void (*)(unsigned, unsigned, unsigned, void**);
 static const std::map<std::string, Launcher>& kernels() {
     static const std::map<std::string, Launcher> table = {
         KERNEL(add), KERNEL(add_scaled), KERNEL(scale), KERNEL(mul), KERNEL(swiglu), KERNEL(swiglu_to_bf16), KERNEL(swiglu_backward),
-        KERNEL(swiglu_halves), KERNEL(swiglu_halves_to_bf16), KERNEL(swiglu_halves_backward), KERNEL(swiglu_halves_backward_to_bf16),
+        KERNEL(swiglu_halves), KERNEL(swiglu_halves_to_bf16), KERNEL(swiglu_halves_bf16), KERNEL(swiglu_halves_backward), KERNEL(swiglu_halves_backward_to_bf16), KERNEL(swiglu_halves_backward_bf16),
         KERNEL(gelu_tanh), KERNEL(gelu_tanh_backward), KERNEL(gelu_erf), KERNEL(gelu_erf_backward),
         KERNEL(layer_norm), KERNEL(layer_norm_to_bf16), KERNEL(add_layer_norm), KERNEL(add_layer_norm_to_bf16), KERNEL(layer_norm_backward), KERNEL(layer_norm_backward_input),
         KERNEL(layer_norm_backward_add), KERNEL(layer_norm_backward_input_add),

@@ -174,7 +174,8 @@ pub fn gemm_strided(
 /// The tensor cores' mixed-precision product (bf16 A and B, f32 accumulation) into columns `out_start..` of
 /// `out`: an f32 output takes β as given; a bf16 output (an activation only products read, such as LoRA's
 /// h = x·Aᵀ) gets the accumulator rounded to nearest even on the way out, which is the rounding a cast
-/// before the next product would have made, and so must start from β = 0.
+/// before the next product would have made. With β ≠ 0 a bf16 C is read as bf16 and the sum rounded again
+/// (an adapter's branch added into a stacked base output kept in bf16).
 fn gemm_bf16_into(
     cuda: &Cuda,
     cfg: GemmConfig<f32>,
@@ -185,7 +186,6 @@ fn gemm_bf16_into(
 ) {
     match out.storage_mut() {
         Storage::Bf16(bits) => {
-            assert!(cfg.beta == 0.0, "matmul: a bf16 output cannot accumulate (β = {})", cfg.beta);
             gemm_ex_bf16(cuda, cfg, a, b, &mut bits.slice_mut(out_start..), cudaDataType_t::CUDA_R_16BF)
         }
         _ => gemm_ex_bf16(cuda, cfg, a, b, &mut out.f32_mut().slice_mut(out_start..), cudaDataType_t::CUDA_R_32F),

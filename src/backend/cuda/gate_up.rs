@@ -12,9 +12,14 @@ impl Cuda {
         let inner = gate_up.cols / 2;
         assert_eq!(gate_up.cols, 2 * inner, "swiglu: width {} is not [gate | up]", gate_up.cols);
         let mut out = self.product_output(gate_up.rows, inner);
-        let kernel = if out.is_bf16() { "swiglu_halves_to_bf16" } else { "swiglu_halves" };
+        self.bf16_input_has_bf16_output(gate_up, &out, "swiglu_halves");
+        let kernel = match (gate_up.is_bf16(), out.is_bf16()) {
+            (false, false) => "swiglu_halves",
+            (false, true) => "swiglu_halves_to_bf16",
+            (true, _) => "swiglu_halves_bf16",
+        };
         let (rows, width) = (int(gate_up.rows, "rows") as i64, int(inner, "inner") as i64);
-        launch!(self, kernel, elementwise_grid(out.len()), out.storage_mut(), gate_up.f32(), &rows, &width);
+        launch!(self, kernel, elementwise_grid(out.len()), out.storage_mut(), gate_up.storage(), &rows, &width);
         out
     }
 
@@ -38,10 +43,16 @@ impl Cuda {
         let inner = gate_up.cols / 2;
         assert_eq!((dy.rows, dy.cols), (gate_up.rows, inner), "swiglu_halves_backward: dy is not [T, I]");
         let mut d = self.output_for(read_by, gate_up.rows, gate_up.cols);
-        let kernel = if d.is_bf16() { "swiglu_halves_backward_to_bf16" } else { "swiglu_halves_backward" };
+        // a bf16 [gate | up] comes from a stacked frozen base, whose gradient only products read
+        self.bf16_input_has_bf16_output(gate_up, &d, "swiglu_halves_backward");
+        let kernel = match (gate_up.is_bf16(), d.is_bf16()) {
+            (false, false) => "swiglu_halves_backward",
+            (false, true) => "swiglu_halves_backward_to_bf16",
+            (true, _) => "swiglu_halves_backward_bf16",
+        };
         let (rows, width) = (int(gate_up.rows, "rows") as i64, int(inner, "inner") as i64);
         let grid = elementwise_grid(dy.len());
-        launch!(self, kernel, grid, d.storage_mut(), dy.f32(), gate_up.f32(), &rows, &width);
+        launch!(self, kernel, grid, d.storage_mut(), dy.f32(), gate_up.storage(), &rows, &width);
         d
     }
 }

@@ -15,7 +15,9 @@
 //! does the same with cache-sized bands (`nn::linear_4bit`).
 
 use super::blas::{self, Columns};
-use super::{Cuda, CudaPacked, CudaTensor, LaunchConfig, Precision, PushKernelArg, elementwise_grid, fail, int};
+use super::{
+    Cuda, CudaPacked, CudaTensor, LaunchConfig, Precision, PushKernelArg, ReadBy, elementwise_grid, fail, int,
+};
 use crate::backend::Backend;
 use crate::quant::Quantized4bit;
 
@@ -85,10 +87,11 @@ impl Cuda {
         x: &CudaTensor,
         parts: &[(&Quantized4bit, &CudaPacked)],
         band_bytes: usize,
+        read_by: ReadBy,
     ) -> CudaTensor {
         let total = parts.iter().map(|(q, _)| q.shape[0]).sum();
         assert!(parts.iter().all(|(q, _)| q.shape[1] == x.cols), "linear_4bit_stacked: a part's inputs ≠ x's columns");
-        let mut y = if x.cols == 0 { self.zeros(x.rows, total) } else { self.tensor(x.rows, total) };
+        let mut y = if x.cols == 0 { self.zeros(x.rows, total) } else { self.output_for(read_by, x.rows, total) };
         if x.cols > 0 {
             let x_op = self.product_operand(x); // one rounding for every part
             let mut at = 0;

@@ -85,9 +85,7 @@ impl Cuda {
     pub(super) fn dropout_apply(&self, x: &CudaTensor, p: f32, seed: u64) -> CudaTensor {
         assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
         let mut out = self.product_output(x.rows, x.cols);
-        if x.is_bf16() && !out.is_bf16() {
-            fail("dropout", "a bf16 input under f32 precision");
-        }
+        self.bf16_input_has_bf16_output(x, &out, "dropout");
         let kernel = match (x.is_bf16(), out.is_bf16()) {
             (false, false) => "dropout_apply",
             (false, true) => "dropout_apply_to_bf16",

@@ -188,8 +188,13 @@ impl Backend for Cuda {
     ) -> CudaTensor {
         self.linear_4bit_banded(x, host, p, bias, DEFAULT_BAND_BYTES)
     }
-    fn linear_4bit_stacked(&self, x: &CudaTensor, parts: &[(&Quantized4bit, &CudaPacked)]) -> CudaTensor {
-        self.linear_4bit_stacked_banded(x, parts, DEFAULT_BAND_BYTES)
+    fn linear_4bit_stacked(
+        &self,
+        x: &CudaTensor,
+        parts: &[(&Quantized4bit, &CudaPacked)],
+        read_by: ReadBy,
+    ) -> CudaTensor {
+        self.linear_4bit_stacked_banded(x, parts, DEFAULT_BAND_BYTES, read_by)
     }
     fn linear_4bit_stacked_backward(&self, dy: &CudaTensor, parts: &[(&Quantized4bit, &CudaPacked)]) -> CudaTensor {
         self.linear_4bit_stacked_backward_banded(dy, parts, DEFAULT_BAND_BYTES)
@@ -222,8 +227,21 @@ impl Backend for Cuda {
         out
     }
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> CudaTensor {
+        self.linear_for(x, weight, bias, ReadBy::AnyOp)
+    }
+    // ANCHOR_END: cuda_backend
+    /// Stored for `read_by`: in bf16 from cuBLAS when products alone read it and there is no bias to add (the
+    /// bias kernel adds in f32).
+    fn linear_for(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        read_by: ReadBy,
+    ) -> CudaTensor {
         assert_eq!(x.cols, weight.cols, "linear: x has {} columns, W has {} inputs", x.cols, weight.cols);
-        let mut y = self.tensor(x.rows, weight.rows);
+        let read_by = if bias.is_some() { ReadBy::AnyOp } else { read_by };
+        let mut y = self.output_for(read_by, x.rows, weight.rows);
         // y[T, out] = x[T, in] · W[out, in]ᵀ
         blas::matmul(self, x, false, weight, true, &mut y);
         if let Some(b) = bias {
@@ -232,7 +250,6 @@ impl Backend for Cuda {
         }
         y
     }
-    // ANCHOR_END: cuda_backend
     fn add(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         self.elementwise2("add", a, b)
     }

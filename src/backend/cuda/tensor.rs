@@ -159,6 +159,14 @@ impl Cuda {
         }
     }
 
+    /// A kernel with a bf16 input has only a bf16-output entry point: the input exists under mixed precision
+    /// only, where the output (read by products) is bf16 too.
+    pub(super) fn bf16_input_has_bf16_output(&self, input: &CudaTensor, output: &CudaTensor, op: &str) {
+        if input.is_bf16() && !output.is_bf16() {
+            fail(op, "a bf16 input with an f32 output");
+        }
+    }
+
     /// A [rows, cols] output for `read_by`: one that only products read in their storage
     /// ([`Cuda::product_output`]), any other f32.
     pub(super) fn output_for(&self, read_by: ReadBy, rows: usize, cols: usize) -> CudaTensor {

@@ -45,12 +45,12 @@ extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float
 // The same on one [rows, 2·inner] tensor whose rows are [gate | up] (a stacked or fused gate/up product):
 // out [rows, inner]; the backward writes d[gate | up] in that layout, ready for the stacked dx product.
 // Its output is the down projection's input, which only products read: under mixed precision the _to_bf16
-// entry point writes it rounded.
-template <typename Out>
-__device__ __forceinline__ void swiglu_halves_entries(Out* out, const float* gate_up, long long rows, long long inner) {
+// entry point writes it rounded, and the _bf16 one also reads a [gate | up] a stacked base wrote in bf16.
+template <typename In, typename Out>
+__device__ __forceinline__ void swiglu_halves_entries(Out* out, const In* gate_up, long long rows, long long inner) {
     FOR_EACH(i, rows * inner) {
         const long long t = i / inner, j = i % inner;
-        store(out, i, silu_times(gate_up[t * 2 * inner + j], gate_up[t * 2 * inner + inner + j]));
+        store(out, i, silu_times(load(gate_up, t * 2 * inner + j), load(gate_up, t * 2 * inner + inner + j)));
     }
 }
 
@@ -63,14 +63,19 @@ extern "C" __global__ void swiglu_halves_to_bf16(unsigned short* out, const floa
     swiglu_halves_entries(out, gate_up, rows, inner);
 }
 
+extern "C" __global__ void swiglu_halves_bf16(unsigned short* out, const unsigned short* gate_up, long long rows,
+                                              long long inner) {
+    swiglu_halves_entries(out, gate_up, rows, inner);
+}
+
 // ∂L/∂[gate | up] feeds the stacked or fused gate/up backward: products only, unless that takes a bias gradient.
-template <typename Out>
-__device__ __forceinline__ void swiglu_halves_backward_entries(Out* dgate_up, const float* dy, const float* gate_up,
+template <typename In, typename Out>
+__device__ __forceinline__ void swiglu_halves_backward_entries(Out* dgate_up, const float* dy, const In* gate_up,
                                                                long long rows, long long inner) {
     FOR_EACH(i, rows * inner) {
         const long long t = i / inner, j = i % inner, g = t * 2 * inner + j, u = g + inner;
         float dg, du;
-        silu_times_backward(dy[i], gate_up[g], gate_up[u], &dg, &du);
+        silu_times_backward(dy[i], load(gate_up, g), load(gate_up, u), &dg, &du);
         store(dgate_up, g, dg);
         store(dgate_up, u, du);
     }
@@ -83,6 +88,12 @@ extern "C" __global__ void swiglu_halves_backward(float* dgate_up, const float* 
 
 extern "C" __global__ void swiglu_halves_backward_to_bf16(unsigned short* dgate_up, const float* dy,
                                                           const float* gate_up, long long rows, long long inner) {
+    swiglu_halves_backward_entries(dgate_up, dy, gate_up, rows, inner);
+}
+
+extern "C" __global__ void swiglu_halves_backward_bf16(unsigned short* dgate_up, const float* dy,
+                                                       const unsigned short* gate_up, long long rows,
+                                                       long long inner) {
     swiglu_halves_backward_entries(dgate_up, dy, gate_up, rows, inner);
 }
 
