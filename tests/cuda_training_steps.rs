@@ -290,7 +290,13 @@ fn chatglm_training_step_matches() {
 /// DPO, RPO and ORPO batches of two pairs through a small LoRA Llama: the preference loss, the policy's log-
 /// probabilities and every adapter gradient, on both backends.
 fn preference_step<B: Backend>(b: &B, objective: &Objective) -> (f64, Vec<(String, Array2<f32>)>) {
-    let mut model: Decoder<B> = Decoder::random(b, DecoderConfig::with_shape(97, 64, 160, 2, 4, 2), 42);
+    let mut model = preference_model(b, 97);
+    preference_run(&mut model, b, objective)
+}
+
+/// The LoRA Llama of [`preference_step`] with a vocabulary of `vocab`.
+fn preference_model<B: Backend>(b: &B, vocab: usize) -> Decoder<B> {
+    let mut model: Decoder<B> = Decoder::random(b, DecoderConfig::with_shape(vocab, 64, 160, 2, 4, 2), 42);
     let lora = LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() };
     init_adapters(&mut model, b, &lora, &mut Rng::new(7)).unwrap();
     for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {
@@ -299,18 +305,61 @@ fn preference_step<B: Backend>(b: &B, objective: &Objective) -> (f64, Vec<(Strin
             l.b = b.upload(matrix(rows, cols, 700 + i as u64, 0.02));
         }
     }
+    model
+}
+
+/// One batch of two pairs (answers of 10 and 12 tokens with their prompts) → the loss, the gradients and the
+/// policy's log-probabilities, downloaded.
+fn preference_run<B: Backend>(
+    model: &mut Decoder<B>,
+    b: &B,
+    objective: &Objective,
+) -> (f64, Vec<(String, Array2<f32>)>) {
     let ids = |n: usize, k: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 17 + k) % 96 + 1).collect() };
     let pairs = vec![
         PairIds { prompt: ids(7, 3), chosen: ids(5, 11), rejected: ids(3, 29) },
         PairIds { prompt: ids(4, 5), chosen: ids(6, 13), rejected: ids(8, 31) },
     ];
     let reference = [PairLogps { chosen: -20.0, rejected: -15.0 }, PairLogps { chosen: -25.0, rejected: -35.0 }];
-    let outcome = preference_batch(&mut model, b, &pairs, &reference, objective, None).unwrap();
+    let outcome = preference_batch(model, b, &pairs, &reference, objective, None).unwrap();
     let mut out: Vec<(String, Array2<f32>)> = outcome.grads.iter().map(|(n, g)| (n.clone(), b.download(g))).collect();
     let logps: Vec<f32> = outcome.policy.iter().flat_map(|p| [p.chosen as f32, p.rejected as f32]).collect();
     out.push(("policy logps".into(), Array2::from_shape_vec((1, 4), logps).unwrap()));
     (outcome.loss, out)
 }
+
+// ANCHOR: preference_chunked_head
+/// A preference batch scores each answer and takes its gradients with the head in chunks: the same loss,
+/// log-probabilities and gradients as the CPU's whole head (within 1e-4), and, seen from the pool once a first
+/// batch has filled it, no request as large as the shortest answer's [T, V] logits (10 × 997 f32, 39,880 B;
+/// the chunks are 2 rows, 7,976 B).
+#[test]
+fn preference_batches_run_the_head_in_chunks() {
+    if gpu(Precision::F32).is_none() {
+        return;
+    }
+    // a device of its own, so that no other test's buffers reach its counters
+    let g = &Cuda::new(0, Precision::F32).expect("the device opened once already");
+    let (vocab, rows) = (997, 2);
+    for objective in [Objective::Dpo { beta: 0.1, rpo_alpha: Some(0.5) }, Objective::Orpo { beta: 0.1 }] {
+        let (cpu_loss, cpu) = preference_run(&mut preference_model(&Cpu, vocab), &Cpu, &objective);
+        let mut model = preference_model(g, vocab);
+        model.head_chunk_bytes = rows * vocab * 4;
+        preference_run(&mut model, g, &objective); // fills the pool
+        g.counters(); // restarts the high-water mark
+        let (gpu_loss, gpu_out) = preference_run(&mut model, g, &objective);
+        let seen = g.counters();
+        assert!((cpu_loss - gpu_loss).abs() <= 1e-5 * cpu_loss.abs().max(1.0), "{cpu_loss} vs {gpu_loss}");
+        for ((name, c), (_, gv)) in cpu.iter().zip(&gpu_out) {
+            assert_close(&format!("{objective:?} in chunks {name}"), c, gv, 1e-4);
+        }
+        let shortest_logits = (10 * vocab * 4) as u64;
+        assert!(seen.largest_take < shortest_logits, "{objective:?}: a [T, V] buffer was asked for: {seen:?}");
+        assert!(seen.largest_take >= (rows * vocab * 4) as u64, "{objective:?}: a chunk's logits are: {seen:?}");
+        eprintln!("{objective:?}, head in chunks: largest request {} B; tensors within 1e-4", seen.largest_take);
+    }
+}
+// ANCHOR_END: preference_chunked_head
 
 #[test]
 fn preference_batches_match() {

@@ -103,6 +103,39 @@ pub fn linear_cross_entropy_in_chunks<B: Backend>(
 }
 // ANCHOR_END: linear_cross_entropy
 
+// ANCHOR: token_losses_in_chunks
+/// ℓₜ alone, [T, 1] on the device: the forward half of [`linear_cross_entropy_in_chunks`], no gradient
+/// product. A preference step scores each answer this way first: the pair's loss needs both answers'
+/// log-probabilities before either answer's gradient weights are known, so its head runs twice, the second
+/// time (`linear_cross_entropy`) with those weights, and neither pass holds the [T, V] logits.
+pub fn token_losses_in_chunks<B: Backend>(
+    b: &B,
+    h: &B::Tensor,    // [T, H]
+    head: &B::Tensor, // [V, H]
+    bias: Option<&B::Tensor>,
+    targets: &[u32],
+    chunk_bytes: usize,
+) -> B::Tensor {
+    let ((t, _), (vocab, _)) = (b.dims(h), b.dims(head));
+    assert_eq!(targets.len(), t, "token_losses: one target per row");
+    let no_weights = vec![0.0f32; t];
+    let chunk = |h_c: &B::Tensor, rows: std::ops::Range<usize>| {
+        let logits = b.linear(h_c, head, bias); // [n, V]
+        b.cross_entropy_on_device(&logits, &targets[rows.clone()], &no_weights[rows]).0
+    };
+    let rows = chunk_rows(vocab, chunk_bytes);
+    if rows >= t {
+        return chunk(h, 0..t);
+    }
+    let mut losses = b.zeros(t, 1);
+    for start in (0..t).step_by(rows) {
+        let end = (start + rows).min(t);
+        b.write_rows(&mut losses, start, &chunk(&b.slice_rows(h, start, end), start..end));
+    }
+    losses
+}
+// ANCHOR_END: token_losses_in_chunks
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -367,7 +367,18 @@ impl<B: Backend> Decoder<B> {
     // ANCHOR: decoder_forward
     /// ids: [T] → logits [T, vocab] (or [1, vocab] with `Logits::Last`). With a cache, the ids continue the
     /// cached positions and their keys/values are appended to it.
-    pub fn forward(&self, b: &B, ids: &[u32], mut cache: Option<&mut KvCache<B>>, which: Logits) -> Result<B::Tensor> {
+    pub fn forward(&self, b: &B, ids: &[u32], cache: Option<&mut KvCache<B>>, which: Logits) -> Result<B::Tensor> {
+        Ok(self.head(b, &self.forward_hidden(b, ids, cache, which)?)) // [T, vocab]
+    }
+
+    /// [`Decoder::forward`] up to the head's input: the final norm's output h [T, H] (or [1, H]).
+    pub fn forward_hidden(
+        &self,
+        b: &B,
+        ids: &[u32],
+        mut cache: Option<&mut KvCache<B>>,
+        which: Logits,
+    ) -> Result<B::Tensor> {
         if ids.is_empty() {
             bail!("forward: no input tokens");
         }
@@ -429,7 +440,7 @@ impl<B: Backend> Decoder<B> {
         if which == Logits::Last {
             x = b.slice_rows(&x, ids.len() - 1, ids.len());
         }
-        Ok(self.head(b, &self.norm.forward(b, &x, ReadBy::Products))) // [T, vocab]
+        Ok(self.norm.forward(b, &x, ReadBy::Products))
     }
     // ANCHOR_END: decoder_forward
 

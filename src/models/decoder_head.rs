@@ -6,15 +6,16 @@
 //! A training step reaches the head one of two ways, and both end in [`HeadGradients`], where
 //! [`Decoder::backward_from_hidden`] takes over:
 //! - through the logits: [`Decoder::forward_train`] returns them whole and [`Decoder::backward`] takes their
-//!   gradient ([`Decoder::head_backward`]), for the losses that need every logit at once (DPO, ORPO, the
-//!   evaluation's token losses);
+//!   gradient ([`Decoder::head_backward`]), for a loss that needs every logit at once;
 //! - through the chunked loss ([`Decoder::head_loss`], `Backend::linear_cross_entropy`): the causal-LM losses
-//!   of every fine-tuning mode, which never hold the [T, V] logits (`loss::chunked_head`).
+//!   of every fine-tuning mode and the preference objectives (which first score each answer with
+//!   [`Decoder::head_token_losses`]), never holding the [T, V] logits (`loss::chunked_head`).
 
 use super::decoder::Decoder;
 use super::decoder_train::TrainCache;
 use super::norm_head::{normalize_rows, normalize_rows_backward};
 use crate::backend::{Backend, HeadGradsWanted, HeadLoss};
+use crate::loss::chunked_head::token_losses_in_chunks;
 use std::borrow::Cow;
 
 /// What the head's backward hands to the rest of the model.
@@ -98,6 +99,13 @@ impl<B: Backend> Decoder<B> {
         (token_losses, weight.gradients(b, dh, dhead, dbias))
     }
     // ANCHOR_END: head_loss
+
+    /// ℓₜ = −log p(targetₜ) for every row of h [T, H] (the final norm's output), [T, 1] on the device, with no
+    /// gradient: the head in chunks (`loss::chunked_head::token_losses_in_chunks`).
+    pub fn head_token_losses(&self, b: &B, h: &B::Tensor, targets: &[u32]) -> B::Tensor {
+        let weight = self.head_weight(b);
+        token_losses_in_chunks(b, h, &weight.w, self.lm_head_bias.as_ref(), targets, self.head_chunk_bytes)
+    }
 }
 
 #[cfg(test)]

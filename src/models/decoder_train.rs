@@ -58,6 +58,11 @@ pub struct TrainCache<'a, B: Backend> {
 // ANCHOR_END: train_cache
 
 impl<B: Backend> TrainCache<'_, B> {
+    /// h [T, H], the final norm's output: what the head reads.
+    pub fn h_final(&self) -> &B::Tensor {
+        &self.h_final
+    }
+
     /// Bytes of activations held for the backward, as stored (f32, or bf16 for what only products read on a
     /// mixed-precision GPU): the number activation checkpointing shrinks.
     pub fn activation_bytes(&self, b: &B) -> usize {

@@ -57,13 +57,18 @@ fn scored<B: Backend>(
     objective: Option<&Objective>,
 ) -> Result<(f64, f64)> {
     let (ids, targets, rows) = sequence(prompt, answer);
-    let logits = model.forward(b, &ids, None, Logits::All)?;
-    let (losses, _) = b.cross_entropy(&logits, &targets, &vec![0.0; ids.len()]);
+    let h = model.forward_hidden(b, &ids, None, Logits::All)?;
+    let losses = read_token_losses(b, &model.head_token_losses(b, &h, &targets));
     let sum = |r: std::ops::Range<usize>| losses[r].iter().map(|&l| l as f64).sum::<f64>();
     let nll = objective.map_or(0.0, |o| sum(nll_rows(o, ids.len(), &rows)));
     Ok((-sum(rows), nll))
 }
 // ANCHOR_END: answer_logp
+
+/// The per-token losses [T, 1] on the host: the one read an answer's score makes.
+fn read_token_losses<B: Backend>(b: &B, losses: &B::Tensor) -> Vec<f32> {
+    b.download(losses).into_iter().collect()
+}
 
 /// What one batch of pairs gave.
 pub struct BatchOutcome<B: Backend> {
@@ -121,35 +126,36 @@ pub fn preference_batch<B: Backend>(
                 policy.dropout_seed =
                     dropout_seed.map(|s| s ^ ((2 * i + side) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let seq = Sequence { ids, positions, segment_ids: None };
-                let (logits, cache) = policy.forward_train(b, seq)?;
-                let (losses, _) = b.cross_entropy(&logits, targets, &vec![0.0; ids.len()]);
+                let cache = policy.forward_train_hidden(b, seq)?;
+                // scored first, the head in chunks; the gradients' pass comes once the pair's term is known
+                let losses = read_token_losses(b, &policy.head_token_losses(b, cache.h_final(), targets));
                 let logp = -losses[rows.clone()].iter().map(|&l| l as f64).sum::<f64>();
                 if side == 0 {
                     nll_sum += losses[nll_rows(objective, ids.len(), rows)].iter().map(|&l| l as f64).sum::<f64>();
                 }
-                sides.push((logits, cache, logp, policy.dropout_seed));
+                sides.push((cache, logp, policy.dropout_seed));
             }
-            let policy_logps = PairLogps { chosen: sides[0].2, rejected: sides[1].2 };
+            let policy_logps = PairLogps { chosen: sides[0].1, rejected: sides[1].1 };
             terms.push(pair_term(objective, policy_logps, reference[i], (pair.chosen.len(), pair.rejected.len())));
             logps.push(policy_logps);
             forwards.push(sides);
         }
         if let Some(moe) = &policy.config.moe {
             let mut caches: Vec<&mut TrainCache<'_, B>> =
-                forwards.iter_mut().flat_map(|sides| sides.iter_mut().map(|side| &mut side.1)).collect();
+                forwards.iter_mut().flat_map(|sides| sides.iter_mut().map(|side| &mut side.0)).collect();
             aux_loss = joint_aux_loss(&mut caches, moe).map(|aux| aux * moe.aux_loss.loss_weight() as f64);
         }
         for (sides, i) in forwards.into_iter().zip(range) {
             let term = &terms[i];
-            for (side, ((logits, cache, _, seed), (ids, targets, rows, _))) in
+            for (side, ((cache, _, seed), (ids, targets, rows, _))) in
                 sides.into_iter().zip(all_answers[i].iter()).enumerate()
             {
                 let d_answer = if side == 0 { term.d_chosen } else { term.d_rejected };
                 let nll = if side == 0 { nll_rows(objective, ids.len(), rows) } else { 0..0 };
                 let weights = cross_entropy_weights(ids.len(), rows.clone(), d_answer, pairs.len(), nll, nll_per_token);
-                let (_, dlogits) = b.cross_entropy(&logits, targets, &weights);
+                let (_, head) = policy.head_loss(b, &cache, targets, &weights);
                 policy.dropout_seed = seed; // the backward recomputes the forward's dropout masks from it
-                for (name, g) in policy.backward(b, cache, &dlogits) {
+                for (name, g) in policy.backward_from_hidden(b, cache, head) {
                     match grads.get_mut(&name) {
                         Some(acc) => b.add_assign(acc, &g),
                         None => {
