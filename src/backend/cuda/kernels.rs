@@ -412,6 +412,8 @@ mod launch_tests {
             include_str!("cross_entropy.rs"),
             include_str!("gate_up.rs"),
             include_str!("tensor.rs"),
+            include_str!("linear.rs"),
+            include_str!("rows.rs"),
         ] {
             for (at, _) in backend.match_indices("launch!(") {
                 let args = top_level_items(parenthesised(backend, at + "launch!".len()));

@@ -82,6 +82,7 @@ mod device; // opening a device, the precision of its products, and the backend 
 mod fused_qkv; // a fused q/k/v projection's column split and join
 mod gate_up; // SwiGLU on the halves of one [gate | up] product, forward and backward
 mod grids; // the launch shapes: element-wise, one block per row, one warp per row
+mod linear; // a dense layer: its products, in the storage its readers take, and the bias kernel
 mod linear_4bit; // products with a 4-bit weight, one dequantized band of rows at a time
 mod lora; // LoRA's branch with its scale and add folded into the products, and dropout drawn in place
 mod norms; // the norms' backward rows and the column sums of their weight gradients
@@ -89,6 +90,7 @@ mod optim; // the squared norm, the AdamW update, and a step's end: clipping + m
 mod quant4; // 4-bit blocks on the device as stored, and the dequantization of a band of rows
 mod rope; // RoPE's rotation, forward and backward, alone or in the split of [q | k | v]
 mod row_scale; // rows scaled by per-row weights, and per-row dot products
+mod rows; // rows gathered (the embedding lookup) and scattered back, sliced, written, joined, reshaped
 mod tensor; // f32 / bf16 storage, buffers from the pool, uploads and reads, frozen weights in bf16
 
 pub use attention::{AttentionKernels, attention_kernels, flash_attention_launches};
@@ -211,27 +213,12 @@ impl Backend for Cuda {
     }
 
     fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> CudaTensor {
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
-            panic!("embedding: token id {bad} is outside the vocabulary of {}", table.rows);
-        }
-        let dev_ids = self.ids_on_device(ids);
-        let mut out = self.tensor(ids.len(), table.cols);
-        let (t, h) = (int(ids.len(), "tokens"), int(table.cols, "hidden"));
-        let grid = elementwise_grid(ids.len() * table.cols);
-        match table.storage() {
-            Storage::F32(rows) | Storage::Master { f32: rows, .. } => {
-                launch!(self, "embedding", grid, out.f32_mut(), rows, &dev_ids, &t, &h)
-            }
-            Storage::Bf16(rows) => launch!(self, "embedding_bf16", grid, out.f32_mut(), rows, &dev_ids, &t, &h),
-        }
-        out
+        self.gather_rows(table, ids)
     }
     fn linear(&self, x: &CudaTensor, weight: &CudaTensor, bias: Option<&CudaTensor>) -> CudaTensor {
         self.linear_for(x, weight, bias, ReadBy::AnyOp)
     }
     // ANCHOR_END: cuda_backend
-    /// Stored for `read_by`: in bf16 from cuBLAS when products alone read it and there is no bias to add (the
-    /// bias kernel adds in f32).
     fn linear_for(
         &self,
         x: &CudaTensor,
@@ -239,16 +226,7 @@ impl Backend for Cuda {
         bias: Option<&CudaTensor>,
         read_by: ReadBy,
     ) -> CudaTensor {
-        assert_eq!(x.cols, weight.cols, "linear: x has {} columns, W has {} inputs", x.cols, weight.cols);
-        let read_by = if bias.is_some() { ReadBy::AnyOp } else { read_by };
-        let mut y = self.output_for(read_by, x.rows, weight.rows);
-        // y[T, out] = x[T, in] · W[out, in]ᵀ
-        blas::matmul(self, x, false, weight, true, &mut y);
-        if let Some(b) = bias {
-            let (rows, cols) = (int(y.rows, "rows"), int(y.cols, "cols"));
-            launch!(self, "add_bias_rows", elementwise_grid(y.len()), y.f32_mut(), b.f32(), &rows, &cols);
-        }
-        y
+        self.dense_linear(x, weight, bias, read_by)
     }
     fn add(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
         self.elementwise2("add", a, b)
@@ -322,46 +300,16 @@ impl Backend for Cuda {
         self.dots_of_rows(a, b) // a sync: the dots come back to the host
     }
     fn concat_rows(&self, a: &CudaTensor, b: &CudaTensor) -> CudaTensor {
-        assert_eq!(a.cols, b.cols, "concat_rows: column counts differ");
-        let mut out = self.tensor(a.rows + b.rows, a.cols);
-        let (n_a, n_b) = (a.len() as i64, b.len() as i64);
-        launch!(self, "concat_rows", elementwise_grid(out.len()), out.f32_mut(), a.f32(), &n_a, b.f32(), &n_b);
-        out
+        self.rows_of_both(a, b)
     }
     fn reshape(&self, t: &CudaTensor, rows: usize, cols: usize) -> CudaTensor {
-        assert_eq!(t.len(), rows * cols, "reshape: [{}, {}] into [{rows}, {cols}]", t.rows, t.cols);
-        let mut out = self.tensor(rows, cols);
-        self.stream.memcpy_dtod(&**t.f32(), &mut **out.f32_mut()).unwrap_or_else(|e| fail("copy", e));
-        out
+        self.reshaped(t, rows, cols)
     }
     fn slice_rows(&self, t: &CudaTensor, start: usize, end: usize) -> CudaTensor {
-        assert!(start <= end && end <= t.rows, "slice_rows: {start}..{end} of {} rows", t.rows);
-        let (rows, entries) = (end - start, start * t.cols..end * t.cols);
-        // in the tensor's own storage: a product-only bf16 tensor (the final norm's output) stays bf16
-        let mut out = if t.is_bf16() { self.bf16_tensor(rows, t.cols) } else { self.tensor(rows, t.cols) };
-        if rows > 0 {
-            let copied = match (t.storage(), out.storage_mut()) {
-                (Storage::Bf16(src), Storage::Bf16(dst)) => {
-                    self.stream.memcpy_dtod(&src.slice(entries), &mut dst.slice_mut(0..rows * t.cols))
-                }
-                (_, dst) => {
-                    let Storage::F32(dst) = dst else { unreachable!("an f32 output for an f32 tensor") };
-                    self.stream.memcpy_dtod(&t.f32().slice(entries), &mut dst.slice_mut(0..rows * t.cols))
-                }
-            };
-            copied.unwrap_or_else(|e| fail("copy", e));
-        }
-        out
+        self.rows_of(t, start, end)
     }
     fn write_rows(&self, dst: &mut CudaTensor, start: usize, src: &CudaTensor) {
-        assert_eq!(dst.cols, src.cols, "write_rows: column counts differ");
-        assert!(start + src.rows <= dst.rows, "write_rows: {} rows at {start} into {}", src.rows, dst.rows);
-        if src.rows > 0 {
-            let at = start * dst.cols..(start + src.rows) * dst.cols;
-            self.stream
-                .memcpy_dtod(&src.f32().slice(0..src.len()), &mut dst.f32_mut().slice_mut(at))
-                .unwrap_or_else(|e| fail("copy", e));
-        }
+        self.rows_into(dst, start, src)
     }
 
     fn causal_attention_with_lse(
@@ -396,16 +344,7 @@ impl Backend for Cuda {
         weight_grad: bool,
         bias_grad: bool,
     ) -> (CudaTensor, Option<CudaTensor>, Option<CudaTensor>) {
-        assert_eq!((dy.rows, dy.cols), (x.rows, weight.rows), "linear_backward: dy is not [T, out]");
-        let mut dx = self.tensor(x.rows, x.cols);
-        blas::matmul(self, dy, false, weight, false, &mut dx); // dx[T, in] = dy[T, out] · W[out, in]
-        let dw = weight_grad.then(|| {
-            let mut dw = self.tensor(weight.rows, weight.cols);
-            blas::matmul(self, dy, true, x, false, &mut dw); // dW[out, in] = dyᵀ · x
-            dw
-        });
-        let db = bias_grad.then(|| self.column_sum(dy));
-        (dx, dw, db)
+        self.dense_linear_backward(dy, x, weight, (weight_grad, bias_grad))
     }
     fn product_operand<'a>(&self, x: &'a CudaTensor) -> std::borrow::Cow<'a, CudaTensor> {
         Cuda::product_operand(self, x)
@@ -575,12 +514,7 @@ impl Backend for Cuda {
         (dgate, dup)
     }
     fn embedding_backward(&self, dy: &CudaTensor, ids: &[u32], vocab: usize) -> CudaTensor {
-        assert_eq!(dy.rows, ids.len(), "embedding_backward: one id per row of dy");
-        let dev_ids = self.ids_on_device(ids);
-        let mut dtable = self.zeros(vocab, dy.cols);
-        let (t, h) = (int(ids.len(), "tokens"), int(dy.cols, "hidden"));
-        launch!(self, "embedding_backward", elementwise_grid(dy.len()), dtable.f32_mut(), dy.f32(), &dev_ids, &t, &h);
-        dtable
+        self.gather_rows_backward(dy, ids, vocab)
     }
     fn cross_entropy(&self, logits: &CudaTensor, targets: &[u32], weights: &[f32]) -> (Vec<f32>, CudaTensor) {
         let (losses, dlogits) = self.cross_entropy_on_device(logits, targets, weights);
