@@ -7,6 +7,9 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod device;
+
+pub use device::Device;
 
 pub use crate::loss::chunked_head::{HeadGradsWanted, HeadLoss};
 pub use crate::nn::attention::{AttentionMask, AttentionShape};
@@ -599,25 +602,4 @@ pub fn segment_bounds(segment_ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
 /// kept entries' value 1/(1−p) (see `cuda/kernels/random.cu`).
 pub fn dropout_threshold(p: f32) -> (u32, f32) {
     (((p as f64) * (1u64 << 24) as f64).ceil() as u32, (1.0 / (1.0 - p as f64)) as f32)
-}
-
-/// Where a command runs: `cpu`, or `cuda` / `cuda:N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => anyhow::bail!("unknown device `{other}` (allowed: cpu, cuda, cuda:N)"),
-            },
-        }
-    }
 }
