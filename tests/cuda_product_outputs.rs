@@ -1,6 +1,8 @@
 //! Under mixed precision, the outputs only matrix products read, written in bf16 by the ops that make them
 //! (`ReadBy::Products`), against the same ops' f32 results rounded to nearest even: entry for entry.
 
+#![cfg(feature = "cuda")]
+
 use mftcoder::backend::cuda::{CudaTensor, Precision};
 use mftcoder::backend::{AttentionShape, Backend, FusedQkv, ReadBy};
 use ndarray::Array2;
