@@ -8,8 +8,10 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+mod read_by;
 
 pub use device::Device;
+pub use read_by::ReadBy;
 
 pub use crate::loss::chunked_head::{HeadGradsWanted, HeadLoss};
 pub use crate::nn::attention::{AttentionMask, AttentionShape};
@@ -23,22 +25,6 @@ use ndarray::Array2;
 pub type WeightAndBias<T> = (T, T);
 
 // ANCHOR: backend_trait
-// ANCHOR: read_by
-/// Which ops will read an output. Under mixed precision every matrix product reads its operands rounded to
-/// bf16, so an output that only products read can be written rounded by the op that makes it: no cast before
-/// its products (forward, and again in the backward), and half the bytes kept for the backward. A few
-/// element-wise ops are written to take such an input as well (SwiGLU on a stacked [gate | up], LoRA's
-/// dropout, the attention's row terms): their inputs count as read by products. The CPU, exact, writes f32
-/// either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadBy {
-    /// Only matrix products: a layer's norms feeding its projections, the final norm feeding the head.
-    Products,
-    /// Element-wise ops too: per-head q/k norms before RoPE, ChatGLM's normed stream that is also its skip.
-    AnyOp,
-}
-// ANCHOR_END: read_by
-
 pub trait Backend: Sync {
     type Tensor: Clone + Send + Sync;
     /// The backend's copy of a 4-bit matrix (QLoRA's frozen base). The CPU needs none (`()`): it reads the
@@ -145,9 +131,8 @@ pub trait Backend: Sync {
         x: &Self::Tensor,
         weight: &Self::Tensor,
         bias: Option<&Self::Tensor>,
-        read_by: ReadBy,
+        _read_by: ReadBy,
     ) -> Self::Tensor {
-        let _ = read_by;
         self.linear(x, weight, bias)
     }
     /// a + b, same shapes
