@@ -15,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # the CPU-vs-GPU tests the run carries: ops, whole steps, the 4-bit base, the LoRA factors' bf16 copies, and the
 # step counters (launches, allocations, blocking reads), asserted on the emulator, here counted on hardware
-GPU_TESTS="cuda_vs_cpu cuda_training_steps cuda_qlora cuda_bf16_master cuda_step_counters cuda_product_outputs"
+GPU_TESTS="cuda_vs_cpu cuda_training_steps cuda_qlora cuda_bf16_master cuda_step_counters cuda_product_outputs cuda_epilogues"
 case "${1:-}" in
 build)
   set -e
@@ -51,7 +51,7 @@ run)
   echo "== CPU vs GPU property tests"
   timeout 150 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
   timeout 150 .gpu/cuda_training_steps --test-threads 1 --nocapture
-  for t in cuda_qlora cuda_bf16_master cuda_step_counters cuda_product_outputs; do
+  for t in cuda_qlora cuda_bf16_master cuda_step_counters cuda_product_outputs cuda_epilogues; do
     timeout 60 ".gpu/$t" --test-threads 1 --nocapture
   done
   echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"

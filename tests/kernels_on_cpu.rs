@@ -139,10 +139,19 @@ fn bias_and_two_level_column_sums() {
     let x = matrix(r, n, 4, 1.0);
     let bias = matrix(1, n, 5, 1.0);
     unsafe {
-        let add_bias: unsafe extern "C" fn(u32, u32, u32, P, C, i32, i32) = emu.kernel("add_bias_rows");
+        let add_bias: unsafe extern "C" fn(u32, u32, u32, P, C, i32, i32, i32) = emu.kernel("add_bias_rows");
         let mut y = x.clone();
-        add_bias(2, 1, 64, p(&mut y), c(&bias), r as i32, n as i32);
+        add_bias(2, 1, 64, p(&mut y), c(&bias), r as i32, n as i32, n as i32);
         assert_close("add_bias_rows", &(&x + &bias), &y, 0.0);
+        // one band's columns 5 .. 17 of the rows, n apart: the rest stays as it was
+        let (start, width) = (5, 12);
+        let mut y = x.clone();
+        let band_bias = bias.slice(ndarray::s![.., ..width]).to_owned();
+        let at = y.as_mut_ptr().wrapping_add(start);
+        add_bias(2, 1, 64, at, c(&band_bias), r as i32, width as i32, n as i32);
+        let mut want = x.clone();
+        want.slice_mut(ndarray::s![.., start..start + width]).zip_mut_with(&band_bias, |w, b| *w += b);
+        assert_close("add_bias_rows on a band", &want, &y, 0.0);
 
         let column_sum: unsafe extern "C" fn(u32, u32, u32, P, C, i32, i32, i32) = emu.kernel("column_sum");
         let chunks = r.div_ceil(64);

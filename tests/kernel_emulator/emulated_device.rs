@@ -1,5 +1,5 @@
-//! Running a test binary's GPU tests again on the emulated device: `fake_cuda.cpp` built as libcuda, libnvrtc
-//! and libcublas in a temporary folder, and the binary re-run as a child with that folder first on the library
+//! Running a test binary's GPU tests again on the emulated device: `fake_cuda.cpp` built as libcuda, libnvrtc,
+//! libcublas and libcublasLt in a temporary folder, and the binary re-run as a child with that folder first on the library
 //! path and `MFTCODER_EMULATED_DEVICE` set (shared by the cuda_* test files, most through cuda_shared;
 //! the includer declares `mod compile` beside it).
 
@@ -18,7 +18,7 @@ pub fn rerun_on_the_emulated_device(tag: &str) -> Option<(String, String)> {
         let _ = std::fs::remove_dir_all(&dir);
         return None;
     }
-    for name in ["libnvrtc.so", "libcublas.so"] {
+    for name in ["libnvrtc.so", "libcublas.so", "libcublasLt.so"] {
         std::fs::copy(&lib, dir.join(name)).unwrap();
     }
     let child = std::process::Command::new(std::env::current_exe().unwrap())

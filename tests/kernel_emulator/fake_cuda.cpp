@@ -1,7 +1,7 @@
 // An emulated CUDA device for tests/cuda_vs_cpu.rs on machines without a GPU: the parts of the driver API,
-// NVRTC and cuBLAS that cudarc calls for this project, over host memory, running the project's kernels (the
-// unchanged .cu sources, via harness.cpp) on CPU threads. Built three times over as libcuda.so, libnvrtc.so and
-// libcublas.so. A device pointer is a host pointer; "PTX" is the list of kernel names; a launch looks the
+// NVRTC, cuBLAS and cuBLASLt that cudarc calls for this project, over host memory, running the project's kernels
+// (the unchanged .cu sources, via harness.cpp) on CPU threads. Built once and copied as libcuda.so,
+// libnvrtc.so, libcublas.so and libcublasLt.so. A device pointer is a host pointer; "PTX" is the list of kernel names; a launch looks the
 // kernel up by name and unpacks cuLaunchKernel's parameter array by the kernel's own C signature.
 #include "harness.cpp"
 
@@ -34,7 +34,7 @@ static const std::map<std::string, Launcher>& kernels() {
         KERNEL(layer_norm), KERNEL(layer_norm_to_bf16), KERNEL(add_layer_norm), KERNEL(add_layer_norm_to_bf16), KERNEL(layer_norm_backward), KERNEL(layer_norm_backward_input),
         KERNEL(layer_norm_backward_add), KERNEL(layer_norm_backward_input_add),
         KERNEL(split_qkv), KERNEL(join_qkv),
-        KERNEL(add_bias_rows), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding), KERNEL(embedding_bf16),
+        KERNEL(add_bias_rows), KERNEL(add_bias_rows_bf16), KERNEL(column_sum), KERNEL(f32_to_bf16), KERNEL(concat_rows), KERNEL(embedding), KERNEL(embedding_bf16),
         KERNEL(embedding_backward), KERNEL(rms_norm), KERNEL(rms_norm_to_bf16), KERNEL(rms_norm_backward), KERNEL(rms_norm_backward_input),
         KERNEL(add_rms_norm), KERNEL(add_rms_norm_to_bf16), KERNEL(rms_norm_backward_add), KERNEL(rms_norm_backward_input_add),
         KERNEL(rope), KERNEL(split_qkv_rope), KERNEL(join_qkv_rope), KERNEL(join_qkv_rope_to_bf16),
@@ -133,8 +133,9 @@ static float element(const void* m, int type, long long at) {
     return bf16_bits_to_f32(static_cast<const unsigned short*>(m)[at]);  // CUDA_R_16BF (14)
 }
 // C of c_type: f32, or bf16 (the f32 result rounded to nearest even on the way out, as cuBLAS does).
+// `bias`, where given, is cuBLASLt's bias epilogue: bias[i] added to row i of C before the rounding.
 static int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a, int a_type, int lda, const void* b,
-                int b_type, int ldb, float beta, void* c, int c_type, int ldc) {
+                int b_type, int ldb, float beta, void* c, int c_type, int ldc, const float* bias = nullptr) {
     for (int j = 0; j < n; ++j)
         for (int i = 0; i < m; ++i) {
             double s = 0.0;
@@ -145,7 +146,7 @@ static int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a,
             }
             const long long at = i + (long long)j * ldc;
             const float before = beta == 0.0f ? 0.0f : element(c, c_type, at);
-            const float out = alpha * (float)s + (beta == 0.0f ? 0.0f : beta * before);
+            const float out = alpha * (float)s + (beta == 0.0f ? 0.0f : beta * before) + (bias ? bias[i] : 0.0f);
             if (c_type == 0)
                 static_cast<float*>(c)[at] = out;
             else
@@ -162,5 +163,85 @@ int cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, 
     if (c_type != 0 && c_type != 14) return 7;  // f32 (CUDA_R_32F) and bf16 (CUDA_R_16BF) outputs
     return gemm(ta, tb, m, n, k, *(const float*)alpha, a, a_type, lda, b, b_type, ldb, *(const float*)beta, c,
                 c_type, ldc);
+}
+
+// ---- cuBLASLt: descriptors as plain structs; a product is the gemm above plus its epilogue. What the project
+// does not set (or sets wrongly) is refused as cuBLASLt would, so a test sees the backend's fallback counter. ----
+struct LtDesc { int transa = 0, transb = 0; unsigned epilogue = 1; const void* vector = nullptr; int vector_type = -1; };
+struct LtLayout { int type; unsigned long long rows, cols; long long ld; };
+enum { LT_DEFAULT = 1, LT_BIAS = 4, LT_BGRADB = 512, LT_INVALID = 7, LT_NOT_SUPPORTED = 15 };
+int cublasLtCreate(void** h) { static int handle; *h = &handle; return 0; }
+int cublasLtDestroy(void*) { return 0; }
+int cublasLtMatmulDescCreate(LtDesc** d, int compute_type, int scale_type) {
+    if (compute_type != 68 || scale_type != 0) return LT_NOT_SUPPORTED;  // CUBLAS_COMPUTE_32F, f32 α and β
+    *d = new LtDesc;
+    return 0;
+}
+int cublasLtMatmulDescDestroy(LtDesc* d) { delete d; return 0; }
+int cublasLtMatmulDescSetAttribute(LtDesc* d, int attribute, const void* buf, std::size_t size) {
+    switch (attribute) {
+        case 3: if (size != 4) return LT_INVALID; d->transa = *(const int*)buf; return 0;
+        case 4: if (size != 4) return LT_INVALID; d->transb = *(const int*)buf; return 0;
+        case 7: if (size != 4) return LT_INVALID; d->epilogue = *(const unsigned*)buf; return 0;
+        case 8: if (size != sizeof(void*)) return LT_INVALID; d->vector = *(void* const*)buf; return 0;
+        case 26: if (size != 4) return LT_INVALID; d->vector_type = *(const int*)buf; return 0;
+        default: return LT_INVALID;  // an attribute the emulator does not model
+    }
+}
+int cublasLtMatrixLayoutCreate(LtLayout** l, int type, unsigned long long rows, unsigned long long cols, long long ld) {
+    if (ld < (long long)rows) return LT_INVALID;
+    *l = new LtLayout{type, rows, cols, ld};
+    return 0;
+}
+int cublasLtMatrixLayoutDestroy(LtLayout* l) { delete l; return 0; }
+int cublasLtMatmulPreferenceCreate(void** p) { static int preference; *p = &preference; return 0; }
+int cublasLtMatmulPreferenceSetAttribute(void*, int attribute, const void*, std::size_t size) {
+    return attribute == 1 && size == 8 ? 0 : LT_INVALID;  // MAX_WORKSPACE_BYTES, a uint64
+}
+int cublasLtMatmulPreferenceDestroy(void*) { return 0; }
+// op(A) [m, k] · op(B) [k, n] into D [m, n]: the dimensions, or false where the layouts disagree.
+static bool lt_dims(const LtDesc* d, const LtLayout* a, const LtLayout* b, const LtLayout* c, const LtLayout* o,
+                    long long* m, long long* n, long long* k) {
+    *m = (long long)o->rows, *n = (long long)o->cols;
+    *k = d->transa ? (long long)a->rows : (long long)a->cols;
+    const long long am = d->transa ? a->cols : a->rows, bk = d->transb ? b->cols : b->rows,
+                    bn = d->transb ? b->rows : b->cols;
+    return c == o && am == *m && bk == *k && bn == *n;
+}
+static bool lt_supported(const LtDesc* d, const LtLayout* a, const LtLayout* b, const LtLayout* o) {
+    const bool operands = a->type == b->type && (a->type == 0 || a->type == 14) && (o->type == 0 || o->type == 14);
+    const bool epilogue = d->epilogue == LT_DEFAULT ||
+                          ((d->epilogue == LT_BIAS || d->epilogue == LT_BGRADB) && d->vector && d->vector_type == 0);
+    return operands && epilogue && !std::getenv("MFTCODER_EMULATED_LT_REFUSES");
+}
+struct LtHeuristic { unsigned long long algo[8]; std::size_t workspace; int state; float waves; int reserved[4]; };
+int cublasLtMatmulAlgoGetHeuristic(void*, LtDesc* d, LtLayout* a, LtLayout* b, LtLayout* c, LtLayout* o, void*,
+                                   int requested, LtHeuristic* results, int* count) {
+    long long m, n, k;
+    *count = 0;
+    if (requested < 1 || !lt_dims(d, a, b, c, o, &m, &n, &k)) return LT_INVALID;
+    if (!lt_supported(d, a, b, o)) return LT_NOT_SUPPORTED;  // as cuBLASLt answers when it has no kernel
+    std::memset(results, 0, sizeof(LtHeuristic));
+    *count = 1;
+    return 0;
+}
+int cublasLtMatmul(void*, LtDesc* d, const void* alpha, const void* a, LtLayout* la, const void* b, LtLayout* lb,
+                   const void* beta, const void* c, LtLayout* lc, void* out, LtLayout* lo, const void*, void*,
+                   std::size_t, void*) {
+    long long m, n, k;
+    if (c != out || !lt_dims(d, la, lb, lc, lo, &m, &n, &k)) return LT_INVALID;
+    if (!lt_supported(d, la, lb, lo)) return LT_NOT_SUPPORTED;
+    const float* bias = d->epilogue == LT_BIAS ? static_cast<const float*>(d->vector) : nullptr;
+    gemm(d->transa, d->transb, m, n, k, *(const float*)alpha, a, la->type, la->ld, b, lb->type, lb->ld,
+         *(const float*)beta, out, lo->type, lo->ld, bias);
+    if (d->epilogue == LT_BGRADB) {  // op(B)'s sum over the inner dimension, one entry per column of D
+        float* sums = static_cast<float*>(const_cast<void*>(d->vector));
+        for (long long j = 0; j < n; ++j) {
+            double s = 0.0;
+            for (long long l = 0; l < k; ++l) s += element(b, lb->type, d->transb ? j + l * lb->ld : l + j * lb->ld);
+            sums[j] = (float)s;
+        }
+    }
+    return 0;
 }
 }

@@ -4,10 +4,13 @@
 //! C = op(A)·op(B) in row-major terms is Cᵀ = op(B)ᵀ·op(A)ᵀ in cuBLAS's: pass B first, A second, and swap m
 //! and n — no copies, only the transpose flags change.
 
+use super::blas_lt::{self, Epilogue, Matrix};
 use super::{Cuda, CudaTensor, Precision, Storage, fail, int};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::cublaslt::result::CublasError;
+use cudarc::cublaslt::sys::cudaDataType as LtType;
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 fn op(transpose: bool) -> cublasOperation_t {
     if transpose { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N }
@@ -169,6 +172,90 @@ pub fn gemm_strided(
     }
 }
 // ANCHOR_END: gemm_strided
+
+// ANCHOR: gemm_epilogue
+/// What a product's own kernel does besides out = op(a)·op(b), in row-major terms (`blas_lt.rs`).
+pub enum ProductEpilogue<'a> {
+    /// out[:, j] += bias[start + j] (bias: [1, ≥ start + n], f32): a layer's bias, added as the product is
+    /// written.
+    AddBias { bias: &'a CudaTensor, start: usize },
+    /// sums[i] = Σₗ op(a)[i, l] (sums: [1, m], f32): with out = dW = dyᵀ·x, the bias gradient Σₜ dy[t, :] from
+    /// the same pass over dy.
+    RowSumsOfA(&'a mut CudaTensor),
+}
+
+/// out[:, out_start .. out_start + n] = op(a)·op(b) with `epilogue`, as one cuBLASLt product. The operands are
+/// in the products' precision (`Cuda::product_operand`): both f32 under [`Precision::F32`], both readable as
+/// bf16 otherwise; `out` is f32 or bf16. `Err` where cuBLASLt has no kernel for it: nothing was written, and
+/// the caller does the plain product and the kernel the epilogue replaces.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_epilogue(
+    cuda: &Cuda,
+    a: &CudaTensor,
+    trans_a: bool,
+    b: &CudaTensor,
+    trans_b: bool,
+    out: &mut CudaTensor,
+    out_start: usize,
+    epilogue: ProductEpilogue,
+) -> Result<(), CublasError> {
+    let (mut cfg, (m, n, k)) = row_major_gemm((a.rows, a.cols), trans_a, (b.rows, b.cols), trans_b);
+    assert!(out.rows == m && out_start + n <= out.cols, "gemm_epilogue: output is not [{m}, ≥{n}]");
+    assert!(m > 0 && n > 0 && k > 0, "gemm_epilogue: an empty product");
+    cfg.ldc = int(out.cols, "ld out");
+    let stream = &cuda.stream;
+    let ((a_ptr, entry, _a), (b_ptr, _, _b)) = (operand(cuda, a, stream), operand(cuda, b, stream));
+    let (vector, _vector) = match epilogue {
+        ProductEpilogue::AddBias { bias, start } => {
+            assert!(bias.rows == 1 && start + n <= bias.cols, "gemm_epilogue: the bias is not [1, ≥{}]", start + n);
+            let (ptr, guard) = bias.f32().device_ptr(stream);
+            (Epilogue::Bias(ptr + 4 * start as u64), guard)
+        }
+        ProductEpilogue::RowSumsOfA(sums) => {
+            assert_eq!((sums.rows, sums.cols), (1, m), "gemm_epilogue: the sums are not [1, {m}]");
+            let (ptr, guard) = sums.f32_mut().device_ptr_mut(stream);
+            (Epilogue::BiasGradient(ptr), guard)
+        }
+    };
+    let (d_ptr, d_entry, _d) = match out.storage_mut() {
+        Storage::Bf16(bits) => {
+            let (ptr, guard) = bits.device_ptr_mut(stream);
+            (ptr + 2 * out_start as u64, LtType::CUDA_R_16BF, guard)
+        }
+        _ => {
+            let (ptr, guard) = out.f32_mut().device_ptr_mut(stream);
+            (ptr + 4 * out_start as u64, LtType::CUDA_R_32F, guard)
+        }
+    };
+    // cuBLAS's A is our b and its B our a (`row_major_gemm`); each is stored [rows, cols] column-major as op
+    // leaves it: op(A) is [m, k], op(B) [k, n], in cuBLAS's m and n.
+    let (cm, cn, ck) = (cfg.m as u64, cfg.n as u64, cfg.k as u64);
+    let stored = |op: cublasOperation_t, rows, cols| {
+        if op == cublasOperation_t::CUBLAS_OP_N { (rows, cols) } else { (cols, rows) }
+    };
+    let ((ar, ac), (br, bc)) = (stored(cfg.transa, cm, ck), stored(cfg.transb, ck, cn));
+    let lt_a = Matrix { ptr: b_ptr, entry, shape: (ar, ac, cfg.lda as i64) };
+    let lt_b = Matrix { ptr: a_ptr, entry, shape: (br, bc, cfg.ldb as i64) };
+    let lt_d = Matrix { ptr: d_ptr, entry: d_entry, shape: (cm, cn, cfg.ldc as i64) };
+    // SAFETY: the shapes are checked above, each pointer is a live buffer of its entry type read through its
+    // leading dimension, and the vector has m_cuBLAS = n entries (bias) or n_cuBLAS = m (sums).
+    unsafe { blas_lt::matmul(cuda, &cfg, (&lt_a, &lt_b, &lt_d), vector) }
+}
+
+/// A product operand's device pointer and entry type: f32 under [`Precision::F32`], its bf16 bits otherwise.
+fn operand<'a>(cuda: &Cuda, t: &'a CudaTensor, stream: &'a CudaStream) -> (u64, LtType, SyncOnDrop<'a>) {
+    match cuda.precision {
+        Precision::F32 => {
+            let (ptr, guard) = t.f32().device_ptr(stream);
+            (ptr, LtType::CUDA_R_32F, guard)
+        }
+        Precision::Bf16 => {
+            let (ptr, guard) = t.bf16_bits().device_ptr(stream);
+            (ptr, LtType::CUDA_R_16BF, guard)
+        }
+    }
+}
+// ANCHOR_END: gemm_epilogue
 
 // ANCHOR: gemm_bf16_into
 /// The tensor cores' mixed-precision product (bf16 A and B, f32 accumulation) into columns `out_start..` of

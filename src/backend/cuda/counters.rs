@@ -15,6 +15,7 @@ pub struct DeviceCounters {
     reuses: AtomicU64,
     uploads: AtomicU64,
     host_reads: AtomicU64,
+    epilogue_fallbacks: AtomicU64,
     /// A high-water mark, not a running count: restarted by each snapshot.
     largest_take: AtomicU64,
 }
@@ -29,6 +30,9 @@ pub struct CounterSnapshot {
     pub reuses: u64,
     pub uploads: u64,
     pub host_reads: u64,
+    /// Products that asked cuBLASLt for an epilogue (a bias, a bias gradient) and got no kernel for it, so a
+    /// kernel of ours did that part after the product (`blas_lt.rs`).
+    pub epilogue_fallbacks: u64,
     /// The largest buffer asked of the pool (bytes, as requested, before rounding to its bucket) since the
     /// previous snapshot: what shows that a step never holds a [T, V] tensor (`loss::chunked_head`).
     pub largest_take: u64,
@@ -57,6 +61,9 @@ impl DeviceCounters {
     pub(super) fn host_read(&self) {
         self.host_reads.fetch_add(1, Ordering::Relaxed);
     }
+    pub(super) fn epilogue_fallback(&self) {
+        self.epilogue_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// The counts so far, and the largest pool request since the previous snapshot (which this one restarts).
     pub fn snapshot(&self) -> CounterSnapshot {
@@ -69,6 +76,7 @@ impl DeviceCounters {
             reuses: get(&self.reuses),
             uploads: get(&self.uploads),
             host_reads: get(&self.host_reads),
+            epilogue_fallbacks: get(&self.epilogue_fallbacks),
             largest_take: self.largest_take.swap(0, Ordering::Relaxed),
         }
     }
@@ -86,6 +94,7 @@ impl CounterSnapshot {
             reuses: self.reuses - earlier.reuses,
             uploads: self.uploads - earlier.uploads,
             host_reads: self.host_reads - earlier.host_reads,
+            epilogue_fallbacks: self.epilogue_fallbacks - earlier.epilogue_fallbacks,
             largest_take: self.largest_take,
         }
     }
@@ -95,7 +104,7 @@ impl std::fmt::Display for CounterSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses (largest request {:.1} kB), {} uploads, {} blocking reads",
+            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses (largest request {:.1} kB), {} uploads, {} blocking reads, {} epilogue fallbacks",
             self.launches,
             self.gemms,
             self.allocations,
@@ -103,7 +112,8 @@ impl std::fmt::Display for CounterSnapshot {
             self.reuses,
             self.largest_take as f64 / 1e3,
             self.uploads,
-            self.host_reads
+            self.host_reads,
+            self.epilogue_fallbacks
         )
     }
 }

@@ -58,13 +58,33 @@ impl Cuda {
         let stream = ctx.new_stream().map_err(|e| anyhow!("CUDA device {ordinal}: creating a stream: {e:?}"))?;
         let (functions, kernel_code) = kernels::load_kernels(&ctx, major, minor)?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+        // cudarc panics where the library is missing: one line instead
+        let blas_lt = match std::panic::catch_unwind(|| super::blas_lt::BlasLt::new(major)) {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => return Err(anyhow!("cuBLASLt: {e:?}")),
+            Err(_) => return Err(anyhow!("cuBLASLt: libcublasLt could not be loaded (it ships beside libcublas)")),
+        };
         let counters = Arc::new(DeviceCounters::default());
         let pool = Pool::new(stream.clone(), counters.clone());
         let pool_bf16 = Pool::new(stream.clone(), counters.clone());
         let ids = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
         let floats = UploadCache::new(pool.clone(), stream.clone(), counters.clone());
         let words = UploadCache::new(Pool::new(stream.clone(), counters.clone()), stream.clone(), counters.clone());
-        Ok(Cuda { ctx, stream, blas, functions, precision, kernel_code, counters, pool, pool_bf16, ids, floats, words })
+        Ok(Cuda {
+            ctx,
+            stream,
+            blas,
+            blas_lt,
+            functions,
+            precision,
+            kernel_code,
+            counters,
+            pool,
+            pool_bf16,
+            ids,
+            floats,
+            words,
+        })
     }
 
     /// Launches, allocations, uploads and blocking reads so far (`counters.rs`).

@@ -42,6 +42,7 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "gelu_erf",
             "gelu_erf_backward",
             "add_bias_rows",
+            "add_bias_rows_bf16",
             "column_sum",
             "f32_to_bf16",
             "concat_rows",

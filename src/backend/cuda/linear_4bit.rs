@@ -15,9 +15,7 @@
 //! does the same with cache-sized bands (`nn::linear_4bit`).
 
 use super::blas::{self, Columns};
-use super::{
-    Cuda, CudaPacked, CudaTensor, LaunchConfig, Precision, PushKernelArg, ReadBy, elementwise_grid, fail, int,
-};
+use super::{Cuda, CudaPacked, CudaTensor, Precision, ReadBy};
 use crate::backend::Backend;
 use crate::quant::Quantized4bit;
 
@@ -51,18 +49,20 @@ impl Cuda {
     ) -> CudaTensor {
         let [out, inp] = host.shape;
         assert_eq!(x.cols, inp, "linear_4bit: x has {} columns, W has {inp} inputs", x.cols);
-        let mut y = if inp == 0 { self.zeros(x.rows, out) } else { self.tensor(x.rows, out) };
-        if inp > 0 && out > 0 {
-            self.linear_4bit_into(&mut y, 0, &self.product_operand(x), (host, p), band_bytes);
+        if inp == 0 || out == 0 || x.rows == 0 {
+            let mut y = self.zeros(x.rows, out);
+            if let Some(b) = bias {
+                self.add_bias_rows((b, 0), &mut y, 0, out);
+            }
+            return y;
         }
-        if let Some(b) = bias {
-            let (r, c) = (int(y.rows, "rows"), int(y.cols, "cols"));
-            launch!(self, "add_bias_rows", elementwise_grid(y.len()), y.f32_mut(), b.f32(), &r, &c);
-        }
+        let mut y = self.tensor(x.rows, out);
+        self.linear_4bit_into(&mut y, 0, &self.product_operand(x), (host, p), band_bytes, bias);
         y
     }
 
-    /// y[:, at .. at + out] = x·Ŵᵀ, x already in the products' precision, band by band.
+    /// y[:, at .. at + out] = x·Ŵᵀ (+ bias, added by each band's product), x already in the products'
+    /// precision, band by band.
     fn linear_4bit_into(
         &self,
         y: &mut CudaTensor,
@@ -70,14 +70,20 @@ impl Cuda {
         x_op: &CudaTensor,
         (host, p): (&Quantized4bit, &CudaPacked),
         band_bytes: usize,
+        bias: Option<&CudaTensor>,
     ) {
         let out = host.shape[0];
         let (rows, mut band) = self.bands(host, band_bytes);
         for o0 in (0..out).step_by(rows) {
             band.rows = rows.min(out - o0); // the last band may be short
             self.dequantize_rows(host, p, o0, &mut band); // Ŵ[o0 .. o0 + rows, :]
-            // y[:, at + o0 .. at + o0 + rows] = x[T, in] · Ŵ[band, :]ᵀ
-            blas::gemm_strided(self, Columns::all(x_op), false, Columns::all(&band), true, 1.0, 0.0, y, at + o0);
+            // y[:, at + o0 .. at + o0 + rows] = x[T, in] · Ŵ[band, :]ᵀ (+ b[o0 .. o0 + rows])
+            match bias {
+                Some(b) => self.product_with_bias(x_op, &band, (b, o0), y, at + o0),
+                None => {
+                    blas::gemm_strided(self, Columns::all(x_op), false, Columns::all(&band), true, 1.0, 0.0, y, at + o0)
+                }
+            }
         }
     }
 
@@ -96,7 +102,7 @@ impl Cuda {
             let x_op = self.product_operand(x); // one rounding for every part
             let mut at = 0;
             for &(host, p) in parts {
-                self.linear_4bit_into(&mut y, at, &x_op, (host, p), band_bytes);
+                self.linear_4bit_into(&mut y, at, &x_op, (host, p), band_bytes, None);
                 at += host.shape[0];
             }
         }

@@ -14,6 +14,7 @@
 //! element-wise ops stay f32 (the f32 master weights of mixed-precision training).
 
 pub mod blas;
+pub mod blas_lt;
 pub mod counters;
 pub mod kernels;
 pub mod pool;
@@ -39,6 +40,7 @@ pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    blas_lt: blas_lt::BlasLt,
     functions: HashMap<&'static str, CudaFunction>,
     pub precision: Precision,
     kernel_code: KernelCode,

@@ -136,9 +136,23 @@ extern "C" __global__ void gelu_erf_backward(float* dx, const float* dy, const f
     }
 }
 
-// y[r, c] += bias[c]
-extern "C" __global__ void add_bias_rows(float* y, const float* bias, int rows, int cols) {
-    FOR_EACH(i, (long long)rows * cols) y[i] += bias[i % cols];
+// y[r, c] += bias[c] over a [rows, cols] block whose rows lie `ld` entries apart: all of y (ld = cols), or one
+// band's columns of a wider output. What a product does when cuBLASLt has no bias epilogue for it (`blas_lt.rs`);
+// the _bf16 entry point adds into an output kept in bf16, rounding the sum again.
+template <typename Entry>
+__device__ __forceinline__ void add_bias_rows_entries(Entry* y, const float* bias, int rows, int cols, int ld) {
+    FOR_EACH(i, (long long)rows * cols) {
+        const long long at = i / cols * ld + i % cols;
+        store(y, at, load(y, at) + bias[i % cols]);
+    }
+}
+
+extern "C" __global__ void add_bias_rows(float* y, const float* bias, int rows, int cols, int ld) {
+    add_bias_rows_entries(y, bias, rows, cols, ld);
+}
+
+extern "C" __global__ void add_bias_rows_bf16(unsigned short* y, const float* bias, int rows, int cols, int ld) {
+    add_bias_rows_entries(y, bias, rows, cols, ld);
 }
 
 // ANCHOR: column_sum
