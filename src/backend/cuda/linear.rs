@@ -4,6 +4,7 @@
 
 use super::blas::{self, Columns, ProductEpilogue};
 use super::{Cuda, CudaTensor, LaunchConfig, PushKernelArg, ReadBy, Storage, elementwise_grid, fail, int};
+use cudarc::cublaslt::result::CublasError;
 
 impl Cuda {
     /// x [T, in], W [out, in] → x·Wᵀ + b [T, out], stored for `read_by` (in bf16 from the product when only
@@ -47,13 +48,18 @@ impl Cuda {
     ) {
         let epilogue = ProductEpilogue::AddBias { bias, start };
         if let Err(why) = blas::gemm_epilogue(self, x, false, w, true, y, at, epilogue) {
-            self.blas_lt.note_fallback("bias", why);
-            self.counters.epilogue_fallback();
+            self.fell_back_from_epilogue("bias", why);
             blas::gemm_strided(self, Columns::all(x), false, Columns::all(w), true, 1.0, 0.0, y, at);
             self.add_bias_rows((bias, start), y, at, w.rows);
         }
     }
     // ANCHOR_END: product_with_bias
+
+    /// A product cuBLASLt had no `what` epilogue for: counted, and said once.
+    fn fell_back_from_epilogue(&self, what: &str, why: CublasError) {
+        self.blas_lt.note_fallback(what, why);
+        self.counters.epilogue_fallback();
+    }
 
     /// y[:, at .. at + width] += bias[start .. start + width] on every row, y f32 or bf16.
     pub(super) fn add_bias_rows(
@@ -105,8 +111,7 @@ impl Cuda {
                 match blas::gemm_epilogue(self, &dy_op, true, &x_op, false, &mut dw, 0, epilogue) {
                     Ok(()) => db = Some(sums),
                     Err(why) => {
-                        self.blas_lt.note_fallback("bias-gradient", why);
-                        self.counters.epilogue_fallback();
+                        self.fell_back_from_epilogue("bias-gradient", why);
                         blas::matmul(self, &dy_op, true, &x_op, false, &mut dw);
                     }
                 }
@@ -115,7 +120,7 @@ impl Cuda {
             }
             dw
         });
-        let db = if bias_grad { db.or_else(|| Some(self.column_sum(dy))) } else { None };
+        let db = bias_grad.then(|| db.unwrap_or_else(|| self.column_sum(dy)));
         (dx, dw, db)
     }
 }
