@@ -123,7 +123,8 @@ fn without_epilogues_the_kernels_do_the_same() {
     if !emulated_device::is_the_emulated_run() {
         return; // only the emulated cuBLASLt can be told to refuse
     }
-    let shape = (37, 96, 80);
+    // a shape no other test uses: the backend remembers a refusal for the product it was given for
+    let shape = (37, 96, 72);
     let want = on_the_cpu(shape);
     for (precision, tol) in [(Precision::F32, 1e-5), (Precision::Bf16, 2e-2)] {
         let Some(g) = gpu(precision) else { return };
@@ -143,6 +144,30 @@ fn without_epilogues_the_kernels_do_the_same() {
 }
 // ANCHOR_END: epilogue_fallback
 
+// ANCHOR: plan_reuse
+/// cuBLASLt's heuristic is asked once per distinct product (`blas_lt::PlanKey`): the forward's biased product
+/// and the backward's dW with its bias gradient ask the first time, and an identical second forward and
+/// backward ask nothing. A band that starts off a 256-byte boundary (the 4-bit test above, 30 entries a
+/// band) is planned for the alignment it has, which the emulated cuBLASLt checks at every product.
+#[test]
+fn each_distinct_product_asks_the_heuristic_once() {
+    let shape = (21, 64, 40); // a shape no other test uses
+    let want = on_the_cpu(shape);
+    for precision in [Precision::F32, Precision::Bf16] {
+        let Some(g) = gpu(precision) else { return };
+        let queries: Vec<u64> = (0..2)
+            .map(|_| {
+                let before = g.counters();
+                let (got, _) = biased_linear(g, shape);
+                assert_close(&format!("{precision:?} y"), &want[0], &got[0], 2e-2);
+                g.counters().since(before).heuristic_queries
+            })
+            .collect();
+        assert_eq!(queries, [2, 0], "{precision:?}: heuristic queries of a first and a second identical step");
+    }
+}
+// ANCHOR_END: plan_reuse
+
 // ---- without a GPU: the same tests on the emulated device ----
 
 #[test]
@@ -150,5 +175,5 @@ fn epilogues_on_an_emulated_device() {
     let Some(summary) = cuda_shared::rerun_on_the_emulated_device_without_a_gpu("epilogues", &["note:"]) else {
         return;
     };
-    assert!(summary.contains("5 passed"), "the emulated run: {summary}"); // the four tests, and this one at once
+    assert!(summary.contains("6 passed"), "the emulated run: {summary}"); // the five tests, and this one at once
 }

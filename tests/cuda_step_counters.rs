@@ -158,6 +158,7 @@ fn check_steady_state(mode: &str, quantized: bool, head: Head, (max_launches, ma
     assert_eq!(steps[1], steps[2], "{mode}: the 2nd and 3rd steps cost the same");
     assert_eq!(steady.allocations, 0, "{mode}: a steady-state step allocates nothing: {steady}");
     assert_eq!(steady.host_reads, 1, "{mode}: one blocking read per step (the report): {steady}");
+    assert_eq!(steady.heuristic_queries, 0, "{mode}: every product's cuBLASLt plan is reused: {steady}");
     assert!(steady.uploads <= MAX_UPLOADS, "{mode}: {steady}");
     assert!(steady.reuses > 0, "{mode}: the pool serves the step: {steady}");
     assert!(steady.launches <= max_launches, "{mode}: more launches than measured: {steady}");

@@ -413,6 +413,11 @@ fn bf16_full_fine_tuning_steps_stay_close() {
         } else {
             eprintln!("{mode:?} bf16 step: {fallbacks} products without their cuBLASLt epilogue");
         }
+        // the same step again asks cuBLASLt's heuristic nothing: every product's plan is kept (`blas_lt.rs`)
+        let before = g.counters();
+        let (again, _) = train_step(g, mode);
+        assert_eq!(g.counters().since(before).heuristic_queries, 0, "{mode:?}: a repeated step re-planned");
+        assert_eq!(again, gpu_loss, "{mode:?}: a repeated step gives the same loss");
         assert!((cpu_loss - gpu_loss).abs() <= 2e-2 * cpu_loss.abs(), "{mode:?} bf16 loss: {cpu_loss} vs {gpu_loss}");
         for ((name, c), (_, gv)) in cpu.iter().zip(&gpu_out).filter(|((n, _), _)| n.starts_with("grad")) {
             assert_close(&format!("{mode:?} bf16 {name}"), c, gv, 5e-2);

@@ -79,7 +79,15 @@ CUresult cuCtxGetDevice(int* d) { *d = 0; return 0; }
 CUresult cuStreamSynchronize(void*) { return 0; }
 CUresult cuStreamCreate(void** s, unsigned) { *s = nullptr; return 0; }
 CUresult cuStreamDestroy_v2(void*) { return 0; }
-CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) { *p = (CUdeviceptr)std::calloc(bytes ? bytes : 1, 1); return 0; }
+// 256-byte aligned and zeroed, as the driver's allocations are aligned (cuBLASLt's kernels assume it by default)
+CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) {
+    const std::size_t rounded = (bytes + 255) / 256 * 256;
+    void* at = std::aligned_alloc(256, rounded ? rounded : 256);
+    if (!at) return 2;  // CUDA_ERROR_OUT_OF_MEMORY
+    std::memset(at, 0, rounded ? rounded : 256);
+    *p = (CUdeviceptr)at;
+    return 0;
+}
 CUresult cuMemFree_v2(CUdeviceptr p) { std::free((void*)p); return 0; }
 CUresult cuMemAllocAsync(CUdeviceptr* p, std::size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
 CUresult cuMemFreeAsync(CUdeviceptr p, void*) { return cuMemFree_v2(p); }
@@ -194,11 +202,16 @@ int cublasLtMatrixLayoutCreate(LtLayout** l, int type, unsigned long long rows, 
     return 0;
 }
 int cublasLtMatrixLayoutDestroy(LtLayout* l) { delete l; return 0; }
-int cublasLtMatmulPreferenceCreate(void** p) { static int preference; *p = &preference; return 0; }
-int cublasLtMatmulPreferenceSetAttribute(void*, int attribute, const void*, std::size_t size) {
-    return attribute == 1 && size == 8 ? 0 : LT_INVALID;  // MAX_WORKSPACE_BYTES, a uint64
+// The alignments (A, B, C, D) a preference promises; cuBLASLt assumes 256 bytes for any not set.
+struct LtPreference { unsigned alignment[4] = {256, 256, 256, 256}; };
+int cublasLtMatmulPreferenceCreate(LtPreference** p) { *p = new LtPreference; return 0; }
+int cublasLtMatmulPreferenceSetAttribute(LtPreference* p, int attribute, const void* buf, std::size_t size) {
+    if (attribute == 1) return size == 8 ? 0 : LT_INVALID;  // MAX_WORKSPACE_BYTES, a uint64
+    if (attribute < 5 || attribute > 8 || size != 4) return LT_INVALID;  // MIN_ALIGNMENT_{A,B,C,D}_BYTES, uint32
+    p->alignment[attribute - 5] = *(const unsigned*)buf;
+    return 0;
 }
-int cublasLtMatmulPreferenceDestroy(void*) { return 0; }
+int cublasLtMatmulPreferenceDestroy(LtPreference* p) { delete p; return 0; }
 // op(A) [m, k] · op(B) [k, n] into D [m, n]: the dimensions, or false where the layouts disagree.
 static bool lt_dims(const LtDesc* d, const LtLayout* a, const LtLayout* b, const LtLayout* c, const LtLayout* o,
                     long long* m, long long* n, long long* k) {
@@ -214,23 +227,31 @@ static bool lt_supported(const LtDesc* d, const LtLayout* a, const LtLayout* b, 
                           ((d->epilogue == LT_BIAS || d->epilogue == LT_BGRADB) && d->vector && d->vector_type == 0);
     return operands && epilogue && !std::getenv("MFTCODER_EMULATED_LT_REFUSES");
 }
-struct LtHeuristic { unsigned long long algo[8]; std::size_t workspace; int state; float waves; int reserved[4]; };
-int cublasLtMatmulAlgoGetHeuristic(void*, LtDesc* d, LtLayout* a, LtLayout* b, LtLayout* c, LtLayout* o, void*,
-                                   int requested, LtHeuristic* results, int* count) {
+// The "algorithm" records the alignments it was chosen for: a product whose pointers are less aligned than that
+// is refused, as a real kernel built for wider loads would be.
+struct LtAlgo { unsigned alignment[4]; unsigned long long unused[6]; };
+struct LtHeuristic { LtAlgo algo; std::size_t workspace; int state; float waves; int reserved[4]; };
+int cublasLtMatmulAlgoGetHeuristic(void*, LtDesc* d, LtLayout* a, LtLayout* b, LtLayout* c, LtLayout* o,
+                                   LtPreference* p, int requested, LtHeuristic* results, int* count) {
     long long m, n, k;
     *count = 0;
     if (requested < 1 || !lt_dims(d, a, b, c, o, &m, &n, &k)) return LT_INVALID;
     if (!lt_supported(d, a, b, o)) return LT_NOT_SUPPORTED;  // as cuBLASLt answers when it has no kernel
     std::memset(results, 0, sizeof(LtHeuristic));
+    std::memcpy(results->algo.alignment, p->alignment, sizeof p->alignment);
     *count = 1;
     return 0;
 }
+static bool aligned(const void* ptr, unsigned bytes) { return reinterpret_cast<unsigned long long>(ptr) % bytes == 0; }
 int cublasLtMatmul(void*, LtDesc* d, const void* alpha, const void* a, LtLayout* la, const void* b, LtLayout* lb,
-                   const void* beta, const void* c, LtLayout* lc, void* out, LtLayout* lo, const void*, void*,
+                   const void* beta, const void* c, LtLayout* lc, void* out, LtLayout* lo, const LtAlgo* algo, void*,
                    std::size_t, void*) {
     long long m, n, k;
     if (c != out || !lt_dims(d, la, lb, lc, lo, &m, &n, &k)) return LT_INVALID;
     if (!lt_supported(d, la, lb, lo)) return LT_NOT_SUPPORTED;
+    const unsigned* promised = algo->alignment;
+    if (!aligned(a, promised[0]) || !aligned(b, promised[1]) || !aligned(c, promised[2]) || !aligned(out, promised[3]))
+        return LT_NOT_SUPPORTED;
     const float* bias = d->epilogue == LT_BIAS ? static_cast<const float*>(d->vector) : nullptr;
     gemm(d->transa, d->transb, m, n, k, *(const float*)alpha, a, la->type, la->ld, b, lb->type, lb->ld,
          *(const float*)beta, out, lo->type, lo->ld, bias);

@@ -13,7 +13,8 @@
 //! BiasGradient is Σₜ dy[t, :], the bias gradient, from the same pass over dy.
 //!
 //! cuBLASLt picks a kernel per shape, operand types and epilogue (`cublasLtMatmulAlgoGetHeuristic`) and may have
-//! none, for an unaligned band of a wider output, say. Every caller then falls back to the plain product and
+//! none, for an unaligned band of a wider output, say. Its answer depends on nothing but what `PlanKey` holds,
+//! so each distinct product asks once and keeps its descriptors and kernel (`Plan`). Every caller then falls back to the plain product and
 //! the kernel it replaces (`add_bias_rows`, `column_sum`); `DeviceCounters::epilogue_fallbacks` counts these,
 //! and the first one says so in one line.
 
@@ -23,12 +24,13 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublaslt::result::{self as lt, CublasError};
 use cudarc::cublaslt::sys::{
     self, cublasComputeType_t, cublasLtEpilogue_t, cublasLtMatmulDescAttributes_t as Attribute,
-    cublasLtMatmulPreferenceAttributes_t, cudaDataType,
+    cublasLtMatmulPreferenceAttributes_t as Preference, cudaDataType,
 };
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the product's kernel does besides the product: a device pointer to f32 entries, read or written.
 #[derive(Clone, Copy)]
@@ -39,6 +41,21 @@ pub enum Epilogue {
     BiasGradient(u64),
 }
 
+impl Epilogue {
+    fn kind(self) -> cublasLtEpilogue_t {
+        match self {
+            Epilogue::Bias(_) => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::BiasGradient(_) => cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADB,
+        }
+    }
+
+    fn vector(self) -> u64 {
+        match self {
+            Epilogue::Bias(ptr) | Epilogue::BiasGradient(ptr) => ptr,
+        }
+    }
+}
+
 /// A matrix operand or output: device pointer, entry type, and its column-major (rows, cols, leading dimension).
 pub struct Matrix {
     pub ptr: u64,
@@ -46,15 +63,18 @@ pub struct Matrix {
     pub shape: (u64, u64, i64),
 }
 
-/// The cuBLASLt handle and its workspace (allocated at the first product that needs one).
+/// The cuBLASLt handle, its workspace (allocated at the first product that needs one), and the plan of every
+/// distinct product asked of it so far.
 pub struct BlasLt {
     handle: sys::cublasLtHandle_t,
     workspace: OnceLock<CudaSlice<u8>>,
     workspace_bytes: usize,
+    plans: Mutex<HashMap<PlanKey, Result<Plan, CublasError>>>,
     said_fallback: AtomicBool,
 }
 
-// SAFETY: the handle is only used from calls on the backend's one stream, as cuBLAS's is.
+// SAFETY: the handle and the plans' descriptors are only used from calls on the backend's one stream, as
+// cuBLAS's handle is, and the plans behind a lock.
 unsafe impl Send for BlasLt {}
 unsafe impl Sync for BlasLt {}
 
@@ -64,7 +84,8 @@ impl BlasLt {
     pub fn new(major: i32) -> Result<Self, CublasError> {
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let handle = lt::create_handle()?;
-        Ok(BlasLt { handle, workspace: OnceLock::new(), workspace_bytes, said_fallback: AtomicBool::new(false) })
+        let plans = Mutex::new(HashMap::new());
+        Ok(BlasLt { handle, workspace: OnceLock::new(), workspace_bytes, plans, said_fallback: AtomicBool::new(false) })
     }
 
     /// One line, the first time a product falls back to a separate kernel.
@@ -77,6 +98,10 @@ impl BlasLt {
 
 impl Drop for BlasLt {
     fn drop(&mut self) {
+        // the plans' descriptors first, then the handle they were made for
+        if let Ok(plans) = self.plans.get_mut() {
+            plans.clear();
+        }
         // SAFETY: created in `new`, destroyed once.
         let _ = unsafe { lt::destroy_handle(self.handle) };
     }
@@ -103,6 +128,96 @@ unsafe fn set<V>(desc: sys::cublasLtMatmulDesc_t, attribute: Attribute, value: &
     unsafe { lt::set_matmul_desc_attribute(desc, attribute, value as *const V as *const c_void, size_of::<V>()) }
 }
 
+/// Sets one preference attribute from a plain value.
+unsafe fn prefer<V>(
+    pref: sys::cublasLtMatmulPreference_t,
+    attribute: Preference,
+    value: &V,
+) -> Result<(), CublasError> {
+    // SAFETY: the caller passes the attribute's documented value type.
+    unsafe { lt::set_matmul_pref_attribute(pref, attribute, value as *const V as *const c_void, size_of::<V>()) }
+}
+
+// ANCHOR: plan_cache
+/// The largest power of two (up to 256 bytes, cuBLASLt's default assumption) that divides a device address.
+/// A kernel chosen for 16-byte-aligned operands may not read a band that starts 2 bytes in.
+fn alignment(ptr: u64) -> u32 {
+    1 << ptr.trailing_zeros().min(8)
+}
+
+/// Everything cuBLASLt's choice of kernel depends on: transposes, epilogue, each matrix's type, shape, leading
+/// dimension and alignment, and the epilogue vector's alignment. Pointers themselves are not in it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    transposes: (i32, i32),
+    epilogue: cublasLtEpilogue_t,
+    matrices: [(cudaDataType, (u64, u64, i64), u32); 3],
+    vector_alignment: u32,
+}
+
+impl PlanKey {
+    fn new(cfg: &GemmConfig<f32>, matrices: [&Matrix; 3], epilogue: Epilogue) -> Self {
+        let transposed = |op: cublasOperation_t| i32::from(op == cublasOperation_t::CUBLAS_OP_T);
+        PlanKey {
+            transposes: (transposed(cfg.transa), transposed(cfg.transb)),
+            epilogue: epilogue.kind(),
+            matrices: matrices.map(|m| (m.entry, m.shape, alignment(m.ptr))),
+            vector_alignment: alignment(epilogue.vector()),
+        }
+    }
+}
+
+/// A product's descriptor, its three layouts, and the kernel the heuristic chose for them: built the first time
+/// a key is seen, then reused with only the epilogue's pointer set again. A refusal is kept as well, so a
+/// product cuBLASLt has no kernel for is not asked about again every step.
+struct Plan {
+    desc: Owned<sys::cublasLtMatmulDesc_t>,
+    layouts: [Owned<sys::cublasLtMatrixLayout_t>; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Plan {
+    /// # Safety
+    /// `epilogue`'s pointer is a live device buffer (the heuristic may read its alignment).
+    unsafe fn new(
+        blas_lt: &BlasLt,
+        key: &PlanKey,
+        matrices: [&Matrix; 3],
+        epilogue: Epilogue,
+    ) -> Result<Self, CublasError> {
+        let desc = Owned(
+            lt::create_matmul_desc(cublasComputeType_t::CUBLAS_COMPUTE_32F, cudaDataType::CUDA_R_32F)?,
+            lt::destroy_matmul_desc,
+        );
+        // SAFETY: each attribute gets its documented type: int32 transposes, a uint32 epilogue, a device pointer,
+        // and the vector's entry type (f32 whatever the output's: our biases and their gradients are f32).
+        unsafe {
+            set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_TRANSA, &key.transposes.0)?;
+            set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_TRANSB, &key.transposes.1)?;
+            set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_EPILOGUE, &(key.epilogue as u32))?;
+            set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &epilogue.vector())?;
+            set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(cudaDataType::CUDA_R_32F as i32))?;
+        }
+        let [a, b, d] = matrices;
+        let layouts = [layout(a)?, layout(b)?, layout(d)?];
+        let pref = Owned(lt::create_matmul_pref()?, lt::destroy_matmul_pref);
+        let [(_, _, a_align), (_, _, b_align), (_, _, d_align)] = key.matrices;
+        // SAFETY: MAX_WORKSPACE_BYTES is a uint64, the alignments uint32 (C is D)
+        unsafe {
+            prefer(pref.0, Preference::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &(blas_lt.workspace_bytes as u64))?;
+            prefer(pref.0, Preference::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_align)?;
+            prefer(pref.0, Preference::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b_align)?;
+            prefer(pref.0, Preference::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &d_align)?;
+            prefer(pref.0, Preference::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &d_align)?;
+        }
+        let [la, lb, ld] = &layouts;
+        // SAFETY: the descriptors are live.
+        let found = unsafe { lt::get_matmul_algo_heuristic(blas_lt.handle, desc.0, la.0, lb.0, ld.0, ld.0, pref.0) }?;
+        Ok(Plan { desc, layouts, algo: found.algo })
+    }
+}
+// ANCHOR_END: plan_cache
+
 // ANCHOR: matmul_epilogue
 /// D = α·op(A)·op(B) + β·D with `epilogue`, f32 accumulation and f32 α, β (`cfg` from `blas::row_major_gemm`,
 /// its A and B in `a`, `b`; C is D). `Err` where cuBLASLt has no kernel for it or refuses the call: nothing
@@ -118,59 +233,38 @@ pub unsafe fn matmul(
     epilogue: Epilogue,
 ) -> Result<(), CublasError> {
     let blas_lt = &cuda.blas_lt;
-    let desc = Owned(
-        lt::create_matmul_desc(cublasComputeType_t::CUBLAS_COMPUTE_32F, cudaDataType::CUDA_R_32F)?,
-        lt::destroy_matmul_desc,
-    );
-    let transposed = |op: cublasOperation_t| i32::from(op == cublasOperation_t::CUBLAS_OP_T);
-    let (kind, vector) = match epilogue {
-        Epilogue::Bias(ptr) => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, ptr),
-        Epilogue::BiasGradient(ptr) => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADB, ptr),
-    };
-    // SAFETY: each attribute gets its documented type: int32 transposes, a uint32 epilogue, a device pointer,
-    // and the vector's entry type (f32 whatever the output's: our biases and their gradients are f32).
-    unsafe {
-        set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_TRANSA, &transposed(cfg.transa))?;
-        set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_TRANSB, &transposed(cfg.transb))?;
-        set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_EPILOGUE, &(kind as u32))?;
-        set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vector)?;
-        set(desc.0, Attribute::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &(cudaDataType::CUDA_R_32F as i32))?;
-    }
-    let (a_layout, b_layout, d_layout) = (layout(a)?, layout(b)?, layout(d)?);
-    let pref = Owned(lt::create_matmul_pref()?, lt::destroy_matmul_pref);
+    let key = PlanKey::new(cfg, [a, b, d], epilogue);
+    let mut plans = blas_lt.plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let plan = plans.entry(key).or_insert_with(|| {
+        cuda.counters.heuristic_query();
+        // SAFETY: the caller's epilogue pointer is live.
+        unsafe { Plan::new(blas_lt, &key, [a, b, d], epilogue) }
+    });
+    let plan = plan.as_ref().map_err(|refused| *refused)?;
+    // SAFETY: the plan's descriptor is ours alone while the lock is held; a device pointer attribute.
+    unsafe { set(plan.desc.0, Attribute::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &epilogue.vector())? };
     let bytes = blas_lt.workspace_bytes;
-    // SAFETY: MAX_WORKSPACE_BYTES is a uint64.
-    unsafe {
-        lt::set_matmul_pref_attribute(
-            pref.0,
-            cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            &(bytes as u64) as *const u64 as *const c_void,
-            size_of::<u64>(),
-        )?;
-    }
-    // SAFETY: the descriptors are live; the heuristic reads the vector pointer only for its alignment.
-    let found = unsafe {
-        lt::get_matmul_algo_heuristic(blas_lt.handle, desc.0, a_layout.0, b_layout.0, d_layout.0, d_layout.0, pref.0)
-    }?;
     let workspace = blas_lt.workspace.get_or_init(|| workspace(cuda, bytes));
     let stream: &Arc<CudaStream> = &cuda.stream;
     let (workspace_ptr, _in_use) = workspace.device_ptr(stream);
-    // SAFETY: the caller's pointers and shapes (see above); the algorithm came from this descriptor and layouts.
+    let [la, lb, ld] = &plan.layouts;
+    // SAFETY: the caller's pointers and shapes (see above), which the plan's layouts and alignments describe;
+    // the algorithm came from this descriptor and layouts.
     unsafe {
         lt::matmul(
             blas_lt.handle,
-            desc.0,
+            plan.desc.0,
             (&cfg.alpha) as *const f32 as *const c_void,
             (&cfg.beta) as *const f32 as *const c_void,
             a.ptr as *const c_void,
-            a_layout.0,
+            la.0,
             b.ptr as *const c_void,
-            b_layout.0,
+            lb.0,
             d.ptr as *const c_void,
-            d_layout.0,
+            ld.0,
             d.ptr as *mut c_void,
-            d_layout.0,
-            &found.algo,
+            ld.0,
+            &plan.algo,
             workspace_ptr as *mut c_void,
             bytes,
             stream.cu_stream() as *mut _,

@@ -16,6 +16,7 @@ pub struct DeviceCounters {
     uploads: AtomicU64,
     host_reads: AtomicU64,
     epilogue_fallbacks: AtomicU64,
+    heuristic_queries: AtomicU64,
     /// A high-water mark, not a running count: restarted by each snapshot.
     largest_take: AtomicU64,
 }
@@ -33,6 +34,9 @@ pub struct CounterSnapshot {
     /// Products that asked cuBLASLt for an epilogue (a bias, a bias gradient) and got no kernel for it, so a
     /// kernel of ours did that part after the product (`blas_lt.rs`).
     pub epilogue_fallbacks: u64,
+    /// Times cuBLASLt's heuristic was asked for a kernel: once per distinct product (shape, types, epilogue,
+    /// alignments), after which the answer is reused (`blas_lt.rs`), so 0 in a steady-state step.
+    pub heuristic_queries: u64,
     /// The largest buffer asked of the pool (bytes, as requested, before rounding to its bucket) since the
     /// previous snapshot: what shows that a step never holds a [T, V] tensor (`loss::chunked_head`).
     pub largest_take: u64,
@@ -64,6 +68,9 @@ impl DeviceCounters {
     pub(super) fn epilogue_fallback(&self) {
         self.epilogue_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
+    pub(super) fn heuristic_query(&self) {
+        self.heuristic_queries.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// The counts so far, and the largest pool request since the previous snapshot (which this one restarts).
     pub fn snapshot(&self) -> CounterSnapshot {
@@ -77,6 +84,7 @@ impl DeviceCounters {
             uploads: get(&self.uploads),
             host_reads: get(&self.host_reads),
             epilogue_fallbacks: get(&self.epilogue_fallbacks),
+            heuristic_queries: get(&self.heuristic_queries),
             largest_take: self.largest_take.swap(0, Ordering::Relaxed),
         }
     }
@@ -95,6 +103,7 @@ impl CounterSnapshot {
             uploads: self.uploads - earlier.uploads,
             host_reads: self.host_reads - earlier.host_reads,
             epilogue_fallbacks: self.epilogue_fallbacks - earlier.epilogue_fallbacks,
+            heuristic_queries: self.heuristic_queries - earlier.heuristic_queries,
             largest_take: self.largest_take,
         }
     }
@@ -104,7 +113,7 @@ impl std::fmt::Display for CounterSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses (largest request {:.1} kB), {} uploads, {} blocking reads, {} epilogue fallbacks",
+            "{} kernel launches + {} cuBLAS products, {} allocations ({:.1} MB), {} pool reuses (largest request {:.1} kB), {} uploads, {} blocking reads, {} epilogue fallbacks, {} heuristic queries",
             self.launches,
             self.gemms,
             self.allocations,
@@ -113,7 +122,8 @@ impl std::fmt::Display for CounterSnapshot {
             self.largest_take as f64 / 1e3,
             self.uploads,
             self.host_reads,
-            self.epilogue_fallbacks
+            self.epilogue_fallbacks,
+            self.heuristic_queries
         )
     }
 }
