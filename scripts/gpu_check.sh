@@ -8,6 +8,8 @@
 #
 #   bash scripts/gpu_check.sh run 2>&1 | tee $OUT/log
 #
+# (or one phase per call: `run tests`, `run bench`, `run qlora`; each call keeps within GPU_CHECK_BUDGET_S)
+#
 # It runs the CPU-vs-GPU property tests (every op, whole full / LoRA / QLoRA / bf16 steps), then
 # `mftcoder bench` and benches/gpu_torch.py on the same GPU, one after the other, for the four rows of gpu.md and
 # the Llama-2-7B QLoRA pair (NF4 + double quantization; torch's side needs bitsandbytes).
@@ -38,6 +40,22 @@ for l in sys.stdin:
   ls -la .gpu
   ;;
 run)
+  shift
+  phases="${*:-tests bench qlora}"
+  # The device tool stops a call at 600 s. Each command runs only while enough of this budget is left, under a
+  # timeout cut to what is left, so a slow phase costs the ones after it but never the log. Phases can also be
+  # run one per call on a warm machine: `run tests`, `run bench`, `run qlora`.
+  BUDGET=${GPU_CHECK_BUDGET_S:-570}
+  within() { # within <timeout> <command...>
+    local left=$((BUDGET - SECONDS)) limit=$1
+    shift
+    if ((left < 30)); then
+      echo "skipped, the budget is spent: $*"
+      return
+    fi
+    ((limit > left)) && limit=$left
+    timeout "$limit" "$@" || echo "exit $? (within $limit s): $*"
+  }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   # NVRTC from the CUDA toolkit installed beside the driver, so what it emits is what the driver loads (the
   # backend compiles sm_XY cubins first and falls back to PTX; the bench's device line says which it used)
@@ -48,25 +66,36 @@ run)
       break
     fi
   done
-  echo "== CPU vs GPU property tests"
-  timeout 150 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
-  timeout 150 .gpu/cuda_training_steps --test-threads 1 --nocapture
-  for t in cuda_qlora cuda_bf16_master cuda_step_counters cuda_product_outputs cuda_epilogues; do
-    timeout 60 ".gpu/$t" --test-threads 1 --nocapture
+  for phase in $phases; do
+    case "$phase" in
+    tests)
+      echo "== CPU vs GPU property tests"
+      within 150 .gpu/cuda_vs_cpu --test-threads 1 --nocapture
+      within 150 .gpu/cuda_training_steps --test-threads 1 --nocapture
+      for t in cuda_epilogues cuda_step_counters cuda_qlora cuda_bf16_master cuda_product_outputs; do
+        within 60 ".gpu/$t" --test-threads 1 --nocapture
+      done
+      ;;
+    bench)
+      echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"
+      for model in 134m 1.1b; do
+        for mode in lora full; do
+          within 150 .gpu/mftcoder bench --device cuda --precision bf16 --model "$model" --mode "$mode"
+          within 120 python3 benches/gpu_torch.py --model "$model" --mode "$mode"
+        done
+      done
+      ;;
+    qlora)
+      # QLoRA of Llama-2-7B (batch 1 × 2048): ours, then torch's (bitsandbytes Linear4bit + PEFT)
+      within 400 .gpu/mftcoder bench --device cuda --precision bf16 --model 7b --mode qlora --warmup 2 --steps 5
+      within 400 python3 benches/gpu_torch.py --model 7b --mode qlora --steps 5
+      ;;
+    *) echo "unknown phase $phase (tests, bench, qlora)" ;;
+    esac
   done
-  echo "== benchmarks (mftcoder bf16, then PyTorch bf16 + SDPA + fused AdamW)"
-  for model in 134m 1.1b; do
-    for mode in full lora; do
-      timeout 150 .gpu/mftcoder bench --device cuda --precision bf16 --model "$model" --mode "$mode"
-      timeout 120 python3 benches/gpu_torch.py --model "$model" --mode "$mode"
-    done
-  done
-  # QLoRA of Llama-2-7B (batch 1 × 2048): ours, then torch's (bitsandbytes Linear4bit + PEFT)
-  timeout 400 .gpu/mftcoder bench --device cuda --precision bf16 --model 7b --mode qlora --warmup 2 --steps 5
-  timeout 400 python3 benches/gpu_torch.py --model 7b --mode qlora --steps 5
   ;;
 *)
-  echo "usage: bash scripts/gpu_check.sh build|run" >&2
+  echo "usage: bash scripts/gpu_check.sh build | run [tests] [bench] [qlora]" >&2
   exit 2
   ;;
 esac
