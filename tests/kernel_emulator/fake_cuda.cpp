@@ -81,10 +81,10 @@ CUresult cuStreamCreate(void** s, unsigned) { *s = nullptr; return 0; }
 CUresult cuStreamDestroy_v2(void*) { return 0; }
 // 256-byte aligned and zeroed, as the driver's allocations are aligned (cuBLASLt's kernels assume it by default)
 CUresult cuMemAlloc_v2(CUdeviceptr* p, std::size_t bytes) {
-    const std::size_t rounded = (bytes + 255) / 256 * 256;
-    void* at = std::aligned_alloc(256, rounded ? rounded : 256);
+    const std::size_t rounded = bytes ? (bytes + 255) / 256 * 256 : 256;  // aligned_alloc takes whole multiples
+    void* at = std::aligned_alloc(256, rounded);
     if (!at) return 2;  // CUDA_ERROR_OUT_OF_MEMORY
-    std::memset(at, 0, rounded ? rounded : 256);
+    std::memset(at, 0, rounded);
     *p = (CUdeviceptr)at;
     return 0;
 }

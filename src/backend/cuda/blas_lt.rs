@@ -13,10 +13,10 @@
 //! BiasGradient is Σₜ dy[t, :], the bias gradient, from the same pass over dy.
 //!
 //! cuBLASLt picks a kernel per shape, operand types and epilogue (`cublasLtMatmulAlgoGetHeuristic`) and may have
-//! none, for an unaligned band of a wider output, say. Its answer depends on nothing but what `PlanKey` holds,
-//! so each distinct product asks once and keeps its descriptors and kernel (`Plan`). Every caller then falls back to the plain product and
+//! none, for an unaligned band of a wider output, say. Every caller then falls back to the plain product and
 //! the kernel it replaces (`add_bias_rows`, `column_sum`); `DeviceCounters::epilogue_fallbacks` counts these,
-//! and the first one says so in one line.
+//! and the first one says so in one line. The heuristic's answer depends on nothing but what `PlanKey` holds,
+//! so each distinct product asks once and keeps its descriptors and kernel, or the refusal (`Plan`).
 
 use super::{Cuda, fail};
 use cudarc::cublas::GemmConfig;
